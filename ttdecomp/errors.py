@@ -1,0 +1,47 @@
+"""Exception and warning classes raised by ttdecomp.
+
+Every error ttdecomp raises on bad input is one of these, so callers can catch
+``ttdecomp.errors.TTError`` for "ttdecomp rejected my input" while the classes still
+derive from the builtin type a Python user would expect (``ValueError`` for a bad
+value, ``TypeError`` for a bad type).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendMismatchError",
+    "InvalidInputError",
+    "RankClippedWarning",
+    "RankError",
+    "ShapeError",
+    "TTError",
+    "TTWarning",
+]
+
+
+class TTError(Exception):
+    """Base class of every error ttdecomp raises on bad input."""
+
+
+class ShapeError(TTError, ValueError):
+    """Shapes that do not fit together (core ranks, mode sizes, matrix dimensions)."""
+
+
+class RankError(TTError, ValueError):
+    """Ranks that cannot exist: wrong length, non-unit boundaries, zero or negative values."""
+
+
+class InvalidInputError(TTError, ValueError):
+    """An array or argument with invalid content: NaN/Inf, a tolerance out of range, ..."""
+
+
+class BackendMismatchError(TTError, TypeError):
+    """Operands from different array libraries (or unsupported dtypes) mixed in one call."""
+
+
+class TTWarning(UserWarning):
+    """Base class of ttdecomp's warnings."""
+
+
+class RankClippedWarning(TTWarning):
+    """Requested ranks exceeded what the shape allows and were reduced to the attainable maximum."""
