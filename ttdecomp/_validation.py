@@ -1,0 +1,204 @@
+"""Argument checks shared by the core modules: ranks, tolerances, cores.
+
+Every check raises before any work is done, with a message that says what was given,
+what was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import array_api_compat
+
+from ._backend import get_namespace
+from .errors import (
+    BackendMismatchError,
+    InvalidInputError,
+    RankClippedWarning,
+    RankError,
+    ShapeError,
+)
+
+__all__ = [
+    "attainable_ranks",
+    "check_cores",
+    "check_eps",
+    "clip_ranks",
+    "normalize_ranks",
+]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def attainable_ranks(shape: Sequence[int]) -> tuple[int, ...]:
+    """Largest possible TT ranks for a tensor of ``shape``: ``min(∏ left modes, ∏ right modes)``.
+
+    Returns ``d + 1`` values including the boundary ones.
+
+    Examples
+    --------
+    >>> attainable_ranks((4, 4, 4, 4))
+    (1, 4, 16, 4, 1)
+    """
+    d = len(shape)
+    out = [1]
+    for k in range(1, d):
+        out.append(min(math.prod(shape[:k]), math.prod(shape[k:])))
+    out.append(1)
+    return tuple(out)
+
+
+def normalize_ranks(ranks: Any, d: int, *, name: str = "ranks") -> tuple[int, ...] | None:
+    """Turn a user's ``ranks`` into a tuple of ``d + 1`` ints with boundary ones.
+
+    Accepted forms: ``None`` (no rank cap), a positive int (the same cap on every
+    interior bond), a sequence of ``d + 1`` positive ints whose first and last entries
+    are 1, or a sequence of ``d - 1`` interior ranks.
+    """
+    if ranks is None:
+        return None
+    if _is_int(ranks):
+        if ranks < 1:
+            raise RankError(
+                f"{name} must be a positive integer, got {ranks}. Use ranks=1 for the "
+                "smallest train, or eps=... to let the tolerance choose."
+            )
+        return (1,) + (int(ranks),) * (d - 1) + (1,)
+    if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Sequence):
+        try:
+            ranks = [int(r) if float(r) == int(r) else r for r in ranks]
+        except TypeError:
+            raise RankError(
+                f"{name} must be an int or a sequence of ints, got {type(ranks).__name__}."
+            ) from None
+    ranks = list(ranks)
+    bad = [r for r in ranks if not _is_int(r)]
+    if bad:
+        raise RankError(f"{name} must contain integers only, got {bad!r} in {ranks!r}.")
+    if len(ranks) == d - 1:
+        ranks = [1, *ranks, 1]
+    elif len(ranks) != d + 1:
+        raise RankError(
+            f"{name} has {len(ranks)} entries for a train of {d} cores; expected {d + 1} "
+            f"(with boundary ones) or {d - 1} interior ranks, e.g. "
+            f"{[1] + [2] * (d - 1) + [1]}."
+        )
+    elif ranks[0] != 1 or ranks[-1] != 1:
+        raise RankError(
+            f"{name} {ranks!r} must start and end with 1 (the boundary ranks of a tensor "
+            "train); pass the d - 1 interior ranks alone if you prefer."
+        )
+    nonpos = [(k, r) for k, r in enumerate(ranks) if r < 1]
+    if nonpos:
+        k, r = nonpos[0]
+        raise RankError(f"{name}[{k}] = {r} in {ranks!r}; every rank must be at least 1.")
+    return tuple(int(r) for r in ranks)
+
+
+def clip_ranks(
+    ranks: tuple[int, ...] | None,
+    shape: Sequence[int],
+    *,
+    warn: bool,
+    stacklevel: int = 3,
+) -> tuple[int, ...]:
+    """Clip ``ranks`` to :func:`attainable_ranks` of ``shape``.
+
+    With ``warn=True`` a :class:`~ttdecomp.errors.RankClippedWarning` lists every bond
+    that was reduced. ``None`` means "no cap" and returns the attainable ranks.
+    """
+    top = attainable_ranks(shape)
+    if ranks is None:
+        return top
+    clipped = tuple(min(r, t) for r, t in zip(ranks, top))
+    if warn and clipped != ranks:
+        bonds = [f"bond {k}: {r} -> {c}" for k, (r, c) in enumerate(zip(ranks, clipped)) if r != c]
+        warnings.warn(
+            f"requested ranks {list(ranks)} exceed the attainable maximum "
+            f"{list(top)} for mode sizes {list(shape)}; clipped ({'; '.join(bonds)}).",
+            RankClippedWarning,
+            stacklevel=stacklevel,
+        )
+    return clipped
+
+
+def check_eps(eps: Any) -> float | None:
+    """Validate a relative tolerance: ``None`` or a float in ``(0, 1)``."""
+    if eps is None:
+        return None
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise InvalidInputError(f"eps must be a float in (0, 1), got {eps!r}.")
+    eps = float(eps)
+    if not math.isfinite(eps) or eps <= 0 or eps >= 1:
+        raise InvalidInputError(
+            f"eps is the relative Frobenius error and must lie in (0, 1), got {eps}. "
+            "For an exact decomposition leave eps=None (and ranks=None); eps >= 1 would "
+            "allow the zero train."
+        )
+    return eps
+
+
+def check_cores(cores: Any, ndim: int, kind: str) -> tuple[list[Any], Any]:
+    """Validate a list of TT cores and return ``(cores, namespace)``.
+
+    Checks: a non-empty sequence of arrays of one library, dtype and device, each with
+    ``ndim`` axes, boundary ranks 1, and matching ranks between neighbours.
+    """
+    if isinstance(cores, (str, bytes)) or not isinstance(cores, Sequence):
+        raise ShapeError(
+            f"{kind} needs a list of {ndim}-D cores, got {type(cores).__name__}. "
+            f"Pass e.g. [core_1, ..., core_d] with core_k of shape "
+            f"{'(r_{k-1}, n_k, r_k)' if ndim == 3 else '(r_{k-1}, m_k, n_k, r_k)'}."
+        )
+    cores = list(cores)
+    if not cores:
+        raise ShapeError(f"{kind} needs at least one core, got an empty list.")
+    xp = get_namespace(*cores)
+    layout = "(r_{k-1}, n_k, r_k)" if ndim == 3 else "(r_{k-1}, m_k, n_k, r_k)"
+    dtype = cores[0].dtype
+    device = array_api_compat.device(cores[0])
+    for k, core in enumerate(cores):
+        if core.ndim != ndim:
+            raise ShapeError(
+                f"{kind} core {k} has {core.ndim} axes (shape {tuple(core.shape)}); "
+                f"expected {ndim} axes {layout}."
+            )
+        if core.dtype != dtype:
+            raise BackendMismatchError(
+                f"{kind} core {k} has dtype {core.dtype} but core 0 has {dtype}; cast all "
+                "cores to one dtype."
+            )
+        if array_api_compat.device(core) != device:
+            raise BackendMismatchError(
+                f"{kind} core {k} is on device {array_api_compat.device(core)} but core 0 "
+                f"is on {device}; move all cores to one device."
+            )
+        if not xp.isdtype(core.dtype, ("real floating", "complex floating")):
+            raise BackendMismatchError(
+                f"{kind} cores have dtype {core.dtype}; expected a floating or complex dtype."
+            )
+        if any(s < 1 for s in core.shape):
+            raise ShapeError(f"{kind} core {k} has an empty axis (shape {tuple(core.shape)}).")
+    if cores[0].shape[0] != 1:
+        raise ShapeError(
+            f"{kind} core 0 has left rank {cores[0].shape[0]}; the first core's left rank "
+            "must be 1."
+        )
+    if cores[-1].shape[-1] != 1:
+        raise ShapeError(
+            f"{kind} core {len(cores) - 1} has right rank {cores[-1].shape[-1]}; the last "
+            "core's right rank must be 1."
+        )
+    for k in range(1, len(cores)):
+        if cores[k].shape[0] != cores[k - 1].shape[-1]:
+            raise ShapeError(
+                f"{kind} core {k} has left rank {cores[k].shape[0]} but core {k - 1} has "
+                f"right rank {cores[k - 1].shape[-1]}; neighbouring ranks must match."
+            )
+    return cores, xp

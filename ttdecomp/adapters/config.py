@@ -1,0 +1,478 @@
+"""Configuration dataclasses for the tensor-train adapters.
+
+Two methods share one base class, :class:`TTAdapterConfig`, which holds the target selection
+(names, regex, ``"all-linear"``, exclusions, layer indices, modules to save) exactly as PEFT's
+``LoraConfig`` does, except that **every listed pattern must match something** (PEFT silently
+accepts an entry that matches nothing when another entry matches).
+
+* :class:`TTLoRAConfig` — TT-LoRA (arXiv 2408.01008): ΔW is one TT-matrix in split layout with
+  ranks ``[1, r, ..., r, 1]``, scaled by the raw ``alpha``.
+* :class:`LoRETTAConfig` — LoRETTA (arXiv 2402.11417): ``variant="rep"`` (a LoRA pair whose A and
+  B are TT-matrices, scaled by ``alpha / r``) or ``variant="adp"`` (a bottleneck adapter whose down
+  and up projections are TT-matrices).
+
+Every value is validated when the config is built, before any model is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..errors import InvalidInputError, RankError, ShapeError
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "LoRETTAConfig",
+    "TTAdapterConfig",
+    "TTLoRAConfig",
+    "TargetModulesError",
+    "config_from_dict",
+]
+
+
+class TargetModulesError(InvalidInputError):
+    """A target, exclusion or modules-to-save pattern that selects nothing (or the wrong kind)."""
+
+
+#: Default targets per Hugging Face ``model_type``: ``(TT-LoRA / LoRETTA-rep, LoRETTA-adp)``.
+#: TT-LoRA and LoRETTA-rep adapt the query and value projections; LoRETTA-adp sits after the
+#: attention-output and FFN-output dense layers (BERT family) or around gate/up/down (Llama family).
+DEFAULT_TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "bert": (("query", "value"), ("attention.output.dense", "output.dense")),
+    "roberta": (("query", "value"), ("attention.output.dense", "output.dense")),
+    "xlm-roberta": (("query", "value"), ("attention.output.dense", "output.dense")),
+    "distilbert": (("q_lin", "v_lin"), ("attention.out_lin", "ffn.lin2")),
+    "gpt2": (("c_attn",), ("attn.c_proj", "mlp.c_proj")),
+    "llama": (("q_proj", "v_proj"), ("gate_proj", "up_proj", "down_proj")),
+    "mistral": (("q_proj", "v_proj"), ("gate_proj", "up_proj", "down_proj")),
+    "qwen2": (("q_proj", "v_proj"), ("gate_proj", "up_proj", "down_proj")),
+    "qwen3": (("q_proj", "v_proj"), ("gate_proj", "up_proj", "down_proj")),
+    "gemma": (("q_proj", "v_proj"), ("gate_proj", "up_proj", "down_proj")),
+    "phi3": (("qkv_proj",), ("gate_up_proj", "down_proj")),
+}
+
+_LAYOUTS = ("split",)
+_TTLORA_INITS = ("paper", "zero", "ttsvd")
+_LORETTA_INITS = ("gaussian", "zero")
+_VARIANTS = ("rep", "adp")
+_NON_LINEARITIES = ("relu", "gelu", "silu", "tanh")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_positive_int(value: Any, name: str, fix: str) -> None:
+    if not _is_int(value) or value < 1:
+        raise RankError(f"{name} must be a positive int; got {value!r}. {fix}")
+
+
+def _check_patterns(value: Any, name: str, *, allow_all_linear: bool = False) -> None:
+    """Targets are ``None``, a regex string, or a non-empty sequence of non-empty strings."""
+    if value is None or isinstance(value, str):
+        if isinstance(value, str) and value != "all-linear":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise TargetModulesError(
+                    f"{name}={value!r} is not a valid regular expression ({exc}). A string is "
+                    "matched as a regex against full module names; pass a list of names instead "
+                    "to match name suffixes."
+                ) from None
+        if value == "all-linear" and not allow_all_linear:
+            raise TargetModulesError(f"{name} does not accept 'all-linear'; list module names.")
+        return
+    if not isinstance(value, Sequence) or not value:
+        raise TargetModulesError(
+            f"{name} must be None, a regex string or a non-empty list of module names; "
+            f"got {value!r}."
+        )
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise TargetModulesError(
+                f"{name} entries must be non-empty strings; got {item!r} in {list(value)!r}."
+            )
+
+
+def _parse_flat_shape(shape: Sequence[int], in_features: int, out_features: int) -> tuple:
+    """Split the paper's flat ``tt_shape`` (input factors, then output factors) into
+    ``(row_shape, col_shape)`` of the split layout."""
+    prod = 1
+    split = None
+    for k, s in enumerate(shape):
+        prod *= s
+        if prod == in_features:
+            split = k + 1
+            break
+        if prod > in_features:
+            break
+    if split is None or split == len(shape):
+        raise ShapeError(
+            f"tt_shape {list(shape)} does not start with input factors whose product is "
+            f"in_features={in_features} followed by output factors whose product is "
+            f"out_features={out_features}. The flat form lists input factors first, e.g. "
+            "[64, 4, 3, 3, 4, 64] for a 768 x 768 layer; or pass tt_shape=None to have one chosen."
+        )
+    in_f, out_f = tuple(shape[:split]), tuple(shape[split:])
+    if math.prod(out_f) != out_features:
+        raise ShapeError(
+            f"tt_shape {list(shape)}: the output factors {list(out_f)} multiply to "
+            f"{math.prod(out_f)} but the layer has out_features={out_features}. Fix the trailing "
+            "factors or pass tt_shape=None."
+        )
+    row_shape = (1,) * len(in_f) + out_f
+    col_shape = in_f + (1,) * len(out_f)
+    return row_shape, col_shape
+
+
+def _check_shape_spec(spec: Any, name: str) -> None:
+    """A shape spec is a flat list of positive ints or a pair ``(row_shape, col_shape)``."""
+    if (
+        isinstance(spec, Sequence)
+        and len(spec) == 2
+        and all(isinstance(s, Sequence) and not isinstance(s, str) for s in spec)
+    ):
+        rows, cols = spec
+        if len(rows) != len(cols) or not rows:
+            raise ShapeError(
+                f"{name}: row_shape {list(rows)} and col_shape {list(cols)} must be non-empty "
+                "and of equal length (one (m_k, n_k) per core)."
+            )
+        for s in (*rows, *cols):
+            _check_positive_int(s, f"{name} entry", "Use positive integer mode sizes.")
+        return
+    if isinstance(spec, str) or not isinstance(spec, Sequence) or len(spec) < 2:
+        raise ShapeError(
+            f"{name} must be a flat list of positive ints (input factors then output factors, "
+            f"e.g. [64, 4, 3, 3, 4, 64]) or a pair (row_shape, col_shape); got {spec!r}."
+        )
+    for s in spec:
+        _check_positive_int(s, f"{name} entry", "Use positive integer factors.")
+
+
+def resolve_shape_spec(spec: Any, out_features: int, in_features: int) -> tuple:
+    """Turn a validated shape spec into ``(row_shape, col_shape)`` for an (out × in) matrix.
+
+    Parameters
+    ----------
+    spec : sequence
+        A flat list (input factors, then output factors) or a pair ``(row_shape, col_shape)``.
+    out_features, in_features : int
+        The matrix the shape must cover.
+
+    Returns
+    -------
+    tuple
+        ``(row_shape, col_shape)``, two tuples of length d.
+
+    Examples
+    --------
+    >>> resolve_shape_spec([64, 4, 3, 3, 4, 64], 768, 768)
+    ((1, 1, 1, 3, 4, 64), (64, 4, 3, 1, 1, 1))
+    """
+    if len(spec) == 2 and all(isinstance(s, Sequence) for s in spec):
+        rows, cols = tuple(int(s) for s in spec[0]), tuple(int(s) for s in spec[1])
+        if math.prod(rows) != out_features or math.prod(cols) != in_features:
+            raise ShapeError(
+                f"tt_shape rows {list(rows)} (product {math.prod(rows)}) and cols {list(cols)} "
+                f"(product {math.prod(cols)}) do not cover a {out_features} x {in_features} "
+                "(out x in) weight; the products must equal out_features and in_features."
+            )
+        return rows, cols
+    return _parse_flat_shape([int(s) for s in spec], in_features, out_features)
+
+
+@dataclass
+class TTAdapterConfig:
+    """Target selection shared by every tensor-train adapter method.
+
+    Parameters
+    ----------
+    target_modules : str, list of str or None
+        Which layers to adapt. A list matches module names exactly or by dotted suffix
+        (``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``) or, failing that, as a regex
+        against the full name; a string is a regex against full names; ``"all-linear"`` takes every
+        ``nn.Linear``/``Conv1D`` except the output head. ``None`` uses :data:`DEFAULT_TARGETS` for
+        the model's ``model_type``. Every list entry must match at least one module.
+    exclude_modules : str, list of str or None
+        Modules never adapted, same matching rules; every entry must match a candidate.
+    layers_to_transform : int, list of int or None
+        Only adapt modules inside these layer indices (the number after ``layers_pattern``).
+    layers_pattern : str, list of str or None
+        Name of the layer list (``"layers"``, ``"h"``, ``"layer"``); ``None`` takes the first
+        ``.<int>.`` in the module name.
+    modules_to_save : list of str or None
+        Extra modules (e.g. ``"classifier"``, ``"score"``) trained in full and saved with the
+        adapter; each adapter gets its own copy.
+    dropout : float
+        Dropout on the adapter input, in ``[0, 1)``.
+    base_model_name_or_path : str or None
+        Recorded in the saved config; filled from the model when ``None``.
+    """
+
+    method: ClassVar[str] = "base"
+
+    target_modules: str | list[str] | None = None
+    exclude_modules: str | list[str] | None = None
+    layers_to_transform: int | list[int] | None = None
+    layers_pattern: str | list[str] | None = None
+    modules_to_save: list[str] | None = None
+    dropout: float = 0.0
+    base_model_name_or_path: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_patterns(self.target_modules, "target_modules", allow_all_linear=True)
+        _check_patterns(self.exclude_modules, "exclude_modules")
+        if self.modules_to_save is not None:
+            if isinstance(self.modules_to_save, str):
+                self.modules_to_save = [self.modules_to_save]
+            _check_patterns(self.modules_to_save, "modules_to_save")
+        if self.layers_pattern is not None:
+            _check_patterns(self.layers_pattern, "layers_pattern")
+        if self.layers_to_transform is not None:
+            layers = self.layers_to_transform
+            layers = [layers] if _is_int(layers) else layers
+            if (
+                not isinstance(layers, Sequence)
+                or not layers
+                or not all(_is_int(i) and i >= 0 for i in layers)
+            ):
+                raise TargetModulesError(
+                    "layers_to_transform must be a non-negative int or a non-empty list of them; "
+                    f"got {self.layers_to_transform!r}."
+                )
+            self.layers_to_transform = [int(i) for i in layers]
+        if (
+            not isinstance(self.dropout, numbers.Real)
+            or isinstance(self.dropout, bool)
+            or not 0.0 <= float(self.dropout) < 1.0
+        ):
+            raise InvalidInputError(
+                f"dropout must be a float in [0, 1); got {self.dropout!r}. Use 0.0 for none."
+            )
+
+    def default_targets(self, model_type: str | None) -> tuple[str, ...]:
+        """The targets used when ``target_modules`` is None, for a model of ``model_type``."""
+        if model_type not in DEFAULT_TARGETS:
+            raise TargetModulesError(
+                f"target_modules=None but there are no default targets for model_type="
+                f"{model_type!r} (known: {sorted(DEFAULT_TARGETS)}). Pass target_modules, e.g. "
+                "['q_proj', 'v_proj'] or 'all-linear'."
+            )
+        return DEFAULT_TARGETS[model_type][0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict including ``"method"``; :func:`config_from_dict` inverts it.
+
+        Examples
+        --------
+        >>> d = TTLoRAConfig(tt_rank=4, alpha=8.0).to_dict()
+        >>> d["method"], d["tt_rank"], config_from_dict(d) == TTLoRAConfig(tt_rank=4, alpha=8.0)
+        ('tt-lora', 4, True)
+        """
+        out = {"method": self.method}
+        out.update(dataclasses.asdict(self))
+        return out
+
+
+@dataclass
+class TTLoRAConfig(TTAdapterConfig):
+    """TT-LoRA (arXiv 2408.01008): ΔW = ``alpha`` · TT-matrix with ranks ``[1, r, ..., r, 1]``.
+
+    Parameters
+    ----------
+    tt_rank : int
+        The interior TT rank ``r`` (the paper uses 4–10).
+    alpha : float
+        Raw scale of ΔW (not ``alpha / r``).
+    tt_shape : list, tuple pair, dict or None
+        ``None`` lets :func:`ttdecomp.shapes.tensorize` choose a split-layout shape per layer.
+        A flat list is the paper's form: input factors, then output factors (``[64, 4, 3, 3, 4,
+        64]`` for 768 × 768); the split is where the input product reaches ``in_features``. A pair
+        ``(row_shape, col_shape)`` gives per-core ``m_k``/``n_k`` directly. A dict maps module
+        patterns (suffix or regex, as in ``target_modules``) to either form, e.g. different shapes
+        for ``q_proj`` and the rectangular ``v_proj`` of a GQA model.
+    n_cores : int or None
+        Number of cores asked of the planner when ``tt_shape`` is None.
+    layout : str
+        ``"split"`` (input cores with m_k = 1 first, output cores with n_k = 1 after).
+    init : str
+        ``"paper"`` (Kaiming-uniform, a = √8, per core, each core then scaled to unit Frobenius
+        norm; ΔW is non-zero at start), ``"zero"`` (the same, with the last core zero so ΔW = 0 at
+        start) or ``"ttsvd"`` (TT-SVD of a Kaiming-uniform random matrix).
+
+    Examples
+    --------
+    >>> cfg = TTLoRAConfig(tt_rank=4, alpha=8.0, tt_shape=[64, 4, 3, 3, 4, 64],
+    ...                    target_modules=["query", "value"])
+    >>> cfg.method, cfg.init
+    ('tt-lora', 'paper')
+    """
+
+    method: ClassVar[str] = "tt-lora"
+
+    tt_rank: int = 4
+    alpha: float = 8.0
+    tt_shape: Any = None
+    n_cores: int | None = None
+    layout: str = "split"
+    init: str = "paper"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive_int(self.tt_rank, "tt_rank", "The paper uses tt_rank between 4 and 10.")
+        if not isinstance(self.alpha, numbers.Real) or isinstance(self.alpha, bool):
+            raise InvalidInputError(f"alpha must be a real number; got {self.alpha!r}.")
+        if not math.isfinite(float(self.alpha)):
+            raise InvalidInputError(f"alpha must be finite; got {self.alpha!r}.")
+        if self.layout not in _LAYOUTS:
+            raise InvalidInputError(
+                f"layout must be one of {_LAYOUTS}; got {self.layout!r}. TT-LoRA uses 'split'."
+            )
+        if self.init not in _TTLORA_INITS:
+            raise InvalidInputError(f"init must be one of {_TTLORA_INITS}; got {self.init!r}.")
+        if self.n_cores is not None:
+            _check_positive_int(self.n_cores, "n_cores", "Use 2 or more cores, or None.")
+            if self.n_cores < 2:
+                raise ShapeError(f"n_cores must be at least 2 for a split layout; got {self.n_cores}.")
+        if isinstance(self.tt_shape, Mapping):
+            if not self.tt_shape:
+                raise ShapeError("tt_shape is an empty dict; give at least one entry or None.")
+            for key, spec in self.tt_shape.items():
+                if not isinstance(key, str) or not key:
+                    raise ShapeError(f"tt_shape dict keys must be module patterns; got {key!r}.")
+                _check_shape_spec(spec, f"tt_shape[{key!r}]")
+            self.tt_shape = {k: _jsonable(v) for k, v in self.tt_shape.items()}
+        elif self.tt_shape is not None:
+            _check_shape_spec(self.tt_shape, "tt_shape")
+            self.tt_shape = _jsonable(self.tt_shape)
+
+
+@dataclass
+class LoRETTAConfig(TTAdapterConfig):
+    """LoRETTA (arXiv 2402.11417) in its two variants.
+
+    Parameters
+    ----------
+    variant : str
+        ``"rep"``: ΔW = (alpha / r) · B A with A (r × in) and B (out × r) each a TT-matrix.
+        ``"adp"``: y ← y + up(act(down(y) + b_down)) + b_up after the target layer, with TT
+        down (bottleneck × out) and up (out × bottleneck) projections. ``"adp"`` cannot be merged.
+    tensor_rank : int
+        Interior TT rank of every TT-matrix (5 in the paper).
+    r : int
+        The LoRA bottleneck of ``rep``.
+    alpha : float
+        ``rep`` scales ΔW by ``alpha / r``.
+    bottleneck_size : int
+        Width of the ``adp`` bottleneck (64 in the paper).
+    non_linearity : str
+        ``adp`` activation: ``"relu"`` (the paper), ``"gelu"``, ``"silu"`` or ``"tanh"``.
+    n_cores : int
+        Cores per TT-matrix (interleaved layout).
+    init : str
+        ``"gaussian"``: Gaussian cores whose TT-matrix entries have variance ``1 / (rows + cols)``,
+        as in the official code. ``"zero"``: the same but the last core of B (rep) or of up (adp)
+        is zero, so the model's output is unchanged at start.
+    train_norms : bool
+        Also train (and save) every LayerNorm / RMSNorm, as in the paper.
+    train_head : bool
+        Also train (and save) the classification head (``classifier`` or ``score``) when the model
+        has one, as in the paper.
+
+    Examples
+    --------
+    >>> LoRETTAConfig(variant="adp").bottleneck_size
+    64
+    """
+
+    method: ClassVar[str] = "loretta"
+
+    variant: str = "rep"
+    tensor_rank: int = 5
+    r: int = 8
+    alpha: float = 16.0
+    bottleneck_size: int = 64
+    non_linearity: str = "relu"
+    n_cores: int = 3
+    init: str = "gaussian"
+    train_norms: bool = True
+    train_head: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.variant not in _VARIANTS:
+            raise InvalidInputError(f"variant must be one of {_VARIANTS}; got {self.variant!r}.")
+        _check_positive_int(self.tensor_rank, "tensor_rank", "The paper uses tensor_rank=5.")
+        _check_positive_int(self.r, "r", "The paper uses r=8.")
+        _check_positive_int(self.bottleneck_size, "bottleneck_size", "The paper uses 64.")
+        _check_positive_int(self.n_cores, "n_cores", "Use 2 to 4 cores.")
+        if not isinstance(self.alpha, numbers.Real) or not math.isfinite(float(self.alpha)):
+            raise InvalidInputError(f"alpha must be a finite real number; got {self.alpha!r}.")
+        if self.non_linearity not in _NON_LINEARITIES:
+            raise InvalidInputError(
+                f"non_linearity must be one of {_NON_LINEARITIES}; got {self.non_linearity!r}."
+            )
+        if self.init not in _LORETTA_INITS:
+            raise InvalidInputError(f"init must be one of {_LORETTA_INITS}; got {self.init!r}.")
+
+    def default_targets(self, model_type: str | None) -> tuple[str, ...]:
+        """Defaults for ``model_type``: q/v for ``rep``; the placements of the paper for ``adp``."""
+        if self.variant == "rep":
+            return super().default_targets(model_type)
+        if model_type not in DEFAULT_TARGETS:
+            raise TargetModulesError(
+                f"target_modules=None but there are no LoRETTA-adp default targets for "
+                f"model_type={model_type!r} (known: {sorted(DEFAULT_TARGETS)}). Pass "
+                "target_modules, e.g. ['attention.output.dense', 'output.dense']."
+            )
+        return DEFAULT_TARGETS[model_type][1]
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples to lists, recursively, so a config survives a JSON round trip unchanged."""
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return int(value) if _is_int(value) else value
+
+
+_CONFIG_CLASSES: dict[str, type[TTAdapterConfig]] = {
+    TTLoRAConfig.method: TTLoRAConfig,
+    LoRETTAConfig.method: LoRETTAConfig,
+}
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TTAdapterConfig:
+    """Rebuild a config from :meth:`TTAdapterConfig.to_dict` output (e.g. a saved JSON file).
+
+    Unknown keys are an error, so a file written by a different method or a newer version of
+    ttdecomp fails clearly instead of being half-read.
+
+    Examples
+    --------
+    >>> config_from_dict({"method": "loretta", "variant": "adp"}).variant
+    'adp'
+    """
+    if not isinstance(data, Mapping) or data.get("method") not in _CONFIG_CLASSES:
+        got = data.get("method") if isinstance(data, Mapping) else type(data).__name__
+        raise InvalidInputError(
+            f"adapter config has method {got!r}; expected one of {sorted(_CONFIG_CLASSES)}. "
+            "Is this a ttdecomp_config.json written by ttdecomp.adapters?"
+        )
+    cls = _CONFIG_CLASSES[data["method"]]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names - {"method"})
+    if unknown:
+        raise InvalidInputError(
+            f"adapter config for {data['method']!r} has unknown keys {unknown}; expected a subset "
+            f"of {sorted(names)}. It may come from a newer ttdecomp; upgrade to read it."
+        )
+    return cls(**{k: v for k, v in data.items() if k != "method"})

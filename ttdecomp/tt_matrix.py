@@ -1,0 +1,291 @@
+"""The TT-matrix container: 4-D cores ``(r_{k-1}, m_k, n_k, r_k)``.
+
+A matrix ``W`` of shape ``(M, N)`` with ``M = ∏ m_k`` and ``N = ∏ n_k`` is stored as::
+
+    W[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] @ ... @ G_d[:, i_d, j_d, :]
+
+where ``(i_1..i_d)`` is the row-major multi-index over ``row_shape = (m_1..m_d)`` and
+``(j_1..j_d)`` likewise over ``col_shape = (n_1..n_d)``.
+
+One format covers every layout:
+
+* **interleaved** (classic TT-matrix): every core has ``m_k, n_k > 1``;
+* **split** (TT-LoRA): the first cores carry the input factors with ``m_k = 1``, the
+  last cores the output factors with ``n_k = 1``;
+* anything in between. The same contraction code serves them all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import array_api_compat
+
+from ._backend import get_namespace
+from ._validation import check_cores
+from .errors import ShapeError
+from .tensor_train import TensorTrain
+
+__all__ = ["TTMatrix"]
+
+
+class TTMatrix:
+    """A matrix in tensor-train (TT-matrix, a.k.a. MPO) format.
+
+    Parameters
+    ----------
+    cores : sequence of arrays
+        ``d`` arrays of shape ``(r_{k-1}, m_k, n_k, r_k)``, one library, dtype and
+        device, ``r_0 = r_d = 1``.
+    error_bound : float, optional
+        A guaranteed bound on ``‖W − TT‖_F / ‖W‖_F`` (set by :func:`~ttdecomp.tt_svd`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ttdecomp import TTMatrix
+    >>> rng = np.random.default_rng(0)
+    >>> W = TTMatrix([rng.standard_normal((1, 2, 3, 4)), rng.standard_normal((4, 5, 2, 1))])
+    >>> W.shape, W.row_shape, W.col_shape, W.ranks
+    ((10, 6), (2, 5), (3, 2), (1, 4, 1))
+    >>> x = rng.standard_normal((7, 6))
+    >>> bool(np.allclose(W.apply(x), x @ W.full().T))
+    True
+    """
+
+    __array_priority__ = 1000
+
+    def __init__(self, cores: Sequence[Any], *, error_bound: float | None = None) -> None:
+        self.cores, self._xp = check_cores(cores, 4, "TTMatrix")
+        self.error_bound = None if error_bound is None else float(error_bound)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """Output factors ``(m_1, ..., m_d)``; ``M = ∏ m_k``."""
+        return tuple(int(c.shape[1]) for c in self.cores)
+
+    @property
+    def col_shape(self) -> tuple[int, ...]:
+        """Input factors ``(n_1, ..., n_d)``; ``N = ∏ n_k``."""
+        return tuple(int(c.shape[2]) for c in self.cores)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(M, N)``: the shape of the dense matrix."""
+        return math.prod(self.row_shape), math.prod(self.col_shape)
+
+    @property
+    def ndim(self) -> int:
+        """Number of cores ``d``."""
+        return len(self.cores)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
+        return (1,) + tuple(int(c.shape[-1]) for c in self.cores)
+
+    @property
+    def n_params(self) -> int:
+        """Numbers stored: ``Σ r_{k-1} m_k n_k r_k``."""
+        return sum(math.prod(c.shape) for c in self.cores)
+
+    @property
+    def full_size(self) -> int:
+        """Entries of the dense matrix: ``M · N``."""
+        return math.prod(self.shape)
+
+    @property
+    def dtype(self) -> Any:
+        """The cores' dtype."""
+        return self.cores[0].dtype
+
+    @property
+    def device(self) -> Any:
+        """The cores' device."""
+        return array_api_compat.device(self.cores[0])
+
+    @property
+    def layout(self) -> str:
+        """``"split"``, ``"interleaved"`` or ``"mixed"`` (see the module docstring)."""
+        ms, ns = self.row_shape, self.col_shape
+        if all(m > 1 and n > 1 for m, n in zip(ms, ns)):
+            return "interleaved"
+        k = next((i for i, m in enumerate(ms) if m > 1), len(ms))
+        if all(m == 1 for m in ms[:k]) and all(n == 1 for n in ns[k:]):
+            return "split"
+        return "mixed"
+
+    def __repr__(self) -> str:
+        bound = "" if self.error_bound is None else f", error_bound={self.error_bound:.3g}"
+        return (
+            f"TTMatrix(shape={self.shape}, row_shape={self.row_shape}, "
+            f"col_shape={self.col_shape}, ranks={self.ranks}, dtype={self.dtype}{bound})"
+        )
+
+    # ---------------------------------------------------------------- conversions
+    def to_tensor_train(self) -> TensorTrain:
+        """View as a :class:`TensorTrain` with modes ``m_k · n_k`` (no copy of data).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from ttdecomp import TTMatrix
+        >>> TTMatrix([np.ones((1, 2, 3, 1))]).to_tensor_train().shape
+        (6,)
+        """
+        xp = self._xp
+        cores = [xp.reshape(c, (c.shape[0], c.shape[1] * c.shape[2], c.shape[3])) for c in self.cores]
+        return TensorTrain(cores, error_bound=self.error_bound)
+
+    @classmethod
+    def from_tensor_train(
+        cls, tt: TensorTrain, row_shape: Sequence[int], col_shape: Sequence[int]
+    ) -> TTMatrix:
+        """Reinterpret a train whose mode ``k`` has size ``m_k · n_k`` as a TT-matrix.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from ttdecomp import TensorTrain, TTMatrix
+        >>> tt = TensorTrain([np.ones((1, 6, 2)), np.ones((2, 4, 1))])
+        >>> TTMatrix.from_tensor_train(tt, (2, 2), (3, 2)).shape
+        (4, 6)
+        """
+        row_shape, col_shape = tuple(row_shape), tuple(col_shape)
+        if len(row_shape) != tt.ndim or len(col_shape) != tt.ndim:
+            raise ShapeError(
+                f"row_shape {row_shape} and col_shape {col_shape} must each have one entry "
+                f"per core ({tt.ndim})."
+            )
+        for k, (m, n, s) in enumerate(zip(row_shape, col_shape, tt.shape)):
+            if m * n != s:
+                raise ShapeError(
+                    f"core {k} has mode size {s} but row_shape[{k}] * col_shape[{k}] = "
+                    f"{m} * {n} = {m * n}; the factors must multiply to the mode size."
+                )
+        xp = tt._xp
+        cores = [
+            xp.reshape(c, (c.shape[0], m, n, c.shape[2]))
+            for c, m, n in zip(tt.cores, row_shape, col_shape)
+        ]
+        return cls(cores, error_bound=tt.error_bound)
+
+    def full(self) -> Any:
+        """The dense ``(M, N)`` matrix (use only when ``M · N`` entries fit in memory)."""
+        xp = self._xp
+        d = self.ndim
+        dense = self.to_tensor_train().full()  # (m1 n1, ..., md nd)
+        dense = xp.reshape(dense, tuple(s for mn in zip(self.row_shape, self.col_shape) for s in mn))
+        perm = tuple(range(0, 2 * d, 2)) + tuple(range(1, 2 * d, 2))
+        dense = xp.permute_dims(dense, perm)  # (m1..md, n1..nd)
+        return xp.reshape(dense, self.shape)
+
+    @property
+    def T(self) -> TTMatrix:
+        """The transpose, in TT form (swaps ``m_k`` and ``n_k`` in every core)."""
+        xp = self._xp
+        return TTMatrix(
+            [xp.permute_dims(c, (0, 2, 1, 3)) for c in self.cores], error_bound=self.error_bound
+        )
+
+    # ---------------------------------------------------------------- products
+    def apply(self, x: Any) -> Any:
+        """``y = x @ W.T``: maps ``x[..., N]`` to ``y[..., M]`` without forming ``W``.
+
+        Any leading axes are kept. The contraction order is chosen by the cost model of
+        :mod:`ttdecomp.contract` (see :func:`ttdecomp.contraction_plan`).
+        """
+        from .contract import apply
+
+        return apply(self, x)
+
+    def __matmul__(self, other: Any) -> Any:
+        """``W @ other`` for a dense ``(N,)`` vector or ``(N, K)`` matrix, or a TT operand.
+
+        Dense operands give dense results; a :class:`TTMatrix` or :class:`TensorTrain`
+        operand gives the product in TT form (see :func:`ttdecomp.contract.ttm_matmul`).
+        """
+        if isinstance(other, (TTMatrix, TensorTrain)):
+            from .contract import ttm_matmul
+
+            return ttm_matmul(self, other)
+        xp = get_namespace(other, self.cores[0])
+        if other.ndim == 1:
+            return self.apply(other)
+        if other.ndim != 2:
+            raise ShapeError(
+                f"W @ x takes x of shape (N,) or (N, K); got {tuple(other.shape)}. For batched "
+                "inputs of shape (..., N) use W.apply(x)."
+            )
+        return xp.matrix_transpose(self.apply(xp.matrix_transpose(other)))
+
+    # ---------------------------------------------------------------- algebra via the TT view
+    def _wrap(self, tt: TensorTrain) -> TTMatrix:
+        return TTMatrix.from_tensor_train(tt, self.row_shape, self.col_shape)
+
+    def _same_modes(self, other: TTMatrix, op: str) -> None:
+        if not isinstance(other, TTMatrix):
+            raise TypeError(f"{op} needs two TTMatrix operands, got {type(other).__name__}.")
+        if (other.row_shape, other.col_shape) != (self.row_shape, self.col_shape):
+            raise ShapeError(
+                f"{op}: row/col shapes {self.row_shape}x{self.col_shape} and "
+                f"{other.row_shape}x{other.col_shape} differ."
+            )
+
+    def __add__(self, other: Any) -> TTMatrix:
+        if not isinstance(other, TTMatrix):
+            return NotImplemented
+        self._same_modes(other, "+")
+        return self._wrap(self.to_tensor_train() + other.to_tensor_train())
+
+    def __sub__(self, other: Any) -> TTMatrix:
+        if not isinstance(other, TTMatrix):
+            return NotImplemented
+        self._same_modes(other, "-")
+        return self._wrap(self.to_tensor_train() - other.to_tensor_train())
+
+    def __neg__(self) -> TTMatrix:
+        return self._wrap(-self.to_tensor_train())
+
+    def __mul__(self, other: Any) -> TTMatrix:
+        if isinstance(other, TTMatrix):
+            self._same_modes(other, "hadamard")
+            return self._wrap(self.to_tensor_train().hadamard(other.to_tensor_train()))
+        res = self.to_tensor_train().__mul__(other)
+        return NotImplemented if res is NotImplemented else self._wrap(res)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> TTMatrix:
+        res = self.to_tensor_train().__truediv__(other)
+        return NotImplemented if res is NotImplemented else self._wrap(res)
+
+    def norm(self) -> Any:
+        """Frobenius norm ``‖W‖_F`` in TT form."""
+        return self.to_tensor_train().norm()
+
+    def dot(self, other: TTMatrix) -> Any:
+        """Frobenius inner product ``Σ conj(W) · V`` in TT form."""
+        self._same_modes(other, "dot")
+        return self.to_tensor_train().dot(other.to_tensor_train())
+
+    def relative_error(self, dense: Any) -> float:
+        """``‖dense − W‖_F / ‖dense‖_F`` for a dense ``(M, N)`` matrix (forms ``W``)."""
+        xp = get_namespace(dense, self.cores[0])
+        if tuple(dense.shape) != self.shape:
+            raise ShapeError(
+                f"relative_error: dense shape {tuple(dense.shape)} does not match the "
+                f"TT-matrix shape {self.shape}."
+            )
+        ref = float(xp.linalg.vector_norm(dense))
+        diff = float(xp.linalg.vector_norm(dense - self.full()))
+        return diff / ref if ref > 0 else diff
+
+    def round(self, ranks: Any = None, *, eps: float | None = None) -> TTMatrix:
+        """Recompress to lower ranks; see :func:`ttdecomp.round`."""
+        from .rounding import round as _round
+
+        return _round(self, ranks, eps=eps)
