@@ -12,7 +12,7 @@ from ._validation import attainable_ranks
 from .decompose import truncate, tt_svd
 from .interop import from_tensorly, to_tensorly
 from .random import random_tt, random_ttm
-from .rounding import orthogonalize, round  # noqa: A004
+from .rounding import orthogonalize, round
 from .tensor_train import TensorTrain
 from .tt_matrix import TTMatrix
 

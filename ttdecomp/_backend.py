@@ -149,7 +149,9 @@ def conj_transpose(xp: Any, a: Any) -> Any:
 
 
 def to_float(x: Any) -> float:
-    """A 0-d array (any backend, any device) as a Python float."""
+    """A 0-d real array (any backend, any device) as a Python float, outside autograd."""
+    if is_torch(x):
+        return float(x.detach())
     return float(x)
 
 
@@ -228,7 +230,8 @@ def _r_factor(a: Any) -> Any:
     if is_torch(a):
         import torch
 
-        return torch.linalg.qr(a, mode="r")[1]
+        # mode="r" has no derivative; keep Q when autograd needs it
+        return torch.linalg.qr(a, mode="reduced" if a.requires_grad else "r")[1]
     return qr(a)[1]
 
 

@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._backend import SVD_METHODS, check_array, conj_transpose, get_namespace, left_svd
+from ._backend import (
+    SVD_METHODS,
+    check_array,
+    conj_transpose,
+    get_namespace,
+    left_svd,
+    to_float,
+)
 from ._validation import check_eps, clip_ranks, normalize_ranks
 from .errors import InvalidInputError, ShapeError
 from .tensor_train import TensorTrain
@@ -79,7 +86,7 @@ def truncate(
     if max_rank is not None:
         r = min(r, max_rank)
     r = max(r, 1)
-    tail_sq = float(tails[r]) if r < k else 0.0
+    tail_sq = to_float(tails[r]) if r < k else 0.0
     left = u[:, :r]
     right = conj_transpose(xp, left) @ a
     return Truncation(left, right, r, tail_sq)
@@ -223,9 +230,7 @@ def tt_svd(
         )
     if matrix:
         if layout not in ("interleaved", "split"):
-            raise InvalidInputError(
-                f"layout must be 'interleaved' or 'split', got {layout!r}."
-            )
+            raise InvalidInputError(f"layout must be 'interleaved' or 'split', got {layout!r}.")
         rs, cs = _matrix_shapes(a.shape[0], a.shape[1], row_shape, col_shape, layout, n_cores)
         modes = tuple(m * n for m, n in zip(rs, cs))
     else:
@@ -235,7 +240,7 @@ def tt_svd(
     requested = normalize_ranks(ranks, d)
     caps = clip_ranks(requested, modes, warn=explicit)
 
-    norm = float(xp.linalg.vector_norm(a))
+    norm = to_float(xp.linalg.vector_norm(a))
     delta_sq = 0.0 if eps is None or d == 1 else (eps * norm) ** 2 / (d - 1)
 
     work = _tensorize_matrix(xp, a, rs, cs) if matrix else a

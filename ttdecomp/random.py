@@ -42,7 +42,9 @@ def _cores(
         return cores
     xp = get_namespace(like)
     device = getattr(like, "device", None)
-    return [xp.asarray(c, dtype=like.dtype if dtype is None else dtype, device=device) for c in cores]
+    return [
+        xp.asarray(c, dtype=like.dtype if dtype is None else dtype, device=device) for c in cores
+    ]
 
 
 def random_tt(

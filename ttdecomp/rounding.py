@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, TypeVar
 
-from ._backend import conj_transpose, qr
+from ._backend import conj_transpose, qr, to_float
 from ._validation import check_eps, clip_ranks, normalize_ranks
 from .decompose import truncate
 from .errors import InvalidInputError
@@ -57,7 +57,7 @@ def _rl_sweep(tt: TensorTrain) -> tuple[list[Any], float]:
         q, rr = qr(conj_transpose(xp, mat))  # mat = rrᴴ qᴴ; q: (n_k r_k, s), rr: (s, r_{k-1})
         s = q.shape[1]
         cores[k] = xp.reshape(conj_transpose(xp, q), (s, n, r2))  # (s, n_k, r_k)
-        nrm = float(xp.linalg.vector_norm(rr))
+        nrm = to_float(xp.linalg.vector_norm(rr))
         if nrm == 0.0:
             return _zero_cores(tt), -math.inf
         rr = rr / nrm
@@ -65,7 +65,7 @@ def _rl_sweep(tt: TensorTrain) -> tuple[list[Any], float]:
         rp, np_, _ = cores[k - 1].shape
         prev = xp.reshape(cores[k - 1], (rp * np_, r)) @ conj_transpose(xp, rr)  # (.., s)
         cores[k - 1] = xp.reshape(prev, (rp, np_, s))
-    nrm = float(xp.linalg.vector_norm(cores[0]))
+    nrm = to_float(xp.linalg.vector_norm(cores[0]))
     if nrm == 0.0:
         return _zero_cores(tt), -math.inf
     cores[0] = cores[0] / nrm
@@ -123,7 +123,7 @@ def orthogonalize(x: T, direction: str = "left") -> T:
     return _like(x, TensorTrain(cores, error_bound=tt.error_bound))
 
 
-def round(x: T, ranks: Any = None, *, eps: float | None = None, method: str = "auto") -> T:  # noqa: A001
+def round(x: T, ranks: Any = None, *, eps: float | None = None, method: str = "auto") -> T:
     """Recompress a TT (or TT-matrix) to lower ranks: TT-SVD done in TT form.
 
     Parameters
@@ -193,4 +193,3 @@ def round(x: T, ranks: Any = None, *, eps: float | None = None, method: str = "a
         bound = bound + tt.error_bound * (1 + bound)
     out = TensorTrain(_spread(cores, log_norm), error_bound=bound)
     return _like(x, out)
-

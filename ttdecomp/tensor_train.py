@@ -18,7 +18,7 @@ from typing import Any
 
 import array_api_compat
 
-from ._backend import get_namespace, is_complex
+from ._backend import get_namespace, is_complex, to_float
 from ._validation import check_cores
 from .errors import BackendMismatchError, ShapeError
 
@@ -186,7 +186,7 @@ class TensorTrain:
                 tb = t @ xp.reshape(b, (rb, n * rb2))  # (ra, n rb2)
                 tb = xp.reshape(tb, (ra * n, rb2))  # (ra n, rb2)
             t = xp.matrix_transpose(xp.reshape(ac, (ra * n, ra2))) @ tb  # (ra2, rb2)
-            s = float(xp.max(xp.abs(t)))
+            s = to_float(xp.max(xp.abs(t)))
             if s > 0:
                 t = t / s
                 log_scale += math.log(s)
@@ -231,8 +231,8 @@ class TensorTrain:
                 f"relative_error: dense shape {tuple(dense.shape)} does not match the "
                 f"train's shape {self.shape}."
             )
-        ref = float(xp.linalg.vector_norm(dense))
-        diff = float(xp.linalg.vector_norm(dense - self.full()))
+        ref = to_float(xp.linalg.vector_norm(dense))
+        diff = to_float(xp.linalg.vector_norm(dense - self.full()))
         return diff / ref if ref > 0 else diff
 
     # ---------------------------------------------------------------- algebra
@@ -287,9 +287,7 @@ class TensorTrain:
             scalar = _scalar_like(self._xp, other, self.cores[0])
         except TypeError:
             return NotImplemented
-        return TensorTrain(
-            [self.cores[0] / scalar, *self.cores[1:]], error_bound=self.error_bound
-        )
+        return TensorTrain([self.cores[0] / scalar, *self.cores[1:]], error_bound=self.error_bound)
 
     def hadamard(self, other: TensorTrain) -> TensorTrain:
         """Element-wise product in TT form; ranks multiply (``r_k · q_k``).

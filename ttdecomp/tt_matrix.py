@@ -23,7 +23,7 @@ from typing import Any
 
 import array_api_compat
 
-from ._backend import get_namespace
+from ._backend import get_namespace, to_float
 from ._validation import check_cores
 from .errors import ShapeError
 from .tensor_train import TensorTrain
@@ -137,7 +137,9 @@ class TTMatrix:
         (6,)
         """
         xp = self._xp
-        cores = [xp.reshape(c, (c.shape[0], c.shape[1] * c.shape[2], c.shape[3])) for c in self.cores]
+        cores = [
+            xp.reshape(c, (c.shape[0], c.shape[1] * c.shape[2], c.shape[3])) for c in self.cores
+        ]
         return TensorTrain(cores, error_bound=self.error_bound)
 
     @classmethod
@@ -178,7 +180,9 @@ class TTMatrix:
         xp = self._xp
         d = self.ndim
         dense = self.to_tensor_train().full()  # (m1 n1, ..., md nd)
-        dense = xp.reshape(dense, tuple(s for mn in zip(self.row_shape, self.col_shape) for s in mn))
+        dense = xp.reshape(
+            dense, tuple(s for mn in zip(self.row_shape, self.col_shape) for s in mn)
+        )
         perm = tuple(range(0, 2 * d, 2)) + tuple(range(1, 2 * d, 2))
         dense = xp.permute_dims(dense, perm)  # (m1..md, n1..nd)
         return xp.reshape(dense, self.shape)
@@ -280,8 +284,8 @@ class TTMatrix:
                 f"relative_error: dense shape {tuple(dense.shape)} does not match the "
                 f"TT-matrix shape {self.shape}."
             )
-        ref = float(xp.linalg.vector_norm(dense))
-        diff = float(xp.linalg.vector_norm(dense - self.full()))
+        ref = to_float(xp.linalg.vector_norm(dense))
+        diff = to_float(xp.linalg.vector_norm(dense - self.full()))
         return diff / ref if ref > 0 else diff
 
     def round(self, ranks: Any = None, *, eps: float | None = None) -> TTMatrix:
