@@ -1,0 +1,845 @@
+"""TT-matrix × dense contraction: a cost model, the contraction orders, and TT × TT products.
+
+A TT-matrix ``W`` of shape ``(M, N)`` has 4-D cores ``G_k`` of shape
+``(r_{k-1}, m_k, n_k, r_k)`` with ``M = ∏ m_k`` and ``N = ∏ n_k``. :func:`apply` maps
+``x[..., N]`` to ``y[..., M] = x @ W.T`` without forming ``W``, by one of four orders:
+
+``"ltr"``
+    core by core, left to right. Before step ``k`` the state has shape
+    ``(B, M_{<k}, r_{k-1}, N_{≥k})``; step ``k`` is one (batched) GEMM of the core,
+    reshaped to ``(m_k r_k, r_{k-1} n_k)``, with the state viewed as
+    ``(B M_{<k}, r_{k-1} n_k, N_{>k})``. No transposes of the state are needed.
+``"rtl"``
+    core by core, right to left: state ``(B, N_{≤k}, r_k, M_{>k})``, core reshaped to
+    ``(r_{k-1} m_k, n_k r_k)`` (a free reshape).
+``"merged"``
+    cut the train at bond ``split``: merge cores ``1..split`` into one block of shape
+    ``(M_L, N_L, r)`` and the rest into ``(r, M_R, N_R)``, then contract the two blocks
+    (by whichever of the two sweeps is cheaper). For a split (TT-LoRA) layout cut at the
+    bond between the input-side and output-side cores this is ``(x @ A) @ B`` with
+    ``A`` of shape ``(N, r)`` and ``B`` of shape ``(r, M)``: exactly what LoRA costs.
+``"dense"``
+    reconstruct ``W`` and do one GEMM.
+
+:func:`estimate_costs` returns the exact FLOP count (multiply and add counted as two),
+the largest intermediate, and the elements saved for backward, for every candidate;
+:func:`contraction_plan` picks the cheapest. The executor counts the FLOPs it issues
+(every contraction is one ``matmul``), and the tests check both agree exactly.
+
+This module imports no array library at import time: the cost model is pure Python, and
+the array code dispatches on the input (numpy, torch with autograd, or any array-API
+library). Torch tensors that need gradients go through a memory-lean autograd Function
+(:mod:`ttdecomp._torch_ops`) that saves only ``x`` and the cores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BackendMismatchError, ShapeError
+
+__all__ = [
+    "ORDERS",
+    "ContractionCost",
+    "ContractionPlan",
+    "apply",
+    "contraction_plan",
+    "estimate_costs",
+    "linear",
+    "ttm_matmul",
+]
+
+ORDERS = ("ltr", "rtl", "merged", "dense")
+
+# Rows of the batch are processed in chunks so that no intermediate holds more than this
+# many elements (64 MiB in float32): the FLOPs do not change, the peak memory does.
+DEFAULT_MEMORY_BUDGET = 1 << 24
+
+
+# --------------------------------------------------------------------------- cost model
+@dataclass(frozen=True)
+class ContractionCost:
+    """The cost of one way of computing ``x @ W.T`` for a batch of ``batch`` rows.
+
+    Attributes
+    ----------
+    order : str
+        ``"ltr"``, ``"rtl"``, ``"merged"`` or ``"dense"`` (see :mod:`ttdecomp.contract`).
+    split : int or None
+        For ``"merged"``: the bond where the train is cut (cores ``1..split`` form the
+        left block). ``None`` otherwise.
+    flops : int
+        Total floating-point operations for the whole batch (a multiply-add counts as 2),
+        including ``setup_flops``.
+    setup_flops : int
+        The batch-independent part: merging cores into blocks or into ``W``.
+    memory : int
+        Elements of the largest intermediate (merged blocks, states, the output) when the
+        batch is processed in one piece.
+    saved : int
+        Elements the torch autograd path saves for backward: ``x`` and the cores.
+    """
+
+    order: str
+    split: int | None
+    flops: int
+    setup_flops: int
+    memory: int
+    saved: int
+
+
+@dataclass(frozen=True)
+class ContractionPlan:
+    """The contraction chosen for a TT-matrix and a batch size, with every candidate.
+
+    Attributes
+    ----------
+    cost : ContractionCost
+        The chosen candidate (fewest FLOPs; ties go to less memory).
+    candidates : tuple of ContractionCost
+        Every candidate considered, cheapest first.
+    batch : int
+        Rows of ``x`` (the product of its leading axes).
+    chunk : int
+        Rows processed per piece so that intermediates stay within the memory budget.
+    row_shape, col_shape, ranks : tuple of int
+        The TT-matrix the plan is for.
+    """
+
+    cost: ContractionCost
+    candidates: tuple[ContractionCost, ...]
+    batch: int
+    chunk: int
+    row_shape: tuple[int, ...]
+    col_shape: tuple[int, ...]
+    ranks: tuple[int, ...]
+
+    @property
+    def order(self) -> str:
+        """The chosen order."""
+        return self.cost.order
+
+    @property
+    def split(self) -> int | None:
+        """The chosen split bond (``"merged"`` only)."""
+        return self.cost.split
+
+    def __str__(self) -> str:
+        m, n = math.prod(self.row_shape), math.prod(self.col_shape)
+        head = (
+            f"ContractionPlan for a {m}x{n} TT-matrix, row_shape={self.row_shape}, "
+            f"col_shape={self.col_shape}, ranks={self.ranks}, batch={self.batch} "
+            f"(chunks of {self.chunk} rows)"
+        )
+        lines = [head, f"  {'order':<8}{'split':>6}{'MFLOP':>14}{'setup':>12}{'memory':>14}"]
+        for c in self.candidates:
+            mark = "  <- chosen" if c == self.cost else ""
+            split = "-" if c.split is None else str(c.split)
+            lines.append(
+                f"  {c.order:<8}{split:>6}{c.flops / 1e6:>14.3f}{c.setup_flops / 1e6:>12.3f}"
+                f"{c.memory:>14d}{mark}"
+            )
+        return "\n".join(lines)
+
+
+def _sweep_steps(
+    row_shape: Sequence[int],
+    col_shape: Sequence[int],
+    ranks: Sequence[int],
+    batch: int,
+    order: str,
+) -> list[tuple[int, int, int, int]]:
+    """GEMM shapes ``(P, rows, inner, cols)`` of a core-by-core sweep.
+
+    Step ``k`` multiplies a ``(rows, inner)`` core matrix with ``P`` state matrices of
+    shape ``(inner, cols)``: ``2 · P · rows · inner · cols`` FLOPs, output
+    ``P · rows · cols`` elements.
+    """
+    d = len(row_shape)
+    steps = []
+    if order == "ltr":
+        for k in range(d):
+            p = batch * math.prod(row_shape[:k])
+            rows = row_shape[k] * ranks[k + 1]
+            inner = ranks[k] * col_shape[k]
+            cols = math.prod(col_shape[k + 1 :])
+            steps.append((p, rows, inner, cols))
+    else:
+        for k in reversed(range(d)):
+            p = batch * math.prod(col_shape[:k])
+            rows = ranks[k] * row_shape[k]
+            inner = col_shape[k] * ranks[k + 1]
+            cols = math.prod(row_shape[k + 1 :])
+            steps.append((p, rows, inner, cols))
+    return steps
+
+
+def _merge_steps(
+    row_shape: Sequence[int], col_shape: Sequence[int], ranks: Sequence[int], direction: str
+) -> list[tuple[int, int, int]]:
+    """GEMM shapes ``(rows, inner, cols)`` of merging consecutive cores into one block.
+
+    ``ranks`` has ``len(row_shape) + 1`` entries (the block's outer ranks may exceed 1).
+    Left to right the block grows as ``(r_0 ∏ m_i n_i, r_k)``; right to left as
+    ``(r_{k-1}, ∏ m_i n_i r_d)``.
+    """
+    d = len(row_shape)
+    mn = [m * n for m, n in zip(row_shape, col_shape)]
+    steps = []
+    if direction == "ltr":
+        for k in range(1, d):
+            steps.append((ranks[0] * math.prod(mn[:k]), ranks[k], mn[k] * ranks[k + 1]))
+    else:
+        for k in reversed(range(d - 1)):
+            steps.append((ranks[k] * mn[k], ranks[k + 1], math.prod(mn[k + 1 :]) * ranks[d]))
+    return steps
+
+
+def _gemm_flops(steps: Sequence[tuple[int, ...]]) -> int:
+    return sum(2 * math.prod(s) for s in steps)
+
+
+def _merged_direction(
+    row_shape: Sequence[int], col_shape: Sequence[int], ranks: Sequence[int], split: int, batch: int
+) -> str:
+    """The cheaper sweep over the two merged blocks (ties go left to right)."""
+    rows = (math.prod(row_shape[:split]), math.prod(row_shape[split:]))
+    cols = (math.prod(col_shape[:split]), math.prod(col_shape[split:]))
+    block_ranks = (1, ranks[split], 1)
+    ltr = _gemm_flops(_sweep_steps(rows, cols, block_ranks, batch, "ltr"))
+    rtl = _gemm_flops(_sweep_steps(rows, cols, block_ranks, batch, "rtl"))
+    return "ltr" if ltr <= rtl else "rtl"
+
+
+def _check_shape_args(
+    row_shape: Sequence[int], col_shape: Sequence[int], ranks: Sequence[int], batch: int
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
+    row_shape = tuple(int(s) for s in row_shape)
+    col_shape = tuple(int(s) for s in col_shape)
+    ranks = tuple(int(r) for r in ranks)
+    d = len(row_shape)
+    if d == 0 or len(col_shape) != d:
+        raise ShapeError(
+            f"row_shape {row_shape} and col_shape {col_shape} must be non-empty and of equal "
+            "length (one entry per core)."
+        )
+    if len(ranks) != d + 1 or ranks[0] != 1 or ranks[-1] != 1:
+        raise ShapeError(
+            f"ranks must have d + 1 = {d + 1} entries with boundary ones, got {ranks}."
+        )
+    if min(row_shape + col_shape + ranks) < 1:
+        raise ShapeError(
+            f"mode sizes and ranks must be positive, got row_shape={row_shape}, "
+            f"col_shape={col_shape}, ranks={ranks}."
+        )
+    if int(batch) < 0:
+        raise ShapeError(f"batch must be a non-negative number of rows, got {batch}.")
+    return row_shape, col_shape, ranks, int(batch)
+
+
+def estimate_costs(
+    row_shape: Sequence[int], col_shape: Sequence[int], ranks: Sequence[int], batch: int
+) -> list[ContractionCost]:
+    """Exact FLOPs and memory of every way to compute ``x @ W.T`` for ``batch`` rows.
+
+    Parameters
+    ----------
+    row_shape, col_shape : sequence of int
+        ``(m_1..m_d)`` and ``(n_1..n_d)`` of the TT-matrix ``W`` (``M × N``).
+    ranks : sequence of int
+        ``(1, r_1, ..., r_{d-1}, 1)``.
+    batch : int
+        Rows of ``x`` (the product of its leading axes).
+
+    Returns
+    -------
+    list of ContractionCost
+        ``"ltr"``, ``"rtl"``, ``"merged"`` for every bond ``1 ≤ split ≤ d-1``, and
+        ``"dense"``, in that order. FLOPs count a multiply-add as 2 and are exactly the
+        FLOPs of the matrix products :func:`apply` issues; reshapes and transposes are
+        free in this model.
+
+    Examples
+    --------
+    >>> from ttdecomp.contract import estimate_costs
+    >>> costs = estimate_costs((8, 8, 8, 8), (8, 8, 8, 8), (1, 16, 16, 16, 1), 64)
+    >>> for c in costs:
+    ...     print(c.order, c.split, f"{c.flops / 1e9:.2f} GFLOP")
+    ltr None 2.28 GFLOP
+    rtl None 2.28 GFLOP
+    merged 1 4.50 GFLOP
+    merged 2 1.08 GFLOP
+    merged 3 4.50 GFLOP
+    dense None 2.82 GFLOP
+    """
+    row_shape, col_shape, ranks, batch = _check_shape_args(row_shape, col_shape, ranks, batch)
+    d = len(row_shape)
+    m_total, n_total = math.prod(row_shape), math.prod(col_shape)
+    n_params = sum(ranks[k] * row_shape[k] * col_shape[k] * ranks[k + 1] for k in range(d))
+    saved = batch * n_total + n_params
+    costs = []
+    for order in ("ltr", "rtl"):
+        steps = _sweep_steps(row_shape, col_shape, ranks, batch, order)
+        memory = max(p * rows * cols for p, rows, _, cols in steps)
+        costs.append(ContractionCost(order, None, _gemm_flops(steps), 0, memory, saved))
+    for split in range(1, d):
+        left = _merge_steps(row_shape[:split], col_shape[:split], ranks[: split + 1], "ltr")
+        right = _merge_steps(row_shape[split:], col_shape[split:], ranks[split:], "rtl")
+        setup = _gemm_flops(left) + _gemm_flops(right)
+        rows = (math.prod(row_shape[:split]), math.prod(row_shape[split:]))
+        cols = (math.prod(col_shape[:split]), math.prod(col_shape[split:]))
+        direction = _merged_direction(row_shape, col_shape, ranks, split, batch)
+        steps = _sweep_steps(rows, cols, (1, ranks[split], 1), batch, direction)
+        blocks = max(rows[0] * cols[0], rows[1] * cols[1]) * ranks[split]
+        memory = max([blocks] + [p * r * c for p, r, _, c in steps])
+        flops = setup + _gemm_flops(steps)
+        costs.append(ContractionCost("merged", split, flops, setup, memory, saved))
+    setup = _gemm_flops(_merge_steps(row_shape, col_shape, ranks, "ltr"))
+    memory = max(m_total * n_total, batch * m_total)
+    flops = setup + 2 * batch * m_total * n_total
+    costs.append(ContractionCost("dense", None, flops, setup, memory, saved))
+    return costs
+
+
+def _per_row_memory(cost: ContractionCost, row_shape, col_shape, ranks) -> int:
+    """Elements per batch row of the largest batch-dependent intermediate."""
+    if cost.order in ("ltr", "rtl"):
+        steps = _sweep_steps(row_shape, col_shape, ranks, 1, cost.order)
+    elif cost.order == "merged":
+        s = cost.split
+        rows = (math.prod(row_shape[:s]), math.prod(row_shape[s:]))
+        cols = (math.prod(col_shape[:s]), math.prod(col_shape[s:]))
+        direction = _merged_direction(row_shape, col_shape, ranks, s, 1)
+        steps = _sweep_steps(rows, cols, (1, ranks[s], 1), 1, direction)
+    else:
+        return math.prod(row_shape)
+    return max(p * r * c for p, r, _, c in steps)
+
+
+def _select(
+    costs: Sequence[ContractionCost], order: str | None, split: int | None
+) -> ContractionCost:
+    if order is None:
+        if split is not None:
+            order = "merged"
+        else:
+            return min(costs, key=lambda c: (c.flops, c.memory))
+    if order not in ORDERS:
+        raise ShapeError(f"order must be one of {ORDERS} or None (automatic), got {order!r}.")
+    matching = [c for c in costs if c.order == order and (split is None or c.split == split)]
+    if not matching:
+        splits = [c.split for c in costs if c.order == "merged"]
+        raise ShapeError(
+            f"no contraction with order={order!r}, split={split!r}; a train with "
+            f"{len(splits) + 1} cores can be split at bonds {splits}"
+            + (" (a single core cannot be merged)." if not splits else ".")
+        )
+    return min(matching, key=lambda c: (c.flops, c.memory))
+
+
+def contraction_plan(
+    ttm_or_cores: Any,
+    batch: int,
+    *,
+    order: str | None = None,
+    split: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> ContractionPlan:
+    """Choose how to compute ``x @ W.T`` for ``batch`` rows of ``x``.
+
+    The candidates of :func:`estimate_costs` are ranked by FLOPs (then by memory); the
+    batch is processed in chunks of ``chunk`` rows so that no intermediate exceeds
+    ``memory_budget`` elements (or one row's worth, if that is larger).
+
+    Parameters
+    ----------
+    ttm_or_cores : TTMatrix or sequence of arrays
+        The TT-matrix, or its 4-D cores ``(r_{k-1}, m_k, n_k, r_k)``.
+    batch : int
+        Rows of ``x`` (the product of its leading axes).
+    order : {"ltr", "rtl", "merged", "dense"}, optional
+        Force an order instead of the cheapest.
+    split : int, optional
+        Force the bond of a ``"merged"`` order (implies ``order="merged"``).
+    memory_budget : int
+        Largest intermediate, in elements, before the batch is chunked.
+
+    Returns
+    -------
+    ContractionPlan
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ttdecomp.contract import contraction_plan
+    >>> cores = [np.ones((1, 8, 8, 16)), np.ones((16, 8, 8, 16)),
+    ...          np.ones((16, 8, 8, 16)), np.ones((16, 8, 8, 1))]
+    >>> plan = contraction_plan(cores, 64)
+    >>> plan.order, plan.split, plan.cost.flops
+    ('merged', 2, 1077936128)
+    >>> print(plan)  # doctest: +ELLIPSIS
+    ContractionPlan for a 4096x4096 TT-matrix, ... batch=64 (chunks of 64 rows)
+      order    split         MFLOP       setup        memory
+      merged       2      1077.936       4.194       4194304  <- chosen
+    ...
+    """
+    cores = _cores_of(ttm_or_cores)
+    row_shape, col_shape, ranks = _shapes(cores)
+    return _plan(row_shape, col_shape, ranks, batch, order, split, memory_budget)
+
+
+def _plan(row_shape, col_shape, ranks, batch, order, split, memory_budget) -> ContractionPlan:
+    costs = estimate_costs(row_shape, col_shape, ranks, batch)
+    chosen = _select(costs, order, split)
+    per_row = _per_row_memory(chosen, row_shape, col_shape, ranks)
+    chunk = max(1, min(max(batch, 1), int(memory_budget) // max(per_row, 1)))
+    ranked = tuple(sorted(costs, key=lambda c: (c.flops, c.memory)))
+    return ContractionPlan(chosen, ranked, batch, chunk, row_shape, col_shape, ranks)
+
+
+# --------------------------------------------------------------------------- validation
+def _cores_of(ttm_or_cores: Any) -> list[Any]:
+    """The 4-D cores of a TTMatrix or a sequence of cores, shape-checked (no data scans)."""
+    cores = getattr(ttm_or_cores, "cores", ttm_or_cores)
+    if isinstance(cores, (str, bytes)) or not isinstance(cores, Sequence) or not cores:
+        raise ShapeError(
+            f"expected a TTMatrix or a non-empty list of 4-D cores (r_{{k-1}}, m_k, n_k, r_k), "
+            f"got {type(ttm_or_cores).__name__}."
+        )
+    cores = list(cores)
+    prev = 1
+    for k, core in enumerate(cores):
+        shape = getattr(core, "shape", None)
+        if shape is None or len(shape) != 4:
+            raise ShapeError(
+                f"core {k} has shape {None if shape is None else tuple(shape)}; TT-matrix cores "
+                "are 4-D (r_{k-1}, m_k, n_k, r_k). For a 3-D TensorTrain core use "
+                "core[:, :, None, :] to view it as a one-column TT-matrix."
+            )
+        if int(shape[0]) != prev:
+            what = (
+                "the first core's left rank must be 1"
+                if k == 0
+                else (f"core {k - 1} has right rank {prev}")
+            )
+            raise ShapeError(
+                f"core {k} has left rank {int(shape[0])} but {what}; neighbouring ranks must match."
+            )
+        prev = int(shape[3])
+    if prev != 1:
+        raise ShapeError(
+            f"core {len(cores) - 1} has right rank {prev}; the last core's right rank must be 1."
+        )
+    return cores
+
+
+def _shapes(cores: Sequence[Any]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    row_shape = tuple(int(c.shape[1]) for c in cores)
+    col_shape = tuple(int(c.shape[2]) for c in cores)
+    ranks = (1,) + tuple(int(c.shape[3]) for c in cores)
+    return row_shape, col_shape, ranks
+
+
+def _check_operands(x: Any, cores: Sequence[Any], n_total: int, what: str = "x") -> Any:
+    """Backend, dtype, device and last-axis checks; returns the namespace."""
+    from ._backend import get_namespace
+
+    xp = get_namespace(x, *cores)
+    dtype = cores[0].dtype
+    if not xp.isdtype(x.dtype, ("real floating", "complex floating")):
+        raise BackendMismatchError(
+            f"{what} has dtype {x.dtype}; expected a floating or complex dtype matching the "
+            f"cores ({dtype}). Cast it explicitly, e.g. x.astype(...) or x.to(...)."
+        )
+    for k, core in enumerate(cores):
+        if core.dtype != x.dtype:
+            kind = (
+                "a complex/real mix"
+                if xp.isdtype(core.dtype, "complex floating")
+                != xp.isdtype(x.dtype, "complex floating")
+                else "a dtype mismatch"
+            )
+            raise BackendMismatchError(
+                f"{what} has dtype {x.dtype} but core {k} has dtype {core.dtype} ({kind}); "
+                "ttdecomp does not promote silently. Cast one side, e.g. "
+                f"x.astype(cores.dtype) / x.to(core.dtype), or the cores to {x.dtype}."
+            )
+    device = _device(x)
+    for k, core in enumerate(cores):
+        if _device(core) != device:
+            raise BackendMismatchError(
+                f"{what} is on device {device} but core {k} is on {_device(core)}; "
+                "move one side (e.g. x.to(core.device)); ttdecomp never copies between "
+                "devices silently."
+            )
+    if x.ndim < 1 or int(x.shape[-1]) != n_total:
+        raise ShapeError(
+            f"{what} has shape {tuple(x.shape)}; its last axis must be N = {n_total} (the "
+            "TT-matrix's column count, ∏ col_shape). Reshape x to (..., N) or use W.T."
+        )
+    return xp
+
+
+def _device(a: Any) -> Any:
+    dev = getattr(a, "device", None)
+    if dev is None:
+        return None
+    import array_api_compat
+
+    return array_api_compat.device(a)
+
+
+# --------------------------------------------------------------------------- executor
+class _Ops:
+    """The handful of array operations the executor uses, bound to one backend.
+
+    ``counter`` (a one-element list) accumulates the FLOPs of every matrix product.
+    """
+
+    def __init__(self, like: Any, counter: list[int] | None = None) -> None:
+        from ._backend import get_namespace, is_torch
+
+        if is_torch(like):
+            import torch
+
+            self.reshape = torch.reshape
+            self.permute = torch.permute
+            self._matmul = torch.matmul
+            self.concat = torch.cat
+        else:
+            xp = get_namespace(like)
+            self.reshape = xp.reshape
+            self.permute = xp.permute_dims
+            self._matmul = xp.matmul
+            self.concat = lambda pieces: xp.concat(pieces, axis=0)
+        self.counter = counter
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        """``a @ b`` (with broadcasting over leading axes), counting its FLOPs."""
+        if self.counter is not None:
+            *batch_a, m, k = a.shape
+            *batch_b, _, n = b.shape
+            batch = max(math.prod(batch_a), math.prod(batch_b))
+            self.counter[0] += 2 * batch * m * k * n
+        return self._matmul(a, b)
+
+
+def _merge(ops: _Ops, cores: Sequence[Any], direction: str) -> Any:
+    """Merge consecutive 4-D cores into one ``(r_0, ∏m, ∏n, r_d)`` core."""
+    d = len(cores)
+    r0, rd = int(cores[0].shape[0]), int(cores[-1].shape[3])
+    ms = [int(c.shape[1]) for c in cores]
+    ns = [int(c.shape[2]) for c in cores]
+    if d == 1:
+        return cores[0]
+    if direction == "ltr":
+        block = ops.reshape(cores[0], (-1, int(cores[0].shape[3])))  # (r0 m1 n1, r1)
+        for core in cores[1:]:
+            r_prev, m, n, r_next = (int(s) for s in core.shape)
+            mat = ops.reshape(core, (r_prev, m * n * r_next))  # (r_{k-1}, m_k n_k r_k)
+            block = ops.matmul(block, mat)  # (r0 m1 n1 .. m_{k-1} n_{k-1}, m_k n_k r_k)
+            block = ops.reshape(block, (-1, r_next))  # (r0 m1 n1 .. m_k n_k, r_k)
+    else:
+        block = ops.reshape(cores[-1], (int(cores[-1].shape[0]), -1))  # (r_{d-1}, m_d n_d rd)
+        for core in reversed(cores[:-1]):
+            r_prev, m, n, r_next = (int(s) for s in core.shape)
+            mat = ops.reshape(core, (r_prev * m * n, r_next))  # (r_{k-1} m_k n_k, r_k)
+            block = ops.matmul(mat, block)  # (r_{k-1} m_k n_k, m_{k+1} n_{k+1} .. rd)
+            block = ops.reshape(block, (r_prev, -1))  # (r_{k-1}, m_k n_k .. m_d n_d rd)
+    block = ops.reshape(block, (r0, *[s for mn in zip(ms, ns) for s in mn], rd))
+    # (r0, m1, n1, ..., md, nd, rd)
+    perm = (0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1)
+    block = ops.permute(block, perm)  # (r0, m1..md, n1..nd, rd)
+    return ops.reshape(block, (r0, math.prod(ms), math.prod(ns), rd))
+
+
+def _sweep(ops: _Ops, cores: Sequence[Any], x2: Any, order: str) -> Any:
+    """Core-by-core product of ``x2`` (``(B, N)``) with the train; returns ``(B, M)``."""
+    batch = int(x2.shape[0])
+    ms = [int(c.shape[1]) for c in cores]
+    ns = [int(c.shape[2]) for c in cores]
+    d = len(cores)
+    z = x2
+    if order == "ltr":
+        for k, core in enumerate(cores):
+            r_prev, m, n, r_next = (int(s) for s in core.shape)
+            p, cols = batch * math.prod(ms[:k]), math.prod(ns[k + 1 :])
+            mat = ops.permute(core, (1, 3, 0, 2))  # (m_k, r_k, r_{k-1}, n_k)
+            mat = ops.reshape(mat, (m * r_next, r_prev * n))  # (m_k r_k, r_{k-1} n_k)
+            if cols == 1:
+                z = ops.reshape(z, (p, r_prev * n))  # (B M_{<k}, r_{k-1} n_k)
+                z = ops.matmul(z, ops.permute(mat, (1, 0)))  # (B M_{<k}, m_k r_k)
+            elif p == 1:
+                z = ops.reshape(z, (r_prev * n, cols))  # (r_{k-1} n_k, N_{>k})
+                z = ops.matmul(mat, z)  # (m_k r_k, N_{>k})
+            else:
+                z = ops.reshape(z, (p, r_prev * n, cols))  # (B M_{<k}, r_{k-1} n_k, N_{>k})
+                z = ops.matmul(mat, z)  # (B M_{<k}, m_k r_k, N_{>k}) = (B, M_{≤k}, r_k, N_{>k})
+    else:
+        for k in reversed(range(d)):
+            core = cores[k]
+            r_prev, m, n, r_next = (int(s) for s in core.shape)
+            p, cols = batch * math.prod(ns[:k]), math.prod(ms[k + 1 :])
+            mat = ops.reshape(core, (r_prev * m, n * r_next))  # (r_{k-1} m_k, n_k r_k)
+            if cols == 1:
+                z = ops.reshape(z, (p, n * r_next))  # (B N_{<k}, n_k r_k)
+                z = ops.matmul(z, ops.permute(mat, (1, 0)))  # (B N_{<k}, r_{k-1} m_k)
+            elif p == 1:
+                z = ops.reshape(z, (n * r_next, cols))  # (n_k r_k, M_{>k})
+                z = ops.matmul(mat, z)  # (r_{k-1} m_k, M_{>k})
+            else:
+                z = ops.reshape(z, (p, n * r_next, cols))  # (B N_{<k}, n_k r_k, M_{>k})
+                z = ops.matmul(
+                    mat, z
+                )  # (B N_{<k}, r_{k-1} m_k, M_{>k}) = (B, N_{<k}, r_{k-1}, M_{≥k})
+    return ops.reshape(z, (batch, math.prod(ms)))  # (B, M)
+
+
+def _prepare(ops: _Ops, cores: Sequence[Any], cost: ContractionCost, batch: int) -> tuple:
+    """Batch-independent setup of a plan: the operands its sweep runs on."""
+    if cost.order in ("ltr", "rtl"):
+        return list(cores), cost.order
+    if cost.order == "dense":
+        w = _merge(ops, cores, "ltr")  # (1, M, N, 1)
+        return w, "dense"
+    s = cost.split
+    left = _merge(ops, cores[:s], "ltr")  # (1, M_L, N_L, r_s)
+    right = _merge(ops, cores[s:], "rtl")  # (r_s, M_R, N_R, 1)
+    row_shape, col_shape, ranks = _shapes(cores)
+    direction = _merged_direction(row_shape, col_shape, ranks, s, batch)
+    return [left, right], direction
+
+
+def _run(ops: _Ops, prepared: tuple, x2: Any) -> Any:
+    """Apply prepared operands to ``x2`` (``(B, N)``); returns ``(B, M)``."""
+    operands, how = prepared
+    if how == "dense":
+        m, n = int(operands.shape[1]), int(operands.shape[2])
+        w = ops.reshape(operands, (m, n))  # (M, N)
+        return ops.matmul(x2, ops.permute(w, (1, 0)))  # (B, M)
+    return _sweep(ops, operands, x2, how)
+
+
+def _execute(
+    cores: Sequence[Any],
+    x2: Any,
+    plan: ContractionPlan,
+    counter: list[int] | None = None,
+) -> Any:
+    """Run ``plan`` on ``x2`` (``(B, N)``) in chunks of ``plan.chunk`` rows."""
+    ops = _Ops(x2, counter)
+    batch = int(x2.shape[0])
+    prepared = _prepare(ops, cores, plan.cost, batch)
+    if batch <= plan.chunk:
+        return _run(ops, prepared, x2)
+    return ops.concat(
+        [_run(ops, prepared, x2[i : i + plan.chunk, ...]) for i in range(0, batch, plan.chunk)]
+    )
+
+
+# --------------------------------------------------------------------------- public API
+def apply(
+    ttm_or_cores: Any,
+    x: Any,
+    *,
+    order: str | None = None,
+    split: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Any:
+    """``y = x @ W.T`` for a TT-matrix ``W`` (``M × N``): maps ``x[..., N]`` to ``y[..., M]``.
+
+    The contraction order is chosen by :func:`contraction_plan` for the actual batch (the
+    product of the leading axes); ``W`` is never formed unless reconstructing it is the
+    cheapest order. numpy in gives numpy out, torch in gives torch out (same device and
+    dtype, gradients flowing to ``x`` and every core through an autograd Function that
+    saves only ``x`` and the cores), other array-API arrays work through the standard.
+
+    Parameters
+    ----------
+    ttm_or_cores : TTMatrix or sequence of arrays
+        The TT-matrix, or its 4-D cores ``(r_{k-1}, m_k, n_k, r_k)`` (e.g. a list of torch
+        ``nn.Parameter``). Only shapes are checked, never the data.
+    x : array
+        Shape ``(..., N)``, same library, dtype and device as the cores.
+    order, split : optional
+        Force a contraction order (see :func:`contraction_plan`).
+    memory_budget : int
+        Largest intermediate in elements before the batch is processed in chunks.
+
+    Returns
+    -------
+    array
+        Shape ``(..., M)``.
+
+    Raises
+    ------
+    ShapeError
+        The last axis of ``x`` is not ``N``, or the cores do not chain.
+    BackendMismatchError
+        ``x`` and the cores differ in library, dtype (including complex/real) or device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ttdecomp.contract import apply
+    >>> rng = np.random.default_rng(0)
+    >>> cores = [rng.standard_normal((1, 2, 3, 4)), rng.standard_normal((4, 5, 2, 1))]
+    >>> x = rng.standard_normal((7, 3, 6))
+    >>> y = apply(cores, x)
+    >>> y.shape
+    (7, 3, 10)
+    >>> w = np.einsum("aijb,bklc->ikjl", *cores).reshape(10, 6)
+    >>> bool(np.allclose(y, x @ w.T))
+    True
+    """
+    cores = _cores_of(ttm_or_cores)
+    row_shape, col_shape, ranks = _shapes(cores)
+    n_total, m_total = math.prod(col_shape), math.prod(row_shape)
+    xp = _check_operands(x, cores, n_total)
+    lead = tuple(int(s) for s in x.shape[:-1])
+    batch = math.prod(lead)
+    plan = _plan(row_shape, col_shape, ranks, batch, order, split, memory_budget)
+    from ._backend import is_torch
+
+    if is_torch(x):
+        from ._torch_ops import tt_apply
+
+        y2 = tt_apply(cores, x.reshape(batch, n_total), plan)
+    else:
+        x2 = xp.reshape(x, (batch, n_total))  # (B, N)
+        y2 = _execute(cores, x2, plan)  # (B, M)
+    return xp.reshape(y2, (*lead, m_total))  # (..., M)
+
+
+def linear(x: Any, ttm_or_cores: Any, bias: Any | None = None) -> Any:
+    """``torch.nn.functional.linear`` with a TT-matrix weight: ``y = x @ W.T + bias``.
+
+    Parameters
+    ----------
+    x : array
+        Shape ``(..., N)``.
+    ttm_or_cores : TTMatrix or sequence of arrays
+        The weight ``W`` (``M × N``) in TT form.
+    bias : array, optional
+        Shape ``(M,)``, same library, dtype and device as ``x``.
+
+    Returns
+    -------
+    array
+        Shape ``(..., M)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ttdecomp.contract import linear
+    >>> cores = [np.ones((1, 2, 2, 1)), np.ones((1, 3, 3, 1))]
+    >>> linear(np.ones((1, 6)), cores, bias=np.arange(6.0))
+    array([[ 6.,  7.,  8.,  9., 10., 11.]])
+    """
+    y = apply(ttm_or_cores, x)
+    if bias is None:
+        return y
+    m_total = int(y.shape[-1])
+    if bias.ndim != 1 or int(bias.shape[0]) != m_total:
+        raise ShapeError(
+            f"bias has shape {tuple(bias.shape)}; expected ({m_total},), one entry per output "
+            "feature (M = ∏ row_shape)."
+        )
+    _check_operands(bias, _cores_of(ttm_or_cores), m_total, what="bias")
+    return y + bias
+
+
+# --------------------------------------------------------------------------- TT × TT
+def ttm_matmul(a: Any, b: Any, *, eps: float | None = None, ranks: Any = None) -> Any:
+    """The product ``A @ B`` of a TT-matrix with a TT-matrix or a tensor train, in TT form.
+
+    Core ``k`` of the result is ``Σ_j A_k[:, i, j, :] ⊗ B_k[:, j, l, :]``: ranks multiply
+    (``r_k^A · r_k^B``); the result is exact unless ``eps`` or ``ranks`` ask for rounding
+    (then ``‖C − round(C)‖ ≤ eps ‖C‖`` as :meth:`TensorTrain.round` guarantees).
+
+    Parameters
+    ----------
+    a : TTMatrix
+        ``M × N`` with column factors ``(n_1..n_d)``.
+    b : TTMatrix or TensorTrain
+        ``N × K`` with row factors ``(n_1..n_d)``, or a train over modes ``(n_1..n_d)``
+        (a vector of length ``N`` in TT form).
+    eps : float, optional
+        Relative Frobenius tolerance of the rounding.
+    ranks : int or sequence of int, optional
+        Largest ranks after rounding.
+
+    Returns
+    -------
+    TTMatrix or TensorTrain
+        A TT-matrix ``M × K`` when ``b`` is a TT-matrix, a tensor train over
+        ``(m_1..m_d)`` when ``b`` is a tensor train.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ttdecomp import TTMatrix
+    >>> from ttdecomp.contract import ttm_matmul
+    >>> rng = np.random.default_rng(0)
+    >>> a = TTMatrix([rng.standard_normal((1, 2, 3, 2)), rng.standard_normal((2, 2, 3, 1))])
+    >>> b = TTMatrix([rng.standard_normal((1, 3, 2, 3)), rng.standard_normal((3, 3, 2, 1))])
+    >>> c = ttm_matmul(a, b)
+    >>> c.shape, c.ranks
+    ((4, 4), (1, 6, 1))
+    >>> bool(np.allclose(c.full(), a.full() @ b.full()))
+    True
+    """
+    from .tensor_train import TensorTrain
+    from .tt_matrix import TTMatrix
+
+    if not isinstance(a, TTMatrix):
+        raise ShapeError(f"ttm_matmul's left operand must be a TTMatrix, got {type(a).__name__}.")
+    is_tt = isinstance(b, TensorTrain) and not isinstance(b, TTMatrix)
+    if is_tt:
+        b_cores = [c[:, :, None, :] for c in b.cores]  # (s_{k-1}, n_k, 1, s_k)
+    elif isinstance(b, TTMatrix):
+        b_cores = list(b.cores)
+    else:
+        raise ShapeError(
+            f"ttm_matmul's right operand must be a TTMatrix or TensorTrain, got "
+            f"{type(b).__name__}; for a dense operand use apply()."
+        )
+    a_cores = list(a.cores)
+    b_rows = tuple(int(c.shape[1]) for c in b_cores)
+    if len(a_cores) != len(b_cores) or a.col_shape != b_rows:
+        raise ShapeError(
+            f"A @ B needs A's column factors to equal B's row factors core by core; got "
+            f"A.col_shape={a.col_shape} and B's {'shape' if is_tt else 'row_shape'}={b_rows}. "
+            "Re-tensorize one operand (e.g. with ttdecomp.tt_svd and matching shapes)."
+        )
+    from ._backend import get_namespace
+
+    xp = get_namespace(*a_cores, *b_cores)
+    for k, (ca, cb) in enumerate(zip(a_cores, b_cores)):
+        if ca.dtype != cb.dtype:
+            raise BackendMismatchError(
+                f"core {k}: A has dtype {ca.dtype}, B has {cb.dtype}; cast one operand so "
+                "both share a dtype (ttdecomp does not promote silently)."
+            )
+    cores = []
+    for ca, cb in zip(a_cores, b_cores):
+        ra, m, n, ra2 = (int(s) for s in ca.shape)
+        rb, _, p, rb2 = (int(s) for s in cb.shape)
+        left = xp.permute_dims(ca, (0, 1, 3, 2))  # (ra, m, ra', n)
+        left = xp.reshape(left, (ra * m * ra2, n))  # (ra m ra', n)
+        right = xp.permute_dims(cb, (1, 0, 2, 3))  # (n, rb, p, rb')
+        right = xp.reshape(right, (n, rb * p * rb2))  # (n, rb p rb')
+        core = xp.matmul(left, right)  # (ra m ra', rb p rb')
+        core = xp.reshape(core, (ra, m, ra2, rb, p, rb2))  # (ra, m, ra', rb, p, rb')
+        core = xp.permute_dims(core, (0, 3, 1, 4, 2, 5))  # (ra, rb, m, p, ra', rb')
+        cores.append(xp.reshape(core, (ra * rb, m, p, ra2 * rb2)))  # (ra rb, m, p, ra' rb')
+    if is_tt:
+        result = TensorTrain([xp.reshape(c, (c.shape[0], c.shape[1], c.shape[3])) for c in cores])
+    else:
+        result = TTMatrix(cores)
+    if eps is not None or ranks is not None:
+        result = result.round(ranks, eps=eps)
+    return result
