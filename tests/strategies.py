@@ -74,3 +74,51 @@ def low_rank_tt_arrays(draw, max_dims: int = 5, max_rank: int = 3):
 dtypes = st.sampled_from(["float32", "float64", "complex128"])
 backends = st.sampled_from(BACKENDS)
 seeds = st.integers(0, 2**31 - 1)
+
+
+@st.composite
+def ttm_layouts(draw, max_cores: int = 4, max_mode: int = 4, max_rank: int = 4):
+    """``(row_shape, col_shape, ranks)`` of a small TT-matrix in a drawn layout.
+
+    ``"interleaved"``: every ``m_k, n_k > 1``; ``"split"``: input cores (``m_k = 1``)
+    then output cores (``n_k = 1``), as in TT-LoRA; ``"mixed"``: anything, ones included.
+    """
+    layout = draw(st.sampled_from(["interleaved", "split", "mixed"]))
+    modes = st.integers(2, max_mode)
+    if layout == "interleaved":
+        d = draw(st.integers(1, max_cores))
+        rows = [draw(modes) for _ in range(d)]
+        cols = [draw(modes) for _ in range(d)]
+    elif layout == "split":
+        d_in = draw(st.integers(1, max(1, max_cores // 2 + 1)))
+        d_out = draw(st.integers(1, max(1, max_cores // 2 + 1)))
+        cols = [draw(modes) for _ in range(d_in)] + [1] * d_out
+        rows = [1] * d_in + [draw(modes) for _ in range(d_out)]
+    else:
+        d = draw(st.integers(1, max_cores))
+        rows = [draw(st.integers(1, max_mode)) for _ in range(d)]
+        cols = [draw(st.integers(1, max_mode)) for _ in range(d)]
+    d = len(rows)
+    ranks = [1] + [draw(st.integers(1, max_rank)) for _ in range(d - 1)] + [1]
+    return tuple(rows), tuple(cols), tuple(ranks)
+
+
+# --- shapes / counts / planner (tests/test_shapes.py, test_counts.py, test_planner.py) ---
+@st.composite
+def smooth_ints(draw, min_value: int = 2, max_value: int = 5000):
+    """Integers in range whose prime factors are all at most 7 (sizes found in networks)."""
+    n = 1
+    for p in draw(st.lists(st.sampled_from([2, 2, 2, 3, 5, 7]), min_size=1, max_size=14)):
+        if n * p > max_value:
+            break
+        n *= p
+    return n if n >= min_value else min_value  # min_value is 2 or 4 here: smooth too
+
+
+@st.composite
+def weight_shapes(draw, max_size: int = 1500):
+    """A small ``(out_features, in_features)`` pair of smooth sizes with at least 4 prime
+    factors in all, so that TT-matrices of a few cores exist."""
+    m = draw(smooth_ints(min_value=4, max_value=64))
+    n = draw(smooth_ints(min_value=4, max_value=max(4, max_size // m)))
+    return m, n
