@@ -522,7 +522,10 @@ class _Ops:
         if self.counter is not None:
             *batch_a, m, k = a.shape
             *batch_b, _, n = b.shape
-            batch = max(math.prod(batch_a), math.prod(batch_b))
+            if not batch_a or not batch_b:
+                batch = math.prod(batch_a) * math.prod(batch_b)
+            else:
+                batch = math.prod(b if a == 1 else a for a, b in zip(batch_a, batch_b))
             self.counter[0] += 2 * batch * m * k * n
         return self._matmul(a, b)
 

@@ -1,0 +1,154 @@
+"""The torch autograd path of ttdecomp.contract: gradients, saved memory, compile, devices."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import random_array, seeds, torch, ttm_layouts
+
+if torch is None:
+    pytest.skip("torch not installed", allow_module_level=True)
+
+from ttdecomp.contract import apply, contraction_plan, estimate_costs, linear
+from ttdecomp.tt_matrix import TTMatrix
+
+
+def torch_cores(rng, layout, dtype="float64", requires_grad=True):
+    rows, cols, ranks = layout
+    return [
+        torch.tensor(
+            random_array(rng, (ranks[k], rows[k], cols[k], ranks[k + 1]), dtype),
+            requires_grad=requires_grad,
+        )
+        for k in range(len(rows))
+    ]
+
+
+def dense(cores):
+    """The dense matrix through plain autograd ops (the reference for gradients)."""
+    return TTMatrix(cores).full()
+
+
+@settings(max_examples=10)
+@given(layout=ttm_layouts(max_cores=3, max_mode=3, max_rank=3), seed=seeds)
+def test_gradcheck_every_order(layout, seed):
+    rng = np.random.default_rng(seed)
+    cores = torch_cores(rng, layout)
+    x = torch.tensor(rng.standard_normal((3, math.prod(layout[1]))), requires_grad=True)
+    for cost in estimate_costs(*layout, 3):
+        # memory_budget=1 processes the batch row by row, exercising chunked backward
+        for budget in (1, 10**9):
+
+            def f(x, *cores, cost=cost, budget=budget):
+                return apply(
+                    list(cores), x, order=cost.order, split=cost.split, memory_budget=budget
+                )
+
+            assert torch.autograd.gradcheck(f, (x, *cores))
+
+
+def test_gradcheck_complex():
+    rng = np.random.default_rng(0)
+    layout = ((2, 3), (3, 2), (1, 2, 1))
+    cores = torch_cores(rng, layout, "complex128")
+    x = torch.tensor(random_array(rng, (2, 6), "complex128"), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *c: apply(list(c), x), (x, *cores))
+
+
+@given(
+    layout=ttm_layouts(),
+    lead=st.lists(st.integers(1, 3), max_size=2).map(tuple),
+    seed=seeds,
+)
+def test_gradients_equal_those_of_the_dense_layer(layout, lead, seed):
+    rng = np.random.default_rng(seed)
+    cores = torch_cores(rng, layout)
+    x = torch.tensor(rng.standard_normal((*lead, math.prod(layout[1]))), requires_grad=True)
+    g = torch.tensor(rng.standard_normal((*lead, math.prod(layout[0]))))
+    grads = torch.autograd.grad((apply(cores, x) * g).sum(), [x, *cores])
+    ref = torch.autograd.grad((x @ dense(cores).T * g).sum(), [x, *cores])
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_only_x_and_the_cores_are_saved_for_backward():
+    rng = np.random.default_rng(1)
+    layout = ((4, 4, 4), (4, 4, 4), (1, 5, 5, 1))
+    cores = torch_cores(rng, layout, "float32")
+    x = torch.randn(32, 64, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = apply(cores, x)
+    plan = contraction_plan(cores, 32)
+    assert sum(saved) == plan.cost.saved == x.numel() + sum(c.numel() for c in cores)
+    y.sum().backward()
+    assert x.grad is not None and all(c.grad is not None for c in cores)
+
+
+def test_partial_requires_grad():
+    rng = np.random.default_rng(2)
+    layout = ((2, 3), (3, 2), (1, 2, 1))
+    cores = torch_cores(rng, layout)
+    frozen = [c.detach() for c in cores]
+    x = torch.tensor(rng.standard_normal((4, 6)), requires_grad=True)
+    (gx,) = torch.autograd.grad(apply(frozen, x).sum(), [x])
+    torch.testing.assert_close(gx, torch.ones(4, 6, dtype=torch.float64) @ dense(frozen))
+    gc = torch.autograd.grad(apply(cores, x.detach()).sum(), cores)
+    ref = torch.autograd.grad((x.detach() @ dense(cores).T).sum(), cores)
+    for a, b in zip(gc, ref):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        assert not apply(cores, x).requires_grad
+
+
+def test_nn_parameters_and_linear_bias_gradients():
+    rng = np.random.default_rng(3)
+    layout = ((1, 1, 3, 2), (2, 3, 1, 1), (1, 2, 2, 2, 1))  # split (TT-LoRA) layout
+    params = [torch.nn.Parameter(c.detach()) for c in torch_cores(rng, layout)]
+    bias = torch.nn.Parameter(torch.randn(6, dtype=torch.float64))
+    x = torch.randn(5, 6, dtype=torch.float64)
+    y = linear(x, params, bias)
+    ref = torch.nn.functional.linear(x, dense(params), bias)
+    torch.testing.assert_close(y, ref)
+    y.square().sum().backward()
+    assert bias.grad is not None and all(p.grad is not None for p in params)
+
+
+def test_torch_compile_matches_eager():
+    rng = np.random.default_rng(4)
+    layout = ((2, 3, 2), (3, 2, 2), (1, 2, 3, 1))
+    cores = torch_cores(rng, layout)
+    x = torch.tensor(rng.standard_normal((4, 12)), requires_grad=True)
+
+    def f(x, cores):
+        return apply(cores, x).sin().sum()
+
+    compiled = torch.compile(f, backend="eager")
+    out = compiled(x, cores)
+    torch.testing.assert_close(out, f(x, cores))
+    g = torch.autograd.grad(out, [x, *cores])
+    ref = torch.autograd.grad(f(x, cores), [x, *cores])
+    for a, b in zip(g, ref):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.skipif(torch is None or not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_tensors_stay_on_the_device():
+    rng = np.random.default_rng(5)
+    layout = ((4, 4), (4, 4), (1, 3, 1))
+    cores = [c.detach().cuda().requires_grad_() for c in torch_cores(rng, layout)]
+    x = torch.randn(8, 16, dtype=torch.float64, device="cuda", requires_grad=True)
+    y = apply(cores, x)
+    assert y.device == x.device
+    torch.testing.assert_close(y, x @ dense(cores).T)
+    y.sum().backward()
+    assert x.grad.device == x.device and all(c.grad.device == x.device for c in cores)
