@@ -79,14 +79,18 @@ def test_ranks_at_most_requested_and_attainable(shape, rank, backend, seed):
     a = random_array(np.random.default_rng(seed), shape, "float64")
     x = tt.tt_svd(to_backend(a, backend), ranks=rank, as_matrix=False)
     top = attainable_ranks(shape)
-    assert all(r <= min(rank, t) or (k in (0, len(shape))) for k, (r, t) in enumerate(zip(x.ranks, top)))
+    assert all(
+        r <= min(rank, t) or (k in (0, len(shape))) for k, (r, t) in enumerate(zip(x.ranks, top))
+    )
     assert x.ranks[0] == x.ranks[-1] == 1
     # truncating to rank r is optimal per bond: the reported bound matches the real error
     err = rel_err(a, to_numpy(x.full()))
     assert err <= x.error_bound + 1e-12
 
 
-@given(case=st.tuples(tensor_shapes(min_dims=3, max_dims=5, max_size=800), st.integers(1, 3), seeds))
+@given(
+    case=st.tuples(tensor_shapes(min_dims=3, max_dims=5, max_size=800), st.integers(1, 3), seeds)
+)
 def test_low_rank_input_is_recovered_with_its_ranks(case):
     shape, rank, seed = case
     x0 = tt.random_tt(shape, rank, seed=seed)
