@@ -73,7 +73,7 @@ def test_check_array_messages():
 
 @pytest.mark.skipif(torch is None, reason="torch not installed")
 def test_mixed_namespaces_rejected():
-    with pytest.raises(BackendMismatchError, match="numpy.ndarray, torch.Tensor"):
+    with pytest.raises(BackendMismatchError, match=r"numpy\.ndarray, torch\.Tensor"):
         B.get_namespace(np.ones(2), torch.ones(2))
 
 

@@ -258,7 +258,7 @@ def test_rejects_unknown_method_and_layout():
 @pytest.mark.skipif(torch is None, reason="torch not installed")
 def test_validation_happens_before_work_on_torch():
     a = torch.ones(3, 4, dtype=torch.int64)
-    with pytest.raises(BackendMismatchError, match="torch.int64"):
+    with pytest.raises(BackendMismatchError, match=r"torch\.int64"):
         tt.tt_svd(a)
 
 
