@@ -21,7 +21,7 @@ import math
 import numbers
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import InvalidInputError, RankError, ShapeError
@@ -340,7 +340,9 @@ class TTLoRAConfig(TTAdapterConfig):
         if self.n_cores is not None:
             _check_positive_int(self.n_cores, "n_cores", "Use 2 or more cores, or None.")
             if self.n_cores < 2:
-                raise ShapeError(f"n_cores must be at least 2 for a split layout; got {self.n_cores}.")
+                raise ShapeError(
+                    f"n_cores must be at least 2 for a split layout; got {self.n_cores}."
+                )
         if isinstance(self.tt_shape, Mapping):
             if not self.tt_shape:
                 raise ShapeError("tt_shape is an empty dict; give at least one entry or None.")

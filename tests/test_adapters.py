@@ -1,0 +1,370 @@
+"""ttdecomp.adapters: configs, target selection, injection, forward, init, training, counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from torch import nn  # noqa: E402
+
+from ttdecomp.adapters import (  # noqa: E402
+    LoRETTAConfig,
+    TargetModulesError,
+    TTAdapterLayer,
+    TTLoRAConfig,
+    config_from_dict,
+    get_tt_model,
+    inspect_targets,
+)
+from ttdecomp.adapters.testing import tiny_model  # noqa: E402
+from ttdecomp.errors import InvalidInputError, RankError, ShapeError  # noqa: E402
+from ttdecomp.tt_matrix import TTMatrix  # noqa: E402
+
+METHODS = {
+    "tt-lora": lambda **kw: TTLoRAConfig(tt_rank=3, alpha=2.0, **kw),
+    "loretta-rep": lambda **kw: LoRETTAConfig(variant="rep", tensor_rank=3, r=4, **kw),
+    "loretta-adp": lambda **kw: LoRETTAConfig(
+        variant="adp", tensor_rank=3, bottleneck_size=8, **kw
+    ),
+}
+
+
+def _inputs(kind: str, batch: int = 2, seq: int = 8, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 128, (batch, seq), generator=g)
+    out = {"input_ids": ids}
+    if kind in ("roberta", "bert"):
+        out["labels"] = torch.randint(0, 2, (batch,), generator=g)
+    else:
+        out["labels"] = ids
+    return out
+
+
+def _state(model: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- configs
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"tt_rank": 0}, RankError),
+        ({"tt_rank": 2.5}, RankError),
+        ({"alpha": float("nan")}, InvalidInputError),
+        ({"init": "kaiming"}, InvalidInputError),
+        ({"layout": "interleaved"}, InvalidInputError),
+        ({"dropout": 1.0}, InvalidInputError),
+        ({"tt_shape": [768]}, ShapeError),
+        ({"tt_shape": [64, 0, 3]}, RankError),
+        ({"tt_shape": {}}, ShapeError),
+        ({"target_modules": []}, TargetModulesError),
+        ({"target_modules": "("}, TargetModulesError),
+        ({"target_modules": ["q_proj", ""]}, TargetModulesError),
+        ({"layers_to_transform": [-1]}, TargetModulesError),
+        ({"n_cores": 1}, ShapeError),
+    ],
+)
+def test_ttlora_config_rejects_bad_values(kwargs, error):
+    with pytest.raises(error):
+        TTLoRAConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"variant": "side"},
+        {"tensor_rank": 0},
+        {"r": -1},
+        {"bottleneck_size": 0},
+        {"non_linearity": "softmax"},
+        {"init": "paper"},
+    ],
+)
+def test_loretta_config_rejects_bad_values(kwargs):
+    with pytest.raises((InvalidInputError, RankError)):
+        LoRETTAConfig(**kwargs)
+
+
+def test_config_dict_round_trip():
+    for cfg in (
+        TTLoRAConfig(tt_rank=5, tt_shape={"q_proj": [16, 4, 4, 4, 4, 16]}, dropout=0.1),
+        LoRETTAConfig(variant="adp", bottleneck_size=16, modules_to_save=["score"]),
+    ):
+        assert config_from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(InvalidInputError, match="unknown keys"):
+        config_from_dict({"method": "tt-lora", "rank": 4})
+    with pytest.raises(InvalidInputError, match="method"):
+        config_from_dict({"method": "lora"})
+
+
+# ----------------------------------------------------------------------------- targets
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("llama", {"q_proj", "v_proj"}),
+        ("gpt2", {"c_attn"}),
+        ("roberta", {"query", "value"}),
+        ("bert", {"query", "value"}),
+    ],
+)
+def test_default_targets_are_query_and_value(kind, expected):
+    model = get_tt_model(tiny_model(kind), TTLoRAConfig(tt_rank=2))
+    names = model.targeted_module_names
+    assert {n.rsplit(".", 1)[-1] for n in names} == expected
+    assert len(names) == 2 * len(expected)  # two layers
+    for n in names:
+        assert isinstance(model.base_model.get_submodule(n), TTAdapterLayer)
+
+
+def test_gqa_and_conv1d_shapes():
+    infos = {i.name: i for i in inspect_targets(tiny_model("llama"), TTLoRAConfig())}
+    v = infos["model.layers.0.self_attn.v_proj"]
+    assert (v.out_features, v.in_features) == (32, 64)
+    cores = v.tt_matrices["cores"]
+    assert math.prod(cores["row_shape"]) == 32 and math.prod(cores["col_shape"]) == 64
+    gpt = inspect_targets(tiny_model("gpt2"), TTLoRAConfig())[0]
+    assert (gpt.module_type, gpt.out_features, gpt.in_features) == ("Conv1D", 96, 32)
+
+
+def test_loretta_adp_default_placements():
+    bert = inspect_targets(tiny_model("bert"), LoRETTAConfig(variant="adp"))
+    assert [i.name.split("layer.0.")[-1] for i in bert if ".layer.0." in i.name] == [
+        "attention.output.dense",
+        "output.dense",
+    ]
+    llama = inspect_targets(tiny_model("llama"), LoRETTAConfig(variant="adp"))
+    assert {i.name.rsplit(".", 1)[-1] for i in llama} == {"gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"target_modules": ["q_proj", "qq_proj"]}, "'qq_proj' matches no module"),
+        ({"target_modules": "model\\.nothing.*"}, "matches no module"),
+        ({"target_modules": ["self_attn"]}, "nn.Linear or transformers Conv1D"),
+        ({"target_modules": ["q_proj"], "exclude_modules": ["k_projj"]}, "matches no module"),
+        ({"target_modules": ["q_proj"], "layers_to_transform": [0, 7]}, r"indices \[7\]"),
+        ({"target_modules": ["q_proj"], "exclude_modules": ["q_proj"]}, "no module is left"),
+        ({"target_modules": ["q_proj"], "modules_to_save": ["scoree"]}, "matches no module"),
+        ({"target_modules": ["q_proj"], "tt_shape": {"k_proj": [16, 4, 4, 16]}}, "match none"),
+    ],
+)
+def test_bad_targets_raise_before_any_change(kwargs, match):
+    model = tiny_model("llama")
+    before = _state(model)
+    modules_before = [type(m) for m in model.modules()]
+    with pytest.raises(TargetModulesError, match=match):
+        get_tt_model(model, TTLoRAConfig(**kwargs))
+    assert [type(m) for m in model.modules()] == modules_before
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_tt_shape_that_does_not_fit_raises():
+    with pytest.raises(ShapeError, match="out_features=32"):
+        inspect_targets(tiny_model("llama"), TTLoRAConfig(tt_shape=[16, 4, 4, 16]))
+    with pytest.raises(TargetModulesError, match="no default targets"):
+        inspect_targets(nn.Sequential(nn.Linear(4, 4)), TTLoRAConfig())
+    with pytest.raises(TypeError, match="TTLoRAConfig or LoRETTAConfig"):
+        inspect_targets(tiny_model("llama"), {"tt_rank": 4})
+
+
+def test_per_module_shapes_and_regex_and_layers():
+    cfg = TTLoRAConfig(
+        target_modules=r"model\.layers\.\d+\.self_attn\.(q|v)_proj",
+        tt_shape={"q_proj": [8, 8, 8, 8], "v_proj": ((1, 1, 4, 8), (8, 8, 1, 1))},
+        layers_to_transform=[1],
+        layers_pattern="layers",
+    )
+    infos = inspect_targets(tiny_model("llama"), cfg)
+    assert [i.name for i in infos] == [
+        "model.layers.1.self_attn.q_proj",
+        "model.layers.1.self_attn.v_proj",
+    ]
+    assert infos[0].tt_matrices["cores"]["col_shape"] == (8, 8, 1, 1)
+    assert infos[1].tt_matrices["cores"]["row_shape"] == (1, 1, 4, 8)
+
+
+def test_all_linear_skips_output_head():
+    model = get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=2, target_modules="all-linear"))
+    names = model.targeted_module_names
+    assert len(names) == 2 * 7 and "lm_head" not in names
+
+
+# ----------------------------------------------------------------------------- counts
+def test_published_parameter_counts_on_meta_device():
+    from transformers import LlamaConfig, LlamaForCausalLM, RobertaConfig, RobertaModel
+
+    with torch.device("meta"):
+        roberta = RobertaModel(RobertaConfig())
+    cfg = TTLoRAConfig(tt_rank=4, tt_shape=[64, 4, 3, 3, 4, 64], target_modules=["query", "value"])
+    model = get_tt_model(roberta, cfg)
+    assert model.get_nb_trainable_parameters()[0] == 17_664
+    assert sum(i.n_params for i in inspect_targets(roberta, cfg)) == 17_664
+
+    llama_cfg = LlamaConfig(
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        vocab_size=128256,
+    )
+    with torch.device("meta"):
+        llama = LlamaForCausalLM(llama_cfg)
+    cfg = TTLoRAConfig(
+        tt_rank=10,
+        tt_shape={
+            "q_proj": [16, 4, 4, 4, 2, 2, 2, 2, 4, 4, 4, 16],
+            "v_proj": [16, 4, 4, 4, 2, 2, 2, 2, 4, 4, 16],
+        },
+    )
+    model = get_tt_model(llama, cfg)
+    assert model.get_nb_trainable_parameters()[0] == 212_480
+
+
+# ----------------------------------------------------------------------------- init & forward
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "roberta", "bert"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_zero_init_keeps_base_outputs(kind, method):
+    base = tiny_model(kind)
+    inputs = _inputs(kind)
+    inputs.pop("labels")
+    with torch.no_grad():
+        expected = base(**inputs).logits
+    model = get_tt_model(
+        base,
+        METHODS[method](init="zero", train_head=False, train_norms=False)
+        if method != "tt-lora"
+        else METHODS[method](init="zero"),
+    )
+    with torch.no_grad():
+        got = model(**inputs).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_paper_init_unit_norm_cores_and_nonzero_delta():
+    torch.manual_seed(0)
+    model = get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=4, init="paper"))
+    layer = model.base_model.model.layers[0].self_attn.q_proj
+    for core in layer.tt_adapters["default"].cores:
+        assert torch.linalg.vector_norm(core).item() == pytest.approx(1.0, rel=1e-5)
+    assert layer.get_delta_weight("default").abs().max() > 0
+
+
+def test_ttsvd_init_is_a_tt_svd_of_a_random_matrix():
+    torch.manual_seed(0)
+    model = get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=4, init="ttsvd"))
+    layer = model.base_model.model.layers[0].self_attn.q_proj
+    delta = layer.get_delta_weight("default")
+    assert delta.abs().max() > 0
+    ranks = [int(c.shape[-1]) for c in layer.tt_adapters["default"].cores]
+    assert ranks[-1] == 1 and max(ranks) <= 4
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("method", ["tt-lora", "loretta-rep"])
+def test_unmerged_forward_equals_dense_delta(kind, method):
+    torch.manual_seed(3)
+    model = get_tt_model(tiny_model(kind), METHODS[method]())
+    name = model.targeted_module_names[0]
+    layer = model.base_model.get_submodule(name)
+    x = torch.randn(3, 5, layer.in_features)
+    delta = layer.get_delta_weight("default")
+    dense = delta.T if layer.fan_in_fan_out else delta  # (out, in)
+    with torch.no_grad():
+        expected = layer.base_layer(x) + x @ dense.T
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_loretta_adp_forward_is_residual_bottleneck():
+    torch.manual_seed(0)
+    model = get_tt_model(tiny_model("bert"), METHODS["loretta-adp"]())
+    layer = model.base_model.bert.encoder.layer[0].output.dense
+    ad = layer.tt_adapters["default"]
+    with torch.no_grad():
+        nn.init.normal_(ad.down_bias)
+        nn.init.normal_(ad.up_bias)
+        x = torch.randn(4, layer.in_features)
+        y = layer.base_layer(x)
+        down = TTMatrix(list(ad.down_cores)).full()
+        up = TTMatrix(list(ad.up_cores)).full()
+        expected = y + torch.relu(y @ down.T + ad.down_bias) @ up.T + ad.up_bias
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["rep", "adp"])
+def test_loretta_gaussian_entry_variance(variant):
+    """Entries of each TT-matrix have variance 1/(rows + cols): chi-square bounds on the mean
+    square over independent inits (99.9% two-sided for a fixed seed, so the test is exact)."""
+    torch.manual_seed(1234)
+    base = nn.Sequential(nn.Linear(48, 40))
+    cfg = LoRETTAConfig(
+        variant=variant,
+        target_modules=["0"],
+        tensor_rank=5,
+        r=8,
+        bottleneck_size=16,
+        train_norms=False,
+        train_head=False,
+    )
+    names = ("a_cores", "b_cores") if variant == "rep" else ("down_cores", "up_cores")
+    ratios = {n: [] for n in names}
+    for _ in range(60):
+        model = get_tt_model(nn.Sequential(nn.Linear(48, 40)), cfg)
+        ad = model.base_model[0].tt_adapters["default"]
+        for n in names:
+            full = TTMatrix(list(getattr(ad, n))).full()
+            rows, cols = full.shape
+            ratios[n].append(full.square().mean().item() * (rows + cols))
+    for n in names:
+        mean = sum(ratios[n]) / len(ratios[n])
+        # The mean square of 60 draws of a product of Gaussians: relative spread ~ 0.1.
+        assert 0.75 < mean < 1.25, (n, mean)
+    del base
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.mark.parametrize(
+    ("kind", "method"),
+    [
+        ("llama", "tt-lora"),
+        ("gpt2", "tt-lora"),
+        ("roberta", "loretta-rep"),
+        ("bert", "loretta-adp"),
+        ("llama", "loretta-adp"),
+    ],
+)
+def test_loss_decreases(kind, method):
+    torch.manual_seed(0)
+    model = get_tt_model(tiny_model(kind), METHODS[method]())
+    model.train()
+    inputs = _inputs(kind, batch=4, seq=8)
+    frozen = {k: v.clone() for k, v in model.base_model.named_parameters() if not v.requires_grad}
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss = model(**inputs).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    for k, v in model.base_model.named_parameters():
+        if k in frozen:
+            assert torch.equal(v, frozen[k]), k
+
+
+def test_loretta_trains_norms_and_head_as_copies():
+    model = get_tt_model(tiny_model("roberta"), LoRETTAConfig())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("LayerNorm.modules_to_save.default" in n for n in trainable)
+    assert any("classifier.modules_to_save.default" in n for n in trainable)
+    assert not any("original_module" in n for n in trainable)
+    plain = get_tt_model(tiny_model("roberta"), LoRETTAConfig(train_norms=False, train_head=False))
+    assert all("tt_adapters" in n for n, p in plain.named_parameters() if p.requires_grad)

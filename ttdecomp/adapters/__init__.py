@@ -1,0 +1,70 @@
+"""Tensor-train adapters for Hugging Face models: TT-LoRA and LoRETTA, shaped like PEFT.
+
+PEFT cannot register new methods, so this package mirrors its API: a config dataclass,
+:func:`get_tt_model` returning a wrapper whose layers keep ``base_layer``, merging, saving and
+loading, several named adapters, and an export to a standard PEFT LoRA checkpoint.
+
+Examples
+--------
+>>> import torch
+>>> from ttdecomp.adapters import TTLoRAConfig, get_tt_model
+>>> net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+>>> model = get_tt_model(net, TTLoRAConfig(tt_rank=4, alpha=8.0, target_modules=["0"]))
+>>> model(torch.randn(2, 64)).shape
+torch.Size([2, 8])
+"""
+
+from __future__ import annotations
+
+from .config import (
+    DEFAULT_TARGETS,
+    LoRETTAConfig,
+    TargetModulesError,
+    TTAdapterConfig,
+    TTLoRAConfig,
+    config_from_dict,
+)
+from .export import export_peft_lora
+from .layers import (
+    LoRETTAAdpAdapter,
+    LoRETTARepAdapter,
+    ModulesToSaveWrapper,
+    TTAdapterLayer,
+    TTLoRAAdapter,
+)
+from .model import (
+    TTAdapterModel,
+    get_adapter_state_dict,
+    get_tt_model,
+    inject_adapter_in_model,
+    mark_only_adapters_as_trainable,
+    set_adapter_state_dict,
+)
+from .serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError
+from .targets import TargetInfo, inspect_targets
+
+__all__ = [
+    "CONFIG_NAME",
+    "DEFAULT_TARGETS",
+    "WEIGHTS_NAME",
+    "AdapterFileError",
+    "LoRETTAAdpAdapter",
+    "LoRETTAConfig",
+    "LoRETTARepAdapter",
+    "ModulesToSaveWrapper",
+    "TTAdapterConfig",
+    "TTAdapterLayer",
+    "TTAdapterModel",
+    "TTLoRAAdapter",
+    "TTLoRAConfig",
+    "TargetInfo",
+    "TargetModulesError",
+    "config_from_dict",
+    "export_peft_lora",
+    "get_adapter_state_dict",
+    "get_tt_model",
+    "inject_adapter_in_model",
+    "inspect_targets",
+    "mark_only_adapters_as_trainable",
+    "set_adapter_state_dict",
+]

@@ -1,0 +1,115 @@
+"""Export a TT adapter as a standard PEFT LoRA checkpoint (truncated SVD of ΔW).
+
+For every adapted layer, ΔW (out × in, float32) is factored as ``U S Vᵀ`` and truncated to
+``rank``: ``lora_B = U_k √S_k`` and ``lora_A = √S_k V_kᵀ``, with ``lora_alpha = rank`` so PEFT's
+scaling ``alpha / r`` is 1. The output of PEFT then differs from the TT adapter's only by the
+discarded singular values (Eckart–Young: ``‖ΔW − B A‖_F = √(Σ_{i>k} σ_i²)``, returned per module).
+Layers whose ΔW has fewer than ``rank`` singular values are padded with zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError, RankError
+from .config import LoRETTAConfig, TTAdapterConfig
+from .layers import ModulesToSaveWrapper, TTAdapterLayer
+
+__all__ = ["export_peft_lora"]
+
+
+def export_peft_lora(
+    model: nn.Module,
+    config: TTAdapterConfig,
+    adapter_name: str,
+    save_directory: str | Path,
+    rank: int,
+) -> dict[str, float]:
+    """Write adapter ``adapter_name`` of ``model`` as a PEFT LoRA checkpoint in ``save_directory``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model holding the adapter (``TTAdapterModel.base_model``).
+    config : TTLoRAConfig or LoRETTAConfig
+        The adapter's config (LoRETTA-adp is rejected: it has no ΔW).
+    adapter_name : str
+    save_directory : str or Path
+        Receives ``adapter_config.json`` and ``adapter_model.safetensors``.
+    rank : int
+        LoRA rank ``r``.
+
+    Returns
+    -------
+    dict of str to float
+        Per module, the relative truncation error ``‖ΔW − B A‖_F / ‖ΔW‖_F`` (0 when ΔW = 0).
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise RankError(f"rank must be a positive int; got {rank!r}. Typical LoRA ranks: 8-64.")
+    if isinstance(config, LoRETTAConfig) and config.variant == "adp":
+        raise InvalidInputError(
+            "LoRETTA-adp is a non-linear bottleneck, not a weight update; it cannot be expressed "
+            "as LoRA. Export works for TT-LoRA and LoRETTA-rep adapters."
+        )
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise ImportError(
+            "export_peft_lora writes a checkpoint for the `peft` package; install it with "
+            "`pip install peft`."
+        ) from None
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    errors: dict[str, float] = {}
+    targets: list[str] = []
+    conv1d: set[bool] = set()
+    modules_to_save: list[str] = []
+    for name, m in model.named_modules():
+        if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
+            delta = m.tt_adapters[adapter_name].delta_weight().detach()  # (out, in) float32
+            u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+            k = min(rank, s.shape[0])
+            root = s[:k].sqrt()
+            b = torch.zeros(delta.shape[0], rank)
+            a = torch.zeros(rank, delta.shape[1])
+            b[:, :k] = u[:, :k] * root
+            a[:k] = root[:, None] * vh[:k]
+            dtype = m.weight.dtype
+            tensors[f"base_model.model.{name}.lora_A.weight"] = a.to(dtype).contiguous()
+            tensors[f"base_model.model.{name}.lora_B.weight"] = b.to(dtype).contiguous()
+            total = float(s.square().sum())
+            errors[name] = math.sqrt(float(s[k:].square().sum()) / total) if total > 0 else 0.0
+            targets.append(name)
+            conv1d.add(m.fan_in_fan_out)
+        elif isinstance(m, ModulesToSaveWrapper) and adapter_name in m.modules_to_save:
+            modules_to_save.append(name)
+            for pname, p in m.modules_to_save[adapter_name].state_dict().items():
+                tensors[f"base_model.model.{name}.{pname}"] = p.detach().to("cpu").contiguous()
+    if len(conv1d) > 1:
+        raise InvalidInputError(
+            "the adapter spans both nn.Linear and Conv1D layers; PEFT's fan_in_fan_out is one "
+            "flag per config. Export the two kinds from separate adapters."
+        )
+    lora_config = LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        target_modules=targets,
+        fan_in_fan_out=conv1d == {True},
+        modules_to_save=modules_to_save or None,
+        base_model_name_or_path=config.base_model_name_or_path,
+        init_lora_weights=True,
+    )
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    lora_config.save_pretrained(str(out))
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out / "ttdecomp_export.json").write_text(
+        json.dumps({"rank": rank, "relative_truncation_error": errors}, indent=2) + "\n"
+    )
+    return errors

@@ -1,0 +1,563 @@
+"""Wrapper layers holding ``base_layer`` and any number of named tensor-train adapters.
+
+:class:`TTAdapterLayer` wraps an ``nn.Linear`` or a GPT-2 ``Conv1D`` (weight stored (in, out)) and
+keeps it as ``base_layer``, untouched. Each adapter is a small module in ``tt_adapters[name]``:
+
+* :class:`TTLoRAAdapter`: ``y += alpha · x W_TT^T`` with one split-layout TT-matrix ``W_TT``;
+* :class:`LoRETTARepAdapter`: ``y += (alpha / r) · x A^T B^T`` with TT-matrices A and B;
+* :class:`LoRETTAAdpAdapter`: ``y ← y + up(act(down(y) + b_down)) + b_up`` (applied after the
+  base layer; non-linear, so it cannot be merged).
+
+Unmerged forwards run the TT cores through :func:`ttdecomp.contract.linear` (memory-lean autograd,
+no ΔW formed). Merging forms ΔW in float32 once and adds it to the base weight.
+
+Adapter parameters live in float32 when the base weight is float16/bfloat16 (as PEFT does);
+inputs are cast to the adapter dtype and the adapter's output back to the layer's dtype.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..contract import linear as tt_linear
+from ..errors import InvalidInputError
+from ..tt_matrix import TTMatrix
+
+__all__ = [
+    "LoRETTAAdpAdapter",
+    "LoRETTARepAdapter",
+    "ModulesToSaveWrapper",
+    "TTAdapterLayer",
+    "TTLoRAAdapter",
+    "gaussian_tt_cores_",
+    "is_conv1d",
+]
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' GPT-2 style ``Conv1D`` (weight stored as (in, out))."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def _adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision bases (stable training), else the base's own dtype."""
+    return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+
+
+def _make_cores(
+    row_shape: Sequence[int],
+    col_shape: Sequence[int],
+    ranks: Sequence[int],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> nn.ParameterList:
+    """Uninitialised 4-D cores ``(r_{k-1}, m_k, n_k, r_k)`` as plain parameters."""
+    return nn.ParameterList(
+        [
+            nn.Parameter(torch.empty(ranks[k], m, n, ranks[k + 1], dtype=dtype, device=device))
+            for k, (m, n) in enumerate(zip(row_shape, col_shape))
+        ]
+    )
+
+
+def gaussian_tt_cores_(cores: Sequence[torch.Tensor], variance: float) -> None:
+    """Fill ``cores`` in place so that every entry of the TT-matrix has ``variance``.
+
+    An entry is a sum over ``∏ r_k`` (interior ranks) products of ``d`` independent core entries,
+    so with core std ``s`` its variance is ``∏ r_k · s^(2d)``; hence (t3f's formula)
+    ``s = variance^(1/(2d)) · (∏ r_k)^(−1/(2d))``.
+
+    Examples
+    --------
+    >>> cores = [torch.empty(1, 4, 4, 5), torch.empty(5, 4, 4, 5), torch.empty(5, 4, 4, 1)]
+    >>> torch.manual_seed(0) and None
+    >>> second_moments = []
+    >>> for _ in range(200):
+    ...     gaussian_tt_cores_(cores, 1 / 128)
+    ...     second_moments.append(float(TTMatrix(cores).full().square().mean()))
+    >>> round(sum(second_moments) / len(second_moments) * 128, 1)
+    1.0
+    """
+    d = len(cores)
+    prod_ranks = math.prod(int(c.shape[-1]) for c in cores[:-1])
+    std = (variance / prod_ranks) ** (1.0 / (2 * d))
+    with torch.no_grad():
+        for core in cores:
+            core.normal_(0.0, std)
+
+
+def _paper_init_(cores: Sequence[torch.Tensor]) -> None:
+    """TT-LoRA's init: Kaiming-uniform (a = √8) per core, then each core at unit Frobenius norm."""
+    with torch.no_grad():
+        for core in cores:
+            nn.init.kaiming_uniform_(core, a=math.sqrt(8))
+            core.div_(torch.linalg.vector_norm(core))
+
+
+class _TTAdapter(nn.Module):
+    """Common surface of one adapter: ``kind``, ``delta_weight()``, ``forward``."""
+
+    #: "parallel": ``y = base(x) + adapter(x)``; "sequential": ``y = adapter(base(x))``.
+    kind = "parallel"
+
+    def describe(self) -> dict[str, Any]:
+        """Shapes and ranks of the adapter's TT-matrices, recorded in saved configs."""
+        return {
+            name: {
+                "row_shape": [int(c.shape[1]) for c in cores],
+                "col_shape": [int(c.shape[2]) for c in cores],
+                "ranks": [int(cores[0].shape[0])] + [int(c.shape[3]) for c in cores],
+            }
+            for name, cores in self.named_children()
+            if isinstance(cores, nn.ParameterList)
+        }
+
+
+class TTLoRAAdapter(_TTAdapter):
+    """TT-LoRA: ΔW = ``alpha`` · TT-matrix with split-layout cores and ranks ``[1, r, ..., r, 1]``.
+
+    Parameters
+    ----------
+    row_shape, col_shape : sequence of int
+        Per-core output factors ``m_k`` and input factors ``n_k`` (split layout: ``m_k = 1`` on
+        the input cores, ``n_k = 1`` on the output cores).
+    tt_rank : int
+        Interior rank ``r``.
+    alpha : float
+        Raw scale of ΔW.
+    dropout : float
+        Dropout on the adapter's input.
+    init : str
+        ``"paper"``, ``"zero"`` or ``"ttsvd"`` (see :class:`~ttdecomp.adapters.TTLoRAConfig`).
+    dtype, device
+        Where the cores live.
+
+    Examples
+    --------
+    >>> torch.manual_seed(0) and None
+    >>> ad = TTLoRAAdapter((1, 1, 4, 8), (4, 8, 1, 1), tt_rank=3, alpha=2.0)
+    >>> ad.delta_weight().shape, sum(p.numel() for p in ad.parameters())
+    (torch.Size([32, 32]), 144)
+    >>> x = torch.randn(5, 32)
+    >>> bool(torch.allclose(ad(x), x @ ad.delta_weight().T, atol=1e-5))
+    True
+    """
+
+    def __init__(
+        self,
+        row_shape: Sequence[int],
+        col_shape: Sequence[int],
+        *,
+        tt_rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        init: str = "paper",
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        d = len(row_shape)
+        ranks = [1] + [int(tt_rank)] * (d - 1) + [1]
+        self.alpha = float(alpha)
+        self.cores = _make_cores(row_shape, col_shape, ranks, dtype=dtype, device=device)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if self.cores[0].device.type != "meta":
+            self.reset_parameters(init)
+
+    def reset_parameters(self, init: str) -> None:
+        """Initialise the cores with ``init`` (``"paper"``, ``"zero"`` or ``"ttsvd"``)."""
+        if init == "ttsvd":
+            self._ttsvd_init_()
+            return
+        _paper_init_(self.cores)
+        if init == "zero":
+            with torch.no_grad():
+                self.cores[-1].zero_()
+
+    def _ttsvd_init_(self) -> None:
+        from ..decompose import tt_svd
+
+        row_shape = [int(c.shape[1]) for c in self.cores]
+        col_shape = [int(c.shape[2]) for c in self.cores]
+        ranks = [int(c.shape[3]) for c in self.cores[:-1]]
+        dense = torch.empty(math.prod(row_shape), math.prod(col_shape), dtype=torch.float64)
+        nn.init.kaiming_uniform_(dense, a=math.sqrt(5))
+        ttm = tt_svd(dense, ranks=max(ranks), row_shape=row_shape, col_shape=col_shape)
+        with torch.no_grad():
+            for core, src in zip(self.cores, ttm.cores):
+                # TT-SVD may return smaller ranks than asked (attainable maximum); zero padding
+                # keeps the product and the uniform parameter shapes.
+                core.zero_()
+                core[: src.shape[0], :, :, : src.shape[3]] = src.to(core.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW (out × in) in float32."""
+        return TTMatrix([c.float() for c in self.cores]).full() * self.alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``alpha · dropout(x) ΔW_TT^T`` for ``x[..., in]``."""
+        return tt_linear(self.dropout(x), list(self.cores)) * self.alpha
+
+
+class LoRETTARepAdapter(_TTAdapter):
+    """LoRETTA-rep: ΔW = (alpha / r) · B A with A (r × in) and B (out × r) TT-matrices.
+
+    Parameters
+    ----------
+    a_shape, b_shape : tuple
+        ``(row_shape, col_shape)`` of A and B (interleaved layout).
+    tensor_rank : int
+        Interior TT rank of A and B.
+    r, alpha : int, float
+        Bottleneck and scale numerator (scaling ``alpha / r``).
+    dropout : float
+        Dropout on the input.
+    init : str
+        ``"gaussian"`` (entries with variance ``1/(rows + cols)``) or ``"zero"`` (B = 0).
+    """
+
+    def __init__(
+        self,
+        a_shape: tuple,
+        b_shape: tuple,
+        *,
+        tensor_rank: int,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        init: str = "gaussian",
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.scaling = float(alpha) / int(r)
+        self.a_cores = _make_cores(
+            *a_shape, _interior_ranks(len(a_shape[0]), tensor_rank), dtype=dtype, device=device
+        )
+        self.b_cores = _make_cores(
+            *b_shape, _interior_ranks(len(b_shape[0]), tensor_rank), dtype=dtype, device=device
+        )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if self.a_cores[0].device.type != "meta":
+            self.reset_parameters(init)
+
+    def reset_parameters(self, init: str) -> None:
+        """Gaussian cores; with ``init="zero"`` the last core of B is zero (ΔW = 0)."""
+        for cores in (self.a_cores, self.b_cores):
+            rows = math.prod(int(c.shape[1]) for c in cores)
+            cols = math.prod(int(c.shape[2]) for c in cores)
+            gaussian_tt_cores_(cores, 1.0 / (rows + cols))
+        if init == "zero":
+            with torch.no_grad():
+                self.b_cores[-1].zero_()
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW (out × in) in float32."""
+        a = TTMatrix([c.float() for c in self.a_cores]).full()
+        b = TTMatrix([c.float() for c in self.b_cores]).full()
+        return (b @ a) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(alpha / r) · B(A(dropout(x)))`` without forming ΔW."""
+        h = tt_linear(self.dropout(x), list(self.a_cores))
+        return tt_linear(h, list(self.b_cores)) * self.scaling
+
+
+class LoRETTAAdpAdapter(_TTAdapter):
+    """LoRETTA-adp: a residual bottleneck adapter with TT down/up projections and biases.
+
+    ``y ← y + up(act(down(dropout(y)) + b_down)) + b_up``, applied to the output of the wrapped
+    layer. ``down`` is (bottleneck × features), ``up`` is (features × bottleneck).
+    """
+
+    kind = "sequential"
+
+    def __init__(
+        self,
+        down_shape: tuple,
+        up_shape: tuple,
+        *,
+        tensor_rank: int,
+        non_linearity: str = "relu",
+        dropout: float = 0.0,
+        init: str = "gaussian",
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.down_cores = _make_cores(
+            *down_shape,
+            _interior_ranks(len(down_shape[0]), tensor_rank),
+            dtype=dtype,
+            device=device,
+        )
+        self.up_cores = _make_cores(
+            *up_shape, _interior_ranks(len(up_shape[0]), tensor_rank), dtype=dtype, device=device
+        )
+        self.down_bias = nn.Parameter(
+            torch.zeros(math.prod(down_shape[0]), dtype=dtype, device=device)
+        )
+        self.up_bias = nn.Parameter(torch.zeros(math.prod(up_shape[0]), dtype=dtype, device=device))
+        self.act = _ACTIVATIONS[non_linearity]()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if self.down_cores[0].device.type != "meta":
+            self.reset_parameters(init)
+
+    def reset_parameters(self, init: str) -> None:
+        """Gaussian cores, zero biases; ``init="zero"`` zeroes the last up core (identity map)."""
+        for cores in (self.down_cores, self.up_cores):
+            rows = math.prod(int(c.shape[1]) for c in cores)
+            cols = math.prod(int(c.shape[2]) for c in cores)
+            gaussian_tt_cores_(cores, 1.0 / (rows + cols))
+        with torch.no_grad():
+            self.down_bias.zero_()
+            self.up_bias.zero_()
+            if init == "zero":
+                self.up_cores[-1].zero_()
+
+    def delta_weight(self) -> torch.Tensor:
+        """Always raises: the ReLU bottleneck is not a linear map, so there is no ΔW."""
+        raise InvalidInputError(
+            "LoRETTA-adp adds a non-linear bottleneck (TT down -> activation -> TT up) after the "
+            "layer; it is not a weight update, so it has no ΔW and cannot be merged. Keep it "
+            "unmerged, or train a LoRETTA-rep / TT-LoRA adapter if you need merging."
+        )
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """The adapter's residual ``up(act(down(y) + b_down)) + b_up`` (added by the caller)."""
+        h = self.act(tt_linear(self.dropout(y), list(self.down_cores), self.down_bias))
+        return tt_linear(h, list(self.up_cores), self.up_bias)
+
+
+def _interior_ranks(d: int, rank: int) -> list[int]:
+    return [1] + [int(rank)] * (d - 1) + [1]
+
+
+class TTAdapterLayer(nn.Module):
+    """Wraps a linear layer (``base_layer``) and applies its active TT adapters.
+
+    Parameters
+    ----------
+    base_layer : nn.Linear or transformers Conv1D
+        The frozen layer; kept as is (GPT-2 ``Conv1D`` keeps its (in, out) weight).
+
+    Attributes
+    ----------
+    tt_adapters : nn.ModuleDict
+        The adapters by name.
+    active_adapters : list of str
+        Adapters applied in ``forward`` (in this order).
+    merged_adapters : list of str
+        Adapters currently folded into ``base_layer.weight``.
+    disable_adapters : bool
+        When True, ``forward`` is the base layer alone (merged adapters are unmerged first).
+
+    Examples
+    --------
+    >>> torch.manual_seed(0) and None
+    >>> layer = TTAdapterLayer(nn.Linear(32, 16))
+    >>> layer.add(
+    ...     "default", TTLoRAAdapter((1, 1, 4, 4), (4, 8, 1, 1), tt_rank=2, alpha=1.0, init="zero")
+    ... )
+    >>> x = torch.randn(3, 32)
+    >>> bool(torch.equal(layer(x), layer.base_layer(x)))
+    True
+    """
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.fan_in_fan_out = is_conv1d(base_layer)
+        w = base_layer.weight
+        self.in_features, self.out_features = (
+            (int(w.shape[0]), int(w.shape[1]))
+            if self.fan_in_fan_out
+            else (int(w.shape[1]), int(w.shape[0]))
+        )
+        self.tt_adapters = nn.ModuleDict()
+        self.active_adapters: list[str] = []
+        self.merged_adapters: list[str] = []
+        self.disable_adapters = False
+        self._original_weights: dict[str, torch.Tensor] = {}
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base layer's weight (merged adapters included)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The base layer's bias."""
+        return self.base_layer.bias
+
+    @property
+    def merged(self) -> bool:
+        """True when at least one adapter is folded into the base weight."""
+        return bool(self.merged_adapters)
+
+    def add(self, adapter_name: str, adapter: _TTAdapter, *, activate: bool = True) -> None:
+        """Register ``adapter`` under ``adapter_name`` (and make it active)."""
+        self.tt_adapters[adapter_name] = adapter
+        if activate and adapter_name not in self.active_adapters:
+            self.active_adapters.append(adapter_name)
+
+    def remove(self, adapter_name: str) -> None:
+        """Drop an adapter (unmerging it first if it is merged)."""
+        if adapter_name in self.merged_adapters:
+            self.unmerge()
+        del self.tt_adapters[adapter_name]
+        if adapter_name in self.active_adapters:
+            self.active_adapters.remove(adapter_name)
+
+    def set_active(self, adapter_names: Sequence[str]) -> None:
+        """Make exactly ``adapter_names`` (those this layer has) active."""
+        self.active_adapters = [n for n in adapter_names if n in self.tt_adapters]
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """ΔW of one adapter in float32, laid out like ``base_layer.weight``.
+
+        That is (out, in) for ``nn.Linear`` and (in, out) for ``Conv1D``.
+        """
+        delta = self.tt_adapters[adapter_name].delta_weight()
+        return delta.T if self.fan_in_fan_out else delta
+
+    def merge(
+        self, adapter_names: Sequence[str] | None = None, *, keep_original: bool = True
+    ) -> None:
+        """Fold adapters into the base weight: ``W ← W + ΔW`` (ΔW in float32, added once).
+
+        Parameters
+        ----------
+        adapter_names : sequence of str, optional
+            Defaults to the active adapters that are not merged yet.
+        keep_original : bool
+            Keep the pre-merge weight so :meth:`unmerge` restores it bit-for-bit (costs one
+            copy of the weight while merged). With False, unmerge subtracts ΔW (rounding
+            error about eps·|W|).
+        """
+        names = [
+            n for n in (adapter_names or self.active_adapters) if n not in self.merged_adapters
+        ]
+        for n in names:
+            if self.tt_adapters[n].kind != "parallel":
+                self.tt_adapters[n].delta_weight()  # raises the explanatory error
+        weight = self.base_layer.weight
+        for n in names:
+            delta = self.get_delta_weight(n).to(weight.device)
+            with torch.no_grad():
+                if keep_original:
+                    self._original_weights.setdefault(n, weight.detach().clone())
+                weight.data = (weight.data.float() + delta).to(weight.dtype)
+            self.merged_adapters.append(n)
+
+    def unmerge(self) -> None:
+        """Undo :meth:`merge` for every merged adapter, newest first."""
+        weight = self.base_layer.weight
+        while self.merged_adapters:
+            n = self.merged_adapters.pop()
+            with torch.no_grad():
+                original = self._original_weights.pop(n, None)
+                if original is not None:
+                    weight.data = original
+                else:
+                    delta = self.get_delta_weight(n).to(weight.device)
+                    weight.data = (weight.data.float() - delta).to(weight.dtype)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Base output plus every active, unmerged adapter."""
+        if self.disable_adapters:
+            if self.merged_adapters:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        y = self.base_layer(x, *args, **kwargs)
+        for name in self.active_adapters:
+            if name in self.merged_adapters:
+                continue
+            adapter = self.tt_adapters[name]
+            dtype = adapter_param_dtype(adapter)
+            if adapter.kind == "parallel":
+                y = y + adapter(x.to(dtype)).to(y.dtype)
+            else:
+                y = y + adapter(y.to(dtype)).to(y.dtype)
+        return y
+
+    def extra_repr(self) -> str:
+        """Feature sizes and adapter names."""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"adapters={list(self.tt_adapters)}, active={self.active_adapters}"
+        )
+
+
+def adapter_param_dtype(adapter: nn.Module) -> torch.dtype:
+    """The dtype of an adapter's parameters (all share one)."""
+    return next(adapter.parameters()).dtype
+
+
+class ModulesToSaveWrapper(nn.Module):
+    """Keeps ``original_module`` frozen and a trainable copy per adapter (PEFT's modules_to_save).
+
+    ``forward`` runs the active adapter's copy, or the original when adapters are disabled or the
+    active adapter has no copy.
+
+    Examples
+    --------
+    >>> head = nn.Linear(4, 2)
+    >>> w = ModulesToSaveWrapper(head)
+    >>> w.add("default")
+    >>> w.modules_to_save["default"].weight.requires_grad, w.original_module.weight.requires_grad
+    (True, False)
+    """
+
+    def __init__(self, original_module: nn.Module) -> None:
+        super().__init__()
+        self.original_module = original_module
+        self.modules_to_save = nn.ModuleDict()
+        self.active_adapter: str | None = None
+        self.disable_adapters = False
+        original_module.requires_grad_(False)
+
+    def add(self, adapter_name: str, *, activate: bool = True) -> None:
+        """Make a trainable copy of the original module for ``adapter_name``."""
+        clone = copy.deepcopy(self.original_module)
+        clone.requires_grad_(True)
+        self.modules_to_save[adapter_name] = clone
+        if activate:
+            self.active_adapter = adapter_name
+
+    def remove(self, adapter_name: str) -> None:
+        """Drop the copy of ``adapter_name``."""
+        del self.modules_to_save[adapter_name]
+        if self.active_adapter == adapter_name:
+            self.active_adapter = None
+
+    def set_active(self, adapter_names: Sequence[str]) -> None:
+        """Activate the first of ``adapter_names`` that has a copy here."""
+        self.active_adapter = next((n for n in adapter_names if n in self.modules_to_save), None)
+
+    def _current(self) -> nn.Module:
+        if self.disable_adapters or self.active_adapter not in self.modules_to_save:
+            return self.original_module
+        return self.modules_to_save[self.active_adapter]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The active copy's forward (or the original's)."""
+        return self._current()(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        """Attributes the model reads off the wrapped module (``weight``, ``eps``, ...)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or "_modules" not in self.__dict__:
+                raise
+            return getattr(self._current(), name)

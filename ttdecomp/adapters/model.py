@@ -1,0 +1,611 @@
+"""Injecting adapters into a model, and :class:`TTAdapterModel`, the PEFT-shaped wrapper.
+
+Functional layer (works on any ``nn.Module``, mutates it in place):
+:func:`inject_adapter_in_model`, :func:`mark_only_adapters_as_trainable`,
+:func:`get_adapter_state_dict`, :func:`set_adapter_state_dict`.
+
+Wrapper: :func:`get_tt_model` returns a :class:`TTAdapterModel` with PEFT's names —
+``print_trainable_parameters``, ``merge_adapter``, ``merge_and_unload``, ``set_adapter``,
+``add_adapter``, ``disable_adapter``, ``save_pretrained``, ``from_pretrained``,
+``export_peft_lora`` ... — whose ``forward`` is the base model's (same signature, so
+``transformers.Trainer`` keeps the dataset columns) and which forwards unknown attributes to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError
+from .config import LoRETTAConfig, TTAdapterConfig, TTLoRAConfig
+from .layers import (
+    LoRETTAAdpAdapter,
+    LoRETTARepAdapter,
+    ModulesToSaveWrapper,
+    TTAdapterLayer,
+    TTLoRAAdapter,
+    _adapter_dtype,
+)
+from .targets import TargetInfo, inspect_targets, select_modules_to_save
+
+__all__ = [
+    "TTAdapterModel",
+    "get_adapter_state_dict",
+    "get_tt_model",
+    "inject_adapter_in_model",
+    "mark_only_adapters_as_trainable",
+    "set_adapter_state_dict",
+]
+
+
+def _check_adapter_name(adapter_name: Any) -> None:
+    if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
+        raise InvalidInputError(
+            f"adapter_name must be a non-empty string without dots; got {adapter_name!r}. "
+            "Dots would break parameter names; use e.g. 'default' or 'task_a'."
+        )
+
+
+def _build_adapter(
+    config: TTAdapterConfig, info: TargetInfo, weight: torch.Tensor, *, init: str | None = None
+) -> nn.Module:
+    """The adapter module for one target (``init`` overrides the config's, e.g. when loading)."""
+    kwargs = {"dtype": _adapter_dtype(weight), "device": weight.device}
+    mats = info.tt_matrices
+
+    def shape(key: str) -> tuple:
+        return (mats[key]["row_shape"], mats[key]["col_shape"])
+
+    if isinstance(config, TTLoRAConfig):
+        return TTLoRAAdapter(
+            *shape("cores"),
+            tt_rank=config.tt_rank,
+            alpha=config.alpha,
+            dropout=config.dropout,
+            init=init or config.init,
+            **kwargs,
+        )
+    if config.variant == "rep":
+        return LoRETTARepAdapter(
+            shape("a_cores"),
+            shape("b_cores"),
+            tensor_rank=config.tensor_rank,
+            r=config.r,
+            alpha=config.alpha,
+            dropout=config.dropout,
+            init=init or config.init,
+            **kwargs,
+        )
+    return LoRETTAAdpAdapter(
+        shape("down_cores"),
+        shape("up_cores"),
+        tensor_rank=config.tensor_rank,
+        non_linearity=config.non_linearity,
+        dropout=config.dropout,
+        init=init or config.init,
+        **kwargs,
+    )
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _adapter_names_in(model: nn.Module) -> set[str]:
+    names: set[str] = set()
+    for m in model.modules():
+        if isinstance(m, TTAdapterLayer):
+            names |= set(m.tt_adapters)
+        elif isinstance(m, ModulesToSaveWrapper):
+            names |= set(m.modules_to_save)
+    return names
+
+
+def inject_adapter_in_model(
+    config: TTAdapterConfig,
+    model: nn.Module,
+    adapter_name: str = "default",
+    *,
+    _init: str | None = None,
+) -> nn.Module:
+    """Add adapter ``adapter_name`` described by ``config`` to ``model``, in place.
+
+    Every target is validated first (see :func:`~ttdecomp.adapters.inspect_targets`); only then
+    are layers wrapped, so an error leaves the model unchanged. Already wrapped layers get one
+    more adapter. Afterwards only the new adapter's parameters (and its modules-to-save copies)
+    require gradients, and it is the active adapter of the layers it touches.
+
+    Parameters
+    ----------
+    config : TTLoRAConfig or LoRETTAConfig
+    model : nn.Module
+    adapter_name : str
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters import TTLoRAConfig
+    >>> net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU())
+    >>> net = inject_adapter_in_model(TTLoRAConfig(tt_rank=2, target_modules=["0"]), net)
+    >>> type(net[0]).__name__, [n for n, p in net.named_parameters() if p.requires_grad]
+    ('TTAdapterLayer', ['0.tt_adapters.default.cores.0', '0.tt_adapters.default.cores.1'])
+    """
+    _check_adapter_name(adapter_name)
+    if adapter_name in _adapter_names_in(model):
+        raise InvalidInputError(
+            f"the model already has an adapter named {adapter_name!r}; pick another name or "
+            "delete_adapter() it first."
+        )
+    infos = inspect_targets(model, config)
+    saved = select_modules_to_save(model, config)
+    for info in infos:
+        current = model.get_submodule(info.name)
+        layer = current if isinstance(current, TTAdapterLayer) else TTAdapterLayer(current)
+        layer.add(adapter_name, _build_adapter(config, info, layer.weight, init=_init))
+        layer.set_active([adapter_name])
+        if layer is not current:
+            _set_submodule(model, info.name, layer)
+    for name in saved:
+        current = model.get_submodule(name)
+        wrapper = (
+            current if isinstance(current, ModulesToSaveWrapper) else ModulesToSaveWrapper(current)
+        )
+        wrapper.add(adapter_name)
+        if wrapper is not current:
+            _set_submodule(model, name, wrapper)
+    mark_only_adapters_as_trainable(model, [adapter_name])
+    return model
+
+
+def mark_only_adapters_as_trainable(
+    model: nn.Module, adapter_names: Sequence[str] | None = None
+) -> None:
+    """Freeze everything except the named adapters and their modules-to-save copies.
+
+    ``adapter_names=None`` keeps every adapter in the model trainable.
+    """
+    names = set(_adapter_names_in(model) if adapter_names is None else adapter_names)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in model.modules():
+        if isinstance(m, TTAdapterLayer):
+            for n, ad in m.tt_adapters.items():
+                ad.requires_grad_(n in names)
+        elif isinstance(m, ModulesToSaveWrapper):
+            for n, copy_ in m.modules_to_save.items():
+                copy_.requires_grad_(n in names)
+
+
+def _adapter_tensors(model: nn.Module, adapter_name: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(key, tensor)`` of one adapter; keys are ``<module name>.<parameter path>``."""
+    for name, m in model.named_modules():
+        if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
+            for pname, p in m.tt_adapters[adapter_name].named_parameters():
+                yield f"{name}.{pname}", p
+        elif isinstance(m, ModulesToSaveWrapper) and adapter_name in m.modules_to_save:
+            for pname, p in m.modules_to_save[adapter_name].named_parameters():
+                yield f"{name}.{pname}", p
+            for bname, b in m.modules_to_save[adapter_name].named_buffers():
+                yield f"{name}.{bname}", b
+
+
+def get_adapter_state_dict(
+    model: nn.Module, adapter_name: str = "default"
+) -> dict[str, torch.Tensor]:
+    """The tensors of one adapter (TT cores, adp biases, modules-to-save copies), detached.
+
+    Keys are ``<module name>.<parameter path>`` without the adapter name, e.g.
+    ``model.layers.0.self_attn.q_proj.cores.0`` or ``classifier.weight``, so a state dict moves
+    between adapter names.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters import TTLoRAConfig
+    >>> net = inject_adapter_in_model(TTLoRAConfig(target_modules=["0"]), torch.nn.Sequential(
+    ...     torch.nn.Linear(16, 16)))
+    >>> sorted(get_adapter_state_dict(net))
+    ['0.cores.0', '0.cores.1']
+    """
+    if adapter_name not in _adapter_names_in(model):
+        raise InvalidInputError(
+            f"no adapter named {adapter_name!r}; the model has {sorted(_adapter_names_in(model))}."
+        )
+    return {k: v.detach() for k, v in _adapter_tensors(model, adapter_name)}
+
+
+def set_adapter_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], adapter_name: str = "default"
+) -> None:
+    """Copy ``state_dict`` (keys as from :func:`get_adapter_state_dict`) into an adapter.
+
+    Names, shapes and dtypes are all checked before anything is copied; a mismatch raises
+    :class:`~ttdecomp.errors.ShapeError` / :class:`~ttdecomp.errors.InvalidInputError` and leaves
+    the model as it was.
+    """
+    from ..errors import ShapeError
+
+    own = dict(_adapter_tensors(model, adapter_name))
+    if not own:
+        raise InvalidInputError(
+            f"no adapter named {adapter_name!r}; the model has {sorted(_adapter_names_in(model))}."
+        )
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if missing or unexpected:
+        raise InvalidInputError(
+            f"adapter state dict does not fit adapter {adapter_name!r}: missing keys "
+            f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys "
+            f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. Was it saved from a model "
+            "with the same architecture and adapter config?"
+        )
+    for key, target in own.items():
+        src = state_dict[key]
+        if tuple(src.shape) != tuple(target.shape):
+            raise ShapeError(
+                f"tensor {key!r} has shape {tuple(src.shape)} but the adapter expects "
+                f"{tuple(target.shape)}; the adapter was saved with different TT shapes or ranks."
+            )
+        if src.dtype != target.dtype:
+            raise InvalidInputError(
+                f"tensor {key!r} has dtype {src.dtype} but the adapter expects {target.dtype}; "
+                "load into a base model of the dtype it was trained with, or cast the file."
+            )
+    with torch.no_grad():
+        for key, target in own.items():
+            target.copy_(state_dict[key])
+
+
+class TTAdapterModel(nn.Module):
+    """A model with tensor-train adapters, shaped like ``peft.PeftModel``.
+
+    Build it with :func:`get_tt_model` or :meth:`from_pretrained`. ``forward`` is the base
+    model's, with the same signature; unknown attributes are read from the base model.
+
+    Attributes
+    ----------
+    base_model : nn.Module
+        The model, with its target layers wrapped in place.
+    tt_config : dict of str to config
+        The config of every adapter, by name (PEFT's ``peft_config``).
+    active_adapters : list of str
+        The adapters in use.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters import TTLoRAConfig, get_tt_model
+    >>> net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU())
+    >>> model = get_tt_model(net, TTLoRAConfig(tt_rank=2, target_modules=["0"]))
+    >>> model.get_nb_trainable_parameters()
+    (64, 336)
+    >>> model.targeted_module_names
+    ['0']
+    """
+
+    def __init__(
+        self, model: nn.Module, config: TTAdapterConfig, adapter_name: str = "default"
+    ) -> None:
+        super().__init__()
+        inject_adapter_in_model(config, model, adapter_name)
+        self.base_model = model
+        self.tt_config: dict[str, TTAdapterConfig] = {adapter_name: _with_base_name(config, model)}
+        self.active_adapters: list[str] = [adapter_name]
+        self.forward = functools.wraps(model.forward)(functools.partial(_call_base, self))
+
+    def __getattr__(self, name: str) -> Any:
+        """Attributes not found here are read from the base model (``config``, ``device``...)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("base_model", "_modules") or "_modules" not in self.__dict__:
+                raise
+            return getattr(self.base_model, name)
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def active_adapter(self) -> str:
+        """The first active adapter (PEFT's single-adapter name)."""
+        return self.active_adapters[0]
+
+    @property
+    def targeted_module_names(self) -> list[str]:
+        """Names of the layers wrapped by any adapter."""
+        return [n for n, m in self.base_model.named_modules() if isinstance(m, TTAdapterLayer)]
+
+    def get_base_model(self) -> nn.Module:
+        """The wrapped model (with adapter layers inside; see :meth:`unload` to remove them)."""
+        return self.base_model
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable parameters, all parameters)``, adapters included in both."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        """Print PEFT's line: ``trainable params: ... || all params: ... || trainable%: ...``."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || "
+            f"trainable%: {100 * trainable / max(total, 1):.4f}"
+        )
+
+    def _layers(self) -> Iterator[TTAdapterLayer | ModulesToSaveWrapper]:
+        for m in self.base_model.modules():
+            if isinstance(m, (TTAdapterLayer, ModulesToSaveWrapper)):
+                yield m
+
+    def _check_known(self, names: Sequence[str]) -> None:
+        unknown = [n for n in names if n not in self.tt_config]
+        if unknown:
+            raise InvalidInputError(
+                f"unknown adapter(s) {unknown}; this model has {sorted(self.tt_config)}."
+            )
+
+    # ------------------------------------------------------------------ adapters
+    def add_adapter(self, adapter_name: str, config: TTAdapterConfig) -> None:
+        """Add another adapter. It is injected but not activated; use :meth:`set_adapter`."""
+        previous = list(self.active_adapters)
+        inject_adapter_in_model(config, self.base_model, adapter_name)
+        self.tt_config[adapter_name] = _with_base_name(config, self.base_model)
+        self.set_adapter(previous)
+
+    def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
+        """Make ``adapter_name`` (or a list of names) the active, trainable adapter(s)."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        if not names:
+            raise InvalidInputError("set_adapter needs at least one adapter name.")
+        self._check_known(names)
+        for layer in self._layers():
+            if isinstance(layer, TTAdapterLayer) and layer.merged_adapters:
+                layer.unmerge()
+            layer.set_active(names)
+        self.active_adapters = names
+        mark_only_adapters_as_trainable(self.base_model, names)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter everywhere (unwrapping layers left without adapters)."""
+        self._check_known([adapter_name])
+        if adapter_name in self.active_adapters and len(self.active_adapters) == 1:
+            rest = [n for n in self.tt_config if n != adapter_name]
+            if not rest:
+                raise InvalidInputError(
+                    f"{adapter_name!r} is the only adapter; use unload() to remove all adapters."
+                )
+            self.set_adapter(rest[0])
+        for name, layer in list(self.base_model.named_modules()):
+            if isinstance(layer, TTAdapterLayer) and adapter_name in layer.tt_adapters:
+                layer.remove(adapter_name)
+                if not layer.tt_adapters:
+                    _set_submodule(self.base_model, name, layer.base_layer)
+            elif isinstance(layer, ModulesToSaveWrapper) and adapter_name in layer.modules_to_save:
+                layer.remove(adapter_name)
+                if not layer.modules_to_save:
+                    _set_submodule(self.base_model, name, layer.original_module)
+        del self.tt_config[adapter_name]
+        self.active_adapters = [n for n in self.active_adapters if n != adapter_name]
+
+    def _set_disabled(self, disabled: bool) -> None:
+        for layer in self._layers():
+            layer.disable_adapters = disabled
+
+    def enable_adapter_layers(self) -> None:
+        """Turn the adapters back on after :meth:`disable_adapter_layers`."""
+        self._set_disabled(False)
+
+    def disable_adapter_layers(self) -> None:
+        """Run the base model alone (merged adapters are unmerged on the next forward)."""
+        self._set_disabled(True)
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Context manager in which the model behaves as the base model."""
+        self.disable_adapter_layers()
+        try:
+            yield
+        finally:
+            self.enable_adapter_layers()
+
+    # ------------------------------------------------------------------ merging
+    def _check_mergeable(self, names: Sequence[str]) -> None:
+        for n in names:
+            cfg = self.tt_config[n]
+            if isinstance(cfg, LoRETTAConfig) and cfg.variant == "adp":
+                raise InvalidInputError(
+                    f"adapter {n!r} is LoRETTA-adp: a non-linear bottleneck (TT down -> "
+                    f"{cfg.non_linearity} -> TT up) after the layer, not a weight update, so it "
+                    "cannot be merged into the weights. Keep it unmerged, or use LoRETTA-rep / "
+                    "TT-LoRA if you need merging."
+                )
+
+    def merge_adapter(
+        self, adapter_names: Sequence[str] | None = None, *, keep_original: bool = True
+    ) -> None:
+        """Fold adapters (default: the active ones) into the base weights.
+
+        ΔW is formed in float32 and added once. With ``keep_original`` the pre-merge weights are
+        kept so :meth:`unmerge_adapter` restores them bit-for-bit. Merged and unmerged outputs
+        agree to about ``1e-5`` relative in float32 and ``1e-2`` in bfloat16 (bf16 rounds the
+        merged weight once).
+        """
+        names = list(adapter_names or self.active_adapters)
+        self._check_known(names)
+        self._check_mergeable(names)
+        for layer in self._layers():
+            if isinstance(layer, TTAdapterLayer):
+                layer.merge(
+                    [n for n in names if n in layer.tt_adapters], keep_original=keep_original
+                )
+
+    def unmerge_adapter(self) -> None:
+        """Undo :meth:`merge_adapter` everywhere."""
+        for layer in self._layers():
+            if isinstance(layer, TTAdapterLayer):
+                layer.unmerge()
+
+    def _unwrap(self, merge: bool, adapter_names: Sequence[str] | None) -> nn.Module:
+        names = list(adapter_names or self.active_adapters)
+        if merge:
+            self._check_known(names)
+            self._check_mergeable(names)
+        for name, layer in list(self.base_model.named_modules()):
+            if isinstance(layer, TTAdapterLayer):
+                if merge:
+                    layer.merge([n for n in names if n in layer.tt_adapters], keep_original=False)
+                else:
+                    layer.unmerge()
+                _set_submodule(self.base_model, name, layer.base_layer)
+            elif isinstance(layer, ModulesToSaveWrapper):
+                keep = layer._current() if merge else layer.original_module
+                keep.requires_grad_(False)
+                _set_submodule(self.base_model, name, keep)
+        return self.base_model
+
+    def merge_and_unload(self, adapter_names: Sequence[str] | None = None) -> nn.Module:
+        """Merge adapters into the weights and return the plain base model (no wrappers).
+
+        Modules-to-save are replaced by the active adapter's trained copy.
+        """
+        return self._unwrap(True, adapter_names)
+
+    def unload(self) -> nn.Module:
+        """Remove every adapter without merging and return the plain base model."""
+        return self._unwrap(False, None)
+
+    # ------------------------------------------------------------------ training helpers
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        """Enable the base model's gradient checkpointing so that adapters still get gradients.
+
+        The frozen embeddings produce inputs that do not require grad; with re-entrant
+        checkpointing the adapters inside would then get none, so input gradients are enabled.
+        """
+        self.base_model.gradient_checkpointing_enable(**kwargs)
+        self.base_model.enable_input_require_grads()
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(
+        self, save_directory: str | Path, adapter_names: Sequence[str] | None = None
+    ) -> None:
+        """Save adapters: ``default`` in ``save_directory``, others in sub-folders by name.
+
+        Each folder holds ``ttdecomp_config.json`` and ``ttdecomp_adapter.safetensors``.
+        """
+        from .serialization import save_adapter
+
+        names = list(adapter_names or self.tt_config)
+        self._check_known(names)
+        for n in names:
+            folder = Path(save_directory) if n == "default" else Path(save_directory) / n
+            save_adapter(self.base_model, self.tt_config[n], n, folder)
+
+    def load_adapter(
+        self, path: str | Path, adapter_name: str, *, is_trainable: bool = False
+    ) -> None:
+        """Load a saved adapter under ``adapter_name`` (validated fully before any change)."""
+        from .serialization import load_adapter
+
+        previous = list(self.active_adapters)
+        config = load_adapter(self.base_model, path, adapter_name)
+        self.tt_config[adapter_name] = config
+        self.set_adapter(previous)
+        if not is_trainable:
+            mark_only_adapters_as_trainable(
+                self.base_model, [n for n in previous if n != adapter_name]
+            )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: nn.Module,
+        path: str | Path,
+        adapter_name: str = "default",
+        *,
+        is_trainable: bool = False,
+    ) -> TTAdapterModel:
+        """Wrap ``model`` with the adapter saved in ``path``.
+
+        Every tensor's name, shape and dtype is checked against ``model`` and the file is read
+        completely before the model is touched; a mismatch or a corrupted/truncated file raises
+        :class:`~ttdecomp.adapters.AdapterFileError` (or a shape error) and leaves ``model``
+        unchanged. With ``is_trainable=False`` (default) nothing requires gradients.
+        """
+        from .serialization import load_adapter
+
+        config = load_adapter(model, path, adapter_name)
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.base_model = model
+        self.tt_config = {adapter_name: config}
+        self.active_adapters = [adapter_name]
+        self.forward = functools.wraps(model.forward)(functools.partial(_call_base, self))
+        mark_only_adapters_as_trainable(model, [adapter_name] if is_trainable else [])
+        return self
+
+    def export_peft_lora(
+        self, save_directory: str | Path, rank: int, adapter_name: str | None = None
+    ) -> dict[str, float]:
+        """Write ΔW as a standard PEFT LoRA checkpoint by truncated SVD (see
+        :func:`ttdecomp.adapters.export.export_peft_lora`)."""
+        from .export import export_peft_lora
+
+        name = adapter_name or self.active_adapter
+        self._check_known([name])
+        return export_peft_lora(self.base_model, self.tt_config[name], name, save_directory, rank)
+
+
+def _call_base(self: TTAdapterModel, *args: Any, **kwargs: Any) -> Any:
+    return self.base_model(*args, **kwargs)
+
+
+def _with_base_name(config: TTAdapterConfig, model: nn.Module) -> TTAdapterConfig:
+    if config.base_model_name_or_path is not None:
+        return config
+    name = getattr(getattr(model, "config", None), "name_or_path", None) or None
+    fields = {k: v for k, v in config.to_dict().items() if k != "method"}
+    fields["base_model_name_or_path"] = name
+    return type(config)(**fields)
+
+
+def get_tt_model(
+    model: nn.Module, config: TTAdapterConfig, adapter_name: str = "default"
+) -> TTAdapterModel:
+    """Add a tensor-train adapter to ``model`` and wrap it (PEFT's ``get_peft_model``).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A Hugging Face model (or any module holding ``nn.Linear`` / ``Conv1D`` layers). It is
+        modified in place: target layers are wrapped, everything else is frozen.
+    config : TTLoRAConfig or LoRETTAConfig
+    adapter_name : str
+
+    Returns
+    -------
+    TTAdapterModel
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters import TTLoRAConfig
+    >>> net = torch.nn.Sequential(torch.nn.Linear(32, 32))
+    >>> x = torch.randn(2, 32)
+    >>> before = net(x)
+    >>> model = get_tt_model(net, TTLoRAConfig(tt_rank=2, init="zero", target_modules=["0"]))
+    >>> bool(torch.equal(model(x), before))
+    True
+    """
+    return TTAdapterModel(model, config, adapter_name)

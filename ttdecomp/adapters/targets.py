@@ -1,0 +1,365 @@
+"""Choosing the modules to adapt, and the TT shapes and ranks each one gets.
+
+Everything here is a dry run: it reads the model and the config and mutates nothing, so every
+error (a pattern that matches nothing, a module of the wrong kind, a shape that does not fit)
+is raised before any layer is replaced. :func:`inspect_targets` exposes it to users.
+
+Matching rules (as PEFT's, but strict): a list entry matches a module whose name equals it, ends
+with ``"." + entry``, or fully matches it as a regular expression; a plain string is a regular
+expression against full module names; ``"all-linear"`` is every ``nn.Linear`` / ``Conv1D`` except
+the output head. **Every list entry, exclusion, per-module shape key and layer index must select
+at least one module**, otherwise :class:`~ttdecomp.adapters.TargetModulesError` is raised.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import ShapeError
+from ..shapes import tensorize
+from .config import (
+    LoRETTAConfig,
+    TargetModulesError,
+    TTAdapterConfig,
+    TTLoRAConfig,
+    resolve_shape_spec,
+)
+from .layers import ModulesToSaveWrapper, TTAdapterLayer, is_conv1d
+
+__all__ = ["TargetInfo", "inspect_targets", "logical_modules", "select_modules_to_save"]
+
+_HEAD_NAMES = ("classifier", "score")
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """One module an adapter will be attached to, with its TT shapes and parameter count.
+
+    Attributes
+    ----------
+    name : str
+        Full module name in the model.
+    module_type : str
+        ``"Linear"`` or ``"Conv1D"``.
+    out_features, in_features : int
+        The layer's output and input sizes.
+    tt_matrices : dict
+        For every TT-matrix of the adapter (``"cores"`` for TT-LoRA; ``"a_cores"``,
+        ``"b_cores"`` for LoRETTA-rep; ``"down_cores"``, ``"up_cores"`` for LoRETTA-adp):
+        ``{"row_shape": ..., "col_shape": ..., "ranks": ...}``.
+    n_params : int
+        Trainable parameters of the adapter on this module (cores plus adp biases).
+    """
+
+    name: str
+    module_type: str
+    out_features: int
+    in_features: int
+    tt_matrices: dict[str, dict[str, tuple[int, ...]]]
+    n_params: int
+
+
+def logical_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, module)`` pairs as the user sees them: wrappers stand for what they wrap.
+
+    A :class:`TTAdapterLayer` yields its ``base_layer`` and a :class:`ModulesToSaveWrapper` its
+    ``original_module`` under the wrapper's name; their internals are not yielded.
+    """
+    skip: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(p) for p in skip):
+            continue
+        if isinstance(module, TTAdapterLayer):
+            skip.append(name + ".")
+            yield name, module.base_layer
+        elif isinstance(module, ModulesToSaveWrapper):
+            skip.append(name + ".")
+            yield name, module.original_module
+        else:
+            yield name, module
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def _entry_matches(entry: str, name: str) -> bool:
+    if name == entry or name.endswith("." + entry):
+        return True
+    try:
+        return re.fullmatch(entry, name) is not None
+    except re.error:
+        return False
+
+
+def _select(patterns: str | Sequence[str], names: Sequence[str], what: str) -> set[str]:
+    """Names matched by ``patterns``; every entry must match something."""
+    if isinstance(patterns, str):
+        hit = {n for n in names if re.fullmatch(patterns, n)}
+        if not hit:
+            raise TargetModulesError(
+                f"{what}={patterns!r} (a regex matched against full module names) matches no "
+                f"module. Module names look like {_examples(names)}."
+            )
+        return hit
+    hit: set[str] = set()
+    for entry in patterns:
+        found = {n for n in names if _entry_matches(entry, n)}
+        if not found:
+            raise TargetModulesError(
+                f"{what} entry {entry!r} matches no module (PEFT would ignore this silently). "
+                f"Module name suffixes available here include {_suffixes(names)}; fix or remove "
+                "the entry."
+            )
+        hit |= found
+    return hit
+
+
+def _examples(names: Sequence[str]) -> list[str]:
+    return sorted(names, key=len)[-3:] if names else []
+
+
+def _suffixes(names: Sequence[str]) -> list[str]:
+    return sorted({n.rsplit(".", 1)[-1] for n in names})[:25]
+
+
+def _layer_index(name: str, layers_pattern: str | Sequence[str] | None) -> int | None:
+    if layers_pattern is None:
+        m = re.search(r"(?:^|\.)(\d+)(?:\.|$)", name)
+        return int(m.group(1)) if m else None
+    pats = [layers_pattern] if isinstance(layers_pattern, str) else list(layers_pattern)
+    for p in pats:
+        m = re.search(rf"(?:^|\.){re.escape(p)}\.(\d+)(?:\.|$)", name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _output_head_ids(model: nn.Module) -> set[int]:
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    if isinstance(head, TTAdapterLayer):
+        head = head.base_layer
+    return {id(head)} if head is not None else set()
+
+
+def select_modules_to_save(model: nn.Module, config: TTAdapterConfig) -> list[str]:
+    """Names of the modules trained in full and saved with the adapter.
+
+    These are ``config.modules_to_save`` (each entry must match) plus, for LoRETTA, every
+    LayerNorm/RMSNorm (``train_norms``) and the ``classifier`` / ``score`` head (``train_head``).
+    Nested matches are reduced to the outermost module.
+    """
+    modules = dict(logical_modules(model))
+    names = list(modules)
+    chosen: set[str] = set()
+    if config.modules_to_save:
+        chosen |= _select(config.modules_to_save, names, "modules_to_save")
+    if isinstance(config, LoRETTAConfig):
+        if config.train_norms:
+            chosen |= {n for n, m in modules.items() if _is_norm(m)}
+        if config.train_head:
+            chosen |= {n for n in names if n.rsplit(".", 1)[-1] in _HEAD_NAMES}
+    outer = sorted(chosen, key=len)
+    kept: list[str] = []
+    for n in outer:
+        if not any(n.startswith(k + ".") for k in kept):
+            kept.append(n)
+    return sorted(kept)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    cls = type(module).__name__
+    has_weight = isinstance(getattr(module, "weight", None), nn.Parameter)
+    return has_weight and (isinstance(module, nn.LayerNorm) or cls.endswith(("Norm", "RMSNorm")))
+
+
+def _select_targets(model: nn.Module, config: TTAdapterConfig) -> list[tuple[str, nn.Module]]:
+    modules = dict(logical_modules(model))
+    names = list(modules)
+    saved = select_modules_to_save(model, config)
+
+    def inside_saved(n: str) -> bool:
+        return any(n == s or n.startswith(s + ".") for s in saved)
+
+    targets = config.target_modules
+    if targets is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        targets = list(config.default_targets(model_type))
+    if targets == "all-linear":
+        heads = _output_head_ids(model)
+        chosen = {n for n, m in modules.items() if _is_linear(m) and id(m) not in heads}
+        if not chosen:
+            raise TargetModulesError(
+                "target_modules='all-linear' but the model has no nn.Linear or Conv1D layers."
+            )
+    else:
+        chosen = _select(targets, names, "target_modules")
+        wrong = sorted(n for n in chosen if not _is_linear(modules[n]))
+        if wrong:
+            kinds = sorted({type(modules[n]).__name__ for n in wrong})
+            raise TargetModulesError(
+                f"target_modules={targets!r} selects {wrong[:5]} of type {kinds}; TT adapters wrap "
+                "nn.Linear or transformers Conv1D only. Name the linear layers inside, e.g. "
+                f"{_suffixes([n for n, m in modules.items() if _is_linear(m)])[:6]}."
+            )
+    chosen = {n for n in chosen if not inside_saved(n)}
+    if config.exclude_modules is not None:
+        excluded = _select(config.exclude_modules, names, "exclude_modules")
+        chosen -= excluded
+    if config.layers_to_transform is not None:
+        index = {n: _layer_index(n, config.layers_pattern) for n in chosen}
+        missing = sorted(set(config.layers_to_transform) - set(index.values()))
+        if missing:
+            found = sorted({i for i in index.values() if i is not None})
+            raise TargetModulesError(
+                f"layers_to_transform has indices {missing} that no targeted module is in "
+                f"(layer indices found: {found}, layers_pattern={config.layers_pattern!r})."
+            )
+        chosen = {n for n in chosen if index[n] in set(config.layers_to_transform)}
+    if not chosen:
+        raise TargetModulesError(
+            f"After exclude_modules / layers_to_transform / modules_to_save, no module is left to "
+            f"adapt (target_modules={targets!r}). Loosen the exclusions."
+        )
+    return [(n, modules[n]) for n in names if n in chosen]
+
+
+def _features(module: nn.Module) -> tuple[int, int]:
+    w = module.weight
+    if is_conv1d(module):
+        return int(w.shape[1]), int(w.shape[0])
+    return int(w.shape[0]), int(w.shape[1])
+
+
+def _interleaved(rows: int, cols: int, n_cores: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return tensorize(rows, cols, n_cores=n_cores, layout="interleaved")
+
+
+def _matrix_info(
+    row_shape: Sequence[int], col_shape: Sequence[int], rank: int
+) -> dict[str, tuple[int, ...]]:
+    d = len(row_shape)
+    ranks = (1,) + (int(rank),) * (d - 1) + (1,)
+    return {"row_shape": tuple(row_shape), "col_shape": tuple(col_shape), "ranks": ranks}
+
+
+def _n_core_params(info: Mapping[str, tuple[int, ...]]) -> int:
+    r = info["ranks"]
+    return sum(
+        r[k] * m * n * r[k + 1]
+        for k, (m, n) in enumerate(zip(info["row_shape"], info["col_shape"]))
+    )
+
+
+def _ttlora_shape(
+    config: TTLoRAConfig, name: str, out_f: int, in_f: int, used_keys: set[str]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    spec: Any = config.tt_shape
+    if isinstance(spec, Mapping):
+        keys = [k for k in spec if _entry_matches(k, name)]
+        if len(keys) > 1:
+            raise TargetModulesError(
+                f"module {name!r} matches several tt_shape keys {keys}; make the keys specific "
+                "enough that each module matches at most one."
+            )
+        spec = spec[keys[0]] if keys else None
+        used_keys.update(keys)
+    if spec is None:
+        return tensorize(out_f, in_f, n_cores=config.n_cores, layout="split")
+    try:
+        return resolve_shape_spec(spec, out_f, in_f)
+    except ShapeError as exc:
+        raise ShapeError(f"module {name!r} ({out_f} x {in_f}): {exc}") from None
+
+
+def inspect_targets(model: nn.Module, config: TTAdapterConfig) -> list[TargetInfo]:
+    """Dry run: the modules ``config`` would adapt, with shapes, TT shapes and parameter counts.
+
+    Nothing in ``model`` changes. Raises the same errors injection would, so it is also a
+    validator.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Usually a Hugging Face ``PreTrainedModel`` (``model.config.model_type`` picks default
+        targets when ``config.target_modules`` is None).
+    config : TTLoRAConfig or LoRETTAConfig
+
+    Returns
+    -------
+    list of TargetInfo
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters import TTLoRAConfig
+    >>> net = torch.nn.Sequential(torch.nn.Linear(768, 768), torch.nn.ReLU())
+    >>> cfg = TTLoRAConfig(tt_rank=4, tt_shape=[64, 4, 3, 3, 4, 64], target_modules=["0"])
+    >>> info = inspect_targets(net, cfg)[0]
+    >>> info.name, info.tt_matrices["cores"]["col_shape"], info.n_params
+    ('0', (64, 4, 3, 1, 1, 1), 736)
+    """
+    if not isinstance(config, TTAdapterConfig):
+        raise TypeError(
+            f"config must be a TTLoRAConfig or LoRETTAConfig; got {type(config).__name__}. "
+            "PEFT configs are not accepted: build the ttdecomp equivalent."
+        )
+    selected = _select_targets(model, config)
+    used_keys: set[str] = set()
+    out: list[TargetInfo] = []
+    for name, module in selected:
+        out_f, in_f = _features(module)
+        if isinstance(config, TTLoRAConfig):
+            rows, cols = _ttlora_shape(config, name, out_f, in_f, used_keys)
+            mats = {"cores": _matrix_info(rows, cols, config.tt_rank)}
+            extra = 0
+        elif config.variant == "rep":
+            mats = {
+                "a_cores": _matrix_info(
+                    *_interleaved(config.r, in_f, config.n_cores), config.tensor_rank
+                ),
+                "b_cores": _matrix_info(
+                    *_interleaved(out_f, config.r, config.n_cores), config.tensor_rank
+                ),
+            }
+            extra = 0
+        else:
+            b = config.bottleneck_size
+            mats = {
+                "down_cores": _matrix_info(
+                    *_interleaved(b, out_f, config.n_cores), config.tensor_rank
+                ),
+                "up_cores": _matrix_info(
+                    *_interleaved(out_f, b, config.n_cores), config.tensor_rank
+                ),
+            }
+            extra = b + out_f
+        for key, info in mats.items():
+            rows, cols = info["row_shape"], info["col_shape"]
+            if math.prod(rows) <= 0 or math.prod(cols) <= 0:
+                raise ShapeError(f"module {name!r}: {key} has an empty shape {rows} x {cols}.")
+        out.append(
+            TargetInfo(
+                name=name,
+                module_type="Conv1D" if is_conv1d(module) else "Linear",
+                out_features=out_f,
+                in_features=in_f,
+                tt_matrices=mats,
+                n_params=sum(_n_core_params(i) for i in mats.values()) + extra,
+            )
+        )
+    if isinstance(config, TTLoRAConfig) and isinstance(config.tt_shape, Mapping):
+        unused = sorted(set(config.tt_shape) - used_keys)
+        if unused:
+            raise TargetModulesError(
+                f"tt_shape keys {unused} match none of the targeted modules "
+                f"{[t.name for t in out][:6]}...; fix or remove them."
+            )
+    return out
