@@ -77,8 +77,8 @@ class ContractionCost:
     setup_flops : int
         The batch-independent part: merging cores into blocks or into ``W``.
     memory : int
-        Elements of the largest intermediate (merged blocks, states, the output) when the
-        batch is processed in one piece.
+        Elements of the largest intermediate (merged blocks or ``W``, the states between
+        GEMMs; not ``x`` or ``y``) when the batch is processed in one piece.
     saved : int
         Elements the torch autograd path saves for backward: ``x`` and the cores.
     """
@@ -205,13 +205,17 @@ def _gemm_flops(steps: Sequence[tuple[int, ...]]) -> int:
 def _merged_direction(
     row_shape: Sequence[int], col_shape: Sequence[int], ranks: Sequence[int], split: int, batch: int
 ) -> str:
-    """The cheaper sweep over the two merged blocks (ties go left to right)."""
+    """The cheaper sweep over the two merged blocks.
+
+    Ties go right to left: its batched GEMM is the one with the long inner dimension
+    (``N_L r``), which runs faster than the left-to-right sweep's (``N_L``).
+    """
     rows = (math.prod(row_shape[:split]), math.prod(row_shape[split:]))
     cols = (math.prod(col_shape[:split]), math.prod(col_shape[split:]))
     block_ranks = (1, ranks[split], 1)
     ltr = _gemm_flops(_sweep_steps(rows, cols, block_ranks, batch, "ltr"))
     rtl = _gemm_flops(_sweep_steps(rows, cols, block_ranks, batch, "rtl"))
-    return "ltr" if ltr <= rtl else "rtl"
+    return "ltr" if ltr < rtl else "rtl"
 
 
 def _check_shape_args(
@@ -283,7 +287,7 @@ def estimate_costs(
     costs = []
     for order in ("ltr", "rtl"):
         steps = _sweep_steps(row_shape, col_shape, ranks, batch, order)
-        memory = max(p * rows * cols for p, rows, _, cols in steps)
+        memory = _state_memory(steps)
         costs.append(ContractionCost(order, None, _gemm_flops(steps), 0, memory, saved))
     for split in range(1, d):
         left = _merge_steps(row_shape[:split], col_shape[:split], ranks[: split + 1], "ltr")
@@ -294,14 +298,19 @@ def estimate_costs(
         direction = _merged_direction(row_shape, col_shape, ranks, split, batch)
         steps = _sweep_steps(rows, cols, (1, ranks[split], 1), batch, direction)
         blocks = max(rows[0] * cols[0], rows[1] * cols[1]) * ranks[split]
-        memory = max([blocks] + [p * r * c for p, r, _, c in steps])
+        memory = max(blocks, _state_memory(steps))
         flops = setup + _gemm_flops(steps)
         costs.append(ContractionCost("merged", split, flops, setup, memory, saved))
     setup = _gemm_flops(_merge_steps(row_shape, col_shape, ranks, "ltr"))
-    memory = max(m_total * n_total, batch * m_total)
+    memory = m_total * n_total
     flops = setup + 2 * batch * m_total * n_total
     costs.append(ContractionCost("dense", None, flops, setup, memory, saved))
     return costs
+
+
+def _state_memory(steps: Sequence[tuple[int, int, int, int]]) -> int:
+    """Largest state between two GEMM steps (the input and the output do not count)."""
+    return max((p * rows * cols for p, rows, _, cols in steps[:-1]), default=0)
 
 
 def _per_row_memory(cost: ContractionCost, row_shape, col_shape, ranks) -> int:
@@ -315,8 +324,8 @@ def _per_row_memory(cost: ContractionCost, row_shape, col_shape, ranks) -> int:
         direction = _merged_direction(row_shape, col_shape, ranks, s, 1)
         steps = _sweep_steps(rows, cols, (1, ranks[s], 1), 1, direction)
     else:
-        return math.prod(row_shape)
-    return max(p * r * c for p, r, _, c in steps)
+        return 0
+    return _state_memory(steps)
 
 
 def _select(
@@ -395,7 +404,8 @@ def _plan(row_shape, col_shape, ranks, batch, order, split, memory_budget) -> Co
     costs = estimate_costs(row_shape, col_shape, ranks, batch)
     chosen = _select(costs, order, split)
     per_row = _per_row_memory(chosen, row_shape, col_shape, ranks)
-    chunk = max(1, min(max(batch, 1), int(memory_budget) // max(per_row, 1)))
+    rows = int(memory_budget) // per_row if per_row else batch
+    chunk = max(1, min(max(batch, 1), rows))
     ranked = tuple(sorted(costs, key=lambda c: (c.flops, c.memory)))
     return ContractionPlan(chosen, ranked, batch, chunk, row_shape, col_shape, ranks)
 
@@ -559,71 +569,80 @@ def _merge(ops: _Ops, cores: Sequence[Any], direction: str) -> Any:
     return ops.reshape(block, (r0, math.prod(ms), math.prod(ns), rd))
 
 
-def _sweep(ops: _Ops, cores: Sequence[Any], x2: Any, order: str) -> Any:
-    """Core-by-core product of ``x2`` (``(B, N)``) with the train; returns ``(B, M)``."""
-    batch = int(x2.shape[0])
+@dataclass(frozen=True)
+class _Step:
+    """One GEMM of a contraction: ``out[p] = mat @ z[p]`` with ``z`` viewed as
+    ``(p, inner, cols)`` and ``p = rows_factor · B`` (``B`` the rows of ``x`` in the chunk).
+
+    ``mat`` has shape ``(out_rows, inner)``. The output ``(p, out_rows, cols)`` is, read
+    row-major, the next step's input.
+    """
+
+    mat: Any
+    rows_factor: int
+    inner: int
+    cols: int
+
+
+def _sweep_operands(ops: _Ops, cores: Sequence[Any], order: str) -> list[_Step]:
+    """The GEMM steps of a core-by-core sweep (see the module docstring for the states)."""
     ms = [int(c.shape[1]) for c in cores]
     ns = [int(c.shape[2]) for c in cores]
-    d = len(cores)
-    z = x2
+    steps = []
     if order == "ltr":
         for k, core in enumerate(cores):
             r_prev, m, n, r_next = (int(s) for s in core.shape)
-            p, cols = batch * math.prod(ms[:k]), math.prod(ns[k + 1 :])
             mat = ops.permute(core, (1, 3, 0, 2))  # (m_k, r_k, r_{k-1}, n_k)
             mat = ops.reshape(mat, (m * r_next, r_prev * n))  # (m_k r_k, r_{k-1} n_k)
-            if cols == 1:
-                z = ops.reshape(z, (p, r_prev * n))  # (B M_{<k}, r_{k-1} n_k)
-                z = ops.matmul(z, ops.permute(mat, (1, 0)))  # (B M_{<k}, m_k r_k)
-            elif p == 1:
-                z = ops.reshape(z, (r_prev * n, cols))  # (r_{k-1} n_k, N_{>k})
-                z = ops.matmul(mat, z)  # (m_k r_k, N_{>k})
-            else:
-                z = ops.reshape(z, (p, r_prev * n, cols))  # (B M_{<k}, r_{k-1} n_k, N_{>k})
-                z = ops.matmul(mat, z)  # (B M_{<k}, m_k r_k, N_{>k}) = (B, M_{≤k}, r_k, N_{>k})
+            # state (B M_{<k}, r_{k-1} n_k, N_{>k}) -> (B M_{<k}, m_k r_k, N_{>k})
+            steps.append(_Step(mat, math.prod(ms[:k]), r_prev * n, math.prod(ns[k + 1 :])))
     else:
-        for k in reversed(range(d)):
-            core = cores[k]
-            r_prev, m, n, r_next = (int(s) for s in core.shape)
-            p, cols = batch * math.prod(ns[:k]), math.prod(ms[k + 1 :])
-            mat = ops.reshape(core, (r_prev * m, n * r_next))  # (r_{k-1} m_k, n_k r_k)
-            if cols == 1:
-                z = ops.reshape(z, (p, n * r_next))  # (B N_{<k}, n_k r_k)
-                z = ops.matmul(z, ops.permute(mat, (1, 0)))  # (B N_{<k}, r_{k-1} m_k)
-            elif p == 1:
-                z = ops.reshape(z, (n * r_next, cols))  # (n_k r_k, M_{>k})
-                z = ops.matmul(mat, z)  # (r_{k-1} m_k, M_{>k})
-            else:
-                z = ops.reshape(z, (p, n * r_next, cols))  # (B N_{<k}, n_k r_k, M_{>k})
-                z = ops.matmul(
-                    mat, z
-                )  # (B N_{<k}, r_{k-1} m_k, M_{>k}) = (B, N_{<k}, r_{k-1}, M_{≥k})
-    return ops.reshape(z, (batch, math.prod(ms)))  # (B, M)
+        for k in reversed(range(len(cores))):
+            r_prev, m, n, r_next = (int(s) for s in cores[k].shape)
+            mat = ops.reshape(cores[k], (r_prev * m, n * r_next))  # (r_{k-1} m_k, n_k r_k)
+            # state (B N_{<k}, n_k r_k, M_{>k}) -> (B N_{<k}, r_{k-1} m_k, M_{>k})
+            steps.append(_Step(mat, math.prod(ns[:k]), n * r_next, math.prod(ms[k + 1 :])))
+    return steps
 
 
-def _prepare(ops: _Ops, cores: Sequence[Any], cost: ContractionCost, batch: int) -> tuple:
-    """Batch-independent setup of a plan: the operands its sweep runs on."""
+def _prepare(ops: _Ops, cores: Sequence[Any], cost: ContractionCost, batch: int) -> list[_Step]:
+    """Batch-independent setup of a plan (merging cores) and its GEMM steps."""
     if cost.order in ("ltr", "rtl"):
-        return list(cores), cost.order
+        return _sweep_operands(ops, cores, cost.order)
     if cost.order == "dense":
         w = _merge(ops, cores, "ltr")  # (1, M, N, 1)
-        return w, "dense"
+        m, n = int(w.shape[1]), int(w.shape[2])
+        return [_Step(ops.reshape(w, (m, n)), 1, n, 1)]  # (M, N): y = x @ W.T
     s = cost.split
     left = _merge(ops, cores[:s], "ltr")  # (1, M_L, N_L, r_s)
     right = _merge(ops, cores[s:], "rtl")  # (r_s, M_R, N_R, 1)
     row_shape, col_shape, ranks = _shapes(cores)
     direction = _merged_direction(row_shape, col_shape, ranks, s, batch)
-    return [left, right], direction
+    return _sweep_operands(ops, [left, right], direction)
 
 
-def _run(ops: _Ops, prepared: tuple, x2: Any) -> Any:
-    """Apply prepared operands to ``x2`` (``(B, N)``); returns ``(B, M)``."""
-    operands, how = prepared
-    if how == "dense":
-        m, n = int(operands.shape[1]), int(operands.shape[2])
-        w = ops.reshape(operands, (m, n))  # (M, N)
-        return ops.matmul(x2, ops.permute(w, (1, 0)))  # (B, M)
-    return _sweep(ops, operands, x2, how)
+def _step_forward(ops: _Ops, step: _Step, z: Any, batch: int) -> Any:
+    """One GEMM step; returns the output in the layout the next step reads."""
+    p = step.rows_factor * batch
+    if step.cols == 1:
+        z = ops.reshape(z, (p, step.inner))  # (p, inner)
+        return ops.matmul(z, ops.permute(step.mat, (1, 0)))  # (p, out_rows)
+    if p == 1:
+        z = ops.reshape(z, (step.inner, step.cols))  # (inner, cols)
+        return ops.matmul(step.mat, z)  # (out_rows, cols)
+    z = ops.reshape(z, (p, step.inner, step.cols))  # (p, inner, cols)
+    return ops.matmul(step.mat, z)  # (p, out_rows, cols)
+
+
+def _run(ops: _Ops, steps: Sequence[_Step], x2: Any) -> Any:
+    """Apply the steps to ``x2`` (``(B, N)``); returns ``(B, M)``."""
+    batch = int(x2.shape[0])
+    z = x2
+    for step in steps:
+        z = _step_forward(ops, step, z, batch)
+    last = steps[-1]
+    m_total = last.rows_factor * int(last.mat.shape[0]) * last.cols
+    return ops.reshape(z, (batch, m_total))  # (B, M)
 
 
 def _execute(
@@ -635,11 +654,11 @@ def _execute(
     """Run ``plan`` on ``x2`` (``(B, N)``) in chunks of ``plan.chunk`` rows."""
     ops = _Ops(x2, counter)
     batch = int(x2.shape[0])
-    prepared = _prepare(ops, cores, plan.cost, batch)
+    steps = _prepare(ops, cores, plan.cost, batch)
     if batch <= plan.chunk:
-        return _run(ops, prepared, x2)
+        return _run(ops, steps, x2)
     return ops.concat(
-        [_run(ops, prepared, x2[i : i + plan.chunk, ...]) for i in range(0, batch, plan.chunk)]
+        [_run(ops, steps, x2[i : i + plan.chunk, ...]) for i in range(0, batch, plan.chunk)]
     )
 
 
