@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["TINY_KINDS", "tiny_model"]
+__all__ = ["TINY_KINDS", "ddp_train_worker", "tiny_batch", "tiny_model"]
 
 #: The kinds :func:`tiny_model` builds.
 TINY_KINDS = ("llama", "gpt2", "roberta", "bert")
@@ -76,3 +76,55 @@ def tiny_model(kind: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) 
         else:
             model = BertForSequenceClassification(BertConfig(**common))
     return model.to(dtype).eval()
+
+
+def tiny_batch(kind: str, batch: int = 4, seq: int = 8, *, seed: int = 1) -> dict:
+    """A random batch for :func:`tiny_model` with labels (token ids or class labels).
+
+    Examples
+    --------
+    >>> sorted(tiny_batch("bert", 2))
+    ['input_ids', 'labels']
+    """
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 128, (batch, seq), generator=g)
+    if kind in ("roberta", "bert"):
+        return {"input_ids": ids, "labels": torch.randint(0, 2, (batch,), generator=g)}
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+def ddp_train_worker(
+    rank: int, world_size: int, init_file: str, out_file: str, steps: int = 3
+) -> None:
+    """Train a TT-LoRA adapter on a tiny Llama under DDP (gloo, file rendezvous, CPU).
+
+    Every rank sees ``1/world_size`` of one fixed global batch of 8 sequences; rank 0 saves the
+    adapter's state dict to ``out_file``. With ``world_size=1`` this is the single-process
+    reference, so both runs must end with the same weights. Used by the test suite through
+    ``torch.multiprocessing.spawn`` (it must be importable, hence here).
+    """
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .config import TTLoRAConfig
+    from .model import get_adapter_state_dict, get_tt_model
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    try:
+        torch.set_num_threads(1)
+        model = get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=3, alpha=2.0))
+        model.train()
+        ddp = DistributedDataParallel(model)
+        full = tiny_batch("llama", batch=8, seq=8)
+        shard = {k: v[rank::world_size] for k, v in full.items()}
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+        for _ in range(steps):
+            opt.zero_grad()
+            ddp(**shard).loss.backward()
+            opt.step()
+        if rank == 0:
+            torch.save(get_adapter_state_dict(model.base_model), out_file)
+    finally:
+        dist.destroy_process_group()

