@@ -117,8 +117,13 @@ def smooth_ints(draw, min_value: int = 2, max_value: int = 5000):
 
 @st.composite
 def weight_shapes(draw, max_size: int = 1500):
-    """A small ``(out_features, in_features)`` pair of smooth sizes with at least 4 prime
-    factors in all, so that TT-matrices of a few cores exist."""
+    """A small ``(out_features, in_features)`` pair of smooth sizes with at least 2 prime
+    factors each, so that TT-matrices of a few cores exist in both layouts."""
     m = draw(smooth_ints(min_value=4, max_value=64))
     n = draw(smooth_ints(min_value=4, max_value=max(4, max_size // m)))
-    return m, n
+    return _two_factors(m), _two_factors(n)
+
+
+def _two_factors(n: int) -> int:
+    """``n`` times 2 when ``n`` is prime, so that it splits into at least two factors."""
+    return n * 2 if all(n % p for p in range(2, int(n**0.5) + 1)) else n

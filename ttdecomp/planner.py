@@ -25,8 +25,10 @@ real :func:`~ttdecomp.tt_svd`.
 bond first; FLOPs of ``apply()`` break ties. Sums of ranks are only comparable between
 trains with the same number of bonds, so without a weight the core count is
 :func:`~ttdecomp.shapes.tensorize`'s default unless ``n_cores`` is given; with a weight
-neighbouring core counts (and, for the split layout, the two-core LoRA-like train) are
-searched too.
+fewer cores are searched too (for the split layout down to the two-core train, which is
+the truncated SVD, i.e. LoRA-shaped). The bound is exact for two cores and pessimistic by
+up to ``sqrt(d − 1)`` for ``d`` cores, so with a weight the planner leans towards few
+cores; fix ``n_cores`` to compare like with like.
 
 Complexity: shapes only, ``O(C · S · d)`` for ``C`` candidate factorisations and ``S``
 rank steps (milliseconds); with a weight, one Gram eigen-decomposition per distinct
@@ -98,7 +100,8 @@ class Plan:
     lora_rank : int
         The LoRA rank the plan is compared with.
     predicted_error : float or None
-        Upper bound ``sqrt(Σ tail_k²) / ‖W‖`` on the relative TT-SVD error (weight only).
+        Upper bound ``min(sqrt(Σ tail_k²) / ‖W‖, 1)`` on the relative TT-SVD error (weight
+        only; TT-SVD is an orthogonal projection, so its error never exceeds ``‖W‖``).
     achieved_error : float or None
         ``‖W − TT‖ / ‖W‖`` of the real TT-SVD (weight only, with ``verify=True``).
     """
@@ -376,6 +379,10 @@ def _side_variants(n: int, k: int) -> list[tuple[int, ...]]:
     return out
 
 
+def _end_heavy_only(n: int, k: int) -> list[tuple[int, ...]]:
+    return [end_heavy_factors(n, k)]
+
+
 def _candidates(
     m: int,
     n: int,
@@ -402,12 +409,15 @@ def _candidates(
                 if n_cores is not None or abs(k_in - k_in0) <= 1
             ]
         else:
-            ks_in = sorted({1, k_in0 - 1, k_in0, k_in0 + 1} & set(range(1, on + 1)))
-            ks_out = sorted({1, k_out0 - 1, k_out0, k_out0 + 1} & set(range(1, om + 1)))
+            ks_in = sorted({1, k_in0 - 1, k_in0} & set(range(1, on + 1)))
+            ks_out = sorted({1, k_out0 - 1, k_out0} & set(range(1, om + 1)))
             pairs = [(ko, ki) for ko in ks_out for ki in ks_in]
+        # shapes only: both variants of each side (cheap); with a weight the core counts
+        # vary instead, and every distinct unfolding costs an eigen-decomposition
+        variants = _end_heavy_only if search_counts and n_cores is None else _side_variants
         for k_out, k_in in pairs:
-            for fo in _side_variants(m, k_out):
-                for fi in _side_variants(n, k_in):
+            for fo in variants(m, k_out):
+                for fi in variants(n, k_in):
                     shapes.append(split_shapes(fo, fi))
     else:
         d0 = len(base_r)
@@ -790,7 +800,7 @@ def _build(
         peak_memory=int(best.memory),
         saved_memory=int(best.saved),
         lora_rank=lora_rank,
-        predicted_error=None if choice.bound_sq is None else math.sqrt(choice.bound_sq),
+        predicted_error=None if choice.bound_sq is None else min(math.sqrt(choice.bound_sq), 1.0),
     )
 
 

@@ -166,8 +166,9 @@ def _prime_error(n: int, name: str, n_factors: int, max_prime: int, large: int |
             f"{name} = {n} has only {len(prime_factors(n))} prime factor(s) "
             f"{list(prime_factors(n))}, so it cannot be split into {n_factors} factors >= 2"
         )
+    shown = max(n_factors, min(len(prime_factors(padded)), _default_n_factors(padded, 4)))
     return (
-        f"{why}. Pad it to {padded} = {' x '.join(map(str, _balanced(padded, n_factors)))} "
+        f"{why}. Pad it to {padded} = {' x '.join(map(str, _balanced(padded, shown)))} "
         f"(the nearest size that can be), e.g. pass pad=True, or ask for fewer factors."
     )
 

@@ -1,0 +1,5 @@
+"""``python -m ttdecomp``: the ``ttdecomp`` command."""
+
+from ttdecomp.cli import main
+
+raise SystemExit(main())

