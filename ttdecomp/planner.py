@@ -964,7 +964,7 @@ class _Source:
         else:
             floating = {"F16", "BF16", "F32", "F64", "C64", "C128"}
             exclude = re.compile(DEFAULT_EXCLUDE, re.IGNORECASE)
-            for name, (shape, dtype) in self.headers.items():
+            for name, (shape, dtype) in sorted(self.headers.items()):  # shard-independent
                 if len(shape) != 2 or dtype not in floating:
                     continue
                 if regex is None and exclude.search(name):
