@@ -1090,10 +1090,15 @@ def plan_model(
     # shapes and candidates of every layer first: all checks before any work
     shapes: dict[str, tuple[int, int]] = {}
     cands: dict[str, list[_Candidate]] = {}
+    by_shape: dict[tuple[int, int], list[_Candidate]] = {}  # models repeat a few shapes
     for name, (shape, _) in src.entries:
         try:
             m, n = _check_shape(shape)
-            cands[name] = _candidates(m, n, layout, n_cores, with_weights, max_rank, pad, max_prime)
+            if (m, n) not in by_shape:
+                by_shape[m, n] = _candidates(
+                    m, n, layout, n_cores, with_weights, max_rank, pad, max_prime
+                )
+            cands[name] = by_shape[m, n]
         except TTError as exc:
             raise type(exc)(f"layer {name!r}: {exc}") from None
         shapes[name] = (m, n)
