@@ -1,0 +1,184 @@
+"""One training step of a small Llama with TT-LoRA versus PEFT LoRA (r=8) on q and v.
+
+Model: Llama, hidden 1024, 4 layers, 16 heads, intermediate 2816, float32; batch 8, sequence 128,
+AdamW over the adapter parameters. Each method runs in its own subprocess (see DESIGN.md on
+thread pools); the two are run alternately ``--rounds`` times and each keeps its best median.
+
+Reported:
+
+* step time: median wall time of ``--steps`` training steps (forward, backward, optimizer step)
+  after one warm-up step;
+* step memory: peak bytes of tensors allocated during one training step (activations saved for
+  backward, gradients, optimizer state, temporaries), tracked exactly with a dispatch mode that
+  follows every storage the step creates; the frozen weights are reported separately.
+
+Targets (issue 5): step time ratio TT-LoRA / LoRA <= 1.1, peak memory ratio <= 1.05.
+
+Usage::
+
+    python benchmarks/bench_adapters.py [--steps 5] [--rounds 2] [--vocab 32000] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import weakref
+
+METHODS = ("peft-lora", "tt-lora")
+
+
+def _peak_memory_mode():
+    """A TorchDispatchMode that tracks the peak bytes of CPU storages created inside it."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class PeakMemory(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live: set[int] = set()
+            self.current = 0
+            self.peak = 0
+
+        def _free(self, key: int, nbytes: int) -> None:
+            self.current -= nbytes
+            self.live.discard(key)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    key = id(storage)
+                    if key in self.live:
+                        continue
+                    self.live.add(key)
+                    self.current += storage.nbytes()
+                    self.peak = max(self.peak, self.current)
+                    weakref.finalize(storage, self._free, key, storage.nbytes())
+            return out
+
+    return PeakMemory()
+
+
+def child(method: str, steps: int, vocab: int, threads: int) -> dict:
+    """Build, train, time and measure one method; returns a JSON-ready dict."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=4,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        vocab_size=vocab,
+        max_position_embeddings=256,
+    )
+    model = LlamaForCausalLM(config)
+    if method == "peft-lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+        )
+    else:
+        from ttdecomp.adapters import TTLoRAConfig, get_tt_model
+
+        model = get_tt_model(
+            model, TTLoRAConfig(tt_rank=8, alpha=8.0, target_modules=["q_proj", "v_proj"])
+        )
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    frozen_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (8, 128), generator=g)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+
+    step()  # warm-up: allocator, optimizer state, contraction plans
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    opt.zero_grad(set_to_none=True)
+    mode = _peak_memory_mode()
+    with mode:
+        step()
+    return {
+        "method": method,
+        "step_s": statistics.median(times),
+        "peak_step_bytes": mode.peak,
+        "param_bytes": frozen_bytes,
+        "trainable": sum(p.numel() for p in params),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.steps, args.vocab, args.threads)))
+        return
+
+    best: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for method in METHODS:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                method,
+                "--steps",
+                str(args.steps),
+                "--vocab",
+                str(args.vocab),
+                "--threads",
+                str(args.threads),
+            ]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            if method not in best or result["step_s"] < best[method]["step_s"]:
+                best[method] = result
+
+    lora, tt = best["peft-lora"], best["tt-lora"]
+    print(
+        f"Llama hidden 1024, 4 layers, batch 8 x seq 128, vocab {args.vocab}, "
+        f"{args.threads} threads, best of {args.rounds} x median of {args.steps} steps"
+    )
+    print(f"{'method':<10} {'trainable':>10} {'step (s)':>9} {'step peak (MiB)':>16}")
+    for r in (lora, tt):
+        print(
+            f"{r['method']:<10} {r['trainable']:>10,d} {r['step_s']:>9.3f} "
+            f"{r['peak_step_bytes'] / 2**20:>16.1f}"
+        )
+    time_ratio = tt["step_s"] / lora["step_s"]
+    mem_ratio = tt["peak_step_bytes"] / lora["peak_step_bytes"]
+    total_ratio = (tt["peak_step_bytes"] + tt["param_bytes"]) / (
+        lora["peak_step_bytes"] + lora["param_bytes"]
+    )
+    print(f"step time ratio TT-LoRA / LoRA:          {time_ratio:.3f} (target <= 1.1)")
+    print(f"step peak memory ratio TT-LoRA / LoRA:   {mem_ratio:.3f} (target <= 1.05)")
+    print(f"peak incl. weights ratio TT-LoRA / LoRA: {total_ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
