@@ -56,7 +56,8 @@ def _state(model: nn.Module) -> dict:
         ({"tt_rank": 2.5}, RankError),
         ({"alpha": float("nan")}, InvalidInputError),
         ({"init": "kaiming"}, InvalidInputError),
-        ({"layout": "interleaved"}, InvalidInputError),
+        ({"layout": "mixed"}, InvalidInputError),
+        ({"layout": "interleaved", "tt_shape": [4, 8, 8, 4]}, ShapeError),
         ({"dropout": 1.0}, InvalidInputError),
         ({"tt_shape": [768]}, ShapeError),
         ({"tt_shape": [64, 0, 3]}, RankError),
@@ -187,6 +188,18 @@ def test_per_module_shapes_and_regex_and_layers():
     ]
     assert infos[0].tt_matrices["cores"]["col_shape"] == (8, 8, 1, 1)
     assert infos[1].tt_matrices["cores"]["row_shape"] == (1, 1, 4, 8)
+
+
+def test_interleaved_layout_from_the_planner():
+    torch.manual_seed(0)
+    model = get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=3, layout="interleaved"))
+    layer = model.base_model.model.layers[0].self_attn.q_proj
+    cores = layer.tt_adapters["default"].cores
+    assert all(c.shape[1] > 1 and c.shape[2] > 1 for c in cores)
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        expected = layer.base_layer(x) + x @ layer.get_delta_weight("default").T
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_all_linear_skips_output_head():

@@ -57,7 +57,7 @@ DEFAULT_TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "phi3": (("qkv_proj",), ("gate_up_proj", "down_proj")),
 }
 
-_LAYOUTS = ("split",)
+_LAYOUTS = ("split", "interleaved")
 _TTLORA_INITS = ("paper", "zero", "ttsvd")
 _LORETTA_INITS = ("gaussian", "zero")
 _VARIANTS = ("rep", "adp")
@@ -131,13 +131,17 @@ def _parse_flat_shape(shape: Sequence[int], in_features: int, out_features: int)
     return row_shape, col_shape
 
 
-def _check_shape_spec(spec: Any, name: str) -> None:
-    """A shape spec is a flat list of positive ints or a pair ``(row_shape, col_shape)``."""
-    if (
+def _is_pair(spec: Any) -> bool:
+    return (
         isinstance(spec, Sequence)
         and len(spec) == 2
         and all(isinstance(s, Sequence) and not isinstance(s, str) for s in spec)
-    ):
+    )
+
+
+def _check_shape_spec(spec: Any, name: str) -> None:
+    """A shape spec is a flat list of positive ints or a pair ``(row_shape, col_shape)``."""
+    if _is_pair(spec):
         rows, cols = spec
         if len(rows) != len(cols) or not rows:
             raise ShapeError(
@@ -176,7 +180,7 @@ def resolve_shape_spec(spec: Any, out_features: int, in_features: int) -> tuple:
     >>> resolve_shape_spec([64, 4, 3, 3, 4, 64], 768, 768)
     ((1, 1, 1, 3, 4, 64), (64, 4, 3, 1, 1, 1))
     """
-    if len(spec) == 2 and all(isinstance(s, Sequence) for s in spec):
+    if _is_pair(spec):
         rows, cols = tuple(int(s) for s in spec[0]), tuple(int(s) for s in spec[1])
         if math.prod(rows) != out_features or math.prod(cols) != in_features:
             raise ShapeError(
@@ -301,7 +305,9 @@ class TTLoRAConfig(TTAdapterConfig):
     n_cores : int or None
         Number of cores asked of the planner when ``tt_shape`` is None.
     layout : str
-        ``"split"`` (input cores with m_k = 1 first, output cores with n_k = 1 after).
+        ``"split"`` (the paper's: input cores with m_k = 1 first, output cores with n_k = 1
+        after) or ``"interleaved"`` (classic TT-matrix, every core has m_k, n_k > 1 where the
+        factors allow); used when the planner chooses the shape.
     init : str
         ``"paper"`` (Kaiming-uniform, a = √8, per core, each core then scaled to unit Frobenius
         norm; ΔW is non-zero at start), ``"zero"`` (the same, with the last core zero so ΔW = 0 at
@@ -334,6 +340,19 @@ class TTLoRAConfig(TTAdapterConfig):
         if self.layout not in _LAYOUTS:
             raise InvalidInputError(
                 f"layout must be one of {_LAYOUTS}; got {self.layout!r}. TT-LoRA uses 'split'."
+            )
+        flat = (
+            self.tt_shape is not None
+            and not isinstance(self.tt_shape, Mapping)
+            and not _is_pair(self.tt_shape)
+        ) or (
+            isinstance(self.tt_shape, Mapping)
+            and any(not _is_pair(v) for v in self.tt_shape.values())
+        )
+        if self.layout == "interleaved" and flat:
+            raise ShapeError(
+                "the flat tt_shape form (input factors, then output factors) describes the split "
+                "layout; with layout='interleaved' give (row_shape, col_shape) pairs or None."
             )
         if self.init not in _TTLORA_INITS:
             raise InvalidInputError(f"init must be one of {_TTLORA_INITS}; got {self.init!r}.")

@@ -448,9 +448,12 @@ class TTAdapterLayer(nn.Module):
         names = [
             n for n in (adapter_names or self.active_adapters) if n not in self.merged_adapters
         ]
-        for n in names:
-            if self.tt_adapters[n].kind != "parallel":
-                self.tt_adapters[n].delta_weight()  # raises the explanatory error
+        non_linear = [n for n in names if self.tt_adapters[n].kind != "parallel"]
+        if non_linear:
+            raise InvalidInputError(
+                f"adapter(s) {non_linear} add a non-linear bottleneck after the layer "
+                "(LoRETTA-adp); there is no weight update to merge. Keep them unmerged."
+            )
         weight = self.base_layer.weight
         for n in names:
             delta = self.get_delta_weight(n).to(weight.device)

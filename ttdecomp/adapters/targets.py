@@ -272,7 +272,7 @@ def _ttlora_shape(
         spec = spec[keys[0]] if keys else None
         used_keys.update(keys)
     if spec is None:
-        return tensorize(out_f, in_f, n_cores=config.n_cores, layout="split")
+        return tensorize(out_f, in_f, n_cores=config.n_cores, layout=config.layout)
     try:
         return resolve_shape_spec(spec, out_f, in_f)
     except ShapeError as exc:
