@@ -861,7 +861,7 @@ class ModelPlan:
                 (
                     name,
                     _x(p.shape),
-                    "x".join(map(str, p.tt_shape)),
+                    "[" + ",".join(map(str, p.tt_shape)) + "]",
                     f"{min(interior)}-{max(interior)}",
                     f"{p.n_params:,}",
                     f"{p.compression:,.0f}x",
@@ -888,6 +888,13 @@ class ModelPlan:
             f"{self.dense_n_params:,} ({ratio:,.0f}x smaller)"
         )
         errs = [p.achieved_error for p in self.plans.values() if p.achieved_error is not None]
+        if any(
+            p.achieved_error is None and p.predicted_error is not None for p in self.plans.values()
+        ):
+            lines.append(
+                "rel.err: upper bound from the unfolding spectra; verify=True (--verify) "
+                "measures the achieved TT-SVD error."
+            )
         if errs:
             lines.append(
                 f"relative error (TT-SVD): mean {sum(errs) / len(errs):.3f}, max {max(errs):.3f}"
