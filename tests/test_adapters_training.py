@@ -60,6 +60,62 @@ def test_transformers_trainer_trains_only_adapters(tmp_path):
     assert any("tt_adapters" in n for n in changed)
 
 
+def test_tt_adapter_trainer_checkpoints_adapters_and_resumes(tmp_path):
+    from transformers import TrainingArguments
+
+    from ttdecomp.adapters.trainer import TTAdapterTrainer
+
+    def run(max_steps: int, resume: bool):
+        torch.manual_seed(0)
+        model = get_tt_model(tiny_model("gpt2"), TTLoRAConfig(tt_rank=2))
+        batch = tiny_batch("gpt2", batch=16, seq=8)
+        data = [{k: v[i] for k, v in batch.items()} for i in range(16)]
+        args = TrainingArguments(
+            output_dir=str(tmp_path / "out"),
+            max_steps=max_steps,
+            per_device_train_batch_size=4,
+            learning_rate=1e-2,
+            save_strategy="steps",
+            save_steps=2,
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            data_seed=0,
+            seed=0,
+        )
+        trainer = TTAdapterTrainer(model=model, args=args, train_dataset=data)
+        trainer.train(resume_from_checkpoint=resume or None)
+        return model
+
+    straight = run(4, resume=False)  # GPT-2 ties lm_head to wte: plain Trainer cannot save it
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert sorted(p.name for p in checkpoint.iterdir() if p.name.startswith("ttdecomp")) == [
+        "ttdecomp_adapter.safetensors",
+        "ttdecomp_config.json",
+    ]
+    assert not (checkpoint / "model.safetensors").exists()
+    (tmp_path / "out" / "checkpoint-4").rename(tmp_path / "straight-4")
+    resumed = run(4, resume=True)  # resumes from checkpoint-2
+    a = get_adapter_state_dict(straight.base_model)
+    b = get_adapter_state_dict(resumed.base_model)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+
+
+def test_inference_mode_survives_adapter_switches(tmp_path):
+    model = get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=2))
+    model.save_pretrained(tmp_path)
+    loaded = TTAdapterModel.from_pretrained(tiny_model("llama"), tmp_path)
+    loaded.load_adapter(tmp_path, "second")
+    loaded.set_adapter("second")
+    assert loaded.inference_mode
+    assert not any(p.requires_grad for p in loaded.parameters())
+    loaded.load_adapter(tmp_path, "third", is_trainable=True)
+    loaded.set_adapter("third")
+    trainable = {n for n, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable and all(".third." in n for n in trainable)
+
+
 @pytest.mark.parametrize("use_reentrant", [True, False])
 @pytest.mark.parametrize("config", [TTLoRAConfig(tt_rank=2), LoRETTAConfig(variant="adp")])
 def test_gradient_checkpointing_still_trains_adapters(use_reentrant, config):

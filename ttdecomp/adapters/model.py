@@ -283,6 +283,9 @@ class TTAdapterModel(nn.Module):
         The config of every adapter, by name (PEFT's ``peft_config``).
     active_adapters : list of str
         The adapters in use.
+    inference_mode : bool
+        True after ``from_pretrained(..., is_trainable=False)``: no parameter requires
+        gradients, also after :meth:`set_adapter` or :meth:`load_adapter`.
 
     Examples
     --------
@@ -304,6 +307,7 @@ class TTAdapterModel(nn.Module):
         self.base_model = model
         self.tt_config: dict[str, TTAdapterConfig] = {adapter_name: _with_base_name(config, model)}
         self.active_adapters: list[str] = [adapter_name]
+        self.inference_mode = False
         self.forward = functools.wraps(model.forward)(functools.partial(_call_base, self))
 
     def __getattr__(self, name: str) -> Any:
@@ -375,7 +379,7 @@ class TTAdapterModel(nn.Module):
                 layer.unmerge()
             layer.set_active(names)
         self.active_adapters = names
-        mark_only_adapters_as_trainable(self.base_model, names)
+        mark_only_adapters_as_trainable(self.base_model, [] if self.inference_mode else names)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter everywhere (unwrapping layers left without adapters)."""
@@ -515,17 +519,20 @@ class TTAdapterModel(nn.Module):
     def load_adapter(
         self, path: str | Path, adapter_name: str, *, is_trainable: bool = False
     ) -> None:
-        """Load a saved adapter under ``adapter_name`` (validated fully before any change)."""
+        """Load a saved adapter under ``adapter_name`` (validated fully before any change).
+
+        The active adapters stay active (use :meth:`set_adapter` to switch). Only active
+        adapters train; ``is_trainable=True`` also ends inference mode (see
+        :meth:`from_pretrained`), so the adapter trains once activated.
+        """
         from .serialization import load_adapter
 
         previous = list(self.active_adapters)
         config = load_adapter(self.base_model, path, adapter_name)
         self.tt_config[adapter_name] = config
+        if is_trainable:
+            self.inference_mode = False
         self.set_adapter(previous)
-        if not is_trainable:
-            mark_only_adapters_as_trainable(
-                self.base_model, [n for n in previous if n != adapter_name]
-            )
 
     @classmethod
     def from_pretrained(
@@ -551,6 +558,7 @@ class TTAdapterModel(nn.Module):
         self.base_model = model
         self.tt_config = {adapter_name: config}
         self.active_adapters = [adapter_name]
+        self.inference_mode = not is_trainable
         self.forward = functools.wraps(model.forward)(functools.partial(_call_base, self))
         mark_only_adapters_as_trainable(model, [adapter_name] if is_trainable else [])
         return self

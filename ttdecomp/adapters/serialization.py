@@ -22,7 +22,14 @@ from .config import TTAdapterConfig, config_from_dict
 from .model import _build_adapter, _check_adapter_name, get_adapter_state_dict
 from .targets import inspect_targets, logical_modules, select_modules_to_save
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "AdapterFileError", "load_adapter", "save_adapter"]
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "AdapterFileError",
+    "load_adapter",
+    "load_adapter_weights",
+    "save_adapter",
+]
 
 CONFIG_NAME = "ttdecomp_config.json"
 WEIGHTS_NAME = "ttdecomp_adapter.safetensors"
@@ -211,3 +218,15 @@ def _expected_tensors(
         for bname, b in modules[name].named_buffers():
             out[f"{name}.{bname}"] = (tuple(b.shape), b.dtype)
     return out
+
+
+def load_adapter_weights(model: nn.Module, path: str | Path, adapter_name: str = "default") -> None:
+    """Copy the tensors saved in ``path`` into the existing adapter ``adapter_name`` of ``model``.
+
+    Used to resume training: the adapter is already injected, only its values change. Every
+    name, shape and dtype is checked before anything is copied.
+    """
+    from .model import set_adapter_state_dict
+
+    _record, tensors = _read(Path(path))
+    set_adapter_state_dict(model, tensors, adapter_name)
