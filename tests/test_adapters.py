@@ -9,6 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 
 from ttdecomp.adapters import (  # noqa: E402
@@ -381,3 +383,40 @@ def test_loretta_trains_norms_and_head_as_copies():
     assert not any("original_module" in n for n in trainable)
     plain = get_tt_model(tiny_model("roberta"), LoRETTAConfig(train_norms=False, train_head=False))
     assert all("tt_adapters" in n for n, p in plain.named_parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------- properties
+_DIMS = st.sampled_from([4, 6, 8, 12, 16, 24, 32, 48])
+
+
+@given(
+    out_f=_DIMS,
+    in_f=_DIMS,
+    rank=st.integers(1, 4),
+    layout=st.sampled_from(["split", "interleaved"]),
+)
+def test_property_counts_forward_and_merge(out_f, in_f, rank, layout):
+    from ttdecomp.counts import tt_matrix_n_params
+
+    torch.manual_seed(out_f * 1000 + in_f * 10 + rank)
+    net = nn.Sequential(nn.Linear(in_f, out_f))
+    original = net[0].weight.detach().clone()
+    cfg = TTLoRAConfig(tt_rank=rank, alpha=1.5, layout=layout, target_modules=["0"])
+    info = inspect_targets(net, cfg)[0]
+    cores = info.tt_matrices["cores"]
+    model = get_tt_model(net, cfg)
+    expected_count = tt_matrix_n_params(cores["row_shape"], cores["col_shape"], rank)
+    assert info.n_params == expected_count == model.get_nb_trainable_parameters()[0]
+    layer = model.base_model[0]
+    x = torch.randn(3, in_f)
+    with torch.no_grad():
+        delta = layer.get_delta_weight("default")
+        assert delta.shape == (out_f, in_f)
+        unmerged = layer(x)
+        torch.testing.assert_close(
+            unmerged, layer.base_layer(x) + x @ delta.T, rtol=1e-5, atol=1e-5
+        )
+        model.merge_adapter()
+        torch.testing.assert_close(layer(x), unmerged, rtol=1e-5, atol=1e-5)
+        model.unmerge_adapter()
+    assert torch.equal(layer.base_layer.weight, original)
