@@ -862,7 +862,11 @@ class ModelPlan:
                     name,
                     _x(p.shape),
                     "[" + ",".join(map(str, p.tt_shape)) + "]",
-                    f"{min(interior)}-{max(interior)}",
+                    (
+                        str(interior[0])
+                        if min(interior) == max(interior)
+                        else f"{min(interior)}-{max(interior)}"
+                    ),
                     f"{p.n_params:,}",
                     f"{p.compression:,.0f}x",
                     "-" if err is None else f"{err:.3f}",
