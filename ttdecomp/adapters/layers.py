@@ -206,7 +206,9 @@ class TTLoRAAdapter(_TTAdapter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``alpha · dropout(x) ΔW_TT^T`` for ``x[..., in]``."""
-        return tt_linear(self.dropout(x), list(self.cores)) * self.alpha
+        # alpha scales the (small) last core instead of the (batch × out) output.
+        cores = [*self.cores[:-1], self.cores[-1] * self.alpha]
+        return tt_linear(self.dropout(x), cores)
 
 
 class LoRETTARepAdapter(_TTAdapter):
@@ -270,7 +272,8 @@ class LoRETTARepAdapter(_TTAdapter):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(alpha / r) · B(A(dropout(x)))`` without forming ΔW."""
         h = tt_linear(self.dropout(x), list(self.a_cores))
-        return tt_linear(h, list(self.b_cores)) * self.scaling
+        b_cores = [*self.b_cores[:-1], self.b_cores[-1] * self.scaling]
+        return tt_linear(h, b_cores)
 
 
 class LoRETTAAdpAdapter(_TTAdapter):
