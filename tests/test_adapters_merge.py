@@ -187,8 +187,9 @@ def test_multiple_adapters_switch_and_delete():
         model.set_adapter("missing")
     with pytest.raises(InvalidInputError, match="already has an adapter"):
         model.add_adapter("other", TTLoRAConfig())
-    with pytest.raises(InvalidInputError, match="without dots"):
-        model.add_adapter("a.b", TTLoRAConfig())
+    for bad in ("a.b", "../x", "", 3):
+        with pytest.raises(InvalidInputError, match="adapter_name"):
+            model.add_adapter(bad, TTLoRAConfig())
     model.delete_adapter("other")
     assert len(model.targeted_module_names) == 4
     assert not any(

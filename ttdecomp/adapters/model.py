@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,11 @@ __all__ = [
 
 
 def _check_adapter_name(adapter_name: Any) -> None:
-    if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
+    if not isinstance(adapter_name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", adapter_name):
         raise InvalidInputError(
-            f"adapter_name must be a non-empty string without dots; got {adapter_name!r}. "
-            "Dots would break parameter names; use e.g. 'default' or 'task_a'."
+            f"adapter_name must be a non-empty string of letters, digits, '_' and '-'; got "
+            f"{adapter_name!r}. Dots would break parameter names and slashes folder names; use "
+            "e.g. 'default' or 'task_a'."
         )
 
 
