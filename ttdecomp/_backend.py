@@ -33,13 +33,17 @@ __all__ = [
     "SVD_METHODS",
     "check_array",
     "conj_transpose",
+    "eigh_desc",
     "get_namespace",
+    "hermitian_trace",
+    "host_floats",
     "is_complex",
     "is_numpy",
     "is_torch",
     "left_svd",
     "qr",
     "real_dtype",
+    "residual_sq",
     "svd",
     "to_float",
 ]
@@ -247,6 +251,69 @@ def _gram_left(xp: Any, a: Any) -> tuple[Any, Any]:
     u = xp.flip(u, axis=1)
     s = xp.sqrt(xp.clip(lam, min=0.0)) if not is_torch(a) else lam.clamp(min=0).sqrt()
     return u, s
+
+
+def eigh_desc(g: Any, k: int | None = None) -> tuple[Any, Any]:
+    """Eigenpairs of a Hermitian matrix ``g``, eigenvalues descending; the top ``k`` when given.
+
+    numpy computes only the top ``k`` pairs of a large matrix (LAPACK ``syevr`` with an
+    index range); torch and other array-API libraries compute all and slice. Raises the
+    backend's linear-algebra error when LAPACK fails to converge.
+    """
+    m = g.shape[0]
+    k = m if k is None else min(k, m)
+    if is_numpy(g):
+        if k < m and m >= 64:
+            import scipy.linalg
+
+            lam, v = scipy.linalg.eigh(
+                g, subset_by_index=[m - k, m - 1], driver="evr", check_finite=False
+            )
+        else:
+            lam, v = np.linalg.eigh(g)
+        # contiguous copies: BLAS (and so matmul's fast path) needs positive strides
+        return np.ascontiguousarray(lam[::-1][:k]), np.ascontiguousarray(v[:, ::-1][:, :k])
+    if is_torch(g):
+        import torch
+
+        lam, v = torch.linalg.eigh(g)
+    else:
+        lam, v = get_namespace(g).linalg.eigh(g)
+    xp = get_namespace(g)
+    return xp.flip(lam, axis=0)[:k], xp.flip(v, axis=1)[:, :k]
+
+
+def host_floats(x: Any) -> list[float]:
+    """A short 1-D real array (any backend, any device) as a list of Python floats."""
+    if is_numpy(x):
+        return x.tolist()
+    if is_torch(x):
+        return x.detach().cpu().tolist()
+    return [float(x[i]) for i in range(x.shape[0])]
+
+
+def hermitian_trace(g: Any) -> float:
+    """The (real) trace of a Hermitian matrix, as a Python float."""
+    if is_numpy(g):
+        return float(np.trace(g).real)
+    xp = get_namespace(g)
+    diag = xp.linalg.diagonal(g)
+    if is_complex(xp, g.dtype):
+        diag = xp.real(diag)
+    return to_float(xp.sum(diag))
+
+
+def residual_sq(a: Any, left: Any, right: Any) -> float:
+    """``‖a − left @ right‖²_F`` as a Python float, computed outside autograd."""
+    if is_numpy(a):
+        r = left @ right
+        np.subtract(a, r, out=r)
+        r = r.ravel()
+        return float(np.vdot(r, r).real)
+    if is_torch(a):
+        a, left, right = a.detach(), left.detach(), right.detach()
+    xp = get_namespace(a)
+    return to_float(xp.linalg.vector_norm(a - left @ right)) ** 2
 
 
 def left_svd(a: Any, method: str = "auto") -> tuple[Any, Any]:
