@@ -195,7 +195,7 @@ def load_adapter(
                 f"adapter would be {dtype}. Load into a base model of the dtype the adapter was "
                 "trained with (float32 adapters serve float16/bfloat16 bases too)."
             )
-    inject_adapter_in_model(config, model, adapter_name, _init="paper")
+    inject_adapter_in_model(config, model, adapter_name, _init="zero")  # values come next
     set_adapter_state_dict(model, tensors, adapter_name)
     return config
 

@@ -13,7 +13,6 @@ at least one module**, otherwise :class:`~ttdecomp.adapters.TargetModulesError` 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -239,7 +238,13 @@ def _features(module: nn.Module) -> tuple[int, int]:
 
 
 def _interleaved(rows: int, cols: int, n_cores: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    return tensorize(rows, cols, n_cores=n_cores, layout="interleaved")
+    try:
+        return tensorize(rows, cols, n_cores=n_cores, layout="interleaved")
+    except ShapeError as exc:
+        raise ShapeError(
+            f"cannot factor a {rows} x {cols} TT-matrix into {n_cores} cores: {exc} Change "
+            "n_cores (or r / bottleneck_size), or exclude this module."
+        ) from None
 
 
 def _matrix_info(
@@ -273,10 +278,7 @@ def _ttlora_shape(
         used_keys.update(keys)
     if spec is None:
         return tensorize(out_f, in_f, n_cores=config.n_cores, layout=config.layout)
-    try:
-        return resolve_shape_spec(spec, out_f, in_f)
-    except ShapeError as exc:
-        raise ShapeError(f"module {name!r} ({out_f} x {in_f}): {exc}") from None
+    return resolve_shape_spec(spec, out_f, in_f)
 
 
 def inspect_targets(model: nn.Module, config: TTAdapterConfig) -> list[TargetInfo]:
@@ -316,35 +318,10 @@ def inspect_targets(model: nn.Module, config: TTAdapterConfig) -> list[TargetInf
     out: list[TargetInfo] = []
     for name, module in selected:
         out_f, in_f = _features(module)
-        if isinstance(config, TTLoRAConfig):
-            rows, cols = _ttlora_shape(config, name, out_f, in_f, used_keys)
-            mats = {"cores": _matrix_info(rows, cols, config.tt_rank)}
-            extra = 0
-        elif config.variant == "rep":
-            mats = {
-                "a_cores": _matrix_info(
-                    *_interleaved(config.r, in_f, config.n_cores), config.tensor_rank
-                ),
-                "b_cores": _matrix_info(
-                    *_interleaved(out_f, config.r, config.n_cores), config.tensor_rank
-                ),
-            }
-            extra = 0
-        else:
-            b = config.bottleneck_size
-            mats = {
-                "down_cores": _matrix_info(
-                    *_interleaved(b, out_f, config.n_cores), config.tensor_rank
-                ),
-                "up_cores": _matrix_info(
-                    *_interleaved(out_f, b, config.n_cores), config.tensor_rank
-                ),
-            }
-            extra = b + out_f
-        for key, info in mats.items():
-            rows, cols = info["row_shape"], info["col_shape"]
-            if math.prod(rows) <= 0 or math.prod(cols) <= 0:
-                raise ShapeError(f"module {name!r}: {key} has an empty shape {rows} x {cols}.")
+        try:
+            mats, extra = _adapter_matrices(config, name, out_f, in_f, used_keys)
+        except ShapeError as exc:
+            raise ShapeError(f"module {name!r} ({out_f} x {in_f}): {exc}") from None
         out.append(
             TargetInfo(
                 name=name,
@@ -363,3 +340,26 @@ def inspect_targets(model: nn.Module, config: TTAdapterConfig) -> list[TargetInf
                 f"{[t.name for t in out][:6]}...; fix or remove them."
             )
     return out
+
+
+def _adapter_matrices(
+    config: TTAdapterConfig, name: str, out_f: int, in_f: int, used_keys: set[str]
+) -> tuple[dict[str, dict[str, tuple[int, ...]]], int]:
+    """The TT-matrices of one adapter, and its count of non-core parameters (adp biases)."""
+    if isinstance(config, TTLoRAConfig):
+        rows, cols = _ttlora_shape(config, name, out_f, in_f, used_keys)
+        return {"cores": _matrix_info(rows, cols, config.tt_rank)}, 0
+    if config.variant == "rep":
+        a = _interleaved(config.r, in_f, config.n_cores)
+        b = _interleaved(out_f, config.r, config.n_cores)
+        return {
+            "a_cores": _matrix_info(*a, config.tensor_rank),
+            "b_cores": _matrix_info(*b, config.tensor_rank),
+        }, 0
+    size = config.bottleneck_size
+    down = _interleaved(size, out_f, config.n_cores)
+    up = _interleaved(out_f, size, config.n_cores)
+    return {
+        "down_cores": _matrix_info(*down, config.tensor_rank),
+        "up_cores": _matrix_info(*up, config.tensor_rank),
+    }, size + out_f
