@@ -170,8 +170,9 @@ def test_bad_targets_raise_before_any_change(kwargs, match):
 def test_tt_shape_that_does_not_fit_raises():
     with pytest.raises(ShapeError, match="out_features=32"):
         inspect_targets(tiny_model("llama"), TTLoRAConfig(tt_shape=[16, 4, 4, 16]))
-    with pytest.raises(ShapeError, match=r"module '0' \(37 x 37\).*n_cores"):
-        inspect_targets(nn.Sequential(nn.Linear(37, 37)), LoRETTAConfig(target_modules=["0"]))
+    prime = nn.Sequential(nn.Linear(1031, 1031))  # 1031 is prime: no useful factorisation
+    with pytest.raises(ShapeError, match=r"module '0' \(1031 x 1031\).*n_cores"):
+        inspect_targets(prime, LoRETTAConfig(target_modules=["0"]))
     with pytest.raises(TargetModulesError, match="no default targets"):
         inspect_targets(nn.Sequential(nn.Linear(4, 4)), TTLoRAConfig())
     with pytest.raises(TypeError, match="TTLoRAConfig or LoRETTAConfig"):
