@@ -15,46 +15,66 @@ time, and for the two-block plans (TT-LoRA) the cost is LoRA's plus one GEMM.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from .contract import ContractionPlan, _execute, _Ops, _prepare, _Step, _step_forward
+from .contract import (
+    ContractionPlan,
+    _execute,
+    _Ops,
+    _prepare,
+    _run,
+    _state_buffers,
+    _Step,
+    _step_out_shape,
+)
 
 __all__ = ["tt_apply"]
 
 
 def _step_backward(
-    step: _Step, z: torch.Tensor, grad: torch.Tensor, batch: int, need_z: bool, need_mat: bool
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of one step ``out[p] = mat @ z[p]`` w.r.t. ``mat`` and ``z``."""
+    step: _Step,
+    z: torch.Tensor,
+    grad: torch.Tensor,
+    batch: int,
+    acc: torch.Tensor | None,
+    out_z: torch.Tensor | None,
+) -> None:
+    """Backward of one step ``out[p] = mat @ z[p]``.
+
+    Adds ``Σ_p grad[p] @ z[p]ᴴ`` into ``acc`` (``(out_rows, inner)``) and writes
+    ``matᴴ @ grad[p]`` into ``out_z`` (``z``'s shape), each skipped when ``None``.
+    """
     mat = step.mat.detach()
     rows = int(mat.shape[0])
     p = step.rows_factor * batch
-    grad_mat = grad_z = None
     if step.cols == 1:
         z2 = z.reshape(p, step.inner)  # (p, inner)
         g2 = grad.reshape(p, rows)  # (p, out_rows)
-        if need_mat:
-            grad_mat = g2.mT @ z2.conj()  # (out_rows, inner)
-        if need_z:
-            grad_z = g2 @ mat.conj()  # (p, inner)
+        if acc is not None:
+            acc.addmm_(g2.mT, z2.conj())  # (out_rows, p) @ (p, inner)
+        if out_z is not None:
+            torch.matmul(g2, mat.conj(), out=out_z.reshape(p, step.inner))  # (p, inner)
     elif p == 1:
         z2 = z.reshape(step.inner, step.cols)  # (inner, cols)
         g2 = grad.reshape(rows, step.cols)  # (out_rows, cols)
-        if need_mat:
-            grad_mat = g2 @ z2.mH  # (out_rows, inner)
-        if need_z:
-            grad_z = mat.mH @ g2  # (inner, cols)
+        if acc is not None:
+            acc.addmm_(g2, z2.mH)  # (out_rows, cols) @ (cols, inner)
+        if out_z is not None:
+            torch.matmul(mat.mH, g2, out=out_z.reshape(step.inner, step.cols))  # (inner, cols)
     else:
         z3 = z.reshape(p, step.inner, step.cols)  # (p, inner, cols)
         g3 = grad.reshape(p, rows, step.cols)  # (p, out_rows, cols)
-        if need_mat:
-            grad_mat = torch.tensordot(g3, z3.conj(), dims=([0, 2], [0, 2]))  # (out_rows, inner)
-        if need_z:
-            grad_z = torch.matmul(mat.mH, g3)  # (p, inner, cols)
-    return grad_mat, grad_z
+        if acc is not None:
+            g_mat = g3.permute(1, 0, 2).reshape(rows, p * step.cols)  # (out_rows, p cols)
+            z_mat = z3.conj().permute(0, 2, 1).reshape(p * step.cols, step.inner)
+            acc.addmm_(g_mat, z_mat)  # (out_rows, p cols) @ (p cols, inner)
+        if out_z is not None:
+            out3 = out_z.reshape(p, step.inner, step.cols)
+            torch.matmul(mat.mH, g3, out=out3)  # (p, inner, cols)
 
 
 def _backward_chunk(
@@ -62,24 +82,29 @@ def _backward_chunk(
     steps: Sequence[_Step],
     x2: torch.Tensor,
     grad_y: torch.Tensor,
-    need_x: bool,
-    grad_mats: list[Any] | None,
-) -> torch.Tensor | None:
-    """Backward through all steps for one chunk; accumulates into ``grad_mats``."""
+    grad_x: torch.Tensor | None,
+    accs: Sequence[torch.Tensor] | None,
+    state_buffers: Sequence[torch.Tensor],
+    grad_buffers: Sequence[torch.Tensor],
+) -> None:
+    """Backward through all steps for one chunk of rows.
+
+    Recomputes the states before the last step into ``state_buffers``, then walks the
+    steps backwards with the state gradients in the two ``grad_buffers`` (ping-pong);
+    the gradient of ``x2`` goes into ``grad_x`` and the operand gradients are added to
+    ``accs``.
+    """
     batch = int(x2.shape[0])
-    states = [x2]
-    for step in steps[:-1]:
-        states.append(_step_forward(ops, step, states[-1], batch))
+    states = _run(ops, steps, x2, buffers=state_buffers, keep=1)
     grad = grad_y
     for t in reversed(range(len(steps))):
-        need_z = t > 0 or need_x
-        g_mat, grad = _step_backward(
-            steps[t], states[t], grad, batch, need_z, grad_mats is not None
-        )
-        if grad_mats is not None:
-            grad_mats[t] = g_mat if grad_mats[t] is None else grad_mats[t] + g_mat
-        states[t] = None  # free the state as soon as its gradient is taken
-    return grad.reshape(batch, int(x2.shape[1])) if need_x else None  # (B, N)
+        if t == 0:
+            out_z = grad_x
+        else:
+            shape = _step_out_shape(steps[t - 1], batch)
+            out_z = ops.view(grad_buffers[t % 2], shape)
+        _step_backward(steps[t], states[t], grad, batch, None if accs is None else accs[t], out_z)
+        grad = out_z
 
 
 class _TTApply(torch.autograd.Function):
@@ -98,34 +123,39 @@ class _TTApply(torch.autograd.Function):
         need_x = ctx.needs_input_grad[1]
         need_cores = ctx.needs_input_grad[2:]
         batch = int(x2.shape[0])
+        grad_y = grad_y.contiguous()
         ops = _Ops(x2)
         with torch.enable_grad():
             leaves = [c.detach().requires_grad_(n) for c, n in zip(cores, need_cores)]
             steps = _prepare(ops, leaves, plan.cost, batch)
-        grad_mats: list[Any] | None = [None] * len(steps) if any(need_cores) else None
+        grad_x = torch.empty_like(x2, memory_format=torch.contiguous_format) if need_x else None
+        accs = None
+        if any(need_cores):
+            accs = [torch.zeros_like(s.mat, memory_format=torch.contiguous_format) for s in steps]
+        rows = min(plan.chunk, batch)
+        state_buffers = _state_buffers(ops, steps, rows, x2)
+        sizes = [math.prod(_step_out_shape(s, rows)) for s in steps[:-1]]
+        grad_buffers = [torch.empty(max(sizes, default=0), dtype=x2.dtype, device=x2.device)] * 2
+        if len(sizes) > 1:
+            grad_buffers[1] = torch.empty_like(grad_buffers[0])
         with torch.no_grad():
-            pieces = [
+            for i in range(0, batch, plan.chunk):
                 _backward_chunk(
                     ops,
                     steps,
                     x2[i : i + plan.chunk],
                     grad_y[i : i + plan.chunk],
-                    need_x,
-                    grad_mats,
+                    None if grad_x is None else grad_x[i : i + plan.chunk],
+                    accs,
+                    state_buffers,
+                    grad_buffers,
                 )
-                for i in range(0, batch, plan.chunk)
-            ] or [None]
-        grad_x = None
-        if need_x:
-            grad_x = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-            if batch == 0:
-                grad_x = torch.zeros_like(x2)
         grad_cores: list[Any] = [None] * len(cores)
-        if grad_mats is not None:
+        if accs is not None:
             wanted = [k for k, n in enumerate(need_cores) if n]
-            mats = [s.mat for s in steps]
-            outs = [g if g is not None else torch.zeros_like(m) for m, g in zip(mats, grad_mats)]
-            grads = torch.autograd.grad(mats, [leaves[k] for k in wanted], outs, allow_unused=True)
+            grads = torch.autograd.grad(
+                [s.mat for s in steps], [leaves[k] for k in wanted], accs, allow_unused=True
+            )
             for k, g in zip(wanted, grads):
                 grad_cores[k] = torch.zeros_like(cores[k]) if g is None else g
         return (None, grad_x, *grad_cores)

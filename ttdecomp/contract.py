@@ -55,8 +55,8 @@ __all__ = [
 ORDERS = ("ltr", "rtl", "merged", "dense")
 
 # Rows of the batch are processed in chunks so that no intermediate holds more than this
-# many elements (64 MiB in float32): the FLOPs do not change, the peak memory does.
-DEFAULT_MEMORY_BUDGET = 1 << 24
+# many elements (16 MiB in float32): the FLOPs do not change, the peak memory does.
+DEFAULT_MEMORY_BUDGET = 1 << 22
 
 
 # --------------------------------------------------------------------------- cost model
@@ -507,11 +507,15 @@ class _Ops:
     """The handful of array operations the executor uses, bound to one backend.
 
     ``counter`` (a one-element list) accumulates the FLOPs of every matrix product.
+    numpy and torch can write a product into a preallocated buffer (``out=``), which the
+    chunked executor uses to reuse its state buffers across chunks; other array-API
+    libraries allocate.
     """
 
     def __init__(self, like: Any, counter: list[int] | None = None) -> None:
-        from ._backend import get_namespace, is_torch
+        from ._backend import get_namespace, is_numpy, is_torch
 
+        self.supports_out = is_torch(like) or is_numpy(like)
         if is_torch(like):
             import torch
 
@@ -519,15 +523,17 @@ class _Ops:
             self.permute = torch.permute
             self._matmul = torch.matmul
             self.concat = torch.cat
+            self.empty = lambda n, ref: torch.empty(n, dtype=ref.dtype, device=ref.device)
         else:
             xp = get_namespace(like)
             self.reshape = xp.reshape
             self.permute = xp.permute_dims
             self._matmul = xp.matmul
             self.concat = lambda pieces: xp.concat(pieces, axis=0)
+            self.empty = lambda n, ref: xp.empty(n, dtype=ref.dtype)
         self.counter = counter
 
-    def matmul(self, a: Any, b: Any) -> Any:
+    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
         """``a @ b`` (with broadcasting over leading axes), counting its FLOPs."""
         if self.counter is not None:
             *batch_a, m, k = a.shape
@@ -537,7 +543,13 @@ class _Ops:
             else:
                 batch = math.prod(b if a == 1 else a for a, b in zip(batch_a, batch_b))
             self.counter[0] += 2 * batch * m * k * n
-        return self._matmul(a, b)
+        if out is None:
+            return self._matmul(a, b)
+        return self._matmul(a, b, out=out)
+
+    def view(self, buffer: Any, shape: tuple[int, ...]) -> Any:
+        """The first ``∏ shape`` elements of a flat buffer, as an array of ``shape``."""
+        return self.reshape(buffer[: math.prod(shape)], shape)
 
 
 def _merge(ops: _Ops, cores: Sequence[Any], direction: str) -> Any:
@@ -621,28 +633,63 @@ def _prepare(ops: _Ops, cores: Sequence[Any], cost: ContractionCost, batch: int)
     return _sweep_operands(ops, [left, right], direction)
 
 
-def _step_forward(ops: _Ops, step: _Step, z: Any, batch: int) -> Any:
-    """One GEMM step; returns the output in the layout the next step reads."""
+def _step_out_shape(step: _Step, batch: int) -> tuple[int, ...]:
+    p = step.rows_factor * batch
+    rows = int(step.mat.shape[0])
+    if step.cols == 1:
+        return (p, rows)
+    return (rows, step.cols) if p == 1 else (p, rows, step.cols)
+
+
+def _step_forward(ops: _Ops, step: _Step, z: Any, batch: int, out: Any = None) -> Any:
+    """One GEMM step; returns the output in the layout the next step reads.
+
+    ``out``, when given, is a preallocated array of the output's shape.
+    """
     p = step.rows_factor * batch
     if step.cols == 1:
         z = ops.reshape(z, (p, step.inner))  # (p, inner)
-        return ops.matmul(z, ops.permute(step.mat, (1, 0)))  # (p, out_rows)
+        return ops.matmul(z, ops.permute(step.mat, (1, 0)), out)  # (p, out_rows)
     if p == 1:
         z = ops.reshape(z, (step.inner, step.cols))  # (inner, cols)
-        return ops.matmul(step.mat, z)  # (out_rows, cols)
+        return ops.matmul(step.mat, z, out)  # (out_rows, cols)
     z = ops.reshape(z, (p, step.inner, step.cols))  # (p, inner, cols)
-    return ops.matmul(step.mat, z)  # (p, out_rows, cols)
+    return ops.matmul(step.mat, z, out)  # (p, out_rows, cols)
 
 
-def _run(ops: _Ops, steps: Sequence[_Step], x2: Any) -> Any:
-    """Apply the steps to ``x2`` (``(B, N)``); returns ``(B, M)``."""
+def _run(
+    ops: _Ops,
+    steps: Sequence[_Step],
+    x2: Any,
+    out: Any = None,
+    buffers: Sequence[Any] | None = None,
+    keep: int = 0,
+) -> Any:
+    """Apply the steps to ``x2`` (``(B, N)``); returns ``(B, M)``.
+
+    With ``buffers`` (flat arrays, one per step but the last), the states are written
+    into them; with ``out`` (``(B, M)``), the result is. ``keep`` stops after that many
+    steps from the end and returns the list of states instead (for backward).
+    """
     batch = int(x2.shape[0])
-    z = x2
-    for step in steps:
-        z = _step_forward(ops, step, z, batch)
+    states = [x2]
+    for t, step in enumerate(steps[: len(steps) - keep]):
+        dest = None
+        if t == len(steps) - 1 and out is not None:
+            dest = ops.reshape(out, _step_out_shape(step, batch))
+        elif t < len(steps) - 1 and buffers is not None:
+            dest = ops.view(buffers[t], _step_out_shape(step, batch))
+        states.append(_step_forward(ops, step, states[-1], batch, dest))
+    if keep:
+        return states
     last = steps[-1]
     m_total = last.rows_factor * int(last.mat.shape[0]) * last.cols
-    return ops.reshape(z, (batch, m_total))  # (B, M)
+    return ops.reshape(states[-1], (batch, m_total))  # (B, M)
+
+
+def _state_buffers(ops: _Ops, steps: Sequence[_Step], rows: int, like: Any) -> list[Any]:
+    """One flat buffer per state between steps, sized for ``rows`` rows of ``x``."""
+    return [ops.empty(math.prod(_step_out_shape(s, rows)), like) for s in steps[:-1]]
 
 
 def _execute(
@@ -651,15 +698,26 @@ def _execute(
     plan: ContractionPlan,
     counter: list[int] | None = None,
 ) -> Any:
-    """Run ``plan`` on ``x2`` (``(B, N)``) in chunks of ``plan.chunk`` rows."""
+    """Run ``plan`` on ``x2`` (``(B, N)``) in chunks of ``plan.chunk`` rows.
+
+    Chunks reuse one set of state buffers and write straight into the output where the
+    backend allows it (numpy, torch), so chunking costs no extra copies.
+    """
     ops = _Ops(x2, counter)
     batch = int(x2.shape[0])
     steps = _prepare(ops, cores, plan.cost, batch)
     if batch <= plan.chunk:
         return _run(ops, steps, x2)
-    return ops.concat(
-        [_run(ops, steps, x2[i : i + plan.chunk, ...]) for i in range(0, batch, plan.chunk)]
-    )
+    starts = range(0, batch, plan.chunk)
+    if not ops.supports_out:
+        return ops.concat([_run(ops, steps, x2[i : i + plan.chunk, ...]) for i in starts])
+    last = steps[-1]
+    m_total = last.rows_factor * int(last.mat.shape[0]) * last.cols
+    y = ops.view(ops.empty(batch * m_total, x2), (batch, m_total))  # (B, M)
+    buffers = _state_buffers(ops, steps, plan.chunk, x2)
+    for i in starts:
+        _run(ops, steps, x2[i : i + plan.chunk, ...], y[i : i + plan.chunk, ...], buffers)
+    return y
 
 
 # --------------------------------------------------------------------------- public API
