@@ -101,9 +101,16 @@ def truncate(
     >>> t.rank, bool(np.allclose(t.left @ t.right, a))
     (1, True)
     """
+    return _truncate(a, max_rank, tol_sq, method)
+
+
+def _truncate(
+    a: Any, max_rank: int | None, tol_sq: float, method: str, gram: Any = None
+) -> Truncation:
+    """:func:`truncate`, optionally given the small-side Gram matrix of ``a`` (wide: ``a aᴴ``)."""
     xp = get_namespace(a)
     if method == "gram" or (method == "auto" and _gram_pays(a)):
-        cut = _gram_truncate(xp, a, max_rank, tol_sq, certain=method == "auto")
+        cut = _gram_truncate(xp, a, max_rank, tol_sq, certain=method == "auto", g=gram)
         if cut is not None:
             return cut
         method = "auto"
@@ -159,7 +166,7 @@ def _gram_pays(a: Any) -> bool:
 
 
 def _gram_truncate(
-    xp: Any, a: Any, max_rank: int | None, tol_sq: float, *, certain: bool
+    xp: Any, a: Any, max_rank: int | None, tol_sq: float, *, certain: bool, g: Any = None
 ) -> Truncation | None:
     """Truncation from the eigen-decomposition of the small Gram matrix, or ``None``.
 
@@ -171,8 +178,9 @@ def _gram_truncate(
     p = min(m, n)
     cap = p if max_rank is None else max(1, min(int(max_rank), p))
     wide = n >= m
-    ah = conj_transpose(xp, a)
-    g = a @ ah if wide else ah @ a  # (p, p)
+    if g is None:
+        ah = conj_transpose(xp, a)
+        g = a @ ah if wide else ah @ a  # (p, p)
     total = hermitian_trace(g)  # ‖a‖²_F
     if not (0.0 < total < math.inf):
         return None
@@ -265,6 +273,29 @@ def _sum_sq(x: Any) -> float:
         return float(np.linalg.norm(x) ** 2)
     xp = get_namespace(x)
     return to_float(xp.linalg.vector_norm(x)) ** 2
+
+
+def _first_grams(xp: Any, work: Any, modes: tuple[int, ...]) -> tuple[Any, Any]:
+    """Gram matrices of the first two unfoldings from one pass over the data, or ``None``s.
+
+    ``G₂ = A₍₂₎ A₍₂₎ᴴ`` (rows ``(n₁, n₂)``) is one GEMM; ``G₁ = A₍₁₎ A₍₁₎ᴴ`` is its partial
+    trace over ``n₂``. Worth it when both unfoldings are wide and large (then the Gram
+    path runs on both and the data is read once instead of twice).
+    """
+    n1, n2 = modes[0], modes[1]
+    p2 = n1 * n2
+    rest = math.prod(modes[2:])
+    if p2 > 256 or rest < p2 or p2 * rest < 4 * _GRAM_MIN_SIZE:
+        return None, None
+    if is_torch(work) and work.requires_grad:
+        return None, None
+    a2 = xp.reshape(work, (p2, rest))
+    g2 = a2 @ conj_transpose(xp, a2)  # (n1 n2, n1 n2)
+    g4 = xp.reshape(g2, (n1, n2, n1, n2))
+    g1 = g4[:, 0, :, 0]
+    for j in range(1, n2):
+        g1 = g1 + g4[:, j, :, j]
+    return g1, g2
 
 
 def _tensorize_matrix(xp: Any, a: Any, row_shape: tuple, col_shape: tuple) -> Any:
@@ -391,7 +422,7 @@ def tt_svd(
     >>> ttm.shape, ttm.ranks
     ((64, 32), (1, 8, 1))
     """
-    xp = check_array(a, "a")
+    xp = check_array(a, "a", finite=False)  # NaN/Inf: checked through the norm below
     eps = check_eps(eps)
     if method not in SVD_METHODS:
         raise InvalidInputError(f"method must be one of {SVD_METHODS}, got {method!r}.")
@@ -416,6 +447,8 @@ def tt_svd(
     caps = clip_ranks(requested, modes, warn=explicit)
 
     norm = to_float(xp.linalg.vector_norm(a))
+    if not math.isfinite(norm):  # a NaN or Inf entry (or overflow): the full check
+        check_array(a, "a")
     delta_sq = 0.0 if eps is None or d == 1 else (eps * norm) ** 2 / (d - 1)
 
     work = _tensorize_matrix(xp, a, rs, cs) if matrix else a
@@ -423,9 +456,14 @@ def tt_svd(
     total_tail = 0.0
     r_prev = 1
     rest = work
+    gram, gram_next = None, None
+    if method == "auto" and d >= 3:
+        gram, gram_next = _first_grams(xp, work, modes)
     for k in range(d - 1):
         rest = xp.reshape(rest, (r_prev * modes[k], -1))  # (r_{k-1} n_k, n_{k+1}...n_d)
-        cut = truncate(rest, max_rank=caps[k + 1], tol_sq=delta_sq, method=method)
+        cut = _truncate(rest, caps[k + 1], delta_sq, method, gram)
+        # the first bond kept everything as is: the second unfolding is the input's own
+        gram = gram_next if k == 0 and cut.right is rest else None
         cores.append(xp.reshape(cut.left, (r_prev, modes[k], cut.rank)))  # (r_{k-1}, n_k, r_k)
         total_tail += cut.tail_sq
         rest = cut.right  # (r_k, n_{k+1}...n_d)
