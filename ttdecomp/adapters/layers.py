@@ -474,7 +474,8 @@ class TTAdapterLayer(nn.Module):
             with torch.no_grad():
                 original = self._original_weights.pop(n, None)
                 if original is not None:
-                    weight.data = original
+                    # The model may have moved or been cast since merging.
+                    weight.data = original.to(device=weight.device, dtype=weight.dtype)
                 else:
                     delta = self.get_delta_weight(n).to(weight.device)
                     weight.data = (weight.data.float() - delta).to(weight.dtype)
