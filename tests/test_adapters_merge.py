@@ -190,6 +190,8 @@ def test_multiple_adapters_switch_and_delete():
     for bad in ("a.b", "../x", "", 3):
         with pytest.raises(InvalidInputError, match="adapter_name"):
             model.add_adapter(bad, TTLoRAConfig())
+    with pytest.raises(InvalidInputError, match="add_adapter"):
+        get_tt_model(model, TTLoRAConfig())
     model.delete_adapter("other")
     assert len(model.targeted_module_names) == 4
     assert not any(

@@ -305,6 +305,11 @@ class TTAdapterModel(nn.Module):
         self, model: nn.Module, config: TTAdapterConfig, adapter_name: str = "default"
     ) -> None:
         super().__init__()
+        if isinstance(model, TTAdapterModel):
+            raise InvalidInputError(
+                "model is already a TTAdapterModel; call model.add_adapter(name, config) to add "
+                "another adapter instead of wrapping it twice."
+            )
         inject_adapter_in_model(config, model, adapter_name)
         self.base_model = model
         self.tt_config: dict[str, TTAdapterConfig] = {adapter_name: _with_base_name(config, model)}
