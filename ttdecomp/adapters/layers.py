@@ -107,20 +107,8 @@ def _paper_init_(cores: Sequence[torch.Tensor]) -> None:
 class _TTAdapter(nn.Module):
     """Common surface of one adapter: ``kind``, ``delta_weight()``, ``forward``."""
 
-    #: "parallel": ``y = base(x) + adapter(x)``; "sequential": ``y = adapter(base(x))``.
+    #: "parallel": ``y = base(x) + adapter(x)``; "sequential": ``y = h + adapter(h)``, h = base(x).
     kind = "parallel"
-
-    def describe(self) -> dict[str, Any]:
-        """Shapes and ranks of the adapter's TT-matrices, recorded in saved configs."""
-        return {
-            name: {
-                "row_shape": [int(c.shape[1]) for c in cores],
-                "col_shape": [int(c.shape[2]) for c in cores],
-                "ranks": [int(cores[0].shape[0])] + [int(c.shape[3]) for c in cores],
-            }
-            for name, cores in self.named_children()
-            if isinstance(cores, nn.ParameterList)
-        }
 
 
 class TTLoRAAdapter(_TTAdapter):
@@ -499,7 +487,7 @@ class TTAdapterLayer(nn.Module):
                 if name in self.merged_adapters:
                     continue
                 adapter = self.tt_adapters[name]
-                dtype = adapter_param_dtype(adapter)
+                dtype = _param_dtype(adapter)
                 source = x if adapter.kind == "parallel" else y
                 y = y + adapter(source.to(dtype)).to(y.dtype)
         return y
@@ -512,7 +500,7 @@ class TTAdapterLayer(nn.Module):
         )
 
 
-def adapter_param_dtype(adapter: nn.Module) -> torch.dtype:
+def _param_dtype(adapter: nn.Module) -> torch.dtype:
     """The dtype of an adapter's parameters (all share one)."""
     return next(adapter.parameters()).dtype
 
