@@ -16,7 +16,11 @@ from ttdecomp.adapters import (  # noqa: E402
     get_adapter_state_dict,
     get_tt_model,
 )
-from ttdecomp.adapters.testing import ddp_train_worker, tiny_batch, tiny_model  # noqa: E402
+from ttdecomp.adapters.testing import (  # noqa: E402
+    distributed_train_worker,
+    tiny_batch,
+    tiny_model,
+)
 
 
 def _adapter_params(model) -> dict:
@@ -170,27 +174,35 @@ def test_autocast_bfloat16_forward_and_backward():
     )
 
 
+@pytest.fixture(scope="module")
+def one_process_reference(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    folder = tmp_path_factory.mktemp("reference")
+    mp.spawn(
+        distributed_train_worker,
+        args=(1, str(folder / "init"), str(folder / "one.pt"), "ddp"),
+        nprocs=1,
+        join=True,
+    )
+    return torch.load(folder / "one.pt")
+
+
 @pytest.mark.slow
-def test_ddp_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(tmp_path, one_process_reference, strategy):
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with the gloo backend is not available")
     mp.spawn(
-        ddp_train_worker,
-        args=(1, str(tmp_path / "init1"), str(tmp_path / "one.pt")),
-        nprocs=1,
-        join=True,
-    )
-    mp.spawn(
-        ddp_train_worker,
-        args=(2, str(tmp_path / "init2"), str(tmp_path / "two.pt")),
+        distributed_train_worker,
+        args=(2, str(tmp_path / "init"), str(tmp_path / "two.pt"), strategy),
         nprocs=2,
         join=True,
     )
-    one = torch.load(tmp_path / "one.pt")
-    two = torch.load(tmp_path / "two.pt")
+    one, two = one_process_reference, torch.load(tmp_path / "two.pt")
     assert set(one) == set(two) and one
     start = get_adapter_state_dict(
         get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=3, alpha=2.0)).base_model

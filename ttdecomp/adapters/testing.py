@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["TINY_KINDS", "ddp_train_worker", "tiny_batch", "tiny_model"]
+__all__ = ["TINY_KINDS", "distributed_train_worker", "tiny_batch", "tiny_model"]
 
 #: The kinds :func:`tiny_model` builds.
 TINY_KINDS = ("llama", "gpt2", "roberta", "bert")
@@ -93,18 +93,25 @@ def tiny_batch(kind: str, batch: int = 4, seq: int = 8, *, seed: int = 1) -> dic
     return {"input_ids": ids, "labels": ids.clone()}
 
 
-def ddp_train_worker(
-    rank: int, world_size: int, init_file: str, out_file: str, steps: int = 3
+def distributed_train_worker(
+    rank: int,
+    world_size: int,
+    init_file: str,
+    out_file: str,
+    strategy: str = "ddp",
+    steps: int = 3,
 ) -> None:
-    """Train a TT-LoRA adapter on a tiny Llama under DDP (gloo, file rendezvous, CPU).
+    """Train a TT-LoRA adapter on a tiny Llama under DDP or FSDP2 (gloo, file rendezvous, CPU).
 
     Every rank sees ``1/world_size`` of one fixed global batch of 8 sequences; rank 0 saves the
-    adapter's state dict to ``out_file``. With ``world_size=1`` this is the single-process
-    reference, so both runs must end with the same weights. Used by the test suite through
-    ``torch.multiprocessing.spawn`` (it must be importable, hence here).
+    adapter's state dict (full tensors) to ``out_file``. With ``world_size=1`` and DDP this is
+    the single-process reference, so every run must end with the same weights. Used by the test
+    suite through ``torch.multiprocessing.spawn`` (it must be importable, hence here).
+
+    ``strategy``: ``"ddp"`` (``DistributedDataParallel``) or ``"fsdp"`` (``fully_shard`` on every
+    decoder layer and on the root; frozen and trainable parameters share the sharded groups).
     """
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
 
     from .config import TTLoRAConfig
     from .model import get_adapter_state_dict, get_tt_model
@@ -116,15 +123,30 @@ def ddp_train_worker(
         torch.set_num_threads(1)
         model = get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=3, alpha=2.0))
         model.train()
-        ddp = DistributedDataParallel(model)
+        if strategy == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            runner: nn.Module = DistributedDataParallel(model)
+        elif strategy == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in model.base_model.model.layers:
+                fully_shard(layer)
+            runner = fully_shard(model)
+        else:
+            raise ValueError(f"strategy must be 'ddp' or 'fsdp'; got {strategy!r}.")
         full = tiny_batch("llama", batch=8, seq=8)
         shard = {k: v[rank::world_size] for k, v in full.items()}
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
         for _ in range(steps):
             opt.zero_grad()
-            ddp(**shard).loss.backward()
+            runner(**shard).loss.backward()
             opt.step()
+        state = {
+            k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+            for k, v in get_adapter_state_dict(model.base_model).items()
+        }
         if rank == 0:
-            torch.save(get_adapter_state_dict(model.base_model), out_file)
+            torch.save(state, out_file)
     finally:
         dist.destroy_process_group()
