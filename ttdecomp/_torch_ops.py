@@ -51,17 +51,24 @@ def _step_backward(
     mat = step.mat.detach()
     rows = int(mat.shape[0])
     p = step.rows_factor * batch
+    # ``acc`` is (out_rows, inner), or its transpose when out_rows > inner: BLAS is up to
+    # 9x faster writing a short-and-wide product than a tall-and-thin one.
+    flipped = acc is not None and tuple(acc.shape) != (rows, step.inner)
     if step.cols == 1:
         z2 = z.reshape(p, step.inner)  # (p, inner)
         g2 = grad.reshape(p, rows)  # (p, out_rows)
-        if acc is not None:
+        if flipped:
+            acc.addmm_(z2.mH, g2)  # (inner, p) @ (p, out_rows)
+        elif acc is not None:
             acc.addmm_(g2.mT, z2.conj())  # (out_rows, p) @ (p, inner)
         if out_z is not None:
             torch.matmul(g2, mat.conj(), out=out_z.reshape(p, step.inner))  # (p, inner)
     elif p == 1:
         z2 = z.reshape(step.inner, step.cols)  # (inner, cols)
         g2 = grad.reshape(rows, step.cols)  # (out_rows, cols)
-        if acc is not None:
+        if flipped:
+            acc.addmm_(z2.conj(), g2.mT)  # (inner, cols) @ (cols, out_rows)
+        elif acc is not None:
             acc.addmm_(g2, z2.mH)  # (out_rows, cols) @ (cols, inner)
         if out_z is not None:
             torch.matmul(mat.mH, g2, out=out_z.reshape(step.inner, step.cols))  # (inner, cols)
@@ -71,7 +78,10 @@ def _step_backward(
         if acc is not None:
             g_mat = g3.permute(1, 0, 2).reshape(rows, p * step.cols)  # (out_rows, p cols)
             z_mat = z3.conj().permute(0, 2, 1).reshape(p * step.cols, step.inner)
-            acc.addmm_(g_mat, z_mat)  # (out_rows, p cols) @ (p cols, inner)
+            if flipped:
+                acc.addmm_(z_mat.mT, g_mat.mT)  # (inner, p cols) @ (p cols, out_rows)
+            else:
+                acc.addmm_(g_mat, z_mat)  # (out_rows, p cols) @ (p cols, inner)
         if out_z is not None:
             out3 = out_z.reshape(p, step.inner, step.cols)
             torch.matmul(mat.mH, g3, out=out3)  # (p, inner, cols)
@@ -131,7 +141,14 @@ class _TTApply(torch.autograd.Function):
         grad_x = torch.empty_like(x2, memory_format=torch.contiguous_format) if need_x else None
         accs = None
         if any(need_cores):
-            accs = [torch.zeros_like(s.mat, memory_format=torch.contiguous_format) for s in steps]
+            accs = [
+                x2.new_zeros(
+                    tuple(s.mat.shape)
+                    if s.mat.shape[0] <= s.mat.shape[1]
+                    else tuple(s.mat.shape)[::-1]
+                )
+                for s in steps
+            ]  # (out_rows, inner), transposed when out_rows > inner
         rows = min(plan.chunk, batch)
         state_buffers = _state_buffers(ops, steps, rows, x2)
         sizes = [math.prod(_step_out_shape(s, rows)) for s in steps[:-1]]
@@ -154,7 +171,10 @@ class _TTApply(torch.autograd.Function):
         if accs is not None:
             wanted = [k for k, n in enumerate(need_cores) if n]
             grads = torch.autograd.grad(
-                [s.mat for s in steps], [leaves[k] for k in wanted], accs, allow_unused=True
+                [s.mat for s in steps],
+                [leaves[k] for k in wanted],
+                [a if a.shape == s.mat.shape else a.mT for a, s in zip(accs, steps)],
+                allow_unused=True,
             )
             for k, g in zip(wanted, grads):
                 grad_cores[k] = torch.zeros_like(cores[k]) if g is None else g
