@@ -498,14 +498,33 @@ class TTAdapterModel(nn.Module):
         return self._unwrap(False, None)
 
     # ------------------------------------------------------------------ training helpers
-    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        """Enable the base model's gradient checkpointing so that adapters still get gradients.
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        """Turn on the base model's activation (gradient) checkpointing; adapters still train.
 
         The frozen embeddings produce inputs that do not require grad; with re-entrant
         checkpointing the adapters inside would then get none, so input gradients are enabled.
+        Uses ``activation_checkpointing_enable`` where transformers has it (the older name is
+        deprecated there), else ``gradient_checkpointing_enable``. ``transformers.Trainer``
+        calls this for ``gradient_checkpointing=True``.
         """
-        self.base_model.gradient_checkpointing_enable(**kwargs)
-        self.base_model.enable_input_require_grads()
+        base = self.base_model
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs
+            )
+        else:
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs
+            )
+        base.enable_input_require_grads()
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        """transformers 5's name for :meth:`gradient_checkpointing_enable`."""
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(
