@@ -38,6 +38,21 @@ def test_forward_keeps_base_signature_and_attributes():
     assert model.active_adapter == "default"
 
 
+def test_generate_goes_through_the_adapters():
+    base = tiny_model("llama")
+    ids = tiny_batch("llama", batch=1)["input_ids"]
+    expected = base.generate(ids, max_new_tokens=4, do_sample=False)
+    model = get_tt_model(base, TTLoRAConfig(tt_rank=2, init="zero"))
+    assert torch.equal(model.generate(ids, max_new_tokens=4, do_sample=False), expected)
+    with torch.no_grad():
+        for p in _adapter_params(model).values():
+            p.normal_(0.0, 3.0)
+        changed = model.generate(ids, max_new_tokens=4, do_sample=False)
+        with model.disable_adapter():
+            assert torch.equal(model.generate(ids, max_new_tokens=4, do_sample=False), expected)
+    assert not torch.equal(changed, expected)
+
+
 def test_transformers_trainer_trains_only_adapters(tmp_path):
     from transformers import Trainer, TrainingArguments
 
