@@ -86,7 +86,7 @@ def test_transformers_trainer_trains_only_adapters(tmp_path):
 def test_tt_adapter_trainer_checkpoints_adapters_and_resumes(tmp_path):
     from transformers import TrainingArguments
 
-    from ttdecomp.adapters.trainer import TTAdapterTrainer
+    from ttdecomp.adapters import TTAdapterTrainer
 
     def run(max_steps: int, resume: bool):
         torch.manual_seed(0)

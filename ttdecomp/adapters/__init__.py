@@ -3,6 +3,8 @@
 PEFT cannot register new methods, so this package mirrors its API: a config dataclass,
 :func:`get_tt_model` returning a wrapper whose layers keep ``base_layer``, merging, saving and
 loading, several named adapters, and an export to a standard PEFT LoRA checkpoint.
+:class:`TTAdapterTrainer` (imported on first use, it pulls in ``transformers.Trainer``) is a
+``Trainer`` whose checkpoints hold only the adapters.
 
 Examples
 --------
@@ -55,6 +57,7 @@ __all__ = [
     "TTAdapterConfig",
     "TTAdapterLayer",
     "TTAdapterModel",
+    "TTAdapterTrainer",
     "TTLoRAAdapter",
     "TTLoRAConfig",
     "TargetInfo",
@@ -68,3 +71,12 @@ __all__ = [
     "mark_only_adapters_as_trainable",
     "set_adapter_state_dict",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import :class:`TTAdapterTrainer` lazily: it imports ``transformers.Trainer``."""
+    if name == "TTAdapterTrainer":
+        from .trainer import TTAdapterTrainer
+
+        return TTAdapterTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
