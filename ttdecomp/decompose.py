@@ -34,6 +34,7 @@ from ._backend import (
     qr,
     real_dtype,
     residual_sq,
+    small_blas,
     to_float,
 )
 from ._validation import check_eps, clip_ranks, normalize_ranks
@@ -275,6 +276,31 @@ def _sum_sq(x: Any) -> float:
     return to_float(xp.linalg.vector_norm(x)) ** 2
 
 
+def _sweep(
+    xp: Any, work: Any, modes: tuple[int, ...], caps: tuple[int, ...], delta_sq: float, method: str
+) -> tuple[list[Any], float]:
+    """The left-to-right TT-SVD sweep: the cores and the sum of the squared tails."""
+    d = len(modes)
+    cores = []
+    total_tail = 0.0
+    r_prev = 1
+    rest = work
+    gram, gram_next = None, None
+    if method == "auto" and d >= 3:
+        gram, gram_next = _first_grams(xp, work, modes)
+    for k in range(d - 1):
+        rest = xp.reshape(rest, (r_prev * modes[k], -1))  # (r_{k-1} n_k, n_{k+1}...n_d)
+        cut = _truncate(rest, caps[k + 1], delta_sq, method, gram)
+        # the first bond kept everything as is: the second unfolding is the input's own
+        gram = gram_next if k == 0 and cut.right is rest else None
+        cores.append(xp.reshape(cut.left, (r_prev, modes[k], cut.rank)))  # (r_{k-1}, n_k, r_k)
+        total_tail += cut.tail_sq
+        rest = cut.right  # (r_k, n_{k+1}...n_d)
+        r_prev = cut.rank
+    cores.append(xp.reshape(rest, (r_prev, modes[-1], 1)))  # (r_{d-1}, n_d, 1)
+    return cores, total_tail
+
+
 def _first_grams(xp: Any, work: Any, modes: tuple[int, ...]) -> tuple[Any, Any]:
     """Gram matrices of the first two unfoldings from one pass over the data, or ``None``s.
 
@@ -452,23 +478,8 @@ def tt_svd(
     delta_sq = 0.0 if eps is None or d == 1 else (eps * norm) ** 2 / (d - 1)
 
     work = _tensorize_matrix(xp, a, rs, cs) if matrix else a
-    cores = []
-    total_tail = 0.0
-    r_prev = 1
-    rest = work
-    gram, gram_next = None, None
-    if method == "auto" and d >= 3:
-        gram, gram_next = _first_grams(xp, work, modes)
-    for k in range(d - 1):
-        rest = xp.reshape(rest, (r_prev * modes[k], -1))  # (r_{k-1} n_k, n_{k+1}...n_d)
-        cut = _truncate(rest, caps[k + 1], delta_sq, method, gram)
-        # the first bond kept everything as is: the second unfolding is the input's own
-        gram = gram_next if k == 0 and cut.right is rest else None
-        cores.append(xp.reshape(cut.left, (r_prev, modes[k], cut.rank)))  # (r_{k-1}, n_k, r_k)
-        total_tail += cut.tail_sq
-        rest = cut.right  # (r_k, n_{k+1}...n_d)
-        r_prev = cut.rank
-    cores.append(xp.reshape(rest, (r_prev, modes[-1], 1)))  # (r_{d-1}, n_d, 1)
+    with small_blas(a, math.prod(a.shape)):
+        cores, total_tail = _sweep(xp, work, modes, caps, delta_sq, method)
 
     bound = math.sqrt(total_tail) / norm if norm > 0 else 0.0
     tt = TensorTrain(cores, error_bound=bound)

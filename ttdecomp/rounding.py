@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 from typing import Any, TypeVar
 
-from ._backend import conj_transpose, qr, to_float
+import numpy as np
+
+from ._backend import conj_transpose, is_numpy, qr, small_blas, to_float
 from ._validation import check_eps, clip_ranks, normalize_ranks
-from .decompose import truncate
+from .decompose import Truncation, truncate
 from .errors import InvalidInputError
 from .tensor_train import TensorTrain
 from .tt_matrix import TTMatrix
@@ -83,6 +85,45 @@ def _spread(cores: list[Any], log_norm: float) -> list[Any]:
         return cores
     factor = math.exp(log_norm / len(cores))
     return [c * factor for c in cores]
+
+
+def _sweep_step(a: Any, cap: int | None, tol: float, method: str) -> Truncation:
+    """One bond of the SVD sweep: :func:`truncate`, with a cheap exit when nothing goes.
+
+    When the cap cannot bind (``cap ≥ min(m, n)``), a QR factorisation plus a lower bound
+    on its smallest singular value, ``σ_min(R) ≥ 1/‖R⁻¹‖_F``, proves that every singular
+    value squared exceeds ``tol``; the exact path would then keep them all, and ``(Q, R)``
+    (or ``(I, a)`` for a wide ``a``) is that same factorisation in another basis, at a
+    fraction of an SVD's cost on the small cores of a rounding sweep.
+    """
+    m, n = a.shape
+    if method == "auto" and is_numpy(a) and (cap is None or cap >= min(m, n)):
+        if m >= n:
+            q, r = np.linalg.qr(a)
+            if _sigma_min_sq_lower(r) > 4.0 * tol:
+                return Truncation(q, r, n, 0.0)
+        elif _sigma_min_sq_lower(np.linalg.qr(a.conj().T, mode="r")) > 4.0 * tol:
+            return Truncation(np.eye(m, dtype=a.dtype), a, m, 0.0)
+    return truncate(a, max_rank=cap, tol_sq=tol, method=method)
+
+
+def _sigma_min_sq_lower(r: np.ndarray) -> float:
+    """A lower bound on ``σ_min(r)²`` for a square upper-triangular ``r`` (0 if unsure)."""
+    import scipy.linalg
+
+    (trtri,) = scipy.linalg.get_lapack_funcs(("trtri",), (r,))
+    inv, info = trtri(r, lower=0)
+    if info != 0:
+        return 0.0
+    with np.errstate(over="ignore", invalid="ignore"):  # a near-singular r: inf, not sure
+        inv_f = float(np.linalg.norm(inv))
+    r_f = float(np.linalg.norm(r))
+    u = float(np.finfo(r.dtype).eps)
+    # the computed inverse is accurate to about p u κ(r) relative: trust it only where
+    # that is below 1e-3, and shave a margin off the bound
+    if not (0.0 < inv_f < math.inf) or r.shape[0] * u * inv_f * r_f > 1e-3:
+        return 0.0
+    return (1.0 - 1e-3) / (inv_f * inv_f)
 
 
 def orthogonalize(x: T, direction: str = "left") -> T:
@@ -166,9 +207,18 @@ def round(x: T, ranks: Any = None, *, eps: float | None = None, method: str = "a
     d = tt.ndim
     explicit = ranks is not None and not isinstance(ranks, int)
     caps = clip_ranks(normalize_ranks(ranks, d), tt.shape, warn=explicit)
-    xp = tt._xp
     if d == 1:
         return _like(x, TensorTrain(list(tt.cores), error_bound=tt.error_bound))
+    with small_blas(tt.cores[0], max(math.prod(c.shape) for c in tt.cores)):
+        return _round_sweeps(x, tt, caps, eps, method)
+
+
+def _round_sweeps(
+    x: T, tt: TensorTrain, caps: tuple[int, ...], eps: float | None, method: str
+) -> T:
+    """The QR sweep, then the truncating SVD sweep, of :func:`round`."""
+    xp = tt._xp
+    d = tt.ndim
     cores, log_norm = _rl_sweep(tt)
     if log_norm == -math.inf:
         return _like(x, TensorTrain(cores, error_bound=0.0))
@@ -179,15 +229,25 @@ def round(x: T, ranks: Any = None, *, eps: float | None = None, method: str = "a
     total_tail = 0.0
     for k in range(d - 1):
         r, n, r2 = cores[k].shape
-        cut = truncate(
-            xp.reshape(cores[k], (r * n, r2)), max_rank=caps[k + 1], tol_sq=tol, method=method
-        )
+        cut = _sweep_step(xp.reshape(cores[k], (r * n, r2)), caps[k + 1], tol, method)
         cores[k] = xp.reshape(cut.left, (r, n, cut.rank))  # (r_{k-1}, n_k, r_k')
         nxt = cores[k + 1]
         cores[k + 1] = xp.reshape(
             cut.right @ xp.reshape(nxt, (r2, -1)), (cut.rank, nxt.shape[1], nxt.shape[2])
         )  # (r_k', n_{k+1}, r_{k+1})
         total_tail += cut.tail_sq
+    # A bond cut below r_{k-1} / n_k leaves bond k-1 with more rank than core k can carry
+    # (its (r_{k-1}, n_k r_k) unfolding has rank ≤ n_k r_k): fold the excess away, right
+    # to left, by an exact QR, so that the ranks are minimal and rounding is idempotent.
+    for k in range(d - 1, 0, -1):
+        r, n, r2 = cores[k].shape
+        if r > n * r2:
+            q, rr = qr(conj_transpose(xp, xp.reshape(cores[k], (r, n * r2))))
+            s = q.shape[1]  # = n r2
+            cores[k] = xp.reshape(conj_transpose(xp, q), (s, n, r2))
+            rp, np_, _ = cores[k - 1].shape
+            prev = xp.reshape(cores[k - 1], (rp * np_, r)) @ conj_transpose(xp, rr)
+            cores[k - 1] = xp.reshape(prev, (rp, np_, s))
     bound = math.sqrt(total_tail)
     if tt.error_bound is not None:
         bound = bound + tt.error_bound * (1 + bound)
