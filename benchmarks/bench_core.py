@@ -2,15 +2,17 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_core.py            # all libraries, all workloads, 7 runs each
+    python benchmarks/bench_core.py            # all libraries and workloads, 2 rounds x 5 runs
     python benchmarks/bench_core.py --runs 5 --libs ttdecomp,teneva --workloads a,b
 
 Every library runs in its own subprocess (numpy's OpenBLAS pool and torch's OpenMP pool
 contend on small machines, see DESIGN.md "Thread pools"), each with the same thread count
 (``--threads``, default 2) and with ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` unset, so
 OpenBLAS picks its native kernel; the kernel threadpoolctl reports is printed per library.
-Each timing is one warm-up call and the median of ``--runs`` (≥ 5) calls; the same data
-(built from fixed seeds with numpy) goes to every library. Workloads:
+Each subprocess makes one warm-up call and ``--runs`` (≥ 5) timed calls per workload; the
+libraries run ``--rounds`` times, interleaved, and the median over all timed calls is
+reported (a burst of load from other processes then does not hit one library only). The
+same data (built from fixed seeds with numpy) goes to every library. Workloads:
 
 (a)  TT-SVD of a 4^10 tensor: a random rank-8 TT plus 1e-6 relative noise, max rank 8
 (b)  the same tensor, eps = 1e-3 (no rank cap)
@@ -346,6 +348,7 @@ def worker(lib: str, workloads: list[str], runs: int, threads: int) -> dict:
         dense = matrix_from_cores(cores) if cores[0].ndim == 4 else full_from_cores(cores)
         err = float(np.linalg.norm(dense.reshape(ref.shape) - ref) / np.linalg.norm(ref))
         out["results"][w] = {
+            "times": times,
             "median_s": statistics.median(times),
             "min_s": min(times),
             "err": err,
@@ -391,9 +394,26 @@ def run_lib(lib, workloads, runs, threads) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def merge_rounds(outs: list[dict]) -> dict:
+    """One library's rounds as one result: the median over every timed run of every round."""
+    good = [o for o in outs if "error" not in o]
+    if not good:
+        return outs[0]
+    merged = dict(good[-1], results={})
+    for w in good[-1]["results"]:
+        rs = [o["results"][w] for o in good if w in o["results"]]
+        times = [t for r in rs for t in r["times"]]
+        merged["results"][w] = dict(
+            rs[-1], times=times, median_s=statistics.median(times), min_s=min(times)
+        )
+    return merged
+
+
 def print_table(all_out: list[dict], workloads: list[str], runs: int, threads: int) -> None:
-    print(f"ttdecomp core benchmark: median of {runs} runs after 1 warm-up, {threads} threads,")
-    print("each library in its own subprocess; OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset.")
+    print(f"ttdecomp core benchmark: median of {runs} timed runs (each subprocess warms up once),")
+    print(f"{threads} threads per subprocess, one subprocess per library and round, rounds")
+    print("interleaved; OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset. ttdecomp caps numpy's BLAS at")
+    print("1 thread inside its small-factor sweeps (threadpoolctl, see ttdecomp._backend).")
     for o in all_out:
         if "error" in o:
             print(f"  {o['lib']:9s} FAILED: {o['error']}")
@@ -432,8 +452,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--libs", default=",".join(LIBS))
     p.add_argument("--workloads", default=",".join(WORKLOADS))
-    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, help="subprocess rounds per library")
     p.add_argument("--json", help="also write the raw results to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -444,8 +465,14 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args.worker, workloads, args.runs, args.threads)))
         return 0
     libs = [lib for lib in args.libs.split(",") if lib]
-    all_out = [run_lib(lib, workloads, args.runs, args.threads) for lib in libs]
-    print_table(all_out, workloads, args.runs, args.threads)
+    # rounds interleave the libraries in time, so that a burst of load from other
+    # processes on a shared machine does not fall on one library only
+    rounds = [
+        [run_lib(lib, workloads, args.runs, args.threads) for lib in libs]
+        for _ in range(args.rounds)
+    ]
+    all_out = [merge_rounds([rnd[i] for rnd in rounds]) for i in range(len(libs))]
+    print_table(all_out, workloads, args.runs * args.rounds, args.threads)
     if args.json:
         Path(args.json).write_text(json.dumps(all_out, indent=1))
     return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import warnings
 from typing import Any
 
@@ -256,11 +257,19 @@ def _gram_left(xp: Any, a: Any) -> tuple[Any, Any]:
 
 
 _BLAS_CONTROLLER: Any = None  # threadpoolctl controller, made on first use; False if absent
+_SMALL_BLAS_SIZE = 1 << 22
+_BLAS_LOCK = threading.Lock()
+_BLAS_DEPTH = 0  # callers inside the cap, over all threads
+_BLAS_SAVED: list[int] = []
 
 
 def _blas_controller() -> Any:
     global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
+    if _BLAS_CONTROLLER is not None:
+        return _BLAS_CONTROLLER
+    with _BLAS_LOCK:  # one scan, and never one that races a cap set by another thread
+        if _BLAS_CONTROLLER is not None or _BLAS_DEPTH:
+            return _BLAS_CONTROLLER or False
         try:
             import scipy.linalg  # noqa: F401  (load scipy's BLAS before the scan)
             from threadpoolctl import ThreadpoolController
@@ -280,18 +289,39 @@ def small_blas(x: Any, size: int) -> Any:
     helper thread (measured: 10x slower TT-SVD on 2 loaded cores, see DESIGN.md
     "Thread pools"). For numpy inputs of at most ``2**22`` entries (``size``) this caps
     the BLAS pools at one thread for the duration and restores them after, using
-    threadpoolctl when it is installed; otherwise, and for other backends, it does
-    nothing. The cap is process-wide while it lasts.
+    threadpoolctl when it is installed; otherwise, for other backends, and outside the
+    main thread, it does nothing. The cap is process-wide while it lasts.
     """
     if not is_numpy(x) or size > _SMALL_BLAS_SIZE:
+        return contextlib.nullcontext()
+    if threading.current_thread() is not threading.main_thread():
+        # OpenBLAS's thread count is not safely set from several threads: leave it be
         return contextlib.nullcontext()
     ctl = _blas_controller()
     if not ctl:
         return contextlib.nullcontext()
-    return ctl.limit(limits=1)
+    return _one_blas_thread(ctl)
 
 
-_SMALL_BLAS_SIZE = 1 << 22
+@contextlib.contextmanager
+def _one_blas_thread(ctl: Any) -> Any:
+    """The cap, counted across threads: the first caller in sets it, the last one out
+    restores the saved thread counts (so concurrent callers cannot leave it on)."""
+    global _BLAS_DEPTH, _BLAS_SAVED
+    with _BLAS_LOCK:
+        if _BLAS_DEPTH == 0:
+            _BLAS_SAVED = [lib.num_threads for lib in ctl.lib_controllers]
+            for lib in ctl.lib_controllers:
+                lib.set_num_threads(1)
+        _BLAS_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_DEPTH -= 1
+            if _BLAS_DEPTH == 0:
+                for lib, n in zip(ctl.lib_controllers, _BLAS_SAVED):
+                    lib.set_num_threads(n)
 
 
 def eigh_desc(g: Any, k: int | None = None) -> tuple[Any, Any]:

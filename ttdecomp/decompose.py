@@ -250,7 +250,7 @@ def _gram_truncate(
         # GEMM for right, orthonormality of left); measured directly when that is loose
         kept = _sum_sq(right)
         diff = total - kept
-        diff_slack = ((r + 1) * n + m + 4 * p * (math.sqrt(r) + 4)) * u * total
+        diff_slack = ((r + 2) * (m + n) + 4 * p * (math.sqrt(r) + 4)) * u * total
         if diff_slack <= 1e-3 * diff:
             tail_sq = diff + diff_slack
         else:
