@@ -410,10 +410,14 @@ def tt_svd(
         For a 2-D input: ``True`` (default) returns a :class:`TTMatrix` over the balanced
         factorisation above; ``False`` decomposes the array as a 2-mode tensor.
     method : {"auto", "svd", "qr", "gram"}
-        SVD path for each unfolding. ``"auto"`` uses a QR-first reduction on very wide or
-        tall unfoldings (exact to working precision) and LAPACK's SVD otherwise.
-        ``"gram"`` is fastest but loses singular values below ``√u · σ_max`` (``u`` the
-        unit round-off), so the eps guarantee then holds only for ``eps ≫ √u``.
+        SVD path for each unfolding. ``"auto"`` uses the eigen-decomposition of the small
+        Gram matrix on large unfoldings wherever that provably picks the same rank as an
+        exact SVD (see :func:`truncate`), and otherwise a QR-first reduction on very wide
+        or tall unfoldings (exact to working precision) or LAPACK's SVD. ``"gram"`` forces
+        the Gram path, which loses singular values below ``√u · σ_max`` (``u`` the unit
+        round-off): its ranks may then differ from the SVD's. On every path the error is
+        measured or computed from exact-path singular values, so ``error_bound`` and the
+        eps guarantee hold.
 
     Returns
     -------
