@@ -200,31 +200,56 @@ def ttm_pairs(draw):
     return (rows, inner, ranks_a), (inner, cols, ranks_b)
 
 
-@given(pair=ttm_pairs(), dtype=st.sampled_from(["float64", "complex128"]), seed=seeds)
-def test_ttm_matmul_equals_the_dense_product(pair, dtype, seed):
+@given(
+    pair=ttm_pairs(),
+    dtype=st.sampled_from(["float64", "complex128"]),
+    backend=backends,
+    seed=seeds,
+)
+def test_ttm_matmul_equals_the_dense_product(pair, dtype, backend, seed):
     rng = np.random.default_rng(seed)
-    a = TTMatrix(random_cores(rng, pair[0], dtype))
-    b = TTMatrix(random_cores(rng, pair[1], dtype))
+    a_np = random_cores(rng, pair[0], dtype)
+    b_np = random_cores(rng, pair[1], dtype)
+    a = TTMatrix([to_backend(c, backend) for c in a_np])
+    b = TTMatrix([to_backend(c, backend) for c in b_np])
     c = ttm_matmul(a, b)
     assert isinstance(c, TTMatrix)
     assert c.ranks == tuple(ra * rb for ra, rb in zip(a.ranks, b.ranks))
-    np.testing.assert_allclose(c.full(), a.full() @ b.full(), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose((a @ b).full(), c.full(), rtol=1e-10, atol=1e-10)
+    ref = TTMatrix(a_np).full() @ TTMatrix(b_np).full()
+    np.testing.assert_allclose(to_numpy(c.full()), ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(to_numpy((a @ b).full()), ref, rtol=1e-10, atol=1e-10)
 
 
-@given(pair=ttm_pairs(), seed=seeds)
-def test_ttm_times_tensor_train_is_the_matrix_vector_product(pair, seed):
+@given(pair=ttm_pairs(), backend=backends, seed=seeds)
+def test_ttm_times_tensor_train_is_the_matrix_vector_product(pair, backend, seed):
     rng = np.random.default_rng(seed)
-    a = TTMatrix(random_cores(rng, pair[0]))
+    a_np = random_cores(rng, pair[0])
     inner, ranks_b = pair[1][0], pair[1][2]
-    v = TensorTrain(
-        [rng.standard_normal((ranks_b[k], n, ranks_b[k + 1])) for k, n in enumerate(inner)]
-    )
-    c = ttm_matmul(a, v)
+    v_np = [rng.standard_normal((ranks_b[k], n, ranks_b[k + 1])) for k, n in enumerate(inner)]
+    a = TTMatrix([to_backend(c, backend) for c in a_np])
+    c = ttm_matmul(a, TensorTrain([to_backend(c, backend) for c in v_np]))
     assert isinstance(c, TensorTrain) and c.shape == a.row_shape
     np.testing.assert_allclose(
-        np.reshape(c.full(), -1), a.full() @ np.reshape(v.full(), -1), rtol=1e-10, atol=1e-10
+        np.reshape(to_numpy(c.full()), -1),
+        TTMatrix(a_np).full() @ np.reshape(TensorTrain(v_np).full(), -1),
+        rtol=1e-10,
+        atol=1e-10,
     )
+
+
+@pytest.mark.parametrize("backend", ["torch", "array_api_strict"])
+def test_flop_count_matches_on_other_backends(backend):
+    if backend == "torch" and torch is None:
+        pytest.skip("torch not installed")
+    rng = np.random.default_rng(6)
+    layout = ((2, 3, 2), (3, 2, 2), (1, 2, 3, 1))
+    cores = [to_backend(c, backend) for c in random_cores(rng, layout)]
+    x = to_backend(rng.standard_normal((5, 12)), backend)
+    for cost in estimate_costs(*layout, 5):
+        plan = contraction_plan(cores, 5, order=cost.order, split=cost.split, memory_budget=20)
+        counter = [0]
+        _execute(cores, x, plan, counter)
+        assert counter[0] == cost.flops
 
 
 def test_ttm_matmul_rounding_meets_eps_and_ranks():

@@ -878,16 +878,19 @@ def ttm_matmul(a: Any, b: Any, *, eps: float | None = None, ranks: Any = None) -
     if not isinstance(a, TTMatrix):
         raise ShapeError(f"ttm_matmul's left operand must be a TTMatrix, got {type(a).__name__}.")
     is_tt = isinstance(b, TensorTrain) and not isinstance(b, TTMatrix)
-    if is_tt:
-        b_cores = [c[:, :, None, :] for c in b.cores]  # (s_{k-1}, n_k, 1, s_k)
-    elif isinstance(b, TTMatrix):
-        b_cores = list(b.cores)
-    else:
+    if not (is_tt or isinstance(b, TTMatrix)):
         raise ShapeError(
             f"ttm_matmul's right operand must be a TTMatrix or TensorTrain, got "
             f"{type(b).__name__}; for a dense operand use apply()."
         )
+    from ._backend import get_namespace
+
     a_cores = list(a.cores)
+    xp = get_namespace(*a_cores, *b.cores)
+    if is_tt:
+        b_cores = [xp.expand_dims(c, axis=2) for c in b.cores]  # (s_{k-1}, n_k, 1, s_k)
+    else:
+        b_cores = list(b.cores)
     b_rows = tuple(int(c.shape[1]) for c in b_cores)
     if len(a_cores) != len(b_cores) or a.col_shape != b_rows:
         raise ShapeError(
@@ -895,9 +898,6 @@ def ttm_matmul(a: Any, b: Any, *, eps: float | None = None, ranks: Any = None) -
             f"A.col_shape={a.col_shape} and B's {'shape' if is_tt else 'row_shape'}={b_rows}. "
             "Re-tensorize one operand (e.g. with ttdecomp.tt_svd and matching shapes)."
         )
-    from ._backend import get_namespace
-
-    xp = get_namespace(*a_cores, *b_cores)
     for k, (ca, cb) in enumerate(zip(a_cores, b_cores)):
         if ca.dtype != cb.dtype:
             raise BackendMismatchError(
