@@ -9,7 +9,8 @@ per-pair ratios.
 Reported:
 
 * step time: wall time of a training step (forward, backward, optimizer step) after one
-  warm-up step per method;
+  warm-up step per method, and its CPU time (``time.process_time``; with ``--threads 1`` this
+  is unaffected by other processes competing for the cores);
 * step memory: peak bytes of tensors allocated during one training step (activations saved for
   backward, gradients, optimizer state, temporaries), tracked exactly with a dispatch mode that
   follows every storage the step creates; the frozen weights are reported separately.
@@ -124,19 +125,29 @@ def child(steps: int, vocab: int, threads: int) -> dict:
     for step, _, _ in runs.values():
         step()  # warm-up: allocator, optimizer state, contraction plans
     times: dict[str, list[float]] = {m: [] for m in METHODS}
+    cpu: dict[str, list[float]] = {m: [] for m in METHODS}
     for i in range(steps):
         order = METHODS if i % 2 == 0 else METHODS[::-1]
         for m in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             runs[m][0]()
             times[m].append(time.perf_counter() - t0)
-    out: dict = {"ratios": [t / l for t, l in zip(times["tt-lora"], times["peft-lora"])]}
+            cpu[m].append(time.process_time() - c0)
+    out: dict = {
+        "ratios": [t / lo for t, lo in zip(times["tt-lora"], times["peft-lora"])],
+        "cpu_ratios": [t / lo for t, lo in zip(cpu["tt-lora"], cpu["peft-lora"])],
+    }
     for m, (step, opt, info) in runs.items():
         opt.zero_grad(set_to_none=True)
         mode = _peak_memory_mode()
         with mode:
             step()
-        out[m] = {**info, "step_s": statistics.median(times[m]), "peak_step_bytes": mode.peak}
+        out[m] = {
+            **info,
+            "step_s": statistics.median(times[m]),
+            "cpu_s": statistics.median(cpu[m]),
+            "peak_step_bytes": mode.peak,
+        }
     return out
 
 
@@ -169,10 +180,13 @@ def main() -> None:
         f"Llama hidden 1024, 4 layers, batch 8 x seq 128, vocab {args.vocab}, "
         f"{args.threads} threads, {args.steps} interleaved steps per method"
     )
-    print(f"{'method':<10} {'trainable':>10} {'median step (s)':>16} {'step peak (MiB)':>16}")
+    print(
+        f"{'method':<10} {'trainable':>10} {'median step (s)':>16} {'median CPU (s)':>15} "
+        f"{'step peak (MiB)':>16}"
+    )
     for name, r in (("peft-lora", lora), ("tt-lora", tt)):
         print(
-            f"{name:<10} {r['trainable']:>10,d} {r['step_s']:>16.3f} "
+            f"{name:<10} {r['trainable']:>10,d} {r['step_s']:>16.3f} {r['cpu_s']:>15.3f} "
             f"{r['peak_step_bytes'] / 2**20:>16.1f}"
         )
     pairs = result["ratios"]
@@ -185,6 +199,12 @@ def main() -> None:
         f"step time ratio TT-LoRA / LoRA (median of pairs): {time_ratio:.3f} (target <= 1.1); "
         f"pairs {min(pairs):.3f}..{max(pairs):.3f}, ratio of medians "
         f"{tt['step_s'] / lora['step_s']:.3f}"
+    )
+    cpu_pairs = result["cpu_ratios"]
+    print(
+        f"step CPU-time ratio TT-LoRA / LoRA (median of pairs): {statistics.median(cpu_pairs):.3f}"
+        f"; pairs {min(cpu_pairs):.3f}..{max(cpu_pairs):.3f} (robust to other processes' load "
+        "with --threads 1)"
     )
     print(f"step peak memory ratio TT-LoRA / LoRA:           {mem_ratio:.3f} (target <= 1.05)")
     print(f"peak incl. weights ratio TT-LoRA / LoRA:         {total_ratio:.3f}")
