@@ -155,7 +155,7 @@ def _truncate_host(
 
 # "auto" tries the Gram path on unfoldings with at least this many entries; below it a
 # LAPACK SVD costs little more than the Gram product and eigen-decomposition.
-_GRAM_MIN_SIZE = 1 << 12
+_GRAM_MIN_SIZE = 1 << 10
 # Safety factor on the round-off level of the Gram eigenvalues (see truncate's notes).
 _GRAM_SAFETY = 16.0
 
@@ -256,8 +256,8 @@ def _gram_truncate(
         else:
             res = math.sqrt(residual_sq(a, left, right) * (1.0 + m * n * u))
             tail_sq = (res + norm_slack) ** 2
-    if tol_sq > 0 and tail_sq > tol_sq:
-        return None
+    if tol_sq > 0 and tail_sq > tol_sq and est[r] + slack <= tol_sq:
+        return None  # the rank was meant to meet tol_sq (not the cap's) and does not
     return Truncation(left, right, r, tail_sq)
 
 
