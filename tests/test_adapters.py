@@ -139,6 +139,11 @@ def test_loretta_adp_default_placements():
         "attention.output.dense",
         "output.dense",
     ]
+    gpt2 = inspect_targets(tiny_model("gpt2"), LoRETTAConfig(variant="adp"))
+    assert {(i.name.split("h.0.")[-1], i.module_type) for i in gpt2 if ".h.0." in i.name} == {
+        ("attn.c_proj", "Conv1D"),
+        ("mlp.c_proj", "Conv1D"),
+    }
     llama = inspect_targets(tiny_model("llama"), LoRETTAConfig(variant="adp"))
     assert {i.name.rsplit(".", 1)[-1] for i in llama} == {"gate_proj", "up_proj", "down_proj"}
 
