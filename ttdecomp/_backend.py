@@ -90,6 +90,8 @@ def get_namespace(*arrays: Any) -> Any:
 
 def is_complex(xp: Any, dtype: Any) -> bool:
     """True for complex floating dtypes."""
+    if isinstance(dtype, np.dtype):  # the common case, without the dispatch
+        return dtype.kind == "c"
     return bool(xp.isdtype(dtype, "complex floating"))
 
 
@@ -366,7 +368,7 @@ def host_floats(x: Any) -> list[float]:
 def hermitian_trace(g: Any) -> float:
     """The (real) trace of a Hermitian matrix, as a Python float."""
     if is_numpy(g):
-        return float(np.trace(g).real)
+        return float(g.trace().real)
     xp = get_namespace(g)
     diag = xp.linalg.diagonal(g)
     if is_complex(xp, g.dtype):

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._backend import conj_transpose, is_numpy, qr, small_blas, to_float
 from ._validation import check_eps, clip_ranks, normalize_ranks
-from .decompose import Truncation, truncate
+from .decompose import Truncation, _truncate
 from .errors import InvalidInputError
 from .tensor_train import TensorTrain
 from .tt_matrix import TTMatrix
@@ -50,6 +50,8 @@ def _rl_sweep(tt: TensorTrain) -> tuple[list[Any], float]:
     Returns cores whose 2..d are right-orthonormal (``G Gᴴ = I`` over ``(n_k, r_k)``),
     the first core normalised to unit norm, and ``log ‖tt‖`` (``-inf`` for zero).
     """
+    if is_numpy(tt.cores[0]):
+        return _rl_sweep_numpy(tt)
     xp = tt._xp
     cores = list(tt.cores)
     log_norm = 0.0
@@ -68,6 +70,34 @@ def _rl_sweep(tt: TensorTrain) -> tuple[list[Any], float]:
         prev = xp.reshape(cores[k - 1], (rp * np_, r)) @ conj_transpose(xp, rr)  # (.., s)
         cores[k - 1] = xp.reshape(prev, (rp, np_, s))
     nrm = to_float(xp.linalg.vector_norm(cores[0]))
+    if nrm == 0.0:
+        return _zero_cores(tt), -math.inf
+    cores[0] = cores[0] / nrm
+    return cores, log_norm + math.log(nrm)
+
+
+def _ct(a: np.ndarray) -> np.ndarray:
+    """Conjugate transpose of a numpy matrix (a view for real dtypes)."""
+    return a.conj().T if a.dtype.kind == "c" else a.T
+
+
+def _rl_sweep_numpy(tt: TensorTrain) -> tuple[list[Any], float]:
+    """:func:`_rl_sweep` in plain numpy calls: the same steps, less dispatch per core."""
+    cores = list(tt.cores)
+    log_norm = 0.0
+    for k in range(len(cores) - 1, 0, -1):
+        r, n, r2 = cores[k].shape
+        q, rr = np.linalg.qr(_ct(cores[k].reshape(r, n * r2)))
+        s = q.shape[1]
+        cores[k] = _ct(q).reshape(s, n, r2)
+        nrm = float(np.linalg.norm(rr))
+        if nrm == 0.0:
+            return _zero_cores(tt), -math.inf
+        rr /= nrm
+        log_norm += math.log(nrm)
+        rp, np_, _ = cores[k - 1].shape
+        cores[k - 1] = (cores[k - 1].reshape(rp * np_, r) @ _ct(rr)).reshape(rp, np_, s)
+    nrm = float(np.linalg.norm(cores[0]))
     if nrm == 0.0:
         return _zero_cores(tt), -math.inf
     cores[0] = cores[0] / nrm
@@ -102,9 +132,13 @@ def _sweep_step(a: Any, cap: int | None, tol: float, method: str) -> Truncation:
             q, r = np.linalg.qr(a)
             if _sigma_min_sq_lower(r) > 4.0 * tol:
                 return Truncation(q, r, n, 0.0)
-        elif _sigma_min_sq_lower(np.linalg.qr(a.conj().T, mode="r")) > 4.0 * tol:
+        elif _sigma_min_sq_lower(np.linalg.qr(_ct(a), mode="r")) > 4.0 * tol:
             return Truncation(np.eye(m, dtype=a.dtype), a, m, 0.0)
-    return truncate(a, max_rank=cap, tol_sq=tol, method=method)
+    return _truncate(a, cap, tol, method)
+
+
+def _np_reshape(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return a.reshape(shape)
 
 
 def _sigma_min_sq_lower(r: np.ndarray) -> float:
@@ -227,13 +261,14 @@ def _round_sweeps(
     floor = 10 * d * float(xp.finfo(tt.dtype).eps)
     tol = floor * floor if eps is None else max(eps * eps / (d - 1), floor * floor)
     total_tail = 0.0
+    reshape = _np_reshape if is_numpy(cores[0]) else xp.reshape
     for k in range(d - 1):
         r, n, r2 = cores[k].shape
-        cut = _sweep_step(xp.reshape(cores[k], (r * n, r2)), caps[k + 1], tol, method)
-        cores[k] = xp.reshape(cut.left, (r, n, cut.rank))  # (r_{k-1}, n_k, r_k')
+        cut = _sweep_step(reshape(cores[k], (r * n, r2)), caps[k + 1], tol, method)
+        cores[k] = reshape(cut.left, (r, n, cut.rank))  # (r_{k-1}, n_k, r_k')
         nxt = cores[k + 1]
-        cores[k + 1] = xp.reshape(
-            cut.right @ xp.reshape(nxt, (r2, -1)), (cut.rank, nxt.shape[1], nxt.shape[2])
+        cores[k + 1] = reshape(
+            cut.right @ reshape(nxt, (r2, -1)), (cut.rank, nxt.shape[1], nxt.shape[2])
         )  # (r_k', n_{k+1}, r_{k+1})
         total_tail += cut.tail_sq
     # A bond cut below r_{k-1} / n_k leaves bond k-1 with more rank than core k can carry
