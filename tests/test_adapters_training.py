@@ -215,12 +215,13 @@ def one_process_reference(tmp_path_factory):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one_process(tmp_path, one_process_reference, strategy):
     import torch.distributed as dist
-    import torch.distributed.fsdp
     import torch.multiprocessing as mp
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with the gloo backend is not available")
-    if strategy == "fsdp" and not hasattr(torch.distributed.fsdp, "fully_shard"):
+    if strategy == "fsdp" and not hasattr(
+        importlib.import_module("torch.distributed.fsdp"), "fully_shard"
+    ):
         pytest.skip("FSDP2 (torch.distributed.fsdp.fully_shard) needs torch >= 2.6")
     mp.spawn(
         distributed_train_worker,
