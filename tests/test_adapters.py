@@ -280,13 +280,24 @@ def test_paper_init_unit_norm_cores_and_nonzero_delta():
 
 
 def test_ttsvd_init_is_a_tt_svd_of_a_random_matrix():
+    # At a rank that reaches every attainable rank, TT-SVD is exact: ΔW / alpha is then the
+    # Kaiming-uniform (a = √5) matrix itself, entries uniform in ±1/√in (variance 1/(3·in)).
     torch.manual_seed(0)
-    model = get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=4, init="ttsvd"))
-    layer = model.base_model.model.layers[0].self_attn.q_proj
-    delta = layer.get_delta_weight("default")
-    assert delta.abs().max() > 0
-    ranks = [int(c.shape[-1]) for c in layer.tt_adapters["default"].cores]
-    assert ranks[-1] == 1 and max(ranks) <= 4
+    net = nn.Sequential(nn.Linear(64, 48))
+    cfg = TTLoRAConfig(tt_rank=64, alpha=2.0, init="ttsvd", target_modules=["0"])
+    delta = get_tt_model(net, cfg).base_model[0].get_delta_weight("default") / 2.0
+    bound = 1 / math.sqrt(64)
+    assert delta.abs().max() <= bound * (1 + 1e-5)
+    assert delta.abs().max() > 0.95 * bound
+    assert delta.square().mean().item() == pytest.approx(1 / (3 * 64), rel=0.1)
+    # At a low rank it is a truncation: smaller norm than the random matrix, but not zero.
+    torch.manual_seed(0)
+    low = get_tt_model(
+        nn.Sequential(nn.Linear(64, 48)),
+        TTLoRAConfig(tt_rank=2, init="ttsvd", target_modules=["0"]),
+    )
+    low_delta = low.base_model[0].get_delta_weight("default") / 8.0
+    assert 0 < torch.linalg.norm(low_delta) < torch.linalg.norm(delta)
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
