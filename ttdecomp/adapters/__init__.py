@@ -57,7 +57,6 @@ __all__ = [
     "TTAdapterConfig",
     "TTAdapterLayer",
     "TTAdapterModel",
-    "TTAdapterTrainer",
     "TTLoRAAdapter",
     "TTLoRAConfig",
     "TargetInfo",
