@@ -137,7 +137,7 @@ class _TTApply(torch.autograd.Function):
         ops = _Ops(x2)
         with torch.enable_grad():
             leaves = [c.detach().requires_grad_(n) for c, n in zip(cores, need_cores)]
-            steps = _prepare(ops, leaves, plan.cost, batch)
+            steps = _prepare(ops, leaves, plan)
         grad_x = torch.empty_like(x2, memory_format=torch.contiguous_format) if need_x else None
         accs = None
         if any(need_cores):

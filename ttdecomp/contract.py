@@ -26,6 +26,15 @@ the largest intermediate, and the elements saved for backward, for every candida
 :func:`contraction_plan` picks the cheapest. The executor counts the FLOPs it issues
 (every contraction is one ``matmul``), and the tests check both agree exactly.
 
+Memory: the rows of ``x`` are processed in chunks so that no state between two GEMMs
+holds more than ``memory_budget`` elements (default ``2**22``, 16 MiB in float32); chunks
+reuse one set of buffers and write straight into the output (numpy, torch), so chunking
+changes neither the FLOPs nor the result, only the peak memory.
+
+Inputs are never promoted or moved: ``x`` and the cores must share the array library,
+dtype (complex with real is an error) and device; only shapes are checked per call, so a
+list of torch ``nn.Parameter`` can be passed on every forward at no cost.
+
 This module imports no array library at import time: the cost model is pure Python, and
 the array code dispatches on the input (numpy, torch with autograd, or any array-API
 library). Torch tensors that need gradients go through a memory-lean autograd Function
@@ -36,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BackendMismatchError, ShapeError
@@ -100,22 +109,31 @@ class ContractionPlan:
     cost : ContractionCost
         The chosen candidate (fewest FLOPs; ties go to less memory).
     candidates : tuple of ContractionCost
-        Every candidate considered, cheapest first.
+        Every candidate considered, cheapest first (computed on access).
     batch : int
         Rows of ``x`` (the product of its leading axes).
     chunk : int
         Rows processed per piece so that intermediates stay within the memory budget.
     row_shape, col_shape, ranks : tuple of int
         The TT-matrix the plan is for.
+    direction : str
+        The sweep run over the (merged) cores: ``"ltr"``, ``"rtl"`` or ``"dense"``.
     """
 
     cost: ContractionCost
-    candidates: tuple[ContractionCost, ...]
     batch: int
     chunk: int
     row_shape: tuple[int, ...]
     col_shape: tuple[int, ...]
     ranks: tuple[int, ...]
+    direction: str
+    _candidates: tuple[_Candidate, ...] = field(repr=False, compare=False)
+
+    @property
+    def candidates(self) -> tuple[ContractionCost, ...]:
+        """Every candidate considered, cheapest first (ties: less memory first)."""
+        costs = [_cost(c, self.batch, self.cost.saved) for c in self._candidates]
+        return tuple(sorted(costs, key=lambda c: (c.flops, c.memory)))
 
     @property
     def order(self) -> str:
@@ -145,77 +163,72 @@ class ContractionPlan:
         return "\n".join(lines)
 
 
-def _sweep_steps(
-    row_shape: Sequence[int],
-    col_shape: Sequence[int],
-    ranks: Sequence[int],
-    batch: int,
-    order: str,
-) -> list[tuple[int, int, int, int]]:
-    """GEMM shapes ``(P, rows, inner, cols)`` of a core-by-core sweep.
+@dataclass(frozen=True)
+class _Candidate:
+    """One contraction order with its batch-independent numbers (per row of ``x``)."""
 
-    Step ``k`` multiplies a ``(rows, inner)`` core matrix with ``P`` state matrices of
-    shape ``(inner, cols)``: ``2 · P · rows · inner · cols`` FLOPs, output
-    ``P · rows · cols`` elements.
+    order: str
+    split: int | None
+    direction: str  # the sweep run on the (merged) cores: "ltr" or "rtl"
+    setup_flops: int
+    row_flops: int  # FLOPs per row of x
+    row_state: int  # largest state between two GEMMs, per row of x
+    blocks: int  # elements of the merged blocks (or of W)
+
+
+def _candidates(
+    row_shape: tuple[int, ...], col_shape: tuple[int, ...], ranks: tuple[int, ...]
+) -> list[_Candidate]:
+    """Every order's cost, in O(d) arithmetic from prefix products.
+
+    Sweep step ``k`` is a GEMM of a ``(rows, inner)`` core matrix with ``P`` state
+    matrices ``(inner, cols)``: ``2 P · rows · inner · cols`` FLOPs, output
+    ``P · rows · cols`` elements (see :func:`_sweep_operands`). Merging multiplies a
+    growing block ``(r_0 ∏ m_i n_i, r_k)`` by the next core ``(r_k, m n r_{k+1})``
+    (left block), or a core ``(r_{k-1} m n, r_k)`` by ``(r_k, ∏ m_i n_i)`` (right block).
     """
     d = len(row_shape)
-    steps = []
-    if order == "ltr":
+    pm, pn, pmn = [1], [1], [1]  # prefix products of m, n and m·n
+    for m, n in zip(row_shape, col_shape):
+        pm.append(pm[-1] * m)
+        pn.append(pn[-1] * n)
+        pmn.append(pmn[-1] * m * n)
+    m_total, n_total, mn_total = pm[-1], pn[-1], pmn[-1]
+    r = ranks
+    out = []
+    for order in ("ltr", "rtl"):
+        flops, states = 0, []
         for k in range(d):
-            p = batch * math.prod(row_shape[:k])
-            rows = row_shape[k] * ranks[k + 1]
-            inner = ranks[k] * col_shape[k]
-            cols = math.prod(col_shape[k + 1 :])
-            steps.append((p, rows, inner, cols))
-    else:
-        for k in reversed(range(d)):
-            p = batch * math.prod(col_shape[:k])
-            rows = ranks[k] * row_shape[k]
-            inner = col_shape[k] * ranks[k + 1]
-            cols = math.prod(row_shape[k + 1 :])
-            steps.append((p, rows, inner, cols))
-    return steps
-
-
-def _merge_steps(
-    row_shape: Sequence[int], col_shape: Sequence[int], ranks: Sequence[int], direction: str
-) -> list[tuple[int, int, int]]:
-    """GEMM shapes ``(rows, inner, cols)`` of merging consecutive cores into one block.
-
-    ``ranks`` has ``len(row_shape) + 1`` entries (the block's outer ranks may exceed 1).
-    Left to right the block grows as ``(r_0 ∏ m_i n_i, r_k)``; right to left as
-    ``(r_{k-1}, ∏ m_i n_i r_d)``.
-    """
-    d = len(row_shape)
-    mn = [m * n for m, n in zip(row_shape, col_shape)]
-    steps = []
-    if direction == "ltr":
-        for k in range(1, d):
-            steps.append((ranks[0] * math.prod(mn[:k]), ranks[k], mn[k] * ranks[k + 1]))
-    else:
-        for k in reversed(range(d - 1)):
-            steps.append((ranks[k] * mn[k], ranks[k + 1], math.prod(mn[k + 1 :]) * ranks[d]))
-    return steps
-
-
-def _gemm_flops(steps: Sequence[tuple[int, ...]]) -> int:
-    return sum(2 * math.prod(s) for s in steps)
-
-
-def _merged_direction(
-    row_shape: Sequence[int], col_shape: Sequence[int], ranks: Sequence[int], split: int, batch: int
-) -> str:
-    """The cheaper sweep over the two merged blocks.
-
-    Ties go right to left: its batched GEMM is the one with the long inner dimension
-    (``N_L r``), which runs faster than the left-to-right sweep's (``N_L``).
-    """
-    rows = (math.prod(row_shape[:split]), math.prod(row_shape[split:]))
-    cols = (math.prod(col_shape[:split]), math.prod(col_shape[split:]))
-    block_ranks = (1, ranks[split], 1)
-    ltr = _gemm_flops(_sweep_steps(rows, cols, block_ranks, batch, "ltr"))
-    rtl = _gemm_flops(_sweep_steps(rows, cols, block_ranks, batch, "rtl"))
-    return "ltr" if ltr < rtl else "rtl"
+            m, n = row_shape[k], col_shape[k]
+            if order == "ltr":
+                p, rows, inner, cols = pm[k], m * r[k + 1], r[k] * n, n_total // pn[k + 1]
+            else:
+                p, rows, inner, cols = pn[k], r[k] * m, n * r[k + 1], m_total // pm[k + 1]
+            flops += 2 * p * rows * inner * cols
+            states.append(p * rows * cols)
+        # the state after the last step is the output y: not an intermediate
+        last = d - 1 if order == "ltr" else 0
+        state = max((v for k, v in enumerate(states) if k != last), default=0)
+        out.append(_Candidate(order, None, order, 0, flops, state, 0))
+    # merging cost of cores [0, s) as a left block, and of [s, d) as a right block
+    left = [0] * (d + 1)
+    for k in range(1, d):
+        left[k + 1] = left[k] + 2 * pmn[k] * r[k] * row_shape[k] * col_shape[k] * r[k + 1]
+    right = [0] * (d + 1)
+    for k in reversed(range(d - 1)):
+        mn_k = row_shape[k] * col_shape[k]
+        right[k] = right[k + 1] + 2 * r[k] * mn_k * r[k + 1] * (mn_total // pmn[k + 1])
+    for s in range(1, d):
+        ml, nl, rs = pm[s], pn[s], r[s]
+        mr, nr = m_total // ml, n_total // nl
+        ltr = (2 * ml * rs * nl * nr + 2 * ml * mr * rs * nr, ml * rs * nr)
+        rtl = (2 * nl * rs * mr * nr + 2 * ml * nl * rs * mr, nl * rs * mr)
+        # ties go right to left: its batched GEMM has the long inner dimension (N_L r)
+        direction, (flops, state) = ("ltr", ltr) if ltr[0] < rtl[0] else ("rtl", rtl)
+        blocks = max(ml * nl, mr * nr) * rs
+        out.append(_Candidate("merged", s, direction, left[s] + right[s], flops, state, blocks))
+    out.append(_Candidate("dense", None, "dense", left[d], 2 * m_total * n_total, 0, mn_total))
+    return out
 
 
 def _check_shape_args(
@@ -280,73 +293,45 @@ def estimate_costs(
     dense None 2.82 GFLOP
     """
     row_shape, col_shape, ranks, batch = _check_shape_args(row_shape, col_shape, ranks, batch)
-    d = len(row_shape)
-    m_total, n_total = math.prod(row_shape), math.prod(col_shape)
-    n_params = sum(ranks[k] * row_shape[k] * col_shape[k] * ranks[k + 1] for k in range(d))
-    saved = batch * n_total + n_params
-    costs = []
-    for order in ("ltr", "rtl"):
-        steps = _sweep_steps(row_shape, col_shape, ranks, batch, order)
-        memory = _state_memory(steps)
-        costs.append(ContractionCost(order, None, _gemm_flops(steps), 0, memory, saved))
-    for split in range(1, d):
-        left = _merge_steps(row_shape[:split], col_shape[:split], ranks[: split + 1], "ltr")
-        right = _merge_steps(row_shape[split:], col_shape[split:], ranks[split:], "rtl")
-        setup = _gemm_flops(left) + _gemm_flops(right)
-        rows = (math.prod(row_shape[:split]), math.prod(row_shape[split:]))
-        cols = (math.prod(col_shape[:split]), math.prod(col_shape[split:]))
-        direction = _merged_direction(row_shape, col_shape, ranks, split, batch)
-        steps = _sweep_steps(rows, cols, (1, ranks[split], 1), batch, direction)
-        blocks = max(rows[0] * cols[0], rows[1] * cols[1]) * ranks[split]
-        memory = max(blocks, _state_memory(steps))
-        flops = setup + _gemm_flops(steps)
-        costs.append(ContractionCost("merged", split, flops, setup, memory, saved))
-    setup = _gemm_flops(_merge_steps(row_shape, col_shape, ranks, "ltr"))
-    memory = m_total * n_total
-    flops = setup + 2 * batch * m_total * n_total
-    costs.append(ContractionCost("dense", None, flops, setup, memory, saved))
-    return costs
+    n_params = sum(
+        ranks[k] * m * n * ranks[k + 1] for k, (m, n) in enumerate(zip(row_shape, col_shape))
+    )
+    saved = batch * math.prod(col_shape) + n_params
+    return [_cost(c, batch, saved) for c in _candidates(row_shape, col_shape, ranks)]
 
 
-def _state_memory(steps: Sequence[tuple[int, int, int, int]]) -> int:
-    """Largest state between two GEMM steps (the input and the output do not count)."""
-    return max((p * rows * cols for p, rows, _, cols in steps[:-1]), default=0)
-
-
-def _per_row_memory(cost: ContractionCost, row_shape, col_shape, ranks) -> int:
-    """Elements per batch row of the largest batch-dependent intermediate."""
-    if cost.order in ("ltr", "rtl"):
-        steps = _sweep_steps(row_shape, col_shape, ranks, 1, cost.order)
-    elif cost.order == "merged":
-        s = cost.split
-        rows = (math.prod(row_shape[:s]), math.prod(row_shape[s:]))
-        cols = (math.prod(col_shape[:s]), math.prod(col_shape[s:]))
-        direction = _merged_direction(row_shape, col_shape, ranks, s, 1)
-        steps = _sweep_steps(rows, cols, (1, ranks[s], 1), 1, direction)
-    else:
-        return 0
-    return _state_memory(steps)
+def _cost(c: _Candidate, batch: int, saved: int) -> ContractionCost:
+    return ContractionCost(
+        c.order,
+        c.split,
+        c.setup_flops + batch * c.row_flops,
+        c.setup_flops,
+        max(c.blocks, batch * c.row_state),
+        saved,
+    )
 
 
 def _select(
-    costs: Sequence[ContractionCost], order: str | None, split: int | None
-) -> ContractionCost:
+    candidates: Sequence[_Candidate], batch: int, order: str | None, split: int | None
+) -> _Candidate:
+    def key(c: _Candidate) -> tuple[int, int]:
+        return (c.setup_flops + batch * c.row_flops, max(c.blocks, batch * c.row_state))
+
     if order is None:
-        if split is not None:
-            order = "merged"
-        else:
-            return min(costs, key=lambda c: (c.flops, c.memory))
+        if split is None:
+            return min(candidates, key=key)
+        order = "merged"
     if order not in ORDERS:
         raise ShapeError(f"order must be one of {ORDERS} or None (automatic), got {order!r}.")
-    matching = [c for c in costs if c.order == order and (split is None or c.split == split)]
+    matching = [c for c in candidates if c.order == order and (split is None or c.split == split)]
     if not matching:
-        splits = [c.split for c in costs if c.order == "merged"]
+        splits = [c.split for c in candidates if c.order == "merged"]
         raise ShapeError(
             f"no contraction with order={order!r}, split={split!r}; a train with "
             f"{len(splits) + 1} cores can be split at bonds {splits}"
             + (" (a single core cannot be merged)." if not splits else ".")
         )
-    return min(matching, key=lambda c: (c.flops, c.memory))
+    return min(matching, key=key)
 
 
 def contraction_plan(
@@ -400,26 +385,50 @@ def contraction_plan(
     return _plan(row_shape, col_shape, ranks, batch, order, split, memory_budget)
 
 
-def _plan(row_shape, col_shape, ranks, batch, order, split, memory_budget) -> ContractionPlan:
-    costs = estimate_costs(row_shape, col_shape, ranks, batch)
-    chosen = _select(costs, order, split)
-    per_row = _per_row_memory(chosen, row_shape, col_shape, ranks)
-    rows = int(memory_budget) // per_row if per_row else batch
+def _plan(
+    row_shape: tuple[int, ...],
+    col_shape: tuple[int, ...],
+    ranks: tuple[int, ...],
+    batch: int,
+    order: str | None,
+    split: int | None,
+    memory_budget: int,
+) -> ContractionPlan:
+    """The plan for already validated shapes (the per-call path: O(d) arithmetic)."""
+    batch = int(batch)
+    if batch < 0:
+        raise ShapeError(f"batch must be a non-negative number of rows, got {batch}.")
+    candidates = _candidates(row_shape, col_shape, ranks)
+    chosen = _select(candidates, batch, order, split)
+    n_params = sum(
+        ranks[k] * m * n * ranks[k + 1] for k, (m, n) in enumerate(zip(row_shape, col_shape))
+    )
+    saved = batch * math.prod(col_shape) + n_params
+    rows = int(memory_budget) // chosen.row_state if chosen.row_state else batch
     chunk = max(1, min(max(batch, 1), rows))
-    ranked = tuple(sorted(costs, key=lambda c: (c.flops, c.memory)))
-    return ContractionPlan(chosen, ranked, batch, chunk, row_shape, col_shape, ranks)
+    return ContractionPlan(
+        _cost(chosen, batch, saved),
+        batch,
+        chunk,
+        row_shape,
+        col_shape,
+        ranks,
+        chosen.direction,
+        tuple(candidates),
+    )
 
 
 # --------------------------------------------------------------------------- validation
 def _cores_of(ttm_or_cores: Any) -> list[Any]:
     """The 4-D cores of a TTMatrix or a sequence of cores, shape-checked (no data scans)."""
     cores = getattr(ttm_or_cores, "cores", ttm_or_cores)
-    if isinstance(cores, (str, bytes)) or not isinstance(cores, Sequence) or not cores:
+    iterable = hasattr(cores, "__iter__") and not hasattr(cores, "shape")
+    cores = list(cores) if iterable and not isinstance(cores, (str, bytes)) else []
+    if not cores:
         raise ShapeError(
             f"expected a TTMatrix or a non-empty list of 4-D cores (r_{{k-1}}, m_k, n_k, r_k), "
             f"got {type(ttm_or_cores).__name__}."
         )
-    cores = list(cores)
     prev = 1
     for k, core in enumerate(cores):
         shape = getattr(core, "shape", None)
@@ -617,20 +626,18 @@ def _sweep_operands(ops: _Ops, cores: Sequence[Any], order: str) -> list[_Step]:
     return steps
 
 
-def _prepare(ops: _Ops, cores: Sequence[Any], cost: ContractionCost, batch: int) -> list[_Step]:
+def _prepare(ops: _Ops, cores: Sequence[Any], plan: ContractionPlan) -> list[_Step]:
     """Batch-independent setup of a plan (merging cores) and its GEMM steps."""
-    if cost.order in ("ltr", "rtl"):
-        return _sweep_operands(ops, cores, cost.order)
-    if cost.order == "dense":
+    if plan.order in ("ltr", "rtl"):
+        return _sweep_operands(ops, cores, plan.order)
+    if plan.order == "dense":
         w = _merge(ops, cores, "ltr")  # (1, M, N, 1)
         m, n = int(w.shape[1]), int(w.shape[2])
         return [_Step(ops.reshape(w, (m, n)), 1, n, 1)]  # (M, N): y = x @ W.T
-    s = cost.split
+    s = plan.split
     left = _merge(ops, cores[:s], "ltr")  # (1, M_L, N_L, r_s)
     right = _merge(ops, cores[s:], "rtl")  # (r_s, M_R, N_R, 1)
-    row_shape, col_shape, ranks = _shapes(cores)
-    direction = _merged_direction(row_shape, col_shape, ranks, s, batch)
-    return _sweep_operands(ops, [left, right], direction)
+    return _sweep_operands(ops, [left, right], plan.direction)
 
 
 def _step_out_shape(step: _Step, batch: int) -> tuple[int, ...]:
@@ -705,7 +712,7 @@ def _execute(
     """
     ops = _Ops(x2, counter)
     batch = int(x2.shape[0])
-    steps = _prepare(ops, cores, plan.cost, batch)
+    steps = _prepare(ops, cores, plan)
     if batch <= plan.chunk:
         return _run(ops, steps, x2)
     starts = range(0, batch, plan.chunk)
