@@ -57,6 +57,7 @@ __all__ = [
     "TTAdapterConfig",
     "TTAdapterLayer",
     "TTAdapterModel",
+    "TTAdapterTrainer",
     "TTLoRAAdapter",
     "TTLoRAConfig",
     "TargetInfo",
