@@ -261,7 +261,7 @@ def _gram_left(xp: Any, a: Any) -> tuple[Any, Any]:
 _BLAS_CONTROLLER: Any = None  # threadpoolctl controller, made on first use; False if absent
 _SMALL_BLAS_SIZE = 1 << 22
 _BLAS_LOCK = threading.Lock()
-_BLAS_DEPTH = 0  # callers inside the cap, over all threads
+_BLAS_DEPTH = 0  # nesting depth of the cap
 _BLAS_SAVED: list[int] = []
 
 
@@ -269,7 +269,7 @@ def _blas_controller() -> Any:
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is not None:
         return _BLAS_CONTROLLER
-    with _BLAS_LOCK:  # one scan, and never one that races a cap set by another thread
+    with _BLAS_LOCK:  # one scan, never while a cap is on
         if _BLAS_CONTROLLER is not None or _BLAS_DEPTH:
             return _BLAS_CONTROLLER or False
         try:
@@ -307,8 +307,7 @@ def small_blas(x: Any, size: int) -> Any:
 
 @contextlib.contextmanager
 def _one_blas_thread(ctl: Any) -> Any:
-    """The cap, counted across threads: the first caller in sets it, the last one out
-    restores the saved thread counts (so concurrent callers cannot leave it on)."""
+    """The cap, counted: the outermost caller sets it and restores the saved counts."""
     global _BLAS_DEPTH, _BLAS_SAVED
     with _BLAS_LOCK:
         if _BLAS_DEPTH == 0:

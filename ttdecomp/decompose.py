@@ -226,9 +226,9 @@ def _gram_truncate(
 
     # The error is measured, not estimated, so tail_sq stays a rigorous bound.
     # Full basis W = [V_r, W_⊥]: the error is ‖W_⊥ᴴ a‖ (resp. ‖a W_⊥‖), read off the same
-    # GEMM that gives the kept factor; up to ‖I − W Wᴴ‖ = O(p u) and the GEMM round-off
-    # γ_p, i.e. within `norm_slack` below.
-    norm_slack = 4.0 * p * (math.sqrt(p) + 4.0) * u * math.sqrt(total)
+    # GEMM that gives the kept factor; up to ‖I − W Wᴴ‖ = O(p u), the GEMM round-off γ_p
+    # and, for a tall a, the backward error of the QR of a V_r (O(m u)): `norm_slack`.
+    norm_slack = 4.0 * (p if wide else p + m) * (math.sqrt(p) + 4.0) * u * math.sqrt(total)
     vr = v[:, :r]
     if full:
         if wide:
