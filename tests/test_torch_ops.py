@@ -152,3 +152,19 @@ def test_cuda_tensors_stay_on_the_device():
     torch.testing.assert_close(y, x @ dense(cores).T)
     y.sum().backward()
     assert x.grad.device == x.device and all(c.grad.device == x.device for c in cores)
+
+
+def test_non_contiguous_input_and_chunked_backward():
+    rng = np.random.default_rng(6)
+    layout = ((2, 3, 2), (3, 2, 2), (1, 3, 2, 1))
+    cores = torch_cores(rng, layout)
+    base = torch.tensor(rng.standard_normal((12, 7)), requires_grad=True)
+    x = base.T  # (7, 12), not contiguous
+    g = torch.randn(7, 12, dtype=torch.float64)
+    for budget in (1, 5, 10**9):
+        grads = torch.autograd.grad(
+            (apply(cores, x, memory_budget=budget) * g).sum(), [base, *cores]
+        )
+        ref = torch.autograd.grad((x @ dense(cores).T * g).sum(), [base, *cores])
+        for a, b in zip(grads, ref):
+            torch.testing.assert_close(a, b)
