@@ -81,13 +81,35 @@ def _ct(a: np.ndarray) -> np.ndarray:
     return a.conj().T if a.dtype.kind == "c" else a.T
 
 
+_QR_FUNCS: dict[str, Any] = {}  # LAPACK (geqrf, orgqr/ungqr) per dtype character
+
+
+def _np_qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reduced QR of a numpy matrix straight from LAPACK (np.linalg.qr's steps, less overhead)."""
+    funcs = _QR_FUNCS.get(a.dtype.char)
+    if funcs is None:
+        import scipy.linalg
+
+        names = ("geqrf", "ungqr") if a.dtype.kind == "c" else ("geqrf", "orgqr")
+        funcs = _QR_FUNCS[a.dtype.char] = scipy.linalg.get_lapack_funcs(names, (a,))
+    geqrf, orgqr = funcs
+    k = min(a.shape)
+    qr_, tau, _, info = geqrf(a)
+    if info == 0:
+        r = np.triu(qr_[:k])
+        q, _, info = orgqr(qr_[:, :k], tau, overwrite_a=1)
+        if info == 0:
+            return q, r
+    return np.linalg.qr(a)
+
+
 def _rl_sweep_numpy(tt: TensorTrain) -> tuple[list[Any], float]:
     """:func:`_rl_sweep` in plain numpy calls: the same steps, less dispatch per core."""
     cores = list(tt.cores)
     log_norm = 0.0
     for k in range(len(cores) - 1, 0, -1):
         r, n, r2 = cores[k].shape
-        q, rr = np.linalg.qr(_ct(cores[k].reshape(r, n * r2)))
+        q, rr = _np_qr(_ct(cores[k].reshape(r, n * r2)))
         s = q.shape[1]
         cores[k] = _ct(q).reshape(s, n, r2)
         nrm = float(np.linalg.norm(rr))
@@ -129,7 +151,7 @@ def _sweep_step(a: Any, cap: int | None, tol: float, method: str) -> Truncation:
     m, n = a.shape
     if method == "auto" and is_numpy(a) and (cap is None or cap >= min(m, n)):
         if m >= n:
-            q, r = np.linalg.qr(a)
+            q, r = _np_qr(a)
             if _sigma_min_sq_lower(r) > 4.0 * tol:
                 return Truncation(q, r, n, 0.0)
         elif _sigma_min_sq_lower(np.linalg.qr(_ct(a), mode="r")) > 4.0 * tol:
