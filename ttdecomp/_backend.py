@@ -65,6 +65,8 @@ def is_torch(x: Any) -> bool:
 
 def is_numpy(x: Any) -> bool:
     """True when ``x`` is a numpy array."""
+    if type(x) is np.ndarray and x.dtype.kind in "fcbiu":  # fast path, same answer
+        return True
     return array_api_compat.is_numpy_array(x)
 
 

@@ -13,6 +13,7 @@ Rounding follows the TT-Toolbox algorithm (Oseledets, 2011, Alg. 2):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, TypeVar
 
@@ -96,11 +97,18 @@ def _np_qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     k = min(a.shape)
     qr_, tau, _, info = geqrf(a)
     if info == 0:
-        r = np.triu(qr_[:k])
+        r = qr_[:k].copy()
+        r[_lower(k)] = 0  # the upper triangle is R, below it Householder vectors
         q, _, info = orgqr(qr_[:, :k], tau, overwrite_a=1)
         if info == 0:
             return q, r
     return np.linalg.qr(a)
+
+
+@functools.lru_cache(maxsize=64)
+def _lower(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the strictly lower triangle of a k x k block."""
+    return np.tril_indices(k, -1)
 
 
 def _rl_sweep_numpy(tt: TensorTrain) -> tuple[list[Any], float]:
