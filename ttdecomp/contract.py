@@ -153,7 +153,7 @@ class ContractionPlan:
         head = (
             f"ContractionPlan for a {m}x{n} TT-matrix, row_shape={self.row_shape}, "
             f"col_shape={self.col_shape}, ranks={self.ranks}, batch={self.batch} "
-            f"(chunks of {self.chunk} rows)"
+            f"(chunks of {self.chunk} rows, {self.direction} sweep)"
         )
         lines = [head, f"  {'order':<8}{'split':>6}{'MFLOP':>14}{'setup':>12}{'memory':>14}"]
         for c in self.candidates:
@@ -378,7 +378,7 @@ def contraction_plan(
     >>> plan.order, plan.split, plan.cost.flops
     ('merged', 2, 1077936128)
     >>> print(plan)  # doctest: +ELLIPSIS
-    ContractionPlan for a 4096x4096 TT-matrix, ... batch=64 (chunks of 64 rows)
+    ContractionPlan for a 4096x4096 TT-matrix, ... batch=64 (chunks of 64 rows, rtl sweep)
       order    split         MFLOP       setup        memory
       merged       2      1077.936       4.194       4194304  <- chosen
     ...
