@@ -27,7 +27,7 @@ the largest intermediate, and the elements saved for backward, for every candida
 (every contraction is one ``matmul``), and the tests check both agree exactly.
 
 Memory: the rows of ``x`` are processed in chunks so that no state between two GEMMs
-holds more than ``memory_budget`` elements (default ``2**24``, 64 MiB in float32); chunks
+holds more than ``memory_budget`` elements (default ``2**22``, 16 MiB in float32); chunks
 reuse one set of buffers and write straight into the output (numpy, torch), so chunking
 changes neither the FLOPs nor the result, only the peak memory.
 
@@ -64,11 +64,11 @@ __all__ = [
 ORDERS = ("ltr", "rtl", "merged", "dense")
 
 # Rows of the batch are processed in chunks so that no state between two GEMMs holds more
-# than this many elements (64 MiB in float32): the FLOPs do not change, the peak memory
-# does. Measured on 2 cores: 2**22 (states that stay in a 32 MiB L3) is ~15% faster on an
-# idle machine; 2**24 is up to 2.5x faster on a loaded one, where every parallel op pays
-# a scheduling delay and fewer, larger chunks win.
-DEFAULT_MEMORY_BUDGET = 1 << 24
+# than this many elements (16 MiB in float32): the FLOPs do not change, the peak memory
+# does. Measured on 2 cores (fwd+bwd, 8192 tokens): states that stay in a 32 MiB L3 make
+# 2**22 about 20% faster than 2**24; only on a heavily oversubscribed machine, where every
+# parallel op waits for a descheduled thread, do fewer, larger chunks win.
+DEFAULT_MEMORY_BUDGET = 1 << 22
 
 
 # --------------------------------------------------------------------------- cost model
