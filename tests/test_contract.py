@@ -348,3 +348,14 @@ def test_importing_and_running_on_numpy_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="."
     )
     assert out.stdout.strip() == "False"
+
+
+def test_a_precomputed_plan_is_used_and_checked():
+    rng = np.random.default_rng(7)
+    cores = random_cores(rng, ((2, 3), (3, 2), (1, 2, 1)))
+    x = rng.standard_normal((5, 6))
+    for cost in estimate_costs((2, 3), (3, 2), (1, 2, 1), 5):
+        plan = contraction_plan(cores, 5, order=cost.order, split=cost.split)
+        np.testing.assert_allclose(apply(cores, x, plan=plan), apply(cores, x), rtol=1e-12)
+    with pytest.raises(ShapeError, match=r"batch=5; got .* batch=4"):
+        apply(cores, x[:4], plan=contraction_plan(cores, 5))

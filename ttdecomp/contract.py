@@ -738,6 +738,7 @@ def apply(
     order: str | None = None,
     split: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    plan: ContractionPlan | None = None,
 ) -> Any:
     """``y = x @ W.T`` for a TT-matrix ``W`` (``M × N``): maps ``x[..., N]`` to ``y[..., M]``.
 
@@ -758,6 +759,10 @@ def apply(
         Force a contraction order (see :func:`contraction_plan`).
     memory_budget : int
         Largest intermediate in elements before the batch is processed in chunks.
+    plan : ContractionPlan, optional
+        A plan from :func:`contraction_plan` for these shapes and this batch, to skip
+        planning on every call (a layer can keep one per batch size); overrides
+        ``order``, ``split`` and ``memory_budget``.
 
     Returns
     -------
@@ -767,7 +772,8 @@ def apply(
     Raises
     ------
     ShapeError
-        The last axis of ``x`` is not ``N``, or the cores do not chain.
+        The last axis of ``x`` is not ``N``, the cores do not chain, or ``plan`` was made
+        for other shapes or another batch size.
     BackendMismatchError
         ``x`` and the cores differ in library, dtype (including complex/real) or device.
 
@@ -791,7 +797,20 @@ def apply(
     xp = _check_operands(x, cores, n_total)
     lead = tuple(int(s) for s in x.shape[:-1])
     batch = math.prod(lead)
-    plan = _plan(row_shape, col_shape, ranks, batch, order, split, memory_budget)
+    if plan is None:
+        plan = _plan(row_shape, col_shape, ranks, batch, order, split, memory_budget)
+    elif (plan.row_shape, plan.col_shape, plan.ranks, plan.batch) != (
+        row_shape,
+        col_shape,
+        ranks,
+        batch,
+    ):
+        raise ShapeError(
+            f"plan is for row_shape={plan.row_shape}, col_shape={plan.col_shape}, "
+            f"ranks={plan.ranks}, batch={plan.batch}; got row_shape={row_shape}, "
+            f"col_shape={col_shape}, ranks={ranks}, batch={batch}. Make it with "
+            "contraction_plan(cores, batch) for this input."
+        )
     from ._backend import is_torch
 
     if is_torch(x):
