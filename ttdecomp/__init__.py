@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from . import counts, errors, shapes
 from ._validation import attainable_ranks
-from .contract import ContractionCost, ContractionPlan, contraction_plan, linear, ttm_matmul
+from .contract import (
+    ContractionCost,
+    ContractionPlan,
+    contraction_plan,
+    estimate_costs,
+    linear,
+    ttm_matmul,
+)
 from .counts import (
     activation_memory,
     apply_flops,
@@ -43,6 +50,7 @@ __all__ = [
     "contraction_plan",
     "counts",
     "errors",
+    "estimate_costs",
     "factorize",
     "from_tensorly",
     "from_tt_shape",

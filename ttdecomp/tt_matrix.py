@@ -226,6 +226,32 @@ class TTMatrix:
             )
         return xp.matrix_transpose(self.apply(xp.matrix_transpose(other)))
 
+    def matmul(
+        self, other: TTMatrix | TensorTrain, *, eps: float | None = None, ranks: Any = None
+    ) -> TTMatrix | TensorTrain:
+        """``W @ other`` in TT form for a TT operand, optionally rounded (``@`` cannot round).
+
+        Parameters
+        ----------
+        other : TTMatrix or TensorTrain
+            A TT-matrix whose ``row_shape`` equals this ``col_shape``, or a train over it.
+        eps, ranks
+            Rounding of the product, as in :func:`ttdecomp.round`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import ttdecomp as tt
+        >>> A = tt.random_ttm((2, 3), (4, 2), 2, seed=0)
+        >>> B = tt.random_ttm((4, 2), (3, 3), 2, seed=1)
+        >>> C = A.matmul(B, eps=1e-12)
+        >>> C.shape, bool(np.allclose(C.full(), A.full() @ B.full()))
+        ((6, 9), True)
+        """
+        from .contract import ttm_matmul
+
+        return ttm_matmul(self, other, eps=eps, ranks=ranks)
+
     # ---------------------------------------------------------------- algebra via the TT view
     def _wrap(self, tt: TensorTrain) -> TTMatrix:
         return TTMatrix.from_tensor_train(tt, self.row_shape, self.col_shape)
