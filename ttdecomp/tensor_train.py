@@ -16,9 +16,8 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-import array_api_compat
-
 from ._backend import get_namespace, is_complex, to_float
+from ._cores import CoreTrain
 from ._validation import check_cores
 from .errors import BackendMismatchError, ShapeError
 
@@ -35,7 +34,7 @@ def _scalar_like(xp: Any, value: Any, ref: Any) -> Any:
     raise TypeError(f"expected a scalar, got {type(value).__name__}")
 
 
-class TensorTrain:
+class TensorTrain(CoreTrain):
     """A tensor in tensor-train (TT) format.
 
     Parameters
@@ -77,37 +76,12 @@ class TensorTrain:
         return tuple(int(c.shape[1]) for c in self.cores)
 
     @property
-    def ndim(self) -> int:
-        """Number of cores ``d``."""
-        return len(self.cores)
-
-    @property
-    def ranks(self) -> tuple[int, ...]:
-        """TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
-        return (1,) + tuple(int(c.shape[-1]) for c in self.cores)
-
-    @property
-    def n_params(self) -> int:
-        """Numbers stored: ``Σ r_{k-1} n_k r_k``."""
-        return sum(math.prod(c.shape) for c in self.cores)
-
-    @property
     def full_size(self) -> int:
         """Entries of the dense tensor: ``∏ n_k``."""
         return math.prod(self.shape)
 
-    @property
-    def dtype(self) -> Any:
-        """The cores' dtype."""
-        return self.cores[0].dtype
-
-    @property
-    def device(self) -> Any:
-        """The cores' device."""
-        return array_api_compat.device(self.cores[0])
-
     def __repr__(self) -> str:
-        bound = "" if self.error_bound is None else f", error_bound={self.error_bound:.3g}"
+        bound = self._bound_repr()
         return f"TensorTrain(shape={self.shape}, ranks={self.ranks}, dtype={self.dtype}{bound})"
 
     # ---------------------------------------------------------------- dense

@@ -21,9 +21,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import array_api_compat
-
 from ._backend import get_namespace, to_float
+from ._cores import CoreTrain
 from ._validation import check_cores
 from .errors import ShapeError
 from .tensor_train import TensorTrain
@@ -31,7 +30,7 @@ from .tensor_train import TensorTrain
 __all__ = ["TTMatrix"]
 
 
-class TTMatrix:
+class TTMatrix(CoreTrain):
     """A matrix in tensor-train (TT-matrix, a.k.a. MPO) format.
 
     Parameters
@@ -78,34 +77,9 @@ class TTMatrix:
         return math.prod(self.row_shape), math.prod(self.col_shape)
 
     @property
-    def ndim(self) -> int:
-        """Number of cores ``d``."""
-        return len(self.cores)
-
-    @property
-    def ranks(self) -> tuple[int, ...]:
-        """TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
-        return (1,) + tuple(int(c.shape[-1]) for c in self.cores)
-
-    @property
-    def n_params(self) -> int:
-        """Numbers stored: ``Σ r_{k-1} m_k n_k r_k``."""
-        return sum(math.prod(c.shape) for c in self.cores)
-
-    @property
     def full_size(self) -> int:
         """Entries of the dense matrix: ``M · N``."""
         return math.prod(self.shape)
-
-    @property
-    def dtype(self) -> Any:
-        """The cores' dtype."""
-        return self.cores[0].dtype
-
-    @property
-    def device(self) -> Any:
-        """The cores' device."""
-        return array_api_compat.device(self.cores[0])
 
     @property
     def layout(self) -> str:
@@ -119,7 +93,7 @@ class TTMatrix:
         return "mixed"
 
     def __repr__(self) -> str:
-        bound = "" if self.error_bound is None else f", error_bound={self.error_bound:.3g}"
+        bound = self._bound_repr()
         return (
             f"TTMatrix(shape={self.shape}, row_shape={self.row_shape}, "
             f"col_shape={self.col_shape}, ranks={self.ranks}, dtype={self.dtype}{bound})"
