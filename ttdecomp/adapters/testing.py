@@ -148,5 +148,8 @@ def distributed_train_worker(
         }
         if rank == 0:
             torch.save(state, out_file)
+        # every rank leaves together: a rank tearing gloo down while its peer is still
+        # inside a collective aborts the peer ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
