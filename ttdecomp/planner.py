@@ -50,6 +50,7 @@ import numpy as np
 
 from . import counts
 from ._backend import check_array, is_torch
+from ._validation import check_eps
 from .errors import InvalidInputError, ShapeError, TTError, TTWarning
 from .shapes import LAYOUTS, MAX_PRIME, prime_factors, split_shapes, tensorize
 from .shapes import _balanced as balanced_factors
@@ -321,19 +322,6 @@ def _check_budget(budget: Any, dense: int, what: str = "the weight") -> int | No
         f"budget must be an int (parameters) or a float in (0, 1) (fraction of {what}'s "
         f"dense size), got {type(budget).__name__}."
     )
-
-
-def _check_eps(eps: Any) -> float | None:
-    if eps is None:
-        return None
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise InvalidInputError(f"eps must be a float in (0, 1), got {eps!r}.")
-    eps = float(eps)
-    if not math.isfinite(eps) or eps <= 0 or eps >= 1:
-        raise InvalidInputError(
-            f"eps is the relative Frobenius error target and must lie in (0, 1), got {eps}."
-        )
-    return eps
 
 
 def _check_opt_int(value: Any, name: str) -> int | None:
@@ -720,7 +708,7 @@ def plan(
     elif shape is None:
         raise ShapeError("give the weight's shape (out_features, in_features) or weight=W.")
     m, n = _check_shape(shape)
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     budget_n = _check_budget(budget, m * n)
     if budget_n is None and eps is None:
         raise InvalidInputError(
@@ -1087,7 +1075,7 @@ def plan_model(
     ['q', 'ffn']
     """
     layout = _check_layout(layout)
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     max_rank = _check_opt_int(max_rank, "max_rank")
     batch_n = _check_opt_int(batch, "batch") or 1
     lora_rank = _check_opt_int(lora_rank, "lora_rank") or 8
