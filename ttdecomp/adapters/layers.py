@@ -199,6 +199,26 @@ class TTLoRAAdapter(_TTAdapter):
         return tt_linear(self.dropout(x), cores)
 
 
+def _loretta_cores(
+    shape: tuple[tuple[int, ...], tuple[int, ...]],
+    tensor_rank: int,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+) -> nn.ParameterList:
+    """Cores of one LoRETTA TT-matrix ``(row_shape, col_shape)`` with uniform interior rank."""
+    return _make_cores(
+        *shape, _interior_ranks(len(shape[0]), tensor_rank), dtype=dtype, device=device
+    )
+
+
+def _loretta_gaussian_(*trains: Sequence[torch.Tensor]) -> None:
+    """LoRETTA's init: Gaussian cores giving each TT-matrix entry variance 1/(in + out)."""
+    for cores in trains:
+        rows = math.prod(int(c.shape[1]) for c in cores)
+        cols = math.prod(int(c.shape[2]) for c in cores)
+        gaussian_tt_cores_(cores, 1.0 / (rows + cols))
+
+
 class LoRETTARepAdapter(_TTAdapter):
     """LoRETTA-rep: ΔW = (alpha / r) · B A with A (r × in) and B (out × r) TT-matrices.
 
@@ -231,22 +251,15 @@ class LoRETTARepAdapter(_TTAdapter):
     ) -> None:
         super().__init__()
         self.scaling = float(alpha) / int(r)
-        self.a_cores = _make_cores(
-            *a_shape, _interior_ranks(len(a_shape[0]), tensor_rank), dtype=dtype, device=device
-        )
-        self.b_cores = _make_cores(
-            *b_shape, _interior_ranks(len(b_shape[0]), tensor_rank), dtype=dtype, device=device
-        )
+        self.a_cores = _loretta_cores(a_shape, tensor_rank, dtype, device)
+        self.b_cores = _loretta_cores(b_shape, tensor_rank, dtype, device)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if self.a_cores[0].device.type != "meta":
             self.reset_parameters(init)
 
     def reset_parameters(self, init: str) -> None:
         """Gaussian cores; with ``init="zero"`` the last core of B is zero (ΔW = 0)."""
-        for cores in (self.a_cores, self.b_cores):
-            rows = math.prod(int(c.shape[1]) for c in cores)
-            cols = math.prod(int(c.shape[2]) for c in cores)
-            gaussian_tt_cores_(cores, 1.0 / (rows + cols))
+        _loretta_gaussian_(self.a_cores, self.b_cores)
         if init == "zero":
             with torch.no_grad():
                 self.b_cores[-1].zero_()
@@ -286,15 +299,8 @@ class LoRETTAAdpAdapter(_TTAdapter):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        self.down_cores = _make_cores(
-            *down_shape,
-            _interior_ranks(len(down_shape[0]), tensor_rank),
-            dtype=dtype,
-            device=device,
-        )
-        self.up_cores = _make_cores(
-            *up_shape, _interior_ranks(len(up_shape[0]), tensor_rank), dtype=dtype, device=device
-        )
+        self.down_cores = _loretta_cores(down_shape, tensor_rank, dtype, device)
+        self.up_cores = _loretta_cores(up_shape, tensor_rank, dtype, device)
         self.down_bias = nn.Parameter(
             torch.zeros(math.prod(down_shape[0]), dtype=dtype, device=device)
         )
@@ -306,10 +312,7 @@ class LoRETTAAdpAdapter(_TTAdapter):
 
     def reset_parameters(self, init: str) -> None:
         """Gaussian cores, zero biases; ``init="zero"`` zeroes the last up core (identity map)."""
-        for cores in (self.down_cores, self.up_cores):
-            rows = math.prod(int(c.shape[1]) for c in cores)
-            cols = math.prod(int(c.shape[2]) for c in cores)
-            gaussian_tt_cores_(cores, 1.0 / (rows + cols))
+        _loretta_gaussian_(self.down_cores, self.up_cores)
         with torch.no_grad():
             self.down_bias.zero_()
             self.up_bias.zero_()
