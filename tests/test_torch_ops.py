@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import random_array, seeds, torch, ttm_layouts
 
@@ -168,3 +168,56 @@ def test_non_contiguous_input_and_chunked_backward():
         ref = torch.autograd.grad((x @ dense(cores).T * g).sum(), [base, *cores])
         for a, b in zip(grads, ref):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["one-gemm", "looped"])
+@pytest.mark.parametrize("dtype", ["float64", "complex128"])
+@settings(max_examples=10)
+@given(layout=ttm_layouts(max_cores=3, max_mode=3, max_rank=3), seed=seeds)
+def test_both_operand_gradient_strategies_equal_the_dense_gradients(loop, dtype, layout, seed):
+    # The operand gradient of a step with a (p, inner, cols) state is accumulated either
+    # by one GEMM over a permuted copy or by one GEMM per p; thresholds pick one by size,
+    # so force each in turn on small shapes, with chunking (budget 7) and without.
+    from ttdecomp import _torch_ops
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_torch_ops, "_LOOP_MIN_MACS", 0 if loop else 1 << 62)
+        _check_gradients_of_every_order(layout, dtype, seed)
+
+
+def _check_gradients_of_every_order(layout, dtype, seed):
+    rng = np.random.default_rng(seed)
+    cores = torch_cores(rng, layout, dtype)
+    n, m = math.prod(layout[1]), math.prod(layout[0])
+    x = torch.tensor(random_array(rng, (5, n), dtype), requires_grad=True)
+    g = torch.tensor(random_array(rng, (5, m), dtype))
+    ref = torch.autograd.grad((x @ dense(cores).T * g).real.sum(), [x, *cores])
+    for cost in estimate_costs(*layout, 5):
+        for budget in (7, 10**9):
+            y = apply(cores, x, order=cost.order, split=cost.split, memory_budget=budget)
+            grads = torch.autograd.grad((y * g).real.sum(), [x, *cores])
+            for a, b in zip(grads, ref):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=15)
+@given(
+    layout=ttm_layouts(max_cores=4, max_mode=5, max_rank=6),
+    batch=st.sampled_from([1, 3, 17, 200]),
+    budget=st.sampled_from([64, 1 << 22]),
+    seed=seeds,
+)
+# layouts where torch's kernels differed with requires_grad before the executor detached
+@example(layout=((4, 4), (5, 5), (1, 1, 1)), batch=3, budget=1 << 22, seed=0)
+@example(layout=((3, 4, 3, 1), (4, 1, 4, 3), (1, 4, 4, 3, 1)), batch=1, budget=1 << 22, seed=0)
+@example(layout=((4, 3, 3, 5), (4, 3, 3, 2), (1, 1, 4, 2, 1)), batch=200, budget=64, seed=0)
+def test_forward_is_bit_identical_whatever_requires_grad(layout, batch, budget, seed):
+    # torch.matmul picks other kernels (other rounding) when an operand requires grad;
+    # the executor runs on detached operands so y does not depend on autograd flags.
+    rng = np.random.default_rng(seed)
+    plain = torch_cores(rng, layout, "float32", requires_grad=False)
+    x = torch.tensor(random_array(rng, (batch, math.prod(layout[1])), "float32"))
+    y = apply(plain, x, memory_budget=budget)
+    y_cores = apply([c.clone().requires_grad_() for c in plain], x, memory_budget=budget)
+    y_x = apply(plain, x.clone().requires_grad_(), memory_budget=budget)
+    assert torch.equal(y, y_cores.detach()) and torch.equal(y, y_x.detach())

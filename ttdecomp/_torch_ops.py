@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -35,47 +36,81 @@ from .contract import (
 __all__ = ["tt_apply"]
 
 
+# A step whose state is ``(p, inner, cols)`` with ``cols > 1`` has its operand gradient
+# ``Σ_p grad[p] @ z[p]ᴴ`` contracted over ``(p, cols)``, two axes that are not adjacent
+# in ``z``: one GEMM needs a permuted copy of ``z`` (the size of the state). Looping over
+# ``p`` with one GEMM each needs no copy and wins (2x at p = 64, (64 x 1024 x 64) per
+# GEMM, 2 threads) once each GEMM is large enough to hide the per-call overhead.
+_LOOP_MIN_MACS = 1 << 18  # multiply-adds per GEMM of the loop
+_LOOP_MAX_P = 1024  # calls per chunk
+
+
+def _loops(step: _Step, batch: int) -> bool:
+    """Whether the operand gradient of ``step`` is accumulated one ``p`` at a time.
+
+    ``batch`` is the rows of ``x`` per chunk; the choice is made once per backward (from
+    the full chunk) so that every chunk accumulates in the same layout.
+    """
+    p = step.rows_factor * batch
+    rows = int(step.mat.shape[0])
+    big = rows * step.inner * step.cols >= _LOOP_MIN_MACS
+    return 1 < p <= _LOOP_MAX_P and step.cols > 1 and big
+
+
+def _acc_transposed(step: _Step, batch: int) -> bool:
+    """Whether the operand gradient of ``step`` is accumulated as ``(inner, out_rows)``.
+
+    BLAS writes a short-and-wide product up to 9x faster than a tall-and-thin one, and
+    the looped accumulation is fastest with ``z[p]`` as the untransposed left operand.
+    """
+    return _loops(step, batch) or int(step.mat.shape[0]) > step.inner
+
+
 def _step_backward(
     step: _Step,
+    mat_h: torch.Tensor,
     z: torch.Tensor,
     grad: torch.Tensor,
     batch: int,
     acc: torch.Tensor | None,
+    layout: tuple[bool, bool],
     out_z: torch.Tensor | None,
 ) -> None:
     """Backward of one step ``out[p] = mat @ z[p]``.
 
-    Adds ``Σ_p grad[p] @ z[p]ᴴ`` into ``acc`` (``(out_rows, inner)``) and writes
-    ``matᴴ @ grad[p]`` into ``out_z`` (``z``'s shape), each skipped when ``None``.
+    Adds ``Σ_p grad[p] @ z[p]ᴴ`` into ``acc`` and writes ``matᴴ @ grad[p]`` into ``out_z``
+    (``z``'s shape), each skipped when ``None``. ``mat_h`` is ``matᴴ``, row-major.
+    ``layout`` is ``(flipped, loop)`` from :func:`_acc_transposed` and :func:`_loops`:
+    ``acc`` is ``(out_rows, inner)``, or its transpose when ``flipped``.
     """
-    mat = step.mat.detach()
-    rows = int(mat.shape[0])
+    rows = int(mat_h.shape[1])
     p = step.rows_factor * batch
-    # ``acc`` is (out_rows, inner), or its transpose when out_rows > inner: BLAS is up to
-    # 9x faster writing a short-and-wide product than a tall-and-thin one.
-    flipped = acc is not None and tuple(acc.shape) != (rows, step.inner)
+    flipped, loop = layout
     if step.cols == 1:
         z2 = z.reshape(p, step.inner)  # (p, inner)
         g2 = grad.reshape(p, rows)  # (p, out_rows)
-        if flipped:
+        if acc is not None and flipped:
             acc.addmm_(z2.mH, g2)  # (inner, p) @ (p, out_rows)
         elif acc is not None:
             acc.addmm_(g2.mT, z2.conj())  # (out_rows, p) @ (p, inner)
         if out_z is not None:
-            torch.matmul(g2, mat.conj(), out=out_z.reshape(p, step.inner))  # (p, inner)
+            torch.matmul(g2, mat_h.mT, out=out_z.reshape(p, step.inner))  # (p, inner)
     elif p == 1:
         z2 = z.reshape(step.inner, step.cols)  # (inner, cols)
         g2 = grad.reshape(rows, step.cols)  # (out_rows, cols)
-        if flipped:
+        if acc is not None and flipped:
             acc.addmm_(z2.conj(), g2.mT)  # (inner, cols) @ (cols, out_rows)
         elif acc is not None:
             acc.addmm_(g2, z2.mH)  # (out_rows, cols) @ (cols, inner)
         if out_z is not None:
-            torch.matmul(mat.mH, g2, out=out_z.reshape(step.inner, step.cols))  # (inner, cols)
+            torch.matmul(mat_h, g2, out=out_z.reshape(step.inner, step.cols))  # (inner, cols)
     else:
         z3 = z.reshape(p, step.inner, step.cols)  # (p, inner, cols)
         g3 = grad.reshape(p, rows, step.cols)  # (p, out_rows, cols)
-        if acc is not None:
+        if acc is not None and loop:
+            for i in range(p):  # acc is (inner, out_rows)
+                acc.addmm_(z3[i].conj(), g3[i].mT)  # (inner, cols) @ (cols, out_rows)
+        elif acc is not None:
             g_mat = g3.permute(1, 0, 2).reshape(rows, p * step.cols)  # (out_rows, p cols)
             z_mat = z3.conj().permute(0, 2, 1).reshape(p * step.cols, step.inner)
             if flipped:
@@ -84,12 +119,14 @@ def _step_backward(
                 acc.addmm_(g_mat, z_mat)  # (out_rows, p cols) @ (p cols, inner)
         if out_z is not None:
             out3 = out_z.reshape(p, step.inner, step.cols)
-            torch.matmul(mat.mH, g3, out=out3)  # (p, inner, cols)
+            torch.matmul(mat_h, g3, out=out3)  # (p, inner, cols)
 
 
 def _backward_chunk(
     ops: _Ops,
     steps: Sequence[_Step],
+    mat_hs: Sequence[torch.Tensor],
+    layouts: Sequence[tuple[bool, bool]],
     x2: torch.Tensor,
     grad_y: torch.Tensor,
     grad_x: torch.Tensor | None,
@@ -113,7 +150,8 @@ def _backward_chunk(
         else:
             shape = _step_out_shape(steps[t - 1], batch)
             out_z = ops.view(grad_buffers[t % 2], shape)
-        _step_backward(steps[t], states[t], grad, batch, None if accs is None else accs[t], out_z)
+        acc = None if accs is None else accs[t]
+        _step_backward(steps[t], mat_hs[t], states[t], grad, batch, acc, layouts[t], out_z)
         grad = out_z
 
 
@@ -134,24 +172,27 @@ class _TTApply(torch.autograd.Function):
         need_cores = ctx.needs_input_grad[2:]
         batch = int(x2.shape[0])
         grad_y = grad_y.contiguous()
+        x2 = x2.detach()
         ops = _Ops(x2)
         with torch.enable_grad():
             leaves = [c.detach().requires_grad_(n) for c, n in zip(cores, need_cores)]
             steps = _prepare(ops, leaves, plan)
+        # the chunk loop runs on detached operands: its kernels (and rounding) then match
+        # the forward's, and nothing in it is recorded
+        dsteps = [replace(s, mat=s.mat.detach()) for s in steps]
+        mat_hs = [s.mat.mH.resolve_conj().contiguous() for s in dsteps]  # (inner, out_rows)
+        rows = min(plan.chunk, batch)
+        layouts = [(_acc_transposed(s, rows), _loops(s, rows)) for s in dsteps]
         grad_x = torch.empty_like(x2, memory_format=torch.contiguous_format) if need_x else None
         accs = None
         if any(need_cores):
+            # (out_rows, inner), or (inner, out_rows) where the layout says "flipped"
             accs = [
-                x2.new_zeros(
-                    tuple(s.mat.shape)
-                    if s.mat.shape[0] <= s.mat.shape[1]
-                    else tuple(s.mat.shape)[::-1]
-                )
-                for s in steps
-            ]  # (out_rows, inner), transposed when out_rows > inner
-        rows = min(plan.chunk, batch)
-        state_buffers = _state_buffers(ops, steps, rows, x2)
-        sizes = [math.prod(_step_out_shape(s, rows)) for s in steps[:-1]]
+                x2.new_zeros(tuple(s.mat.shape)[::-1] if flipped else tuple(s.mat.shape))
+                for s, (flipped, _) in zip(dsteps, layouts)
+            ]
+        state_buffers = _state_buffers(ops, dsteps, rows, x2)
+        sizes = [math.prod(_step_out_shape(s, rows)) for s in dsteps[:-1]]
         grad_buffers = [torch.empty(max(sizes, default=0), dtype=x2.dtype, device=x2.device)] * 2
         if len(sizes) > 1:
             grad_buffers[1] = torch.empty_like(grad_buffers[0])
@@ -159,7 +200,9 @@ class _TTApply(torch.autograd.Function):
             for i in range(0, batch, plan.chunk):
                 _backward_chunk(
                     ops,
-                    steps,
+                    dsteps,
+                    mat_hs,
+                    layouts,
                     x2[i : i + plan.chunk],
                     grad_y[i : i + plan.chunk],
                     None if grad_x is None else grad_x[i : i + plan.chunk],
@@ -173,7 +216,7 @@ class _TTApply(torch.autograd.Function):
             grads = torch.autograd.grad(
                 [s.mat for s in steps],
                 [leaves[k] for k in wanted],
-                [a if a.shape == s.mat.shape else a.mT for a, s in zip(accs, steps)],
+                [a.mT if flipped else a for a, (flipped, _) in zip(accs, layouts)],
                 allow_unused=True,
             )
             for k, g in zip(wanted, grads):

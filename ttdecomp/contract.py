@@ -527,6 +527,8 @@ class _Ops:
     def __init__(self, like: Any, counter: list[int] | None = None) -> None:
         from ._backend import get_namespace, is_numpy, is_torch
 
+        if is_numpy(like):
+            import numpy as np
         self.supports_out = is_torch(like) or is_numpy(like)
         if is_torch(like):
             import torch
@@ -535,6 +537,7 @@ class _Ops:
             self.permute = torch.permute
             self._matmul = torch.matmul
             self.concat = torch.cat
+            self.contiguous = torch.Tensor.contiguous
             self.empty = lambda n, ref: torch.empty(n, dtype=ref.dtype, device=ref.device)
         else:
             xp = get_namespace(like)
@@ -542,6 +545,8 @@ class _Ops:
             self.permute = xp.permute_dims
             self._matmul = xp.matmul
             self.concat = lambda pieces: xp.concat(pieces, axis=0)
+            # numpy can lay an operand out row-major; the array API has no layouts
+            self.contiguous = np.ascontiguousarray if is_numpy(like) else lambda a: a
             self.empty = lambda n, ref: xp.empty(n, dtype=ref.dtype)
         self.counter = counter
 
@@ -618,12 +623,16 @@ def _sweep_operands(ops: _Ops, cores: Sequence[Any], order: str) -> list[_Step]:
             r_prev, m, n, r_next = (int(s) for s in core.shape)
             mat = ops.permute(core, (1, 3, 0, 2))  # (m_k, r_k, r_{k-1}, n_k)
             mat = ops.reshape(mat, (m * r_next, r_prev * n))  # (m_k r_k, r_{k-1} n_k)
+            # row-major: as a GEMM operand a transposed view can be 2-3x slower (MKL,
+            # (256, 4096) @ (4096, 10)); the copy is the size of a core
+            mat = ops.contiguous(mat)
             # state (B M_{<k}, r_{k-1} n_k, N_{>k}) -> (B M_{<k}, m_k r_k, N_{>k})
             steps.append(_Step(mat, math.prod(ms[:k]), r_prev * n, math.prod(ns[k + 1 :])))
     else:
         for k in reversed(range(len(cores))):
             r_prev, m, n, r_next = (int(s) for s in cores[k].shape)
             mat = ops.reshape(cores[k], (r_prev * m, n * r_next))  # (r_{k-1} m_k, n_k r_k)
+            mat = ops.contiguous(mat)  # a free reshape of a core, unless it was a view
             # state (B N_{<k}, n_k r_k, M_{>k}) -> (B N_{<k}, r_{k-1} m_k, M_{>k})
             steps.append(_Step(mat, math.prod(ns[:k]), n * r_next, math.prod(ms[k + 1 :])))
     return steps
@@ -702,6 +711,34 @@ def _state_buffers(ops: _Ops, steps: Sequence[_Step], rows: int, like: Any) -> l
     return [ops.empty(math.prod(_step_out_shape(s, rows)), like) for s in steps[:-1]]
 
 
+def _pingpong_buffers(ops: _Ops, steps: Sequence[_Step], rows: int, like: Any) -> list[Any]:
+    """Flat buffers for the states between steps when only the latest state is needed.
+
+    Step ``t`` reads the state in buffer ``(t - 1) % 2`` and writes buffer ``t % 2``, so
+    two buffers (one allocation) serve any number of steps: fewer fresh pages to fault in
+    than one buffer per state, which on CPU costs more than the GEMMs at small batches.
+    Returned as one entry per state, alternating, for :func:`_run`.
+    """
+    sizes = [math.prod(_step_out_shape(s, rows)) for s in steps[:-1]]
+    if not sizes:
+        return []
+    even, odd = max(sizes[0::2]), max(sizes[1::2], default=0)
+    workspace = ops.empty(even + odd, like)
+    pair = (workspace[:even], workspace[even:])
+    return [pair[t % 2] for t in range(len(sizes))]
+
+
+def _detached(a: Any) -> Any:
+    """A torch tensor without autograd history (no-op for other arrays).
+
+    The executor runs on detached operands so that its kernels, and therefore its
+    rounding, do not depend on ``requires_grad``: torch's ``matmul`` folds a batched
+    product into one GEMM only when no operand requires grad.
+    """
+    detach = getattr(a, "detach", None)
+    return a if detach is None or not getattr(a, "requires_grad", False) else detach()
+
+
 def _execute(
     cores: Sequence[Any],
     x2: Any,
@@ -710,21 +747,24 @@ def _execute(
 ) -> Any:
     """Run ``plan`` on ``x2`` (``(B, N)``) in chunks of ``plan.chunk`` rows.
 
-    Chunks reuse one set of state buffers and write straight into the output where the
-    backend allows it (numpy, torch), so chunking costs no extra copies.
+    Chunks reuse one pair of state buffers and write straight into the output where the
+    backend allows it (numpy, torch), so chunking costs no extra copies. Torch operands
+    are detached first: gradients are the job of :mod:`ttdecomp._torch_ops`.
     """
+    cores = [_detached(c) for c in cores]
+    x2 = _detached(x2)
     ops = _Ops(x2, counter)
     batch = int(x2.shape[0])
     steps = _prepare(ops, cores, plan)
-    if batch <= plan.chunk:
-        return _run(ops, steps, x2)
-    starts = range(0, batch, plan.chunk)
+    starts = range(0, batch, max(plan.chunk, 1))
     if not ops.supports_out:
+        if batch <= plan.chunk:
+            return _run(ops, steps, x2)
         return ops.concat([_run(ops, steps, x2[i : i + plan.chunk, ...]) for i in starts])
     last = steps[-1]
     m_total = last.rows_factor * int(last.mat.shape[0]) * last.cols
     y = ops.view(ops.empty(batch * m_total, x2), (batch, m_total))  # (B, M)
-    buffers = _state_buffers(ops, steps, plan.chunk, x2)
+    buffers = _pingpong_buffers(ops, steps, min(plan.chunk, batch), x2)
     for i in starts:
         _run(ops, steps, x2[i : i + plan.chunk, ...], y[i : i + plan.chunk, ...], buffers)
     return y
