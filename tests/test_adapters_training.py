@@ -188,8 +188,14 @@ def test_autocast_bfloat16_forward_and_backward():
     torch.manual_seed(0)
     model = get_tt_model(tiny_model("gpt2"), TTLoRAConfig(tt_rank=2))
     model.train()
+    seen = []
+    for module in model.modules():
+        if type(module).__name__ == "TTLoRAAdapter":
+            module.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(**tiny_batch("gpt2")).loss
+    # the adapters' TT contractions run in the autocast dtype, as a LoRA's matmuls would
+    assert seen and set(seen) == {torch.bfloat16}
     loss.backward()
     assert all(
         p.grad is not None and p.grad.dtype == torch.float32

@@ -221,3 +221,40 @@ def test_forward_is_bit_identical_whatever_requires_grad(layout, batch, budget, 
     y_cores = apply([c.clone().requires_grad_() for c in plain], x, memory_budget=budget)
     y_x = apply(plain, x.clone().requires_grad_(), memory_budget=budget)
     assert torch.equal(y, y_cores.detach()) and torch.equal(y, y_x.detach())
+
+
+def test_autocast_casts_like_f_linear_and_keeps_float32_gradients():
+    from ttdecomp.errors import BackendMismatchError
+
+    rng = np.random.default_rng(7)
+    layout = ((2, 4, 2), (4, 2, 2), (1, 3, 3, 1))
+    cores = torch_cores(rng, layout, "float32")
+    bias = torch.randn(16, requires_grad=True)
+    x = torch.randn(6, 16, requires_grad=True)
+    g = torch.randn(6, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = linear(x, cores, bias)
+        ref = torch.nn.functional.linear(x, dense(cores), bias)
+        # an activation that autocast already made bfloat16 meets float32 cores
+        y_bf16_in = apply(cores, x.detach().bfloat16())
+        # backward inside the region must not re-cast the recomputation
+        grads = torch.autograd.grad((y.float() * g).sum(), [x, bias, *cores])
+    assert y.dtype == ref.dtype == y_bf16_in.dtype == torch.bfloat16
+    # the same bf16-rounded operands in float32: only the bf16 products/sums differ
+    exact = x.bfloat16().float() @ dense([c.bfloat16().float() for c in cores]).T
+    exact = exact + bias.bfloat16().float()
+    scale = exact.abs().max()
+    assert (y.float() - exact).abs().max() <= 0.05 * scale
+    assert (y_bf16_in.float() - (y - bias.bfloat16()).float()).abs().max() <= 0.05 * scale
+    ref_grads = torch.autograd.grad((exact * g).sum(), [x, bias, *cores])
+    for a, b in zip(grads, ref_grads):
+        assert a.dtype == torch.float32
+        assert (a - b).abs().max() <= 0.05 * b.abs().max()
+    # float64 is not an autocast dtype: untouched, identical to the result without autocast
+    c64 = [c.detach().double() for c in cores]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y64 = apply(c64, x.detach().double())
+    assert y64.dtype == torch.float64 and torch.equal(y64, apply(c64, x.detach().double()))
+    # without autocast a bfloat16/float32 mix is an error, not a silent promotion
+    with pytest.raises(BackendMismatchError, match="dtype"):
+        apply(cores, x.detach().bfloat16())

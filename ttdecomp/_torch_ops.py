@@ -33,7 +33,41 @@ from .contract import (
     _step_out_shape,
 )
 
-__all__ = ["tt_apply"]
+__all__ = ["autocast_operands", "tt_apply"]
+
+
+def autocast_operands(
+    x: torch.Tensor, cores: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor], str | None]:
+    """Cast ``x`` and the cores as autocast casts a matmul's operands, if it is on.
+
+    Under ``torch.autocast`` on ``x``'s device type, every float16/bfloat16/float32
+    operand is cast to the autocast dtype (float64 and complex stay, as autocast leaves
+    them), like ``F.linear``'s. The casts are ordinary autograd ops, so gradients reach
+    float32 parameters in float32. Returns the operands and the device type to disable
+    autocast for while the contraction runs (``None`` when autocast is off).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x, cores = torch.ones(2, 3), [torch.ones(1, 2, 3, 1)]
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     x2, cores2, device_type = autocast_operands(x, cores)
+    >>> x2.dtype, cores2[0].dtype, device_type
+    (torch.bfloat16, torch.bfloat16, 'cpu')
+    >>> autocast_operands(x, cores)[0].dtype
+    torch.float32
+    """
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return x, list(cores), None
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        eligible = t.is_floating_point() and t.dtype != torch.float64
+        return t.to(dtype) if eligible and t.dtype != dtype else t
+
+    return cast(x), [cast(c) for c in cores], device_type
 
 
 # A step whose state is ``(p, inner, cols)`` with ``cols > 1`` has its operand gradient
@@ -166,6 +200,13 @@ class _TTApply(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> Any:
+        # the operands were cast (or not) before forward; an autocast region around
+        # .backward() must not re-cast the recomputation
+        with torch.autocast(grad_y.device.type, enabled=False):
+            return _TTApply._backward(ctx, grad_y)
+
+    @staticmethod
+    def _backward(ctx: Any, grad_y: torch.Tensor) -> Any:
         x2, *cores = ctx.saved_tensors
         plan: ContractionPlan = ctx.plan
         need_x = ctx.needs_input_grad[1]

@@ -788,6 +788,10 @@ def apply(
     dtype, gradients flowing to ``x`` and every core through an autograd Function that
     saves only ``x`` and the cores), other array-API arrays work through the standard.
 
+    Under ``torch.autocast`` the operands are cast as for ``F.linear`` (float32, float16
+    and bfloat16 to the autocast dtype; float64 and complex untouched) and the result is
+    in the autocast dtype; gradients reach float32 cores in float32.
+
     Parameters
     ----------
     ttm_or_cores : TTMatrix or sequence of arrays
@@ -834,6 +838,13 @@ def apply(
     cores = _cores_of(ttm_or_cores)
     row_shape, col_shape, ranks = _shapes(cores)
     n_total, m_total = math.prod(col_shape), math.prod(row_shape)
+    from ._backend import is_torch
+
+    amp_device = None
+    if is_torch(x):
+        from ._torch_ops import autocast_operands
+
+        x, cores, amp_device = autocast_operands(x, cores)
     xp = _check_operands(x, cores, n_total)
     lead = tuple(int(s) for s in x.shape[:-1])
     batch = math.prod(lead)
@@ -851,12 +862,16 @@ def apply(
             f"col_shape={col_shape}, ranks={ranks}, batch={batch}. Make it with "
             "contraction_plan(cores, batch) for this input."
         )
-    from ._backend import is_torch
-
     if is_torch(x):
         from ._torch_ops import tt_apply
 
-        y2 = tt_apply(cores, x.reshape(batch, n_total), plan)
+        if amp_device is None:
+            y2 = tt_apply(cores, x.reshape(batch, n_total), plan)
+        else:  # operands already cast: the contraction runs with autocast off
+            import torch
+
+            with torch.autocast(amp_device, enabled=False):
+                y2 = tt_apply(cores, x.reshape(batch, n_total), plan)
     else:
         x2 = xp.reshape(x, (batch, n_total))  # (B, N)
         y2 = _execute(cores, x2, plan)  # (B, M)
@@ -898,6 +913,12 @@ def linear(x: Any, ttm_or_cores: Any, bias: Any | None = None) -> Any:
             "feature (M = ∏ row_shape)."
         )
     _check_operands(bias, _cores_of(ttm_or_cores), m_total, what="bias")
+    from ._backend import is_torch
+
+    if is_torch(bias) and bias.dtype != y.dtype:  # autocast cast the matmul's operands
+        from ._torch_ops import autocast_operands
+
+        bias = autocast_operands(bias, [])[0]
     return y + bias
 
 

@@ -17,7 +17,6 @@ inputs are cast to the adapter dtype and the adapter's output back to the layer'
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from collections.abc import Sequence
@@ -478,21 +477,15 @@ class TTAdapterLayer(nn.Module):
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
         y = self.base_layer(x, *args, **kwargs)
-        device_type = y.device.type
-        # Adapters run in their own dtype; under autocast they run un-autocast (the TT
-        # contraction's autograd Function keeps its operands in one dtype).
-        with (
-            torch.autocast(device_type, enabled=False)
-            if torch.is_autocast_enabled(device_type)
-            else contextlib.nullcontext()
-        ):
-            for name in self.active_adapters:
-                if name in self.merged_adapters:
-                    continue
-                adapter = self.tt_adapters[name]
-                dtype = _param_dtype(adapter)
-                source = x if adapter.kind == "parallel" else y
-                y = y + adapter(source.to(dtype)).to(y.dtype)
+        # Adapters compute in their own dtype; under autocast their TT contractions cast
+        # like F.linear (ttdecomp.contract.apply), so they run in the autocast dtype.
+        for name in self.active_adapters:
+            if name in self.merged_adapters:
+                continue
+            adapter = self.tt_adapters[name]
+            dtype = _param_dtype(adapter)
+            source = x if adapter.kind == "parallel" else y
+            y = y + adapter(source.to(dtype)).to(y.dtype)
         return y
 
     def extra_repr(self) -> str:
