@@ -25,6 +25,7 @@ from ttdecomp.contract import (
     ORDERS,
     ContractionCost,
     ContractionPlan,
+    MachineModel,
     _execute,
     apply,
     contraction_plan,
@@ -83,7 +84,8 @@ def test_every_order_gives_the_same_result_and_counted_flops_equal_the_model(lay
     costs = estimate_costs(*layout, batch)
     assert {c.order for c in costs} == set(ORDERS) - ({"merged"} if len(cores) == 1 else set())
     for budget in (1, 10**9):  # chunked row by row, and in one piece
-        for cost in costs:
+        # float64 cores: 8 bytes per element in the time estimate
+        for cost in estimate_costs(*layout, batch, itemsize=8, memory_budget=budget):
             plan = contraction_plan(
                 cores, batch, order=cost.order, split=cost.split, memory_budget=budget
             )
@@ -95,12 +97,16 @@ def test_every_order_gives_the_same_result_and_counted_flops_equal_the_model(lay
 
 
 @given(layout=ttm_layouts(), batch=st.integers(1, 10_000))
-def test_plan_picks_the_fewest_flops_and_chunks_within_budget(layout, batch):
-    costs = estimate_costs(*layout, batch)
+def test_plan_picks_the_fastest_estimate_and_chunks_within_budget(layout, batch):
+    # float64 cores: 8 bytes per element in the traffic estimate
+    costs = estimate_costs(*layout, batch, itemsize=8, memory_budget=1000)
     rows, cols, ranks = layout
     cores = [np.zeros((ranks[k], rows[k], cols[k], ranks[k + 1])) for k in range(len(rows))]
     plan = contraction_plan(cores, batch, memory_budget=1000)
-    assert plan.cost.flops == min(c.flops for c in costs)
+    assert plan.cost.seconds == min(c.seconds for c in costs)
+    assert plan.candidates[0] == plan.cost
+    by_flops = contraction_plan(cores, batch, machine=MachineModel.flops_only())
+    assert by_flops.cost.flops == min(c.flops for c in costs)
     assert sorted(plan.candidates, key=lambda c: (c.order, c.split or 0)) == sorted(
         costs, key=lambda c: (c.order, c.split or 0)
     )
@@ -134,6 +140,36 @@ def test_cost_model_numbers_for_the_issue_examples():
     assert plan_cost.saved == batch * 4096 + sum(
         ranks[k] * rows[k] * cols[k] * ranks[k + 1] for k in range(12)
     )
+
+
+def test_time_estimate_is_the_roofline_of_each_gemm():
+    # one core (M x N): every order is one GEMM of x (B, N) with W (M, N); with unit rates,
+    # no cache and 1-byte items the estimate is max(FLOPs, elements moved)
+    unit = MachineModel(flop_rate=1.0, bandwidth=1.0, cache_bytes=0, op_overhead=0.0)
+    m, n, batch = 3, 5, 7
+    for cost in estimate_costs((m,), (n,), (1, 1), batch, machine=unit, itemsize=1):
+        assert cost.seconds == max(2 * batch * m * n, batch * n + batch * m + m * n)
+    # overhead: one call per GEMM; a cache that holds W removes its traffic but not x's/y's
+    slow_calls = MachineModel(flop_rate=1e30, bandwidth=1.0, cache_bytes=m * n, op_overhead=9.0)
+    for cost in estimate_costs((m,), (n,), (1, 1), batch, machine=slow_calls, itemsize=1):
+        assert cost.seconds == pytest.approx(9.0 + batch * (n + m))
+
+
+@given(layout=ttm_layouts(), batch=st.integers(0, 5000))
+def test_estimated_time_grows_with_the_batch(layout, batch):
+    now = estimate_costs(*layout, batch)
+    more = estimate_costs(*layout, batch + 1 + batch // 3)
+    for a, b in zip(now, more):
+        assert (a.order, a.split) == (b.order, b.split)
+        assert 0 <= a.seconds <= b.seconds
+
+
+def test_machine_defaults_and_bad_machine():
+    cores = [np.zeros((1, 4, 4, 2)), np.zeros((2, 4, 4, 1))]
+    assert contraction_plan(cores, 8).machine == MachineModel.cpu()
+    assert contraction_plan(cores, 8, machine=MachineModel.cuda()).machine == MachineModel.cuda()
+    with pytest.raises(ShapeError, match="MachineModel"):
+        contraction_plan(cores, 8, machine="gpu")
 
 
 def test_contraction_cost_is_a_frozen_dataclass():

@@ -12,6 +12,7 @@ from ._validation import attainable_ranks
 from .contract import (
     ContractionCost,
     ContractionPlan,
+    MachineModel,
     contraction_plan,
     estimate_costs,
     linear,
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ContractionCost",
     "ContractionPlan",
+    "MachineModel",
     "ModelPlan",
     "Plan",
     "TTMatrix",
