@@ -43,6 +43,7 @@ library). Torch tensors that need gradients go through a memory-lean autograd Fu
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -354,9 +355,10 @@ def _merge_ops(
     return ops
 
 
+@functools.lru_cache(maxsize=256)
 def _candidates(
     row_shape: tuple[int, ...], col_shape: tuple[int, ...], ranks: tuple[int, ...]
-) -> list[_Candidate]:
+) -> tuple[_Candidate, ...]:
     """Every order's cost, in O(d²) arithmetic from prefix products.
 
     Sweep step ``k`` is a GEMM of a ``(rows, inner)`` core matrix with ``P`` state
@@ -427,7 +429,7 @@ def _candidates(
             (dense_step,),
         )
     )
-    return out
+    return tuple(out)
 
 
 def _check_shape_args(
@@ -672,6 +674,9 @@ def contraction_plan(
     )
 
 
+# A layer calls apply() with the same shapes every step: plans are pure functions of
+# their (hashable) arguments, so they are memoised (immutable results, bounded cache).
+@functools.lru_cache(maxsize=1024)
 def _plan(
     row_shape: tuple[int, ...],
     col_shape: tuple[int, ...],
@@ -702,7 +707,7 @@ def _plan(
         col_shape,
         ranks,
         chosen.direction,
-        tuple(candidates),
+        candidates,
         machine,
         itemsize,
         memory_budget,
