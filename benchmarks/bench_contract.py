@@ -255,6 +255,12 @@ def _sweep(torch, lib, runs):
                 "dense": {"order": "dense"},
             }
             for name in ("ltr", "rtl", "dense"):
+                if plan.order == name:
+                    # the plan *is* this order (same code path): timing it twice would
+                    # only compare noise with noise; it gets auto's samples
+                    del forced[name]
+                    row["same"] = name
+                    continue
                 # An order the model puts at > SKIP_FACTOR x the plan's FLOPs is not timed
                 # (right-to-left on a split layout forms a B·N·r·M outer product).
                 flops = contraction_plan(cores, batch, order=name).cost.flops
@@ -263,7 +269,7 @@ def _sweep(torch, lib, runs):
                     row[name] = None
                     row[name + "_gflop"] = flops / 1e9
             samples = {k: [] for k in forced}
-            n = max(runs, 5) if batch >= 1024 else max(runs, 15)
+            n = max(runs, 5) if batch >= 1024 else max(runs, 15 if batch >= 64 else 41)
             for kwargs in forced.values():
                 apply(cores, x, **kwargs)  # warm-up
             for _ in range(n):  # interleaved, so load hits all orders alike
@@ -272,6 +278,8 @@ def _sweep(torch, lib, runs):
                     apply(cores, x, **kwargs)
                     samples[name].append(time.perf_counter() - t0)
             row.update({k: statistics.median(v) for k, v in samples.items()})
+            if "same" in row:
+                row[row["same"]] = row["auto"]
             rows[batch] = row
     return {"rows": rows}
 
@@ -421,13 +429,15 @@ def main() -> None:
                 ratio = row["auto"] / best
                 worst = max(worst, ratio)
                 cells = [f"{row['auto'] * 1e3:>10.3f}"] + [
-                    f"{row[k] * 1e3:>10.3f}" if row[k] is not None else f"{'skip':>10}"
+                    f"{'= auto':>10}"
+                    if row.get("same") == k
+                    else (f"{row[k] * 1e3:>10.3f}" if row[k] is not None else f"{'skip':>10}")
                     for k in ("ltr", "rtl", "dense")
                 ]
                 print(f"  {batch:>6}{row['plan']:>11}" + "".join(cells) + f"{ratio:>7.2f}x")
             print(
                 f"  (skip: the cost model puts that order above {SKIP_FACTOR}x the plan's "
-                "FLOPs, so it is not timed)"
+                "FLOPs, so it is not timed; = auto: the plan is that order, timed once)"
             )
             print(
                 f"  target: auto never > 1.10x the better of dense and core-by-core: worst "
