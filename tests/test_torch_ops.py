@@ -258,3 +258,23 @@ def test_autocast_casts_like_f_linear_and_keeps_float32_gradients():
     # without autocast a bfloat16/float32 mix is an error, not a silent promotion
     with pytest.raises(BackendMismatchError, match="dtype"):
         apply(cores, x.detach().bfloat16())
+
+
+def test_meta_tensors_stay_on_their_device_through_forward_and_backward():
+    # "meta" tensors have shapes but no data: any hidden host copy or device-specific call
+    # (autocast queries included) would fail here, so this runs the device-generic paths
+    # that CUDA tensors take, on a machine without a GPU.
+    layout = ((2, 4, 2), (4, 2, 2), (1, 3, 3, 1))
+    rows, cols, ranks = layout
+    cores = [
+        torch.empty(ranks[k], rows[k], cols[k], ranks[k + 1], device="meta", requires_grad=True)
+        for k in range(3)
+    ]
+    x = torch.empty(5, 16, device="meta", requires_grad=True)
+    for cost in estimate_costs(*layout, 5):
+        y = apply(cores, x, order=cost.order, split=cost.split, memory_budget=8)
+        assert y.device.type == "meta" and y.shape == (5, 16)
+        grads = torch.autograd.grad(y.sum(), [x, *cores])
+        assert all(
+            g.device.type == "meta" and g.shape == t.shape for g, t in zip(grads, [x, *cores])
+        )

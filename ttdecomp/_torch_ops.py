@@ -36,6 +36,14 @@ from .contract import (
 __all__ = ["autocast_operands", "tt_apply"]
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``; False for types autocast does not know."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except RuntimeError:  # e.g. "meta": no autocast dispatch key
+        return False
+
+
 def autocast_operands(
     x: torch.Tensor, cores: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, list[torch.Tensor], str | None]:
@@ -59,7 +67,7 @@ def autocast_operands(
     torch.float32
     """
     device_type = x.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not _autocast_enabled(device_type):
         return x, list(cores), None
     dtype = torch.get_autocast_dtype(device_type)
 
@@ -202,7 +210,10 @@ class _TTApply(torch.autograd.Function):
     def backward(ctx: Any, grad_y: torch.Tensor) -> Any:
         # the operands were cast (or not) before forward; an autocast region around
         # .backward() must not re-cast the recomputation
-        with torch.autocast(grad_y.device.type, enabled=False):
+        device_type = grad_y.device.type
+        if not _autocast_enabled(device_type):
+            return _TTApply._backward(ctx, grad_y)
+        with torch.autocast(device_type, enabled=False):
             return _TTApply._backward(ctx, grad_y)
 
     @staticmethod
