@@ -356,11 +356,34 @@ def _merge_ops(
     return ops
 
 
+def _candidate(
+    order: str,
+    split: int | None,
+    direction: str,
+    setup_ops: Sequence[tuple[int, int]],
+    steps: Sequence[tuple[int, int, int, int]],
+    blocks: int,
+) -> _Candidate:
+    """A candidate from its kernels: FLOP totals and the largest state follow from them."""
+    return _Candidate(
+        order,
+        split,
+        direction,
+        sum(f for f, _ in setup_ops),
+        sum(st[0] for st in steps),
+        # the state after the last step is the output y: not an intermediate
+        max((st[2] for st in steps[:-1]), default=0),
+        blocks,
+        tuple(setup_ops),
+        tuple(steps),
+    )
+
+
 @functools.lru_cache(maxsize=256)
 def _candidates(
     row_shape: tuple[int, ...], col_shape: tuple[int, ...], ranks: tuple[int, ...]
 ) -> tuple[_Candidate, ...]:
-    """Every order's cost, in O(d²) arithmetic from prefix products.
+    """Every order's kernels and costs, in O(d²) arithmetic.
 
     Sweep step ``k`` is a GEMM of a ``(rows, inner)`` core matrix with ``P`` state
     matrices ``(inner, cols)``: ``2 P · rows · inner · cols`` FLOPs, output
@@ -369,67 +392,25 @@ def _candidates(
     (left block), or a core ``(r_{k-1} m n, r_k)`` by ``(r_k, ∏ m_i n_i)`` (right block).
     """
     d = len(row_shape)
-    pm, pn, pmn = [1], [1], [1]  # prefix products of m, n and m·n
-    for m, n in zip(row_shape, col_shape):
-        pm.append(pm[-1] * m)
-        pn.append(pn[-1] * n)
-        pmn.append(pmn[-1] * m * n)
-    m_total, n_total, mn_total = pm[-1], pn[-1], pmn[-1]
-    r = ranks
-    out = []
-    for order in ("ltr", "rtl"):
-        copies, steps = _sweep_ops(row_shape, col_shape, r, order)
-        flops = sum(st[0] for st in steps)
-        # the state after the last step is the output y: not an intermediate
-        state = max((st[2] for st in steps[:-1]), default=0)
-        out.append(_Candidate(order, None, order, 0, flops, state, 0, tuple(copies), tuple(steps)))
-    # merging cost of cores [0, s) as a left block, and of [s, d) as a right block
-    left = [0] * (d + 1)
-    for k in range(1, d):
-        left[k + 1] = left[k] + 2 * pmn[k] * r[k] * row_shape[k] * col_shape[k] * r[k + 1]
-    right = [0] * (d + 1)
-    for k in reversed(range(d - 1)):
-        mn_k = row_shape[k] * col_shape[k]
-        right[k] = right[k + 1] + 2 * r[k] * mn_k * r[k + 1] * (mn_total // pmn[k + 1])
+    m_total, n_total = math.prod(row_shape), math.prod(col_shape)
+    out = [
+        _candidate(o, None, o, *_sweep_ops(row_shape, col_shape, ranks, o), 0) for o in ORDERS[:2]
+    ]
     for s in range(1, d):
-        ml, nl, rs = pm[s], pn[s], r[s]
+        ml, nl, rs = math.prod(row_shape[:s]), math.prod(col_shape[:s]), ranks[s]
         mr, nr = m_total // ml, n_total // nl
-        ltr = 2 * ml * rs * nl * nr + 2 * ml * mr * rs * nr
-        rtl = 2 * nl * rs * mr * nr + 2 * ml * nl * rs * mr
+        sweeps = {o: _sweep_ops((ml, mr), (nl, nr), (1, rs, 1), o) for o in ORDERS[:2]}
+        flops = {o: sum(st[0] for st in steps) for o, (_, steps) in sweeps.items()}
         # ties go right to left: its batched GEMM has the long inner dimension (N_L r)
-        direction = "ltr" if ltr < rtl else "rtl"
-        setup = _merge_ops(row_shape[:s], col_shape[:s], r[: s + 1], "ltr")
-        setup += _merge_ops(row_shape[s:], col_shape[s:], r[s:], "rtl")
-        copies, steps = _sweep_ops((ml, mr), (nl, nr), (1, rs, 1), direction)
+        direction = "ltr" if flops["ltr"] < flops["rtl"] else "rtl"
+        copies, steps = sweeps[direction]
+        setup = _merge_ops(row_shape[:s], col_shape[:s], ranks[: s + 1], "ltr")
+        setup += _merge_ops(row_shape[s:], col_shape[s:], ranks[s:], "rtl")
         blocks = max(ml * nl, mr * nr) * rs
-        out.append(
-            _Candidate(
-                "merged",
-                s,
-                direction,
-                left[s] + right[s],
-                min(ltr, rtl),
-                steps[0][2],
-                blocks,
-                tuple(setup + copies),
-                tuple(steps),
-            )
-        )
-    dense_setup = _merge_ops(row_shape, col_shape, r, "ltr")
+        out.append(_candidate("merged", s, direction, setup + copies, steps, blocks))
+    dense_setup = _merge_ops(row_shape, col_shape, ranks, "ltr")
     dense_step = (2 * m_total * n_total, n_total, m_total, m_total * n_total)
-    out.append(
-        _Candidate(
-            "dense",
-            None,
-            "dense",
-            left[d],
-            2 * m_total * n_total,
-            0,
-            mn_total,
-            tuple(dense_setup),
-            (dense_step,),
-        )
-    )
+    out.append(_candidate("dense", None, "dense", dense_setup, [dense_step], m_total * n_total))
     return tuple(out)
 
 
