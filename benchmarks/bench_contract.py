@@ -115,24 +115,10 @@ def worker(workload: str, lib: str, runs: int) -> dict:
         base = _rss_mb()
         with torch.no_grad():
             result["times"] = _time(fn, runs)
-    elif workload == "fwdbwd":
+    elif workload in ("fwdbwd", "lora"):
         x = torch.randn(8192, 4096, requires_grad=True)
         g = torch.randn(8192, 4096)
-        fwd, params = _fwdbwd(torch, lib)
-        base = _rss_mb()
-
-        def step():
-            x.grad = None
-            for p in params:
-                p.grad = None
-            fwd(x).backward(g)
-
-        result["times"] = _time(step, runs)
-        result["saved_mb"] = _saved_mb(torch, lambda: fwd(x))
-    elif workload == "lora":
-        x = torch.randn(8192, 4096, requires_grad=True)
-        g = torch.randn(8192, 4096)
-        fwd, params = _lora(torch, lib)
+        fwd, params = (_fwdbwd if workload == "fwdbwd" else _lora)(torch, lib)
         base = _rss_mb()
 
         def step():
