@@ -127,10 +127,10 @@ class MachineModel:
     def cpu(cls) -> MachineModel:
         """A multicore CPU: 10 FLOP per byte, 1 MiB of cache per operand, no call overhead.
 
-        Fitted (``flop_rate / bandwidth`` and the cache size) on 28 layout × batch
-        configurations of forward ``apply`` timed with torch on 2 cores: over all of
-        them, the chosen order is at most 1.01x the better of dense and core-by-core
-        (FLOPs alone: 1.23x) and within 1.21x of the fastest candidate.
+        Chosen by timing every candidate of 4 layouts × 7 batch sizes (1–4096 rows) with
+        torch on 2 cores (``benchmarks/bench_plan_model.py``). In the last run the chosen
+        order was at most 1.09x the better of dense and core-by-core and 1.008x the
+        fastest candidate in geometric mean; ranking by FLOPs alone gave 1.28x and 1.039x.
         """
         return cls(flop_rate=60e9, bandwidth=6e9, cache_bytes=1 << 20, op_overhead=0.0)
 
