@@ -27,6 +27,20 @@ def _adapter_params(model) -> dict:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _train_losses(model, batch: dict, steps: int, lr: float) -> list[float]:
+    """AdamW on the trainable parameters for ``steps`` steps; the loss of each step."""
+    model.train()
+    opt = torch.optim.AdamW(_adapter_params(model).values(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def test_forward_keeps_base_signature_and_attributes():
     import inspect
 
@@ -171,16 +185,7 @@ def test_bfloat16_base_trains_float32_adapters():
     params = _adapter_params(model)
     assert {p.dtype for p in params.values()} == {torch.float32}
     assert model(**tiny_batch("llama")).logits.dtype == torch.bfloat16
-    opt = torch.optim.AdamW(params.values(), lr=1e-2)
-    model.train()
-    batch = tiny_batch("llama")
-    losses = []
-    for _ in range(6):
-        opt.zero_grad()
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _train_losses(model, tiny_batch("llama"), steps=6, lr=1e-2)
     assert losses[-1] < losses[0]
 
 
@@ -270,15 +275,7 @@ def test_all_minilm_l6_v2_end_to_end(tmp_path):
     ):
         model = get_tt_model(load(), config)
         assert len(model.targeted_module_names) == 12  # 6 layers x 2
-        model.train()
-        opt = torch.optim.AdamW(_adapter_params(model).values(), lr=5e-3)
-        losses = []
-        for _ in range(6):
-            opt.zero_grad()
-            loss = model(**enc, labels=labels).loss
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+        losses = _train_losses(model, {**enc, "labels": labels}, steps=6, lr=5e-3)
         assert losses[-1] < losses[0]
         model.eval()
         out = tmp_path / config.method
@@ -286,7 +283,7 @@ def test_all_minilm_l6_v2_end_to_end(tmp_path):
         with torch.no_grad():
             expected = model(**enc).logits
             loaded = TTAdapterModel.from_pretrained(load(), out)
-            # Frozen and trainable cores may take different contraction paths: float32 rounding.
+            # a fresh base model and loaded cores: equal up to float32 rounding
             torch.testing.assert_close(loaded(**enc).logits, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -316,15 +313,7 @@ def test_smollm2_decoder_end_to_end(tmp_path):
     assert (v.out_features, v.in_features) == (192, 576)  # GQA value projection
     with torch.no_grad():
         torch.testing.assert_close(model(**enc).logits, plain, rtol=0, atol=0)
-    model.train()
-    opt = torch.optim.AdamW(_adapter_params(model).values(), lr=1e-2)
-    losses = []
-    for _ in range(3):
-        opt.zero_grad()
-        loss = model(**enc, labels=labels).loss
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _train_losses(model, {**enc, "labels": labels}, steps=3, lr=1e-2)
     assert losses[-1] < losses[0]
     model.eval()
     with torch.no_grad():
