@@ -15,6 +15,7 @@ Methods: ``tt-lora``, ``lora`` (PEFT), ``loretta-rep``, ``loretta-adp``; ``head-
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -32,24 +33,26 @@ from .dialogues import (
     DialogueSplits,
     TokenizeReport,
     prompt_text,
+    reply_prompt,
     tokenize_dialogues,
 )
 from .methods import MethodSettings, apply_method, save_adapted
-from .smollm2 import quantized_model_message
+from .smollm2 import load_causal_lm
 from .train import TrainSettings, fit, is_main_process
 
 __all__ = [
     "CAUSAL_METHODS",
+    "CAUSAL_SPLIT",
     "DEFAULT_CAUSAL_TARGETS",
     "CausalDataset",
+    "CausalJob",
     "evaluate_base",
     "evaluate_lm",
     "generate_reply",
-    "load_causal_lm",
     "make_collator",
     "prepare_causal",
-    "reply_prompt",
     "run_causal",
+    "tokenize_splits",
 ]
 
 #: The methods a causal LM can be fine-tuned with.
@@ -104,7 +107,7 @@ class CausalDataset(torch.utils.data.Dataset):
         return self.features[i]
 
 
-def prepare_causal(
+def tokenize_splits(
     tokenizer: Any, splits: DialogueSplits, *, max_length: int = 128
 ) -> dict[str, CausalDataset]:
     """Tokenise the three splits once, to share across every (method, seed) run.
@@ -113,7 +116,7 @@ def prepare_causal(
 
     Examples
     --------
-    >>> datasets = prepare_causal(tokenizer, splits, max_length=128)  # doctest: +SKIP
+    >>> datasets = tokenize_splits(tokenizer, splits, max_length=128)  # doctest: +SKIP
     >>> datasets["train"].report.summary()  # doctest: +SKIP
     '803 examples, 12,994 reply tokens; cut to fit: 9 history, 0 prompt, 24 reply'
     """
@@ -140,46 +143,6 @@ def make_collator(tokenizer: Any) -> CausalLMCollator:
             "token; set tokenizer.pad_token before fine-tuning."
         )
     return CausalLMCollator(int(pad))
-
-
-def load_causal_lm(model_dir: str | os.PathLike[str], seed: int = 0) -> Any:
-    """A causal LM from a local folder in float32, seeded, checked to be trainable.
-
-    Parameters
-    ----------
-    model_dir : path
-        A ``save_pretrained`` folder (for SmolLM2:
-        :func:`~ttdecomp.finetune.smollm2.smollm2_checkpoint`).
-    seed : int
-        Passed to ``transformers.set_seed`` before loading (adapter initialisation follows).
-
-    Raises
-    ------
-    InvalidInputError
-        For a folder that holds no causal LM, or a model still carrying a quantizer (the message
-        says how to clear it).
-
-    Examples
-    --------
-    >>> load_causal_lm("/nonexistent")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ttdecomp.errors.InvalidInputError: cannot load a causal LM from /nonexistent: ...
-    """
-    from transformers import AutoModelForCausalLM, set_seed
-
-    set_seed(seed)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidInputError(
-            f"cannot load a causal LM from {model_dir}: {first} Expected a folder written by "
-            "save_pretrained (config.json and weights), e.g. smollm2_checkpoint()."
-        ) from None
-    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
-        raise InvalidInputError(quantized_model_message(model))
-    return model
 
 
 def _device(model: Any) -> torch.device:
@@ -255,23 +218,6 @@ def evaluate_lm(
         raise InvalidInputError("the dataset has no reply tokens (every label is -100).")
     loss = float(total) / tokens
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": tokens}
-
-
-def reply_prompt(dialogues: Sequence[Dialogue]) -> list[dict[str, str]]:
-    """The messages before the first assistant turn of the first dialogue that has one.
-
-    The held-out prompt a run answers (use the test split).
-
-    Examples
-    --------
-    >>> reply_prompt([({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"})])
-    [{'role': 'user', 'content': 'Hi'}]
-    """
-    for dialogue in dialogues:
-        for k, message in enumerate(dialogue):
-            if message["role"] == "assistant" and k > 0 and dialogue[k - 1]["role"] == "user":
-                return [dict(m) for m in dialogue[:k]]
-    raise InvalidInputError("no dialogue holds an assistant turn after a user turn to prompt.")
 
 
 def generate_reply(
@@ -416,7 +362,7 @@ def run_causal(
     max_length : int
         Tokens per example (ignored when ``datasets`` is given).
     datasets : mapping, optional
-        ``train``/``validation``/``test`` :class:`CausalDataset` from :func:`prepare_causal`,
+        ``train``/``validation``/``test`` :class:`CausalDataset` from :func:`tokenize_splits`,
         reused across runs.
     before : mapping, optional
         :func:`evaluate_base` of the base model, reused across runs; computed when missing.
@@ -459,7 +405,7 @@ def run_causal(
     _check_method(settings.method)
     run_dir = Path(run_dir)
     if datasets is None:
-        datasets = prepare_causal(tokenizer, splits, max_length=max_length)
+        datasets = tokenize_splits(tokenizer, splits, max_length=max_length)
     if prompt is None:
         prompt = reply_prompt(splits.test)
     collator = make_collator(tokenizer)
@@ -509,3 +455,176 @@ def run_causal(
         settings=settings.to_dict(),
     )
     return row
+
+
+# ---------------------------------------------------------------------- the orchestrator's job
+#: Causal split when the configuration gives none: validation and test fractions of the
+#: distinct dialogues, the rest trains (English chatterbot: 718 / 90 / 90).
+CAUSAL_SPLIT = (0.1, 0.1)
+# FinetuneConfig fills these classification sizes in when none are given; they do not fit a
+# dialogue corpus (898 distinct English chatterbot dialogues), so they mean "not given" here.
+_CLASSIFICATION_SIZES = {(1000, 300, 600), (240, 100, 200)}
+_BEFORE_KEYS = (
+    "val_loss_before",
+    "val_perplexity_before",
+    "test_loss_before",
+    "test_perplexity_before",
+    "reply_before",
+)
+
+
+class CausalJob:
+    """Data, tokenizer and checkpoint loaded once, shared by every causal-LM run of a comparison.
+
+    Made by :func:`prepare_causal`; :meth:`run` is one (method, seed) row
+    (:func:`run_causal`), the base model's evaluation is computed in the first run and reused.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        tokenizer: Any,
+        splits: DialogueSplits,
+        source: str,
+        datasets: dict[str, CausalDataset],
+        targets: list[str],
+        max_length: int,
+        n_left_out: int,
+    ) -> None:
+        self.model_dir, self.tokenizer, self.splits = model_dir, tokenizer, splits
+        self.source, self.datasets, self.targets = source, datasets, targets
+        self.max_length, self.n_left_out = max_length, n_left_out
+        self.prompt = reply_prompt(splits.test)
+        self.before: dict[str, Any] | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the three splits' dialogues (``--resume`` checks it)."""
+        import hashlib
+
+        text = json.dumps([self.splits.train, self.splits.validation, self.splits.test])
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        """The ``data`` entry of ``results.json``."""
+        from dataclasses import asdict
+
+        return {
+            "source": self.source,
+            "sizes": self.splits.sizes,
+            "duplicates_removed": self.splits.n_duplicates,
+            "train_left_out": self.n_left_out,
+            "split_seed": self.splits.seed,
+            "max_length": self.max_length,
+            "tokenized": {name: asdict(d.report) for name, d in self.datasets.items()},
+            "fingerprint": self.fingerprint,
+            "targets": self.targets,
+            "prompt": self.prompt,
+        }
+
+    def run(self, settings: MethodSettings, train: TrainSettings, run_dir: Path) -> dict[str, Any]:
+        """One (method, seed) row: :func:`run_causal` on the shared data."""
+        row = run_causal(
+            model_dir=self.model_dir,
+            tokenizer=self.tokenizer,
+            splits=self.splits,
+            settings=settings,
+            train=train,
+            run_dir=run_dir,
+            targets=self.targets,
+            datasets=self.datasets,
+            before=self.before,
+            prompt=self.prompt,
+        )
+        if self.before is None:
+            self.before = {k: row[k] for k in _BEFORE_KEYS if k in row}
+        return row
+
+    def finalize(self, document: dict[str, Any]) -> None:
+        """Add the replies (the base model's and every run's) to ``results.json``."""
+        rows = document.get("rows", [])
+        document["replies"] = {
+            "prompt": self.prompt,
+            "before": next((r["reply_before"] for r in rows if "reply_before" in r), None),
+            "after": {f"{r['method']}-seed{r['seed']}": r.get("reply") for r in rows},
+        }
+
+
+def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> CausalJob:
+    """Load and check everything a causal-LM comparison needs, before any training.
+
+    Parameters
+    ----------
+    config : FinetuneConfig
+        ``data``, ``methods``, ``targets`` (default ``q_proj``, ``v_proj``), ``max_length``,
+        ``sizes`` (train cap, validation, test counts; the classification defaults mean
+        :data:`CAUSAL_SPLIT`) and ``method_settings()`` are read.
+    model_path : path
+        SmolLM2's GGUF file (the clean checkpoint is made or found by
+        :func:`~ttdecomp.finetune.smollm2.smollm2_checkpoint`) or a local causal-LM folder.
+    progress : bool
+        Loading progress bars.
+
+    Raises
+    ------
+    InvalidInputError
+        For ``head-only`` or unknown methods, data that is not dialogues, an empty split, or a
+        target that matches no layer (checked on a weightless copy of the model).
+
+    Examples
+    --------
+    >>> job = prepare_causal(FinetuneConfig(model="smollm2", data="chatterbot"),
+    ...                      assets.model_path("smollm2"))  # doctest: +SKIP
+    >>> job.splits.sizes  # doctest: +SKIP
+    {'train': 718, 'validation': 90, 'test': 90}
+    """
+    import random
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .dialogues import load_data, split_dialogues
+    from .smollm2 import smollm2_checkpoint
+
+    settings = config.method_settings()
+    for method in settings:
+        _check_method(method)
+    dialogues, source = load_data(config.data)
+    sizes = tuple(config.sizes) if config.sizes is not None else None
+    if sizes is None or sizes in _CLASSIFICATION_SIZES:
+        splits = split_dialogues(dialogues, validation=CAUSAL_SPLIT[0], test=CAUSAL_SPLIT[1])
+        n_left_out = 0
+    else:
+        splits = split_dialogues(dialogues, validation=sizes[1], test=sizes[2])
+        train = list(splits.train)
+        n_left_out = max(0, len(train) - sizes[0])
+        if n_left_out:  # a seeded subset of the training dialogues, in their order
+            keep = sorted(random.Random(0).sample(range(len(train)), sizes[0]))
+            splits = DialogueSplits(
+                [train[i] for i in keep],
+                splits.validation,
+                splits.test,
+                n_duplicates=splits.n_duplicates,
+                seed=splits.seed,
+            )
+    model_path = Path(model_path)
+    if model_path.is_file() and model_path.suffix == ".gguf":
+        model_path = smollm2_checkpoint(progress=progress)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        model_config = AutoConfig.from_pretrained(str(model_path))
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(
+            f"cannot load the model or tokenizer in {model_path}: {exc}"
+        ) from None
+    targets = list(config.targets or DEFAULT_CAUSAL_TARGETS)
+    for method, method_settings in settings.items():  # targets and shapes, no weights read
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(model_config)
+        try:
+            apply_method(skeleton, method_settings, targets=targets, task="causal")
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{method}: {exc}") from None
+    datasets = tokenize_splits(tokenizer, splits, max_length=config.max_length)
+    return CausalJob(
+        model_path, tokenizer, splits, source, datasets, targets, config.max_length, n_left_out
+    )

@@ -36,8 +36,10 @@ __all__ = [
     "TokenizeReport",
     "chatterbot_languages",
     "load_chatterbot",
+    "load_data",
     "load_dialogues_jsonl",
     "prompt_text",
+    "reply_prompt",
     "split_dialogues",
     "tokenize_dialogues",
 ]
@@ -616,3 +618,45 @@ class CausalLMCollator:
             )
             for key, pad in pads.items()
         }
+
+
+def reply_prompt(dialogues: Sequence[Dialogue]) -> list[dict[str, str]]:
+    """The messages before the first assistant turn of the first dialogue that has one.
+
+    The held-out prompt a run answers (use the test split).
+
+    Examples
+    --------
+    >>> reply_prompt([({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"})])
+    [{'role': 'user', 'content': 'Hi'}]
+    """
+    for dialogue in dialogues:
+        for k, message in enumerate(dialogue):
+            if message["role"] == "assistant" and k > 0 and dialogue[k - 1]["role"] == "user":
+                return [dict(m) for m in dialogue[:k]]
+    raise InvalidInputError("no dialogue holds an assistant turn after a user turn to prompt.")
+
+
+def load_data(data: str) -> tuple[list[Dialogue], str]:
+    """Dialogues of ``--data``: ``chatterbot``, ``chatterbot:<language>`` or a JSONL file.
+
+    Returns the dialogues and a description of their source.
+
+    Examples
+    --------
+    >>> dialogues, source = load_data("chatterbot")  # doctest: +SKIP
+    >>> load_data("tweets.csv")
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.InvalidInputError: causal-LM data must be chatterbot, chatterbot:<language> \
+or a .jsonl file of {"prompt", "reply"} or {"messages"} lines; got 'tweets.csv'.
+    """
+    if data == "chatterbot" or data.startswith("chatterbot:"):
+        language = data.partition(":")[2] or "english"
+        return load_chatterbot(language), f"chatterbot-corpus ({language})"
+    if Path(data).suffix.lower() == ".jsonl":
+        return load_dialogues_jsonl(data), str(Path(data))
+    raise InvalidInputError(
+        "causal-LM data must be chatterbot, chatterbot:<language> or a .jsonl file of "
+        f'{{"prompt", "reply"}} or {{"messages"}} lines; got {data!r}.'
+    )

@@ -33,6 +33,7 @@ __all__ = [
     "clear_quantizer",
     "default_cache_dir",
     "find_gguf",
+    "load_causal_lm",
     "load_smollm2",
     "quantized_model_message",
     "smollm2_checkpoint",
@@ -325,3 +326,44 @@ def load_smollm2(
             _write_cache(model, tokenizer, folder, gguf)
     model.eval()
     return clear_quantizer(model), tokenizer
+
+
+def load_causal_lm(model_dir: str | os.PathLike[str], seed: int = 0) -> Any:
+    """A causal LM from a local folder in float32, seeded, checked to be trainable.
+
+    Parameters
+    ----------
+    model_dir : path
+        A ``save_pretrained`` folder (for SmolLM2:
+        :func:`~ttdecomp.finetune.smollm2.smollm2_checkpoint`).
+    seed : int
+        Passed to ``transformers.set_seed`` before loading (adapter initialisation follows).
+
+    Raises
+    ------
+    InvalidInputError
+        For a folder that holds no causal LM, or a model still carrying a quantizer (the message
+        says how to clear it).
+
+    Examples
+    --------
+    >>> load_causal_lm("/nonexistent")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.InvalidInputError: cannot load a causal LM from /nonexistent: ...
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, set_seed
+
+    set_seed(seed)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInputError(
+            f"cannot load a causal LM from {model_dir}: {first} Expected a folder written by "
+            "save_pretrained (config.json and weights), e.g. smollm2_checkpoint()."
+        ) from None
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
+        raise InvalidInputError(quantized_model_message(model))
+    return model
