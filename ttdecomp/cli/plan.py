@@ -1,6 +1,4 @@
-"""The ``ttdecomp`` command.
-
-``ttdecomp plan`` prints a compression plan for one weight shape or for every linear layer
+"""``ttdecomp plan``: print a compression plan for one weight shape or for every linear layer
 of a checkpoint::
 
     ttdecomp plan 4096x4096 --budget 50000
@@ -24,12 +22,12 @@ import io
 import json
 import re
 import sys
-from collections.abc import Sequence
 
-from .errors import TTError
-from .planner import plan, plan_model
+from ..errors import TTError
+from ..planner import plan, plan_model
+from ._common import progress_default
 
-__all__ = ["main", "parse_budget", "parse_shape"]
+__all__ = ["add_parser", "parse_budget", "parse_shape", "run"]
 
 _SHAPE = re.compile(r"^\s*(\d+)\s*[x×,]\s*(\d+)\s*$")
 _SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9}
@@ -72,9 +70,8 @@ def parse_budget(text: str) -> int | float:
         ) from None
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ttdecomp", description="Tensor-train compression tools.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``plan`` and its options to the ``ttdecomp`` sub-commands."""
     p = sub.add_parser(
         "plan",
         help="plan a TT-matrix compression for a shape or a checkpoint",
@@ -116,17 +113,8 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="progress bar on stderr (default: when stderr is a terminal)",
     )
-    return parser
-
-
-def _progress_default(flag: bool | None) -> bool:
-    if flag is not None:
-        return flag
-    try:
-        import tqdm  # noqa: F401
-    except ImportError:
-        return False
-    return sys.stderr.isatty()
+    p.set_defaults(run=run)
+    return p
 
 
 def _render(records: list[dict], fmt: str) -> str:
@@ -138,6 +126,21 @@ def _render(records: list[dict], fmt: str) -> str:
     for rec in records:
         writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in rec.items()})
     return buf.getvalue().rstrip("\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``ttdecomp plan`` with parsed ``args``; print the plan; return the exit status."""
+    try:
+        out = _run_plan(args)
+    except (TTError, FileNotFoundError, ImportError) as exc:
+        message = str(exc).replace("pass pad=True", "pass --pad")
+        print(f"ttdecomp plan: error: {message}", file=sys.stderr)
+        return 2
+    try:
+        print(out)
+    except BrokenPipeError:  # e.g. `ttdecomp plan ... | head`
+        sys.stderr.close()
+    return 0
 
 
 def _run_plan(args: argparse.Namespace) -> str:
@@ -164,32 +167,7 @@ def _run_plan(args: argparse.Namespace) -> str:
         pattern=args.layers,
         use_weights=not args.shapes_only,
         verify=args.verify,
-        progress=_progress_default(args.progress),
+        progress=progress_default(args.progress),
         **common,
     )
     return str(model_plan) if args.format == "table" else _render(model_plan.records(), args.format)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ttdecomp`` command; returns the exit status.
-
-    Examples
-    --------
-    >>> main(["plan", "768x768", "--budget", "5000"])  # doctest: +ELLIPSIS
-    TT plan for a 768 x 768 weight: split layout, 8 cores, tt_shape [16, 4, 4, 3, 3, 4, 4, 16]
-    ...
-    0
-    """
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    try:
-        out = _run_plan(args)
-    except (TTError, FileNotFoundError, ImportError) as exc:
-        message = str(exc).replace("pass pad=True", "pass --pad")
-        print(f"ttdecomp {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    try:
-        print(out)
-    except BrokenPipeError:  # e.g. `ttdecomp plan ... | head`
-        sys.stderr.close()
-    return 0

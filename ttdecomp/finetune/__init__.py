@@ -1,0 +1,50 @@
+"""Fine-tuning with TT adapters: what ``ttdecomp finetune`` runs, as a Python API.
+
+Sits above :mod:`ttdecomp.adapters` and below the command line. One training function
+(:func:`~ttdecomp.finetune.train.fit`, on ``transformers.Trainer``) serves every method and
+task; :func:`finetune` runs methods × seeds on one model and data set and writes the report.
+
+* :mod:`~ttdecomp.finetune.assets` — the packaged offline models and data, by name.
+* :mod:`~ttdecomp.finetune.data` — labelled text: cleaning, balancing, seeded splits.
+* :mod:`~ttdecomp.finetune.methods` — TT-LoRA, LoRA (PEFT), LoRETTA-rep/adp, head-only.
+* :mod:`~ttdecomp.finetune.train` — :func:`fit`: validation-chosen state, timings, memory.
+* :mod:`~ttdecomp.finetune.classify` — one classification run; reloading its adapter.
+* :mod:`~ttdecomp.finetune.causal` — one causal-LM run (SmolLM2 on dialogues).
+* :mod:`~ttdecomp.finetune.report` — the table, ``results.json``, the figures.
+* :mod:`~ttdecomp.finetune.run` — :func:`finetune`: every run, resumable.
+
+Examples
+--------
+>>> from ttdecomp.finetune import FinetuneConfig, finetune
+>>> result = finetune(FinetuneConfig(quick=True), output="quick-run")  # doctest: +SKIP
+>>> print(result.table)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .assets import AssetMissingError, asset_status
+from .classify import load_finetuned
+from .data import Splits, load_classification
+from .methods import DEFAULT_METHODS, METHODS, MethodSettings, apply_method, default_settings
+from .run import FinetuneConfig, FinetuneResult, finetune, load_results
+from .train import FitResult, TrainSettings, fit
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "METHODS",
+    "AssetMissingError",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "FitResult",
+    "MethodSettings",
+    "Splits",
+    "TrainSettings",
+    "apply_method",
+    "asset_status",
+    "default_settings",
+    "finetune",
+    "fit",
+    "load_classification",
+    "load_finetuned",
+    "load_results",
+]

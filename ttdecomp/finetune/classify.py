@@ -1,0 +1,240 @@
+"""One (method, seed) run of sequence classification: load, adapt, :func:`fit`, test once, save.
+
+The row a run returns is what the report tabulates: adapter and extra parameters, validation
+accuracy of the chosen state, test accuracy of that same state (test is evaluated once, after
+training), the validation history, timings and memory. The run folder receives the adapter
+(:func:`~ttdecomp.finetune.methods.save_adapted`) and the test logits, so a reloaded adapter can
+be checked against what the run predicted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError
+from .data import Splits
+from .methods import MethodSettings, apply_method, save_adapted
+from .train import TrainSettings, fit, is_main_process
+
+__all__ = ["TextDataset", "accuracy", "load_classifier", "predict_logits", "run_classification"]
+
+LOGITS_FILE = "test_logits.safetensors"
+
+
+class TextDataset(torch.utils.data.Dataset):
+    """Tokenised ``(text, label)`` pairs (no padding: the collator pads each batch)."""
+
+    def __init__(self, rows: list[tuple[str, int]], tokenizer: Any, max_length: int) -> None:
+        texts = [t for t, _ in rows]
+        enc = tokenizer(texts, truncation=True, max_length=max_length)
+        self.features = [
+            {**{k: enc[k][i] for k in enc}, "labels": int(rows[i][1])} for i in range(len(rows))
+        ]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.features[i]
+
+
+def accuracy(eval_pred: Any) -> dict[str, float]:
+    """``compute_metrics`` for ``Trainer``: the fraction of argmax predictions that are right.
+
+    Examples
+    --------
+    >>> accuracy((np.array([[0.1, 0.9], [0.8, 0.2]]), np.array([1, 1])))
+    {'accuracy': 0.5}
+    """
+    logits, labels = eval_pred
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports (the new head is expected) for one block."""
+    from transformers.utils import logging
+
+    previous = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(previous)
+
+
+def load_classifier(model_dir: str | os.PathLike, labels: list[str], seed: int) -> Any:
+    """A sequence classifier from ``model_dir`` with a new head for ``labels``, seeded.
+
+    Raises a clear error for a folder that holds no model, and for a model still carrying the
+    GGUF loader's quantizer state (``Trainer`` refuses to train it).
+    """
+    from transformers import AutoModelForSequenceClassification, set_seed
+
+    set_seed(seed)
+    try:
+        with quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(model_dir),
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={name: i for i, name in enumerate(labels)},
+                dtype=torch.float32,
+            )
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(
+            f"cannot load a sequence-classification model from {model_dir}: {exc}"
+        ) from None
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
+        raise InvalidInputError(
+            f"the model from {model_dir} still carries quantizer state (hf_quantizer/is_quantized, "
+            "as the GGUF loader leaves it) and Trainer refuses to train it; clear it with "
+            "model.hf_quantizer.remove_quantization_config(model) and save a clean copy."
+        )
+    return model
+
+
+def predict_logits(model: Any, dataset: TextDataset, collator: Any, batch: int = 64) -> np.ndarray:
+    """Logits of ``model`` on every example of ``dataset``, in order, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch):
+            items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
+            inputs = collator(items)
+            inputs.pop("labels", None)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            out.append(model(**inputs).logits.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def run_classification(
+    *,
+    model_dir: str | os.PathLike,
+    tokenizer: Any,
+    splits: Splits,
+    settings: MethodSettings,
+    train: TrainSettings,
+    targets: list[str],
+    max_length: int,
+    run_dir: str | os.PathLike,
+    datasets: dict[str, TextDataset] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune one method with one seed and return its row.
+
+    Parameters
+    ----------
+    model_dir : path
+        The pretrained model's folder (loaded fresh for this run).
+    tokenizer : transformers tokenizer
+    splits : Splits
+    settings : MethodSettings
+    train : TrainSettings
+        ``train.lr`` is ignored: ``settings.lr`` is the method's learning rate.
+    targets : list of str
+        Target modules of the adapter.
+    max_length : int
+        Tokens per text (longer texts are truncated).
+    run_dir : path
+        The row's folder: ``adapter/`` and ``test_logits.safetensors`` are written there.
+    datasets : dict, optional
+        Tokenised ``train``/``validation``/``test`` datasets to reuse across runs.
+
+    Returns
+    -------
+    dict
+        ``method``, ``seed``, parameter counts, ``val_accuracy``, ``test_accuracy``,
+        ``best_epoch``, ``history``, ``train_seconds``, ``step_seconds``,
+        ``peak_step_bytes``, ``settings``.
+    """
+    from dataclasses import replace
+
+    from transformers import DataCollatorWithPadding
+
+    run_dir = Path(run_dir)
+    if datasets is None:
+        datasets = {
+            name: TextDataset(getattr(splits, name), tokenizer, max_length)
+            for name in ("train", "validation", "test")
+        }
+    collator = DataCollatorWithPadding(tokenizer)
+    model = load_classifier(model_dir, splits.labels, train.seed)
+    adapted = apply_method(model, settings, targets=targets, task="classification")
+    trainer, result = fit(
+        adapted,
+        datasets["train"],
+        datasets["validation"],
+        collator=collator,
+        settings=replace(train, lr=settings.lr),
+        selection="accuracy",
+        output_dir=run_dir / "trainer",
+        compute_metrics=accuracy,
+    )
+    prediction = trainer.predict(datasets["test"])  # once, on the validation-chosen state
+    logits = prediction.predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    test_acc = float((np.asarray(logits).argmax(-1) == prediction.label_ids).mean())
+    if is_main_process():
+        from safetensors.numpy import save_file
+
+        save_adapted(adapted, run_dir / "adapter")
+        tmp = run_dir / f".{LOGITS_FILE}.tmp"
+        save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32)}, str(tmp))
+        os.replace(tmp, run_dir / LOGITS_FILE)
+    return {
+        "method": settings.method,
+        "seed": train.seed,
+        "adapter_params": adapted.adapter_params,
+        "extra_params": adapted.extra_params,
+        "val_accuracy": result.best["val_accuracy"],
+        "test_accuracy": test_acc,
+        "best_epoch": result.best["epoch"],
+        "best_step": result.best["step"],
+        "steps": result.steps,
+        "history": result.history,
+        "train_seconds": result.train_seconds,
+        "step_seconds": result.step_seconds,
+        "peak_step_bytes": result.peak_step_bytes,
+        "settings": settings.to_dict(),
+    }
+
+
+def load_finetuned(output: str | os.PathLike, method: str, seed: int = 0) -> tuple[Any, Any]:
+    """Reload the model a ``ttdecomp finetune`` run trained: ``(model, tokenizer)``, eval mode.
+
+    The base model is loaded fresh from the path recorded in ``results.json`` and the run's
+    saved adapter (with its head) is put on it; its predictions equal the run's (the run's test
+    logits are in ``runs/<method>-seed<k>/test_logits.safetensors``).
+
+    Examples
+    --------
+    >>> model, tokenizer = load_finetuned("ttdecomp-finetune", "tt-lora")  # doctest: +SKIP
+    >>> batch = tokenizer(["what a ride!"], return_tensors="pt")  # doctest: +SKIP
+    >>> model(**batch).logits.argmax(-1)  # doctest: +SKIP
+    """
+    from transformers import AutoTokenizer
+
+    from .methods import load_adapted
+    from .run import load_results
+
+    results = load_results(output)
+    rows = [r for r in results["rows"] if r["method"] == method and r["seed"] == seed]
+    if not rows:
+        have = sorted(f"{r['method']} seed {r['seed']}" for r in results["rows"])
+        raise InvalidInputError(
+            f"{output} has no finished run of {method} with seed {seed}; it has {have}."
+        )
+    model_dir = results["config"]["model_path"]
+    labels = results["data"]["labels"]
+    model = load_classifier(model_dir, labels, seed)
+    model = load_adapted(model, Path(output) / rows[0]["run_dir"] / "adapter")
+    return model, AutoTokenizer.from_pretrained(model_dir)

@@ -1,0 +1,243 @@
+"""The report of a fine-tuning run: the table, ``results.json`` and two figures.
+
+Rows are ``(method, seed)`` runs; the table has one line per method with the mean ± standard
+deviation over seeds (sample standard deviation, ``ddof=1``; a single seed shows no ±).
+``results.json`` is rewritten atomically (a temporary file in the same folder, then
+``os.replace``) after every finished row, so an interrupt never leaves it half-written and
+never loses a finished row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["format_table", "summarize", "write_figures", "write_json_atomic"]
+
+RESULTS_FILE = "results.json"
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename.
+
+    Examples
+    --------
+    >>> import tempfile, os, json
+    >>> p = os.path.join(tempfile.mkdtemp(), "r.json")
+    >>> write_json_atomic(p, {"a": 1}); json.load(open(p))
+    {'a': 1}
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """One summary per method (in ``methods`` order): means and standard deviations over seeds.
+
+    ``lora_fraction`` is the method's adapter parameters over LoRA's, when LoRA ran.
+
+    Examples
+    --------
+    >>> rows = [{"method": "lora", "seed": s, "adapter_params": 100, "extra_params": 2,
+    ...          "val_accuracy": 0.9, "test_accuracy": a, "train_seconds": 1.0,
+    ...          "step_seconds": 0.1, "peak_step_bytes": 10} for s, a in [(0, 0.8), (1, 0.9)]]
+    >>> s = summarize(rows, ["lora"])[0]
+    >>> s["seeds"], round(s["test_accuracy_mean"], 3), round(s["test_accuracy_std"], 4)
+    ([0, 1], 0.85, 0.0707)
+    """
+    lora = [r["adapter_params"] for r in rows if r["method"] == "lora"]
+    out = []
+    for method in methods:
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        summary: dict[str, Any] = {
+            "method": method,
+            "seeds": [r["seed"] for r in mine],
+            "adapter_params": mine[0]["adapter_params"],
+            "extra_params": mine[0]["extra_params"],
+            "lora_fraction": (mine[0]["adapter_params"] / lora[0]) if lora and lora[0] else None,
+        }
+        metrics = [k for k in mine[0] if _is_metric(k, mine[0][k])]
+        for key in metrics:
+            values = [float(r[key]) for r in mine if r.get(key) is not None]
+            if values:
+                mean, std = _mean_std(values)
+                summary[f"{key}_mean"], summary[f"{key}_std"] = mean, std
+        out.append(summary)
+    return out
+
+
+_NOT_METRICS = {"seed", "adapter_params", "extra_params", "steps", "best_step", "best_epoch"}
+
+
+def _is_metric(key: str, value: Any) -> bool:
+    return (
+        key not in _NOT_METRICS
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def _pm(summary: dict[str, Any], key: str, scale: float = 1.0, digits: int = 1) -> str:
+    mean = summary.get(f"{key}_mean")
+    if mean is None:
+        return "-"
+    std = summary.get(f"{key}_std")
+    text = f"{mean * scale:.{digits}f}"
+    return text if std is None else f"{text} ± {std * scale:.{digits}f}"
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def format_table(summaries: Sequence[dict[str, Any]], task: str = "classification") -> str:
+    """The final table as text, one line per method.
+
+    Classification: method, adapter parameters, extras (head, norms), fraction of LoRA's,
+    validation and test accuracy (%, mean ± std), train time, step time, peak step memory.
+    Causal LM: validation/test loss and test perplexity before → after instead of accuracies.
+    """
+    if task == "classification":
+        header = ["method", "adapter params", "extras", "of LoRA", "val acc %", "test acc %"]
+    else:
+        header = ["method", "adapter params", "extras", "of LoRA", "test loss", "test ppl"]
+    header += ["train s", "step ms", "peak MiB", "seeds"]
+    lines = []
+    for s in summaries:
+        fraction = "-" if s["lora_fraction"] is None else f"{100 * s['lora_fraction']:.1f}%"
+        cells = [s["method"], _count(s["adapter_params"]), _count(s["extra_params"]), fraction]
+        if task == "classification":
+            cells += [_pm(s, "val_accuracy", 100), _pm(s, "test_accuracy", 100)]
+        else:
+            cells += [
+                f"{_pm(s, 'test_loss_before', digits=3)} → {_pm(s, 'test_loss', digits=3)}",
+                f"{_pm(s, 'test_perplexity_before')} → {_pm(s, 'test_perplexity')}",
+            ]
+        cells += [
+            _pm(s, "train_seconds"),
+            _pm(s, "step_seconds", 1000),
+            _pm(s, "peak_step_bytes", 2**-20),
+            str(len(s["seeds"])),
+        ]
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(header), rule, *(fmt(c) for c in lines)])
+
+
+def write_figures(
+    rows: Sequence[dict[str, Any]],
+    summaries: Sequence[dict[str, Any]],
+    folder: str | os.PathLike,
+    task: str = "classification",
+) -> list[Path]:
+    """Two PNG figures (matplotlib, Agg backend, no global style change); returns their paths.
+
+    ``accuracy_vs_params.png``: test accuracy (classification) or test loss (causal LM)
+    against adapter parameters on a log axis, mean ± std per method; a method without adapter
+    parameters (``head-only``) is drawn as a horizontal line. ``validation_curves.png``:
+    the validation metric at every evaluation, mean over seeds with a ±std band, per method.
+    """
+    from matplotlib.figure import Figure
+
+    folder = Path(folder)
+    key = "test_accuracy" if task == "classification" else "test_loss"
+    val_key = "val_accuracy" if task == "classification" else "val_loss"
+    label = "test accuracy (%)" if task == "classification" else "test loss"
+    scale = 100.0 if task == "classification" else 1.0
+    paths = []
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.subplots()
+    for s in summaries:
+        mean = s.get(f"{key}_mean")
+        if mean is None:
+            continue
+        std = s.get(f"{key}_std") or 0.0
+        if s["adapter_params"] > 0:
+            ax.errorbar(
+                [s["adapter_params"]],
+                [mean * scale],
+                yerr=[std * scale],
+                fmt="o",
+                capsize=4,
+                label=s["method"],
+            )
+            ax.annotate(
+                s["method"],
+                (s["adapter_params"], mean * scale),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=8,
+            )
+        else:
+            ax.axhline(mean * scale, linestyle="--", color="grey", label=f"{s['method']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("adapter parameters (log scale)")
+    ax.set_ylabel(label)
+    ax.set_title(f"{label.split(' (')[0]} vs adapter size (mean ± std over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(folder / "accuracy_vs_params.png")
+    _save_figure(fig, paths[-1])
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.subplots()
+    for s in summaries:
+        mine = [r for r in rows if r["method"] == s["method"] and r.get("history")]
+        if not mine:
+            continue
+        n = min(len(r["history"]) for r in mine)
+        xs = [mine[0]["history"][i]["epoch"] for i in range(n)]
+        per_point = [[r["history"][i][val_key] * scale for r in mine] for i in range(n)]
+        means = [statistics.fmean(v) for v in per_point]
+        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_point]
+        (line,) = ax.plot(xs, means, marker="o", label=s["method"])
+        lo = [m - d for m, d in zip(means, stds)]
+        hi = [m + d for m, d in zip(means, stds)]
+        ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(val_key.replace("_", " ") + (" (%)" if scale == 100 else ""))
+    ax.set_title("validation per evaluation (mean ± std over seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(folder / "validation_curves.png")
+    _save_figure(fig, paths[-1])
+    return paths
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)

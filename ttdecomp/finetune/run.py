@@ -1,0 +1,559 @@
+"""``ttdecomp finetune`` as a function: every (method, seed) run, resumable, with its report.
+
+:func:`finetune` validates everything before any training (model, data, methods, settings,
+targets, the output folder), then runs the methods × seeds one after the other. After each
+finished run its row is added to ``results.json`` (rewritten atomically) together with its saved
+adapter, so an interrupt or a crash loses at most the run in progress; ``resume=True`` skips the
+finished rows and refuses a folder written with another configuration.
+
+Output folder::
+
+    results.json                 config, package versions, data statistics, rows, summary
+    runs/<method>-seed<k>/       adapter/ (reloadable), test_logits.safetensors
+    accuracy_vs_params.png       test accuracy against adapter parameters (log axis)
+    validation_curves.png        validation accuracy per epoch per method
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import shutil
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError
+from . import assets
+from .methods import DEFAULT_METHODS, METHODS, MethodSettings, check_method, default_settings
+from .report import RESULTS_FILE, format_table, summarize, write_figures, write_json_atomic
+from .train import TrainSettings, is_main_process, resolve_device
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_results"]
+
+#: Sizes, epochs and length of ``--quick`` (an end-to-end check in about a minute on 2 cores).
+QUICK = {"sizes": (240, 100, 200), "epochs": 2, "max_length": 32}
+_OWN_FILES = (RESULTS_FILE, "runs", "accuracy_vs_params.png", "validation_curves.png")
+_DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"]}
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that defines a fine-tuning comparison (``ttdecomp finetune``'s options).
+
+    Parameters
+    ----------
+    model : str
+        A packaged model (``minilm``, ``smollm2``) or the path of a local Hugging Face folder.
+    data : str
+        A packaged data set (``tweets``, ``chatterbot``), a CSV/JSONL file with ``text`` and
+        ``label`` columns, or a folder saved by 🤗 ``datasets``.
+    methods : sequence of str
+        From :data:`~ttdecomp.finetune.methods.METHODS`; default ``tt-lora`` and ``lora``.
+    seeds : sequence of int
+        One run per seed and method; the table shows mean ± std over seeds.
+    rank, alpha, lr : value or dict of method to value, optional
+        Override the methods' defaults: one value for every method that has the setting, or a
+        dict per method (``{"tt-lora": 5e-3, "lora": 1e-3}``).
+    tt_shape : sequence of int, optional
+        TT-LoRA's flat shape (input factors then output factors) for every target.
+    epochs, max_steps, batch_size, max_length, eval_every, weight_decay
+        Training (see :class:`~ttdecomp.finetune.train.TrainSettings`); ``max_length`` in tokens.
+    targets : sequence of str, optional
+        Target modules; default: the query and value projections of the model.
+    sizes : (int, int, int)
+        Train / validation / test sizes when the data is split here.
+    device : str
+        ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
+    quick : bool
+        The fast end-to-end check: sizes, epochs and length from :data:`QUICK` unless given.
+
+    Examples
+    --------
+    >>> FinetuneConfig(lr={"tt-lora": 1e-2}).method_settings()["tt-lora"].lr
+    0.01
+    """
+
+    model: str = "minilm"
+    data: str = "tweets"
+    methods: Sequence[str] = DEFAULT_METHODS
+    seeds: Sequence[int] = (0,)
+    rank: Any = None
+    alpha: Any = None
+    lr: Any = None
+    tt_shape: Sequence[int] | None = None
+    epochs: int | None = None
+    max_steps: int | None = None
+    batch_size: int = 32
+    max_length: int | None = None
+    eval_every: int | None = None
+    weight_decay: float = 0.01
+    targets: Sequence[str] | None = None
+    sizes: tuple[int, int, int] | None = None
+    device: str = "cpu"
+    quick: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.methods, str):
+            self.methods = [m for m in self.methods.split(",") if m]
+        self.methods = [check_method(m) for m in self.methods]
+        if not self.methods:
+            raise InvalidInputError("no methods given; expected e.g. tt-lora,lora (--methods).")
+        if len(set(self.methods)) != len(self.methods):
+            raise InvalidInputError(f"methods {self.methods} lists a method twice (--methods).")
+        seeds = list(self.seeds)
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+            raise InvalidInputError(
+                f"seeds must be non-negative integers, e.g. 0,1,2; got {self.seeds!r} (--seeds)."
+            )
+        if len(set(seeds)) != len(seeds):
+            raise InvalidInputError(f"seeds {seeds} lists a seed twice (--seeds).")
+        self.seeds = seeds
+        if self.quick:
+            self.sizes = self.sizes or QUICK["sizes"]
+            self.epochs = self.epochs or QUICK["epochs"]
+            self.max_length = self.max_length or QUICK["max_length"]
+        self.sizes = tuple(self.sizes or (1000, 300, 600))
+        self.epochs = 4 if self.epochs is None else self.epochs
+        self.max_length = 48 if self.max_length is None else self.max_length
+        if (
+            isinstance(self.max_length, bool)
+            or not isinstance(self.max_length, int)
+            or not 2 <= self.max_length <= 8192
+        ):
+            raise InvalidInputError(
+                f"max_length must be an integer in [2, 8192] tokens; got {self.max_length!r} "
+                "(--max-length)."
+            )
+        if self.targets is not None:
+            self.targets = [t for t in self.targets if t]
+            if not self.targets:
+                raise InvalidInputError("targets is empty; give module names (--targets).")
+        if self.tt_shape is not None:
+            self.tt_shape = [int(s) for s in self.tt_shape]
+        if self.extra:
+            raise InvalidInputError(f"unknown settings {sorted(self.extra)}.")
+        self.method_settings()  # validates rank/alpha/lr/tt_shape for every method
+        self.train_settings(self.seeds[0])
+
+    def _override(self, value: Any, method: str, name: str) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        unknown = sorted(set(value) - set(METHODS))
+        if unknown:
+            raise InvalidInputError(
+                f"{name} names unknown methods {unknown}; expected some of {', '.join(METHODS)}."
+            )
+        not_run = sorted(set(value) - set(self.methods))
+        if not_run:
+            raise InvalidInputError(
+                f"{name} is given for {not_run}, which are not among the methods run "
+                f"({', '.join(self.methods)}); add them to --methods or drop the setting."
+            )
+        return value.get(method)
+
+    def method_settings(self) -> dict[str, MethodSettings]:
+        """The validated settings of every method (defaults with the overrides applied)."""
+        out = {}
+        for method in self.methods:
+            base = default_settings(method)
+            overrides: dict[str, Any] = {}
+            for name in ("rank", "alpha", "lr"):
+                value = self._override(getattr(self, name), method, name)
+                if value is None:
+                    continue
+                if getattr(base, name) is None and not isinstance(getattr(self, name), Mapping):
+                    continue  # one value for all: only the methods that have the setting
+                overrides[name] = value
+            if self.tt_shape is not None and method == "tt-lora":
+                overrides["tt_shape"] = tuple(self.tt_shape)
+            out[method] = default_settings(method, **overrides)
+        if self.tt_shape is not None and "tt-lora" not in self.methods:
+            raise InvalidInputError(
+                "--tt-shape is a TT-LoRA setting, but tt-lora is not among the methods run."
+            )
+        return out
+
+    def train_settings(self, seed: int, *, progress: bool = False) -> TrainSettings:
+        """Training settings of one run (the learning rate is each method's own)."""
+        return TrainSettings(
+            lr=1e-3,
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            batch_size=self.batch_size,
+            weight_decay=self.weight_decay,
+            seed=seed,
+            device=self.device,
+            eval_every=self.eval_every,
+            progress=progress,
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for ``--resume`` to reuse finished rows (not methods or seeds)."""
+        return {
+            "model": self.model,
+            "data": self.data,
+            "sizes": list(self.sizes),
+            "epochs": self.epochs if self.max_steps is None else None,
+            "max_steps": self.max_steps,
+            "batch_size": self.batch_size,
+            "max_length": self.max_length,
+            "eval_every": self.eval_every,
+            "weight_decay": self.weight_decay,
+            "targets": list(self.targets) if self.targets is not None else None,
+        }
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` produced: every row, the per-method summary and where it is."""
+
+    rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    table: str
+    output: Path
+    figures: list[Path]
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("ttdecomp", "torch", "transformers", "peft", "numpy", "accelerate"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def load_results(output: str | Path) -> dict[str, Any]:
+    """The ``results.json`` of a run folder (an error naming the file if it is not one)."""
+    path = Path(output) / RESULTS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidInputError(
+            f"{path} does not exist: {output} holds no ttdecomp finetune results."
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(
+            f"{path} is not valid JSON ({exc}); it was not written by ttdecomp finetune."
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise InvalidInputError(f"{path} has no 'rows' list; it was not written by ttdecomp.")
+    return data
+
+
+def _prepare_output(output: Path, resume: bool, overwrite: bool) -> list[dict[str, Any]] | None:
+    """Check the output folder; return the previous results when resuming."""
+    if resume and overwrite:
+        raise InvalidInputError("--resume and --overwrite contradict each other; choose one.")
+    if output.exists() and not output.is_dir():
+        raise InvalidInputError(f"--output {output} is a file; give a folder.")
+    if resume:
+        if not (output / RESULTS_FILE).exists():
+            raise InvalidInputError(
+                f"--resume: {output} holds no {RESULTS_FILE}; nothing to resume. Drop --resume "
+                "to start a new run there."
+            )
+        return [load_results(output)]
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise InvalidInputError(
+                f"--output {output} exists and is not empty; pass --overwrite to replace its "
+                "results, --resume to continue the run in it, or choose another folder."
+            )
+    return None
+
+
+def _check_resumable(
+    previous: dict[str, Any], identity: dict, settings: dict, output: Path
+) -> None:
+    theirs = previous.get("config", {})
+    diffs = [
+        f"{k}: {theirs.get('identity', {}).get(k)!r} there, {v!r} here"
+        for k, v in identity.items()
+        if theirs.get("identity", {}).get(k) != v
+    ]
+    for method, mine in settings.items():
+        old = theirs.get("settings", {}).get(method)
+        if old is not None and old != mine:
+            diffs.append(f"{method} settings: {old} there, {mine} here")
+    if diffs:
+        raise InvalidInputError(
+            f"--resume: {output} was run with another configuration ("
+            + "; ".join(diffs)
+            + "). Use the same options, or another --output."
+        )
+
+
+def _resolve_model(name: str) -> tuple[Path, str]:
+    """The model folder (or GGUF file) and the task its name implies."""
+    key = assets.canonical_model_name(name)
+    if key is not None:
+        return assets.model_path(key), assets.MODELS[key].task
+    path = Path(name)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise InvalidInputError(
+            f"unknown model {name!r}: not a packaged model ({', '.join(assets.MODELS)}) and not "
+            "a local Hugging Face folder with a config.json (--model)."
+        )
+    return path, "any"
+
+
+def _task_of(data: str) -> str:
+    if data in assets.DATA:
+        return assets.DATA[data].task
+    return "classification"
+
+
+def finetune(
+    config: FinetuneConfig | None = None,
+    *,
+    output: str | Path = "ttdecomp-finetune",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune every method with every seed on one model and data set, and report.
+
+    Parameters
+    ----------
+    config : FinetuneConfig, optional
+        Defaults: MiniLM on the packaged tweets, TT-LoRA and LoRA, seed 0.
+    output : path
+        The run folder (see the module docstring).
+    resume : bool
+        Continue the run in ``output``: finished (method, seed) rows are kept, the rest run.
+    overwrite : bool
+        Replace the results of a previous run in ``output``.
+    progress : bool
+        tqdm bars for loading, training and evaluation.
+    figures : bool
+        Write the two PNG figures (needs matplotlib: ``pip install matplotlib``).
+    echo : callable, optional
+        Receives progress lines ("run 2/4: lora seed 0 ..."); default: nothing.
+
+    Returns
+    -------
+    FinetuneResult
+
+    Examples
+    --------
+    >>> result = finetune(FinetuneConfig(quick=True), output="out")  # doctest: +SKIP
+    >>> print(result.table)  # doctest: +SKIP
+    """
+    config = config or FinetuneConfig()
+    say = echo or (lambda _line: None)
+    output = Path(output)
+    previous = _prepare_output(output, resume, overwrite)
+    resolve_device(config.device)
+    if figures:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InvalidInputError(
+                "the figures need matplotlib, which is not installed; run\n"
+                "    pip install matplotlib\n"
+                "or pass --no-figures."
+            ) from None
+    model_path, model_task = _resolve_model(config.model)
+    task = _task_of(config.data)
+    if model_task not in ("any", task):
+        raise InvalidInputError(
+            f"--model {config.model} is a {model_task} model but --data {config.data} is "
+            f"{task} data; use --model minilm with classification data or --model smollm2 "
+            "with --data chatterbot."
+        )
+    settings = config.method_settings()
+    if task == "causal":
+        from .causal import prepare_causal
+
+        job = prepare_causal(config, model_path, progress=progress)
+    else:
+        job = _prepare_classification(config, model_path, progress=progress)
+    identity = {
+        **config.identity(),
+        "targets": list(job.targets),
+        "task": task,
+        "data_fingerprint": job.fingerprint,
+    }
+    settings_dict = {m: s.to_dict() for m, s in settings.items()}
+    rows: list[dict[str, Any]] = []
+    if previous is not None:
+        _check_resumable(previous[0], identity, settings_dict, output)
+        wanted = {(m, s) for m in config.methods for s in config.seeds}
+        rows = [r for r in previous[0]["rows"] if (r["method"], r["seed"]) in wanted]
+    elif is_main_process() and output.exists():
+        for name in _OWN_FILES:
+            target = output / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    if is_main_process():
+        output.mkdir(parents=True, exist_ok=True)
+    document = {
+        "config": {
+            "identity": identity,
+            "settings": settings_dict,
+            "methods": list(config.methods),
+            "seeds": list(config.seeds),
+            "device": config.device,
+            "quick": config.quick,
+            "model_path": str(model_path),
+        },
+        "versions": _versions(),
+        "data": job.describe(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "rows": rows,
+    }
+    done = {(r["method"], r["seed"]) for r in rows}
+    plan = [(m, s) for s in config.seeds for m in config.methods if (m, s) not in done]
+    if done:
+        say(f"resuming: {len(done)} finished run(s) kept, {len(plan)} to go")
+    for i, (method, seed) in enumerate(plan, 1):
+        run_dir = output / "runs" / f"{method}-seed{seed}"
+        if is_main_process() and run_dir.exists():
+            shutil.rmtree(run_dir)  # a run interrupted earlier starts over
+        say(f"run {i}/{len(plan)}: {method}, seed {seed}")
+        row = job.run(settings[method], config.train_settings(seed, progress=progress), run_dir)
+        row["run_dir"] = str(run_dir.relative_to(output))
+        rows.append(row)
+        document["rows"] = rows
+        document["summary"] = summarize(rows, config.methods)
+        if is_main_process():
+            write_json_atomic(output / RESULTS_FILE, document)
+    summary = summarize(rows, config.methods)
+    document["summary"] = summary
+    document["complete"] = True
+    figure_paths: list[Path] = []
+    if is_main_process():
+        if figures:
+            figure_paths = write_figures(rows, summary, output, task)
+        if task == "causal" and hasattr(job, "finalize"):
+            job.finalize(document)
+        write_json_atomic(output / RESULTS_FILE, document)
+    table = format_table(summary, task)
+    return FinetuneResult(rows, summary, table, output, figure_paths)
+
+
+@dataclass
+class _ClassificationJob:
+    """Data and tokenizer loaded once, shared by every run of a classification comparison."""
+
+    config: FinetuneConfig
+    model_path: Path
+    splits: Any
+    tokenizer: Any
+    datasets: dict[str, Any]
+    targets: list[str]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.splits.fingerprint()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.splits.source,
+            "labels": self.splits.labels,
+            "sizes": self.splits.sizes(),
+            "cleaning": self.splits.stats,
+            "fingerprint": self.fingerprint,
+            "targets": self.targets,
+        }
+
+    def run(self, settings: MethodSettings, train: TrainSettings, run_dir: Path) -> dict:
+        from .classify import run_classification
+
+        return run_classification(
+            model_dir=self.model_path,
+            tokenizer=self.tokenizer,
+            splits=self.splits,
+            settings=settings,
+            train=train,
+            targets=self.targets,
+            max_length=self.config.max_length,
+            run_dir=run_dir,
+            datasets=self.datasets,
+        )
+
+
+def _prepare_classification(
+    config: FinetuneConfig, model_path: Path, *, progress: bool
+) -> _ClassificationJob:
+    """Load and check everything a classification comparison needs, before any training."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .classify import TextDataset
+    from .data import load_classification
+    from .methods import apply_method
+
+    splits = load_classification(config.data, sizes=config.sizes)
+    try:
+        model_config = AutoConfig.from_pretrained(str(model_path))
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(
+            f"cannot load the model or tokenizer in {model_path}: {exc}"
+        ) from None
+    targets = list(config.targets or _DEFAULT_TARGETS.get(model_config.model_type, []))
+    if not targets:
+        raise InvalidInputError(
+            f"no default targets for model type {model_config.model_type!r}; name the query and "
+            "value projections with --targets (e.g. q_proj,v_proj)."
+        )
+    # A dry run on a model with random weights (no checkpoint read) checks targets and shapes
+    from transformers import AutoModelForSequenceClassification
+
+    model_config.num_labels = len(splits.labels)
+    import torch
+
+    with torch.device("meta"):
+        skeleton = AutoModelForSequenceClassification.from_config(model_config)
+    for method, settings in config.method_settings().items():
+        try:
+            apply_method(skeleton, settings, targets=targets)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{method}: {exc}") from None
+        with torch.device("meta"):
+            skeleton = AutoModelForSequenceClassification.from_config(model_config)
+    iterator = [("train", splits.train), ("validation", splits.validation), ("test", splits.test)]
+    if progress and is_main_process():
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="tokenizing", unit="split", leave=False)
+    datasets = {name: TextDataset(rows, tokenizer, config.max_length) for name, rows in iterator}
+    return _ClassificationJob(config, model_path, splits, tokenizer, datasets, targets)
+
+
+def run_config_from_results(output: str | Path) -> FinetuneConfig:
+    """The :class:`FinetuneConfig` a run folder was made with (to reload its adapters)."""
+    data = load_results(output)
+    cfg = data["config"]
+    ident = cfg["identity"]
+    settings = cfg["settings"]
+    return FinetuneConfig(
+        model=ident["model"],
+        data=ident["data"],
+        methods=cfg["methods"],
+        seeds=cfg["seeds"],
+        rank={m: s["rank"] for m, s in settings.items() if s["rank"] is not None} or None,
+        alpha={m: s["alpha"] for m, s in settings.items() if s["alpha"] is not None} or None,
+        lr={m: s["lr"] for m, s in settings.items()},
+        tt_shape=settings.get("tt-lora", {}).get("tt_shape"),
+        epochs=ident["epochs"] or 1,
+        max_steps=ident["max_steps"],
+        batch_size=ident["batch_size"],
+        max_length=ident["max_length"],
+        eval_every=ident["eval_every"],
+        weight_decay=ident["weight_decay"],
+        targets=ident["targets"],
+        sizes=tuple(ident["sizes"]),
+        device=cfg["device"],
+    )

@@ -1,0 +1,446 @@
+"""The one training function every method and task shares: :func:`fit`, on ``transformers.Trainer``.
+
+:func:`fit` trains an :class:`~ttdecomp.finetune.methods.AdaptedModel` with AdamW at a constant
+learning rate, evaluates the validation split after every epoch (or every ``eval_every``
+steps), keeps the trainable state of the best evaluation in memory, and puts it back at the end:
+the model it leaves behind is the one validation chose, so the caller evaluates test once on
+it. Because it is a ``Trainer`` (``TTAdapterTrainer`` for TT adapters), ``torchrun
+--nproc_per_node N`` and ``accelerate launch`` run it on N processes unchanged; ``batch_size`` is
+the global batch, split evenly across processes.
+
+Measured on the way (and returned in :class:`FitResult`): wall time, the median time of a
+training step, and the peak bytes of tensors allocated during one training step (activations
+saved for backward, gradients, temporaries; the weights themselves are not counted), tracked
+exactly on the CPU by following every storage the step creates, and with
+``torch.cuda.max_memory_allocated`` on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError
+
+__all__ = ["FitResult", "TrainSettings", "fit", "world_size"]
+
+# what chooses the best evaluation, and whether a larger value is better
+_SELECTIONS = {"accuracy": True, "loss": False}
+
+
+def world_size() -> int:
+    """Processes in this run (``WORLD_SIZE`` set by ``torchrun`` / ``accelerate launch``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True on the process that writes files and prints (rank 0, or a single process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How :func:`fit` trains.
+
+    Parameters
+    ----------
+    lr : float
+        AdamW learning rate, constant (no warm-up, no decay).
+    epochs : int
+        Passes over the training split (ignored when ``max_steps`` is set).
+    max_steps : int or None
+        Optimizer steps in total, instead of ``epochs``.
+    batch_size : int
+        Global batch: ``batch_size / world_size()`` rows per process.
+    weight_decay : float
+        AdamW weight decay.
+    seed : int
+        Seeds the head's initialisation (by the caller), the data order and dropout.
+    device : str
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"`` (a GPU when there is one).
+    eval_every : int or None
+        Evaluate every this many steps; ``None``: after every epoch.
+    progress : bool
+        tqdm bars for training and evaluation (on the main process only).
+
+    Examples
+    --------
+    >>> TrainSettings(lr=1e-3).batch_size
+    32
+    """
+
+    lr: float
+    epochs: int = 4
+    max_steps: int | None = None
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    seed: int = 0
+    device: str = "cpu"
+    eval_every: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def positive_int(value: Any, name: str, flag: str, upper: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
+                raise InvalidInputError(
+                    f"{name} must be an integer in [1, {upper}]; got {value!r} ({flag})."
+                )
+
+        if (
+            isinstance(self.lr, bool)
+            or not isinstance(self.lr, (int, float))
+            or not (0 < self.lr < 1)
+        ):
+            raise InvalidInputError(
+                f"learning rate must be a number in (0, 1); got {self.lr!r} (--lr)."
+            )
+        positive_int(self.epochs, "epochs", "--epochs", 1000)
+        if self.max_steps is not None:
+            positive_int(self.max_steps, "max_steps", "--max-steps", 10**7)
+        positive_int(self.batch_size, "batch_size", "--batch-size", 65536)
+        if self.eval_every is not None:
+            positive_int(self.eval_every, "eval_every", "--eval-every", 10**7)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise InvalidInputError(f"seed must be a non-negative integer; got {self.seed!r}.")
+        if not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < 1:
+            raise InvalidInputError(f"weight_decay must be in [0, 1); got {self.weight_decay!r}.")
+        resolve_device(self.device)
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; other names are checked.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    if not isinstance(device, str):
+        raise InvalidInputError(f"device must be a string such as 'cpu'; got {device!r}.")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise InvalidInputError(
+            f"unknown device {device!r}; expected cpu, cuda, cuda:N, mps or auto (--device)."
+        )
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(
+            f"--device {device}: this machine has no CUDA GPU torch can use; use --device cpu."
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError(f"--device {device}: MPS is not available; use --device cpu.")
+    return device
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` measured.
+
+    Attributes
+    ----------
+    history : list of dict
+        One entry per evaluation: ``epoch``, ``step``, ``train_loss`` (mean since the previous
+        evaluation) and the validation metrics (``val_loss``, ``val_accuracy``, ...).
+    best : dict
+        The entry of ``history`` that validation chose (its state is the model's now).
+    steps : int
+        Optimizer steps run.
+    train_seconds : float
+        Wall time of training, validation evaluations included.
+    step_seconds : float
+        Median wall time of one training step (forward, backward, optimizer).
+    peak_step_bytes : int
+        Peak bytes of tensors allocated during one training step.
+    """
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    train_seconds: float = 0.0
+    step_seconds: float = 0.0
+    peak_step_bytes: int = 0
+
+
+class _PeakMemory(torch.utils._python_dispatch.TorchDispatchMode):
+    """Tracks the peak bytes of the storages created while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: set[int] = set()
+        self.current = 0
+        self.peak = 0
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.current -= nbytes
+        self.live.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                key = id(storage)
+                if key not in self.live:
+                    self.live.add(key)
+                    self.current += storage.nbytes()
+                    self.peak = max(self.peak, self.current)
+                    weakref.finalize(storage, self._free, key, storage.nbytes())
+        return out
+
+
+def _callbacks(
+    model: nn.Module,
+    selection: str,
+    result: FitResult,
+    total_steps: int,
+    progress: bool,
+    on_evaluate: Callable[[dict[str, float]], None] | None,
+) -> list:
+    from transformers import TrainerCallback
+
+    larger_is_better = _SELECTIONS[selection]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    class Tracker(TrainerCallback):
+        """History, best state, step timing, step memory and progress bars."""
+
+        def __init__(self) -> None:
+            self.best_value: float | None = None
+            self.best_state: dict[str, torch.Tensor] | None = None
+            self.step_times: list[float] = []
+            self.train_loss: float | None = None
+            self.bar = None
+            self.eval_bar = None
+            self.memory: _PeakMemory | None = None
+            self.cuda_base = 0
+            self.t0 = 0.0
+
+        def on_train_begin(self, args, state, control, **kw):
+            if progress and state.is_world_process_zero:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total_steps, desc="training", unit="step", leave=False)
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == 1:  # step 0 allocates the optimizer state: measure step 1
+                if args.device.type == "cuda":
+                    torch.cuda.synchronize(args.device)
+                    torch.cuda.reset_peak_memory_stats(args.device)
+                    self.cuda_base = torch.cuda.memory_allocated(args.device)
+                else:
+                    self.memory = _PeakMemory()
+                    self.memory.__enter__()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if args.device.type == "cuda":
+                torch.cuda.synchronize(args.device)
+            elapsed = time.perf_counter() - self.t0
+            if state.global_step == 2:  # the step measured for memory (global_step is now 2)
+                if self.memory is not None:
+                    self.memory.__exit__(None, None, None)
+                    result.peak_step_bytes = self.memory.peak
+                    self.memory = None
+                else:
+                    peak = torch.cuda.max_memory_allocated(args.device) - self.cuda_base
+                    result.peak_step_bytes = int(peak)
+            else:
+                self.step_times.append(elapsed)
+            if self.bar is not None:
+                self.bar.update(1)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.train_loss = float(logs["loss"])
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kw):
+            if progress and state.is_world_process_zero and eval_dataloader is not None:
+                if self.eval_bar is None:
+                    from tqdm.auto import tqdm
+
+                    self.eval_bar = tqdm(
+                        total=len(eval_dataloader), desc="evaluating", unit="batch", leave=False
+                    )
+                self.eval_bar.update(1)
+
+        def _close_eval_bar(self) -> None:
+            if self.eval_bar is not None:
+                self.eval_bar.close()
+                self.eval_bar = None
+
+        def on_predict(self, args, state, control, metrics=None, **kw):
+            self._close_eval_bar()
+
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
+            self._close_eval_bar()
+            entry = {"epoch": round(float(state.epoch or 0.0), 4), "step": state.global_step}
+            entry["train_loss"] = self.train_loss
+            for key, value in (metrics or {}).items():
+                if key.startswith("eval_") and isinstance(value, (int, float)):
+                    name = key[len("eval_") :]
+                    if name in ("runtime", "samples_per_second", "steps_per_second"):
+                        continue
+                    entry[f"val_{name}"] = float(value)
+            result.history.append(entry)
+            value = entry.get(f"val_{selection}")
+            if value is None or not math.isfinite(value):
+                raise InvalidInputError(
+                    f"validation gave no finite {selection} (metrics {sorted(metrics or {})}); "
+                    "the training diverged or the data has no labels."
+                )
+            improved = self.best_value is None or (
+                value > self.best_value if larger_is_better else value < self.best_value
+            )
+            if improved:  # ties keep the earlier state
+                self.best_value = value
+                self.best_state = {n: p.detach().clone() for n, p in trainable}
+                result.best = dict(entry)
+            if self.bar is not None:
+                self.bar.set_postfix({f"val_{selection}": f"{value:.4f}"})
+            if on_evaluate is not None:
+                on_evaluate(entry)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+            if self.memory is not None:  # training ended before step 2
+                self.memory.__exit__(None, None, None)
+                result.peak_step_bytes = self.memory.peak
+                self.memory = None
+
+        def restore_best(self) -> None:
+            if self.best_state is None:
+                return
+            with torch.no_grad():
+                for n, p in trainable:
+                    p.copy_(self.best_state[n])
+
+    return [Tracker()]
+
+
+def fit(
+    adapted: Any,
+    train_dataset: Any,
+    val_dataset: Any,
+    *,
+    collator: Callable[[list], dict],
+    settings: TrainSettings,
+    selection: str = "accuracy",
+    output_dir: str | os.PathLike,
+    compute_metrics: Callable[[Any], dict[str, float]] | None = None,
+    on_evaluate: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[Any, FitResult]:
+    """Train ``adapted.model`` and leave it at the state validation chose.
+
+    Parameters
+    ----------
+    adapted : AdaptedModel
+        From :func:`~ttdecomp.finetune.methods.apply_method`; its trainer class is used
+        (``TTAdapterTrainer`` for TT adapters).
+    train_dataset, val_dataset : torch Dataset
+        Tokenised examples (dicts of lists); ``val_dataset`` must carry labels.
+    collator : callable
+        Batches examples (e.g. ``DataCollatorWithPadding``).
+    settings : TrainSettings
+    selection : {"accuracy", "loss"}
+        What chooses the best evaluation: the highest validation accuracy (needs
+        ``compute_metrics`` returning ``"accuracy"``) or the lowest validation loss.
+    output_dir : path
+        Scratch folder for the Trainer (nothing is checkpointed there).
+    compute_metrics : callable, optional
+        ``Trainer``'s ``compute_metrics``.
+    on_evaluate : callable, optional
+        Called with every history entry as it is made (a search reports to its pruner here).
+
+    Returns
+    -------
+    trainer : transformers.Trainer
+        The trainer, for ``trainer.predict(test_dataset)``.
+    result : FitResult
+    """
+    from transformers import PrinterCallback, ProgressCallback, TrainingArguments
+
+    if selection not in _SELECTIONS:
+        raise InvalidInputError(f"selection must be 'accuracy' or 'loss'; got {selection!r}.")
+    if selection == "accuracy" and compute_metrics is None:
+        raise InvalidInputError("selection='accuracy' needs compute_metrics returning 'accuracy'.")
+    if len(train_dataset) == 0 or len(val_dataset) == 0:
+        raise InvalidInputError(
+            f"empty split: {len(train_dataset)} training and {len(val_dataset)} validation "
+            "examples; every split needs at least one."
+        )
+    procs = world_size()
+    if settings.batch_size % procs:
+        raise InvalidInputError(
+            f"--batch-size {settings.batch_size} is the global batch and must divide evenly "
+            f"across {procs} processes; use a multiple of {procs}."
+        )
+    device = resolve_device(settings.device)
+    per_device = settings.batch_size // procs
+    steps_per_epoch = math.ceil(len(train_dataset) / settings.batch_size)
+    total = settings.max_steps or steps_per_epoch * settings.epochs
+    by_steps = settings.eval_every is not None
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=max(64, per_device),
+        learning_rate=settings.lr,
+        weight_decay=settings.weight_decay,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps or -1,
+        eval_strategy="steps" if by_steps else "epoch",
+        eval_steps=settings.eval_every,
+        logging_strategy="steps" if by_steps else "epoch",
+        logging_steps=settings.eval_every or 500,
+        save_strategy="no",
+        report_to=[],
+        seed=settings.seed,
+        data_seed=settings.seed,
+        use_cpu=device == "cpu",
+        ddp_backend="gloo" if device == "cpu" and procs > 1 else None,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        disable_tqdm=True,
+    )
+    if not by_steps and settings.max_steps is not None and settings.max_steps < steps_per_epoch:
+        # fewer steps than one epoch: evaluate once, at the end
+        args.eval_strategy = "steps"
+        args.eval_steps = settings.max_steps
+        args.logging_strategy = "steps"
+        args.logging_steps = settings.max_steps
+    model = adapted.model
+    if device != "cpu":
+        model.to(device)
+    result = FitResult()
+    (tracker,) = _callbacks(model, selection, result, total, settings.progress, on_evaluate)
+    trainer = adapted.trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=val_dataset,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+        callbacks=[tracker],
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    start = time.perf_counter()
+    output = trainer.train()
+    result.train_seconds = time.perf_counter() - start
+    result.steps = int(output.global_step)
+    result.step_seconds = statistics.median(tracker.step_times) if tracker.step_times else 0.0
+    tracker.restore_best()
+    return trainer, result
