@@ -193,31 +193,25 @@ def split_examples(
                 f"{source}: the smallest class has {per_class_total} examples; balanced splits "
                 f"of {list(sizes)} need {total // len(labels)} per class. Lower the split sizes."
             )
-        quotas = [[size // len(labels)] * len(labels) for size in sizes]
-    else:  # proportional quotas, largest remainders first
-        quotas = []
-        counts = [len(by_label[label]) for label in labels]
-        for size in sizes:
-            exact = [size * c / len(rows) for c in counts]
-            q = [int(e) for e in exact]
-            for i in sorted(range(len(q)), key=lambda i: exact[i] - q[i], reverse=True):
-                if sum(q) == size:
-                    break
-                q[i] += 1
-            quotas.append(q)
-    out: list[list[tuple[str, int]]] = [[], [], []]
-    for j, label in enumerate(labels):
-        pool = by_label[label]
-        start = 0
-        for s in range(3):
-            take = quotas[s][j]
-            out[s].extend(pool[start : start + take])
-            start += take
-        if start > len(pool):
-            raise InvalidInputError(
-                f"{source}: class {label} has {len(pool)} examples, fewer than its share "
-                f"{start} of the splits; lower the split sizes."
-            )
+        quota = [size // len(labels) for size in sizes]
+        out: list[list[tuple[str, int]]] = [[], [], []]
+        for label in labels:
+            pool, start = by_label[label], 0
+            for s, take in enumerate(quota):
+                out[s].extend(pool[start : start + take])
+                start += take
+    else:
+        # One stratified sequence: the k-th of a class's n rows sits at (k + 0.5) / n, so every
+        # stretch of it holds each class within about 1 + K/2 rows of its share (K classes);
+        # cut it into the splits.
+        keyed = [
+            ((k + 0.5) / len(by_label[label]), label, row)
+            for label in labels
+            for k, row in enumerate(by_label[label])
+        ]
+        sequence = [row for _, _, row in sorted(keyed, key=lambda e: (e[0], e[1]))]
+        bounds = [0, sizes[0], sizes[0] + sizes[1], total]
+        out = [sequence[bounds[i] : bounds[i + 1]] for i in range(3)]
     for part in out:
         rng.shuffle(part)
     for name, part in zip(_SPLIT_NAMES, out):
@@ -263,6 +257,14 @@ def _coerce_label(value: Any, where: str) -> Any:
             return int(stripped)
         if not stripped:
             raise InvalidInputError(f"{where}: empty label; every row needs one.")
+        if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+)([eE][+-]?\d+)?", stripped):
+            number = float(stripped)
+            if not number.is_integer():
+                raise InvalidInputError(
+                    f"{where}: label {value!r} is a fractional number; class labels must be "
+                    "integers or names (a regression target is not a class)."
+                )
+            return int(number)
         return stripped
     if isinstance(value, int):
         return value

@@ -339,6 +339,7 @@ def fit(
     output_dir: str | os.PathLike,
     compute_metrics: Callable[[Any], dict[str, float]] | None = None,
     on_evaluate: Callable[[dict[str, float]], None] | None = None,
+    token_level_loss: bool = False,
 ) -> tuple[Any, FitResult]:
     """Train ``adapted.model`` and leave it at the state validation chose.
 
@@ -361,6 +362,10 @@ def fit(
         ``Trainer``'s ``compute_metrics``.
     on_evaluate : callable, optional
         Called with every history entry as it is made (a search reports to its pruner here).
+    token_level_loss : bool
+        The model's loss is a mean over tokens that uses ``num_items_in_batch`` (causal LMs):
+        across processes it is then weighted by each process's token count
+        (``average_tokens_across_devices``). Classifiers average over rows: leave it False.
 
     Returns
     -------
@@ -386,14 +391,18 @@ def fit(
             f"across {procs} processes; use a multiple of {procs}."
         )
     device = resolve_device(settings.device)
-    per_device = settings.batch_size // procs
     steps_per_epoch = math.ceil(len(train_dataset) / settings.batch_size)
     total = settings.max_steps or steps_per_epoch * settings.epochs
     by_steps = settings.eval_every is not None
     args = TrainingArguments(
         output_dir=str(output_dir),
-        per_device_train_batch_size=per_device,
-        per_device_eval_batch_size=max(64, per_device),
+        # every process reads the same global batches and takes its slice (split_batches), so
+        # N processes train on exactly the batches one process would
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=max(64, settings.batch_size) // procs * procs,
+        accelerator_config={"split_batches": True},
+        # a classifier's loss is a mean over rows, not tokens: no token-count rescaling
+        average_tokens_across_devices=token_level_loss,
         learning_rate=settings.lr,
         weight_decay=settings.weight_decay,
         lr_scheduler_type="constant",
