@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 
-from ttdecomp.errors import InvalidInputError  # noqa: E402
-from ttdecomp.finetune.data import load_classification, split_examples  # noqa: E402
+from ttdecomp.errors import InvalidInputError
+from ttdecomp.finetune.data import load_classification, split_examples
 
 
 def write_csv(path, rows, header=("text", "label")):
