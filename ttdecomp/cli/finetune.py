@@ -19,6 +19,8 @@ data and the targets are checked; errors are one line on stderr with exit status
 from __future__ import annotations
 
 import argparse
+import importlib
+import signal
 import sys
 from typing import Any
 
@@ -216,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach for a hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        from ..finetune.run import FinetuneConfig, finetune
+        importlib.import_module("ttdecomp.finetune.run")  # torch, transformers, peft
         from ..finetune.train import is_main_process
     except ImportError as exc:
         print(
@@ -226,6 +228,22 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     main = is_main_process()
+    interrupted = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(signum)  # seen even if Python drops the exception in a finalizer
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return _run(args, main, lambda: bool(interrupted))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run(args: argparse.Namespace, main: bool, should_stop: Any) -> int:
+    from ..finetune.run import FinetuneConfig, finetune
+
     if args.threads is not None:
         if args.threads < 1:
             print(
@@ -264,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
             progress=progress_default(args.progress) and main,
             figures=args.figures,
             echo=echo,
+            should_stop=should_stop,
         )
     except KeyboardInterrupt:
         if main:

@@ -17,13 +17,14 @@ adapters with adapters.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,14 @@ class AdaptedModel:
         return Trainer
 
 
+@contextlib.contextmanager
+def _peft_quietly() -> Iterator[None]:
+    """PEFT calls a transformers API deprecated in v5; its FutureWarning is not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*is_gradient_checkpointing", FutureWarning)
+        yield
+
+
 def _is_adapter_param(kind: str, name: str) -> bool:
     if kind == "tt":
         return ".tt_adapters." in name
@@ -372,8 +381,7 @@ def apply_method(
             modules_to_save=heads or None,
             task_type="SEQ_CLS" if task == "classification" else "CAUSAL_LM",
         )
-        with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
-            warnings.filterwarnings("ignore", r".*is_gradient_checkpointing", FutureWarning)
+        with _peft_quietly():
             model = get_peft_model(model, config)
         kind = "peft"
     else:
@@ -465,7 +473,8 @@ def load_adapted(model: nn.Module, folder: str | Path) -> nn.Module:
     if method == "lora":
         from peft import PeftModel
 
-        out = PeftModel.from_pretrained(model, str(folder))
+        with _peft_quietly():
+            out = PeftModel.from_pretrained(model, str(folder))
     elif method == "head-only":
         from safetensors.torch import load_file
 

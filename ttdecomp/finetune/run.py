@@ -22,7 +22,7 @@ import json
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,6 @@ class FinetuneConfig:
     sizes: tuple[int, int, int] | None = None
     device: str = "cpu"
     quick: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):
@@ -135,8 +134,6 @@ class FinetuneConfig:
                 raise InvalidInputError("targets is empty; give module names (--targets).")
         if self.tt_shape is not None:
             self.tt_shape = [int(s) for s in self.tt_shape]
-        if self.extra:
-            raise InvalidInputError(f"unknown settings {sorted(self.extra)}.")
         self.method_settings()  # validates rank/alpha/lr/tt_shape for every method
         self.train_settings(self.seeds[0])
 
@@ -319,6 +316,7 @@ def finetune(
     progress: bool = True,
     figures: bool = True,
     echo: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> FinetuneResult:
     """Fine-tune every method with every seed on one model and data set, and report.
 
@@ -338,6 +336,10 @@ def finetune(
         Write the two PNG figures (needs matplotlib: ``pip install matplotlib``).
     echo : callable, optional
         Receives progress lines ("run 2/4: lora seed 0 ..."); default: nothing.
+    should_stop : callable, optional
+        Asked after every finished run; ``True`` raises ``KeyboardInterrupt`` there (the
+        command's Ctrl-C handler uses it, since Python drops a ``KeyboardInterrupt`` that
+        arrives inside a finalizer).
 
     Returns
     -------
@@ -429,6 +431,8 @@ def finetune(
         document["summary"] = summarize(rows, config.methods)
         if is_main_process():
             write_json_atomic(output / RESULTS_FILE, document)
+        if should_stop is not None and should_stop() and i < len(plan):
+            raise KeyboardInterrupt
     summary = summarize(rows, config.methods)
     document["summary"] = summary
     document["complete"] = True

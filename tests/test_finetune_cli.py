@@ -1,0 +1,327 @@
+"""``ttdecomp finetune`` on a tiny model: bad input, resume, interrupt, reload, two processes.
+
+The tiny BERT (random weights, no dropout) and the toy CSV come from
+:mod:`ttdecomp.finetune.testing`, so these tests need no packaged asset; the learning itself is
+tested on the real MiniLM and tweets in ``test_finetune_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from ttdecomp.cli import main  # noqa: E402
+from ttdecomp.finetune import load_finetuned, load_results  # noqa: E402
+from ttdecomp.finetune.testing import tiny_classifier_folder, toy_sentiment_csv  # noqa: E402
+
+SMALL = [
+    "--train-size",
+    "40",
+    "--val-size",
+    "20",
+    "--test-size",
+    "20",
+    "--batch-size",
+    "8",
+    "--max-length",
+    "12",
+    "--no-progress",
+    "--no-figures",
+]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune-assets")
+    return tiny_classifier_folder(root / "tiny"), toy_sentiment_csv(root / "toy.csv", n=200)
+
+
+def args(assets, out, *extra):
+    model, data = assets
+    return [
+        "finetune",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        *SMALL,
+        *extra,
+    ]
+
+
+def fails(argv, capsys, message):
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert message in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--methods", "tt-lora,dora"], "unknown method 'dora'"),
+        (["--rank", "0"], "rank 0 is out of range"),
+        (["--lr", "2"], "learning rate 2.0 is out of range"),
+        (["--lr", "lora=-1e-3"], "learning rate -0.001 is out of range"),
+        (["--epochs", "0"], "epochs must be an integer in [1, 1000]"),
+        (["--targets", "query,nonexistent_proj"], "nonexistent_proj"),
+        (["--seeds", "0,0"], "lists a seed twice"),
+        (["--tt-shape", "4,4,4,4", "--methods", "tt-lora"], "tt_shape"),
+        (["--batch-size", "0"], "batch_size must be an integer"),
+        (["--lr", "head-only=1e-2"], "not among the methods run"),
+    ],
+)
+def test_bad_options_fail_before_training(assets, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    fails(args(assets, out, *extra), capsys, message)
+    assert not out.exists()  # nothing written
+
+
+def test_unknown_model_and_data_list_the_known_ones(assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    err = fails(["finetune", "--model", "gpt-17", "--output", str(out)], capsys, "gpt-17")
+    assert "minilm" in err and "smollm2" in err
+    err = fails(
+        ["finetune", "--model", str(assets[0]), "--data", "imdb", "--output", str(out)],
+        capsys,
+        "imdb",
+    )
+    assert "tweets" in err
+    assert not out.exists()
+
+
+def test_bad_data_files_fail_before_training(assets, tmp_path, capsys):
+    model = str(assets[0])
+    cases = {
+        "cols.csv": ("sentence,label\n" + "a,1\nb,0\n" * 50, "columns 'text' and 'label'"),
+        "one.csv": ("text,label\n" + "".join(f"t{i},pos\n" for i in range(100)), "only one class"),
+        "float.csv": (
+            "text,label\n" + "".join(f"t{i},0.{i}\n" for i in range(1, 99)),
+            "fractional",
+        ),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(content)
+        out = tmp_path / f"out-{name}"
+        fails(
+            ["finetune", "--model", model, "--data", str(path), "--output", str(out), *SMALL],
+            capsys,
+            message,
+        )
+        assert not out.exists()
+    empty = tmp_path / "split.csv"
+    rows = [f"t{i},{i % 2},train" for i in range(30)] + [
+        f"v{i},{i % 2},validation" for i in range(8)
+    ]
+    empty.write_text("text,label,split\n" + "\n".join(rows) + "\n")
+    fails(
+        [
+            "finetune",
+            "--model",
+            model,
+            "--data",
+            str(empty),
+            "--output",
+            str(tmp_path / "e"),
+            *SMALL,
+        ],
+        capsys,
+        "test split is missing or empty",
+    )
+
+
+def test_run_writes_results_reloads_and_refuses_to_overwrite(assets, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(args(assets, out, "--methods", "tt-lora,lora,head-only", "--max-steps", "3")) == 0
+    table = capsys.readouterr().out
+    for method in ("tt-lora", "lora", "head-only"):
+        assert method in table
+    results = load_results(out)
+    assert [(r["method"], r["seed"]) for r in results["rows"]] == [
+        ("tt-lora", 0),
+        ("lora", 0),
+        ("head-only", 0),
+    ]
+    assert results["complete"] is True
+    assert set(results["versions"]) >= {"torch", "transformers", "peft", "ttdecomp"}
+    assert results["config"]["settings"]["tt-lora"]["lr"] == 5e-3
+    assert results["data"]["sizes"] == {"train": 40, "validation": 20, "test": 20}
+    for row in results["rows"]:
+        assert row["steps"] == 3 and 0.0 <= row["test_accuracy"] <= 1.0
+        assert row["extra_params"] == 2 * 32 + 2  # the classifier head, counted apart
+    tt, lora = results["rows"][0], results["rows"][1]
+    assert lora["adapter_params"] == 2 * 2 * 8 * (32 + 32)  # 2 layers x q,v x r(in+out)
+    assert 0 < tt["adapter_params"] < lora["adapter_params"]
+    summary = {s["method"]: s for s in results["summary"]}
+    assert summary["tt-lora"]["lora_fraction"] == tt["adapter_params"] / lora["adapter_params"]
+
+    # every saved adapter reloads onto a fresh base model to the run's own test logits
+    from safetensors.numpy import load_file
+    from transformers import DataCollatorWithPadding
+
+    from ttdecomp.finetune.classify import TextDataset, predict_logits
+    from ttdecomp.finetune.data import load_classification
+
+    splits = load_classification(assets[1], sizes=(40, 20, 20))
+    for row in results["rows"]:
+        model, tokenizer = load_finetuned(out, row["method"], 0)
+        logits = predict_logits(
+            model, TextDataset(splits.test, tokenizer, 12), DataCollatorWithPadding(tokenizer)
+        )
+        saved = load_file(str(out / row["run_dir"] / "test_logits.safetensors"))["logits"]
+        np.testing.assert_allclose(logits, saved, rtol=0, atol=1e-5)
+
+    before = (out / "results.json").read_bytes()
+    fails(args(assets, out, "--methods", "lora"), capsys, "exists and is not empty")
+    assert (out / "results.json").read_bytes() == before
+    fails(
+        args(assets, out, "--methods", "lora", "--resume", "--max-steps", "4"),
+        capsys,
+        "another configuration",
+    )
+    assert (out / "results.json").read_bytes() == before
+    assert main(args(assets, out, "--methods", "lora", "--max-steps", "3", "--overwrite")) == 0
+    assert [r["method"] for r in load_results(out)["rows"]] == ["lora"]
+
+
+def test_interrupt_keeps_finished_rows_and_resume_finishes(assets, tmp_path):
+    out = tmp_path / "run"
+    argv = [
+        sys.executable,
+        "-m",
+        "ttdecomp",
+        *args(
+            assets,
+            out,
+            "--methods",
+            "lora,tt-lora",
+            "--seeds",
+            "0,1",
+            "--max-steps",
+            "40",
+            "--threads",
+            "1",
+        ),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "results.json").exists() and load_results(out)["rows"]:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)  # Ctrl-C during the second run
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert b"--resume" in err
+    kept = load_results(out)
+    assert "complete" not in kept
+    # stopped at once, or (when Python dropped the KeyboardInterrupt inside a finalizer) after
+    # finishing the run in progress: never later, never losing a finished row
+    assert 1 <= len(kept["rows"]) <= 2
+    first = kept["rows"][0]
+    assert (first["method"], first["seed"]) == ("lora", 0)
+    assert (out / first["run_dir"] / "adapter").is_dir()
+
+    done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()
+    assert f"{len(kept['rows'])} finished run(s) kept" in done.stderr.decode()
+    final = load_results(out)
+    assert final["complete"] is True
+    assert sorted((r["method"], r["seed"]) for r in final["rows"]) == [
+        ("lora", 0),
+        ("lora", 1),
+        ("tt-lora", 0),
+        ("tt-lora", 1),
+    ]
+    assert final["rows"][0] == first  # the finished row was kept, not redone
+
+
+def test_two_processes_train_the_same_weights_as_one(assets, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo, CPU) with the same global batch: same adapter."""
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = args(
+        assets,
+        tmp_path / "x",
+        "--methods",
+        "tt-lora,lora",
+        "--max-steps",
+        "4",
+        "--lr",
+        "1e-2",
+        "--threads",
+        "1",
+    )
+    outputs = {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        argv = [a if a != str(tmp_path / "x") else str(out) for a in common]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(procs),
+            "--master_port",
+            str(29600 + procs),
+            "-m",
+            "ttdecomp",
+        ]
+        run = subprocess.run([*launcher, *argv], env=env, capture_output=True, timeout=600)
+        assert run.returncode == 0, run.stderr.decode()[-3000:]
+        outputs[procs] = out
+    for method, name in (
+        ("tt-lora", "ttdecomp_adapter.safetensors"),
+        ("lora", "adapter_model.safetensors"),
+    ):
+        one = load_file(str(outputs[1] / "runs" / f"{method}-seed0" / "adapter" / name))
+        two = load_file(str(outputs[2] / "runs" / f"{method}-seed0" / "adapter" / name))
+        assert one.keys() == two.keys()
+        moved = 0.0
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+            moved = max(moved, float((one[key] - two[key]).abs().max()))
+        rows1 = load_results(outputs[1])["rows"]
+        rows2 = load_results(outputs[2])["rows"]
+        loss1 = next(r for r in rows1 if r["method"] == method)["history"][-1]["train_loss"]
+        loss2 = next(r for r in rows2 if r["method"] == method)["history"][-1]["train_loss"]
+        assert loss2 == pytest.approx(loss1, rel=1e-5)  # the mean loss, not a sum over ranks
+    assert json.loads((outputs[2] / "results.json").read_text())["complete"] is True
+
+
+def test_python_api_matches_the_command(assets, tmp_path):
+    from ttdecomp.finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        model=str(assets[0]),
+        data=str(assets[1]),
+        methods=["lora"],
+        sizes=(40, 20, 20),
+        batch_size=8,
+        max_length=12,
+        max_steps=2,
+    )
+    result = finetune(config, output=tmp_path / "api", progress=False, figures=False)
+    assert [r["method"] for r in result.rows] == ["lora"]
+    assert "lora" in result.table and Path(result.output, "results.json").is_file()
+    with pytest.raises(TypeError):
+        FinetuneConfig(learning_rate=1e-3)  # an unknown keyword is an error
