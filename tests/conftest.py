@@ -9,8 +9,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from hypothesis import HealthCheck, settings
 
+# CI and the README's test command run every property with 200 examples
 settings.register_profile(
     "default",
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(  # a quick local loop: HYPOTHESIS_PROFILE=dev
+    "dev",
     max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

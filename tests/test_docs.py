@@ -39,6 +39,12 @@ def test_every_adapter_name_is_documented():
     assert not missing, f"add to docs/api.rst: {sorted(missing)}"
 
 
+def test_every_finetune_name_is_documented():
+    finetune = pytest.importorskip("ttdecomp.finetune")
+    missing = set(finetune.__all__) - listed("ttdecomp.finetune")
+    assert not missing, f"add to docs/api.rst: {sorted(missing)}"
+
+
 def test_sphinx_builds(tmp_path):
     pytest.importorskip("sphinx")
     pytest.importorskip("numpydoc")

@@ -196,6 +196,11 @@ def test_run_writes_results_reloads_and_refuses_to_overwrite(assets, tmp_path, c
         "another configuration",
     )
     assert (out / "results.json").read_bytes() == before
+    # resuming with other methods and seeds adds rows and keeps every finished one
+    more = args(assets, out, "--methods", "lora", "--seeds", "0,1", "--max-steps", "3", "--resume")
+    assert main(more) == 0
+    rows = load_results(out)["rows"]
+    assert rows[:3] == results["rows"] and (rows[3]["method"], rows[3]["seed"]) == ("lora", 1)
     assert main(args(assets, out, "--methods", "lora", "--max-steps", "3", "--overwrite")) == 0
     assert [r["method"] for r in load_results(out)["rows"]] == ["lora"]
 

@@ -153,7 +153,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "three balanced factors a side, e.g. 8,6,8,8,6,8)",
     )
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=None, help="epochs (default 4; --quick 2)")
+    g.add_argument("--epochs", type=int, default=None, help="epochs (default 4; --quick 3)")
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps instead of epochs")
     g.add_argument("--batch-size", type=int, default=32, help="global batch size")
     g.add_argument(
@@ -175,7 +175,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument(
         "--quick",
         action="store_true",
-        help="small end-to-end check: 240/100/200 examples, 2 epochs, 32 tokens",
+        help="small end-to-end check: 320/100/200 examples, 3 epochs, 32 tokens",
     )
     g = p.add_argument_group("output")
     g.add_argument("--output", default="ttdecomp-finetune", help="run folder")

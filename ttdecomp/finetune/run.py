@@ -35,7 +35,7 @@ from .train import TrainSettings, is_main_process, resolve_device
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_results"]
 
 #: Sizes, epochs and length of ``--quick`` (an end-to-end check in about a minute on 2 cores).
-QUICK = {"sizes": (240, 100, 200), "epochs": 2, "max_length": 32}
+QUICK = {"sizes": (320, 100, 200), "epochs": 3, "max_length": 32}
 _OWN_FILES = (RESULTS_FILE, "runs", "accuracy_vs_params.png", "validation_curves.png")
 _DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"]}
 
@@ -389,8 +389,9 @@ def finetune(
     rows: list[dict[str, Any]] = []
     if previous is not None:
         _check_resumable(previous[0], identity, settings_dict, output)
-        wanted = {(m, s) for m in config.methods for s in config.seeds}
-        rows = [r for r in previous[0]["rows"] if (r["method"], r["seed"]) in wanted]
+        # every finished row is kept, also those of methods or seeds not asked for this time
+        rows = list(previous[0]["rows"])
+        settings_dict = {**previous[0]["config"].get("settings", {}), **settings_dict}
     elif is_main_process() and output.exists():
         for name in _OWN_FILES:
             target = output / name
@@ -400,12 +401,13 @@ def finetune(
                 target.unlink()
     if is_main_process():
         output.mkdir(parents=True, exist_ok=True)
+    methods = list(config.methods) + sorted({r["method"] for r in rows} - set(config.methods))
     document = {
         "config": {
             "identity": identity,
             "settings": settings_dict,
-            "methods": list(config.methods),
-            "seeds": list(config.seeds),
+            "methods": methods,
+            "seeds": sorted({r["seed"] for r in rows} | set(config.seeds)),
             "device": config.device,
             "quick": config.quick,
             "model_path": str(model_path),
@@ -428,12 +430,12 @@ def finetune(
         row["run_dir"] = str(run_dir.relative_to(output))
         rows.append(row)
         document["rows"] = rows
-        document["summary"] = summarize(rows, config.methods)
+        document["summary"] = summarize(rows, methods)
         if is_main_process():
             write_json_atomic(output / RESULTS_FILE, document)
         if should_stop is not None and should_stop() and i < len(plan):
             raise KeyboardInterrupt
-    summary = summarize(rows, config.methods)
+    summary = summarize(rows, methods)
     document["summary"] = summary
     document["complete"] = True
     figure_paths: list[Path] = []
