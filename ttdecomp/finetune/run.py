@@ -288,7 +288,7 @@ def _check_resumable(
 
 
 def _resolve_model(name: str) -> tuple[Path, str]:
-    """The model folder (or GGUF file) and the task its name implies."""
+    """The model folder (or GGUF file) and its task: ``classification`` or ``causal``."""
     key = assets.canonical_model_name(name)
     if key is not None:
         return assets.model_path(key), assets.MODELS[key].task
@@ -298,13 +298,19 @@ def _resolve_model(name: str) -> tuple[Path, str]:
             f"unknown model {name!r}: not a packaged model ({', '.join(assets.MODELS)}) and not "
             "a local Hugging Face folder with a config.json (--model)."
         )
-    return path, "any"
+    try:
+        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise InvalidInputError(f"{path / 'config.json'} is not a valid JSON config.") from None
+    causal = any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    return path, "causal" if causal else "classification"
 
 
-def _task_of(data: str) -> str:
+def _task_of(data: str, model_task: str) -> str:
+    """A packaged data set has its task; a file or folder takes the model's."""
     if data in assets.DATA:
         return assets.DATA[data].task
-    return "classification"
+    return model_task
 
 
 def finetune(
@@ -365,8 +371,11 @@ def finetune(
                 "or pass --no-figures."
             ) from None
     model_path, model_task = _resolve_model(config.model)
-    task = _task_of(config.data)
-    if model_task not in ("any", task):
+    task = _task_of(config.data, model_task)
+    packaged = assets.canonical_model_name(config.model) is not None
+    # a local causal LM can still be loaded as a sequence classifier (a new head); the
+    # packaged models, and a classifier asked to generate, cannot switch
+    if model_task != task and (packaged or task == "causal"):
         raise InvalidInputError(
             f"--model {config.model} is a {model_task} model but --data {config.data} is "
             f"{task} data; use --model minilm with classification data or --model smollm2 "
