@@ -114,11 +114,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument(
         "--methods",
         type=_name_list,
-        default=["tt-lora", "lora"],
+        default="tt-lora,lora",
         help=f"comma-separated, from {', '.join(_METHOD_NAMES)}",
     )
     g.add_argument(
-        "--seeds", type=_int_list, default=[0], help="one run per seed and method, e.g. 0,1,2"
+        "--seeds", type=_int_list, default="0", help="one run per seed and method, e.g. 0,1,2"
     )
     g.add_argument(
         "--targets",
