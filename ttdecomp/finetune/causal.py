@@ -420,6 +420,9 @@ def run_causal(
             max_new_tokens=max_new_tokens,
             batch_size=eval_batch_size,
         )
+    from transformers import set_seed
+
+    set_seed(train.seed)  # the adapter's initialisation: the same whether or not before was given
     adapted = apply_method(model, settings, targets=list(targets), task="causal")
     row.update(adapter_params=adapted.adapter_params, extra_params=adapted.extra_params)
     row.update(before)
