@@ -26,7 +26,8 @@ from .assets import AssetMissingError, asset_status
 from .classify import load_finetuned
 from .data import Splits, load_classification
 from .methods import DEFAULT_METHODS, METHODS, MethodSettings, apply_method, default_settings
-from .run import FinetuneConfig, FinetuneResult, finetune, load_results
+from .report import load_results
+from .run import FinetuneConfig, FinetuneResult, finetune
 from .train import FitResult, TrainSettings, fit
 
 __all__ = [

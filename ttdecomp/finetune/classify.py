@@ -224,7 +224,7 @@ def load_finetuned(output: str | os.PathLike, method: str, seed: int = 0) -> tup
     from transformers import AutoTokenizer
 
     from .methods import load_adapted
-    from .run import load_results
+    from .report import load_results
 
     results = load_results(output)
     rows = [r for r in results["rows"] if r["method"] == method and r["seed"] == seed]

@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_table", "summarize", "write_figures", "write_json_atomic"]
+from ..errors import InvalidInputError
+
+__all__ = ["format_table", "load_results", "summarize", "write_figures", "write_json_atomic"]
 
 RESULTS_FILE = "results.json"
 
@@ -47,6 +49,24 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def load_results(output: str | Path) -> dict[str, Any]:
+    """The ``results.json`` of a run folder (an error naming the file if it is not one)."""
+    path = Path(output) / RESULTS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidInputError(
+            f"{path} does not exist: {output} holds no ttdecomp finetune results."
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(
+            f"{path} is not valid JSON ({exc}); it was not written by ttdecomp finetune."
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise InvalidInputError(f"{path} has no 'rows' list; it was not written by ttdecomp.")
+    return data
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:

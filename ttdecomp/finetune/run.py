@@ -29,10 +29,17 @@ from typing import Any
 from ..errors import InvalidInputError
 from . import assets
 from .methods import DEFAULT_METHODS, METHODS, MethodSettings, check_method, default_settings
-from .report import RESULTS_FILE, format_table, summarize, write_figures, write_json_atomic
+from .report import (
+    RESULTS_FILE,
+    format_table,
+    load_results,
+    summarize,
+    write_figures,
+    write_json_atomic,
+)
 from .train import TrainSettings, is_main_process, resolve_device
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_results"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 
 #: Sizes, epochs and length of ``--quick`` (an end-to-end check in about a minute on 2 cores).
 QUICK = {"sizes": (320, 100, 200), "epochs": 3, "max_length": 32}
@@ -224,24 +231,6 @@ def _versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-def load_results(output: str | Path) -> dict[str, Any]:
-    """The ``results.json`` of a run folder (an error naming the file if it is not one)."""
-    path = Path(output) / RESULTS_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InvalidInputError(
-            f"{path} does not exist: {output} holds no ttdecomp finetune results."
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(
-            f"{path} is not valid JSON ({exc}); it was not written by ttdecomp finetune."
-        ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-        raise InvalidInputError(f"{path} has no 'rows' list; it was not written by ttdecomp.")
-    return data
 
 
 def _prepare_output(output: Path, resume: bool, overwrite: bool) -> list[dict[str, Any]] | None:
