@@ -26,13 +26,13 @@ from ttdecomp.contract import (
     ContractionCost,
     ContractionPlan,
     MachineModel,
-    _execute,
     apply,
     contraction_plan,
     estimate_costs,
     linear,
     ttm_matmul,
 )
+from ttdecomp.cost_model import _execute
 from ttdecomp.errors import BackendMismatchError, ShapeError
 from ttdecomp.tensor_train import TensorTrain
 from ttdecomp.tt_matrix import TTMatrix

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .contract import (
+from .cost_model import (
     ContractionPlan,
     _execute,
     _Ops,
