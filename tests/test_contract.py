@@ -21,6 +21,7 @@ from strategies import (
     ttm_layouts,
 )
 
+from ttdecomp._executor import execute
 from ttdecomp.contract import (
     ORDERS,
     ContractionCost,
@@ -32,7 +33,6 @@ from ttdecomp.contract import (
     linear,
     ttm_matmul,
 )
-from ttdecomp.cost_model import _execute
 from ttdecomp.errors import BackendMismatchError, ShapeError
 from ttdecomp.tensor_train import TensorTrain
 from ttdecomp.tt_matrix import TTMatrix
@@ -91,7 +91,7 @@ def test_every_order_gives_the_same_result_and_counted_flops_equal_the_model(lay
             )
             assert plan.cost == cost
             counter = [0]
-            y = _execute(cores, x, plan, counter)
+            y = execute(cores, x, plan, counter)
             assert counter[0] == cost.flops, (cost, counter[0])
             assert close(y, x @ w.T, x, w, "float64")
 
@@ -288,7 +288,7 @@ def test_flop_count_matches_on_other_backends(backend):
     for cost in estimate_costs(*layout, 5):
         plan = contraction_plan(cores, 5, order=cost.order, split=cost.split, memory_budget=20)
         counter = [0]
-        _execute(cores, x, plan, counter)
+        execute(cores, x, plan, counter)
         assert counter[0] == cost.flops
 
 

@@ -56,16 +56,6 @@ EXEMPT_FROM_LEVELS = {"ttdecomp", "ttdecomp.__main__"}
 # Violations present when this test was written, removed step by step (issue 10). An
 # entry that no longer occurs fails the test too, so the list only shrinks.
 TOLERATED = {
-    "up: ttdecomp.cost_model (L2) imports ttdecomp._torch_ops (L3)",
-    "up: ttdecomp.counts (L2) imports ttdecomp.contract (L4)",
-    "cycle: ttdecomp._torch_ops <-> ttdecomp.cost_model",
-    "private: ttdecomp._torch_ops imports ttdecomp.cost_model._Ops",
-    "private: ttdecomp._torch_ops imports ttdecomp.cost_model._Step",
-    "private: ttdecomp._torch_ops imports ttdecomp.cost_model._execute",
-    "private: ttdecomp._torch_ops imports ttdecomp.cost_model._prepare",
-    "private: ttdecomp._torch_ops imports ttdecomp.cost_model._run",
-    "private: ttdecomp._torch_ops imports ttdecomp.cost_model._state_buffers",
-    "private: ttdecomp._torch_ops imports ttdecomp.cost_model._step_out_shape",
     "private: ttdecomp.adapters.model imports ttdecomp.adapters.layers._adapter_dtype",
     "private: ttdecomp.adapters.serialization imports ttdecomp.adapters.model._build_adapter",
     "private: ttdecomp.adapters.serialization imports ttdecomp.adapters.model._check_adapter_name",

@@ -1,44 +1,21 @@
-"""TT-matrix × dense contraction: a cost model, the contraction orders, and TT × TT products.
+"""The cost model of TT-matrix × dense contraction: FLOPs, memory and time of every order.
 
-A TT-matrix ``W`` of shape ``(M, N)`` has 4-D cores ``G_k`` of shape
-``(r_{k-1}, m_k, n_k, r_k)`` with ``M = ∏ m_k`` and ``N = ∏ n_k``. :func:`apply` maps
-``x[..., N]`` to ``y[..., M] = x @ W.T`` without forming ``W``, by one of four orders:
-
-``"ltr"``
-    core by core, left to right. Before step ``k`` the state has shape
-    ``(B, M_{<k}, r_{k-1}, N_{≥k})``; step ``k`` is one (batched) GEMM of the core,
-    reshaped to ``(m_k r_k, r_{k-1} n_k)``, with the state viewed as
-    ``(B M_{<k}, r_{k-1} n_k, N_{>k})``. No transposes of the state are needed.
-``"rtl"``
-    core by core, right to left: state ``(B, N_{≤k}, r_k, M_{>k})``, core reshaped to
-    ``(r_{k-1} m_k, n_k r_k)`` (a free reshape).
-``"merged"``
-    cut the train at bond ``split``: merge cores ``1..split`` into one block of shape
-    ``(M_L, N_L, r)`` and the rest into ``(r, M_R, N_R)``, then contract the two blocks
-    (by whichever of the two sweeps is cheaper). For a split (TT-LoRA) layout cut at the
-    bond between the input-side and output-side cores this is ``(x @ A) @ B`` with
-    ``A`` of shape ``(N, r)`` and ``B`` of shape ``(r, M)``: exactly what LoRA costs.
-``"dense"``
-    reconstruct ``W`` and do one GEMM.
-
-:func:`estimate_costs` returns the exact FLOP count (multiply and add counted as two),
-the largest intermediate, and the elements saved for backward, for every candidate;
-:func:`contraction_plan` picks the cheapest. The executor counts the FLOPs it issues
-(every contraction is one ``matmul``), and the tests check both agree exactly.
+For a TT-matrix ``W`` (``M × N``, 4-D cores ``(r_{k-1}, m_k, n_k, r_k)``) and a batch of
+``B`` rows, :func:`estimate_costs` returns, for every order :func:`ttdecomp.contract.apply`
+can run (``"ltr"``, ``"rtl"``, ``"merged"`` at every bond, ``"dense"``; see
+:mod:`ttdecomp.contract`), the exact FLOP count (multiply and add counted as two), the
+largest intermediate, the elements saved for backward, and an estimated time on a
+:class:`MachineModel`; :func:`contraction_plan` picks the fastest. Each candidate is its
+list of kernels (merges, copies, GEMM steps): the estimate sums over the same list the
+executor (:mod:`ttdecomp._executor`) runs, and the tests check that the FLOPs it issues
+equal the FLOPs counted here.
 
 Memory: the rows of ``x`` are processed in chunks so that no state between two GEMMs
-holds more than ``memory_budget`` elements (default ``2**21``, 8 MiB in float32); chunks
-reuse one set of buffers and write straight into the output (numpy, torch), so chunking
-changes neither the FLOPs nor the result, only the peak memory.
+holds more than ``memory_budget`` elements (default ``2**21``, 8 MiB in float32);
+chunking changes neither the FLOPs nor the result, only the peak memory.
 
-Inputs are never promoted or moved: ``x`` and the cores must share the array library,
-dtype (complex with real is an error) and device; only shapes are checked per call, so a
-list of torch ``nn.Parameter`` can be passed on every forward at no cost.
-
-This module imports no array library at import time: the cost model is pure Python, and
-the array code dispatches on the input (numpy, torch with autograd, or any array-API
-library). Torch tensors that need gradients go through a memory-lean autograd Function
-(:mod:`ttdecomp._torch_ops`) that saves only ``x`` and the cores.
+This module is array-free: it reads only the shapes (and dtype and device names) of the
+cores, so it serves the counters and the planner without importing any array library.
 """
 
 from __future__ import annotations
@@ -49,18 +26,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BackendMismatchError, ShapeError
+from ._validation import check_matrix_shape, matrix_cores, matrix_shapes
+from .errors import ShapeError
 
 __all__ = [
+    "DEFAULT_MEMORY_BUDGET",
     "ORDERS",
     "ContractionCost",
     "ContractionPlan",
     "MachineModel",
-    "apply",
+    "cached_plan",
     "contraction_plan",
     "estimate_costs",
-    "linear",
-    "ttm_matmul",
+    "itemsize_of",
+    "machine_for",
 ]
 
 ORDERS = ("ltr", "rtl", "merged", "dense")
@@ -106,7 +85,7 @@ class MachineModel:
     merges' memory traffic costs more than the core-by-core sweep's extra FLOPs.
 
     >>> import numpy as np
-    >>> from ttdecomp.contract import MachineModel, contraction_plan
+    >>> from ttdecomp.cost_model import MachineModel, contraction_plan
     >>> rows, cols = (1,) * 6 + (2, 2, 4, 4, 4, 16), (16, 4, 4, 4, 2, 2) + (1,) * 6
     >>> ranks = (1,) + (10,) * 11 + (1,)
     >>> cores = [np.zeros((ranks[k], rows[k], cols[k], ranks[k + 1]), np.float32)
@@ -146,12 +125,12 @@ class MachineModel:
         return cls(flop_rate=1e9, bandwidth=math.inf, cache_bytes=0, op_overhead=0.0)
 
 
-def _machine_for(machine: MachineModel | None, like: Any = None) -> MachineModel:
+def machine_for(machine: MachineModel | None, like: Any = None) -> MachineModel:
     """``machine``, or the default for the device ``like`` lives on (CPU unless CUDA)."""
     if machine is not None:
         if not isinstance(machine, MachineModel):
             raise ShapeError(
-                f"machine must be a ttdecomp.contract.MachineModel or None, got "
+                f"machine must be a ttdecomp.MachineModel or None, got "
                 f"{type(machine).__name__}; e.g. MachineModel.cpu() or MachineModel.flops_only()."
             )
         return machine
@@ -159,7 +138,7 @@ def _machine_for(machine: MachineModel | None, like: Any = None) -> MachineModel
     return MachineModel.cuda() if "cuda" in device or "gpu" in device else MachineModel.cpu()
 
 
-def _itemsize(like: Any) -> int:
+def itemsize_of(like: Any) -> int:
     dtype = getattr(like, "dtype", None)
     size = getattr(dtype, "itemsize", None)
     return int(size) if size else 4
@@ -414,32 +393,6 @@ def _candidates(
     return tuple(out)
 
 
-def _check_shape_args(
-    row_shape: Sequence[int], col_shape: Sequence[int], ranks: Sequence[int], batch: int
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
-    row_shape = tuple(int(s) for s in row_shape)
-    col_shape = tuple(int(s) for s in col_shape)
-    ranks = tuple(int(r) for r in ranks)
-    d = len(row_shape)
-    if d == 0 or len(col_shape) != d:
-        raise ShapeError(
-            f"row_shape {row_shape} and col_shape {col_shape} must be non-empty and of equal "
-            "length (one entry per core)."
-        )
-    if len(ranks) != d + 1 or ranks[0] != 1 or ranks[-1] != 1:
-        raise ShapeError(
-            f"ranks must have d + 1 = {d + 1} entries with boundary ones, got {ranks}."
-        )
-    if min(row_shape + col_shape + ranks) < 1:
-        raise ShapeError(
-            f"mode sizes and ranks must be positive, got row_shape={row_shape}, "
-            f"col_shape={col_shape}, ranks={ranks}."
-        )
-    if int(batch) < 0:
-        raise ShapeError(f"batch must be a non-negative number of rows, got {batch}.")
-    return row_shape, col_shape, ranks, int(batch)
-
-
 def estimate_costs(
     row_shape: Sequence[int],
     col_shape: Sequence[int],
@@ -477,7 +430,7 @@ def estimate_costs(
 
     Examples
     --------
-    >>> from ttdecomp.contract import estimate_costs
+    >>> from ttdecomp.cost_model import estimate_costs
     >>> costs = estimate_costs((8, 8, 8, 8), (8, 8, 8, 8), (1, 16, 16, 16, 1), 64)
     >>> for c in costs:
     ...     print(c.order, c.split, f"{c.flops / 1e9:.2f} GFLOP")
@@ -488,8 +441,8 @@ def estimate_costs(
     merged 3 4.50 GFLOP
     dense None 2.82 GFLOP
     """
-    row_shape, col_shape, ranks, batch = _check_shape_args(row_shape, col_shape, ranks, batch)
-    machine = _machine_for(machine)
+    row_shape, col_shape, ranks, batch = check_matrix_shape(row_shape, col_shape, ranks, batch)
+    machine = machine_for(machine)
     n_params = sum(
         ranks[k] * m * n * ranks[k + 1] for k, (m, n) in enumerate(zip(row_shape, col_shape))
     )
@@ -628,7 +581,7 @@ def contraction_plan(
     Examples
     --------
     >>> import numpy as np
-    >>> from ttdecomp.contract import contraction_plan
+    >>> from ttdecomp.cost_model import contraction_plan
     >>> cores = [np.ones((1, 8, 8, 16)), np.ones((16, 8, 8, 16)),
     ...          np.ones((16, 8, 8, 16)), np.ones((16, 8, 8, 1))]
     >>> plan = contraction_plan(cores, 64)
@@ -640,10 +593,10 @@ def contraction_plan(
       merged       2 ...      1077.936       4.194       4194304  <- chosen
     ...
     """
-    cores = _cores_of(ttm_or_cores)
-    row_shape, col_shape, ranks = _shapes(cores)
-    machine = _machine_for(machine, cores[0])
-    return _plan(
+    cores = matrix_cores(ttm_or_cores)
+    row_shape, col_shape, ranks = matrix_shapes(cores)
+    machine = machine_for(machine, cores[0])
+    return cached_plan(
         row_shape,
         col_shape,
         ranks,
@@ -652,14 +605,14 @@ def contraction_plan(
         split,
         memory_budget,
         machine,
-        _itemsize(cores[0]),
+        itemsize_of(cores[0]),
     )
 
 
 # A layer calls apply() with the same shapes every step: plans are pure functions of
 # their (hashable) arguments, so they are memoised (immutable results, bounded cache).
 @functools.lru_cache(maxsize=1024)
-def _plan(
+def cached_plan(
     row_shape: tuple[int, ...],
     col_shape: tuple[int, ...],
     ranks: tuple[int, ...],
@@ -694,610 +647,3 @@ def _plan(
         itemsize,
         memory_budget,
     )
-
-
-# --------------------------------------------------------------------------- validation
-def _cores_of(ttm_or_cores: Any) -> list[Any]:
-    """The 4-D cores of a TTMatrix or a sequence of cores, shape-checked (no data scans)."""
-    cores = getattr(ttm_or_cores, "cores", ttm_or_cores)
-    iterable = hasattr(cores, "__iter__") and not hasattr(cores, "shape")
-    cores = list(cores) if iterable and not isinstance(cores, (str, bytes)) else []
-    if not cores:
-        raise ShapeError(
-            f"expected a TTMatrix or a non-empty list of 4-D cores (r_{{k-1}}, m_k, n_k, r_k), "
-            f"got {type(ttm_or_cores).__name__}."
-        )
-    prev = 1
-    for k, core in enumerate(cores):
-        shape = getattr(core, "shape", None)
-        if shape is None or len(shape) != 4:
-            raise ShapeError(
-                f"core {k} has shape {None if shape is None else tuple(shape)}; TT-matrix cores "
-                "are 4-D (r_{k-1}, m_k, n_k, r_k). For a 3-D TensorTrain core use "
-                "core[:, :, None, :] to view it as a one-column TT-matrix."
-            )
-        if int(shape[0]) != prev:
-            what = (
-                "the first core's left rank must be 1"
-                if k == 0
-                else (f"core {k - 1} has right rank {prev}")
-            )
-            raise ShapeError(
-                f"core {k} has left rank {int(shape[0])} but {what}; neighbouring ranks must match."
-            )
-        prev = int(shape[3])
-    if prev != 1:
-        raise ShapeError(
-            f"core {len(cores) - 1} has right rank {prev}; the last core's right rank must be 1."
-        )
-    return cores
-
-
-def _shapes(cores: Sequence[Any]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    row_shape = tuple(int(c.shape[1]) for c in cores)
-    col_shape = tuple(int(c.shape[2]) for c in cores)
-    ranks = (1,) + tuple(int(c.shape[3]) for c in cores)
-    return row_shape, col_shape, ranks
-
-
-def _check_operands(x: Any, cores: Sequence[Any], n_total: int, what: str = "x") -> Any:
-    """Backend, dtype, device and last-axis checks; returns the namespace."""
-    from ._backend import get_namespace
-
-    xp = get_namespace(x, *cores)
-    dtype = cores[0].dtype
-    if not xp.isdtype(x.dtype, ("real floating", "complex floating")):
-        raise BackendMismatchError(
-            f"{what} has dtype {x.dtype}; expected a floating or complex dtype matching the "
-            f"cores ({dtype}). Cast it explicitly, e.g. x.astype(...) or x.to(...)."
-        )
-    for k, core in enumerate(cores):
-        if core.dtype != x.dtype:
-            kind = (
-                "a complex/real mix"
-                if xp.isdtype(core.dtype, "complex floating")
-                != xp.isdtype(x.dtype, "complex floating")
-                else "a dtype mismatch"
-            )
-            raise BackendMismatchError(
-                f"{what} has dtype {x.dtype} but core {k} has dtype {core.dtype} ({kind}); "
-                "ttdecomp does not promote silently. Cast one side, e.g. "
-                f"x.astype(cores.dtype) / x.to(core.dtype), or the cores to {x.dtype}."
-            )
-    device = _device(x)
-    for k, core in enumerate(cores):
-        if _device(core) != device:
-            raise BackendMismatchError(
-                f"{what} is on device {device} but core {k} is on {_device(core)}; "
-                "move one side (e.g. x.to(core.device)); ttdecomp never copies between "
-                "devices silently."
-            )
-    if x.ndim < 1 or int(x.shape[-1]) != n_total:
-        raise ShapeError(
-            f"{what} has shape {tuple(x.shape)}; its last axis must be N = {n_total} (the "
-            "TT-matrix's column count, ∏ col_shape). Reshape x to (..., N) or use W.T."
-        )
-    return xp
-
-
-def _device(a: Any) -> Any:
-    dev = getattr(a, "device", None)
-    if dev is None:
-        return None
-    import array_api_compat
-
-    return array_api_compat.device(a)
-
-
-# --------------------------------------------------------------------------- executor
-class _Ops:
-    """The handful of array operations the executor uses, bound to one backend.
-
-    ``counter`` (a one-element list) accumulates the FLOPs of every matrix product.
-    numpy and torch can write a product into a preallocated buffer (``out=``), which the
-    chunked executor uses to reuse its state buffers across chunks; other array-API
-    libraries allocate.
-    """
-
-    def __init__(self, like: Any, counter: list[int] | None = None) -> None:
-        from ._backend import get_namespace, is_numpy, is_torch
-
-        if is_numpy(like):
-            import numpy as np
-        self.supports_out = is_torch(like) or is_numpy(like)
-        if is_torch(like):
-            import torch
-
-            self.reshape = torch.reshape
-            self.permute = torch.permute
-            self._matmul = torch.matmul
-            self.concat = torch.cat
-            self.contiguous = torch.Tensor.contiguous
-            self.empty = lambda n, ref: torch.empty(n, dtype=ref.dtype, device=ref.device)
-        else:
-            xp = get_namespace(like)
-            self.reshape = xp.reshape
-            self.permute = xp.permute_dims
-            self._matmul = xp.matmul
-            self.concat = lambda pieces: xp.concat(pieces, axis=0)
-            # numpy can lay an operand out row-major; the array API has no layouts
-            self.contiguous = np.ascontiguousarray if is_numpy(like) else lambda a: a
-            self.empty = lambda n, ref: xp.empty(n, dtype=ref.dtype)
-        self.counter = counter
-
-    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
-        """``a @ b`` (with broadcasting over leading axes), counting its FLOPs."""
-        if self.counter is not None:
-            *batch_a, m, k = a.shape
-            *batch_b, _, n = b.shape
-            if not batch_a or not batch_b:
-                batch = math.prod(batch_a) * math.prod(batch_b)
-            else:
-                batch = math.prod(b if a == 1 else a for a, b in zip(batch_a, batch_b))
-            self.counter[0] += 2 * batch * m * k * n
-        if out is None:
-            return self._matmul(a, b)
-        return self._matmul(a, b, out=out)
-
-    def view(self, buffer: Any, shape: tuple[int, ...]) -> Any:
-        """The first ``∏ shape`` elements of a flat buffer, as an array of ``shape``."""
-        return self.reshape(buffer[: math.prod(shape)], shape)
-
-
-def _merge(ops: _Ops, cores: Sequence[Any], direction: str) -> Any:
-    """Merge consecutive 4-D cores into one ``(r_0, ∏m, ∏n, r_d)`` core."""
-    d = len(cores)
-    r0, rd = int(cores[0].shape[0]), int(cores[-1].shape[3])
-    ms = [int(c.shape[1]) for c in cores]
-    ns = [int(c.shape[2]) for c in cores]
-    if d == 1:
-        return cores[0]
-    if direction == "ltr":
-        block = ops.reshape(cores[0], (-1, int(cores[0].shape[3])))  # (r0 m1 n1, r1)
-        for core in cores[1:]:
-            r_prev, m, n, r_next = (int(s) for s in core.shape)
-            mat = ops.reshape(core, (r_prev, m * n * r_next))  # (r_{k-1}, m_k n_k r_k)
-            block = ops.matmul(block, mat)  # (r0 m1 n1 .. m_{k-1} n_{k-1}, m_k n_k r_k)
-            block = ops.reshape(block, (-1, r_next))  # (r0 m1 n1 .. m_k n_k, r_k)
-    else:
-        block = ops.reshape(cores[-1], (int(cores[-1].shape[0]), -1))  # (r_{d-1}, m_d n_d rd)
-        for core in reversed(cores[:-1]):
-            r_prev, m, n, r_next = (int(s) for s in core.shape)
-            mat = ops.reshape(core, (r_prev * m * n, r_next))  # (r_{k-1} m_k n_k, r_k)
-            block = ops.matmul(mat, block)  # (r_{k-1} m_k n_k, m_{k+1} n_{k+1} .. rd)
-            block = ops.reshape(block, (r_prev, -1))  # (r_{k-1}, m_k n_k .. m_d n_d rd)
-    block = ops.reshape(block, (r0, *[s for mn in zip(ms, ns) for s in mn], rd))
-    # (r0, m1, n1, ..., md, nd, rd)
-    perm = (0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1)
-    block = ops.permute(block, perm)  # (r0, m1..md, n1..nd, rd)
-    return ops.reshape(block, (r0, math.prod(ms), math.prod(ns), rd))
-
-
-@dataclass(frozen=True)
-class _Step:
-    """One GEMM of a contraction: ``out[p] = mat @ z[p]`` with ``z`` viewed as
-    ``(p, inner, cols)`` and ``p = rows_factor · B`` (``B`` the rows of ``x`` in the chunk).
-
-    ``mat`` has shape ``(out_rows, inner)``. The output ``(p, out_rows, cols)`` is, read
-    row-major, the next step's input.
-    """
-
-    mat: Any
-    rows_factor: int
-    inner: int
-    cols: int
-
-
-def _sweep_operands(ops: _Ops, cores: Sequence[Any], order: str) -> list[_Step]:
-    """The GEMM steps of a core-by-core sweep (see the module docstring for the states)."""
-    ms = [int(c.shape[1]) for c in cores]
-    ns = [int(c.shape[2]) for c in cores]
-    steps = []
-    if order == "ltr":
-        for k, core in enumerate(cores):
-            r_prev, m, n, r_next = (int(s) for s in core.shape)
-            mat = ops.permute(core, (1, 3, 0, 2))  # (m_k, r_k, r_{k-1}, n_k)
-            mat = ops.reshape(mat, (m * r_next, r_prev * n))  # (m_k r_k, r_{k-1} n_k)
-            # row-major: as a GEMM operand a transposed view can be 2-3x slower (MKL,
-            # (256, 4096) @ (4096, 10)); the copy is the size of a core
-            mat = ops.contiguous(mat)
-            # state (B M_{<k}, r_{k-1} n_k, N_{>k}) -> (B M_{<k}, m_k r_k, N_{>k})
-            steps.append(_Step(mat, math.prod(ms[:k]), r_prev * n, math.prod(ns[k + 1 :])))
-    else:
-        for k in reversed(range(len(cores))):
-            r_prev, m, n, r_next = (int(s) for s in cores[k].shape)
-            mat = ops.reshape(cores[k], (r_prev * m, n * r_next))  # (r_{k-1} m_k, n_k r_k)
-            mat = ops.contiguous(mat)  # a free reshape of a core, unless it was a view
-            # state (B N_{<k}, n_k r_k, M_{>k}) -> (B N_{<k}, r_{k-1} m_k, M_{>k})
-            steps.append(_Step(mat, math.prod(ns[:k]), n * r_next, math.prod(ms[k + 1 :])))
-    return steps
-
-
-def _prepare(ops: _Ops, cores: Sequence[Any], plan: ContractionPlan) -> list[_Step]:
-    """Batch-independent setup of a plan (merging cores) and its GEMM steps."""
-    if plan.order in ("ltr", "rtl"):
-        return _sweep_operands(ops, cores, plan.order)
-    if plan.order == "dense":
-        w = _merge(ops, cores, "ltr")  # (1, M, N, 1)
-        m, n = int(w.shape[1]), int(w.shape[2])
-        return [_Step(ops.reshape(w, (m, n)), 1, n, 1)]  # (M, N): y = x @ W.T
-    s = plan.split
-    left = _merge(ops, cores[:s], "ltr")  # (1, M_L, N_L, r_s)
-    right = _merge(ops, cores[s:], "rtl")  # (r_s, M_R, N_R, 1)
-    return _sweep_operands(ops, [left, right], plan.direction)
-
-
-def _step_out_shape(step: _Step, batch: int) -> tuple[int, ...]:
-    p = step.rows_factor * batch
-    rows = int(step.mat.shape[0])
-    if step.cols == 1:
-        return (p, rows)
-    return (rows, step.cols) if p == 1 else (p, rows, step.cols)
-
-
-def _step_forward(ops: _Ops, step: _Step, z: Any, batch: int, out: Any = None) -> Any:
-    """One GEMM step; returns the output in the layout the next step reads.
-
-    ``out``, when given, is a preallocated array of the output's shape.
-    """
-    p = step.rows_factor * batch
-    if step.cols == 1:
-        z = ops.reshape(z, (p, step.inner))  # (p, inner)
-        return ops.matmul(z, ops.permute(step.mat, (1, 0)), out)  # (p, out_rows)
-    if p == 1:
-        z = ops.reshape(z, (step.inner, step.cols))  # (inner, cols)
-        return ops.matmul(step.mat, z, out)  # (out_rows, cols)
-    z = ops.reshape(z, (p, step.inner, step.cols))  # (p, inner, cols)
-    return ops.matmul(step.mat, z, out)  # (p, out_rows, cols)
-
-
-def _run(
-    ops: _Ops,
-    steps: Sequence[_Step],
-    x2: Any,
-    out: Any = None,
-    buffers: Sequence[Any] | None = None,
-    keep: int = 0,
-) -> Any:
-    """Apply the steps to ``x2`` (``(B, N)``); returns ``(B, M)``.
-
-    With ``buffers`` (flat arrays, one per step but the last), the states are written
-    into them; with ``out`` (``(B, M)``), the result is. ``keep`` stops after that many
-    steps from the end and returns the list of states instead (for backward).
-    """
-    batch = int(x2.shape[0])
-    states = [x2]
-    for t, step in enumerate(steps[: len(steps) - keep]):
-        dest = None
-        if t == len(steps) - 1 and out is not None:
-            dest = ops.reshape(out, _step_out_shape(step, batch))
-        elif t < len(steps) - 1 and buffers is not None:
-            dest = ops.view(buffers[t], _step_out_shape(step, batch))
-        states.append(_step_forward(ops, step, states[-1], batch, dest))
-    if keep:
-        return states
-    last = steps[-1]
-    m_total = last.rows_factor * int(last.mat.shape[0]) * last.cols
-    return ops.reshape(states[-1], (batch, m_total))  # (B, M)
-
-
-def _state_buffers(ops: _Ops, steps: Sequence[_Step], rows: int, like: Any) -> list[Any]:
-    """One flat buffer per state between steps, sized for ``rows`` rows of ``x``."""
-    return [ops.empty(math.prod(_step_out_shape(s, rows)), like) for s in steps[:-1]]
-
-
-def _pingpong_buffers(ops: _Ops, steps: Sequence[_Step], rows: int, like: Any) -> list[Any]:
-    """Flat buffers for the states between steps when only the latest state is needed.
-
-    Step ``t`` reads the state in buffer ``(t - 1) % 2`` and writes buffer ``t % 2``, so
-    two buffers (one allocation) serve any number of steps: fewer fresh pages to fault in
-    than one buffer per state, which on CPU costs more than the GEMMs at small batches.
-    Returned as one entry per state, alternating, for :func:`_run`.
-    """
-    sizes = [math.prod(_step_out_shape(s, rows)) for s in steps[:-1]]
-    if not sizes:
-        return []
-    even, odd = max(sizes[0::2]), max(sizes[1::2], default=0)
-    workspace = ops.empty(even + odd, like)
-    pair = (workspace[:even], workspace[even:])
-    return [pair[t % 2] for t in range(len(sizes))]
-
-
-def _detached(a: Any) -> Any:
-    """A torch tensor without autograd history (no-op for other arrays).
-
-    The executor runs on detached operands so that its kernels, and therefore its
-    rounding, do not depend on ``requires_grad``: torch's ``matmul`` folds a batched
-    product into one GEMM only when no operand requires grad.
-    """
-    detach = getattr(a, "detach", None)
-    return a if detach is None or not getattr(a, "requires_grad", False) else detach()
-
-
-def _execute(
-    cores: Sequence[Any],
-    x2: Any,
-    plan: ContractionPlan,
-    counter: list[int] | None = None,
-) -> Any:
-    """Run ``plan`` on ``x2`` (``(B, N)``) in chunks of ``plan.chunk`` rows.
-
-    Chunks reuse one pair of state buffers and write straight into the output where the
-    backend allows it (numpy, torch), so chunking costs no extra copies. Torch operands
-    are detached first: gradients are the job of :mod:`ttdecomp._torch_ops`.
-    """
-    cores = [_detached(c) for c in cores]
-    x2 = _detached(x2)
-    ops = _Ops(x2, counter)
-    batch = int(x2.shape[0])
-    steps = _prepare(ops, cores, plan)
-    starts = range(0, batch, max(plan.chunk, 1))
-    if not ops.supports_out:
-        if batch <= plan.chunk:
-            return _run(ops, steps, x2)
-        return ops.concat([_run(ops, steps, x2[i : i + plan.chunk, ...]) for i in starts])
-    last = steps[-1]
-    m_total = last.rows_factor * int(last.mat.shape[0]) * last.cols
-    y = ops.view(ops.empty(batch * m_total, x2), (batch, m_total))  # (B, M)
-    buffers = _pingpong_buffers(ops, steps, min(plan.chunk, batch), x2)
-    for i in starts:
-        _run(ops, steps, x2[i : i + plan.chunk, ...], y[i : i + plan.chunk, ...], buffers)
-    return y
-
-
-# --------------------------------------------------------------------------- public API
-def apply(
-    ttm_or_cores: Any,
-    x: Any,
-    *,
-    order: str | None = None,
-    split: int | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    plan: ContractionPlan | None = None,
-    machine: MachineModel | None = None,
-) -> Any:
-    """``y = x @ W.T`` for a TT-matrix ``W`` (``M × N``): maps ``x[..., N]`` to ``y[..., M]``.
-
-    The contraction order is chosen by :func:`contraction_plan` for the actual batch (the
-    product of the leading axes); ``W`` is never formed unless reconstructing it is the
-    cheapest order. numpy in gives numpy out, torch in gives torch out (same device and
-    dtype, gradients flowing to ``x`` and every core through an autograd Function that
-    saves only ``x`` and the cores), other array-API arrays work through the standard.
-
-    Under ``torch.autocast`` the operands are cast as for ``F.linear`` (float32, float16
-    and bfloat16 to the autocast dtype; float64 and complex untouched) and the result is
-    in the autocast dtype; gradients reach float32 cores in float32.
-
-    Parameters
-    ----------
-    ttm_or_cores : TTMatrix or sequence of arrays
-        The TT-matrix, or its 4-D cores ``(r_{k-1}, m_k, n_k, r_k)`` (e.g. a list of torch
-        ``nn.Parameter``). Only shapes are checked, never the data.
-    x : array
-        Shape ``(..., N)``, same library, dtype and device as the cores.
-    order, split : optional
-        Force a contraction order (see :func:`contraction_plan`).
-    memory_budget : int
-        Largest intermediate in elements before the batch is processed in chunks.
-    plan : ContractionPlan, optional
-        A plan from :func:`contraction_plan` for these shapes and this batch, to skip
-        planning on every call (a layer can keep one per batch size); overrides
-        ``order``, ``split``, ``memory_budget`` and ``machine``.
-    machine : MachineModel, optional
-        Rates the plan's time estimates use (see :func:`contraction_plan`).
-
-    Returns
-    -------
-    array
-        Shape ``(..., M)``.
-
-    Raises
-    ------
-    ShapeError
-        The last axis of ``x`` is not ``N``, the cores do not chain, or ``plan`` was made
-        for other shapes or another batch size.
-    BackendMismatchError
-        ``x`` and the cores differ in library, dtype (including complex/real) or device.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from ttdecomp.contract import apply
-    >>> rng = np.random.default_rng(0)
-    >>> cores = [rng.standard_normal((1, 2, 3, 4)), rng.standard_normal((4, 5, 2, 1))]
-    >>> x = rng.standard_normal((7, 3, 6))
-    >>> y = apply(cores, x)
-    >>> y.shape
-    (7, 3, 10)
-    >>> w = np.einsum("aijb,bklc->ikjl", *cores).reshape(10, 6)
-    >>> bool(np.allclose(y, x @ w.T))
-    True
-    """
-    cores = _cores_of(ttm_or_cores)
-    row_shape, col_shape, ranks = _shapes(cores)
-    n_total, m_total = math.prod(col_shape), math.prod(row_shape)
-    from ._backend import is_torch
-
-    amp_device = None
-    if is_torch(x):
-        from ._torch_ops import autocast_operands
-
-        x, cores, amp_device = autocast_operands(x, cores)
-    xp = _check_operands(x, cores, n_total)
-    lead = tuple(int(s) for s in x.shape[:-1])
-    batch = math.prod(lead)
-    if plan is None:
-        plan = _plan(
-            row_shape,
-            col_shape,
-            ranks,
-            batch,
-            order,
-            split,
-            memory_budget,
-            _machine_for(machine, x),
-            _itemsize(x),
-        )
-    elif (plan.row_shape, plan.col_shape, plan.ranks, plan.batch) != (
-        row_shape,
-        col_shape,
-        ranks,
-        batch,
-    ):
-        raise ShapeError(
-            f"plan is for row_shape={plan.row_shape}, col_shape={plan.col_shape}, "
-            f"ranks={plan.ranks}, batch={plan.batch}; got row_shape={row_shape}, "
-            f"col_shape={col_shape}, ranks={ranks}, batch={batch}. Make it with "
-            "contraction_plan(cores, batch) for this input."
-        )
-    if is_torch(x):
-        from ._torch_ops import tt_apply
-
-        if amp_device is None:
-            y2 = tt_apply(cores, x.reshape(batch, n_total), plan)
-        else:  # operands already cast: the contraction runs with autocast off
-            import torch
-
-            with torch.autocast(amp_device, enabled=False):
-                y2 = tt_apply(cores, x.reshape(batch, n_total), plan)
-    else:
-        x2 = xp.reshape(x, (batch, n_total))  # (B, N)
-        y2 = _execute(cores, x2, plan)  # (B, M)
-    return xp.reshape(y2, (*lead, m_total))  # (..., M)
-
-
-def linear(x: Any, ttm_or_cores: Any, bias: Any | None = None) -> Any:
-    """``torch.nn.functional.linear`` with a TT-matrix weight: ``y = x @ W.T + bias``.
-
-    Parameters
-    ----------
-    x : array
-        Shape ``(..., N)``.
-    ttm_or_cores : TTMatrix or sequence of arrays
-        The weight ``W`` (``M × N``) in TT form.
-    bias : array, optional
-        Shape ``(M,)``, same library, dtype and device as ``x``.
-
-    Returns
-    -------
-    array
-        Shape ``(..., M)``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from ttdecomp.contract import linear
-    >>> cores = [np.ones((1, 2, 2, 1)), np.ones((1, 3, 3, 1))]
-    >>> linear(np.ones((1, 6)), cores, bias=np.arange(6.0))
-    array([[ 6.,  7.,  8.,  9., 10., 11.]])
-    """
-    y = apply(ttm_or_cores, x)
-    if bias is None:
-        return y
-    m_total = int(y.shape[-1])
-    if bias.ndim != 1 or int(bias.shape[0]) != m_total:
-        raise ShapeError(
-            f"bias has shape {tuple(bias.shape)}; expected ({m_total},), one entry per output "
-            "feature (M = ∏ row_shape)."
-        )
-    _check_operands(bias, _cores_of(ttm_or_cores), m_total, what="bias")
-    from ._backend import is_torch
-
-    if is_torch(bias) and bias.dtype != y.dtype:  # autocast cast the matmul's operands
-        from ._torch_ops import autocast_operands
-
-        bias = autocast_operands(bias, [])[0]
-    return y + bias
-
-
-# --------------------------------------------------------------------------- TT × TT
-def ttm_matmul(a: Any, b: Any, *, eps: float | None = None, ranks: Any = None) -> Any:
-    """The product ``A @ B`` of a TT-matrix with a TT-matrix or a tensor train, in TT form.
-
-    Core ``k`` of the result is ``Σ_j A_k[:, i, j, :] ⊗ B_k[:, j, l, :]``: ranks multiply
-    (``r_k^A · r_k^B``); the result is exact unless ``eps`` or ``ranks`` ask for rounding
-    (then ``‖C − round(C)‖ ≤ eps ‖C‖`` as :meth:`TensorTrain.round` guarantees).
-
-    Parameters
-    ----------
-    a : TTMatrix
-        ``M × N`` with column factors ``(n_1..n_d)``.
-    b : TTMatrix or TensorTrain
-        ``N × K`` with row factors ``(n_1..n_d)``, or a train over modes ``(n_1..n_d)``
-        (a vector of length ``N`` in TT form).
-    eps : float, optional
-        Relative Frobenius tolerance of the rounding.
-    ranks : int or sequence of int, optional
-        Largest ranks after rounding.
-
-    Returns
-    -------
-    TTMatrix or TensorTrain
-        A TT-matrix ``M × K`` when ``b`` is a TT-matrix, a tensor train over
-        ``(m_1..m_d)`` when ``b`` is a tensor train.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from ttdecomp import TTMatrix
-    >>> from ttdecomp.contract import ttm_matmul
-    >>> rng = np.random.default_rng(0)
-    >>> a = TTMatrix([rng.standard_normal((1, 2, 3, 2)), rng.standard_normal((2, 2, 3, 1))])
-    >>> b = TTMatrix([rng.standard_normal((1, 3, 2, 3)), rng.standard_normal((3, 3, 2, 1))])
-    >>> c = ttm_matmul(a, b)
-    >>> c.shape, c.ranks
-    ((4, 4), (1, 6, 1))
-    >>> bool(np.allclose(c.full(), a.full() @ b.full()))
-    True
-    """
-    from .tensor_train import TensorTrain
-    from .tt_matrix import TTMatrix
-
-    if not isinstance(a, TTMatrix):
-        raise ShapeError(f"ttm_matmul's left operand must be a TTMatrix, got {type(a).__name__}.")
-    is_tt = isinstance(b, TensorTrain) and not isinstance(b, TTMatrix)
-    if not (is_tt or isinstance(b, TTMatrix)):
-        raise ShapeError(
-            f"ttm_matmul's right operand must be a TTMatrix or TensorTrain, got "
-            f"{type(b).__name__}; for a dense operand use apply()."
-        )
-    from ._backend import get_namespace
-
-    a_cores = list(a.cores)
-    xp = get_namespace(*a_cores, *b.cores)
-    if is_tt:
-        b_cores = [xp.expand_dims(c, axis=2) for c in b.cores]  # (s_{k-1}, n_k, 1, s_k)
-    else:
-        b_cores = list(b.cores)
-    b_rows = tuple(int(c.shape[1]) for c in b_cores)
-    if len(a_cores) != len(b_cores) or a.col_shape != b_rows:
-        raise ShapeError(
-            f"A @ B needs A's column factors to equal B's row factors core by core; got "
-            f"A.col_shape={a.col_shape} and B's {'shape' if is_tt else 'row_shape'}={b_rows}. "
-            "Re-tensorize one operand (e.g. with ttdecomp.tt_svd and matching shapes)."
-        )
-    for k, (ca, cb) in enumerate(zip(a_cores, b_cores)):
-        if ca.dtype != cb.dtype:
-            raise BackendMismatchError(
-                f"core {k}: A has dtype {ca.dtype}, B has {cb.dtype}; cast one operand so "
-                "both share a dtype (ttdecomp does not promote silently)."
-            )
-    cores = []
-    for ca, cb in zip(a_cores, b_cores):
-        ra, m, n, ra2 = (int(s) for s in ca.shape)
-        rb, _, p, rb2 = (int(s) for s in cb.shape)
-        left = xp.permute_dims(ca, (0, 1, 3, 2))  # (ra, m, ra', n)
-        left = xp.reshape(left, (ra * m * ra2, n))  # (ra m ra', n)
-        right = xp.permute_dims(cb, (1, 0, 2, 3))  # (n, rb, p, rb')
-        right = xp.reshape(right, (n, rb * p * rb2))  # (n, rb p rb')
-        core = xp.matmul(left, right)  # (ra m ra', rb p rb')
-        core = xp.reshape(core, (ra, m, ra2, rb, p, rb2))  # (ra, m, ra', rb, p, rb')
-        core = xp.permute_dims(core, (0, 3, 1, 4, 2, 5))  # (ra, rb, m, p, ra', rb')
-        cores.append(xp.reshape(core, (ra * rb, m, p, ra2 * rb2)))  # (ra rb, m, p, ra' rb')
-    if is_tt:
-        result = TensorTrain([xp.reshape(c, (c.shape[0], c.shape[1], c.shape[3])) for c in cores])
-    else:
-        result = TTMatrix(cores)
-    if eps is not None or ranks is not None:
-        result = result.round(ranks, eps=eps)
-    return result
