@@ -62,7 +62,6 @@ TOLERATED = {
     "private: ttdecomp.planner imports ttdecomp.shapes._balanced",
     "private: ttdecomp.planner imports ttdecomp.shapes._end_heavy",
     "private: ttdecomp.planner imports ttdecomp.shapes._valley",
-    "private: ttdecomp.rounding imports ttdecomp.decompose._truncate",
 }
 
 
