@@ -48,14 +48,14 @@ from typing import Any
 
 import numpy as np
 
-from . import counts
-from ._backend import check_array, is_torch
-from ._validation import check_eps
-from .errors import InvalidInputError, ShapeError, TTError, TTWarning
-from .shapes import LAYOUTS, MAX_PRIME, prime_factors, split_shapes, tensorize
-from .shapes import _balanced as balanced_factors
-from .shapes import _end_heavy as end_heavy_factors
-from .shapes import _valley as valley_order
+from .. import counts
+from .._backend import check_array, is_torch
+from .._validation import check_eps
+from ..errors import InvalidInputError, ShapeError, TTError, TTWarning
+from ..shapes import LAYOUTS, MAX_PRIME, prime_factors, split_shapes, tensorize
+from ..shapes import _balanced as balanced_factors
+from ..shapes import _end_heavy as end_heavy_factors
+from ..shapes import _valley as valley_order
 
 __all__ = ["DEFAULT_EXCLUDE", "ModelPlan", "Plan", "plan", "plan_model"]
 
@@ -185,7 +185,7 @@ class Plan:
         >>> ttm.n_params == p.n_params, ttm.shape
         (True, (64, 48))
         """
-        from .decompose import tt_svd
+        from ..decompose import tt_svd
 
         xp = check_array(weight, "weight")
         if tuple(weight.shape) != self.shape:
