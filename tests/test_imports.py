@@ -59,9 +59,6 @@ TOLERATED = {
     "private: ttdecomp.adapters.model imports ttdecomp.adapters.layers._adapter_dtype",
     "private: ttdecomp.adapters.serialization imports ttdecomp.adapters.model._build_adapter",
     "private: ttdecomp.adapters.serialization imports ttdecomp.adapters.model._check_adapter_name",
-    "private: ttdecomp.planner._plan imports ttdecomp.shapes._balanced",
-    "private: ttdecomp.planner._plan imports ttdecomp.shapes._end_heavy",
-    "private: ttdecomp.planner._plan imports ttdecomp.shapes._valley",
 }
 
 
