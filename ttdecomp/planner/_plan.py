@@ -14,6 +14,7 @@ import numpy as np
 from .. import counts
 from .._backend import check_array
 from .._validation import check_eps
+from ..cost_model import DEFAULT_MEMORY_BUDGET, MachineModel, cached_plan
 from ..errors import InvalidInputError, ShapeError, TTWarning
 from ..shapes import MAX_PRIME
 from ._candidates import Candidate, budget_error, candidates
@@ -233,9 +234,25 @@ def build_plan(
     lora_rank: int,
     with_weight: bool,
 ) -> Plan:
+    """The :class:`Plan` of a choice; its order is the one :func:`~ttdecomp.contract.apply` runs.
+
+    The contraction figures come from :func:`~ttdecomp.cost_model.contraction_plan`'s choice
+    for float32 operands on the CPU (:meth:`~ttdecomp.MachineModel.cpu`, the default memory
+    budget): the order ``apply`` runs on such an input, not merely the one with fewest FLOPs.
+    """
     c = choice.cand
-    costs = counts.contraction_costs(c.row_shape, c.col_shape, list(choice.ranks), batch)
-    best = min(costs, key=lambda x: (x.flops, x.memory))
+    cp = cached_plan(
+        c.row_shape,
+        c.col_shape,
+        tuple(choice.ranks),
+        batch,
+        None,
+        None,
+        DEFAULT_MEMORY_BUDGET,
+        MachineModel.cpu(),
+        4,
+    )
+    best = cp.cost
     return Plan(
         shape=shape,
         padded_shape=(math.prod(c.row_shape), math.prod(c.col_shape)),

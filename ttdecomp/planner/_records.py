@@ -41,7 +41,9 @@ class Plan:
     batch : int
         Rows of ``x`` the costs are for.
     order : str
-        The cheapest contraction order for ``apply()`` at that batch.
+        The contraction order ``apply()`` runs at that batch on float32 CPU operands (the
+        choice of :func:`~ttdecomp.contraction_plan`, ranked by estimated time on
+        :meth:`~ttdecomp.MachineModel.cpu`); ``"merged@s"`` names the split bond ``s``.
     flops : int
         FLOPs of ``apply()`` in that order (multiply-add = 2, setup included).
     peak_memory, saved_memory : int
