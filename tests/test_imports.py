@@ -53,14 +53,6 @@ LEVELS = {
 }
 EXEMPT_FROM_LEVELS = {"ttdecomp", "ttdecomp.__main__"}
 
-# Violations present when this test was written, removed step by step (issue 10). An
-# entry that no longer occurs fails the test too, so the list only shrinks.
-TOLERATED = {
-    "private: ttdecomp.adapters.model imports ttdecomp.adapters.layers._adapter_dtype",
-    "private: ttdecomp.adapters.serialization imports ttdecomp.adapters.model._build_adapter",
-    "private: ttdecomp.adapters.serialization imports ttdecomp.adapters.model._check_adapter_name",
-}
-
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -210,27 +202,22 @@ def _private_names() -> set[str]:
     return bad
 
 
-def _check(found: set[str], rule: str) -> None:
-    """Fail on violations not in TOLERATED, and on TOLERATED entries that are fixed."""
-    keys = {v.split(" at ")[0] for v in found}
-    new = sorted(v for v in found if f"{rule}: {v.split(' at ')[0]}" not in TOLERATED)
-    stale = sorted(
-        v for v in TOLERATED if v.startswith(f"{rule}: ") and v[len(rule) + 2 :] not in keys
-    )
-    assert not new, f"{rule}:\n" + "\n".join(new)
-    assert not stale, "fixed, remove from TOLERATED:\n" + "\n".join(stale)
-
-
 def test_imports_point_down():
-    _check(_upward(), "up")
+    bad = sorted(_upward())
+    assert not bad, "imports pointing up a level (see DESIGN.md, Layout):\n" + "\n".join(bad)
 
 
 def test_no_import_cycles():
-    _check(_cycles(), "cycle")
+    bad = sorted(_cycles())
+    assert not bad, "import cycles:\n" + "\n".join(bad)
 
 
 def test_no_private_name_from_another_module():
-    _check(_private_names(), "private")
+    bad = sorted(_private_names())
+    assert not bad, (
+        "private names imported from another module (drop the underscore, keep the name out "
+        "of __all__, and move it to a private _module.py if it is shared):\n" + "\n".join(bad)
+    )
 
 
 @pytest.mark.parametrize(

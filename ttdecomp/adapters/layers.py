@@ -47,7 +47,7 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
-def _adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     """float32 for half-precision bases (stable training), else the base's own dtype."""
     return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
 
