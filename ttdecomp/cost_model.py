@@ -40,6 +40,7 @@ __all__ = [
     "estimate_costs",
     "itemsize_of",
     "machine_for",
+    "matrix_n_params",
 ]
 
 ORDERS = ("ltr", "rtl", "merged", "dense")
@@ -443,14 +444,21 @@ def estimate_costs(
     """
     row_shape, col_shape, ranks, batch = check_matrix_shape(row_shape, col_shape, ranks, batch)
     machine = machine_for(machine)
-    n_params = sum(
-        ranks[k] * m * n * ranks[k + 1] for k, (m, n) in enumerate(zip(row_shape, col_shape))
-    )
-    saved = batch * math.prod(col_shape) + n_params
+    saved = batch * math.prod(col_shape) + matrix_n_params(row_shape, col_shape, ranks)
     return [
         _cost(c, batch, saved, machine, int(itemsize), int(memory_budget))
         for c in _candidates(row_shape, col_shape, ranks)
     ]
+
+
+def matrix_n_params(
+    row_shape: Sequence[int], col_shape: Sequence[int], ranks: Sequence[int]
+) -> int:
+    """Stored numbers of a TT-matrix, ``Σ_k r_{k-1} · m_k · n_k · r_k`` (no checks: the
+    validated form is :func:`ttdecomp.counts.tt_matrix_n_params`)."""
+    return sum(
+        ranks[k] * m * n * ranks[k + 1] for k, (m, n) in enumerate(zip(row_shape, col_shape))
+    )
 
 
 def _chunk(c: _Candidate, batch: int, memory_budget: int) -> int:
@@ -630,10 +638,7 @@ def cached_plan(
     memory_budget = int(memory_budget)
     candidates = _candidates(row_shape, col_shape, ranks)
     chosen = _select(candidates, batch, order, split, machine, itemsize, memory_budget)
-    n_params = sum(
-        ranks[k] * m * n * ranks[k + 1] for k, (m, n) in enumerate(zip(row_shape, col_shape))
-    )
-    saved = batch * math.prod(col_shape) + n_params
+    saved = batch * math.prod(col_shape) + matrix_n_params(row_shape, col_shape, ranks)
     return ContractionPlan(
         _cost(chosen, batch, saved, machine, itemsize, memory_budget),
         batch,

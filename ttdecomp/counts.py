@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._validation import attainable_ranks, normalize_ranks
-from .cost_model import estimate_costs
+from .cost_model import estimate_costs, matrix_n_params
 from .errors import InvalidInputError, RankError, ShapeError
 from .shapes import to_tt_shape
 
@@ -111,7 +111,8 @@ def tt_matrix_n_params(
     >>> tt_matrix_n_params((1, 1, 1, 3, 4, 64), (64, 4, 3, 1, 1, 1), 4)
     736
     """
-    return tt_n_params(to_tt_shape(row_shape, col_shape), ranks)
+    rs, cs = _pair(row_shape, col_shape)
+    return matrix_n_params(rs, cs, _ranks(ranks, len(rs)))
 
 
 def max_ranks(

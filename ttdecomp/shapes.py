@@ -358,11 +358,7 @@ def tensorize(
     ...
     ttdecomp.errors.ShapeError: out_features = 4099 has the prime factor 4099 ...
     """
-    if layout not in LAYOUTS:
-        raise InvalidInputError(
-            f"layout must be one of {LAYOUTS}, got {layout!r}: 'split' for TT-LoRA (input "
-            "factors first), 'interleaved' for the classic TT-matrix."
-        )
+    check_layout(layout)
     max_prime = _check_int(max_prime, "max_prime", minimum=2)
     if n_cores is not None:
         n_cores = _check_int(
@@ -496,11 +492,22 @@ def from_tt_shape(
     if split is None or math.prod(shape[split:]) != M:
         raise ShapeError(
             f"tt_shape {shape} does not split into input factors multiplying to "
-            f"in_features = {N} followed by output factors multiplying to out_features = "
-            f"{M} (product {math.prod(shape)}, expected {M * N}). List the input factors "
-            "first, e.g. tt_shape=[*factorize(in_features), *factorize(out_features)]."
+            f"in_features={N} followed by output factors multiplying to out_features={M} "
+            f"(product {math.prod(shape)}, expected {M * N}). List the input factors first, "
+            "e.g. [64, 4, 3, 3, 4, 64] for a 768 x 768 layer, or "
+            "tt_shape=[*factorize(in_features), *factorize(out_features)]."
         )
     return (1,) * split + tuple(shape[split:]), tuple(shape[:split]) + (1,) * (len(shape) - split)
+
+
+def check_layout(layout: Any) -> str:
+    """``layout`` if it is one of :data:`LAYOUTS`, else an error naming them."""
+    if layout not in LAYOUTS:
+        raise InvalidInputError(
+            f"layout must be one of {LAYOUTS}, got {layout!r}: 'split' for TT-LoRA (input "
+            "factors first), 'interleaved' for the classic TT-matrix."
+        )
+    return layout
 
 
 def _check_pair(

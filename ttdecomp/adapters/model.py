@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import InvalidInputError
-from .config import LoRETTAConfig, TTAdapterConfig
+from .config import ADP_CANNOT_MERGE, LoRETTAConfig, TTAdapterConfig
 from .inject import (
     get_adapter_state_dict,
     inject_adapter_in_model,
@@ -220,10 +220,8 @@ class TTAdapterModel(nn.Module):
             cfg = self.tt_config[n]
             if isinstance(cfg, LoRETTAConfig) and cfg.variant == "adp":
                 raise InvalidInputError(
-                    f"adapter {n!r} is LoRETTA-adp: a non-linear bottleneck (TT down -> "
-                    f"{cfg.non_linearity} -> TT up) after the layer, not a weight update, so it "
-                    "cannot be merged into the weights. Keep it unmerged, or use LoRETTA-rep / "
-                    "TT-LoRA if you need merging."
+                    f"adapter {n!r} ({cfg.non_linearity}): {ADP_CANNOT_MERGE}. Keep it "
+                    "unmerged, or use LoRETTA-rep / TT-LoRA if you need merging."
                 )
 
     def merge_adapter(

@@ -9,9 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InvalidInputError, ShapeError
-from ..shapes import LAYOUTS
 
-__all__ = ["check_budget", "check_layout", "check_opt_int", "check_shape"]
+__all__ = ["check_budget", "check_opt_int", "check_shape"]
 
 
 def check_shape(shape: Any) -> tuple[int, int]:
@@ -66,12 +65,3 @@ def check_opt_int(value: Any, name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise InvalidInputError(f"{name} must be a positive integer or None, got {value!r}.")
     return int(value)
-
-
-def check_layout(layout: Any) -> str:
-    if layout not in LAYOUTS:
-        raise InvalidInputError(
-            f"layout must be one of {LAYOUTS}, got {layout!r}: 'split' for TT-LoRA (input "
-            "factors first), 'interleaved' for the classic TT-matrix."
-        )
-    return layout

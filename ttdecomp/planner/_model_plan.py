@@ -12,10 +12,10 @@ import numpy as np
 from .. import counts
 from .._validation import check_eps
 from ..errors import InvalidInputError, ShapeError, TTError
-from ..shapes import MAX_PRIME
+from ..shapes import MAX_PRIME, check_layout
 from ._candidates import Candidate, candidates, min_tt
 from ._checkpoint import Source
-from ._checks import check_budget, check_layout, check_opt_int, check_shape
+from ._checks import check_budget, check_opt_int, check_shape
 from ._plan import Choice, build_plan, choose, with_achieved
 from ._ranks import global_greedy
 from ._records import ModelPlan, Plan

@@ -16,9 +16,9 @@ from .._backend import check_array
 from .._validation import check_eps
 from ..cost_model import DEFAULT_MEMORY_BUDGET, MachineModel, cached_plan
 from ..errors import InvalidInputError, ShapeError, TTWarning
-from ..shapes import MAX_PRIME
+from ..shapes import MAX_PRIME, check_layout
 from ._candidates import Candidate, budget_error, candidates
-from ._checks import check_budget, check_layout, check_opt_int, check_shape
+from ._checks import check_budget, check_opt_int, check_shape
 from ._ranks import capacity_ranks, error_ranks
 from ._records import Plan
 from ._spectra import Spectra, as_numpy
