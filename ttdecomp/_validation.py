@@ -280,8 +280,6 @@ def matrix_shapes(cores: Sequence[Any]) -> tuple[tuple[int, ...], tuple[int, ...
 
 def check_operands(x: Any, cores: Sequence[Any], n_total: int, what: str = "x") -> Any:
     """Backend, dtype, device and last-axis checks; returns the namespace."""
-    from ._backend import get_namespace
-
     xp = get_namespace(x, *cores)
     dtype = cores[0].dtype
     if not xp.isdtype(x.dtype, ("real floating", "complex floating")):
@@ -322,6 +320,4 @@ def _device(a: Any) -> Any:
     dev = getattr(a, "device", None)
     if dev is None:
         return None
-    import array_api_compat
-
     return array_api_compat.device(a)

@@ -32,8 +32,9 @@ Inputs are never promoted or moved: ``x`` and the cores must share the array lib
 dtype (complex with real is an error) and device; only shapes are checked per call, so a
 list of torch ``nn.Parameter`` can be passed on every forward at no cost.
 
-This module imports no array library at import time: the array code dispatches on the
-input (numpy, torch with autograd, or any array-API library). Torch tensors that need
+Nothing here is tied to an array library: the code dispatches on the input (numpy, torch
+with autograd, or any array-API library), and torch is imported only when a torch tensor
+arrives. Torch tensors that need
 gradients go through a memory-lean autograd Function (:mod:`ttdecomp._torch_ops`) that
 saves only ``x`` and the cores. TT × TT products (:func:`~ttdecomp.tt_matrix.ttm_matmul`)
 live beside :class:`~ttdecomp.TTMatrix` and are re-exported here.
@@ -44,6 +45,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ._backend import is_torch
 from ._executor import execute
 from ._validation import check_operands, matrix_cores, matrix_shapes
 from .cost_model import (
@@ -144,8 +146,6 @@ def apply(
     cores = matrix_cores(ttm_or_cores)
     row_shape, col_shape, ranks = matrix_shapes(cores)
     n_total, m_total = math.prod(col_shape), math.prod(row_shape)
-    from ._backend import is_torch
-
     amp_device = None
     if is_torch(x):
         from ._torch_ops import autocast_operands
@@ -229,8 +229,6 @@ def linear(x: Any, ttm_or_cores: Any, bias: Any | None = None) -> Any:
             "feature (M = ∏ row_shape)."
         )
     check_operands(bias, matrix_cores(ttm_or_cores), m_total, what="bias")
-    from ._backend import is_torch
-
     if is_torch(bias) and bias.dtype != y.dtype:  # autocast cast the matmul's operands
         from ._torch_ops import autocast_operands
 
