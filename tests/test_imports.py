@@ -29,6 +29,7 @@ LEVELS = {
     "ttdecomp._threads": 1,
     "ttdecomp._validation": 1,
     "ttdecomp._cores": 2,
+    "ttdecomp._kernels": 2,
     "ttdecomp.tensor_train": 2,
     "ttdecomp.tt_matrix": 2,
     "ttdecomp.shapes": 2,
