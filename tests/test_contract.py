@@ -21,12 +21,12 @@ from strategies import (
     ttm_layouts,
 )
 
+from ttdecomp._executor import execute
 from ttdecomp.contract import (
     ORDERS,
     ContractionCost,
     ContractionPlan,
     MachineModel,
-    _execute,
     apply,
     contraction_plan,
     estimate_costs,
@@ -91,7 +91,7 @@ def test_every_order_gives_the_same_result_and_counted_flops_equal_the_model(lay
             )
             assert plan.cost == cost
             counter = [0]
-            y = _execute(cores, x, plan, counter)
+            y = execute(cores, x, plan, counter)
             assert counter[0] == cost.flops, (cost, counter[0])
             assert close(y, x @ w.T, x, w, "float64")
 
@@ -288,7 +288,7 @@ def test_flop_count_matches_on_other_backends(backend):
     for cost in estimate_costs(*layout, 5):
         plan = contraction_plan(cores, 5, order=cost.order, split=cost.split, memory_budget=20)
         counter = [0]
-        _execute(cores, x, plan, counter)
+        execute(cores, x, plan, counter)
         assert counter[0] == cost.flops
 
 

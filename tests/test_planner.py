@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import seeds, weight_shapes
 
+from ttdecomp import contract
 from ttdecomp.counts import lora_n_params, max_ranks, tt_matrix_n_params
 from ttdecomp.errors import InvalidInputError, ShapeError, TTWarning
 from ttdecomp.planner import ModelPlan, Plan, plan, plan_model
@@ -187,6 +188,27 @@ def test_plan_fields_and_table():
     assert len([ln for ln in text.splitlines() if ln.strip()[:1].isdigit()]) == p.n_cores
     rec = p.to_record()
     assert rec["n_params"] == p.n_params and rec["ranks"] == list(p.ranks)
+
+
+def test_plan_order_is_the_order_apply_runs(monkeypatch):
+    # Plan.order used to rank the orders by FLOPs (merged@5 here) while apply ranks them by
+    # estimated time and runs ltr: the plan must name what apply runs
+    p = plan((4096, 4096), 50_000, batch=64)
+    cores = [
+        np.zeros((p.ranks[k], m, n, p.ranks[k + 1]), np.float32)
+        for k, (m, n) in enumerate(zip(p.row_shape, p.col_shape))
+    ]
+    ran = []
+
+    def spy(cores, x2, plan):
+        ran.append(plan)
+        return np.zeros((x2.shape[0], 4096), x2.dtype)
+
+    monkeypatch.setattr(contract, "execute", spy)
+    contract.apply(cores, np.zeros((64, 4096), np.float32))
+    (run,) = ran
+    assert p.order == (run.order if run.split is None else f"{run.order}@{run.split}")
+    assert (p.flops, p.peak_memory) == (run.cost.flops, run.cost.memory)
 
 
 def test_large_prime_and_padding():

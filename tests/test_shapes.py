@@ -122,9 +122,9 @@ def test_tt_shape_round_trip_property(shape):
 
 
 def test_from_tt_shape_rejects_wrong_products():
-    with pytest.raises(ShapeError, match="in_features = 768"):
+    with pytest.raises(ShapeError, match="in_features=768"):
         from_tt_shape([64, 4, 4, 3, 4, 64], 768, 768)
-    with pytest.raises(ShapeError, match="out_features = 512"):
+    with pytest.raises(ShapeError, match="out_features=512"):
         from_tt_shape([64, 4, 3, 3, 4, 64], 512, 768)
 
 

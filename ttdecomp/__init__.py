@@ -16,7 +16,6 @@ from .contract import (
     contraction_plan,
     estimate_costs,
     linear,
-    ttm_matmul,
 )
 from .counts import (
     activation_memory,
@@ -33,7 +32,7 @@ from .random import random_tt, random_ttm
 from .rounding import orthogonalize, round
 from .shapes import factorize, from_tt_shape, tensorize, to_tt_shape
 from .tensor_train import TensorTrain
-from .tt_matrix import TTMatrix
+from .tt_matrix import TTMatrix, ttm_matmul
 
 __version__ = "0.1.0"
 

@@ -3,7 +3,7 @@
 Imported lazily, only when a torch tensor reaches :func:`~ttdecomp.contract.apply`, so
 ``import ttdecomp`` never imports torch.
 
-Forward runs the plan's GEMM steps (see :mod:`ttdecomp.contract`) and saves only ``x``
+Forward runs the plan's GEMM steps (see :mod:`ttdecomp._executor`) and saves only ``x``
 and the cores. Backward rebuilds the step operands (merged blocks, reshaped cores) with
 autograd recording, then, chunk by chunk, recomputes the states *before* the last step
 (never the output) and walks the steps backwards with two GEMMs each: the state's
@@ -22,16 +22,8 @@ from typing import Any
 
 import torch
 
-from .contract import (
-    ContractionPlan,
-    _execute,
-    _Ops,
-    _prepare,
-    _run,
-    _state_buffers,
-    _Step,
-    _step_out_shape,
-)
+from ._executor import Ops, Step, execute, prepare, run, state_buffers, step_out_shape
+from .cost_model import ContractionPlan
 
 __all__ = ["autocast_operands", "tt_apply"]
 
@@ -87,7 +79,7 @@ _LOOP_MIN_MACS = 1 << 18  # multiply-adds per GEMM of the loop
 _LOOP_MAX_P = 1024  # calls per chunk
 
 
-def _loops(step: _Step, batch: int) -> bool:
+def _loops(step: Step, batch: int) -> bool:
     """Whether the operand gradient of ``step`` is accumulated one ``p`` at a time.
 
     ``batch`` is the rows of ``x`` per chunk; the choice is made once per backward (from
@@ -99,7 +91,7 @@ def _loops(step: _Step, batch: int) -> bool:
     return 1 < p <= _LOOP_MAX_P and step.cols > 1 and big
 
 
-def _acc_transposed(step: _Step, batch: int) -> bool:
+def _acc_transposed(step: Step, batch: int) -> bool:
     """Whether the operand gradient of ``step`` is accumulated as ``(inner, out_rows)``.
 
     BLAS writes a short-and-wide product up to 9x faster than a tall-and-thin one, and
@@ -109,7 +101,7 @@ def _acc_transposed(step: _Step, batch: int) -> bool:
 
 
 def _step_backward(
-    step: _Step,
+    step: Step,
     mat_h: torch.Tensor,
     z: torch.Tensor,
     grad: torch.Tensor,
@@ -165,32 +157,32 @@ def _step_backward(
 
 
 def _backward_chunk(
-    ops: _Ops,
-    steps: Sequence[_Step],
+    ops: Ops,
+    steps: Sequence[Step],
     mat_hs: Sequence[torch.Tensor],
     layouts: Sequence[tuple[bool, bool]],
     x2: torch.Tensor,
     grad_y: torch.Tensor,
     grad_x: torch.Tensor | None,
     accs: Sequence[torch.Tensor] | None,
-    state_buffers: Sequence[torch.Tensor],
+    state_bufs: Sequence[torch.Tensor],
     grad_buffers: Sequence[torch.Tensor],
 ) -> None:
     """Backward through all steps for one chunk of rows.
 
-    Recomputes the states before the last step into ``state_buffers``, then walks the
+    Recomputes the states before the last step into ``state_bufs``, then walks the
     steps backwards with the state gradients in the two ``grad_buffers`` (ping-pong);
     the gradient of ``x2`` goes into ``grad_x`` and the operand gradients are added to
     ``accs``.
     """
     batch = int(x2.shape[0])
-    states = _run(ops, steps, x2, buffers=state_buffers, keep=1)
+    states = run(ops, steps, x2, buffers=state_bufs, keep=1)
     grad = grad_y
     for t in reversed(range(len(steps))):
         if t == 0:
             out_z = grad_x
         else:
-            shape = _step_out_shape(steps[t - 1], batch)
+            shape = step_out_shape(steps[t - 1], batch)
             out_z = ops.view(grad_buffers[t % 2], shape)
         acc = None if accs is None else accs[t]
         _step_backward(steps[t], mat_hs[t], states[t], grad, batch, acc, layouts[t], out_z)
@@ -204,7 +196,7 @@ class _TTApply(torch.autograd.Function):
     def forward(ctx: Any, plan: ContractionPlan, x2: torch.Tensor, *cores: torch.Tensor) -> Any:
         ctx.plan = plan
         ctx.save_for_backward(x2, *cores)
-        return _execute(cores, x2, plan)
+        return execute(cores, x2, plan)
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> Any:
@@ -225,10 +217,10 @@ class _TTApply(torch.autograd.Function):
         batch = int(x2.shape[0])
         grad_y = grad_y.contiguous()
         x2 = x2.detach()
-        ops = _Ops(x2)
+        ops = Ops(x2)
         with torch.enable_grad():
             leaves = [c.detach().requires_grad_(n) for c, n in zip(cores, need_cores)]
-            steps = _prepare(ops, leaves, plan)
+            steps = prepare(ops, leaves, plan)
         # the chunk loop runs on detached operands: its kernels (and rounding) then match
         # the forward's, and nothing in it is recorded
         dsteps = [replace(s, mat=s.mat.detach()) for s in steps]
@@ -243,8 +235,8 @@ class _TTApply(torch.autograd.Function):
                 x2.new_zeros(tuple(s.mat.shape)[::-1] if flipped else tuple(s.mat.shape))
                 for s, (flipped, _) in zip(dsteps, layouts)
             ]
-        state_buffers = _state_buffers(ops, dsteps, rows, x2)
-        sizes = [math.prod(_step_out_shape(s, rows)) for s in dsteps[:-1]]
+        state_bufs = state_buffers(ops, dsteps, rows, x2)
+        sizes = [math.prod(step_out_shape(s, rows)) for s in dsteps[:-1]]
         grad_buffers = [torch.empty(max(sizes, default=0), dtype=x2.dtype, device=x2.device)] * 2
         if len(sizes) > 1:
             grad_buffers[1] = torch.empty_like(grad_buffers[0])
@@ -259,7 +251,7 @@ class _TTApply(torch.autograd.Function):
                     grad_y[i : i + plan.chunk],
                     None if grad_x is None else grad_x[i : i + plan.chunk],
                     accs,
-                    state_buffers,
+                    state_bufs,
                     grad_buffers,
                 )
         grad_cores: list[Any] = [None] * len(cores)
@@ -305,4 +297,4 @@ def tt_apply(cores: Sequence[torch.Tensor], x2: torch.Tensor, plan: ContractionP
     """
     if torch.is_grad_enabled() and (x2.requires_grad or any(c.requires_grad for c in cores)):
         return _TTApply.apply(plan, x2, *cores)
-    return _execute(cores, x2, plan)
+    return execute(cores, x2, plan)

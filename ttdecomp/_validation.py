@@ -27,7 +27,11 @@ __all__ = [
     "attainable_ranks",
     "check_cores",
     "check_eps",
+    "check_matrix_shape",
+    "check_operands",
     "clip_ranks",
+    "matrix_cores",
+    "matrix_shapes",
     "normalize_ranks",
 ]
 
@@ -202,3 +206,118 @@ def check_cores(cores: Any, ndim: int, kind: str) -> tuple[list[Any], Any]:
                 f"right rank {cores[k - 1].shape[-1]}; neighbouring ranks must match."
             )
     return cores, xp
+
+
+def check_matrix_shape(
+    row_shape: Sequence[int], col_shape: Sequence[int], ranks: Sequence[int], batch: int
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
+    """A TT-matrix's mode sizes, ranks and a batch size as ints, checked (no arrays)."""
+    row_shape = tuple(int(s) for s in row_shape)
+    col_shape = tuple(int(s) for s in col_shape)
+    ranks = tuple(int(r) for r in ranks)
+    d = len(row_shape)
+    if d == 0 or len(col_shape) != d:
+        raise ShapeError(
+            f"row_shape {row_shape} and col_shape {col_shape} must be non-empty and of equal "
+            "length (one entry per core)."
+        )
+    if len(ranks) != d + 1 or ranks[0] != 1 or ranks[-1] != 1:
+        raise ShapeError(
+            f"ranks must have d + 1 = {d + 1} entries with boundary ones, got {ranks}."
+        )
+    if min(row_shape + col_shape + ranks) < 1:
+        raise ShapeError(
+            f"mode sizes and ranks must be positive, got row_shape={row_shape}, "
+            f"col_shape={col_shape}, ranks={ranks}."
+        )
+    if int(batch) < 0:
+        raise ShapeError(f"batch must be a non-negative number of rows, got {batch}.")
+    return row_shape, col_shape, ranks, int(batch)
+
+
+def matrix_cores(ttm_or_cores: Any) -> list[Any]:
+    """The 4-D cores of a TTMatrix or a sequence of cores, shape-checked (no data scans)."""
+    cores = getattr(ttm_or_cores, "cores", ttm_or_cores)
+    iterable = hasattr(cores, "__iter__") and not hasattr(cores, "shape")
+    cores = list(cores) if iterable and not isinstance(cores, (str, bytes)) else []
+    if not cores:
+        raise ShapeError(
+            f"expected a TTMatrix or a non-empty list of 4-D cores (r_{{k-1}}, m_k, n_k, r_k), "
+            f"got {type(ttm_or_cores).__name__}."
+        )
+    prev = 1
+    for k, core in enumerate(cores):
+        shape = getattr(core, "shape", None)
+        if shape is None or len(shape) != 4:
+            raise ShapeError(
+                f"core {k} has shape {None if shape is None else tuple(shape)}; TT-matrix cores "
+                "are 4-D (r_{k-1}, m_k, n_k, r_k). For a 3-D TensorTrain core use "
+                "core[:, :, None, :] to view it as a one-column TT-matrix."
+            )
+        if int(shape[0]) != prev:
+            what = (
+                "the first core's left rank must be 1"
+                if k == 0
+                else (f"core {k - 1} has right rank {prev}")
+            )
+            raise ShapeError(
+                f"core {k} has left rank {int(shape[0])} but {what}; neighbouring ranks must match."
+            )
+        prev = int(shape[3])
+    if prev != 1:
+        raise ShapeError(
+            f"core {len(cores) - 1} has right rank {prev}; the last core's right rank must be 1."
+        )
+    return cores
+
+
+def matrix_shapes(cores: Sequence[Any]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    row_shape = tuple(int(c.shape[1]) for c in cores)
+    col_shape = tuple(int(c.shape[2]) for c in cores)
+    ranks = (1,) + tuple(int(c.shape[3]) for c in cores)
+    return row_shape, col_shape, ranks
+
+
+def check_operands(x: Any, cores: Sequence[Any], n_total: int, what: str = "x") -> Any:
+    """Backend, dtype, device and last-axis checks; returns the namespace."""
+    xp = get_namespace(x, *cores)
+    dtype = cores[0].dtype
+    if not xp.isdtype(x.dtype, ("real floating", "complex floating")):
+        raise BackendMismatchError(
+            f"{what} has dtype {x.dtype}; expected a floating or complex dtype matching the "
+            f"cores ({dtype}). Cast it explicitly, e.g. x.astype(...) or x.to(...)."
+        )
+    for k, core in enumerate(cores):
+        if core.dtype != x.dtype:
+            kind = (
+                "a complex/real mix"
+                if xp.isdtype(core.dtype, "complex floating")
+                != xp.isdtype(x.dtype, "complex floating")
+                else "a dtype mismatch"
+            )
+            raise BackendMismatchError(
+                f"{what} has dtype {x.dtype} but core {k} has dtype {core.dtype} ({kind}); "
+                "ttdecomp does not promote silently. Cast one side, e.g. "
+                f"x.astype(cores.dtype) / x.to(core.dtype), or the cores to {x.dtype}."
+            )
+    device = _device(x)
+    for k, core in enumerate(cores):
+        if _device(core) != device:
+            raise BackendMismatchError(
+                f"{what} is on device {device} but core {k} is on {_device(core)}; "
+                "move one side (e.g. x.to(core.device)); ttdecomp never copies between "
+                "devices silently."
+            )
+    if x.ndim < 1 or int(x.shape[-1]) != n_total:
+        raise ShapeError(
+            f"{what} has shape {tuple(x.shape)}; its last axis must be N = {n_total} (the "
+            "TT-matrix's column count, ∏ col_shape). Reshape x to (..., N) or use W.T."
+        )
+    return xp
+
+
+def _device(a: Any) -> Any:
+    dev = getattr(a, "device", None)
+    if dev is None:
+        return None
+    return array_api_compat.device(a)

@@ -11,7 +11,7 @@ Conventions:
   the published TT-LoRA counts come out exactly; :func:`max_ranks` gives the attainable
   maximum when you want to clip.
 * FLOPs count a multiply-add as two. The FLOPs and activation memory of ``apply()`` come
-  from the contraction cost model, :func:`ttdecomp.contract.estimate_costs`, so the
+  from the contraction cost model, :func:`ttdecomp.cost_model.estimate_costs`, so the
   calculators and the contraction code can never disagree.
 
 Examples
@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._validation import attainable_ranks, normalize_ranks
+from .cost_model import estimate_costs, matrix_n_params
 from .errors import InvalidInputError, RankError, ShapeError
 from .shapes import to_tt_shape
 
@@ -110,7 +111,8 @@ def tt_matrix_n_params(
     >>> tt_matrix_n_params((1, 1, 1, 3, 4, 64), (64, 4, 3, 1, 1, 1), 4)
     736
     """
-    return tt_n_params(to_tt_shape(row_shape, col_shape), ranks)
+    rs, cs = _pair(row_shape, col_shape)
+    return matrix_n_params(rs, cs, _ranks(ranks, len(rs)))
 
 
 def max_ranks(
@@ -197,12 +199,12 @@ def contraction_costs(
 ) -> list[Any]:
     """Every contraction order's cost for ``apply()`` on ``batch`` rows.
 
-    A thin wrapper over :func:`ttdecomp.contract.estimate_costs` that also accepts an int
+    A thin wrapper over :func:`ttdecomp.cost_model.estimate_costs` that also accepts an int
     or ``d − 1`` interior ranks.
 
     Returns
     -------
-    list of ttdecomp.contract.ContractionCost
+    list of ttdecomp.cost_model.ContractionCost
 
     Examples
     --------
@@ -210,8 +212,6 @@ def contraction_costs(
     >>> sorted({c.order for c in costs})
     ['dense', 'ltr', 'merged', 'rtl']
     """
-    from .contract import estimate_costs
-
     rs, cs = _pair(row_shape, col_shape)
     return estimate_costs(rs, cs, _ranks(ranks, len(rs)), _pos_int(batch, "batch"))
 

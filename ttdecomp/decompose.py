@@ -1,4 +1,4 @@
-"""TT-SVD and the one truncation kernel every algorithm uses.
+"""TT-SVD: a dense tensor or matrix to a tensor train, with a rigorous error bound.
 
 Guarantee
 ---------
@@ -14,266 +14,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import array_api_compat
-import numpy as np
-
-from ._backend import (
-    SVD_METHODS,
-    check_array,
-    conj_transpose,
-    eigh_desc,
-    get_namespace,
-    hermitian_trace,
-    host_floats,
-    is_numpy,
-    is_torch,
-    left_svd,
-    qr,
-    real_dtype,
-    residual_sq,
-    small_blas,
-    to_float,
-)
+from ._backend import SVD_METHODS, check_array, conj_transpose, is_torch, to_float
+from ._threads import small_blas
+from ._truncation import GRAM_MIN_SIZE, Truncation, truncate, truncate_unfolding
 from ._validation import check_eps, clip_ranks, normalize_ranks
 from .errors import InvalidInputError, ShapeError
 from .tensor_train import TensorTrain
 from .tt_matrix import TTMatrix
 
 __all__ = ["Truncation", "truncate", "tt_svd"]
-
-
-@dataclass(frozen=True)
-class Truncation:
-    """Result of :func:`truncate`: the kept factor, the remainder, the discarded energy."""
-
-    left: Any
-    """``(m, r)`` matrix with orthonormal columns."""
-    right: Any
-    """``(r, n)`` remainder ``leftᴴ @ a``, so that ``a ≈ left @ right``."""
-    rank: int
-    tail_sq: float
-    """``‖a − left @ right‖²_F`` (the squared discarded singular values)."""
-
-
-def truncate(
-    a: Any, *, max_rank: int | None = None, tol_sq: float = 0.0, method: str = "auto"
-) -> Truncation:
-    """Best rank-``r`` factorisation ``a ≈ left @ right`` under a rank cap and an energy budget.
-
-    The rank is the smallest ``r ≤ max_rank`` whose discarded energy
-    ``Σ_{i>r} σ_i²`` is at most ``tol_sq`` (and at least 1). The tail sums are computed
-    on the array's device; only the chosen rank comes back to the host.
-
-    Parameters
-    ----------
-    a : array, shape (m, n)
-    max_rank : int, optional
-        Upper bound on ``r``.
-    tol_sq : float
-        Absolute squared Frobenius error allowed (``0`` keeps every nonzero direction up to
-        ``max_rank``).
-    method : {"auto", "svd", "qr", "gram"}
-        The SVD path, see :func:`ttdecomp._backend.left_svd`. ``"auto"`` takes the Gram
-        path below on large unfoldings whenever it provably picks the rank the exact SVD
-        would pick, and an exact path (QR-first or LAPACK SVD) otherwise.
-
-    Notes
-    -----
-    The Gram path eigen-decomposes the small side of ``a aᴴ`` (or ``aᴴ a``). Its
-    eigenvalues carry an absolute error of about ``η = c (p + √q) u ‖a‖²_F`` (``p × q``
-    the sides of ``a``, ``u`` the unit round-off), i.e. singular values below
-    ``√u · σ_max`` are lost. ``"auto"`` uses it only when every rank decision is
-    insensitive to that error: the discarded-energy estimate lies more than ``p η`` away
-    from ``tol_sq`` at the chosen rank and the one below it, and (with ``tol_sq = 0``)
-    the last kept eigenvalue exceeds ``η``. The returned ``tail_sq`` is then not the
-    estimate but the measured ``‖a − left @ right‖²_F`` (plus its own round-off), so it
-    stays a rigorous bound; were it above ``tol_sq``, the exact path is taken instead.
-    ``method="gram"`` skips the insensitivity test but keeps the measurement and the
-    fall-back, so the ``tol_sq`` guarantee holds on every path.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> a = np.outer([1.0, 2.0], [3.0, 4.0, 5.0])
-    >>> t = truncate(a, tol_sq=1e-20)
-    >>> t.rank, bool(np.allclose(t.left @ t.right, a))
-    (1, True)
-    """
-    return _truncate(a, max_rank, tol_sq, method)
-
-
-def _truncate(
-    a: Any, max_rank: int | None, tol_sq: float, method: str, gram: Any = None
-) -> Truncation:
-    """:func:`truncate`, optionally given the small-side Gram matrix of ``a`` (wide: ``a aᴴ``)."""
-    xp = get_namespace(a)
-    if method == "gram" or (method == "auto" and _gram_pays(a)):
-        cut = _gram_truncate(xp, a, max_rank, tol_sq, certain=method == "auto", g=gram)
-        if cut is not None:
-            return cut
-        method = "auto"
-    u, s = left_svd(a, method)
-    if is_numpy(s):  # host arrays: choose the rank in plain Python (no dispatch overhead)
-        return _truncate_host(a, u, s.tolist(), max_rank, tol_sq)
-    k = s.shape[0]
-    s2 = s * s
-    tails = xp.flip(xp.cumulative_sum(xp.flip(s2, axis=0)), axis=0)  # tails[i] = Σ_{j≥i} σ_j²
-    r = int(xp.sum(xp.astype(tails > tol_sq, xp.int32))) if tol_sq > 0 else k
-    if tol_sq == 0:
-        # drop exact zeros only: rank-deficient input gives the smaller rank.
-        r = max(int(xp.sum(xp.astype(s > 0, xp.int32))), 1)
-    if max_rank is not None:
-        r = min(r, max_rank)
-    r = max(r, 1)
-    tail_sq = to_float(tails[r]) if r < k else 0.0
-    left = u[:, :r]
-    right = conj_transpose(xp, left) @ a
-    return Truncation(left, right, r, tail_sq)
-
-
-def _truncate_host(
-    a: Any, u: Any, s: list[float], max_rank: int | None, tol_sq: float
-) -> Truncation:
-    """The rank choice of :func:`truncate` for numpy, on a list of singular values."""
-    k = len(s)
-    tails = [0.0] * (k + 1)  # tails[i] = Σ_{j≥i} σ_j²
-    for i in range(k - 1, -1, -1):
-        tails[i] = tails[i + 1] + s[i] * s[i]
-    if tol_sq > 0:
-        r = sum(t > tol_sq for t in tails[:k])
-    else:  # drop exact zeros only: rank-deficient input gives the smaller rank.
-        r = sum(x > 0 for x in s)
-    if max_rank is not None:
-        r = min(r, max_rank)
-    r = max(r, 1)
-    left = u[:, :r]
-    return Truncation(left, left.conj().T @ a, r, tails[r] if r < k else 0.0)
-
-
-# "auto" tries the Gram path on unfoldings with at least this many entries; below it a
-# LAPACK SVD costs little more than the Gram product and eigen-decomposition.
-_GRAM_MIN_SIZE = 1 << 10
-# Safety factor on the round-off level of the Gram eigenvalues (see truncate's notes).
-_GRAM_SAFETY = 16.0
-
-
-def _gram_pays(a: Any) -> bool:
-    m, n = a.shape
-    # autograd through eigh of a Gram matrix is less robust than through the SVD
-    return m * n >= _GRAM_MIN_SIZE and not (is_torch(a) and a.requires_grad)
-
-
-def _gram_truncate(
-    xp: Any, a: Any, max_rank: int | None, tol_sq: float, *, certain: bool, g: Any = None
-) -> Truncation | None:
-    """Truncation from the eigen-decomposition of the small Gram matrix, or ``None``.
-
-    ``None`` means "use an exact path": the input is zero, the eigensolver failed, the
-    rank decision is sensitive to the Gram round-off (when ``certain``), or the measured
-    error exceeds ``tol_sq``.
-    """
-    m, n = a.shape
-    p = min(m, n)
-    cap = p if max_rank is None else max(1, min(int(max_rank), p))
-    wide = n >= m
-    if g is None:
-        ah = conj_transpose(xp, a)
-        g = a @ ah if wide else ah @ a  # (p, p)
-    total = hermitian_trace(g)  # ‖a‖²_F
-    if not (0.0 < total < math.inf):
-        return None
-    # all eigenvectors (the discarded ones measure the error in one GEMM), or only the
-    # top `cap` where a partial eigensolver saves real work
-    full = not (is_numpy(a) and p >= 64 and 2 * cap <= p)
-    try:
-        lam, v = eigh_desc(g, None if full else cap)
-    except (ArithmeticError, RuntimeError, ValueError):  # LinAlgError and torch's
-        return None
-    lam_h = host_floats(lam)
-    u = float(xp.finfo(real_dtype(xp, a.dtype)).eps)
-    eta = _GRAM_SAFETY * (p + math.sqrt(max(m, n))) * u * total  # eigenvalue error level
-    slack = p * eta  # error level of a discarded-energy estimate
-    est = [total]  # est[r] ≈ Σ_{i ≥ r} σ_i², r = 0..cap
-    for lam_i in lam_h[:cap]:
-        est.append(max(est[-1] - lam_i, 0.0))
-    if cap == p:
-        est[p] = 0.0  # nothing discarded: exact
-
-    if tol_sq > 0:
-
-        def smallest(shift: float) -> int:
-            for r in range(1, cap + 1):
-                if est[r] + (shift if r < p else 0.0) <= tol_sq:
-                    return r
-            return cap
-
-        r = smallest(slack)
-        if certain and smallest(-slack) != r:
-            return None
-    else:  # keep every nonzero direction up to the cap, as the exact path does
-        if certain and not lam_h[cap - 1] > eta:
-            return None
-        r = max(1, min(cap, sum(lam_i > 0 for lam_i in lam_h[:cap])))
-
-    if r == p:  # nothing dropped: any orthonormal basis of the small side is exact
-        if wide:
-            return Truncation(xp.eye(m, dtype=a.dtype, device=_device(a)), a, r, 0.0)
-        left, right = qr(a)
-        return Truncation(left, right, r, 0.0)
-
-    # The error is measured, not estimated, so tail_sq stays a rigorous bound.
-    # Full basis W = [V_r, W_⊥]: the error is ‖W_⊥ᴴ a‖ (resp. ‖a W_⊥‖), read off the same
-    # GEMM that gives the kept factor; up to ‖I − W Wᴴ‖ = O(p u), the GEMM round-off γ_p
-    # and, for a tall a, the backward error of the QR of a V_r (O(m u)): `norm_slack`.
-    norm_slack = 4.0 * (p if wide else p + m) * (math.sqrt(p) + 4.0) * u * math.sqrt(total)
-    vr = v[:, :r]
-    if full:
-        if wide:
-            b = conj_transpose(xp, v) @ a  # (p, n)
-            left, right, rest = vr, b[:r, :], b[r:, :]
-        else:
-            b = a @ v  # (m, p)
-            left, rr = qr(b[:, :r])
-            right, rest = rr @ conj_transpose(xp, vr), b[:, r:]
-        res_sq = _sum_sq(rest) * (1.0 + rest.shape[0] * rest.shape[1] * u)
-        tail_sq = (math.sqrt(res_sq) + norm_slack) ** 2
-    else:
-        if wide:
-            left, right = vr, conj_transpose(xp, vr) @ a
-        else:
-            left, rr = qr(a @ vr)
-            right = rr @ conj_transpose(xp, vr)
-        # ‖a‖² − ‖right‖² with its worst-case round-off (sums of n + m and r n terms, the
-        # GEMM for right, orthonormality of left); measured directly when that is loose
-        kept = _sum_sq(right)
-        diff = total - kept
-        diff_slack = ((r + 2) * (m + n) + 4 * p * (math.sqrt(r) + 4)) * u * total
-        if diff_slack <= 1e-3 * diff:
-            tail_sq = diff + diff_slack
-        else:
-            res = math.sqrt(residual_sq(a, left, right) * (1.0 + m * n * u))
-            tail_sq = (res + norm_slack) ** 2
-    if tol_sq > 0 and tail_sq > tol_sq and est[r] + slack <= tol_sq:
-        return None  # the rank was meant to meet tol_sq (not the cap's) and does not
-    return Truncation(left, right, r, tail_sq)
-
-
-def _device(x: Any) -> Any:
-    return array_api_compat.device(x)
-
-
-def _sum_sq(x: Any) -> float:
-    """``‖x‖²_F`` as a Python float (outside autograd)."""
-    if is_numpy(x):
-        if x.flags.c_contiguous:
-            x = x.ravel()
-            return float(np.vdot(x, x).real)
-        return float(np.linalg.norm(x) ** 2)
-    xp = get_namespace(x)
-    return to_float(xp.linalg.vector_norm(x)) ** 2
 
 
 def _sweep(
@@ -290,7 +41,7 @@ def _sweep(
         gram, gram_next = _first_grams(xp, work, modes)
     for k in range(d - 1):
         rest = xp.reshape(rest, (r_prev * modes[k], -1))  # (r_{k-1} n_k, n_{k+1}...n_d)
-        cut = _truncate(rest, caps[k + 1], delta_sq, method, gram)
+        cut = truncate_unfolding(rest, caps[k + 1], delta_sq, method, gram)
         # the first bond kept everything as is: the second unfolding is the input's own
         gram = gram_next if k == 0 and cut.right is rest else None
         cores.append(xp.reshape(cut.left, (r_prev, modes[k], cut.rank)))  # (r_{k-1}, n_k, r_k)
@@ -311,7 +62,7 @@ def _first_grams(xp: Any, work: Any, modes: tuple[int, ...]) -> tuple[Any, Any]:
     n1, n2 = modes[0], modes[1]
     p2 = n1 * n2
     rest = math.prod(modes[2:])
-    if p2 > 256 or rest < p2 or p2 * rest < 4 * _GRAM_MIN_SIZE:
+    if p2 > 256 or rest < p2 or p2 * rest < 4 * GRAM_MIN_SIZE:
         return None, None
     if is_torch(work) and work.requires_grad:
         return None, None

@@ -23,6 +23,18 @@ from .tt_matrix import TTMatrix
 __all__ = ["random_tt", "random_ttm"]
 
 
+def core_std(std: float, ranks: Sequence[int]) -> float:
+    """The std of each core so that the train's entries have std ``std`` (t3f's formula).
+
+    An entry is a sum over ``∏ r_k`` products of ``d`` independent core entries, so with
+    core std ``s`` its variance is ``∏ r_k · s^(2d)``; hence
+    ``s = std^(1/d) · (∏ r_k)^(−1/(2d))``. ``ranks`` are the ``d + 1`` ranks (boundary
+    ones included).
+    """
+    d = len(ranks) - 1
+    return std ** (1.0 / d) * math.prod(ranks) ** (-1.0 / (2 * d))
+
+
 def _cores(
     modes: Sequence[int], ranks: Any, std: float, seed: Any, dtype: Any, like: Any
 ) -> list[Any]:
@@ -31,11 +43,11 @@ def _cores(
         raise ShapeError(f"mode sizes must be positive integers, got {modes}.")
     d = len(modes)
     r = clip_ranks(normalize_ranks(ranks, d), modes, warn=not isinstance(ranks, int))
-    core_std = std ** (1.0 / d) * math.prod(r) ** (-1.0 / (2 * d))
+    std_k = core_std(std, r)
     rng = np.random.default_rng(seed)
     np_dtype = np.dtype(dtype) if like is None else np.float64
     cores = [
-        (rng.standard_normal((r[k], n, r[k + 1])) * core_std).astype(np_dtype)
+        (rng.standard_normal((r[k], n, r[k + 1])) * std_k).astype(np_dtype)
         for k, n in enumerate(modes)
     ]
     if like is None:

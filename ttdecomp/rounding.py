@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ._backend import conj_transpose, is_numpy, qr, small_blas, to_float
+from ._backend import conj_transpose, is_numpy, qr, to_float
+from ._threads import small_blas
+from ._truncation import Truncation, truncate_unfolding
 from ._validation import check_eps, clip_ranks, normalize_ranks
-from .decompose import Truncation, _truncate
 from .errors import InvalidInputError
 from .tensor_train import TensorTrain
 from .tt_matrix import TTMatrix
@@ -164,7 +165,7 @@ def _sweep_step(a: Any, cap: int | None, tol: float, method: str) -> Truncation:
                 return Truncation(q, r, n, 0.0)
         elif _sigma_min_sq_lower(np.linalg.qr(_ct(a), mode="r")) > 4.0 * tol:
             return Truncation(np.eye(m, dtype=a.dtype), a, m, 0.0)
-    return _truncate(a, cap, tol, method)
+    return truncate_unfolding(a, cap, tol, method)
 
 
 def _np_reshape(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

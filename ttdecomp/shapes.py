@@ -114,7 +114,7 @@ def next_smooth(n: int, *, min_factors: int = 1, largest_prime: int = _SMOOTH) -
         m += 1
 
 
-def _balanced(n: int, k: int) -> tuple[int, ...]:
+def balanced_factors(n: int, k: int) -> tuple[int, ...]:
     """The most balanced split of ``n`` into ``k`` factors ``≥ 2`` (descending).
 
     "Most balanced" minimises ``Σ log² f`` (for a fixed product, the spread of the logs);
@@ -168,7 +168,7 @@ def _prime_error(n: int, name: str, n_factors: int, max_prime: int, large: int |
         )
     shown = max(n_factors, min(len(prime_factors(padded)), _default_n_factors(padded, 4)))
     return (
-        f"{why}. Pad it to {padded} = {' x '.join(map(str, _balanced(padded, shown)))} "
+        f"{why}. Pad it to {padded} = {' x '.join(map(str, balanced_factors(padded, shown)))} "
         f"(the nearest size that can be), e.g. pass pad=True, or ask for fewer factors."
     )
 
@@ -235,10 +235,10 @@ def factorize(
         n = next_smooth(n, min_factors=k)
         if n_factors is None:
             k = min(len(prime_factors(n)), _default_n_factors(n, 4))
-    return _balanced(n, k)
+    return balanced_factors(n, k)
 
 
-def _end_heavy(n: int, k: int) -> tuple[int, ...]:
+def end_heavy_factors(n: int, k: int) -> tuple[int, ...]:
     """``k`` factors of ``n`` with the first close to 16 and the rest balanced, descending."""
     if k == 1:
         return (n,)
@@ -253,8 +253,8 @@ def _end_heavy(n: int, k: int) -> tuple[int, ...]:
         if outer > _END_FACTOR * 4 and outer > ps[-1]:
             break
     if best is None:
-        return _balanced(n, k)
-    return tuple(sorted((best[1], *_balanced(n // best[1], k - 1)), reverse=True))
+        return balanced_factors(n, k)
+    return tuple(sorted((best[1], *balanced_factors(n // best[1], k - 1)), reverse=True))
 
 
 def _side_count(n: int) -> int:
@@ -262,7 +262,7 @@ def _side_count(n: int) -> int:
     return max(1, min(len(prime_factors(n)), _default_n_factors(n, 4) - 1))
 
 
-def _valley(factors: Sequence[int]) -> tuple[int, ...]:
+def valley_order(factors: Sequence[int]) -> tuple[int, ...]:
     """Order factors largest at both ends, smallest in the middle."""
     ordered = sorted(factors, reverse=True)
     left, right = [], []
@@ -358,11 +358,7 @@ def tensorize(
     ...
     ttdecomp.errors.ShapeError: out_features = 4099 has the prime factor 4099 ...
     """
-    if layout not in LAYOUTS:
-        raise InvalidInputError(
-            f"layout must be one of {LAYOUTS}, got {layout!r}: 'split' for TT-LoRA (input "
-            "factors first), 'interleaved' for the classic TT-matrix."
-        )
+    check_layout(layout)
     max_prime = _check_int(max_prime, "max_prime", minimum=2)
     if n_cores is not None:
         n_cores = _check_int(
@@ -395,7 +391,7 @@ def _tensorize_split(
         k_in, k_out = k_in - 1, k_out + 1
     while k_out > len(prime_factors(M)):
         k_in, k_out = k_in + 1, k_out - 1
-    return split_shapes(_end_heavy(M, k_out), _end_heavy(N, k_in))
+    return split_shapes(end_heavy_factors(M, k_out), end_heavy_factors(N, k_in))
 
 
 def split_shapes(
@@ -443,9 +439,9 @@ def _tensorize_interleaved(
                     f"n_cores <= {room}, or pad=True to pad the dimensions."
                 )
             M, N = _check_dims(M, N, True, max_prime, (d, d))
-    rows = _pad_ones(_balanced(M, min(d, len(prime_factors(M)))), d)
-    cols = _pad_ones(_balanced(N, min(d, len(prime_factors(N)))), d)
-    return _valley(rows), _valley(cols)
+    rows = _pad_ones(balanced_factors(M, min(d, len(prime_factors(M)))), d)
+    cols = _pad_ones(balanced_factors(N, min(d, len(prime_factors(N)))), d)
+    return valley_order(rows), valley_order(cols)
 
 
 def _pad_ones(factors: tuple[int, ...], d: int) -> tuple[int, ...]:
@@ -496,11 +492,22 @@ def from_tt_shape(
     if split is None or math.prod(shape[split:]) != M:
         raise ShapeError(
             f"tt_shape {shape} does not split into input factors multiplying to "
-            f"in_features = {N} followed by output factors multiplying to out_features = "
-            f"{M} (product {math.prod(shape)}, expected {M * N}). List the input factors "
-            "first, e.g. tt_shape=[*factorize(in_features), *factorize(out_features)]."
+            f"in_features={N} followed by output factors multiplying to out_features={M} "
+            f"(product {math.prod(shape)}, expected {M * N}). List the input factors first, "
+            "e.g. [64, 4, 3, 3, 4, 64] for a 768 x 768 layer, or "
+            "tt_shape=[*factorize(in_features), *factorize(out_features)]."
         )
     return (1,) * split + tuple(shape[split:]), tuple(shape[:split]) + (1,) * (len(shape) - split)
+
+
+def check_layout(layout: Any) -> str:
+    """``layout`` if it is one of :data:`LAYOUTS`, else an error naming them."""
+    if layout not in LAYOUTS:
+        raise InvalidInputError(
+            f"layout must be one of {LAYOUTS}, got {layout!r}: 'split' for TT-LoRA (input "
+            "factors first), 'interleaved' for the classic TT-matrix."
+        )
+    return layout
 
 
 def _check_pair(

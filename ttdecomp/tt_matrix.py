@@ -24,10 +24,10 @@ from typing import Any
 from ._backend import get_namespace, to_float
 from ._cores import CoreTrain
 from ._validation import check_cores
-from .errors import ShapeError
+from .errors import BackendMismatchError, ShapeError
 from .tensor_train import TensorTrain
 
-__all__ = ["TTMatrix"]
+__all__ = ["TTMatrix", "ttm_matmul"]
 
 
 class TTMatrix(CoreTrain):
@@ -174,7 +174,7 @@ class TTMatrix(CoreTrain):
         """``y = x @ W.T``: maps ``x[..., N]`` to ``y[..., M]`` without forming ``W``.
 
         Any leading axes are kept. The contraction order is chosen by the cost model of
-        :mod:`ttdecomp.contract` (see :func:`ttdecomp.contraction_plan`).
+        :mod:`ttdecomp.cost_model` (see :func:`ttdecomp.contraction_plan`).
         """
         from .contract import apply
 
@@ -184,11 +184,9 @@ class TTMatrix(CoreTrain):
         """``W @ other`` for a dense ``(N,)`` vector or ``(N, K)`` matrix, or a TT operand.
 
         Dense operands give dense results; a :class:`TTMatrix` or :class:`TensorTrain`
-        operand gives the product in TT form (see :func:`ttdecomp.contract.ttm_matmul`).
+        operand gives the product in TT form (see :func:`ttm_matmul`).
         """
         if isinstance(other, (TTMatrix, TensorTrain)):
-            from .contract import ttm_matmul
-
             return ttm_matmul(self, other)
         xp = get_namespace(other, self.cores[0])
         if other.ndim == 1:
@@ -222,8 +220,6 @@ class TTMatrix(CoreTrain):
         >>> C.shape, bool(np.allclose(C.full(), A.full() @ B.full()))
         ((6, 9), True)
         """
-        from .contract import ttm_matmul
-
         return ttm_matmul(self, other, eps=eps, ranks=ranks)
 
     # ---------------------------------------------------------------- algebra via the TT view
@@ -293,3 +289,90 @@ class TTMatrix(CoreTrain):
         from .rounding import round as _round
 
         return _round(self, ranks, eps=eps)
+
+
+def ttm_matmul(a: Any, b: Any, *, eps: float | None = None, ranks: Any = None) -> Any:
+    """The product ``A @ B`` of a TT-matrix with a TT-matrix or a tensor train, in TT form.
+
+    Core ``k`` of the result is ``Σ_j A_k[:, i, j, :] ⊗ B_k[:, j, l, :]``: ranks multiply
+    (``r_k^A · r_k^B``); the result is exact unless ``eps`` or ``ranks`` ask for rounding
+    (then ``‖C − round(C)‖ ≤ eps ‖C‖`` as :meth:`TensorTrain.round` guarantees).
+
+    Parameters
+    ----------
+    a : TTMatrix
+        ``M × N`` with column factors ``(n_1..n_d)``.
+    b : TTMatrix or TensorTrain
+        ``N × K`` with row factors ``(n_1..n_d)``, or a train over modes ``(n_1..n_d)``
+        (a vector of length ``N`` in TT form).
+    eps : float, optional
+        Relative Frobenius tolerance of the rounding.
+    ranks : int or sequence of int, optional
+        Largest ranks after rounding.
+
+    Returns
+    -------
+    TTMatrix or TensorTrain
+        A TT-matrix ``M × K`` when ``b`` is a TT-matrix, a tensor train over
+        ``(m_1..m_d)`` when ``b`` is a tensor train.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ttdecomp import TTMatrix
+    >>> from ttdecomp.tt_matrix import ttm_matmul
+    >>> rng = np.random.default_rng(0)
+    >>> a = TTMatrix([rng.standard_normal((1, 2, 3, 2)), rng.standard_normal((2, 2, 3, 1))])
+    >>> b = TTMatrix([rng.standard_normal((1, 3, 2, 3)), rng.standard_normal((3, 3, 2, 1))])
+    >>> c = ttm_matmul(a, b)
+    >>> c.shape, c.ranks
+    ((4, 4), (1, 6, 1))
+    >>> bool(np.allclose(c.full(), a.full() @ b.full()))
+    True
+    """
+    if not isinstance(a, TTMatrix):
+        raise ShapeError(f"ttm_matmul's left operand must be a TTMatrix, got {type(a).__name__}.")
+    is_tt = isinstance(b, TensorTrain) and not isinstance(b, TTMatrix)
+    if not (is_tt or isinstance(b, TTMatrix)):
+        raise ShapeError(
+            f"ttm_matmul's right operand must be a TTMatrix or TensorTrain, got "
+            f"{type(b).__name__}; for a dense operand use apply()."
+        )
+    a_cores = list(a.cores)
+    xp = get_namespace(*a_cores, *b.cores)
+    if is_tt:
+        b_cores = [xp.expand_dims(c, axis=2) for c in b.cores]  # (s_{k-1}, n_k, 1, s_k)
+    else:
+        b_cores = list(b.cores)
+    b_rows = tuple(int(c.shape[1]) for c in b_cores)
+    if len(a_cores) != len(b_cores) or a.col_shape != b_rows:
+        raise ShapeError(
+            f"A @ B needs A's column factors to equal B's row factors core by core; got "
+            f"A.col_shape={a.col_shape} and B's {'shape' if is_tt else 'row_shape'}={b_rows}. "
+            "Re-tensorize one operand (e.g. with ttdecomp.tt_svd and matching shapes)."
+        )
+    for k, (ca, cb) in enumerate(zip(a_cores, b_cores)):
+        if ca.dtype != cb.dtype:
+            raise BackendMismatchError(
+                f"core {k}: A has dtype {ca.dtype}, B has {cb.dtype}; cast one operand so "
+                "both share a dtype (ttdecomp does not promote silently)."
+            )
+    cores = []
+    for ca, cb in zip(a_cores, b_cores):
+        ra, m, n, ra2 = (int(s) for s in ca.shape)
+        rb, _, p, rb2 = (int(s) for s in cb.shape)
+        left = xp.permute_dims(ca, (0, 1, 3, 2))  # (ra, m, ra', n)
+        left = xp.reshape(left, (ra * m * ra2, n))  # (ra m ra', n)
+        right = xp.permute_dims(cb, (1, 0, 2, 3))  # (n, rb, p, rb')
+        right = xp.reshape(right, (n, rb * p * rb2))  # (n, rb p rb')
+        core = xp.matmul(left, right)  # (ra m ra', rb p rb')
+        core = xp.reshape(core, (ra, m, ra2, rb, p, rb2))  # (ra, m, ra', rb, p, rb')
+        core = xp.permute_dims(core, (0, 3, 1, 4, 2, 5))  # (ra, rb, m, p, ra', rb')
+        cores.append(xp.reshape(core, (ra * rb, m, p, ra2 * rb2)))  # (ra rb, m, p, ra' rb')
+    if is_tt:
+        result = TensorTrain([xp.reshape(c, (c.shape[0], c.shape[1], c.shape[3])) for c in cores])
+    else:
+        result = TTMatrix(cores)
+    if eps is not None or ranks is not None:
+        result = result.round(ranks, eps=eps)
+    return result

@@ -27,6 +27,12 @@ from .config import (
     config_from_dict,
 )
 from .export import export_peft_lora
+from .inject import (
+    get_adapter_state_dict,
+    inject_adapter_in_model,
+    mark_only_adapters_as_trainable,
+    set_adapter_state_dict,
+)
 from .layers import (
     LoRETTAAdpAdapter,
     LoRETTARepAdapter,
@@ -34,14 +40,7 @@ from .layers import (
     TTAdapterLayer,
     TTLoRAAdapter,
 )
-from .model import (
-    TTAdapterModel,
-    get_adapter_state_dict,
-    get_tt_model,
-    inject_adapter_in_model,
-    mark_only_adapters_as_trainable,
-    set_adapter_state_dict,
-)
+from .model import TTAdapterModel, get_tt_model
 from .serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError
 from .targets import TargetInfo, inspect_targets
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import InvalidInputError, RankError, ShapeError
+from ..shapes import check_layout, from_tt_shape
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -57,7 +58,12 @@ DEFAULT_TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "phi3": (("qkv_proj",), ("gate_up_proj", "down_proj")),
 }
 
-_LAYOUTS = ("split", "interleaved")
+ADP_CANNOT_MERGE = (
+    "LoRETTA-adp adds a non-linear bottleneck (TT down -> activation -> TT up) after the layer; "
+    "it is not a weight update, so it has no ΔW and cannot be merged"
+)
+"""Why a LoRETTA-adp adapter has no ΔW: the reason every merge and export refusal gives."""
+
 _TTLORA_INITS = ("paper", "zero", "ttsvd")
 _LORETTA_INITS = ("gaussian", "zero")
 _VARIANTS = ("rep", "adp")
@@ -98,37 +104,6 @@ def _check_patterns(value: Any, name: str, *, allow_all_linear: bool = False) ->
             raise TargetModulesError(
                 f"{name} entries must be non-empty strings; got {item!r} in {list(value)!r}."
             )
-
-
-def _parse_flat_shape(shape: Sequence[int], in_features: int, out_features: int) -> tuple:
-    """Split the paper's flat ``tt_shape`` (input factors, then output factors) into
-    ``(row_shape, col_shape)`` of the split layout."""
-    prod = 1
-    split = None
-    for k, s in enumerate(shape):
-        prod *= s
-        if prod == in_features:
-            split = k + 1
-            break
-        if prod > in_features:
-            break
-    if split is None or split == len(shape):
-        raise ShapeError(
-            f"tt_shape {list(shape)} does not start with input factors whose product is "
-            f"in_features={in_features} followed by output factors whose product is "
-            f"out_features={out_features}. The flat form lists input factors first, e.g. "
-            "[64, 4, 3, 3, 4, 64] for a 768 x 768 layer; or pass tt_shape=None to have one chosen."
-        )
-    in_f, out_f = tuple(shape[:split]), tuple(shape[split:])
-    if math.prod(out_f) != out_features:
-        raise ShapeError(
-            f"tt_shape {list(shape)}: the output factors {list(out_f)} multiply to "
-            f"{math.prod(out_f)} but the layer has out_features={out_features}. Fix the trailing "
-            "factors or pass tt_shape=None."
-        )
-    row_shape = (1,) * len(in_f) + out_f
-    col_shape = in_f + (1,) * len(out_f)
-    return row_shape, col_shape
 
 
 def _is_pair(spec: Any) -> bool:
@@ -189,7 +164,7 @@ def resolve_shape_spec(spec: Any, out_features: int, in_features: int) -> tuple:
                 "(out x in) weight; the products must equal out_features and in_features."
             )
         return rows, cols
-    return _parse_flat_shape([int(s) for s in spec], in_features, out_features)
+    return from_tt_shape(spec, out_features, in_features)
 
 
 @dataclass
@@ -337,10 +312,7 @@ class TTLoRAConfig(TTAdapterConfig):
             raise InvalidInputError(f"alpha must be a real number; got {self.alpha!r}.")
         if not math.isfinite(float(self.alpha)):
             raise InvalidInputError(f"alpha must be finite; got {self.alpha!r}.")
-        if self.layout not in _LAYOUTS:
-            raise InvalidInputError(
-                f"layout must be one of {_LAYOUTS}; got {self.layout!r}. TT-LoRA uses 'split'."
-            )
+        check_layout(self.layout)
         flat = (
             self.tt_shape is not None
             and not isinstance(self.tt_shape, Mapping)
@@ -384,7 +356,8 @@ class LoRETTAConfig(TTAdapterConfig):
     variant : str
         ``"rep"``: ΔW = (alpha / r) · B A with A (r × in) and B (out × r) each a TT-matrix.
         ``"adp"``: y ← y + up(act(down(y) + b_down)) + b_up after the target layer, with TT
-        down (bottleneck × out) and up (out × bottleneck) projections. ``"adp"`` cannot be merged.
+        down (bottleneck × out) and up (out × bottleneck) projections. ``"adp"`` cannot be merged
+        (:data:`ADP_CANNOT_MERGE`).
     tensor_rank : int
         Interior TT rank of every TT-matrix (5 in the paper).
     r : int

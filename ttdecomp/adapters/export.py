@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError, RankError
-from .config import LoRETTAConfig, TTAdapterConfig
+from .config import ADP_CANNOT_MERGE, LoRETTAConfig, TTAdapterConfig
 from .layers import ModulesToSaveWrapper, TTAdapterLayer
 
 __all__ = ["export_peft_lora"]
@@ -53,8 +53,8 @@ def export_peft_lora(
         raise RankError(f"rank must be a positive int; got {rank!r}. Typical LoRA ranks: 8-64.")
     if isinstance(config, LoRETTAConfig) and config.variant == "adp":
         raise InvalidInputError(
-            "LoRETTA-adp is a non-linear bottleneck, not a weight update; it cannot be expressed "
-            "as LoRA. Export works for TT-LoRA and LoRETTA-rep adapters."
+            f"{ADP_CANNOT_MERGE}, and it cannot be expressed as LoRA either. Export works for "
+            "TT-LoRA and LoRETTA-rep adapters."
         )
     try:
         from peft import LoraConfig

@@ -27,7 +27,9 @@ from torch import nn
 
 from ..contract import linear as tt_linear
 from ..errors import InvalidInputError
+from ..random import core_std
 from ..tt_matrix import TTMatrix
+from .config import ADP_CANNOT_MERGE
 
 __all__ = [
     "LoRETTAAdpAdapter",
@@ -47,7 +49,7 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
-def _adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     """float32 for half-precision bases (stable training), else the base's own dtype."""
     return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
 
@@ -73,8 +75,8 @@ def gaussian_tt_cores_(cores: Sequence[torch.Tensor], variance: float) -> None:
     """Fill ``cores`` in place so that every entry of the TT-matrix has ``variance``.
 
     An entry is a sum over ``∏ r_k`` (interior ranks) products of ``d`` independent core entries,
-    so with core std ``s`` its variance is ``∏ r_k · s^(2d)``; hence (t3f's formula)
-    ``s = variance^(1/(2d)) · (∏ r_k)^(−1/(2d))``.
+    so with core std ``s`` its variance is ``∏ r_k · s^(2d)``; hence t3f's formula
+    (:func:`ttdecomp.random.core_std`) ``s = variance^(1/(2d)) · (∏ r_k)^(−1/(2d))``.
 
     Examples
     --------
@@ -87,9 +89,7 @@ def gaussian_tt_cores_(cores: Sequence[torch.Tensor], variance: float) -> None:
     >>> round(sum(second_moments) / len(second_moments) * 128, 1)
     1.0
     """
-    d = len(cores)
-    prod_ranks = math.prod(int(c.shape[-1]) for c in cores[:-1])
-    std = (variance / prod_ranks) ** (1.0 / (2 * d))
+    std = core_std(math.sqrt(variance), [1, *(int(c.shape[-1]) for c in cores)])
     with torch.no_grad():
         for core in cores:
             core.normal_(0.0, std)
@@ -321,9 +321,8 @@ class LoRETTAAdpAdapter(_TTAdapter):
     def delta_weight(self) -> torch.Tensor:
         """Always raises: the ReLU bottleneck is not a linear map, so there is no ΔW."""
         raise InvalidInputError(
-            "LoRETTA-adp adds a non-linear bottleneck (TT down -> activation -> TT up) after the "
-            "layer; it is not a weight update, so it has no ΔW and cannot be merged. Keep it "
-            "unmerged, or train a LoRETTA-rep / TT-LoRA adapter if you need merging."
+            f"{ADP_CANNOT_MERGE}. Keep it unmerged, or train a LoRETTA-rep / TT-LoRA adapter if "
+            "you need merging."
         )
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:

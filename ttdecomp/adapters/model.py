@@ -1,8 +1,9 @@
-"""Injecting adapters into a model, and :class:`TTAdapterModel`, the PEFT-shaped wrapper.
+""":class:`TTAdapterModel`, the PEFT-shaped wrapper, and :func:`get_tt_model`.
 
-Functional layer (works on any ``nn.Module``, mutates it in place):
-:func:`inject_adapter_in_model`, :func:`mark_only_adapters_as_trainable`,
-:func:`get_adapter_state_dict`, :func:`set_adapter_state_dict`.
+The functional layer under it (works on any ``nn.Module``, mutates it in place) is
+:mod:`ttdecomp.adapters.inject`: :func:`inject_adapter_in_model`,
+:func:`mark_only_adapters_as_trainable`, :func:`get_adapter_state_dict`,
+:func:`set_adapter_state_dict` (re-exported here).
 
 Wrapper: :func:`get_tt_model` returns a :class:`TTAdapterModel` with PEFT's names —
 ``print_trainable_parameters``, ``merge_adapter``, ``merge_and_unload``, ``set_adapter``,
@@ -15,25 +16,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import InvalidInputError
-from .config import LoRETTAConfig, TTAdapterConfig, TTLoRAConfig
-from .layers import (
-    LoRETTAAdpAdapter,
-    LoRETTARepAdapter,
-    ModulesToSaveWrapper,
-    TTAdapterLayer,
-    TTLoRAAdapter,
-    _adapter_dtype,
+from .config import ADP_CANNOT_MERGE, LoRETTAConfig, TTAdapterConfig
+from .inject import (
+    get_adapter_state_dict,
+    inject_adapter_in_model,
+    mark_only_adapters_as_trainable,
+    set_adapter_state_dict,
+    set_submodule,
 )
-from .targets import TargetInfo, inspect_targets, select_modules_to_save
+from .layers import ModulesToSaveWrapper, TTAdapterLayer
+from .serialization import load_adapter, save_adapter
 
 __all__ = [
     "TTAdapterModel",
@@ -43,232 +42,6 @@ __all__ = [
     "mark_only_adapters_as_trainable",
     "set_adapter_state_dict",
 ]
-
-
-def _check_adapter_name(adapter_name: Any) -> None:
-    if not isinstance(adapter_name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", adapter_name):
-        raise InvalidInputError(
-            f"adapter_name must be a non-empty string of letters, digits, '_' and '-'; got "
-            f"{adapter_name!r}. Dots would break parameter names and slashes folder names; use "
-            "e.g. 'default' or 'task_a'."
-        )
-
-
-def _build_adapter(
-    config: TTAdapterConfig, info: TargetInfo, weight: torch.Tensor, *, init: str | None = None
-) -> nn.Module:
-    """The adapter module for one target (``init`` overrides the config's, e.g. when loading)."""
-    kwargs = {"dtype": _adapter_dtype(weight), "device": weight.device}
-    mats = info.tt_matrices
-
-    def shape(key: str) -> tuple:
-        return (mats[key]["row_shape"], mats[key]["col_shape"])
-
-    if isinstance(config, TTLoRAConfig):
-        return TTLoRAAdapter(
-            *shape("cores"),
-            tt_rank=config.tt_rank,
-            alpha=config.alpha,
-            dropout=config.dropout,
-            init=init or config.init,
-            **kwargs,
-        )
-    if config.variant == "rep":
-        return LoRETTARepAdapter(
-            shape("a_cores"),
-            shape("b_cores"),
-            tensor_rank=config.tensor_rank,
-            r=config.r,
-            alpha=config.alpha,
-            dropout=config.dropout,
-            init=init or config.init,
-            **kwargs,
-        )
-    return LoRETTAAdpAdapter(
-        shape("down_cores"),
-        shape("up_cores"),
-        tensor_rank=config.tensor_rank,
-        non_linearity=config.non_linearity,
-        dropout=config.dropout,
-        init=init or config.init,
-        **kwargs,
-    )
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-def _adapter_names_in(model: nn.Module) -> set[str]:
-    names: set[str] = set()
-    for m in model.modules():
-        if isinstance(m, TTAdapterLayer):
-            names |= set(m.tt_adapters)
-        elif isinstance(m, ModulesToSaveWrapper):
-            names |= set(m.modules_to_save)
-    return names
-
-
-def inject_adapter_in_model(
-    config: TTAdapterConfig,
-    model: nn.Module,
-    adapter_name: str = "default",
-    *,
-    _init: str | None = None,
-) -> nn.Module:
-    """Add adapter ``adapter_name`` described by ``config`` to ``model``, in place.
-
-    Every target is validated first (see :func:`~ttdecomp.adapters.inspect_targets`); only then
-    are layers wrapped, so an error leaves the model unchanged. Already wrapped layers get one
-    more adapter. Afterwards only the new adapter's parameters (and its modules-to-save copies)
-    require gradients, and it is the active adapter of the layers it touches.
-
-    Parameters
-    ----------
-    config : TTLoRAConfig or LoRETTAConfig
-    model : nn.Module
-    adapter_name : str
-
-    Returns
-    -------
-    nn.Module
-        ``model`` itself.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from ttdecomp.adapters import TTLoRAConfig
-    >>> net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU())
-    >>> net = inject_adapter_in_model(TTLoRAConfig(tt_rank=2, target_modules=["0"]), net)
-    >>> type(net[0]).__name__, [n for n, p in net.named_parameters() if p.requires_grad]
-    ('TTAdapterLayer', ['0.tt_adapters.default.cores.0', '0.tt_adapters.default.cores.1'])
-    """
-    _check_adapter_name(adapter_name)
-    if adapter_name in _adapter_names_in(model):
-        raise InvalidInputError(
-            f"the model already has an adapter named {adapter_name!r}; pick another name or "
-            "delete_adapter() it first."
-        )
-    infos = inspect_targets(model, config)
-    saved = select_modules_to_save(model, config)
-    for info in infos:
-        current = model.get_submodule(info.name)
-        layer = current if isinstance(current, TTAdapterLayer) else TTAdapterLayer(current)
-        layer.add(adapter_name, _build_adapter(config, info, layer.weight, init=_init))
-        layer.set_active([adapter_name])
-        if layer is not current:
-            _set_submodule(model, info.name, layer)
-    for name in saved:
-        current = model.get_submodule(name)
-        wrapper = (
-            current if isinstance(current, ModulesToSaveWrapper) else ModulesToSaveWrapper(current)
-        )
-        wrapper.add(adapter_name)
-        if wrapper is not current:
-            _set_submodule(model, name, wrapper)
-    mark_only_adapters_as_trainable(model, [adapter_name])
-    return model
-
-
-def mark_only_adapters_as_trainable(
-    model: nn.Module, adapter_names: Sequence[str] | None = None
-) -> None:
-    """Freeze everything except the named adapters and their modules-to-save copies.
-
-    ``adapter_names=None`` keeps every adapter in the model trainable.
-    """
-    names = set(_adapter_names_in(model) if adapter_names is None else adapter_names)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for m in model.modules():
-        if isinstance(m, TTAdapterLayer):
-            for n, ad in m.tt_adapters.items():
-                ad.requires_grad_(n in names)
-        elif isinstance(m, ModulesToSaveWrapper):
-            for n, copy_ in m.modules_to_save.items():
-                copy_.requires_grad_(n in names)
-
-
-def _adapter_tensors(model: nn.Module, adapter_name: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(key, tensor)`` of one adapter; keys are ``<module name>.<parameter path>``."""
-    for name, m in model.named_modules():
-        if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
-            for pname, p in m.tt_adapters[adapter_name].named_parameters():
-                yield f"{name}.{pname}", p
-        elif isinstance(m, ModulesToSaveWrapper) and adapter_name in m.modules_to_save:
-            for pname, p in m.modules_to_save[adapter_name].named_parameters():
-                yield f"{name}.{pname}", p
-            for bname, b in m.modules_to_save[adapter_name].named_buffers():
-                yield f"{name}.{bname}", b
-
-
-def get_adapter_state_dict(
-    model: nn.Module, adapter_name: str = "default"
-) -> dict[str, torch.Tensor]:
-    """The tensors of one adapter (TT cores, adp biases, modules-to-save copies), detached.
-
-    Keys are ``<module name>.<parameter path>`` without the adapter name, e.g.
-    ``model.layers.0.self_attn.q_proj.cores.0`` or ``classifier.weight``, so a state dict moves
-    between adapter names.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from ttdecomp.adapters import TTLoRAConfig
-    >>> net = inject_adapter_in_model(TTLoRAConfig(target_modules=["0"]), torch.nn.Sequential(
-    ...     torch.nn.Linear(16, 16)))
-    >>> sorted(get_adapter_state_dict(net))
-    ['0.cores.0', '0.cores.1']
-    """
-    if adapter_name not in _adapter_names_in(model):
-        raise InvalidInputError(
-            f"no adapter named {adapter_name!r}; the model has {sorted(_adapter_names_in(model))}."
-        )
-    return {k: v.detach() for k, v in _adapter_tensors(model, adapter_name)}
-
-
-def set_adapter_state_dict(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], adapter_name: str = "default"
-) -> None:
-    """Copy ``state_dict`` (keys as from :func:`get_adapter_state_dict`) into an adapter.
-
-    Names, shapes and dtypes are all checked before anything is copied; a mismatch raises
-    :class:`~ttdecomp.errors.ShapeError` / :class:`~ttdecomp.errors.InvalidInputError` and leaves
-    the model as it was.
-    """
-    from ..errors import ShapeError
-
-    own = dict(_adapter_tensors(model, adapter_name))
-    if not own:
-        raise InvalidInputError(
-            f"no adapter named {adapter_name!r}; the model has {sorted(_adapter_names_in(model))}."
-        )
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    if missing or unexpected:
-        raise InvalidInputError(
-            f"adapter state dict does not fit adapter {adapter_name!r}: missing keys "
-            f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys "
-            f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. Was it saved from a model "
-            "with the same architecture and adapter config?"
-        )
-    for key, target in own.items():
-        src = state_dict[key]
-        if tuple(src.shape) != tuple(target.shape):
-            raise ShapeError(
-                f"tensor {key!r} has shape {tuple(src.shape)} but the adapter expects "
-                f"{tuple(target.shape)}; the adapter was saved with different TT shapes or ranks."
-            )
-        if src.dtype != target.dtype:
-            raise InvalidInputError(
-                f"tensor {key!r} has dtype {src.dtype} but the adapter expects {target.dtype}; "
-                "load into a base model of the dtype it was trained with, or cast the file."
-            )
-    with torch.no_grad():
-        for key, target in own.items():
-            target.copy_(state_dict[key])
 
 
 class TTAdapterModel(nn.Module):
@@ -304,17 +77,27 @@ class TTAdapterModel(nn.Module):
     def __init__(
         self, model: nn.Module, config: TTAdapterConfig, adapter_name: str = "default"
     ) -> None:
-        super().__init__()
         if isinstance(model, TTAdapterModel):
             raise InvalidInputError(
                 "model is already a TTAdapterModel; call model.add_adapter(name, config) to add "
                 "another adapter instead of wrapping it twice."
             )
         inject_adapter_in_model(config, model, adapter_name)
+        self._wrap(model, adapter_name, _with_base_name(config, model), inference_mode=False)
+
+    def _wrap(
+        self, model: nn.Module, adapter_name: str, config: TTAdapterConfig, *, inference_mode: bool
+    ) -> None:
+        """Make ``self`` the wrapper of ``model``, whose adapter ``adapter_name`` is in place.
+
+        The one place a wrapper is built: by ``__init__`` after injecting, by
+        :meth:`from_pretrained` after loading.
+        """
+        nn.Module.__init__(self)
         self.base_model = model
-        self.tt_config: dict[str, TTAdapterConfig] = {adapter_name: _with_base_name(config, model)}
+        self.tt_config: dict[str, TTAdapterConfig] = {adapter_name: config}
         self.active_adapters: list[str] = [adapter_name]
-        self.inference_mode = False
+        self.inference_mode = inference_mode
         self.forward = functools.wraps(model.forward)(functools.partial(_call_base, self))
 
     def __getattr__(self, name: str) -> Any:
@@ -402,11 +185,11 @@ class TTAdapterModel(nn.Module):
             if isinstance(layer, TTAdapterLayer) and adapter_name in layer.tt_adapters:
                 layer.remove(adapter_name)
                 if not layer.tt_adapters:
-                    _set_submodule(self.base_model, name, layer.base_layer)
+                    set_submodule(self.base_model, name, layer.base_layer)
             elif isinstance(layer, ModulesToSaveWrapper) and adapter_name in layer.modules_to_save:
                 layer.remove(adapter_name)
                 if not layer.modules_to_save:
-                    _set_submodule(self.base_model, name, layer.original_module)
+                    set_submodule(self.base_model, name, layer.original_module)
         del self.tt_config[adapter_name]
         self.active_adapters = [n for n in self.active_adapters if n != adapter_name]
 
@@ -437,10 +220,8 @@ class TTAdapterModel(nn.Module):
             cfg = self.tt_config[n]
             if isinstance(cfg, LoRETTAConfig) and cfg.variant == "adp":
                 raise InvalidInputError(
-                    f"adapter {n!r} is LoRETTA-adp: a non-linear bottleneck (TT down -> "
-                    f"{cfg.non_linearity} -> TT up) after the layer, not a weight update, so it "
-                    "cannot be merged into the weights. Keep it unmerged, or use LoRETTA-rep / "
-                    "TT-LoRA if you need merging."
+                    f"adapter {n!r} ({cfg.non_linearity}): {ADP_CANNOT_MERGE}. Keep it "
+                    "unmerged, or use LoRETTA-rep / TT-LoRA if you need merging."
                 )
 
     def merge_adapter(
@@ -479,11 +260,11 @@ class TTAdapterModel(nn.Module):
                     layer.merge([n for n in names if n in layer.tt_adapters], keep_original=False)
                 else:
                     layer.unmerge()
-                _set_submodule(self.base_model, name, layer.base_layer)
+                set_submodule(self.base_model, name, layer.base_layer)
             elif isinstance(layer, ModulesToSaveWrapper):
                 keep = layer._current() if merge else layer.original_module
                 keep.requires_grad_(False)
-                _set_submodule(self.base_model, name, keep)
+                set_submodule(self.base_model, name, keep)
         return self.base_model
 
     def merge_and_unload(self, adapter_names: Sequence[str] | None = None) -> nn.Module:
@@ -534,8 +315,6 @@ class TTAdapterModel(nn.Module):
 
         Each folder holds ``ttdecomp_config.json`` and ``ttdecomp_adapter.safetensors``.
         """
-        from .serialization import save_adapter
-
         names = list(adapter_names or self.tt_config)
         self._check_known(names)
         for n in names:
@@ -551,8 +330,6 @@ class TTAdapterModel(nn.Module):
         adapters train; ``is_trainable=True`` also ends inference mode (see
         :meth:`from_pretrained`), so the adapter trains once activated.
         """
-        from .serialization import load_adapter
-
         previous = list(self.active_adapters)
         config = load_adapter(self.base_model, path, adapter_name)
         self.tt_config[adapter_name] = config
@@ -576,16 +353,9 @@ class TTAdapterModel(nn.Module):
         :class:`~ttdecomp.adapters.AdapterFileError` (or a shape error) and leaves ``model``
         unchanged. With ``is_trainable=False`` (default) nothing requires gradients.
         """
-        from .serialization import load_adapter
-
         config = load_adapter(model, path, adapter_name)
         self = cls.__new__(cls)
-        nn.Module.__init__(self)
-        self.base_model = model
-        self.tt_config = {adapter_name: config}
-        self.active_adapters = [adapter_name]
-        self.inference_mode = not is_trainable
-        self.forward = functools.wraps(model.forward)(functools.partial(_call_base, self))
+        self._wrap(model, adapter_name, config, inference_mode=not is_trainable)
         mark_only_adapters_as_trainable(model, [adapter_name] if is_trainable else [])
         return self
 

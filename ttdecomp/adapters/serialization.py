@@ -19,7 +19,13 @@ from torch import nn
 
 from ..errors import InvalidInputError, ShapeError
 from .config import TTAdapterConfig, config_from_dict
-from .model import _build_adapter, _check_adapter_name, get_adapter_state_dict
+from .inject import (
+    build_adapter,
+    check_adapter_name,
+    get_adapter_state_dict,
+    inject_adapter_in_model,
+    set_adapter_state_dict,
+)
 from .targets import inspect_targets, logical_modules, select_modules_to_save
 
 __all__ = [
@@ -144,9 +150,7 @@ def load_adapter(
     touching ``model`` when the files are unreadable or any tensor's name, shape or dtype does not
     match what the config implies for this model.
     """
-    from .model import inject_adapter_in_model, set_adapter_state_dict
-
-    _check_adapter_name(adapter_name)
+    check_adapter_name(adapter_name)
     folder = Path(path)
     record, tensors = _read(folder)
     try:
@@ -208,7 +212,7 @@ def _expected_tensors(
     for name, info in infos.items():
         weight = model.get_submodule(name).weight
         meta_weight = torch.empty(0, dtype=weight.dtype, device="meta")
-        adapter = _build_adapter(config, info, meta_weight)
+        adapter = build_adapter(config, info, meta_weight)
         for pname, p in adapter.named_parameters():
             out[f"{name}.{pname}"] = (tuple(p.shape), p.dtype)
     modules = dict(logical_modules(model))
@@ -226,7 +230,5 @@ def load_adapter_weights(model: nn.Module, path: str | Path, adapter_name: str =
     Used to resume training: the adapter is already injected, only its values change. Every
     name, shape and dtype is checked before anything is copied.
     """
-    from .model import set_adapter_state_dict
-
     _record, tensors = _read(Path(path))
     set_adapter_state_dict(model, tensors, adapter_name)

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from ..counts import tt_matrix_n_params
 from ..errors import ShapeError
 from ..shapes import tensorize
 from .config import (
@@ -255,14 +256,6 @@ def _matrix_info(
     return {"row_shape": tuple(row_shape), "col_shape": tuple(col_shape), "ranks": ranks}
 
 
-def _n_core_params(info: Mapping[str, tuple[int, ...]]) -> int:
-    r = info["ranks"]
-    return sum(
-        r[k] * m * n * r[k + 1]
-        for k, (m, n) in enumerate(zip(info["row_shape"], info["col_shape"]))
-    )
-
-
 def _ttlora_shape(
     config: TTLoRAConfig, name: str, out_f: int, in_f: int, used_keys: set[str]
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -329,7 +322,11 @@ def inspect_targets(model: nn.Module, config: TTAdapterConfig) -> list[TargetInf
                 out_features=out_f,
                 in_features=in_f,
                 tt_matrices=mats,
-                n_params=sum(_n_core_params(i) for i in mats.values()) + extra,
+                n_params=sum(
+                    tt_matrix_n_params(i["row_shape"], i["col_shape"], i["ranks"])
+                    for i in mats.values()
+                )
+                + extra,
             )
         )
     if isinstance(config, TTLoRAConfig) and isinstance(config.tt_shape, Mapping):

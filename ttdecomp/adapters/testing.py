@@ -114,7 +114,8 @@ def distributed_train_worker(
     import torch.distributed as dist
 
     from .config import TTLoRAConfig
-    from .model import get_adapter_state_dict, get_tt_model
+    from .inject import get_adapter_state_dict
+    from .model import get_tt_model
 
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size

@@ -1,0 +1,265 @@
+"""Injecting adapters into any ``nn.Module``, in place, and their state dicts.
+
+:func:`inject_adapter_in_model` wraps every target layer (validated first, so an error leaves
+the model unchanged) and adds one adapter; :func:`mark_only_adapters_as_trainable` freezes the
+rest; :func:`get_adapter_state_dict` / :func:`set_adapter_state_dict` read and write one
+adapter's tensors under keys without the adapter name. This is the functional layer under
+:class:`~ttdecomp.adapters.TTAdapterModel` (:mod:`ttdecomp.adapters.model`) and what
+:mod:`ttdecomp.adapters.serialization` loads into.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError, ShapeError
+from .config import TTAdapterConfig, TTLoRAConfig
+from .layers import (
+    LoRETTAAdpAdapter,
+    LoRETTARepAdapter,
+    ModulesToSaveWrapper,
+    TTAdapterLayer,
+    TTLoRAAdapter,
+    adapter_dtype,
+)
+from .targets import TargetInfo, inspect_targets, select_modules_to_save
+
+__all__ = [
+    "adapter_names_in",
+    "build_adapter",
+    "check_adapter_name",
+    "get_adapter_state_dict",
+    "inject_adapter_in_model",
+    "mark_only_adapters_as_trainable",
+    "set_adapter_state_dict",
+    "set_submodule",
+]
+
+
+def check_adapter_name(adapter_name: Any) -> None:
+    if not isinstance(adapter_name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", adapter_name):
+        raise InvalidInputError(
+            f"adapter_name must be a non-empty string of letters, digits, '_' and '-'; got "
+            f"{adapter_name!r}. Dots would break parameter names and slashes folder names; use "
+            "e.g. 'default' or 'task_a'."
+        )
+
+
+def build_adapter(
+    config: TTAdapterConfig, info: TargetInfo, weight: torch.Tensor, *, init: str | None = None
+) -> nn.Module:
+    """The adapter module for one target (``init`` overrides the config's, e.g. when loading)."""
+    kwargs = {"dtype": adapter_dtype(weight), "device": weight.device}
+    mats = info.tt_matrices
+
+    def shape(key: str) -> tuple:
+        return (mats[key]["row_shape"], mats[key]["col_shape"])
+
+    if isinstance(config, TTLoRAConfig):
+        return TTLoRAAdapter(
+            *shape("cores"),
+            tt_rank=config.tt_rank,
+            alpha=config.alpha,
+            dropout=config.dropout,
+            init=init or config.init,
+            **kwargs,
+        )
+    if config.variant == "rep":
+        return LoRETTARepAdapter(
+            shape("a_cores"),
+            shape("b_cores"),
+            tensor_rank=config.tensor_rank,
+            r=config.r,
+            alpha=config.alpha,
+            dropout=config.dropout,
+            init=init or config.init,
+            **kwargs,
+        )
+    return LoRETTAAdpAdapter(
+        shape("down_cores"),
+        shape("up_cores"),
+        tensor_rank=config.tensor_rank,
+        non_linearity=config.non_linearity,
+        dropout=config.dropout,
+        init=init or config.init,
+        **kwargs,
+    )
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def adapter_names_in(model: nn.Module) -> set[str]:
+    names: set[str] = set()
+    for m in model.modules():
+        if isinstance(m, TTAdapterLayer):
+            names |= set(m.tt_adapters)
+        elif isinstance(m, ModulesToSaveWrapper):
+            names |= set(m.modules_to_save)
+    return names
+
+
+def inject_adapter_in_model(
+    config: TTAdapterConfig,
+    model: nn.Module,
+    adapter_name: str = "default",
+    *,
+    _init: str | None = None,
+) -> nn.Module:
+    """Add adapter ``adapter_name`` described by ``config`` to ``model``, in place.
+
+    Every target is validated first (see :func:`~ttdecomp.adapters.inspect_targets`); only then
+    are layers wrapped, so an error leaves the model unchanged. Already wrapped layers get one
+    more adapter. Afterwards only the new adapter's parameters (and its modules-to-save copies)
+    require gradients, and it is the active adapter of the layers it touches.
+
+    Parameters
+    ----------
+    config : TTLoRAConfig or LoRETTAConfig
+    model : nn.Module
+    adapter_name : str
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters import TTLoRAConfig
+    >>> net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU())
+    >>> net = inject_adapter_in_model(TTLoRAConfig(tt_rank=2, target_modules=["0"]), net)
+    >>> type(net[0]).__name__, [n for n, p in net.named_parameters() if p.requires_grad]
+    ('TTAdapterLayer', ['0.tt_adapters.default.cores.0', '0.tt_adapters.default.cores.1'])
+    """
+    check_adapter_name(adapter_name)
+    if adapter_name in adapter_names_in(model):
+        raise InvalidInputError(
+            f"the model already has an adapter named {adapter_name!r}; pick another name or "
+            "delete_adapter() it first."
+        )
+    infos = inspect_targets(model, config)
+    saved = select_modules_to_save(model, config)
+    for info in infos:
+        current = model.get_submodule(info.name)
+        layer = current if isinstance(current, TTAdapterLayer) else TTAdapterLayer(current)
+        layer.add(adapter_name, build_adapter(config, info, layer.weight, init=_init))
+        layer.set_active([adapter_name])
+        if layer is not current:
+            set_submodule(model, info.name, layer)
+    for name in saved:
+        current = model.get_submodule(name)
+        wrapper = (
+            current if isinstance(current, ModulesToSaveWrapper) else ModulesToSaveWrapper(current)
+        )
+        wrapper.add(adapter_name)
+        if wrapper is not current:
+            set_submodule(model, name, wrapper)
+    mark_only_adapters_as_trainable(model, [adapter_name])
+    return model
+
+
+def mark_only_adapters_as_trainable(
+    model: nn.Module, adapter_names: Sequence[str] | None = None
+) -> None:
+    """Freeze everything except the named adapters and their modules-to-save copies.
+
+    ``adapter_names=None`` keeps every adapter in the model trainable.
+    """
+    names = set(adapter_names_in(model) if adapter_names is None else adapter_names)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in model.modules():
+        if isinstance(m, TTAdapterLayer):
+            for n, ad in m.tt_adapters.items():
+                ad.requires_grad_(n in names)
+        elif isinstance(m, ModulesToSaveWrapper):
+            for n, copy_ in m.modules_to_save.items():
+                copy_.requires_grad_(n in names)
+
+
+def _adapter_tensors(model: nn.Module, adapter_name: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(key, tensor)`` of one adapter; keys are ``<module name>.<parameter path>``."""
+    for name, m in model.named_modules():
+        if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
+            for pname, p in m.tt_adapters[adapter_name].named_parameters():
+                yield f"{name}.{pname}", p
+        elif isinstance(m, ModulesToSaveWrapper) and adapter_name in m.modules_to_save:
+            for pname, p in m.modules_to_save[adapter_name].named_parameters():
+                yield f"{name}.{pname}", p
+            for bname, b in m.modules_to_save[adapter_name].named_buffers():
+                yield f"{name}.{bname}", b
+
+
+def get_adapter_state_dict(
+    model: nn.Module, adapter_name: str = "default"
+) -> dict[str, torch.Tensor]:
+    """The tensors of one adapter (TT cores, adp biases, modules-to-save copies), detached.
+
+    Keys are ``<module name>.<parameter path>`` without the adapter name, e.g.
+    ``model.layers.0.self_attn.q_proj.cores.0`` or ``classifier.weight``, so a state dict moves
+    between adapter names.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters import TTLoRAConfig
+    >>> net = inject_adapter_in_model(TTLoRAConfig(target_modules=["0"]), torch.nn.Sequential(
+    ...     torch.nn.Linear(16, 16)))
+    >>> sorted(get_adapter_state_dict(net))
+    ['0.cores.0', '0.cores.1']
+    """
+    if adapter_name not in adapter_names_in(model):
+        raise InvalidInputError(
+            f"no adapter named {adapter_name!r}; the model has {sorted(adapter_names_in(model))}."
+        )
+    return {k: v.detach() for k, v in _adapter_tensors(model, adapter_name)}
+
+
+def set_adapter_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], adapter_name: str = "default"
+) -> None:
+    """Copy ``state_dict`` (keys as from :func:`get_adapter_state_dict`) into an adapter.
+
+    Names, shapes and dtypes are all checked before anything is copied; a mismatch raises
+    :class:`~ttdecomp.errors.ShapeError` / :class:`~ttdecomp.errors.InvalidInputError` and leaves
+    the model as it was.
+    """
+    own = dict(_adapter_tensors(model, adapter_name))
+    if not own:
+        raise InvalidInputError(
+            f"no adapter named {adapter_name!r}; the model has {sorted(adapter_names_in(model))}."
+        )
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if missing or unexpected:
+        raise InvalidInputError(
+            f"adapter state dict does not fit adapter {adapter_name!r}: missing keys "
+            f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys "
+            f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. Was it saved from a model "
+            "with the same architecture and adapter config?"
+        )
+    for key, target in own.items():
+        src = state_dict[key]
+        if tuple(src.shape) != tuple(target.shape):
+            raise ShapeError(
+                f"tensor {key!r} has shape {tuple(src.shape)} but the adapter expects "
+                f"{tuple(target.shape)}; the adapter was saved with different TT shapes or ranks."
+            )
+        if src.dtype != target.dtype:
+            raise InvalidInputError(
+                f"tensor {key!r} has dtype {src.dtype} but the adapter expects {target.dtype}; "
+                "load into a base model of the dtype it was trained with, or cast the file."
+            )
+    with torch.no_grad():
+        for key, target in own.items():
+            target.copy_(state_dict[key])
