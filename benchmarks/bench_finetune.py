@@ -24,7 +24,7 @@ Reported, per thread count:
 * step memory: peak bytes of tensors allocated during one training step taken after the
   warm-up (so the optimizer state exists and is not counted): activations saved for backward,
   gradients, optimizer temporaries; tracked exactly with the dispatch mode ``ttdecomp finetune``
-  uses (``ttdecomp.finetune.train._PeakMemory``). The bytes of the trainable parameters plus
+  uses (``ttdecomp.finetune.train.PeakMemory``). The bytes of the trainable parameters plus
   their AdamW state are reported separately. Target TT-LoRA / LoRA <= 1.0 for both.
 * inference: the TT-LoRA model after ``merge_and_unload()`` against the plain base model
   (freshly loaded, its head set to the TT-LoRA model's trained head), forward in eval mode
@@ -141,7 +141,7 @@ def _paired(times: dict[str, list[float]], num: str, den: str) -> list[float]:
 
 def _train_part(steps: int, batches: list, labels: list[str]) -> tuple[dict, object]:
     """Interleaved training steps of both methods; returns the results and the TT-LoRA model."""
-    from ttdecomp.finetune.train import _PeakMemory
+    from ttdecomp.finetune.train import PeakMemory
 
     runs = {m: _build(m, labels) for m in METHODS}
     for k in range(WARMUP):
@@ -163,7 +163,7 @@ def _train_part(steps: int, batches: list, labels: list[str]) -> tuple[dict, obj
     }
     for m in METHODS:
         adapted, opt, params = runs[m]
-        memory = _PeakMemory()
+        memory = PeakMemory()
         with memory:  # after the warm-up: the optimizer state exists and is not counted
             _train_step(adapted.model, opt, params, batches[WARMUP + steps])
         out[m] = {

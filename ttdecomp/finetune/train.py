@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 
-__all__ = ["FitResult", "TrainSettings", "fit", "world_size"]
+__all__ = ["FitResult", "PeakMemory", "TrainSettings", "fit", "world_size"]
 
 # what chooses the best evaluation, and whether a larger value is better
 _SELECTIONS = {"accuracy": True, "loss": False}
@@ -171,8 +171,21 @@ class FitResult:
     peak_step_bytes: int = 0
 
 
-class _PeakMemory(torch.utils._python_dispatch.TorchDispatchMode):
-    """Tracks the peak bytes of the storages created while it is active."""
+class PeakMemory(torch.utils._python_dispatch.TorchDispatchMode):
+    """Tracks the peak bytes of the tensor storages created while it is active (exact, CPU).
+
+    Every storage an operator returns is counted from its creation until it is freed, so
+    ``peak`` is the high-water mark of what the block allocated: activations saved for
+    backward, gradients, temporaries. Storages that existed before (the weights) are not
+    counted.
+
+    Examples
+    --------
+    >>> with PeakMemory() as mem:
+    ...     y = torch.ones(1024) * 2  # one float32 storage of 4 KiB (ones) and one for y
+    >>> mem.peak
+    8192
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -221,7 +234,7 @@ def _callbacks(
             self.train_loss: float | None = None
             self.bar = None
             self.eval_bar = None
-            self.memory: _PeakMemory | None = None
+            self.memory: PeakMemory | None = None
             self.cuda_base = 0
             self.t0 = 0.0
 
@@ -238,7 +251,7 @@ def _callbacks(
                     torch.cuda.reset_peak_memory_stats(args.device)
                     self.cuda_base = torch.cuda.memory_allocated(args.device)
                 else:
-                    self.memory = _PeakMemory()
+                    self.memory = PeakMemory()
                     self.memory.__enter__()
             self.t0 = time.perf_counter()
 
