@@ -31,43 +31,8 @@ import statistics
 import subprocess
 import sys
 import time
-import weakref
 
 METHODS = ("peft-lora", "tt-lora")
-
-
-def _peak_memory_mode():
-    """A TorchDispatchMode that tracks the peak bytes of CPU storages created inside it."""
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
-
-    class PeakMemory(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.live: set[int] = set()
-            self.current = 0
-            self.peak = 0
-
-        def _free(self, key: int, nbytes: int) -> None:
-            self.current -= nbytes
-            self.live.discard(key)
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in tree_flatten(out)[0]:
-                if isinstance(t, torch.Tensor):
-                    storage = t.untyped_storage()
-                    key = id(storage)
-                    if key in self.live:
-                        continue
-                    self.live.add(key)
-                    self.current += storage.nbytes()
-                    self.peak = max(self.peak, self.current)
-                    weakref.finalize(storage, self._free, key, storage.nbytes())
-            return out
-
-    return PeakMemory()
 
 
 def build(method: str, vocab: int):
@@ -120,6 +85,8 @@ def child(steps: int, vocab: int, threads: int) -> dict:
     machine's load hits both alike; returns per-method medians and the median paired ratio."""
     import torch
 
+    from ttdecomp.finetune.train import PeakMemory
+
     torch.set_num_threads(threads)
     runs = {m: build(m, vocab) for m in METHODS}
     for step, _, _ in runs.values():
@@ -139,7 +106,7 @@ def child(steps: int, vocab: int, threads: int) -> dict:
     }
     for m, (step, opt, info) in runs.items():
         opt.zero_grad(set_to_none=True)
-        mode = _peak_memory_mode()
+        mode = PeakMemory()
         with mode:
             step()
         out[m] = {

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import InvalidInputError
@@ -42,6 +43,7 @@ __all__ = [
     "apply_method",
     "default_settings",
     "default_tt_shape",
+    "dry_run",
     "head_modules",
     "load_adapted",
     "save_adapted",
@@ -409,6 +411,31 @@ def apply_method(
         kind = "tt"
     adapter, extra = _count(model, kind)
     return AdaptedModel(model, settings, kind, adapter, extra)
+
+
+def dry_run(
+    model_config: Any,
+    settings: Mapping[str, MethodSettings],
+    *,
+    targets: Sequence[str],
+    task: str = "classification",
+) -> None:
+    """Check every method's targets and shapes on a weightless copy of the model (no weights read).
+
+    Each method is applied to a fresh ``meta``-device model built from ``model_config``, so a
+    target that matches nothing or a ``tt_shape`` that does not fit fails before any training,
+    with the method named in the message.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
+    for method, method_settings in settings.items():
+        with torch.device("meta"):
+            skeleton = auto.from_config(model_config)
+        try:
+            apply_method(skeleton, method_settings, targets=targets, task=task)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{method}: {exc}") from None
 
 
 def _atomic_folder(folder: Path, write: Any) -> None:

@@ -496,7 +496,7 @@ def _prepare_classification(
 
     from .classify import TextDataset
     from .data import load_classification
-    from .methods import apply_method
+    from .methods import dry_run
 
     splits = load_classification(config.data, sizes=config.sizes)
     try:
@@ -512,21 +512,8 @@ def _prepare_classification(
             f"no default targets for model type {model_config.model_type!r}; name the query and "
             "value projections with --targets (e.g. q_proj,v_proj)."
         )
-    # A dry run on a model with random weights (no checkpoint read) checks targets and shapes
-    from transformers import AutoModelForSequenceClassification
-
     model_config.num_labels = len(splits.labels)
-    import torch
-
-    with torch.device("meta"):
-        skeleton = AutoModelForSequenceClassification.from_config(model_config)
-    for method, settings in config.method_settings().items():
-        try:
-            apply_method(skeleton, settings, targets=targets)
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"{method}: {exc}") from None
-        with torch.device("meta"):
-            skeleton = AutoModelForSequenceClassification.from_config(model_config)
+    dry_run(model_config, config.method_settings(), targets=targets)
     iterator = [("train", splits.train), ("validation", splits.validation), ("test", splits.test)]
     if progress and is_main_process():
         from tqdm.auto import tqdm
