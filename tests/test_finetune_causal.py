@@ -300,3 +300,26 @@ def test_two_steps_lower_the_held_out_loss(method, smollm2, tiny, tmp_path):
     assert (tmp_path / "adapter" / "ttdecomp_method.json").is_file()
     json.dumps(row, allow_nan=False)  # a JSON-ready row
     assert os.path.isdir(tmp_path / "adapter")
+
+
+@needs_smollm2
+@needs_chatterbot
+def test_prepare_causal_builds_the_shared_job_and_refuses_head_only(smollm2):
+    from ttdecomp.finetune.causal import prepare_causal
+    from ttdecomp.finetune.run import FinetuneConfig
+
+    _, _, folder = smollm2
+    config = FinetuneConfig(model=str(folder), data="chatterbot", sizes=(32, 8, 8), max_length=32)
+    with pytest.warns(TTWarning, match="malformed"):
+        job = prepare_causal(config, folder, progress=False)
+    assert job.splits.sizes["train"] == 32 and job.splits.sizes["test"] <= 8
+    described = job.describe()
+    assert described["train_left_out"] > 0 and described["targets"] == ["q_proj", "v_proj"]
+    json.dumps(described, allow_nan=False)
+    assert len(job.fingerprint) == 16
+    bad = FinetuneConfig(model=str(folder), data="chatterbot", methods=["head-only"])
+    with pytest.raises(InvalidInputError, match="no separate head"):
+        prepare_causal(bad, folder, progress=False)
+    missing = FinetuneConfig(model=str(folder), data="chatterbot", targets=["nope"])
+    with pytest.warns(TTWarning), pytest.raises(InvalidInputError, match="nope"):
+        prepare_causal(missing, folder, progress=False)

@@ -36,7 +36,7 @@ from .dialogues import (
     reply_prompt,
     tokenize_dialogues,
 )
-from .methods import MethodSettings, apply_method, save_adapted
+from .methods import MethodSettings, apply_method, dry_run, save_adapted
 from .smollm2 import load_causal_lm
 from .train import TrainSettings, fit, is_main_process
 
@@ -583,7 +583,7 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
     """
     import random
 
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from .dialogues import load_data, split_dialogues
     from .smollm2 import smollm2_checkpoint
@@ -620,13 +620,7 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
             f"cannot load the model or tokenizer in {model_path}: {exc}"
         ) from None
     targets = list(config.targets or DEFAULT_CAUSAL_TARGETS)
-    for method, method_settings in settings.items():  # targets and shapes, no weights read
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(model_config)
-        try:
-            apply_method(skeleton, method_settings, targets=targets, task="causal")
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"{method}: {exc}") from None
+    dry_run(model_config, settings, targets=targets, task="causal")  # no weights read
     datasets = tokenize_splits(tokenizer, splits, max_length=config.max_length)
     return CausalJob(
         model_path, tokenizer, splits, source, datasets, targets, config.max_length, n_left_out
