@@ -4,8 +4,9 @@ A *dialogue* is a tuple of messages ``{"role": ..., "content": ...}``: an option
 ``system`` message, then ``user`` and ``assistant`` turns. Sources:
 
 - :func:`load_chatterbot`: the ``chatterbot-corpus`` package (English: 2,025 well-formed
-  conversations), turns alternating user / assistant, read with PyYAML's ``BaseLoader`` so that
-  a turn such as ``yes`` stays the string ``"yes"``;
+  conversations, 898 distinct: ``tech_support.yml`` repeats 10 of them 1,050 times), turns
+  alternating user / assistant, read with PyYAML's ``BaseLoader`` so that a turn such as
+  ``yes`` stays the string ``"yes"``;
 - :func:`load_dialogues_jsonl`: a JSONL file of ``{"prompt": ..., "reply": ...}`` or
   ``{"messages": [...]}`` lines.
 
