@@ -134,7 +134,7 @@ def test_split_is_by_dialogue_deduplicated_and_shares_no_text(dialogues):
 @needs_smollm2
 @needs_chatterbot
 def test_prompt_tokens_are_masked_and_the_reply_is_the_label(smollm2, dialogues):
-    from ttdecomp.finetune.dialogues import IGNORE_INDEX, prompt_text, tokenize_dialogues
+    from ttdecomp.finetune.chat_tokens import IGNORE_INDEX, prompt_text, tokenize_dialogues
 
     _, tokenizer, _ = smollm2
     multi = next(d for d in dialogues if len(d) >= 4)
@@ -159,7 +159,7 @@ def test_prompt_tokens_are_masked_and_the_reply_is_the_label(smollm2, dialogues)
 @needs_smollm2
 @needs_chatterbot
 def test_long_examples_are_cut_to_max_length_and_counted(smollm2, dialogues):
-    from ttdecomp.finetune.dialogues import IGNORE_INDEX, tokenize_dialogues
+    from ttdecomp.finetune.chat_tokens import IGNORE_INDEX, tokenize_dialogues
 
     _, tokenizer, _ = smollm2
     longest = max(dialogues, key=lambda d: sum(len(m["content"]) for m in d))
@@ -248,7 +248,8 @@ def tiny(smollm2, dialogues):
     A short system message replaces the template's default one (20 tokens), so 32 tokens per
     example leave room for the reply.
     """
-    from ttdecomp.finetune.causal import evaluate_base, tokenize_splits
+    from ttdecomp.finetune.causal import evaluate_base
+    from ttdecomp.finetune.chat_tokens import tokenize_splits
     from ttdecomp.finetune.dialogues import DialogueSplits, reply_prompt, split_dialogues
 
     model, tokenizer, _ = smollm2

@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 
-from ttdecomp.finetune import assets as finetune_assets  # noqa: E402
+from ttdecomp.finetune import assets as finetune_assets
 
 try:
     finetune_assets.model_path("minilm")
@@ -20,8 +20,8 @@ try:
 except finetune_assets.AssetMissingError as exc:
     pytest.skip(f"packaged assets missing: {exc}", allow_module_level=True)
 
-from ttdecomp.cli import main  # noqa: E402
-from ttdecomp.finetune import load_finetuned, load_results  # noqa: E402
+from ttdecomp.cli import main
+from ttdecomp.finetune import load_finetuned, load_results
 
 pytestmark = pytest.mark.integration
 ALL = ("tt-lora", "lora", "loretta-rep", "loretta-adp", "head-only")

@@ -153,11 +153,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "three balanced factors a side, e.g. 8,6,8,8,6,8)",
     )
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=None, help="epochs (default 4; --quick 3)")
-    g.add_argument("--max-steps", type=int, default=None, help="optimizer steps instead of epochs")
-    g.add_argument("--batch-size", type=int, default=32, help="global batch size")
     g.add_argument(
-        "--max-length", type=int, default=None, help="tokens per text (default 48; --quick 32)"
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs (4, --quick 3; causal LMs 1, --quick 8 steps)",
+    )
+    g.add_argument("--max-steps", type=int, default=None, help="optimizer steps instead of epochs")
+    g.add_argument(
+        "--batch-size", type=int, default=None, help="global batch size (32; causal LMs 8)"
+    )
+    g.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per text (48, --quick 32; causal LMs 128, --quick 64)",
     )
     g.add_argument(
         "--eval-every", type=int, default=None, help="validate every N steps (default: every epoch)"
@@ -201,14 +211,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _sizes(args: argparse.Namespace) -> tuple[int, int, int] | None:
+def _sizes(args: argparse.Namespace) -> tuple[int | None, int | None, int | None] | None:
     given = (args.train_size, args.val_size, args.test_size)
-    if all(v is None for v in given):
-        return None
-    from ..finetune.run import QUICK
-
-    defaults = QUICK["sizes"] if args.quick else (1000, 300, 600)
-    return tuple(d if v is None else v for v, d in zip(given, defaults))  # type: ignore[return-value]
+    return None if all(v is None for v in given) else given
 
 
 def run(args: argparse.Namespace) -> int:

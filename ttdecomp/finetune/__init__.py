@@ -9,6 +9,9 @@ task; :func:`finetune` runs methods × seeds on one model and data set and write
 * :mod:`~ttdecomp.finetune.methods` — TT-LoRA, LoRA (PEFT), LoRETTA-rep/adp, head-only.
 * :mod:`~ttdecomp.finetune.train` — :func:`fit`: validation-chosen state, timings, memory.
 * :mod:`~ttdecomp.finetune.classify` — one classification run; reloading its adapter.
+* :mod:`~ttdecomp.finetune.smollm2`, :mod:`~ttdecomp.finetune.dialogues`,
+  :mod:`~ttdecomp.finetune.chat_tokens`, :mod:`~ttdecomp.finetune.lm_eval` — SmolLM2 from its
+  GGUF file, the chatterbot dialogues, chat-formatted tokens, held-out loss and replies.
 * :mod:`~ttdecomp.finetune.causal` — one causal-LM run (SmolLM2 on dialogues).
 * :mod:`~ttdecomp.finetune.report` — the table, ``results.json``, the figures.
 * :mod:`~ttdecomp.finetune.run` — :func:`finetune`: every run, resumable.
@@ -23,12 +26,16 @@ Examples
 from __future__ import annotations
 
 from .assets import AssetMissingError, asset_status
+from .causal import run_causal
 from .classify import load_finetuned
 from .data import Splits, load_classification
+from .dialogues import load_chatterbot, split_dialogues
+from .lm_eval import evaluate_lm, generate_reply
 from .methods import DEFAULT_METHODS, METHODS, MethodSettings, apply_method, default_settings
 from .report import load_results
 from .run import FinetuneConfig, FinetuneResult, finetune
-from .train import FitResult, TrainSettings, fit
+from .smollm2 import load_smollm2
+from .train import FitResult, PeakMemory, TrainSettings, fit
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -38,14 +45,21 @@ __all__ = [
     "FinetuneResult",
     "FitResult",
     "MethodSettings",
+    "PeakMemory",
     "Splits",
     "TrainSettings",
     "apply_method",
     "asset_status",
     "default_settings",
+    "evaluate_lm",
     "finetune",
     "fit",
+    "generate_reply",
+    "load_chatterbot",
     "load_classification",
     "load_finetuned",
     "load_results",
+    "load_smollm2",
+    "run_causal",
+    "split_dialogues",
 ]

@@ -2,7 +2,7 @@
 
 The causal path of ``ttdecomp finetune`` (``--model smollm2 --data chatterbot``): every assistant
 turn of the dialogues is an example whose loss is on the reply tokens only
-(:func:`~ttdecomp.finetune.dialogues.tokenize_dialogues`). A row reports the held-out loss
+(:func:`~ttdecomp.finetune.chat_tokens.tokenize_dialogues`). A row reports the held-out loss
 (mean negative log-likelihood per reply token, in nats) and perplexity (its exponential) of the
 base model before training and of the validation-chosen state after, on validation and test;
 test is evaluated once after training. The method's adapter is saved, then merged into the
@@ -16,26 +16,16 @@ Methods: ``tt-lora``, ``lora`` (PEFT), ``loretta-rep``, ``loretta-adp``; ``head-
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import InvalidInputError
-from .dialogues import (
-    IGNORE_INDEX,
-    CausalLMCollator,
-    Dialogue,
-    DialogueSplits,
-    TokenizeReport,
-    prompt_text,
-    reply_prompt,
-    tokenize_dialogues,
-)
+from .chat_tokens import CausalDataset, make_collator, tokenize_splits
+from .dialogues import DialogueSplits, reply_prompt
+from .lm_eval import evaluate_lm, generate_reply
 from .methods import MethodSettings, apply_method, dry_run, save_adapted
 from .smollm2 import load_causal_lm
 from .train import TrainSettings, fit, is_main_process
@@ -44,15 +34,10 @@ __all__ = [
     "CAUSAL_METHODS",
     "CAUSAL_SPLIT",
     "DEFAULT_CAUSAL_TARGETS",
-    "CausalDataset",
     "CausalJob",
     "evaluate_base",
-    "evaluate_lm",
-    "generate_reply",
-    "make_collator",
     "prepare_causal",
     "run_causal",
-    "tokenize_splits",
 ]
 
 #: The methods a causal LM can be fine-tuned with.
@@ -60,208 +45,6 @@ CAUSAL_METHODS: tuple[str, ...] = ("tt-lora", "lora", "loretta-rep", "loretta-ad
 #: The layers adapted by default: the query and value projections of every attention block.
 DEFAULT_CAUSAL_TARGETS: tuple[str, ...] = ("q_proj", "v_proj")
 _MERGEABLE = ("tt-lora", "lora", "loretta-rep")
-
-
-class CausalDataset(torch.utils.data.Dataset):
-    """Tokenised dialogue examples (``input_ids``, ``attention_mask``, ``labels``), unpadded.
-
-    Parameters
-    ----------
-    dialogues : sequence of Dialogue
-    tokenizer : transformers tokenizer
-    max_length : int
-        Tokens per example; what had to be cut is in :attr:`report`.
-
-    Examples
-    --------
-    >>> data = CausalDataset.from_examples(
-    ...     [{"input_ids": [1, 2], "attention_mask": [1, 1], "labels": [-100, 2]}]
-    ... )
-    >>> len(data), data.n_label_tokens
-    (1, 1)
-    """
-
-    def __init__(self, dialogues: Sequence[Dialogue], tokenizer: Any, max_length: int) -> None:
-        self.features, self.report = tokenize_dialogues(tokenizer, dialogues, max_length=max_length)
-
-    @classmethod
-    def from_examples(cls, features: list[dict[str, list[int]]]) -> CausalDataset:
-        """A dataset of already tokenised examples."""
-        out = cls.__new__(cls)
-        out.features = list(features)
-        out.report = TokenizeReport(
-            n_examples=len(out.features),
-            n_reply_tokens=sum(sum(t != IGNORE_INDEX for t in f["labels"]) for f in out.features),
-        )
-        return out
-
-    @property
-    def n_label_tokens(self) -> int:
-        """Tokens the loss is taken over (reply tokens)."""
-        return self.report.n_reply_tokens
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
-        return self.features[i]
-
-
-def tokenize_splits(
-    tokenizer: Any, splits: DialogueSplits, *, max_length: int = 128
-) -> dict[str, CausalDataset]:
-    """Tokenise the three splits once, to share across every (method, seed) run.
-
-    Each dataset's ``report`` says what ``max_length`` cut (log it: nothing is cut silently).
-
-    Examples
-    --------
-    >>> datasets = tokenize_splits(tokenizer, splits, max_length=128)  # doctest: +SKIP
-    >>> datasets["train"].report.summary()  # doctest: +SKIP
-    '803 examples, 12,994 reply tokens; cut to fit: 9 history, 0 prompt, 24 reply'
-    """
-    return {
-        name: CausalDataset(getattr(splits, name), tokenizer, max_length)
-        for name in ("train", "validation", "test")
-    }
-
-
-def make_collator(tokenizer: Any) -> CausalLMCollator:
-    """The padding collator for ``tokenizer`` (its pad token, else its end-of-sequence token).
-
-    Examples
-    --------
-    >>> class Tok:
-    ...     pad_token_id, eos_token_id = None, 2
-    >>> make_collator(Tok()).pad_token_id
-    2
-    """
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise InvalidInputError(
-            f"the tokenizer ({type(tokenizer).__name__}) has neither a pad nor an end-of-sequence "
-            "token; set tokenizer.pad_token before fine-tuning."
-        )
-    return CausalLMCollator(int(pad))
-
-
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
-
-
-def evaluate_lm(
-    model: Any, dataset: CausalDataset, collator: CausalLMCollator, *, batch_size: int = 8
-) -> dict[str, float]:
-    """Held-out loss and perplexity of ``model`` on the reply tokens of ``dataset``.
-
-    ``loss`` is the mean negative log-likelihood per reply token in nats (summed over every
-    reply token of every example, then divided by their number, so it does not depend on the
-    batching), ``perplexity`` is ``exp(loss)``. Examples are batched by length to limit padding.
-
-    Parameters
-    ----------
-    model : nn.Module
-        A causal LM (or an adapter wrapper around one) returning ``.logits``.
-    dataset : CausalDataset
-    collator : CausalLMCollator
-    batch_size : int
-        Examples per forward pass (memory: ``batch_size × length × vocabulary`` float32 logits).
-
-    Returns
-    -------
-    dict
-        ``loss``, ``perplexity`` and ``tokens`` (the reply tokens counted).
-
-    Examples
-    --------
-    >>> import torch
-    >>> class Uniform(torch.nn.Module):
-    ...     def __init__(self):
-    ...         super().__init__()
-    ...         self.w = torch.nn.Parameter(torch.zeros(1))
-    ...     def forward(self, input_ids, attention_mask):
-    ...         return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 10)})
-    >>> data = CausalDataset.from_examples(
-    ...     [{"input_ids": [1, 2, 3], "attention_mask": [1] * 3, "labels": [-100, 2, 3]}]
-    ... )
-    >>> out = evaluate_lm(Uniform(), data, CausalLMCollator(0))
-    >>> round(out["perplexity"], 6), out["tokens"]
-    (10.0, 2)
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}.")
-    if len(dataset) == 0:
-        raise InvalidInputError("cannot evaluate on an empty dataset.")
-    was_training = model.training
-    model.eval()
-    device = _device(model)
-    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
-    total = torch.zeros((), dtype=torch.float64)
-    tokens = 0
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            batch = collator([dataset[i] for i in order[start : start + batch_size]])
-            labels = batch.pop("labels").to(device)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(**batch).logits[:, :-1].float()  # (B, T-1, V) predicts tokens 1..T-1
-            target = labels[:, 1:]  # (B, T-1)
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),
-                target.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
-            total += nll.double().cpu()
-            tokens += int((target != IGNORE_INDEX).sum())
-    model.train(was_training)
-    if tokens == 0:
-        raise InvalidInputError("the dataset has no reply tokens (every label is -100).")
-    loss = float(total) / tokens
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": tokens}
-
-
-def generate_reply(
-    model: Any,
-    tokenizer: Any,
-    messages: Sequence[Mapping[str, str]],
-    *,
-    max_new_tokens: int = 32,
-) -> str:
-    """The model's greedy reply to ``messages`` (chat template applied), special tokens removed.
-
-    Stops at the end-of-turn token or after ``max_new_tokens`` tokens.
-
-    Examples
-    --------
-    >>> generate_reply(model, tokenizer, [{"role": "user", "content": "Hi"}])  # doctest: +SKIP
-    'Hello! How can I help you today?'
-    """
-    from transformers import GenerationConfig
-
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or max_new_tokens < 1
-    ):
-        raise InvalidInputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}.")
-    templated = bool(getattr(tokenizer, "chat_template", None))
-    text = prompt_text(tokenizer, messages)
-    inputs = tokenizer(text, add_special_tokens=not templated, return_tensors="pt")
-    inputs = {k: v.to(_device(model)) for k, v in inputs.items()}
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=pad,
-    )
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model.generate(**inputs, generation_config=config)
-    model.train(was_training)
-    new = out[0, inputs["input_ids"].shape[1] :]
-    return tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
 def _check_method(method: str) -> None:
@@ -464,9 +247,6 @@ def run_causal(
 #: Causal split when the configuration gives none: validation and test fractions of the
 #: distinct dialogues, the rest trains (English chatterbot: 718 / 90 / 90).
 CAUSAL_SPLIT = (0.1, 0.1)
-# FinetuneConfig fills these classification sizes in when none are given; they do not fit a
-# dialogue corpus (898 distinct English chatterbot dialogues), so they mean "not given" here.
-_CLASSIFICATION_SIZES = {(1000, 300, 600), (240, 100, 200)}
 _BEFORE_KEYS = (
     "val_loss_before",
     "val_perplexity_before",
@@ -593,7 +373,7 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
         _check_method(method)
     dialogues, source = load_data(config.data)
     sizes = tuple(config.sizes) if config.sizes is not None else None
-    if sizes is None or sizes in _CLASSIFICATION_SIZES:
+    if sizes is None:
         splits = split_dialogues(dialogues, validation=CAUSAL_SPLIT[0], test=CAUSAL_SPLIT[1])
         n_left_out = 0
     else:

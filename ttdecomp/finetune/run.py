@@ -41,8 +41,20 @@ from .train import TrainSettings, is_main_process, resolve_device
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 
-#: Sizes, epochs and length of ``--quick`` (an end-to-end check in about a minute on 2 cores).
-QUICK = {"sizes": (320, 100, 200), "epochs": 3, "max_length": 32}
+#: Defaults per task, and those of ``--quick`` (an end-to-end check in about a minute on 2
+#: cores). Causal LMs: ``sizes`` None splits the dialogues 80/10/10%, one epoch of batch 8.
+DEFAULTS = {
+    "classification": {"sizes": (1000, 300, 600), "epochs": 4, "max_steps": None,
+                       "max_length": 48, "batch_size": 32},
+    "causal": {"sizes": None, "epochs": 1, "max_steps": None, "max_length": 128,
+               "batch_size": 8},
+}  # fmt: skip
+QUICK = {
+    "classification": {"sizes": (320, 100, 200), "epochs": 3, "max_steps": None,
+                       "max_length": 32, "batch_size": 32},
+    "causal": {"sizes": (64, 16, 16), "epochs": 1, "max_steps": 8, "max_length": 64,
+               "batch_size": 8},
+}  # fmt: skip
 _OWN_FILES = (RESULTS_FILE, "runs", "accuracy_vs_params.png", "validation_curves.png")
 _DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"]}
 
@@ -94,7 +106,7 @@ class FinetuneConfig:
     tt_shape: Sequence[int] | None = None
     epochs: int | None = None
     max_steps: int | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     max_length: int | None = None
     eval_every: int | None = None
     weight_decay: float = 0.01
@@ -119,13 +131,23 @@ class FinetuneConfig:
         if len(set(seeds)) != len(seeds):
             raise InvalidInputError(f"seeds {seeds} lists a seed twice (--seeds).")
         self.seeds = seeds
-        if self.quick:
-            self.sizes = self.sizes or QUICK["sizes"]
-            self.epochs = self.epochs or QUICK["epochs"]
-            self.max_length = self.max_length or QUICK["max_length"]
-        self.sizes = tuple(self.sizes or (1000, 300, 600))
-        self.epochs = 4 if self.epochs is None else self.epochs
-        self.max_length = 48 if self.max_length is None else self.max_length
+        defaults = (QUICK if self.quick else DEFAULTS)[self.task]
+        given_steps = self.max_steps is not None or self.epochs is not None
+        for name, value in defaults.items():
+            if getattr(self, name) is None and not (name == "max_steps" and given_steps):
+                setattr(self, name, value)
+        if self.sizes is not None:
+            sizes = tuple(self.sizes)
+            if len(sizes) != 3:
+                raise InvalidInputError(f"sizes must be (train, validation, test); got {sizes}.")
+            if any(v is None for v in sizes):
+                if defaults["sizes"] is None:
+                    raise InvalidInputError(
+                        "dialogue data is split 80/10/10% unless all three sizes are given; "
+                        "give --train-size, --val-size and --test-size together."
+                    )
+                sizes = tuple(d if v is None else v for v, d in zip(sizes, defaults["sizes"]))
+            self.sizes = sizes
         if (
             isinstance(self.max_length, bool)
             or not isinstance(self.max_length, int)
@@ -143,6 +165,12 @@ class FinetuneConfig:
             self.tt_shape = [int(s) for s in self.tt_shape]
         self.method_settings()  # validates rank/alpha/lr/tt_shape for every method
         self.train_settings(self.seeds[0])
+
+    @property
+    def task(self) -> str:
+        """``"causal"`` for dialogue data (``chatterbot``, a JSONL of prompt/reply or messages
+        lines) or the packaged SmolLM2 on data of its own, else ``"classification"``."""
+        return _task_hint(self.model, self.data)
 
     def _override(self, value: Any, method: str, name: str) -> Any:
         if not isinstance(value, Mapping):
@@ -193,6 +221,7 @@ class FinetuneConfig:
             seed=seed,
             device=self.device,
             eval_every=self.eval_every,
+            eval_batch_size=self.batch_size if self.task == "causal" else None,
             progress=progress,
         )
 
@@ -201,7 +230,7 @@ class FinetuneConfig:
         return {
             "model": self.model,
             "data": self.data,
-            "sizes": list(self.sizes),
+            "sizes": list(self.sizes) if self.sizes is not None else None,
             "epochs": self.epochs if self.max_steps is None else None,
             "max_steps": self.max_steps,
             "batch_size": self.batch_size,
@@ -296,10 +325,37 @@ def _resolve_model(name: str) -> tuple[Path, str]:
 
 
 def _task_of(data: str, model_task: str) -> str:
-    """A packaged data set has its task; a file or folder takes the model's."""
-    if data in assets.DATA:
-        return assets.DATA[data].task
+    """A packaged data set has its task; dialogue files are causal; other data takes the
+    model's."""
+    if data in assets.DATA or data.startswith("chatterbot:"):
+        return assets.DATA[data.partition(":")[0]].task
+    if _is_dialogue_file(data):
+        return "causal"
     return model_task
+
+
+def _is_dialogue_file(data: str) -> bool:
+    """A ``.jsonl`` file whose first record has ``messages`` or ``prompt`` (not ``text``)."""
+    path = Path(data)
+    if path.suffix.lower() != ".jsonl" or not path.is_file():
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        record = json.loads(first) if first else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and ("messages" in record or "prompt" in record)
+
+
+def _task_hint(model: str, data: str) -> str:
+    """The task before anything is loaded (for the defaults of :class:`FinetuneConfig`)."""
+    task = _task_of(data, "classification")
+    if task == "classification" and data not in assets.DATA:
+        key = assets.canonical_model_name(model)
+        if key is not None and assets.MODELS[key].task == "causal":
+            return "causal"
+    return task
 
 
 def finetune(

@@ -69,6 +69,9 @@ class TrainSettings:
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"`` (a GPU when there is one).
     eval_every : int or None
         Evaluate every this many steps; ``None``: after every epoch.
+    eval_batch_size : int or None
+        Global batch of evaluation; ``None``: ``max(64, batch_size)`` (a causal LM's logits
+        over a large vocabulary want the training batch).
     progress : bool
         tqdm bars for training and evaluation (on the main process only).
 
@@ -86,6 +89,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "cpu"
     eval_every: int | None = None
+    eval_batch_size: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -109,6 +113,8 @@ class TrainSettings:
         positive_int(self.batch_size, "batch_size", "--batch-size", 65536)
         if self.eval_every is not None:
             positive_int(self.eval_every, "eval_every", "--eval-every", 10**7)
+        if self.eval_batch_size is not None:
+            positive_int(self.eval_batch_size, "eval_batch_size", "eval_batch_size", 65536)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InvalidInputError(f"seed must be a non-negative integer; got {self.seed!r}.")
         if not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < 1:
@@ -412,7 +418,9 @@ def fit(
         # every process reads the same global batches and takes its slice (split_batches), so
         # N processes train on exactly the batches one process would
         per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=max(64, settings.batch_size) // procs * procs,
+        per_device_eval_batch_size=max(
+            procs, (settings.eval_batch_size or max(64, settings.batch_size)) // procs * procs
+        ),
         accelerator_config={"split_batches": True},
         # a classifier's loss is a mean over rows, not tokens: no token-count rescaling
         average_tokens_across_devices=token_level_loss,
