@@ -29,10 +29,20 @@ ALL = ("tt-lora", "lora", "loretta-rep", "loretta-adp", "head-only")
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    import os
+
+    import torch
+
     out = tmp_path_factory.mktemp("quick") / "run"
-    status = main(
-        ["finetune", "--quick", "--methods", ",".join(ALL), "--output", str(out), "--no-progress"]
-    )
+    threads = torch.get_num_threads()  # the suite runs torch on 1 thread (conftest)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # this test is the suite's longest
+    try:
+        status = main(
+            ["finetune", "--quick", "--methods", ",".join(ALL), "--output", str(out),
+             "--no-progress"]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
     assert status == 0
     return out
 
