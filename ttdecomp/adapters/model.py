@@ -32,7 +32,7 @@ from .inject import (
     set_submodule,
 )
 from .layers import ModulesToSaveWrapper, TTAdapterLayer
-from .serialization import load_adapter, save_adapter
+from .serialization import load_adapter, remove_stale_adapters, save_adapters
 
 __all__ = [
     "TTAdapterModel",
@@ -313,13 +313,22 @@ class TTAdapterModel(nn.Module):
     ) -> None:
         """Save adapters: ``default`` in ``save_directory``, others in sub-folders by name.
 
-        Each folder holds ``ttdecomp_config.json`` and ``ttdecomp_adapter.safetensors``.
+        Each folder holds ``ttdecomp_config.json`` and ``ttdecomp_adapter.safetensors``. The
+        save is one transaction: every file is written to a temporary next to its target and
+        renamed into place only when all are written, so a failed save leaves the previous one
+        loadable and byte-identical. Nothing is written through a symbolic link
+        (:class:`~ttdecomp.adapters.AdapterFileError`). A full save (``adapter_names=None``)
+        removes the sub-folders an earlier save wrote for adapters this model no longer has.
         """
         names = list(adapter_names or self.tt_config)
         self._check_known(names)
-        for n in names:
-            folder = Path(save_directory) if n == "default" else Path(save_directory) / n
-            save_adapter(self.base_model, self.tt_config[n], n, folder)
+        root = Path(save_directory)
+        save_adapters(
+            self.base_model,
+            {n: (self.tt_config[n], root if n == "default" else root / n) for n in names},
+        )
+        if adapter_names is None:
+            remove_stale_adapters(root, keep=names)
 
     def load_adapter(
         self, path: str | Path, adapter_name: str, *, is_trainable: bool = False
