@@ -27,6 +27,7 @@ __all__ = [
     "attainable_ranks",
     "check_cores",
     "check_eps",
+    "check_finite_cores",
     "check_matrix_shape",
     "check_operands",
     "clip_ranks",
@@ -206,6 +207,28 @@ def check_cores(cores: Any, ndim: int, kind: str) -> tuple[list[Any], Any]:
                 f"right rank {cores[k - 1].shape[-1]}; neighbouring ranks must match."
             )
     return cores, xp
+
+
+def check_finite_cores(cores: Sequence[Any], what: str) -> None:
+    """Refuse cores holding NaN or Inf, naming the first such core (one pass over the data).
+
+    Core algorithms (rounding, contraction) would otherwise turn them into finite garbage or
+    fail deep inside LAPACK.
+    """
+    for k, core in enumerate(cores):
+        if getattr(core, "is_meta", False):  # shapes only, no data to check
+            continue
+        if hasattr(core, "requires_grad"):  # torch: a check, not part of the autograd graph
+            core = core.detach()
+        xp = get_namespace(core)
+        bad = ~xp.isfinite(core)
+        if bool(xp.any(bad)):
+            n_bad = int(xp.sum(xp.astype(bad, xp.int64)))
+            raise InvalidInputError(
+                f"{what}: core {k} (shape {tuple(core.shape)}) holds {n_bad} NaN or Inf "
+                f"entr{'y' if n_bad == 1 else 'ies'}; the train is not a finite tensor. Find "
+                "where it diverged (e.g. a training step), or rebuild it from finite data."
+            )
 
 
 def check_matrix_shape(

@@ -22,7 +22,7 @@ import numpy as np
 from ._backend import conj_transpose, is_numpy, qr, to_float
 from ._threads import small_blas
 from ._truncation import Truncation, truncate_unfolding
-from ._validation import check_eps, clip_ranks, normalize_ranks
+from ._validation import check_eps, check_finite_cores, clip_ranks, normalize_ranks
 from .errors import InvalidInputError
 from .tensor_train import TensorTrain
 from .tt_matrix import TTMatrix
@@ -269,6 +269,7 @@ def round(x: T, ranks: Any = None, *, eps: float | None = None, method: str = "a
     """
     eps = check_eps(eps)
     tt = _as_tt(x, "round")
+    check_finite_cores(tt.cores, f"round({type(x).__name__})")
     d = tt.ndim
     explicit = ranks is not None and not isinstance(ranks, int)
     caps = clip_ranks(normalize_ranks(ranks, d), tt.shape, warn=explicit)

@@ -195,7 +195,7 @@ class TTLoRAAdapter(_TTAdapter):
         """``alpha · dropout(x) ΔW_TT^T`` for ``x[..., in]``."""
         # alpha scales the (small) last core instead of the (batch × out) output.
         cores = [*self.cores[:-1], self.cores[-1] * self.alpha]
-        return tt_linear(self.dropout(x), cores)
+        return tt_linear(self.dropout(x), cores, check_finite=False)
 
 
 def _loretta_cores(
@@ -271,9 +271,9 @@ class LoRETTARepAdapter(_TTAdapter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(alpha / r) · B(A(dropout(x)))`` without forming ΔW."""
-        h = tt_linear(self.dropout(x), list(self.a_cores))
+        h = tt_linear(self.dropout(x), list(self.a_cores), check_finite=False)
         b_cores = [*self.b_cores[:-1], self.b_cores[-1] * self.scaling]
-        return tt_linear(h, b_cores)
+        return tt_linear(h, b_cores, check_finite=False)
 
 
 class LoRETTAAdpAdapter(_TTAdapter):
@@ -327,8 +327,10 @@ class LoRETTAAdpAdapter(_TTAdapter):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """The adapter's residual ``up(act(down(y) + b_down)) + b_up`` (added by the caller)."""
-        h = self.act(tt_linear(self.dropout(y), list(self.down_cores), self.down_bias))
-        return tt_linear(h, list(self.up_cores), self.up_bias)
+        h = self.act(
+            tt_linear(self.dropout(y), list(self.down_cores), self.down_bias, check_finite=False)
+        )
+        return tt_linear(h, list(self.up_cores), self.up_bias, check_finite=False)
 
 
 def _interior_ranks(d: int, rank: int) -> list[int]:
