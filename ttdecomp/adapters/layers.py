@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..contract import linear as tt_linear
+from ..counts import max_ranks
 from ..errors import InvalidInputError
 from ..random import core_std
 from ..tt_matrix import TTMatrix
@@ -153,8 +154,7 @@ class TTLoRAAdapter(_TTAdapter):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        d = len(row_shape)
-        ranks = [1] + [int(tt_rank)] * (d - 1) + [1]
+        ranks = adapter_ranks(row_shape, col_shape, tt_rank)
         self.alpha = float(alpha)
         self.cores = _make_cores(row_shape, col_shape, ranks, dtype=dtype, device=device)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -205,9 +205,7 @@ def _loretta_cores(
     device: torch.device | str | None,
 ) -> nn.ParameterList:
     """Cores of one LoRETTA TT-matrix ``(row_shape, col_shape)`` with uniform interior rank."""
-    return _make_cores(
-        *shape, _interior_ranks(len(shape[0]), tensor_rank), dtype=dtype, device=device
-    )
+    return _make_cores(*shape, adapter_ranks(*shape, tensor_rank), dtype=dtype, device=device)
 
 
 def _loretta_gaussian_(*trains: Sequence[torch.Tensor]) -> None:
@@ -333,8 +331,14 @@ class LoRETTAAdpAdapter(_TTAdapter):
         return tt_linear(h, list(self.up_cores), self.up_bias, check_finite=False)
 
 
-def _interior_ranks(d: int, rank: int) -> list[int]:
-    return [1] + [int(rank)] * (d - 1) + [1]
+def adapter_ranks(row_shape: Sequence[int], col_shape: Sequence[int], rank: int) -> tuple[int, ...]:
+    """Ranks ``[1, rank, ..., rank, 1]`` clipped per bond to what the TT-matrix can carry.
+
+    A bond's rank above ``min(∏ left modes, ∏ right modes)`` (modes ``m_k · n_k``) adds
+    parameters and no expressiveness; :func:`~ttdecomp.adapters.inspect_targets` warns
+    when it clips.
+    """
+    return max_ranks(row_shape, col_shape, max_rank=int(rank))
 
 
 class TTAdapterLayer(nn.Module):

@@ -77,11 +77,7 @@ class TTAdapterModel(nn.Module):
     def __init__(
         self, model: nn.Module, config: TTAdapterConfig, adapter_name: str = "default"
     ) -> None:
-        if isinstance(model, TTAdapterModel):
-            raise InvalidInputError(
-                "model is already a TTAdapterModel; call model.add_adapter(name, config) to add "
-                "another adapter instead of wrapping it twice."
-            )
+        _check_not_wrapped(model)
         inject_adapter_in_model(config, model, adapter_name)
         self._wrap(model, adapter_name, _with_base_name(config, model), inference_mode=False)
 
@@ -362,6 +358,7 @@ class TTAdapterModel(nn.Module):
         :class:`~ttdecomp.adapters.AdapterFileError` (or a shape error) and leaves ``model``
         unchanged. With ``is_trainable=False`` (default) nothing requires gradients.
         """
+        _check_not_wrapped(model)
         config = load_adapter(model, path, adapter_name)
         self = cls.__new__(cls)
         self._wrap(model, adapter_name, config, inference_mode=not is_trainable)
@@ -378,6 +375,28 @@ class TTAdapterModel(nn.Module):
         name = adapter_name or self.active_adapter
         self._check_known([name])
         return export_peft_lora(self.base_model, self.tt_config[name], name, save_directory, rank)
+
+
+def _check_not_wrapped(model: nn.Module) -> None:
+    """Refuse a model that is, or already holds, the adapter layers of some wrapper.
+
+    A second wrapper would take over the first one's layers: the first model would then run
+    and train the new adapter while still reporting its own as active.
+    """
+    if isinstance(model, TTAdapterModel):
+        raise InvalidInputError(
+            "model is already a TTAdapterModel; call model.add_adapter(name, config) to add "
+            "another adapter instead of wrapping it twice."
+        )
+    wrapped = [
+        n for n, m in model.named_modules() if isinstance(m, (TTAdapterLayer, ModulesToSaveWrapper))
+    ]
+    if wrapped:
+        raise InvalidInputError(
+            f"this base model already holds TT adapter layers ({wrapped[0]!r} and "
+            f"{len(wrapped) - 1} more): it is wrapped by another TTAdapterModel. Call "
+            "add_adapter(name, config) on that model, or unload() it first, or wrap a fresh copy."
+        )
 
 
 def _call_base(self: TTAdapterModel, *args: Any, **kwargs: Any) -> Any:
