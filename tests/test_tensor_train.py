@@ -136,3 +136,15 @@ def test_torch_autograd_through_arithmetic():
     loss = (x + x).norm() + x.hadamard(x).dot(x)
     loss.backward()
     assert all(c.grad is not None and torch.isfinite(c.grad).all() for c in cores)
+
+
+@pytest.mark.parametrize(
+    ("da", "db"), [("float64", "float32"), ("float64", "complex64"), ("complex128", "float32")]
+)
+@pytest.mark.parametrize("op", ["add", "dot", "hadamard"])
+def test_one_dtype_rule_for_train_train_operations(da, db, op):
+    x = tt.random_tt((3, 4), 2, seed=0)
+    a = tt.TensorTrain([c.astype(da) for c in x.cores])
+    b = tt.TensorTrain([c.astype(db) for c in x.cores])
+    with pytest.raises(BackendMismatchError, match="cast one train"):
+        {"add": lambda: a + b, "dot": lambda: a.dot(b), "hadamard": lambda: a * b}[op]()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import array_api_compat
@@ -21,6 +21,7 @@ from .errors import (
     RankClippedWarning,
     RankError,
     ShapeError,
+    TTWarning,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "matrix_cores",
     "matrix_shapes",
     "normalize_ranks",
+    "warn_unmet_eps",
 ]
 
 
@@ -75,7 +77,15 @@ def normalize_ranks(ranks: Any, d: int, *, name: str = "ranks") -> tuple[int, ..
                 "smallest train, or eps=... to let the tolerance choose."
             )
         return (1,) + (int(ranks),) * (d - 1) + (1,)
-    if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Sequence):
+    if isinstance(ranks, (str, bytes, Set, Mapping)) or not (
+        isinstance(ranks, Sequence) or getattr(ranks, "ndim", None) == 1
+    ):
+        raise RankError(
+            f"{name} must be an int or an ordered sequence of ints (list, tuple or 1-D array), "
+            f"got {type(ranks).__name__} {ranks!r}; sets and mappings have no order and a "
+            "string is not a list of numbers."
+        )
+    if not isinstance(ranks, Sequence):  # a 1-D array: its integral values
         try:
             ranks = [int(r) if float(r) == int(r) else r for r in ranks]
         except TypeError:
@@ -207,6 +217,18 @@ def check_cores(cores: Any, ndim: int, kind: str) -> tuple[list[Any], Any]:
                 f"right rank {cores[k - 1].shape[-1]}; neighbouring ranks must match."
             )
     return cores, xp
+
+
+def warn_unmet_eps(bound: float, eps: float | None, ranks: Any, stacklevel: int = 3) -> None:
+    """Warn when rank caps kept a result from meeting ``eps`` (the bound says what it met)."""
+    if eps is not None and ranks is not None and bound > eps:
+        warnings.warn(
+            f"eps={eps} is not met: the rank caps {ranks!r} allow a relative error of "
+            f"{bound:.4g} at best (error_bound of the result). Raise the ranks or drop them to "
+            "let eps choose.",
+            TTWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def check_finite_cores(cores: Sequence[Any], what: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from ._backend import SVD_METHODS, check_array, conj_transpose, is_torch, to_float
 from ._threads import small_blas
 from ._truncation import GRAM_MIN_SIZE, Truncation, truncate, truncate_unfolding
-from ._validation import check_eps, clip_ranks, normalize_ranks
+from ._validation import check_eps, clip_ranks, normalize_ranks, warn_unmet_eps
 from .errors import InvalidInputError, ShapeError
 from .tensor_train import TensorTrain
 from .tt_matrix import TTMatrix
@@ -147,7 +147,9 @@ def tt_svd(
     eps : float, optional
         Relative Frobenius tolerance in ``(0, 1)``: the result satisfies
         ``‖A − TT‖_F ≤ eps · ‖A‖_F``. Combined with ``ranks``, the ranks are the smaller
-        of the two choices (and the bound on the result tells what was achieved).
+        of the two choices: when the rank caps cannot meet ``eps``, the guarantee does not
+        hold, a :class:`~ttdecomp.errors.TTWarning` says so, and ``error_bound`` gives the
+        error achieved.
     row_shape, col_shape : sequence of int, optional
         For a matrix: the factors of ``M`` and ``N``, one entry per core (1 where a core
         has no row or column factor). Chosen by :func:`ttdecomp.tensorize` when omitted.
@@ -237,6 +239,7 @@ def tt_svd(
         cores, total_tail = _sweep(xp, work, modes, caps, delta_sq, method)
 
     bound = math.sqrt(total_tail) / norm if norm > 0 else 0.0
+    warn_unmet_eps(bound, eps, ranks)
     tt = TensorTrain(cores, error_bound=bound)
     if matrix:
         return TTMatrix.from_tensor_train(tt, rs, cs)

@@ -134,11 +134,11 @@ class TensorTrain(CoreTrain):
                 f"{op}: shapes {self.shape} and {other.shape} differ; both trains must "
                 "have the same mode sizes."
             )
-        if other.dtype != self.dtype and not (
-            is_complex(self._xp, self.dtype) or is_complex(self._xp, other.dtype)
-        ):
+        if other.dtype != self.dtype:  # one rule, as in apply and A @ B: no silent promotion
             raise BackendMismatchError(
-                f"{op}: dtypes {self.dtype} and {other.dtype} differ; cast one train first."
+                f"{op}: dtypes {self.dtype} and {other.dtype} differ; cast one train first "
+                "(e.g. TensorTrain([c.astype(...) for c in x.cores])); ttdecomp does not "
+                "promote between trains silently."
             )
 
     def _scaled_dot(self, other: TensorTrain) -> tuple[Any, float]:
