@@ -148,3 +148,26 @@ def test_one_dtype_rule_for_train_train_operations(da, db, op):
     b = tt.TensorTrain([c.astype(db) for c in x.cores])
     with pytest.raises(BackendMismatchError, match="cast one train"):
         {"add": lambda: a + b, "dot": lambda: a.dot(b), "hadamard": lambda: a * b}[op]()
+
+
+def test_full_refuses_a_huge_dense_tensor_up_front_with_an_override():
+    import time
+
+    x = tt.random_tt((10,) * 15, 2, seed=0)  # 10^15 entries
+    start = time.perf_counter()
+    with pytest.raises(ShapeError, match=r"1,000,000,000,000,000 entries.*max_entries"):
+        x.full()
+    assert time.perf_counter() - start < 1.0
+    m = tt.TTMatrix.from_tensor_train(x, (10,) * 15, (1,) * 15)
+    with pytest.raises(ShapeError, match="entries"):
+        m.full()
+    small = tt.random_tt((4, 4, 4), 2, seed=0)
+    with pytest.raises(ShapeError, match="64 entries"):
+        small.full(max_entries=10)
+    assert small.full(max_entries=None).shape == (4, 4, 4)
+    assert tt.TTMatrix.from_tensor_train(small, (2, 2, 2), (2, 2, 2)).full(
+        max_entries=64
+    ).shape == (
+        8,
+        8,
+    )

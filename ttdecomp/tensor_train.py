@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._backend import get_namespace, is_complex, to_float
-from ._cores import CoreTrain
+from ._cores import FULL_MAX_ENTRIES, CoreTrain
 from ._validation import check_cores
 from .errors import BackendMismatchError, ShapeError
 
@@ -85,8 +85,11 @@ class TensorTrain(CoreTrain):
         return f"TensorTrain(shape={self.shape}, ranks={self.ranks}, dtype={self.dtype}{bound})"
 
     # ---------------------------------------------------------------- dense
-    def full(self) -> Any:
+    def full(self, *, max_entries: int | None = FULL_MAX_ENTRIES) -> Any:
         """The dense tensor (``∏ n_k`` entries; use only when that fits in memory).
+
+        Raises :class:`~ttdecomp.errors.ShapeError` before any work when the tensor has more
+        than ``max_entries`` entries (default ``2**30``); ``None`` lifts the guard.
 
         Examples
         --------
@@ -95,6 +98,7 @@ class TensorTrain(CoreTrain):
         >>> TensorTrain([np.ones((1, 2, 1)), np.ones((1, 3, 1))]).full().shape
         (2, 3)
         """
+        self._check_full_size(max_entries)
         xp = self._xp
         res = xp.reshape(self.cores[0], (-1, self.cores[0].shape[-1]))  # (n_1, r_1)
         for core in self.cores[1:]:
