@@ -302,3 +302,9 @@ def test_ranks_as_a_numpy_array_still_work():
     a = np.random.default_rng(0).standard_normal((3, 3, 3))
     assert tt.tt_svd(a, ranks=np.array([1, 2, 2, 1])).ranks == (1, 2, 2, 1)
     assert tt.tt_svd(a, ranks=(2, 2)).ranks == (1, 2, 2, 1)
+
+
+def test_unfactorable_matrix_advice_fits_tt_svd():
+    with pytest.raises(tt.errors.ShapeError, match="tt_svd does not pad") as info:
+        tt.tt_svd(np.ones((3, 5)))
+    assert "pass pad=True" not in str(info.value) and "as_matrix=False" in str(info.value)

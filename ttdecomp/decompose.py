@@ -95,7 +95,21 @@ def _matrix_shapes(
     if row_shape is None and col_shape is None:
         from .shapes import tensorize
 
-        return tensorize(M, N, n_cores=n_cores, layout=layout)
+        try:
+            return tensorize(M, N, n_cores=n_cores, layout=layout)
+        except ShapeError as exc:
+            why = str(exc).split(";")[0].split(". Pad")[0]
+            try:
+                rs, cs = tensorize(M, N, n_cores=n_cores, layout=layout, pad=True)
+                pad = f"pad W with zeros to {math.prod(rs)} x {math.prod(cs)} (its shapes: "
+                pad += f"tensorize({M}, {N}, pad=True)), "
+            except ShapeError:
+                pad = ""
+            raise ShapeError(
+                f"tt_svd cannot choose TT-matrix shapes for a {M} x {N} matrix: {why}. tt_svd "
+                f"does not pad: {pad}pass row_shape/col_shape, or decompose it as a 2-mode "
+                "tensor with as_matrix=False."
+            ) from None
     if row_shape is None or col_shape is None:
         raise ShapeError(
             "give both row_shape and col_shape (one entry per core, 1 where a core has no "
