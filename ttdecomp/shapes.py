@@ -159,8 +159,8 @@ def next_smooth(n: int, *, min_factors: int = 1, largest_prime: int = _SMOOTH) -
 
     This is the padded size :func:`factorize` suggests for a dimension with a large prime
     factor; found by a search over products of the small primes (milliseconds, also for
-    ``n`` near ``2**62``). ``min_factors`` asks for at least that many prime factors (with multiplicity),
-    so that the padded size can be split into ``min_factors`` factors ``≥ 2``.
+    ``n`` near ``2**62``). ``min_factors`` asks for at least that many prime factors (with
+    multiplicity), so that the padded size can be split into ``min_factors`` factors ``≥ 2``.
 
     Examples
     --------
