@@ -29,6 +29,7 @@ __all__ = [
     "check_cores",
     "check_eps",
     "check_finite_cores",
+    "check_lapack_dtype",
     "check_matrix_shape",
     "check_operands",
     "clip_ranks",
@@ -217,6 +218,19 @@ def check_cores(cores: Any, ndim: int, kind: str) -> tuple[list[Any], Any]:
                 f"right rank {cores[k - 1].shape[-1]}; neighbouring ranks must match."
             )
     return cores, xp
+
+
+def check_lapack_dtype(xp: Any, dtype: Any, what: str) -> None:
+    """Refuse half-precision dtypes (float16, bfloat16) before any factorisation.
+
+    LAPACK has no half-precision SVD/QR; the failure would otherwise come from deep inside it.
+    """
+    if xp.isdtype(dtype, "real floating") and xp.finfo(dtype).bits < 32:
+        raise BackendMismatchError(
+            f"{what} has dtype {dtype}; TT-SVD and rounding need float32 or float64 (LAPACK has "
+            "no half-precision factorisations). Cast it first, e.g. x.astype(np.float32) or "
+            "x.float(), and cast the cores back afterwards if you need to."
+        )
 
 
 def warn_unmet_eps(bound: float, eps: float | None, ranks: Any, stacklevel: int = 3) -> None:

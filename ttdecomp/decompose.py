@@ -19,7 +19,13 @@ from typing import Any
 from ._backend import SVD_METHODS, check_array, conj_transpose, is_torch, to_float
 from ._threads import small_blas
 from ._truncation import GRAM_MIN_SIZE, Truncation, truncate, truncate_unfolding
-from ._validation import check_eps, clip_ranks, normalize_ranks, warn_unmet_eps
+from ._validation import (
+    check_eps,
+    check_lapack_dtype,
+    clip_ranks,
+    normalize_ranks,
+    warn_unmet_eps,
+)
 from .errors import InvalidInputError, ShapeError
 from .tensor_train import TensorTrain
 from .tt_matrix import TTMatrix
@@ -225,6 +231,12 @@ def tt_svd(
         raise InvalidInputError(f"method must be one of {SVD_METHODS}, got {method!r}.")
     if a.ndim == 0:
         raise ShapeError("tt_svd needs an array with at least one axis, got a 0-d array.")
+    if any(int(s) == 0 for s in a.shape):
+        raise ShapeError(
+            f"a has shape {tuple(a.shape)} with a zero-size axis; an empty tensor has no "
+            "tensor train. Drop the empty axis or skip the decomposition."
+        )
+    check_lapack_dtype(xp, a.dtype, "a")
     matrix = a.ndim == 2 and as_matrix is not False
     if a.ndim != 2 and (row_shape is not None or col_shape is not None or as_matrix):
         raise ShapeError(

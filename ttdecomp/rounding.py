@@ -25,6 +25,7 @@ from ._truncation import Truncation, truncate_unfolding
 from ._validation import (
     check_eps,
     check_finite_cores,
+    check_lapack_dtype,
     clip_ranks,
     normalize_ranks,
     warn_unmet_eps,
@@ -276,6 +277,7 @@ def round(x: T, ranks: Any = None, *, eps: float | None = None, method: str = "a
     """
     eps = check_eps(eps)
     tt = _as_tt(x, "round")
+    check_lapack_dtype(tt._xp, tt.dtype, f"round({type(x).__name__})")
     check_finite_cores(tt.cores, f"round({type(x).__name__})")
     d = tt.ndim
     explicit = ranks is not None and not isinstance(ranks, int)

@@ -25,13 +25,31 @@ __all__ = ["TensorTrain"]
 
 
 def _scalar_like(xp: Any, value: Any, ref: Any) -> Any:
-    """A Python or 0-d scalar as something that multiplies ``ref`` without a device copy."""
+    """A Python or 0-d scalar as something that multiplies ``ref`` without a device copy.
+
+    NumPy scalars become Python scalars, so that they do not promote the core they multiply
+    (NumPy 2 would turn a float32 core times ``np.float64(2)`` into float64).
+    """
     if isinstance(value, numbers.Number):
-        return value
+        return value.item() if hasattr(value, "item") else value
     if getattr(value, "ndim", None) == 0:
         get_namespace(value, ref)  # raises on a numpy/torch mix
         return value
+    if hasattr(value, "shape"):
+        raise TypeError(
+            f"a TensorTrain multiplies a scalar (a number or a 0-d array), got an array of shape "
+            f"{tuple(value.shape)}; use a[0] / float(a) for a one-element array, or hadamard() "
+            "for an element-wise product with another train."
+        )
     raise TypeError(f"expected a scalar, got {type(value).__name__}")
+
+
+def _exp(log_scale: float) -> float:
+    """``exp(log_scale)``, ``inf`` beyond the float range (a value too large to represent)."""
+    try:
+        return math.exp(log_scale)
+    except OverflowError:
+        return math.inf
 
 
 class TensorTrain(CoreTrain):
@@ -188,14 +206,14 @@ class TensorTrain(CoreTrain):
         """
         self._check_same(other, "dot")
         value, log_scale = self._scaled_dot(other)
-        return value * math.exp(log_scale)
+        return value * _exp(log_scale)
 
     def norm(self) -> Any:
         """Frobenius norm ``‖A‖_F`` computed in TT form (0-d array, differentiable)."""
         xp = self._xp
         value, log_scale = self._scaled_dot(self)
         value = xp.real(value) if is_complex(xp, value.dtype) else value
-        return xp.sqrt(xp.abs(value)) * math.exp(0.5 * log_scale)
+        return xp.sqrt(xp.abs(value)) * _exp(0.5 * log_scale)
 
     def relative_error(self, dense: Any) -> float:
         """``‖dense − self.full()‖_F / ‖dense‖_F`` as a Python float.
@@ -251,21 +269,31 @@ class TensorTrain(CoreTrain):
     def __mul__(self, other: Any) -> TensorTrain:
         if isinstance(other, TensorTrain):
             return self.hadamard(other)
-        try:
-            scalar = _scalar_like(self._xp, other, self.cores[0])
-        except TypeError:
-            return NotImplemented
-        bound = self.error_bound
-        return TensorTrain([self.cores[0] * scalar, *self.cores[1:]], error_bound=bound)
+        return self._scaled(other, "*")
 
     __rmul__ = __mul__
 
     def __truediv__(self, other: Any) -> TensorTrain:
-        try:
-            scalar = _scalar_like(self._xp, other, self.cores[0])
-        except TypeError:
+        return self._scaled(other, "/")
+
+    def _scaled(self, other: Any, op: str) -> TensorTrain:
+        """The train times (or divided by) a scalar, in one dtype.
+
+        The result keeps the train's dtype, except that a complex scalar makes a real train
+        complex (all cores, same precision), as a complex scalar times a real array does.
+        """
+        if not isinstance(other, numbers.Number) and not hasattr(other, "shape"):
             return NotImplemented
-        return TensorTrain([self.cores[0] / scalar, *self.cores[1:]], error_bound=self.error_bound)
+        scalar = _scalar_like(self._xp, other, self.cores[0])
+        xp = self._xp
+        first = self.cores[0] * scalar if op == "*" else self.cores[0] / scalar
+        rest = list(self.cores[1:])
+        if first.dtype != self.dtype:
+            if is_complex(xp, first.dtype) and not is_complex(xp, self.dtype):
+                rest = [xp.astype(c, first.dtype) for c in rest]
+            else:
+                first = xp.astype(first, self.dtype)
+        return TensorTrain([first, *rest], error_bound=self.error_bound)
 
     def hadamard(self, other: TensorTrain) -> TensorTrain:
         """Element-wise product in TT form; ranks multiply (``r_k · q_k``).
