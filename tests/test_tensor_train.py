@@ -217,3 +217,15 @@ def test_zero_size_and_half_precision_inputs_are_refused_up_front():
         half = tt.TensorTrain([torch.tensor(c, dtype=torch.float16) for c in x.cores])
         with pytest.raises(BackendMismatchError, match="float16"):
             tt.round(half, 1)
+
+
+@pytest.mark.parametrize("bound", ["abc", -1, float("nan"), True, "0.1"])
+def test_containers_refuse_a_bad_error_bound(bound):
+    from ttdecomp.errors import InvalidInputError
+
+    x = tt.random_tt((3, 4), 2, seed=0)
+    with pytest.raises(InvalidInputError, match="error_bound"):
+        tt.TensorTrain(x.cores, error_bound=bound)
+    with pytest.raises(InvalidInputError, match="error_bound"):
+        tt.TTMatrix([c[:, :, None, :] for c in x.cores], error_bound=bound)
+    assert tt.TensorTrain(x.cores, error_bound=0.5).error_bound == 0.5

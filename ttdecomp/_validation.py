@@ -28,6 +28,7 @@ __all__ = [
     "attainable_ranks",
     "check_cores",
     "check_eps",
+    "check_error_bound",
     "check_finite_cores",
     "check_lapack_dtype",
     "check_matrix_shape",
@@ -142,6 +143,18 @@ def clip_ranks(
             stacklevel=stacklevel,
         )
     return clipped
+
+
+def check_error_bound(bound: Any) -> float | None:
+    """``None`` or a non-negative real (``inf`` allowed): a container's ``error_bound``."""
+    if bound is None:
+        return None
+    if isinstance(bound, bool) or not isinstance(bound, numbers.Real) or not bound >= 0:
+        raise InvalidInputError(
+            f"error_bound must be None or a non-negative number (a relative Frobenius error), "
+            f"got {bound!r}."
+        )
+    return float(bound)
 
 
 def check_eps(eps: Any) -> float | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ._backend import get_namespace, is_complex, to_float
 from ._cores import FULL_MAX_ENTRIES, CoreTrain
-from ._validation import check_cores
+from ._validation import check_cores, check_error_bound
 from .errors import BackendMismatchError, ShapeError
 
 __all__ = ["TensorTrain"]
@@ -85,7 +85,7 @@ class TensorTrain(CoreTrain):
 
     def __init__(self, cores: Sequence[Any], *, error_bound: float | None = None) -> None:
         self.cores, self._xp = check_cores(cores, 3, "TensorTrain")
-        self.error_bound = None if error_bound is None else float(error_bound)
+        self.error_bound = check_error_bound(error_bound)
 
     # ---------------------------------------------------------------- properties
     @property

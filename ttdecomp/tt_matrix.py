@@ -23,7 +23,7 @@ from typing import Any
 
 from ._backend import get_namespace, to_float
 from ._cores import FULL_MAX_ENTRIES, CoreTrain
-from ._validation import check_cores
+from ._validation import check_cores, check_error_bound
 from .errors import BackendMismatchError, ShapeError
 from .tensor_train import TensorTrain
 
@@ -58,7 +58,7 @@ class TTMatrix(CoreTrain):
 
     def __init__(self, cores: Sequence[Any], *, error_bound: float | None = None) -> None:
         self.cores, self._xp = check_cores(cores, 4, "TTMatrix")
-        self.error_bound = None if error_bound is None else float(error_bound)
+        self.error_bound = check_error_bound(error_bound)
 
     # ---------------------------------------------------------------- properties
     @property

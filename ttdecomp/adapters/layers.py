@@ -482,6 +482,13 @@ class TTAdapterLayer(nn.Module):
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
         y = self.base_layer(x, *args, **kwargs)
+        merged = [n for n in self.active_adapters if n in self.merged_adapters]
+        if merged and torch.is_grad_enabled():
+            trainable = [
+                p for n in merged for p in self.tt_adapters[n].parameters() if p.requires_grad
+            ]
+            if trainable:  # backward would give them no gradient: say so when it runs
+                y = _MergedBackwardGuard.apply(y, trainable[0], tuple(merged))
         # Adapters compute in their own dtype; under autocast their TT contractions cast
         # like F.linear (ttdecomp.contract.apply), so they run in the autocast dtype.
         for name in self.active_adapters:
@@ -498,6 +505,23 @@ class TTAdapterLayer(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"adapters={list(self.tt_adapters)}, active={self.active_adapters}"
+        )
+
+
+class _MergedBackwardGuard(torch.autograd.Function):
+    """Identity in forward; in backward, the error that merged adapters cannot train."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, anchor: torch.Tensor, names: tuple) -> torch.Tensor:
+        ctx.names = names
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        raise InvalidInputError(
+            f"backward through merged adapter(s) {list(ctx.names)}: their ΔW is folded into the "
+            "base weights, so they would get no gradient. Call unmerge_adapter() before "
+            "training; merge only for inference."
         )
 
 
