@@ -395,3 +395,15 @@ def test_an_unreadable_weights_file_is_not_called_corrupted(saved, monkeypatch):
     with pytest.raises(AdapterFileError, match="Permission denied") as info:
         TTAdapterModel.from_pretrained(tiny_model("llama"), saved)
     assert "corrupted" not in str(info.value)
+
+
+def test_export_never_writes_through_a_symlink(tmp_path):
+    pytest.importorskip("peft")
+    model = get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=2))
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    out.mkdir()
+    victim.write_text("precious")
+    (out / "adapter_config.json").symlink_to(victim)
+    with pytest.raises(AdapterFileError, match="symbolic link"):
+        model.export_peft_lora(out, rank=4)
+    assert victim.read_text() == "precious"

@@ -293,7 +293,9 @@ class TTAdapterConfig:
         (``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``) or, failing that, as a regex
         against the full name; a string is a regex against full names; ``"all-linear"`` takes every
         ``nn.Linear``/``Conv1D`` except the output head. ``None`` uses :data:`DEFAULT_TARGETS` for
-        the model's ``model_type``. Every list entry must match at least one module.
+        the model's ``model_type``. Every list entry must match at least one module. Regexes are
+        bounded (:func:`check_regex`): nested or ambiguous repeats, backreferences and patterns
+        over 1,000 characters are refused, so a config read from a file cannot hang matching.
     exclude_modules : str, list of str or None
         Modules never adapted, same matching rules; every entry must match a candidate.
     layers_to_transform : int, list of int or None
