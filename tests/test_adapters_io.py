@@ -407,3 +407,14 @@ def test_export_never_writes_through_a_symlink(tmp_path):
     with pytest.raises(AdapterFileError, match="symbolic link"):
         model.export_peft_lora(out, rank=4)
     assert victim.read_text() == "precious"
+
+
+def test_saved_files_keep_ordinary_permissions(tmp_path):
+    import stat
+
+    model = _two_adapter_model()
+    model.save_pretrained(tmp_path)
+    assert stat.S_IMODE((tmp_path / CONFIG_NAME).stat().st_mode) == 0o644
+    (tmp_path / WEIGHTS_NAME).chmod(0o640)
+    model.save_pretrained(tmp_path)
+    assert stat.S_IMODE((tmp_path / WEIGHTS_NAME).stat().st_mode) == 0o640

@@ -186,6 +186,8 @@ def write_files(files: Sequence[tuple[Path, bytes]]) -> None:
             created.extend(reversed(missing))
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
             temps.append((tmp, path))
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600; keep the file's mode, else 0644
+                os.fchmod(fd, path.stat().st_mode & 0o777 if path.is_file() else 0o644)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
