@@ -514,7 +514,7 @@ class _MergedBackwardGuard(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, y: torch.Tensor, anchor: torch.Tensor, names: tuple) -> torch.Tensor:
         ctx.names = names
-        return y.view_as(y)
+        return y.clone()  # not a view: callers may modify the output in place
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
