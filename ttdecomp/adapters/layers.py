@@ -120,7 +120,7 @@ class TTLoRAAdapter(_TTAdapter):
         Per-core output factors ``m_k`` and input factors ``n_k`` (split layout: ``m_k = 1`` on
         the input cores, ``n_k = 1`` on the output cores).
     tt_rank : int
-        Interior rank ``r``.
+        Interior rank ``r``, clipped per bond to what the shape can carry (:func:`adapter_ranks`).
     alpha : float
         Raw scale of ΔW.
     dropout : float
@@ -224,7 +224,7 @@ class LoRETTARepAdapter(_TTAdapter):
     a_shape, b_shape : tuple
         ``(row_shape, col_shape)`` of A and B (interleaved layout).
     tensor_rank : int
-        Interior TT rank of A and B.
+        Interior TT rank of A and B (clipped per bond as in :func:`adapter_ranks`).
     r, alpha : int, float
         Bottleneck and scale numerator (scaling ``alpha / r``).
     dropout : float
