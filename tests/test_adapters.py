@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 
@@ -564,3 +565,14 @@ def test_a_huge_tt_rank_is_bounded_by_clipping_before_allocating():
         (info,) = inspect_targets(net, cfg)
     assert info.tt_matrices["cores"]["ranks"] == (1, 64, 4096, 64, 1)
     assert info.n_params <= 2.1 * 4096 * 4096
+
+
+def test_an_adapter_larger_than_its_dense_update_warns():
+    from ttdecomp.errors import TTWarning
+
+    net = nn.Sequential(nn.Linear(64, 64))
+    with pytest.warns(TTWarning, match="more than the dense"):
+        inspect_targets(net, TTLoRAConfig(tt_rank=100, target_modules=["0"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inspect_targets(net, TTLoRAConfig(tt_rank=4, target_modules=["0"]))

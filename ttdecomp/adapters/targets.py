@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from ..counts import tt_matrix_n_params
-from ..errors import RankClippedWarning, ShapeError
+from ..errors import RankClippedWarning, ShapeError, TTWarning
 from ..shapes import tensorize
 from .config import (
     LoRETTAConfig,
@@ -339,6 +339,17 @@ def inspect_targets(model: nn.Module, config: TTAdapterConfig) -> list[TargetInf
                 + extra,
             )
         )
+    for info in out:
+        dense = info.out_features * info.in_features
+        is_update = isinstance(config, TTLoRAConfig) or config.variant == "rep"
+        if is_update and info.n_params > dense:
+            warnings.warn(
+                f"module {info.name!r}: the adapter has {info.n_params:,} parameters, more "
+                f"than the dense {info.out_features} x {info.in_features} update ({dense:,}) it "
+                "stands for; lower the rank (a TT adapter this large saves nothing).",
+                TTWarning,
+                stacklevel=2,
+            )
     if isinstance(config, TTLoRAConfig) and isinstance(config.tt_shape, Mapping):
         unused = sorted(set(config.tt_shape) - used_keys)
         if unused:
