@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 
@@ -23,7 +24,12 @@ from ttdecomp.adapters import (  # noqa: E402
     inspect_targets,
 )
 from ttdecomp.adapters.testing import tiny_model  # noqa: E402
-from ttdecomp.errors import InvalidInputError, RankError, ShapeError  # noqa: E402
+from ttdecomp.errors import (  # noqa: E402
+    InvalidInputError,
+    RankClippedWarning,
+    RankError,
+    ShapeError,
+)
 from ttdecomp.tt_matrix import TTMatrix  # noqa: E402
 
 METHODS = {
@@ -285,7 +291,8 @@ def test_ttsvd_init_is_a_tt_svd_of_a_random_matrix():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 48))
     cfg = TTLoRAConfig(tt_rank=64, alpha=2.0, init="ttsvd", target_modules=["0"])
-    delta = get_tt_model(net, cfg).base_model[0].get_delta_weight("default") / 2.0
+    with pytest.warns(RankClippedWarning):  # 64 is above what the end bonds carry
+        delta = get_tt_model(net, cfg).base_model[0].get_delta_weight("default") / 2.0
     bound = 1 / math.sqrt(64)
     assert delta.abs().max() <= bound * (1 + 1e-5)
     assert delta.abs().max() > 0.95 * bound
@@ -445,3 +452,127 @@ def test_property_counts_forward_and_merge(out_f, in_f, rank, layout):
         torch.testing.assert_close(layer(x), unmerged, rtol=1e-5, atol=1e-5)
         model.unmerge_adapter()
     assert torch.equal(layer.base_layer.weight, original)
+
+
+# ----------------------------------------------------------------------------- hostile configs
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (LoRETTAConfig, {"train_norms": "no"}),
+        (LoRETTAConfig, {"train_head": 1}),
+        (LoRETTAConfig, {"alpha": True}),
+        (LoRETTAConfig, {"variant": ["rep"]}),
+        (LoRETTAConfig, {"non_linearity": 1}),
+        (TTLoRAConfig, {"alpha": True}),
+        (TTLoRAConfig, {"alpha": "8"}),
+        (TTLoRAConfig, {"init": b"zero"}),
+        (TTLoRAConfig, {"layout": ["split"]}),
+        (TTLoRAConfig, {"base_model_name_or_path": 7}),
+        (TTLoRAConfig, {"dropout": "0.1"}),
+        (TTLoRAConfig, {"layers_pattern": 3}),
+    ],
+)
+def test_every_config_field_has_a_strict_type(cls, kwargs):
+    (field,) = kwargs
+    with pytest.raises(InvalidInputError, match=field):
+        cls(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "(a+)+b",
+        r"(\w*)*x",
+        "(a|aa)*$",
+        r"(.*\.)*q_proj",
+        r"(q)\1",
+        "a" * 1001,
+    ],
+)
+@pytest.mark.parametrize("where", ["string", "list", "exclude", "tt_shape"])
+def test_catastrophic_regexes_are_refused_before_matching(pattern, where):
+    kwargs = {
+        "string": {"target_modules": pattern},
+        "list": {"target_modules": ["q_proj", pattern]},
+        "exclude": {"target_modules": ["q_proj"], "exclude_modules": [pattern]},
+        "tt_shape": {"target_modules": ["q_proj"], "tt_shape": {pattern: [16, 4, 4, 16]}},
+    }[where]
+    with pytest.raises(TargetModulesError, match=r"backtrack|characters|backreference"):
+        TTLoRAConfig(**kwargs)
+
+
+def test_a_crafted_pattern_in_a_saved_config_does_not_hang_loading(tmp_path):
+    import json
+
+    from ttdecomp.adapters import CONFIG_NAME, AdapterFileError, TTAdapterModel
+
+    get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=2)).save_pretrained(tmp_path)
+    record = json.loads((tmp_path / CONFIG_NAME).read_text())
+    record["config"]["target_modules"] = "(" + "a*" * 30 + ")*b"
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(record))
+    with pytest.raises(AdapterFileError, match="backtrack"):
+        TTAdapterModel.from_pretrained(tiny_model("llama"), tmp_path)
+
+
+def test_bounded_safe_regexes_still_work():
+    cfg = TTLoRAConfig(target_modules=r"model\.layers\.\d+\.self_attn\.(q|v)_proj", tt_rank=2)
+    names = get_tt_model(tiny_model("llama"), cfg).targeted_module_names
+    assert len(names) == 4
+    cfg = TTLoRAConfig(target_modules=[r"(?:\w+\.)*+q_proj"], tt_rank=2)  # possessive: no backtrack
+    assert len(get_tt_model(tiny_model("llama"), cfg).targeted_module_names) == 2
+
+
+def test_an_invalid_regex_in_a_target_list_is_reported_as_such():
+    with pytest.raises(TargetModulesError, match="not a valid regular expression"):
+        TTLoRAConfig(target_modules=["q_proj", "v_proj["])
+
+
+def test_a_second_get_tt_model_on_a_wrapped_base_is_refused():
+    base = tiny_model("llama")
+    first = get_tt_model(base, TTLoRAConfig(tt_rank=2))
+    with pytest.raises(InvalidInputError, match="add_adapter"):
+        get_tt_model(base, TTLoRAConfig(tt_rank=3, target_modules=["k_proj"]))
+    assert first.active_adapters == ["default"] and list(first.tt_config) == ["default"]
+    assert all(
+        list(m.tt_adapters) == ["default"] for m in base.modules() if hasattr(m, "tt_adapters")
+    )
+    first.unload()
+    get_tt_model(base, TTLoRAConfig(tt_rank=3))  # a plain base again: fine
+
+
+def test_tt_rank_is_clipped_per_bond_with_a_warning():
+    net = nn.Sequential(nn.Linear(64, 64))
+    cfg = TTLoRAConfig(tt_rank=100, tt_shape=[8, 8, 8, 8], target_modules=["0"])
+    with pytest.warns(RankClippedWarning, match="tt_rank"):
+        info = inspect_targets(net, cfg)[0]
+    assert info.tt_matrices["cores"]["ranks"] == (1, 8, 64, 8, 1)
+    with pytest.warns(RankClippedWarning):
+        model = get_tt_model(net, cfg)
+    assert model.get_nb_trainable_parameters()[0] == info.n_params
+    assert [tuple(c.shape) for c in model.base_model[0].tt_adapters["default"].cores] == [
+        (1, 1, 8, 8),
+        (8, 1, 8, 64),
+        (64, 8, 1, 8),
+        (8, 8, 1, 1),
+    ]
+
+
+def test_a_huge_tt_rank_is_bounded_by_clipping_before_allocating():
+    # 10^9 would ask for ~10^18 parameters; clipped per bond the adapter stays near 2x the layer.
+    net = nn.Sequential(nn.Linear(4096, 4096, device="meta"))
+    cfg = TTLoRAConfig(tt_rank=10**9, tt_shape=[64, 64, 64, 64], target_modules=["0"])
+    with pytest.warns(RankClippedWarning, match="10000000"):
+        (info,) = inspect_targets(net, cfg)
+    assert info.tt_matrices["cores"]["ranks"] == (1, 64, 4096, 64, 1)
+    assert info.n_params <= 2.1 * 4096 * 4096
+
+
+def test_an_adapter_larger_than_its_dense_update_warns():
+    from ttdecomp.errors import TTWarning
+
+    net = nn.Sequential(nn.Linear(64, 64))
+    with pytest.warns(TTWarning, match="more than the dense"):
+        inspect_targets(net, TTLoRAConfig(tt_rank=100, target_modules=["0"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inspect_targets(net, TTLoRAConfig(tt_rank=4, target_modules=["0"]))

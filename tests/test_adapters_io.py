@@ -253,3 +253,168 @@ def test_export_rejects_adp_and_bad_rank(tmp_path):
         with pytest.raises(RankError):
             lora.export_peft_lora(tmp_path, rank=rank)
     assert not any(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- transactional saves
+def _two_adapter_model():
+    torch.manual_seed(0)
+    model = get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=2))
+    model.add_adapter("extra", TTLoRAConfig(tt_rank=3, target_modules=["k_proj"]))
+    _randomize(model)
+    return model
+
+
+def _tree_bytes(root) -> dict:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_a_failed_save_leaves_the_previous_adapters_byte_identical(tmp_path, monkeypatch):
+    from ttdecomp.adapters import serialization
+
+    model = _two_adapter_model()
+    model.save_pretrained(tmp_path)
+    before = _tree_bytes(tmp_path)
+    _randomize(model)
+    real = serialization.get_adapter_state_dict
+
+    def fail_on_extra(m, name="default"):
+        if name == "extra":
+            raise RuntimeError("disk full")
+        return real(m, name)
+
+    monkeypatch.setattr(serialization, "get_adapter_state_dict", fail_on_extra)
+    with pytest.raises(RuntimeError, match="disk full"):
+        model.save_pretrained(tmp_path)
+    assert _tree_bytes(tmp_path) == before  # no temporaries left, nothing replaced
+    monkeypatch.undo()
+    TTAdapterModel.from_pretrained(tiny_model("llama"), tmp_path)
+
+
+def test_a_failed_write_leaves_no_temporaries_and_says_why(tmp_path, monkeypatch):
+    import os
+
+    model = _two_adapter_model()
+    model.save_pretrained(tmp_path)
+    before = _tree_bytes(tmp_path)
+    real = os.replace
+    calls = []
+
+    def read_only(src, dst):
+        calls.append(dst)
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", read_only)
+    with pytest.raises(AdapterFileError, match="Read-only file system") as info:
+        model.save_pretrained(tmp_path)
+    assert ".tmp" not in str(info.value)  # names the target, not a temporary
+    monkeypatch.setattr(os, "replace", real)
+    assert _tree_bytes(tmp_path) == before and calls
+
+
+def test_a_mixed_old_new_pair_is_refused(tmp_path):
+    model = _two_adapter_model()
+    old, new = tmp_path / "old", tmp_path / "new"
+    model.save_pretrained(old)
+    _randomize(model)
+    model.save_pretrained(new)
+    (old / WEIGHTS_NAME).write_bytes((new / WEIGHTS_NAME).read_bytes())  # an interrupted rename
+    with pytest.raises(AdapterFileError, match="different saves"):
+        TTAdapterModel.from_pretrained(tiny_model("llama"), old)
+
+
+def test_stale_adapter_subfolders_are_removed_by_a_full_save(tmp_path):
+    model = _two_adapter_model()
+    model.save_pretrained(tmp_path)
+    checkpoint = tmp_path / "checkpoint-5"  # a trainer checkpoint: not an adapter sub-folder
+    model.save_pretrained(checkpoint)
+    model.delete_adapter("extra")
+    model.save_pretrained(tmp_path)
+    assert not (tmp_path / "extra" / CONFIG_NAME).exists()
+    assert (checkpoint / CONFIG_NAME).is_file() and (checkpoint / "extra" / CONFIG_NAME).is_file()
+
+
+@pytest.mark.parametrize("planted", ["config", "weights", "subfolder"])
+def test_saving_never_writes_through_a_symlink(tmp_path, planted):
+    model = _two_adapter_model()
+    target, outside = tmp_path / "save", tmp_path / "outside"
+    target.mkdir()
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_text("precious")
+    if planted == "subfolder":
+        (target / "extra").symlink_to(outside, target_is_directory=True)
+        (outside / CONFIG_NAME).write_text("precious")
+    else:
+        (target / (CONFIG_NAME if planted == "config" else WEIGHTS_NAME)).symlink_to(victim)
+    with pytest.raises(AdapterFileError, match="symbolic link"):
+        model.save_pretrained(target)
+    assert victim.read_text() == "precious"
+    assert sorted(p.name for p in outside.iterdir()) == sorted(
+        ["victim.txt"] + ([CONFIG_NAME] if planted == "subfolder" else [])
+    )
+
+
+def test_saving_into_a_file_fails_clearly(tmp_path):
+    model = _two_adapter_model()
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(AdapterFileError, match="is a file"):
+        model.save_pretrained(path)
+
+
+# ----------------------------------------------------------------------------- loaded values
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_tensors_in_an_adapter_file_are_refused(saved, bad):
+    from safetensors.torch import load_file, save_file
+
+    w = saved / WEIGHTS_NAME
+    tensors = load_file(str(w))
+    key = sorted(tensors)[1]
+    tensors[key].view(-1)[0] = bad
+    save_file(tensors, str(w))
+    base = tiny_model("llama")
+    snap = _snapshot(base)
+    with pytest.raises(AdapterFileError, match=f"{key}.*non-finite"):
+        TTAdapterModel.from_pretrained(base, saved)
+    assert _unchanged(base, snap)
+
+
+def test_an_unreadable_weights_file_is_not_called_corrupted(saved, monkeypatch):
+    from pathlib import Path
+
+    real = Path.read_bytes
+
+    def denied(self):
+        if self.name == WEIGHTS_NAME:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(AdapterFileError, match="Permission denied") as info:
+        TTAdapterModel.from_pretrained(tiny_model("llama"), saved)
+    assert "corrupted" not in str(info.value)
+
+
+def test_export_never_writes_through_a_symlink(tmp_path):
+    pytest.importorskip("peft")
+    model = get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=2))
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    out.mkdir()
+    victim.write_text("precious")
+    (out / "adapter_config.json").symlink_to(victim)
+    with pytest.raises(AdapterFileError, match="symbolic link"):
+        model.export_peft_lora(out, rank=4)
+    assert victim.read_text() == "precious"
+
+
+def test_saved_files_keep_ordinary_permissions(tmp_path):
+    import stat
+
+    model = _two_adapter_model()
+    model.save_pretrained(tmp_path)
+    assert stat.S_IMODE((tmp_path / CONFIG_NAME).stat().st_mode) == 0o644
+    (tmp_path / WEIGHTS_NAME).chmod(0o640)
+    model.save_pretrained(tmp_path)
+    assert stat.S_IMODE((tmp_path / WEIGHTS_NAME).stat().st_mode) == 0o640

@@ -212,3 +212,16 @@ def test_print_trainable_parameters(capsys):
     model.print_trainable_parameters()
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"trainable params: {trainable:,d} || all params: {total:,d}")
+
+
+def test_backward_while_merged_says_unmerge_before_training():
+    model = get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=2))
+    model.merge_adapter()
+    loss = model(input_ids=_ids()).logits.sum()
+    with pytest.raises(InvalidInputError, match="unmerge_adapter"):
+        loss.backward()
+    model.unmerge_adapter()
+    model(input_ids=_ids()).logits.sum().backward()  # trains again once unmerged
+    with torch.no_grad():  # merged inference is untouched
+        model.merge_adapter()
+        model(input_ids=_ids())

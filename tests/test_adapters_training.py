@@ -321,3 +321,16 @@ def test_smollm2_decoder_end_to_end(tmp_path):
         model.merge_adapter()
         torch.testing.assert_close(model(**enc).logits, unmerged, rtol=1e-4, atol=1e-4)
         model.unmerge_adapter()
+
+
+def test_tt_adapter_trainer_checks_the_model_type_at_construction(tmp_path):
+    from transformers import TrainingArguments
+
+    from ttdecomp.adapters import TTAdapterTrainer
+    from ttdecomp.errors import InvalidInputError
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1)
+    with pytest.raises(InvalidInputError, match="TTAdapterModel"):
+        TTAdapterTrainer(model=tiny_model("gpt2"), args=args)
+    with pytest.raises(InvalidInputError, match="TTAdapterModel"):
+        TTAdapterTrainer(tiny_model("gpt2"), args)

@@ -130,3 +130,10 @@ def test_minilm_plan(capsys):
     out = capsys.readouterr().out
     assert "encoder.layer.0.attention.self.query.weight" in out
     assert "6 layers" in out
+
+
+def test_a_negative_budget_is_called_a_parameter_count(capsys):
+    assert parse_budget("-5") == -5
+    assert main(["plan", "64x64", "--budget", "-5"]) != 0
+    err = capsys.readouterr().err
+    assert "positive number of parameters" in err and "float" not in err

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import (
+    BACKENDS,
     backends,
     random_array,
     seeds,
@@ -399,3 +400,17 @@ def test_a_precomputed_plan_is_used_and_checked():
         np.testing.assert_allclose(apply(cores, x, plan=plan), apply(cores, x), rtol=1e-12)
     with pytest.raises(ShapeError, match=r"batch=5; got .* batch=4"):
         apply(cores, x[:4], plan=contraction_plan(cores, 5))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_apply_refuses_non_finite_cores_naming_the_core(backend):
+    from ttdecomp.errors import InvalidInputError
+
+    cores = [np.ones((1, 2, 3, 2)), np.ones((2, 2, 2, 1))]
+    cores[1][1, 0, 1, 0] = np.nan
+    cores = [to_backend(c, backend) for c in cores]
+    x = to_backend(np.ones((4, 6)), backend)
+    with pytest.raises(InvalidInputError, match=r"core 1 .*NaN or Inf"):
+        apply(cores, x)
+    with pytest.raises(InvalidInputError, match=r"core 1 .*NaN or Inf"):
+        linear(x, cores)

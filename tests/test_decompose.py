@@ -273,3 +273,38 @@ def test_truncate_kernel_reports_tail():
     assert math.isclose(cut.tail_sq, 0.2**2 + 0.1**2 + 0.05**2, rel_tol=1e-10)
     assert math.isclose(np.linalg.norm(a - cut.left @ cut.right) ** 2, cut.tail_sq, rel_tol=1e-8)
     assert tt.truncate(a, max_rank=2).rank == 2
+
+
+def test_ranks_that_cannot_meet_eps_warn_with_the_achieved_bound():
+    from ttdecomp.errors import TTWarning
+
+    a = np.random.default_rng(0).standard_normal((6, 6, 6))
+    with pytest.warns(TTWarning, match="eps=0.01 is not met"):
+        x = tt.tt_svd(a, ranks=2, eps=0.01)
+    assert x.error_bound > 0.01
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tt.tt_svd(a, ranks=36, eps=0.5)  # the ranks allow eps: no warning
+    with pytest.warns(TTWarning, match="is not met"):
+        tt.round(tt.tt_svd(a), 2, eps=0.01)
+
+
+@pytest.mark.parametrize("ranks", [{1, 2}, "121", b"12", {0: 2}, frozenset({2})])
+def test_ranks_as_a_set_string_or_mapping_are_refused(ranks):
+    a = np.ones((3, 3, 3))
+    from ttdecomp.errors import RankError
+
+    with pytest.raises(RankError, match="ranks"):
+        tt.tt_svd(a, ranks=ranks)
+
+
+def test_ranks_as_a_numpy_array_still_work():
+    a = np.random.default_rng(0).standard_normal((3, 3, 3))
+    assert tt.tt_svd(a, ranks=np.array([1, 2, 2, 1])).ranks == (1, 2, 2, 1)
+    assert tt.tt_svd(a, ranks=(2, 2)).ranks == (1, 2, 2, 1)
+
+
+def test_unfactorable_matrix_advice_fits_tt_svd():
+    with pytest.raises(tt.errors.ShapeError, match="tt_svd does not pad") as info:
+        tt.tt_svd(np.ones((3, 5)))
+    assert "pass pad=True" not in str(info.value) and "as_matrix=False" in str(info.value)

@@ -440,3 +440,10 @@ def test_no_warnings_on_normal_use():
         warnings.simplefilter("error")
         plan((1024, 4096), 0.01)
         plan(None, 0.1, weight=_weight((32, 32), 0))
+
+
+def test_a_budget_above_the_dense_size_warns_and_says_larger():
+    with pytest.warns(TTWarning, match="more than the dense"):
+        p = plan((64, 64), 10_000)
+    assert p.n_params > p.dense_n_params
+    assert "larger" in str(p) and "smaller" not in str(p)

@@ -41,3 +41,10 @@ def test_like_builds_in_that_library():
     ref = torch.zeros(1, dtype=torch.float32)
     x = tt.random_tt((2, 3), 2, seed=0, like=ref)
     assert all(isinstance(c, torch.Tensor) and c.dtype == torch.float32 for c in x.cores)
+
+
+def test_very_deep_random_trains_do_not_overflow_the_variance_formula():
+    import ttdecomp as tt
+
+    x = tt.random_tt((2,) * 2000, 3, seed=0)
+    assert x.ndim == 2000 and all(np.isfinite(c).all() for c in x.cores)

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import RTOL, backends, dtypes, seeds, tensor_shapes, to_backend, to_numpy, torch
+from strategies import (
+    BACKENDS,
+    RTOL,
+    backends,
+    dtypes,
+    seeds,
+    tensor_shapes,
+    to_backend,
+    to_numpy,
+    torch,
+)
 
 import ttdecomp as tt
 from ttdecomp.errors import InvalidInputError, RankClippedWarning
@@ -144,3 +154,16 @@ def test_rounding_keeps_torch_autograd():
     y = tt.round(tt.TensorTrain(cores), 2)
     y.norm().backward()
     assert all(c.grad is not None and torch.isfinite(c.grad).all() for c in cores)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_round_refuses_non_finite_cores_naming_the_core(backend, bad):
+    x = tt.random_tt((3, 4, 5), 2, seed=0)
+    cores = [np.array(c) for c in x.cores]
+    cores[1][0, 1, 0] = bad
+    y = tt.TensorTrain([to_backend(c, backend) for c in cores])
+    with pytest.raises(InvalidInputError, match=r"core 1 .*NaN or Inf"):
+        tt.round(y, 2)
+    with pytest.raises(InvalidInputError, match=r"core 1 .*NaN or Inf"):
+        tt.TTMatrix.from_tensor_train(y, (3, 4, 5), (1, 1, 1)).round(eps=0.1)

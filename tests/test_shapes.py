@@ -197,3 +197,39 @@ def test_unknown_layout():
 def test_to_tt_shape_validates():
     with pytest.raises(ShapeError, match="equal length"):
         to_tt_shape((1, 2), (2,))
+
+
+@pytest.mark.parametrize("n", [1_000_000_007, 2**61 - 1, (2**31 - 1) * 1_000_003])
+def test_large_primes_fail_fast_with_a_pad_suggestion(n):
+    import time
+
+    from ttdecomp.shapes import next_smooth, prime_factors
+
+    start = time.perf_counter()
+    with pytest.raises(ShapeError, match="Pad it to"):
+        factorize(n)
+    assert time.perf_counter() - start < 2.0
+    assert math.prod(prime_factors(n)) == n
+    padded = next_smooth(n)
+    assert padded >= n and max(prime_factors(padded)) <= 7
+
+
+@given(st.integers(1, 10**6), st.integers(1, 6))
+def test_next_smooth_is_the_smallest_smooth_number(n, k):
+    from ttdecomp.shapes import next_smooth, prime_factors
+
+    m = next_smooth(n, min_factors=k)
+    assert m >= n and len(prime_factors(m)) >= k and max(prime_factors(m), default=1) <= 7
+    if m > n:  # nothing in between qualifies (checked on a bounded window)
+        for j in range(n, min(m, n + 200)):
+            ps = prime_factors(j)
+            assert not (len(ps) >= k and max(ps, default=1) <= 7)
+
+
+@given(st.integers(2, 10**7))
+def test_prime_factors_multiply_back(n):
+    from ttdecomp.shapes import prime_factors
+
+    ps = prime_factors(n)
+    assert math.prod(ps) == n and list(ps) == sorted(ps)
+    assert all(all(p % q for q in range(2, math.isqrt(p) + 1)) for p in set(ps) if p < 10**5)

@@ -136,3 +136,96 @@ def test_torch_autograd_through_arithmetic():
     loss = (x + x).norm() + x.hadamard(x).dot(x)
     loss.backward()
     assert all(c.grad is not None and torch.isfinite(c.grad).all() for c in cores)
+
+
+@pytest.mark.parametrize(
+    ("da", "db"), [("float64", "float32"), ("float64", "complex64"), ("complex128", "float32")]
+)
+@pytest.mark.parametrize("op", ["add", "dot", "hadamard"])
+def test_one_dtype_rule_for_train_train_operations(da, db, op):
+    x = tt.random_tt((3, 4), 2, seed=0)
+    a = tt.TensorTrain([c.astype(da) for c in x.cores])
+    b = tt.TensorTrain([c.astype(db) for c in x.cores])
+    with pytest.raises(BackendMismatchError, match="cast one train"):
+        {"add": lambda: a + b, "dot": lambda: a.dot(b), "hadamard": lambda: a * b}[op]()
+
+
+def test_full_refuses_a_huge_dense_tensor_up_front_with_an_override():
+    import time
+
+    x = tt.random_tt((10,) * 15, 2, seed=0)  # 10^15 entries
+    start = time.perf_counter()
+    with pytest.raises(ShapeError, match=r"1,000,000,000,000,000 entries.*max_entries"):
+        x.full()
+    assert time.perf_counter() - start < 1.0
+    m = tt.TTMatrix.from_tensor_train(x, (10,) * 15, (1,) * 15)
+    with pytest.raises(ShapeError, match="entries"):
+        m.full()
+    small = tt.random_tt((4, 4, 4), 2, seed=0)
+    with pytest.raises(ShapeError, match="64 entries"):
+        small.full(max_entries=10)
+    assert small.full(max_entries=None).shape == (4, 4, 4)
+    assert tt.TTMatrix.from_tensor_train(small, (2, 2, 2), (2, 2, 2)).full(
+        max_entries=64
+    ).shape == (
+        8,
+        8,
+    )
+
+
+def test_norm_and_dot_of_a_huge_deep_train_return_inf_instead_of_raising():
+    cores = [np.full((1, 2, 1), 1e3) for _ in range(500)]  # entries 1e1500: beyond float64
+    x = tt.TensorTrain(cores)
+    assert float(x.norm()) == np.inf
+    assert float(x.dot(x)) == np.inf
+    tiny = tt.TensorTrain([np.full((1, 2, 1), 1e-3) for _ in range(500)])
+    assert float(tiny.norm()) == 0.0
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_scalar_times_train_keeps_one_dtype(backend):
+    if backend == "torch" and torch is None:
+        pytest.skip("torch not installed")
+    x = tt.random_tt((3, 4, 5), 2, seed=0)
+    x32 = tt.TensorTrain([to_backend(c.astype("float32"), backend) for c in x.cores])
+    ref = to_numpy(x32.full())
+    for s in (np.float64(2), np.float32(2), 2, 2.0):
+        y = x32 * s
+        assert y.dtype == x32.dtype and np.allclose(to_numpy(y.full()), 2 * ref, rtol=1e-6)
+        y = s * x32
+        assert y.dtype == x32.dtype
+    z = x32 * 1j
+    assert np.allclose(to_numpy(z.full()), 1j * ref, rtol=1e-6)
+    assert len({str(c.dtype) for c in z.cores}) == 1 and "complex" in str(z.dtype)
+    with pytest.raises(TypeError, match="scalar"):
+        x32 * np.array([2.0])
+    with pytest.raises(TypeError, match="scalar"):
+        np.array([2.0]) * x32
+
+
+def test_zero_size_and_half_precision_inputs_are_refused_up_front():
+    from ttdecomp.errors import BackendMismatchError, ShapeError
+
+    with pytest.raises(ShapeError, match="zero-size"):
+        tt.tt_svd(np.ones((3, 0, 2)))
+    with pytest.raises(BackendMismatchError, match="float16"):
+        tt.tt_svd(np.ones((4, 4, 4), dtype=np.float16))
+    if torch is not None:
+        with pytest.raises(BackendMismatchError, match="bfloat16"):
+            tt.tt_svd(torch.ones(4, 4, 4, dtype=torch.bfloat16))
+        x = tt.random_tt((3, 4, 5), 2, seed=0)
+        half = tt.TensorTrain([torch.tensor(c, dtype=torch.float16) for c in x.cores])
+        with pytest.raises(BackendMismatchError, match="float16"):
+            tt.round(half, 1)
+
+
+@pytest.mark.parametrize("bound", ["abc", -1, float("nan"), True, "0.1"])
+def test_containers_refuse_a_bad_error_bound(bound):
+    from ttdecomp.errors import InvalidInputError
+
+    x = tt.random_tt((3, 4), 2, seed=0)
+    with pytest.raises(InvalidInputError, match="error_bound"):
+        tt.TensorTrain(x.cores, error_bound=bound)
+    with pytest.raises(InvalidInputError, match="error_bound"):
+        tt.TTMatrix([c[:, :, None, :] for c in x.cores], error_bound=bound)
+    assert tt.TensorTrain(x.cores, error_bound=0.5).error_bound == 0.5

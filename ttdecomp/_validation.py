@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import array_api_compat
@@ -21,18 +21,23 @@ from .errors import (
     RankClippedWarning,
     RankError,
     ShapeError,
+    TTWarning,
 )
 
 __all__ = [
     "attainable_ranks",
     "check_cores",
     "check_eps",
+    "check_error_bound",
+    "check_finite_cores",
+    "check_lapack_dtype",
     "check_matrix_shape",
     "check_operands",
     "clip_ranks",
     "matrix_cores",
     "matrix_shapes",
     "normalize_ranks",
+    "warn_unmet_eps",
 ]
 
 
@@ -74,7 +79,15 @@ def normalize_ranks(ranks: Any, d: int, *, name: str = "ranks") -> tuple[int, ..
                 "smallest train, or eps=... to let the tolerance choose."
             )
         return (1,) + (int(ranks),) * (d - 1) + (1,)
-    if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Sequence):
+    if isinstance(ranks, (str, bytes, Set, Mapping)) or not (
+        isinstance(ranks, Sequence) or getattr(ranks, "ndim", None) == 1
+    ):
+        raise RankError(
+            f"{name} must be an int or an ordered sequence of ints (list, tuple or 1-D array), "
+            f"got {type(ranks).__name__} {ranks!r}; sets and mappings have no order and a "
+            "string is not a list of numbers."
+        )
+    if not isinstance(ranks, Sequence):  # a 1-D array: its integral values
         try:
             ranks = [int(r) if float(r) == int(r) else r for r in ranks]
         except TypeError:
@@ -130,6 +143,18 @@ def clip_ranks(
             stacklevel=stacklevel,
         )
     return clipped
+
+
+def check_error_bound(bound: Any) -> float | None:
+    """``None`` or a non-negative real (``inf`` allowed): a container's ``error_bound``."""
+    if bound is None:
+        return None
+    if isinstance(bound, bool) or not isinstance(bound, numbers.Real) or not bound >= 0:
+        raise InvalidInputError(
+            f"error_bound must be None or a non-negative number (a relative Frobenius error), "
+            f"got {bound!r}."
+        )
+    return float(bound)
 
 
 def check_eps(eps: Any) -> float | None:
@@ -206,6 +231,53 @@ def check_cores(cores: Any, ndim: int, kind: str) -> tuple[list[Any], Any]:
                 f"right rank {cores[k - 1].shape[-1]}; neighbouring ranks must match."
             )
     return cores, xp
+
+
+def check_lapack_dtype(xp: Any, dtype: Any, what: str) -> None:
+    """Refuse half-precision dtypes (float16, bfloat16) before any factorisation.
+
+    LAPACK has no half-precision SVD/QR; the failure would otherwise come from deep inside it.
+    """
+    if xp.isdtype(dtype, "real floating") and xp.finfo(dtype).bits < 32:
+        raise BackendMismatchError(
+            f"{what} has dtype {dtype}; TT-SVD and rounding need float32 or float64 (LAPACK has "
+            "no half-precision factorisations). Cast it first, e.g. x.astype(np.float32) or "
+            "x.float(), and cast the cores back afterwards if you need to."
+        )
+
+
+def warn_unmet_eps(bound: float, eps: float | None, ranks: Any, stacklevel: int = 3) -> None:
+    """Warn when rank caps kept a result from meeting ``eps`` (the bound says what it met)."""
+    if eps is not None and ranks is not None and bound > eps:
+        warnings.warn(
+            f"eps={eps} is not met: the rank caps {ranks!r} allow a relative error of "
+            f"{bound:.4g} at best (error_bound of the result). Raise the ranks or drop them to "
+            "let eps choose.",
+            TTWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def check_finite_cores(cores: Sequence[Any], what: str) -> None:
+    """Refuse cores holding NaN or Inf, naming the first such core (one pass over the data).
+
+    Core algorithms (rounding, contraction) would otherwise turn them into finite garbage or
+    fail deep inside LAPACK.
+    """
+    for k, core in enumerate(cores):
+        if getattr(core, "is_meta", False):  # shapes only, no data to check
+            continue
+        if hasattr(core, "requires_grad"):  # torch: a check, not part of the autograd graph
+            core = core.detach()
+        xp = get_namespace(core)
+        bad = ~xp.isfinite(core)
+        if bool(xp.any(bad)):
+            n_bad = int(xp.sum(xp.astype(bad, xp.int64)))
+            raise InvalidInputError(
+                f"{what}: core {k} (shape {tuple(core.shape)}) holds {n_bad} NaN or Inf "
+                f"entr{'y' if n_bad == 1 else 'ies'}; the train is not a finite tensor. Find "
+                "where it diverged (e.g. a training step), or rebuild it from finite data."
+            )
 
 
 def check_matrix_shape(

@@ -47,7 +47,7 @@ from typing import Any
 
 from ._backend import is_torch
 from ._executor import execute
-from ._validation import check_operands, matrix_cores, matrix_shapes
+from ._validation import check_finite_cores, check_operands, matrix_cores, matrix_shapes
 from .cost_model import (
     DEFAULT_MEMORY_BUDGET,
     ORDERS,
@@ -85,6 +85,7 @@ def apply(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     plan: ContractionPlan | None = None,
     machine: MachineModel | None = None,
+    check_finite: bool = True,
 ) -> Any:
     """``y = x @ W.T`` for a TT-matrix ``W`` (``M × N``): maps ``x[..., N]`` to ``y[..., M]``.
 
@@ -102,7 +103,8 @@ def apply(
     ----------
     ttm_or_cores : TTMatrix or sequence of arrays
         The TT-matrix, or its 4-D cores ``(r_{k-1}, m_k, n_k, r_k)`` (e.g. a list of torch
-        ``nn.Parameter``). Only shapes are checked, never the data.
+        ``nn.Parameter``). Shapes are checked, and the cores' data for NaN/Inf unless
+        ``check_finite=False``.
     x : array
         Shape ``(..., N)``, same library, dtype and device as the cores.
     order, split : optional
@@ -115,6 +117,9 @@ def apply(
         ``order``, ``split``, ``memory_budget`` and ``machine``.
     machine : MachineModel, optional
         Rates the plan's time estimates use (see :func:`contraction_plan`).
+    check_finite : bool
+        Refuse cores holding NaN or Inf (one pass over the cores, which are small; on a GPU it
+        costs one synchronisation). Layers that call this on every step pass ``False``.
 
     Returns
     -------
@@ -128,6 +133,8 @@ def apply(
         for other shapes or another batch size.
     BackendMismatchError
         ``x`` and the cores differ in library, dtype (including complex/real) or device.
+    InvalidInputError
+        A core holds NaN or Inf (with ``check_finite``).
 
     Examples
     --------
@@ -152,6 +159,8 @@ def apply(
 
         x, cores, amp_device = autocast_operands(x, cores)
     xp = check_operands(x, cores, n_total)
+    if check_finite:
+        check_finite_cores(cores, "apply")
     lead = tuple(int(s) for s in x.shape[:-1])
     batch = math.prod(lead)
     if plan is None:
@@ -194,7 +203,7 @@ def apply(
     return xp.reshape(y2, (*lead, m_total))  # (..., M)
 
 
-def linear(x: Any, ttm_or_cores: Any, bias: Any | None = None) -> Any:
+def linear(x: Any, ttm_or_cores: Any, bias: Any | None = None, *, check_finite: bool = True) -> Any:
     """``torch.nn.functional.linear`` with a TT-matrix weight: ``y = x @ W.T + bias``.
 
     Parameters
@@ -205,6 +214,8 @@ def linear(x: Any, ttm_or_cores: Any, bias: Any | None = None) -> Any:
         The weight ``W`` (``M × N``) in TT form.
     bias : array, optional
         Shape ``(M,)``, same library, dtype and device as ``x``.
+    check_finite : bool
+        As in :func:`apply`.
 
     Returns
     -------
@@ -219,7 +230,7 @@ def linear(x: Any, ttm_or_cores: Any, bias: Any | None = None) -> Any:
     >>> linear(np.ones((1, 6)), cores, bias=np.arange(6.0))
     array([[ 6.,  7.,  8.,  9., 10., 11.]])
     """
-    y = apply(ttm_or_cores, x)
+    y = apply(ttm_or_cores, x, check_finite=check_finite)
     if bias is None:
         return y
     m_total = int(y.shape[-1])

@@ -19,7 +19,13 @@ from typing import Any
 from ._backend import SVD_METHODS, check_array, conj_transpose, is_torch, to_float
 from ._threads import small_blas
 from ._truncation import GRAM_MIN_SIZE, Truncation, truncate, truncate_unfolding
-from ._validation import check_eps, clip_ranks, normalize_ranks
+from ._validation import (
+    check_eps,
+    check_lapack_dtype,
+    clip_ranks,
+    normalize_ranks,
+    warn_unmet_eps,
+)
 from .errors import InvalidInputError, ShapeError
 from .tensor_train import TensorTrain
 from .tt_matrix import TTMatrix
@@ -95,7 +101,21 @@ def _matrix_shapes(
     if row_shape is None and col_shape is None:
         from .shapes import tensorize
 
-        return tensorize(M, N, n_cores=n_cores, layout=layout)
+        try:
+            return tensorize(M, N, n_cores=n_cores, layout=layout)
+        except ShapeError as exc:
+            why = str(exc).split(";")[0].split(". Pad")[0]
+            try:
+                rs, cs = tensorize(M, N, n_cores=n_cores, layout=layout, pad=True)
+                pad = f"pad W with zeros to {math.prod(rs)} x {math.prod(cs)} (its shapes: "
+                pad += f"tensorize({M}, {N}, pad=True)), "
+            except ShapeError:
+                pad = ""
+            raise ShapeError(
+                f"tt_svd cannot choose TT-matrix shapes for a {M} x {N} matrix: {why}. tt_svd "
+                f"does not pad: {pad}pass row_shape/col_shape, or decompose it as a 2-mode "
+                "tensor with as_matrix=False."
+            ) from None
     if row_shape is None or col_shape is None:
         raise ShapeError(
             "give both row_shape and col_shape (one entry per core, 1 where a core has no "
@@ -147,7 +167,9 @@ def tt_svd(
     eps : float, optional
         Relative Frobenius tolerance in ``(0, 1)``: the result satisfies
         ``‖A − TT‖_F ≤ eps · ‖A‖_F``. Combined with ``ranks``, the ranks are the smaller
-        of the two choices (and the bound on the result tells what was achieved).
+        of the two choices: when the rank caps cannot meet ``eps``, the guarantee does not
+        hold, a :class:`~ttdecomp.errors.TTWarning` says so, and ``error_bound`` gives the
+        error achieved.
     row_shape, col_shape : sequence of int, optional
         For a matrix: the factors of ``M`` and ``N``, one entry per core (1 where a core
         has no row or column factor). Chosen by :func:`ttdecomp.tensorize` when omitted.
@@ -209,6 +231,12 @@ def tt_svd(
         raise InvalidInputError(f"method must be one of {SVD_METHODS}, got {method!r}.")
     if a.ndim == 0:
         raise ShapeError("tt_svd needs an array with at least one axis, got a 0-d array.")
+    if any(int(s) == 0 for s in a.shape):
+        raise ShapeError(
+            f"a has shape {tuple(a.shape)} with a zero-size axis; an empty tensor has no "
+            "tensor train. Drop the empty axis or skip the decomposition."
+        )
+    check_lapack_dtype(xp, a.dtype, "a")
     matrix = a.ndim == 2 and as_matrix is not False
     if a.ndim != 2 and (row_shape is not None or col_shape is not None or as_matrix):
         raise ShapeError(
@@ -237,6 +265,7 @@ def tt_svd(
         cores, total_tail = _sweep(xp, work, modes, caps, delta_sq, method)
 
     bound = math.sqrt(total_tail) / norm if norm > 0 else 0.0
+    warn_unmet_eps(bound, eps, ranks)
     tt = TensorTrain(cores, error_bound=bound)
     if matrix:
         return TTMatrix.from_tensor_train(tt, rs, cs)

@@ -32,7 +32,10 @@ def core_std(std: float, ranks: Sequence[int]) -> float:
     ones included).
     """
     d = len(ranks) - 1
-    return std ** (1.0 / d) * math.prod(ranks) ** (-1.0 / (2 * d))
+    if std == 0:
+        return 0.0
+    # In logarithms: ∏ r_k overflows a float for trains of thousands of cores.
+    return math.exp(math.log(std) / d - sum(math.log(r) for r in ranks) / (2 * d))
 
 
 def _cores(

@@ -22,7 +22,14 @@ import numpy as np
 from ._backend import conj_transpose, is_numpy, qr, to_float
 from ._threads import small_blas
 from ._truncation import Truncation, truncate_unfolding
-from ._validation import check_eps, clip_ranks, normalize_ranks
+from ._validation import (
+    check_eps,
+    check_finite_cores,
+    check_lapack_dtype,
+    clip_ranks,
+    normalize_ranks,
+    warn_unmet_eps,
+)
 from .errors import InvalidInputError
 from .tensor_train import TensorTrain
 from .tt_matrix import TTMatrix
@@ -239,7 +246,8 @@ def round(x: T, ranks: Any = None, *, eps: float | None = None, method: str = "a
         Rank caps, as in :func:`ttdecomp.tt_svd` (an int caps every bond; an explicit
         sequence above the attainable maximum is clipped with a warning).
     eps : float, optional
-        Relative tolerance in ``(0, 1)``: ``‖x − round(x)‖_F ≤ eps · ‖x‖_F``.
+        Relative tolerance in ``(0, 1)``: ``‖x − round(x)‖_F ≤ eps · ‖x‖_F`` (a
+        :class:`~ttdecomp.errors.TTWarning` when ``ranks`` keep it from being met).
         Without ``eps``, only directions below the round-off level
         (``10 · d · u · ‖x‖``, ``u`` the dtype's machine epsilon) are dropped, so
         ``round(x + x)`` has the ranks of ``x``.
@@ -269,17 +277,19 @@ def round(x: T, ranks: Any = None, *, eps: float | None = None, method: str = "a
     """
     eps = check_eps(eps)
     tt = _as_tt(x, "round")
+    check_lapack_dtype(tt._xp, tt.dtype, f"round({type(x).__name__})")
+    check_finite_cores(tt.cores, f"round({type(x).__name__})")
     d = tt.ndim
     explicit = ranks is not None and not isinstance(ranks, int)
     caps = clip_ranks(normalize_ranks(ranks, d), tt.shape, warn=explicit)
     if d == 1:
         return _like(x, TensorTrain(list(tt.cores), error_bound=tt.error_bound))
     with small_blas(tt.cores[0], max(math.prod(c.shape) for c in tt.cores)):
-        return _round_sweeps(x, tt, caps, eps, method)
+        return _round_sweeps(x, tt, caps, eps, method, ranks)
 
 
 def _round_sweeps(
-    x: T, tt: TensorTrain, caps: tuple[int, ...], eps: float | None, method: str
+    x: T, tt: TensorTrain, caps: tuple[int, ...], eps: float | None, method: str, ranks: Any
 ) -> T:
     """The QR sweep, then the truncating SVD sweep, of :func:`round`."""
     xp = tt._xp
@@ -315,6 +325,7 @@ def _round_sweeps(
             prev = xp.reshape(cores[k - 1], (rp * np_, r)) @ conj_transpose(xp, rr)
             cores[k - 1] = xp.reshape(prev, (rp, np_, s))
     bound = math.sqrt(total_tail)
+    warn_unmet_eps(bound, eps, ranks, stacklevel=4)
     if tt.error_bound is not None:
         bound = bound + tt.error_bound * (1 + bound)
     out = TensorTrain(_spread(cores, log_norm), error_bound=bound)

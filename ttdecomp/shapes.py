@@ -80,23 +80,87 @@ def prime_factors(n: int) -> tuple[int, ...]:
     """
     n = _check_int(n, "n", minimum=1)
     out = []
-    p = 2
-    while p * p <= n:
+    for p in _SMALL_PRIMES:
+        if p * p > n:
+            break
         while n % p == 0:
             out.append(p)
             n //= p
-        p += 1 if p == 2 else 2
     if n > 1:
-        out.append(n)
-    return tuple(out)
+        out.extend(_large_factors(n))
+    return tuple(sorted(out))
+
+
+_SMALL_PRIMES = tuple(p for p in range(2, 1000) if all(p % q for q in range(2, math.isqrt(p) + 1)))
+# Miller-Rabin with these bases is exact below 3.3·10^24 (and a strong test above).
+_MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    for p in _SMALL_PRIMES[:13]:
+        if n % p == 0:
+            return n == p
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for a in _MR_BASES:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def _large_factors(n: int) -> list[int]:
+    """Prime factors of ``n`` (no factor below 1000): Miller-Rabin, then Pollard-Brent rho."""
+    if n == 1:
+        return []
+    if _is_prime(n):
+        return [n]
+    r = math.isqrt(n)
+    if r * r == n:
+        return _large_factors(r) * 2
+    c = 1
+    while True:
+        y, g, m, q, x = 2, 1, 128, 1, 2
+        length = 1
+        while g == 1:
+            x = y
+            for _ in range(length):
+                y = (y * y + c) % n
+            k = 0
+            while k < length and g == 1:
+                ys = y
+                for _ in range(min(m, length - k)):
+                    y = (y * y + c) % n
+                    q = q * abs(x - y) % n
+                g = math.gcd(q, n)
+                k += m
+            length *= 2
+        if g == n:
+            g = 1
+            while g == 1:
+                ys = (ys * ys + c) % n
+                g = math.gcd(abs(x - ys), n)
+        if g != n:
+            return _large_factors(g) + _large_factors(n // g)
+        c += 1
 
 
 def next_smooth(n: int, *, min_factors: int = 1, largest_prime: int = _SMOOTH) -> int:
     """Smallest integer ``≥ n`` whose prime factors are all ``≤ largest_prime``.
 
     This is the padded size :func:`factorize` suggests for a dimension with a large prime
-    factor. ``min_factors`` asks for at least that many prime factors (with multiplicity),
-    so that the padded size can be split into ``min_factors`` factors ``≥ 2``.
+    factor; found by a search over products of the small primes (milliseconds, also for
+    ``n`` near ``2**62``). ``min_factors`` asks for at least that many prime factors (with
+    multiplicity), so that the padded size can be split into ``min_factors`` factors ``≥ 2``.
 
     Examples
     --------
@@ -106,12 +170,25 @@ def next_smooth(n: int, *, min_factors: int = 1, largest_prime: int = _SMOOTH) -
     8
     """
     n = _check_int(n, "n", minimum=1)
-    m = n
-    while True:
-        ps = prime_factors(m)
-        if len(ps) >= min_factors and (not ps or ps[-1] <= largest_prime):
-            return m
-        m += 1
+    primes = [p for p in range(2, largest_prime + 1) if _is_prime(p)]
+    best = 2 ** max(min_factors, (n - 1).bit_length())  # a power of two always qualifies
+
+    def walk(i: int, prod: int, count: int) -> None:
+        # Exhaustive over products of ``primes[i:]`` below the best found: cheap, since
+        # smooth numbers are sparse (no factoring of every integer on the way).
+        nonlocal best
+        if prod >= n and count >= min_factors:
+            best = min(best, prod)
+            return
+        if i == len(primes):
+            return
+        x, c = prod, count
+        while x < best:
+            walk(i + 1, x, c)
+            x, c = x * primes[i], c + 1
+
+    walk(0, 1, 0)
+    return best
 
 
 def balanced_factors(n: int, k: int) -> tuple[int, ...]:
@@ -123,8 +200,10 @@ def balanced_factors(n: int, k: int) -> tuple[int, ...]:
     """
     if k == 1:
         return (n,)
-    divisors = [p for p in range(2, math.isqrt(n) + 1) if n % p == 0]
-    divisors = sorted(set(divisors + [n // p for p in divisors]))
+    divs = {1}
+    for p in prime_factors(n):
+        divs |= {d * p for d in divs}
+    divisors = sorted(d for d in divs if d > 1)
     best: tuple[float, tuple[int, ...]] | None = None
 
     def walk(rest: int, left: int, low: int, acc: list[int]) -> None:
@@ -167,10 +246,21 @@ def _prime_error(n: int, name: str, n_factors: int, max_prime: int, large: int |
             f"{list(prime_factors(n))}, so it cannot be split into {n_factors} factors >= 2"
         )
     shown = max(n_factors, min(len(prime_factors(padded)), _default_n_factors(padded, 4)))
+    if shown <= _SHOWN_SPLIT:
+        split = " x ".join(map(str, balanced_factors(padded, shown)))
+    else:  # a balanced split into many factors is a large search: the prime powers are cheap
+        ps = prime_factors(padded)
+        split = " · ".join(
+            f"{p}^{ps.count(p)}" if ps.count(p) > 1 else str(p) for p in sorted(set(ps))
+        )
     return (
-        f"{why}. Pad it to {padded} = {' x '.join(map(str, balanced_factors(padded, shown)))} "
-        f"(the nearest size that can be), e.g. pass pad=True, or ask for fewer factors."
+        f"{why}. Pad it to {padded} = {split} "
+        f"(the nearest size that can be), e.g. pass pad=True to factorize, or ask for fewer "
+        "factors."
     )
+
+
+_SHOWN_SPLIT = 8  # most factors the error message splits a padded size into
 
 
 def factorize(

@@ -17,21 +17,39 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._backend import get_namespace, is_complex, to_float
-from ._cores import CoreTrain
-from ._validation import check_cores
+from ._cores import FULL_MAX_ENTRIES, CoreTrain
+from ._validation import check_cores, check_error_bound
 from .errors import BackendMismatchError, ShapeError
 
 __all__ = ["TensorTrain"]
 
 
 def _scalar_like(xp: Any, value: Any, ref: Any) -> Any:
-    """A Python or 0-d scalar as something that multiplies ``ref`` without a device copy."""
+    """A Python or 0-d scalar as something that multiplies ``ref`` without a device copy.
+
+    NumPy scalars become Python scalars, so that they do not promote the core they multiply
+    (NumPy 2 would turn a float32 core times ``np.float64(2)`` into float64).
+    """
     if isinstance(value, numbers.Number):
-        return value
+        return value.item() if hasattr(value, "item") else value
     if getattr(value, "ndim", None) == 0:
         get_namespace(value, ref)  # raises on a numpy/torch mix
         return value
+    if hasattr(value, "shape"):
+        raise TypeError(
+            f"a TensorTrain multiplies a scalar (a number or a 0-d array), got an array of shape "
+            f"{tuple(value.shape)}; use a[0] / float(a) for a one-element array, or hadamard() "
+            "for an element-wise product with another train."
+        )
     raise TypeError(f"expected a scalar, got {type(value).__name__}")
+
+
+def _exp(log_scale: float) -> float:
+    """``exp(log_scale)``, ``inf`` beyond the float range (a value too large to represent)."""
+    try:
+        return math.exp(log_scale)
+    except OverflowError:
+        return math.inf
 
 
 class TensorTrain(CoreTrain):
@@ -67,7 +85,7 @@ class TensorTrain(CoreTrain):
 
     def __init__(self, cores: Sequence[Any], *, error_bound: float | None = None) -> None:
         self.cores, self._xp = check_cores(cores, 3, "TensorTrain")
-        self.error_bound = None if error_bound is None else float(error_bound)
+        self.error_bound = check_error_bound(error_bound)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -85,8 +103,11 @@ class TensorTrain(CoreTrain):
         return f"TensorTrain(shape={self.shape}, ranks={self.ranks}, dtype={self.dtype}{bound})"
 
     # ---------------------------------------------------------------- dense
-    def full(self) -> Any:
+    def full(self, *, max_entries: int | None = FULL_MAX_ENTRIES) -> Any:
         """The dense tensor (``∏ n_k`` entries; use only when that fits in memory).
+
+        Raises :class:`~ttdecomp.errors.ShapeError` before any work when the tensor has more
+        than ``max_entries`` entries (default ``2**30``); ``None`` lifts the guard.
 
         Examples
         --------
@@ -95,6 +116,7 @@ class TensorTrain(CoreTrain):
         >>> TensorTrain([np.ones((1, 2, 1)), np.ones((1, 3, 1))]).full().shape
         (2, 3)
         """
+        self._check_full_size(max_entries)
         xp = self._xp
         res = xp.reshape(self.cores[0], (-1, self.cores[0].shape[-1]))  # (n_1, r_1)
         for core in self.cores[1:]:
@@ -134,11 +156,11 @@ class TensorTrain(CoreTrain):
                 f"{op}: shapes {self.shape} and {other.shape} differ; both trains must "
                 "have the same mode sizes."
             )
-        if other.dtype != self.dtype and not (
-            is_complex(self._xp, self.dtype) or is_complex(self._xp, other.dtype)
-        ):
+        if other.dtype != self.dtype:  # one rule, as in apply and A @ B: no silent promotion
             raise BackendMismatchError(
-                f"{op}: dtypes {self.dtype} and {other.dtype} differ; cast one train first."
+                f"{op}: dtypes {self.dtype} and {other.dtype} differ; cast one train first "
+                "(e.g. TensorTrain([c.astype(...) for c in x.cores])); ttdecomp does not "
+                "promote between trains silently."
             )
 
     def _scaled_dot(self, other: TensorTrain) -> tuple[Any, float]:
@@ -184,14 +206,14 @@ class TensorTrain(CoreTrain):
         """
         self._check_same(other, "dot")
         value, log_scale = self._scaled_dot(other)
-        return value * math.exp(log_scale)
+        return value * _exp(log_scale)
 
     def norm(self) -> Any:
         """Frobenius norm ``‖A‖_F`` computed in TT form (0-d array, differentiable)."""
         xp = self._xp
         value, log_scale = self._scaled_dot(self)
         value = xp.real(value) if is_complex(xp, value.dtype) else value
-        return xp.sqrt(xp.abs(value)) * math.exp(0.5 * log_scale)
+        return xp.sqrt(xp.abs(value)) * _exp(0.5 * log_scale)
 
     def relative_error(self, dense: Any) -> float:
         """``‖dense − self.full()‖_F / ‖dense‖_F`` as a Python float.
@@ -247,21 +269,31 @@ class TensorTrain(CoreTrain):
     def __mul__(self, other: Any) -> TensorTrain:
         if isinstance(other, TensorTrain):
             return self.hadamard(other)
-        try:
-            scalar = _scalar_like(self._xp, other, self.cores[0])
-        except TypeError:
-            return NotImplemented
-        bound = self.error_bound
-        return TensorTrain([self.cores[0] * scalar, *self.cores[1:]], error_bound=bound)
+        return self._scaled(other, "*")
 
     __rmul__ = __mul__
 
     def __truediv__(self, other: Any) -> TensorTrain:
-        try:
-            scalar = _scalar_like(self._xp, other, self.cores[0])
-        except TypeError:
+        return self._scaled(other, "/")
+
+    def _scaled(self, other: Any, op: str) -> TensorTrain:
+        """The train times (or divided by) a scalar, in one dtype.
+
+        The result keeps the train's dtype, except that a complex scalar makes a real train
+        complex (all cores, same precision), as a complex scalar times a real array does.
+        """
+        if not isinstance(other, numbers.Number) and not hasattr(other, "shape"):
             return NotImplemented
-        return TensorTrain([self.cores[0] / scalar, *self.cores[1:]], error_bound=self.error_bound)
+        scalar = _scalar_like(self._xp, other, self.cores[0])
+        xp = self._xp
+        first = self.cores[0] * scalar if op == "*" else self.cores[0] / scalar
+        rest = list(self.cores[1:])
+        if first.dtype != self.dtype:
+            if is_complex(xp, first.dtype) and not is_complex(xp, self.dtype):
+                rest = [xp.astype(c, first.dtype) for c in rest]
+            else:
+                first = xp.astype(first, self.dtype)
+        return TensorTrain([first, *rest], error_bound=self.error_bound)
 
     def hadamard(self, other: TensorTrain) -> TensorTrain:
         """Element-wise product in TT form; ranks multiply (``r_k · q_k``).

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._backend import get_namespace, to_float
-from ._cores import CoreTrain
-from ._validation import check_cores
+from ._cores import FULL_MAX_ENTRIES, CoreTrain
+from ._validation import check_cores, check_error_bound
 from .errors import BackendMismatchError, ShapeError
 from .tensor_train import TensorTrain
 
@@ -58,7 +58,7 @@ class TTMatrix(CoreTrain):
 
     def __init__(self, cores: Sequence[Any], *, error_bound: float | None = None) -> None:
         self.cores, self._xp = check_cores(cores, 4, "TTMatrix")
-        self.error_bound = None if error_bound is None else float(error_bound)
+        self.error_bound = check_error_bound(error_bound)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -149,11 +149,14 @@ class TTMatrix(CoreTrain):
         ]
         return cls(cores, error_bound=tt.error_bound)
 
-    def full(self) -> Any:
-        """The dense ``(M, N)`` matrix (use only when ``M · N`` entries fit in memory)."""
+    def full(self, *, max_entries: int | None = FULL_MAX_ENTRIES) -> Any:
+        """The dense ``(M, N)`` matrix (use only when ``M · N`` entries fit in memory).
+
+        Refused up front above ``max_entries`` entries, as :meth:`TensorTrain.full`.
+        """
         xp = self._xp
         d = self.ndim
-        dense = self.to_tensor_train().full()  # (m1 n1, ..., md nd)
+        dense = self.to_tensor_train().full(max_entries=max_entries)  # (m1 n1, ..., md nd)
         dense = xp.reshape(
             dense, tuple(s for mn in zip(self.row_shape, self.col_shape) for s in mn)
         )

@@ -27,6 +27,11 @@ from typing import Any, ClassVar
 from ..errors import InvalidInputError, RankError, ShapeError
 from ..shapes import check_layout, from_tt_shape
 
+try:  # the pattern parser of the re module (Python 3.11+), sre_parse before
+    import re._parser as _sre_parser
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_parse as _sre_parser  # type: ignore[no-redef]
+
 __all__ = [
     "DEFAULT_TARGETS",
     "LoRETTAConfig",
@@ -79,18 +84,111 @@ def _check_positive_int(value: Any, name: str, fix: str) -> None:
         raise RankError(f"{name} must be a positive int; got {value!r}. {fix}")
 
 
-def _check_patterns(value: Any, name: str, *, allow_all_linear: bool = False) -> None:
+#: Longest pattern accepted, and most unbounded quantifiers in one pattern: with module names of
+#: at most a few hundred characters, matching then costs at most a polynomial of low degree.
+MAX_PATTERN_LENGTH = 1000
+MAX_UNBOUNDED_REPEATS = 4
+
+
+def check_regex(pattern: str, name: str) -> None:
+    """Refuse a pattern that is invalid or whose matching time is not bounded.
+
+    Python's ``re`` backtracks: a repeated group that itself contains a repeat or an
+    alternation (``(a+)+``, ``(a|aa)*``) or a backreference can take exponential time on a
+    module name, so a crafted config would hang injection or ``from_pretrained``. Such patterns,
+    patterns longer than :data:`MAX_PATTERN_LENGTH` characters and patterns with more than
+    :data:`MAX_UNBOUNDED_REPEATS` unbounded quantifiers are refused. Possessive quantifiers
+    (``*+``, ``++``) and atomic groups (``(?>...)``, Python 3.11+) never backtrack into a repeat
+    and are accepted around anything.
+    """
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise TargetModulesError(
+            f"{name} pattern of {len(pattern)} characters is longer than the "
+            f"{MAX_PATTERN_LENGTH} characters accepted; list module names instead."
+        )
+    try:
+        parsed = _sre_parser.parse(pattern)
+    except re.error as exc:
+        raise TargetModulesError(
+            f"{name} entry {pattern!r} is not a valid regular expression ({exc}). Strings are "
+            "matched as module names, name suffixes or regexes against full module names."
+        ) from None
+    problem = _regex_problem(list(parsed), [0])
+    if problem:
+        raise TargetModulesError(
+            f"{name} pattern {pattern!r} {problem}; patterns are bounded so that matching (also "
+            "of a config read from a file) cannot hang. Use a possessive quantifier (*+, ++) or "
+            "an atomic group (?>...), or list module names."
+        )
+
+
+_REPEATS = {_sre_parser.MAX_REPEAT, _sre_parser.MIN_REPEAT}
+_POSSESSIVE = getattr(_sre_parser, "POSSESSIVE_REPEAT", None)
+
+
+def _regex_problem(items: list, n_unbounded: list[int]) -> str | None:
+    """Why a parsed pattern could backtrack badly, or ``None``."""
+    for op, av in items:
+        if op in (_sre_parser.GROUPREF, _sre_parser.GROUPREF_EXISTS):
+            return "uses a backreference (matching can take exponential time)"
+        if op in _REPEATS or op == _POSSESSIVE:
+            _, hi, body = av
+            if op in _REPEATS and hi > 1:
+                if hi == _sre_parser.MAXREPEAT:
+                    n_unbounded[0] += 1
+                    if n_unbounded[0] > MAX_UNBOUNDED_REPEATS:
+                        return (
+                            f"has more than {MAX_UNBOUNDED_REPEATS} unbounded quantifiers "
+                            "(matching time grows as a high power of the name length)"
+                        )
+                if _is_ambiguous(list(body)):
+                    return (
+                        "repeats a group that itself holds a repeat or an alternation, which can "
+                        "backtrack exponentially"
+                    )
+            problem = _regex_problem(list(body), n_unbounded)
+        else:
+            problem = None
+            for sub in _subpatterns(op, av):
+                problem = problem or _regex_problem(list(sub), n_unbounded)
+        if problem:
+            return problem
+    return None
+
+
+def _subpatterns(op: Any, av: Any) -> list:
+    if op == _sre_parser.SUBPATTERN:
+        return [av[-1]]
+    if op == _sre_parser.BRANCH:
+        return list(av[1])
+    if op in (_sre_parser.ASSERT, _sre_parser.ASSERT_NOT):
+        return [av[1]]
+    if op == getattr(_sre_parser, "ATOMIC_GROUP", None):
+        return [av]
+    return []
+
+
+def _is_ambiguous(items: list) -> bool:
+    """Does a repeat's body hold a (backtracking) repeat or an alternation?"""
+    for op, av in items:
+        if op == _sre_parser.BRANCH:
+            return True
+        if op in _REPEATS and av[1] > 1:
+            return True
+        if op in _REPEATS or op == _POSSESSIVE:
+            continue
+        if any(_is_ambiguous(list(sub)) for sub in _subpatterns(op, av)):
+            return True
+    return False
+
+
+def _check_patterns(
+    value: Any, name: str, *, allow_all_linear: bool = False, regex: bool = True
+) -> None:
     """Targets are ``None``, a regex string, or a non-empty sequence of non-empty strings."""
     if value is None or isinstance(value, str):
-        if isinstance(value, str) and value != "all-linear":
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise TargetModulesError(
-                    f"{name}={value!r} is not a valid regular expression ({exc}). A string is "
-                    "matched as a regex against full module names; pass a list of names instead "
-                    "to match name suffixes."
-                ) from None
+        if isinstance(value, str) and value != "all-linear" and regex:
+            check_regex(value, name)
         if value == "all-linear" and not allow_all_linear:
             raise TargetModulesError(f"{name} does not accept 'all-linear'; list module names.")
         return
@@ -104,6 +202,23 @@ def _check_patterns(value: Any, name: str, *, allow_all_linear: bool = False) ->
             raise TargetModulesError(
                 f"{name} entries must be non-empty strings; got {item!r} in {list(value)!r}."
             )
+        if regex:
+            check_regex(item, name)
+
+
+def _check_type(value: Any, name: str, kind: str) -> None:
+    """``kind``: ``"bool"``, ``"str"``, ``"str or None"`` or ``"real"`` (a bool is not a number)."""
+    ok = {
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "str or None": value is None or isinstance(value, str),
+        "real": isinstance(value, numbers.Real) and not isinstance(value, bool),
+    }[kind]
+    if not ok:
+        raise InvalidInputError(
+            f"{name} must be a {kind}; got {value!r} ({type(value).__name__}). Configs take "
+            "values of their declared type only (a string such as 'no' would read as true)."
+        )
 
 
 def _is_pair(spec: Any) -> bool:
@@ -178,7 +293,9 @@ class TTAdapterConfig:
         (``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``) or, failing that, as a regex
         against the full name; a string is a regex against full names; ``"all-linear"`` takes every
         ``nn.Linear``/``Conv1D`` except the output head. ``None`` uses :data:`DEFAULT_TARGETS` for
-        the model's ``model_type``. Every list entry must match at least one module.
+        the model's ``model_type``. Every list entry must match at least one module. Regexes are
+        bounded (:func:`check_regex`): nested or ambiguous repeats, backreferences and patterns
+        over 1,000 characters are refused, so a config read from a file cannot hang matching.
     exclude_modules : str, list of str or None
         Modules never adapted, same matching rules; every entry must match a candidate.
     layers_to_transform : int, list of int or None
@@ -213,7 +330,8 @@ class TTAdapterConfig:
                 self.modules_to_save = [self.modules_to_save]
             _check_patterns(self.modules_to_save, "modules_to_save")
         if self.layers_pattern is not None:
-            _check_patterns(self.layers_pattern, "layers_pattern")
+            _check_patterns(self.layers_pattern, "layers_pattern", regex=False)
+        _check_type(self.base_model_name_or_path, "base_model_name_or_path", "str or None")
         if self.layers_to_transform is not None:
             layers = self.layers_to_transform
             layers = [layers] if _is_int(layers) else layers
@@ -308,8 +426,9 @@ class TTLoRAConfig(TTAdapterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_positive_int(self.tt_rank, "tt_rank", "The paper uses tt_rank between 4 and 10.")
-        if not isinstance(self.alpha, numbers.Real) or isinstance(self.alpha, bool):
-            raise InvalidInputError(f"alpha must be a real number; got {self.alpha!r}.")
+        _check_type(self.alpha, "alpha", "real")
+        _check_type(self.layout, "layout", "str")
+        _check_type(self.init, "init", "str")
         if not math.isfinite(float(self.alpha)):
             raise InvalidInputError(f"alpha must be finite; got {self.alpha!r}.")
         check_layout(self.layout)
@@ -340,6 +459,7 @@ class TTLoRAConfig(TTAdapterConfig):
             for key, spec in self.tt_shape.items():
                 if not isinstance(key, str) or not key:
                     raise ShapeError(f"tt_shape dict keys must be module patterns; got {key!r}.")
+                check_regex(key, "tt_shape key")
                 _check_shape_spec(spec, f"tt_shape[{key!r}]")
             self.tt_shape = {k: _jsonable(v) for k, v in self.tt_shape.items()}
         elif self.tt_shape is not None:
@@ -401,6 +521,11 @@ class LoRETTAConfig(TTAdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for field in ("variant", "non_linearity", "init"):
+            _check_type(getattr(self, field), field, "str")
+        for field in ("train_norms", "train_head"):
+            _check_type(getattr(self, field), field, "bool")
+        _check_type(self.alpha, "alpha", "real")
         if self.variant not in _VARIANTS:
             raise InvalidInputError(f"variant must be one of {_VARIANTS}; got {self.variant!r}.")
         _check_positive_int(self.tensor_rank, "tensor_rank", "The paper uses tensor_rank=5.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from ..errors import InvalidInputError, RankError
 from .config import ADP_CANNOT_MERGE, LoRETTAConfig, TTAdapterConfig
 from .layers import ModulesToSaveWrapper, TTAdapterLayer
+from .serialization import write_files
 
 __all__ = ["export_peft_lora"]
 
@@ -63,7 +65,7 @@ def export_peft_lora(
             "export_peft_lora writes a checkpoint for the `peft` package; install it with "
             "`pip install peft`."
         ) from None
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors: dict[str, torch.Tensor] = {}
     errors: dict[str, float] = {}
@@ -106,10 +108,15 @@ def export_peft_lora(
         init_lora_weights=True,
     )
     out = Path(save_directory)
-    out.mkdir(parents=True, exist_ok=True)
-    lora_config.save_pretrained(str(out))
-    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (out / "ttdecomp_export.json").write_text(
-        json.dumps({"rank": rank, "relative_truncation_error": errors}, indent=2) + "\n"
+    with tempfile.TemporaryDirectory() as scratch:  # PEFT's own config file, as PEFT writes it
+        lora_config.save_pretrained(scratch)
+        peft_files = [(out / f.name, f.read_bytes()) for f in sorted(Path(scratch).iterdir())]
+    report = json.dumps({"rank": rank, "relative_truncation_error": errors}, indent=2) + "\n"
+    write_files(  # all or nothing, never through a symbolic link (see save_pretrained)
+        [
+            (out / "adapter_model.safetensors", save(tensors, metadata={"format": "pt"})),
+            *peft_files,
+            (out / "ttdecomp_export.json", report.encode()),
+        ]
     )
     return errors

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..contract import linear as tt_linear
+from ..counts import max_ranks
 from ..errors import InvalidInputError
 from ..random import core_std
 from ..tt_matrix import TTMatrix
@@ -119,7 +120,7 @@ class TTLoRAAdapter(_TTAdapter):
         Per-core output factors ``m_k`` and input factors ``n_k`` (split layout: ``m_k = 1`` on
         the input cores, ``n_k = 1`` on the output cores).
     tt_rank : int
-        Interior rank ``r``.
+        Interior rank ``r``, clipped per bond to what the shape can carry (:func:`adapter_ranks`).
     alpha : float
         Raw scale of ΔW.
     dropout : float
@@ -153,8 +154,7 @@ class TTLoRAAdapter(_TTAdapter):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        d = len(row_shape)
-        ranks = [1] + [int(tt_rank)] * (d - 1) + [1]
+        ranks = adapter_ranks(row_shape, col_shape, tt_rank)
         self.alpha = float(alpha)
         self.cores = _make_cores(row_shape, col_shape, ranks, dtype=dtype, device=device)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -195,7 +195,7 @@ class TTLoRAAdapter(_TTAdapter):
         """``alpha · dropout(x) ΔW_TT^T`` for ``x[..., in]``."""
         # alpha scales the (small) last core instead of the (batch × out) output.
         cores = [*self.cores[:-1], self.cores[-1] * self.alpha]
-        return tt_linear(self.dropout(x), cores)
+        return tt_linear(self.dropout(x), cores, check_finite=False)
 
 
 def _loretta_cores(
@@ -205,9 +205,7 @@ def _loretta_cores(
     device: torch.device | str | None,
 ) -> nn.ParameterList:
     """Cores of one LoRETTA TT-matrix ``(row_shape, col_shape)`` with uniform interior rank."""
-    return _make_cores(
-        *shape, _interior_ranks(len(shape[0]), tensor_rank), dtype=dtype, device=device
-    )
+    return _make_cores(*shape, adapter_ranks(*shape, tensor_rank), dtype=dtype, device=device)
 
 
 def _loretta_gaussian_(*trains: Sequence[torch.Tensor]) -> None:
@@ -226,7 +224,7 @@ class LoRETTARepAdapter(_TTAdapter):
     a_shape, b_shape : tuple
         ``(row_shape, col_shape)`` of A and B (interleaved layout).
     tensor_rank : int
-        Interior TT rank of A and B.
+        Interior TT rank of A and B (clipped per bond as in :func:`adapter_ranks`).
     r, alpha : int, float
         Bottleneck and scale numerator (scaling ``alpha / r``).
     dropout : float
@@ -271,9 +269,9 @@ class LoRETTARepAdapter(_TTAdapter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(alpha / r) · B(A(dropout(x)))`` without forming ΔW."""
-        h = tt_linear(self.dropout(x), list(self.a_cores))
+        h = tt_linear(self.dropout(x), list(self.a_cores), check_finite=False)
         b_cores = [*self.b_cores[:-1], self.b_cores[-1] * self.scaling]
-        return tt_linear(h, b_cores)
+        return tt_linear(h, b_cores, check_finite=False)
 
 
 class LoRETTAAdpAdapter(_TTAdapter):
@@ -327,12 +325,20 @@ class LoRETTAAdpAdapter(_TTAdapter):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """The adapter's residual ``up(act(down(y) + b_down)) + b_up`` (added by the caller)."""
-        h = self.act(tt_linear(self.dropout(y), list(self.down_cores), self.down_bias))
-        return tt_linear(h, list(self.up_cores), self.up_bias)
+        h = self.act(
+            tt_linear(self.dropout(y), list(self.down_cores), self.down_bias, check_finite=False)
+        )
+        return tt_linear(h, list(self.up_cores), self.up_bias, check_finite=False)
 
 
-def _interior_ranks(d: int, rank: int) -> list[int]:
-    return [1] + [int(rank)] * (d - 1) + [1]
+def adapter_ranks(row_shape: Sequence[int], col_shape: Sequence[int], rank: int) -> tuple[int, ...]:
+    """Ranks ``[1, rank, ..., rank, 1]`` clipped per bond to what the TT-matrix can carry.
+
+    A bond's rank above ``min(∏ left modes, ∏ right modes)`` (modes ``m_k · n_k``) adds
+    parameters and no expressiveness; :func:`~ttdecomp.adapters.inspect_targets` warns
+    when it clips.
+    """
+    return max_ranks(row_shape, col_shape, max_rank=int(rank))
 
 
 class TTAdapterLayer(nn.Module):
@@ -476,6 +482,13 @@ class TTAdapterLayer(nn.Module):
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
         y = self.base_layer(x, *args, **kwargs)
+        merged = [n for n in self.active_adapters if n in self.merged_adapters]
+        if merged and torch.is_grad_enabled():
+            trainable = [
+                p for n in merged for p in self.tt_adapters[n].parameters() if p.requires_grad
+            ]
+            if trainable:  # backward would give them no gradient: say so when it runs
+                y = _MergedBackwardGuard.apply(y, trainable[0], tuple(merged))
         # Adapters compute in their own dtype; under autocast their TT contractions cast
         # like F.linear (ttdecomp.contract.apply), so they run in the autocast dtype.
         for name in self.active_adapters:
@@ -492,6 +505,23 @@ class TTAdapterLayer(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"adapters={list(self.tt_adapters)}, active={self.active_adapters}"
+        )
+
+
+class _MergedBackwardGuard(torch.autograd.Function):
+    """Identity in forward; in backward, the error that merged adapters cannot train."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, anchor: torch.Tensor, names: tuple) -> torch.Tensor:
+        ctx.names = names
+        return y.clone()  # not a view: callers may modify the output in place
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        raise InvalidInputError(
+            f"backward through merged adapter(s) {list(ctx.names)}: their ΔW is folded into the "
+            "base weights, so they would get no gradient. Call unmerge_adapter() before "
+            "training; merge only for inference."
         )
 
 

@@ -32,7 +32,7 @@ from .inject import (
     set_submodule,
 )
 from .layers import ModulesToSaveWrapper, TTAdapterLayer
-from .serialization import load_adapter, save_adapter
+from .serialization import load_adapter, remove_stale_adapters, save_adapters
 
 __all__ = [
     "TTAdapterModel",
@@ -77,11 +77,7 @@ class TTAdapterModel(nn.Module):
     def __init__(
         self, model: nn.Module, config: TTAdapterConfig, adapter_name: str = "default"
     ) -> None:
-        if isinstance(model, TTAdapterModel):
-            raise InvalidInputError(
-                "model is already a TTAdapterModel; call model.add_adapter(name, config) to add "
-                "another adapter instead of wrapping it twice."
-            )
+        _check_not_wrapped(model)
         inject_adapter_in_model(config, model, adapter_name)
         self._wrap(model, adapter_name, _with_base_name(config, model), inference_mode=False)
 
@@ -313,13 +309,22 @@ class TTAdapterModel(nn.Module):
     ) -> None:
         """Save adapters: ``default`` in ``save_directory``, others in sub-folders by name.
 
-        Each folder holds ``ttdecomp_config.json`` and ``ttdecomp_adapter.safetensors``.
+        Each folder holds ``ttdecomp_config.json`` and ``ttdecomp_adapter.safetensors``. The
+        save is one transaction: every file is written to a temporary next to its target and
+        renamed into place only when all are written, so a failed save leaves the previous one
+        loadable and byte-identical. Nothing is written through a symbolic link
+        (:class:`~ttdecomp.adapters.AdapterFileError`). A full save (``adapter_names=None``)
+        removes the sub-folders an earlier save wrote for adapters this model no longer has.
         """
         names = list(adapter_names or self.tt_config)
         self._check_known(names)
-        for n in names:
-            folder = Path(save_directory) if n == "default" else Path(save_directory) / n
-            save_adapter(self.base_model, self.tt_config[n], n, folder)
+        root = Path(save_directory)
+        save_adapters(
+            self.base_model,
+            {n: (self.tt_config[n], root if n == "default" else root / n) for n in names},
+        )
+        if adapter_names is None:
+            remove_stale_adapters(root, keep=names)
 
     def load_adapter(
         self, path: str | Path, adapter_name: str, *, is_trainable: bool = False
@@ -353,6 +358,7 @@ class TTAdapterModel(nn.Module):
         :class:`~ttdecomp.adapters.AdapterFileError` (or a shape error) and leaves ``model``
         unchanged. With ``is_trainable=False`` (default) nothing requires gradients.
         """
+        _check_not_wrapped(model)
         config = load_adapter(model, path, adapter_name)
         self = cls.__new__(cls)
         self._wrap(model, adapter_name, config, inference_mode=not is_trainable)
@@ -369,6 +375,28 @@ class TTAdapterModel(nn.Module):
         name = adapter_name or self.active_adapter
         self._check_known([name])
         return export_peft_lora(self.base_model, self.tt_config[name], name, save_directory, rank)
+
+
+def _check_not_wrapped(model: nn.Module) -> None:
+    """Refuse a model that is, or already holds, the adapter layers of some wrapper.
+
+    A second wrapper would take over the first one's layers: the first model would then run
+    and train the new adapter while still reporting its own as active.
+    """
+    if isinstance(model, TTAdapterModel):
+        raise InvalidInputError(
+            "model is already a TTAdapterModel; call model.add_adapter(name, config) to add "
+            "another adapter instead of wrapping it twice."
+        )
+    wrapped = [
+        n for n, m in model.named_modules() if isinstance(m, (TTAdapterLayer, ModulesToSaveWrapper))
+    ]
+    if wrapped:
+        raise InvalidInputError(
+            f"this base model already holds TT adapter layers ({wrapped[0]!r} and "
+            f"{len(wrapped) - 1} more): it is wrapped by another TTAdapterModel. Call "
+            "add_adapter(name, config) on that model, or unload() it first, or wrap a fresh copy."
+        )
 
 
 def _call_base(self: TTAdapterModel, *args: Any, **kwargs: Any) -> Any:

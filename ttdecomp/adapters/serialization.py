@@ -4,12 +4,25 @@ The names differ from PEFT's on purpose (transformers auto-detects ``adapter_con
 would try to load our files as PEFT's). The JSON records the ttdecomp version, the method and its
 config, the base model's name, the adapter dtype, and every adapted module with its TT shapes and
 ranks. Loading reads both files completely and checks every tensor's name, shape and dtype against
-what the config implies for the given model **before** the model is modified.
+what the config implies for the given model **before** the model is modified, and refuses
+non-finite values.
+
+Saving is transactional: every file of a save (all adapters of a ``save_pretrained`` call) is
+written to a temporary file in its target folder and renamed into place only when all are
+written, weights before configs. Both files of one adapter carry the same ``save_id``, so a
+reader that meets a pair from two different saves (a rename interrupted by a kill) refuses it.
+Nothing is ever written through a symbolic link.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import struct
+import tempfile
+import uuid
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,6 +48,7 @@ __all__ = [
     "load_adapter",
     "load_adapter_weights",
     "save_adapter",
+    "save_adapters",
 ]
 
 CONFIG_NAME = "ttdecomp_config.json"
@@ -58,7 +72,7 @@ def _version() -> str:
 def save_adapter(
     model: nn.Module, config: TTAdapterConfig, adapter_name: str, folder: str | Path
 ) -> None:
-    """Write one adapter of ``model`` to ``folder`` (created if needed).
+    """Write one adapter of ``model`` to ``folder`` (created if needed), transactionally.
 
     Examples
     --------
@@ -71,14 +85,39 @@ def save_adapter(
     ...     sorted(p.name for p in Path(d).iterdir())
     ['ttdecomp_adapter.safetensors', 'ttdecomp_config.json']
     """
-    from safetensors.torch import save_file
+    save_adapters(model, {adapter_name: (config, Path(folder))})
+
+
+def save_adapters(model: nn.Module, adapters: dict[str, tuple[TTAdapterConfig, Path]]) -> None:
+    """Write several adapters ``{name: (config, folder)}`` as one transaction.
+
+    Every file is serialised in memory and written to a temporary file next to its target; the
+    temporaries are renamed into place (weights, then configs) only when all are written. If
+    anything fails before that, the previous files are left byte-identical and the temporaries
+    are removed. Raises :class:`AdapterFileError` when a target is a symbolic link or a file, or
+    cannot be written.
+    """
+    files: list[tuple[Path, bytes]] = []
+    configs: list[tuple[Path, bytes]] = []
+    for name, (config, folder) in adapters.items():
+        weights, record = _serialise(model, config, name)
+        files.append((Path(folder) / WEIGHTS_NAME, weights))
+        configs.append((Path(folder) / CONFIG_NAME, record))
+    write_files(files + configs)
+
+
+def _serialise(model: nn.Module, config: TTAdapterConfig, adapter_name: str) -> tuple[bytes, bytes]:
+    """The bytes of ``(weights file, config file)`` of one adapter, sharing one ``save_id``."""
+    from safetensors.torch import save
 
     tensors = get_adapter_state_dict(model, adapter_name)
     infos = inspect_targets(model, config)
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
+    save_id = uuid.uuid4().hex
     record = {
         "format_version": FORMAT_VERSION,
         "ttdecomp_version": _version(),
+        "save_id": save_id,
         "method": config.method,
         "adapter_name": adapter_name,
         "base_model_name_or_path": config.base_model_name_or_path,
@@ -98,18 +137,129 @@ def save_adapter(
         },
         "modules_to_save": select_modules_to_save(model, config),
     }
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(
+    weights = save(
         {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-        str(folder / WEIGHTS_NAME),
-        metadata={"format": "pt", "ttdecomp_version": _version(), "method": config.method},
+        metadata={
+            "format": "pt",
+            "ttdecomp_version": _version(),
+            "method": config.method,
+            "save_id": save_id,
+        },
     )
-    (folder / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return weights, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _check_target(path: Path) -> None:
+    """Refuse a target file or folder that is a symbolic link, or a folder that is a file."""
+    for p in (path.parent, path):
+        if p.is_symlink():
+            raise AdapterFileError(
+                f"{p} is a symbolic link; ttdecomp never writes through a symbolic link (it could "
+                "overwrite a file outside the save folder). Remove the link or save elsewhere."
+            )
+    for p in (path.parent, *path.parent.parents):
+        if p.exists() and not p.is_dir():
+            raise AdapterFileError(
+                f"cannot save into {path.parent}: {p} is a file, not a folder. Choose a folder."
+            )
+    if path.is_dir():
+        raise AdapterFileError(f"cannot write {path}: it is a folder. Remove it or save elsewhere.")
+
+
+def write_files(files: Sequence[tuple[Path, bytes]]) -> None:
+    """Write ``[(path, bytes), ...]`` all-or-nothing: temporaries first, renamed in list order.
+
+    Temporaries are created with ``O_EXCL`` in the target's folder (so the rename stays on one
+    file system and never follows a link); on any failure they are removed, folders this call
+    created are removed again, and :class:`AdapterFileError` names the target and the reason.
+    """
+    for path, _ in files:
+        _check_target(path)
+    created: list[Path] = []
+    temps: list[tuple[str, Path]] = []
+    current: Path | None = None
+    try:
+        for path, data in files:
+            current, folder = path, path.parent
+            missing = [p for p in (folder, *folder.parents) if not p.exists()]
+            folder.mkdir(parents=True, exist_ok=True)
+            created.extend(reversed(missing))
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+            temps.append((tmp, path))
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600; keep the file's mode, else 0644
+                os.fchmod(fd, path.stat().st_mode & 0o777 if path.is_file() else 0o644)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, path in temps:
+            current = path
+            _check_target(path)
+            os.replace(tmp, path)
+    except OSError as exc:
+        _clean(temps, created)
+        raise AdapterFileError(
+            f"cannot write {current} ({exc.strerror or exc}); the "
+            "previous files there, if any, are unchanged. Check that the folder is writable and "
+            "the disk has space."
+        ) from None
+    except BaseException:
+        _clean(temps, created)
+        raise
+
+
+def _clean(temps: Sequence[tuple[str, Path]], created: Sequence[Path]) -> None:
+    for tmp, _ in temps:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    for folder in reversed(created):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def remove_stale_adapters(root: Path, keep: Sequence[str]) -> list[str]:
+    """Remove adapter sub-folders of ``root`` left by an earlier save, for adapters not in ``keep``.
+
+    A sub-folder is an adapter sub-folder when its config records its own folder name as the
+    adapter name (what ``save_pretrained`` writes); other folders (trainer checkpoints, user
+    data) and symbolic links are left alone. Only the two adapter files are deleted, then the
+    folder if that left it empty. Returns the names removed.
+    """
+    removed: list[str] = []
+    if not root.is_dir():
+        return removed
+    for sub in sorted(root.iterdir()):
+        cfg = sub / CONFIG_NAME
+        if sub.is_symlink() or not sub.is_dir() or sub.name in keep or cfg.is_symlink():
+            continue
+        try:
+            record = json.loads(cfg.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get("adapter_name") != sub.name:
+            continue
+        for name in (CONFIG_NAME, WEIGHTS_NAME):  # config first: never a config without weights
+            with contextlib.suppress(FileNotFoundError):
+                (sub / name).unlink()
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+        removed.append(sub.name)
+    return removed
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's header (empty when absent or unreadable)."""
+    try:
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + n])
+    except (struct.error, ValueError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def _read(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for p in (cfg_path, w_path):
@@ -119,7 +269,14 @@ def _read(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
                 f"{CONFIG_NAME} and {WEIGHTS_NAME}."
             )
     try:
-        record = json.loads(cfg_path.read_text())
+        cfg_bytes, data = cfg_path.read_bytes(), w_path.read_bytes()
+    except OSError as exc:
+        raise AdapterFileError(
+            f"{exc.filename or folder} could not be read ({exc.strerror or exc}). Check the "
+            "file's permissions."
+        ) from None
+    try:
+        record = json.loads(cfg_bytes.decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AdapterFileError(
             f"{cfg_path} is not valid JSON ({exc}); the file is corrupted or truncated. "
@@ -132,12 +289,26 @@ def _read(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             f"{FORMAT_VERSION}. Is it a {CONFIG_NAME} written by ttdecomp.adapters?"
         )
     try:
-        tensors = load_file(str(w_path))
-    except Exception as exc:  # safetensors raises its own SafetensorError / OSError variants
+        tensors = load(data)
+    except Exception as exc:  # safetensors raises its own SafetensorError variants
         raise AdapterFileError(
             f"{w_path} could not be read ({type(exc).__name__}: {exc}); the file is corrupted or "
             "truncated. Save the adapter again."
         ) from None
+    saved_id, weights_id = record.get("save_id"), _safetensors_metadata(data).get("save_id")
+    if saved_id is not None and weights_id is not None and saved_id != weights_id:
+        raise AdapterFileError(
+            f"{cfg_path} and {w_path} come from different saves (save_id {saved_id} vs "
+            f"{weights_id}); a save was interrupted while renaming its files. Save the adapter "
+            "again."
+        )
+    for key, t in tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            n_bad = int((~torch.isfinite(t)).sum())
+            raise AdapterFileError(
+                f"tensor {key!r} in {w_path} holds {n_bad} non-finite value(s) (NaN or Inf); "
+                "the adapter diverged or the file was damaged. Use an earlier checkpoint."
+            )
     return record, tensors
 
 

@@ -14,6 +14,7 @@ at least one module**, otherwise :class:`~ttdecomp.adapters.TargetModulesError` 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from ..counts import tt_matrix_n_params
-from ..errors import ShapeError
+from ..errors import RankClippedWarning, ShapeError, TTWarning
 from ..shapes import tensorize
 from .config import (
     LoRETTAConfig,
@@ -30,7 +31,7 @@ from .config import (
     TTLoRAConfig,
     resolve_shape_spec,
 )
-from .layers import ModulesToSaveWrapper, TTAdapterLayer, is_conv1d
+from .layers import ModulesToSaveWrapper, TTAdapterLayer, adapter_ranks, is_conv1d
 
 __all__ = ["TargetInfo", "inspect_targets", "logical_modules", "select_modules_to_save"]
 
@@ -249,10 +250,19 @@ def _interleaved(rows: int, cols: int, n_cores: int) -> tuple[tuple[int, ...], t
 
 
 def _matrix_info(
-    row_shape: Sequence[int], col_shape: Sequence[int], rank: int
+    row_shape: Sequence[int], col_shape: Sequence[int], rank: int, what: str
 ) -> dict[str, tuple[int, ...]]:
+    """Shapes and ranks of one TT-matrix; ranks above what a bond can carry are clipped."""
     d = len(row_shape)
-    ranks = (1,) + (int(rank),) * (d - 1) + (1,)
+    ranks = adapter_ranks(row_shape, col_shape, rank)
+    if ranks != (1,) + (int(rank),) * (d - 1) + (1,):
+        warnings.warn(
+            f"{what}={rank} exceeds what the TT-matrix {list(row_shape)} x {list(col_shape)} "
+            f"can carry on some bonds; ranks clipped per bond to {list(ranks)} (larger ranks add "
+            "parameters and nothing else).",
+            RankClippedWarning,
+            stacklevel=5,
+        )
     return {"row_shape": tuple(row_shape), "col_shape": tuple(col_shape), "ranks": ranks}
 
 
@@ -329,6 +339,17 @@ def inspect_targets(model: nn.Module, config: TTAdapterConfig) -> list[TargetInf
                 + extra,
             )
         )
+    for info in out:
+        dense = info.out_features * info.in_features
+        is_update = isinstance(config, TTLoRAConfig) or config.variant == "rep"
+        if is_update and info.n_params > dense:
+            warnings.warn(
+                f"module {info.name!r}: the adapter has {info.n_params:,} parameters, more "
+                f"than the dense {info.out_features} x {info.in_features} update ({dense:,}) it "
+                "stands for; lower the rank (a TT adapter this large saves nothing).",
+                TTWarning,
+                stacklevel=2,
+            )
     if isinstance(config, TTLoRAConfig) and isinstance(config.tt_shape, Mapping):
         unused = sorted(set(config.tt_shape) - used_keys)
         if unused:
@@ -345,18 +366,18 @@ def _adapter_matrices(
     """The TT-matrices of one adapter, and its count of non-core parameters (adp biases)."""
     if isinstance(config, TTLoRAConfig):
         rows, cols = _ttlora_shape(config, name, out_f, in_f, used_keys)
-        return {"cores": _matrix_info(rows, cols, config.tt_rank)}, 0
+        return {"cores": _matrix_info(rows, cols, config.tt_rank, f"{name}: tt_rank")}, 0
     if config.variant == "rep":
         a = _interleaved(config.r, in_f, config.n_cores)
         b = _interleaved(out_f, config.r, config.n_cores)
         return {
-            "a_cores": _matrix_info(*a, config.tensor_rank),
-            "b_cores": _matrix_info(*b, config.tensor_rank),
+            "a_cores": _matrix_info(*a, config.tensor_rank, f"{name} (A): tensor_rank"),
+            "b_cores": _matrix_info(*b, config.tensor_rank, f"{name} (B): tensor_rank"),
         }, 0
     size = config.bottleneck_size
     down = _interleaved(size, out_f, config.n_cores)
     up = _interleaved(out_f, size, config.n_cores)
     return {
-        "down_cores": _matrix_info(*down, config.tensor_rank),
-        "up_cores": _matrix_info(*up, config.tensor_rank),
+        "down_cores": _matrix_info(*down, config.tensor_rank, f"{name} (down): tensor_rank"),
+        "up_cores": _matrix_info(*up, config.tensor_rank, f"{name} (up): tensor_rank"),
     }, size + out_f

@@ -11,6 +11,7 @@ adapter) and resumes from them, including ``load_best_model_at_end``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 from transformers import Trainer
@@ -34,14 +35,18 @@ class TTAdapterTrainer(Trainer):
     True
     """
 
+    def __init__(self, model: nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
+        """As ``Trainer``; a model that is not a TTAdapterModel is refused before any work.
+
+        (``model=None`` with ``model_init`` is checked when the model is built.)
+        """
+        if model is not None:
+            _check_model(model)
+        super().__init__(model, *args, **kwargs)
+
     def _adapter_model(self, model: nn.Module | None = None) -> TTAdapterModel:
         model = self.accelerator.unwrap_model(model if model is not None else self.model)
-        if not isinstance(model, TTAdapterModel):
-            raise InvalidInputError(
-                f"TTAdapterTrainer needs a TTAdapterModel (from get_tt_model); got "
-                f"{type(model).__name__}. Use transformers.Trainer for other models."
-            )
-        return model
+        return _check_model(model)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Write every adapter with ``save_pretrained`` (and the tokenizer, if any)."""
@@ -70,3 +75,12 @@ class TTAdapterTrainer(Trainer):
     def _load_best_model(self) -> None:
         """``load_best_model_at_end``: restore the adapters of the best checkpoint."""
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def _check_model(model: nn.Module) -> TTAdapterModel:
+    if not isinstance(model, TTAdapterModel):
+        raise InvalidInputError(
+            f"TTAdapterTrainer needs a TTAdapterModel (from get_tt_model); got "
+            f"{type(model).__name__}. Use transformers.Trainer for other models."
+        )
+    return model

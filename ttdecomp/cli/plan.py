@@ -61,7 +61,7 @@ def parse_budget(text: str) -> int | float:
             return float(raw[:-1]) / 100
         if raw[-1:].lower() in _SUFFIX:
             return round(float(raw[:-1]) * _SUFFIX[raw[-1].lower()])
-        if re.fullmatch(r"\d+", raw):
+        if re.fullmatch(r"[+-]?\d+", raw):  # a count, also when negative (refused as one)
             return int(raw)
         return float(raw)
     except ValueError:

@@ -218,6 +218,14 @@ def plan(
     result = build_plan(
         (m, n), choice, layout, budget_n, eps, batch_n, lora_rank, spectra is not None
     )
+    if budget_n is not None and result.n_params > result.dense_n_params:
+        warnings.warn(
+            f"the plan has {result.n_params:,} parameters, more than the dense weight's "
+            f"{result.dense_n_params:,} (budget={budget_n:,} is above the dense size); a TT layer "
+            "this large saves nothing. Keep the weight dense or lower the budget.",
+            TTWarning,
+            stacklevel=2,
+        )
     if weight is not None and verify:
         ttm = result.decompose(weight)
         result = with_achieved(result, ttm, weight)

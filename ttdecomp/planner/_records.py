@@ -208,7 +208,8 @@ class Plan:
         budget = "" if self.budget is None else f" of a budget of {self.budget:,}"
         lines.append(f"  n_params {self.n_params:,}{budget}")
         lines.append(
-            f"  vs dense {self.dense_n_params:,}: {self.compression:,.1f}x smaller; vs LoRA "
+            f"  vs dense {self.dense_n_params:,}: "
+            f"{size_ratio(self.dense_n_params, self.n_params)}; vs LoRA "
             f"r={self.lora_rank} ({self.lora_n_params:,}): {self.compression_vs_lora:,.2f}x"
         )
         lines.append(
@@ -299,10 +300,9 @@ class ModelPlan:
                 )
             )
         budget = "" if self.budget is None else f" of a budget of {self.budget:,}"
-        ratio = self.dense_n_params / self.n_params if self.n_params else float("nan")
         lines.append(
             f"{len(self.plans)} layers: {self.n_params:,} TT parameters{budget}; dense "
-            f"{self.dense_n_params:,} ({ratio:,.0f}x smaller)"
+            f"{self.dense_n_params:,} ({size_ratio(self.dense_n_params, self.n_params, 0)})"
         )
         errs = [p.achieved_error for p in self.plans.values() if p.achieved_error is not None]
         if any(
@@ -317,3 +317,12 @@ class ModelPlan:
                 f"relative error (TT-SVD): mean {sum(errs) / len(errs):.3f}, max {max(errs):.3f}"
             )
         return "\n".join(lines)
+
+
+def size_ratio(dense: int, n_params: int, digits: int = 1) -> str:
+    """``"12.3x smaller"`` or, for a plan above the dense size, ``"2.1x larger"``."""
+    if n_params <= 0:
+        return "no parameters"
+    if n_params <= dense:
+        return f"{dense / n_params:,.{digits}f}x smaller"
+    return f"{n_params / dense:,.{digits}f}x larger"
