@@ -577,30 +577,3 @@ def _prepare_classification(
         iterator = tqdm(iterator, desc="tokenizing", unit="split", leave=False)
     datasets = {name: TextDataset(rows, tokenizer, config.max_length) for name, rows in iterator}
     return _ClassificationJob(config, model_path, splits, tokenizer, datasets, targets)
-
-
-def run_config_from_results(output: str | Path) -> FinetuneConfig:
-    """The :class:`FinetuneConfig` a run folder was made with (to reload its adapters)."""
-    data = load_results(output)
-    cfg = data["config"]
-    ident = cfg["identity"]
-    settings = cfg["settings"]
-    return FinetuneConfig(
-        model=ident["model"],
-        data=ident["data"],
-        methods=cfg["methods"],
-        seeds=cfg["seeds"],
-        rank={m: s["rank"] for m, s in settings.items() if s["rank"] is not None} or None,
-        alpha={m: s["alpha"] for m, s in settings.items() if s["alpha"] is not None} or None,
-        lr={m: s["lr"] for m, s in settings.items()},
-        tt_shape=settings.get("tt-lora", {}).get("tt_shape"),
-        epochs=ident["epochs"] or 1,
-        max_steps=ident["max_steps"],
-        batch_size=ident["batch_size"],
-        max_length=ident["max_length"],
-        eval_every=ident["eval_every"],
-        weight_decay=ident["weight_decay"],
-        targets=ident["targets"],
-        sizes=tuple(ident["sizes"]),
-        device=cfg["device"],
-    )
