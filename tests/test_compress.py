@@ -122,7 +122,7 @@ def test_from_linear_needs_exactly_one_choice():
         TTLinear.from_linear(lin)
     with pytest.raises(InvalidInputError, match="exactly one"):
         TTLinear.from_linear(lin, ranks=2, budget=100)
-    with pytest.raises(InvalidInputError, match="nn.Linear"):
+    with pytest.raises(InvalidInputError, match=r"nn\.Linear"):
         TTLinear.from_linear(torch.nn.ReLU(), ranks=2)
     with pytest.raises(ShapeError, match="plan"):
         TTLinear.from_linear(lin, plan=tt.plan((32, 16), 200))

@@ -285,7 +285,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         _run(args)
     except (TTError, FileNotFoundError, ImportError) as exc:
-        print(f"ttdecomp compress: error: {exc}", file=sys.stderr)
+        message = str(exc).replace("(pattern=...)", "(--targets)")
+        print(f"ttdecomp compress: error: {message}", file=sys.stderr)
         return 2
     return 0
 
