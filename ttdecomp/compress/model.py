@@ -286,7 +286,7 @@ def _progress(items: list[Any], enabled: bool, desc: str) -> Any:
 
 def compress_model(
     model: nn.Module,
-    budget: int | float | None = None,
+    budget: int | float | str | None = None,
     *,
     eps: float | None = None,
     target_modules: str | Sequence[str] | None = "all-linear",
@@ -305,9 +305,10 @@ def compress_model(
     model : nn.Module
         Any torch model (a Hugging Face model, a ``Sequential``...). Not modified unless
         ``inplace``.
-    budget : int or float, optional
+    budget : int, float or str, optional
         Global TT parameter budget over the targeted layers' weights: a count, or a fraction
-        of their dense size in ``(0, 1)`` (``0.5`` for 50%). Biases stay dense, outside it.
+        of their dense size in ``(0, 1)`` (``0.5`` or ``"50%"``). Biases stay dense, outside
+        it.
     eps : float, optional
         Per-layer relative error target instead of (or within) the budget: weight error
         (weight-only) or damped output error (with calibration).
@@ -367,6 +368,14 @@ def compress_model(
     start = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise InvalidInputError(f"model must be a torch nn.Module, got {type(model).__name__}.")
+    if isinstance(budget, str):  # "50%", as on the command line
+        text = budget.strip()
+        try:
+            budget = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise InvalidInputError(
+                f"budget {text!r} is not a number; give e.g. budget=0.5, '50%' or 2_000_000."
+            ) from None
     if budget is None and eps is None:
         raise InvalidInputError(
             "give a budget (a parameter count, or a fraction such as budget=0.5 for 50% of the "
