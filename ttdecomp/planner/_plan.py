@@ -86,9 +86,9 @@ def ranked(choices: list[Choice], eps: float | None) -> list[Choice]:
     best = min(ch.bound_sq for ch in choices)
     rest = [ch for ch in choices if not any(ch is r for r in reach)]
 
-    def key(ch: Choice) -> tuple[float, int]:
+    def key(ch: Choice) -> tuple[float, int, float]:
         tied = ch.bound_sq <= best * (1 + 1e-9) + 1e-30
-        return (best if tied else ch.bound_sq, ch.n_params)
+        return (best if tied else ch.bound_sq, ch.n_params, ch.bound_sq)
 
     return reach + sorted(rest, key=key)
 
@@ -127,10 +127,9 @@ def plan(
     layout : {"auto", "split", "interleaved"}, optional
         TT-LoRA's split layout, the classic TT-matrix (see :mod:`ttdecomp.shapes`), or
         ``"auto"``: both, over the core counts the shape allows (from two cores up), compared
-        by the error reached within the budget (needs the weight). Default: ``"auto"`` with a
-        weight, ``"split"`` without. With ``"auto"`` and ``verify``, the best
-        :data:`AUTO_VERIFIED` candidates by the bound are each decomposed and the one with the
-        smallest achieved error wins (the bound is pessimistic by up to ``sqrt(d − 1)``).
+        by the error bound each reaches within the budget (needs the weight). Default:
+        ``"auto"`` with a weight, ``"split"`` without. Choosing by the bound keeps the plan
+        monotone in the budget (more budget never gives a larger predicted error).
     n_cores : int, optional
         Fix the number of cores; otherwise searched (see the module notes).
     max_rank : int, optional
@@ -220,16 +219,7 @@ def plan(
         if padded != (m, n):
             w = np.pad(w, ((0, padded[0] - m), (0, padded[1] - n)))
         spectra = Spectra(w)
-    if spectra is None:
-        finalists = [choose(cands, budget_n, eps, spectra, batch_n)]
-    else:
-        pool = [
-            Choice(c, *_error_choice(c, spectra, budget_n, eps))
-            for c in cands
-            if budget_n is None or c.min_params <= budget_n
-        ]
-        finalists = ranked(pool, eps)[: AUTO_VERIFIED if layout == "auto" and verify else 1]
-    choice = finalists[0]
+    choice = choose(cands, budget_n, eps, spectra, batch_n)
     if (
         eps is not None
         and choice.bound_sq is not None
@@ -253,25 +243,7 @@ def plan(
         )
     if weight is not None and verify:
         result = with_achieved(result, result.decompose(weight), weight)
-        for other in finalists[1:]:  # "auto": measure the runners-up too, keep the best
-            if eps is not None and result.achieved_error <= eps:
-                break  # the cheapest plan reaching the target already does
-            alt = build_plan((m, n), other, budget_n, eps, batch_n, lora_rank, True)
-            alt = with_achieved(alt, alt.decompose(weight), weight)
-            if alt.achieved_error < result.achieved_error * (1 - 1e-9) - 1e-15:
-                result = alt
     return result
-
-
-#: How many of the best candidates by the bound ``layout="auto"`` decomposes to compare.
-AUTO_VERIFIED = 3
-
-
-def _error_choice(
-    c: Candidate, spectra: Spectra, budget: int | None, eps: float | None
-) -> tuple[tuple[int, ...], int, float]:
-    ranks, bound_sq = error_ranks(c, spectra.gains(c), budget, eps)
-    return ranks, counts.tt_n_params(c.modes, list(ranks)), bound_sq
 
 
 def build_plan(
