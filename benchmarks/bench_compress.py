@@ -141,7 +141,7 @@ def minilm(args, out: Path) -> None:
         },
     )
     for budget in args.budgets:
-        for method in ("weight", "output"):
+        for method in args.methods:
             t0 = time.perf_counter()
             small, rep = compress_model(
                 model, budget, calibration=cal, method=method, layout=args.layout
@@ -294,6 +294,7 @@ def main() -> None:
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.75, 0.5, 0.25, 0.1])
     ap.add_argument("--calibration", type=int, default=256)
     ap.add_argument("--layout", default="auto")
+    ap.add_argument("--methods", nargs="+", default=["weight", "output"])
     ap.add_argument("--heal-methods", nargs="*", default=["output"])
     ap.add_argument("--heal-seconds", type=float, default=300.0)
     ap.add_argument("--heal-steps", type=int, default=100_000)

@@ -322,3 +322,15 @@ def test_half_precision_model_is_decomposed_in_float32_and_says_so():
     with warnings.catch_warnings():
         warnings.simplefilter("error", TTWarning)
         compress_model(_mlp(), budget=0.5)  # no warning in float32
+
+
+def test_cores_are_balanced_and_the_weight_unchanged():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 48)
+    x = _inputs(200, 48) * 30.0  # a large Gram: L⁻¹ shrinks the input core
+    layer = TTLinear.from_linear(lin, budget=0.3, layout="split", calibration=x)
+    norms = [float(torch.linalg.norm(c)) for c in layer.cores]
+    assert max(norms) / min(norms) < 1.0 + 1e-4
+    ttm = layer.to_ttmatrix()
+    raw = TTLinear.from_ttmatrix(ttm, balance=False)
+    torch.testing.assert_close(raw.to_linear().weight, layer.to_linear().weight)

@@ -11,7 +11,8 @@ returns:
 * a plain tensor: the same normalised mean squared error.
 
 Positions where the batch's ``attention_mask`` is 0 are left out. AdamW, a constant
-learning rate after a short warm-up, and a wall-clock limit (``max_seconds``, checked after
+learning rate after a short warm-up, dropout off (the student is fitted to its eval-mode
+outputs), and a wall-clock limit (``max_seconds``, checked after
 every step) that stops training even when ``steps`` is not reached.
 """
 
@@ -166,7 +167,7 @@ def heal(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 20))
     gen = torch.Generator().manual_seed(seed)
     teacher.eval()
-    model.train()
+    model.eval()  # dropout off: the student is fitted to the outputs it will give in use
     losses: list[float] = []
     start = time.perf_counter()
     device = cores[0].device

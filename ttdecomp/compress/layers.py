@@ -148,8 +148,16 @@ class TTLinear(nn.Module):
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_ttmatrix(cls, ttm: TTMatrix, bias: torch.Tensor | None = None) -> TTLinear:
+    def from_ttmatrix(
+        cls, ttm: TTMatrix, bias: torch.Tensor | None = None, *, balance: bool = True
+    ) -> TTLinear:
         """A layer holding copies of ``ttm``'s cores (torch tensors) and of ``bias``.
+
+        With ``balance`` (default) the cores are rescaled to equal Frobenius norms (the
+        product, hence the weight, is unchanged). Decompositions leave the scale on one
+        core (TT-SVD on the last; un-whitening can make the input core tiny), and an
+        optimiser whose steps are about ``lr`` per entry (Adam) would then move the small
+        core by a large relative amount: balanced cores train evenly.
 
         Examples
         --------
@@ -169,9 +177,10 @@ class TTLinear(nn.Module):
         layer = cls(
             n, m, ttm.row_shape, ttm.col_shape, ttm.ranks, bias is not None, dtype=first.dtype
         ).to(first.device)
+        scales = _balancing_scales(ttm.cores) if balance else [1.0] * len(ttm.cores)
         with torch.no_grad():
-            for p, c in zip(layer.cores, ttm.cores):
-                p.copy_(c)
+            for p, c, s in zip(layer.cores, ttm.cores, scales):
+                p.copy_(c * s)
             if bias is not None:
                 layer.bias.copy_(bias)
         return layer
@@ -388,6 +397,15 @@ class TTLinear(nn.Module):
             f"row_shape={self.row_shape}, col_shape={self.col_shape}, ranks={self.ranks}, "
             f"bias={self.bias is not None}"
         )
+
+
+def _balancing_scales(cores: Sequence[torch.Tensor]) -> list[float]:
+    """Factors ``s_k`` with ``∏ s_k = 1`` that give every core the geometric-mean norm."""
+    norms = [float(torch.linalg.norm(c.detach().double())) for c in cores]
+    if min(norms) <= 0 or not all(math.isfinite(n) for n in norms):
+        return [1.0] * len(cores)
+    mean_log = sum(math.log(n) for n in norms) / len(norms)
+    return [math.exp(mean_log - math.log(n)) for n in norms]
 
 
 def _plan_for(weight: torch.Tensor, budget: int | float, layout: str | None) -> Plan:
