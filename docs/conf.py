@@ -46,7 +46,7 @@ _copy_notebooks()
 
 project = "ttdecomp"
 author = "ttdecomp developers"
-copyright = "ttdecomp developers"  # noqa: A001
+copyright = "ttdecomp developers"
 release = version = ttdecomp.__version__
 
 extensions = [

@@ -110,7 +110,9 @@ def main() -> None:
         for name, role, uri in objects:
             domain, role = role.split(":")
             inv.objects.append(
-                soi.DataObjStr(name=name, domain=domain, role=role, priority="1", uri=uri, dispname="-")
+                soi.DataObjStr(
+                    name=name, domain=domain, role=role, priority="1", uri=uri, dispname="-"
+                )
             )
         path = HERE / f"{project}.inv"
         soi.writebytes(path, soi.compress(inv.data_file(contract=True)))
