@@ -8,8 +8,8 @@ Builds offline with warnings as errors (``python -m sphinx -W -b html docs docs/
 * the intersphinx inventories of numpy, torch, transformers and peft are vendored in
   ``docs/_inv/`` (written by ``docs/_inv/make_inventories.py``), so no network is needed;
 * the CLI reference is generated from :func:`ttdecomp.cli.build_parser` by sphinx-argparse;
-* the concepts figure is drawn at build time by ``docs/figures/layouts.py`` (matplotlib's
-  ``plot`` directive).
+* the concepts figure is drawn at build time by ``docs/figures/layouts.py`` into
+  ``docs/_generated/`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -43,6 +43,30 @@ def _copy_notebooks() -> None:
 
 
 _copy_notebooks()
+# autosummary writes docs/generated/ (git-ignored) afresh each build: a page left from a name
+# that is no longer listed would otherwise be an orphan, a warning under -W
+shutil.rmtree(DOCS / "generated", ignore_errors=True)
+
+
+def _draw_figures() -> None:
+    """Draw the figures of ``docs/figures/*.py`` into ``docs/_generated/`` (git-ignored)."""
+    import importlib.util
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = DOCS / "_generated"
+    out.mkdir(exist_ok=True)
+    for script in sorted((DOCS / "figures").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"_fig_{script.stem}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        fig = module.main()[0]
+        fig.savefig(out / f"{script.stem}.png", dpi=110)
+        matplotlib.pyplot.close(fig)
+
+
+_draw_figures()
 
 project = "ttdecomp"
 author = "ttdecomp developers"
@@ -60,7 +84,6 @@ extensions = [
     "sphinx_copybutton",
     "sphinxarg.ext",
     "sphinx_design",
-    "matplotlib.sphinxext.plot_directive",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
@@ -94,13 +117,6 @@ intersphinx_mapping = {
 }
 intersphinx_timeout = 1
 
-# the concepts figure, drawn when the docs are built
-plot_include_source = False
-plot_html_show_source_link = False
-plot_html_show_formats = False
-plot_formats = [("png", 110)]
-plot_rcparams = {"figure.autolayout": False}
-
 # copy buttons: strip prompts and console output
 copybutton_prompt_text = r">>> |\.\.\. |\$ "
 copybutton_prompt_is_regexp = True
@@ -114,7 +130,7 @@ html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,
     "navigation_with_keys": False,
-    "header_links_before_dropdown": 8,
+    "header_links_before_dropdown": 6,
     "secondary_sidebar_items": ["page-toc"],
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],

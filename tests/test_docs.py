@@ -26,6 +26,8 @@ def listed(module_prefix: str) -> set[str]:
             current = m.group(1)
         elif current == module_prefix and re.match(r"^   [A-Za-z_][\w.]*$", line):
             names.add(line.strip())
+        elif current == module_prefix and (d := re.match(r"^\.\. py:data:: (\w+)$", line)):
+            names.add(d.group(1))  # constants, documented on the page with an example
     return names
 
 
@@ -48,16 +50,29 @@ def test_every_finetune_name_is_documented():
 
 
 def test_sphinx_builds(tmp_path):
-    pytest.importorskip("sphinx")
-    pytest.importorskip("numpydoc")
+    """The site builds offline with warnings as errors (-W), as CI builds it."""
+    for ext in (
+        "sphinx",
+        "numpydoc",
+        "myst_nb",
+        "pydata_sphinx_theme",
+        "sphinxarg",
+        "sphinx_design",
+    ):
+        pytest.importorskip(ext)
     out = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-b", "html", "-q", str(ROOT / "docs"), str(tmp_path)],
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", "-q"]
+        + [str(ROOT / "docs"), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "index.html").exists()
+    for page in ("index", "getting_started", "concepts", "cli", "benchmarks", "comparison"):
+        assert (tmp_path / f"{page}.html").exists(), page
+    assert (tmp_path / "notebooks" / "01_core.html").exists()
+    cli = (tmp_path / "cli.html").read_text()
+    assert "--budget" in cli and "finetune" in cli  # generated from build_parser
     errors = [line for line in out.stderr.splitlines() if "ERROR" in line]
     assert not errors, "\n".join(errors[:20])
 
@@ -111,3 +126,10 @@ def test_getting_started_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     text = (ROOT / "docs" / "getting_started.md").read_text()
     run_examples(python_examples(text), "docs/getting_started.md")
+
+
+def test_api_page_examples_run():
+    """The constants documented on docs/api.rst itself: their examples hold."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    run_examples(API.replace("\n   ", "\n"), "docs/api.rst")  # directive bodies dedented
