@@ -101,6 +101,7 @@ nitpicky = False
 # Notebooks: rendered from their stored outputs, never executed by the docs build
 nb_execution_mode = "off"
 nb_output_stderr = "remove-warn"
+nb_merge_streams = True  # one output box per cell, however the kernel chunked its prints
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 
