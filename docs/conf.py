@@ -61,7 +61,7 @@ def _draw_figures() -> None:
         spec = importlib.util.spec_from_file_location(f"_fig_{script.stem}", script)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        fig = module.main()[0]
+        fig = module.main()[0]  # main() returns (figure, ...)
         fig.savefig(out / f"{script.stem}.png", dpi=110)
         matplotlib.pyplot.close(fig)
 
