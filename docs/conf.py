@@ -100,7 +100,7 @@ nitpicky = False
 
 # Notebooks: rendered from their stored outputs, never executed by the docs build
 nb_execution_mode = "off"
-nb_output_stderr = "remove-warn"
+nb_output_stderr = "remove"  # progress bars and library warnings are not documentation
 nb_merge_streams = True  # one output box per cell, however the kernel chunked its prints
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
@@ -136,5 +136,8 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"index": [], "getting_started": [], "comparison": [], "benchmarks": []}
+# pages without sub-pages: no (empty) section navigation on the left
+html_sidebars = {
+    page: [] for page in ("index", "getting_started", "concepts", "cli", "benchmarks", "comparison")
+}
 html_show_sourcelink = False
