@@ -246,7 +246,22 @@ class FinetuneConfig:
 
 @dataclass
 class FinetuneResult:
-    """What :func:`finetune` produced: every row, the per-method summary and where it is."""
+    """What :func:`finetune` produced: every row, the per-method summary and where it is.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from ttdecomp.finetune import FinetuneConfig, finetune
+    >>> from ttdecomp.finetune.testing import tiny_classifier_folder, toy_sentiment_csv
+    >>> tmp = tempfile.mkdtemp()
+    >>> config = FinetuneConfig(model=str(tiny_classifier_folder(tmp + "/model")),
+    ...                         data=str(toy_sentiment_csv(tmp + "/toy.csv", n=120)),
+    ...                         methods=["tt-lora"], epochs=1, sizes=(40, 20, 20), batch_size=8)
+    >>> result = finetune(config, output=tmp + "/out", progress=False, figures=False,
+    ...                   echo=lambda line: None)
+    >>> [row["method"] for row in result.rows], result.summary[0]["adapter_params"] > 0
+    (['tt-lora'], True)
+    """
 
     rows: list[dict[str, Any]]
     summary: list[dict[str, Any]]

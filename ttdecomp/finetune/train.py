@@ -240,6 +240,13 @@ class FitResult:
         Median wall time of one training step (forward, backward, optimizer).
     peak_step_bytes : int
         Peak bytes of tensors allocated during one training step.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> from ttdecomp.finetune import FitResult
+    >>> [f.name for f in dataclasses.fields(FitResult)]  # fit() fills them; see its example
+    ['history', 'best', 'steps', 'train_seconds', 'step_seconds', 'peak_step_bytes']
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -475,6 +482,31 @@ def fit(
     trainer : transformers.Trainer
         The trainer, for ``trainer.predict(test_dataset)``.
     result : FitResult
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from transformers import (AutoModelForSequenceClassification, AutoTokenizer,
+    ...                           DataCollatorWithPadding)
+    >>> from ttdecomp.finetune import (TrainSettings, apply_method, default_settings, fit,
+    ...                                load_classification)
+    >>> from ttdecomp.finetune.classify import TextDataset, accuracy
+    >>> from ttdecomp.finetune.testing import tiny_classifier_folder, toy_sentiment_csv
+    >>> tmp = tempfile.mkdtemp()
+    >>> folder = tiny_classifier_folder(tmp + "/model")
+    >>> splits = load_classification(toy_sentiment_csv(tmp + "/toy.csv", n=120), sizes=(40, 20, 20))
+    >>> tok = AutoTokenizer.from_pretrained(folder)
+    >>> train, val = (TextDataset(rows, tok, max_length=32)
+    ...               for rows in (splits.train, splits.validation))
+    >>> model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+    >>> adapted = apply_method(model, default_settings("tt-lora", rank=2),
+    ...                        targets=["query", "value"])
+    >>> settings = TrainSettings(lr=5e-3, epochs=1, batch_size=8, progress=False)
+    >>> trainer, result = fit(adapted, train, val, collator=DataCollatorWithPadding(tok),
+    ...                       settings=settings, output_dir=tmp + "/trainer",
+    ...                       compute_metrics=accuracy)
+    >>> result.steps, sorted(result.best)  # 40 rows / batch 8 = 5 steps; the chosen epoch
+    (5, ['epoch', 'step', 'train_loss', 'val_accuracy', 'val_loss'])
     """
     from transformers import PrinterCallback, ProgressCallback, TrainingArguments
 
