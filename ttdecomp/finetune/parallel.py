@@ -83,8 +83,8 @@ def plan_jobs(
     return jobs, threads or max(1, cores // jobs)
 
 
-def _worker_main(spec_path: str) -> int:
-    """One run in this process: ``python -m ttdecomp.finetune.parallel SPEC`` (see RunPool)."""
+def worker_main(spec_path: str) -> int:
+    """One run in this process: ``python -m ttdecomp.finetune.worker SPEC`` (see RunPool)."""
     import importlib
     import json
     import pickle
@@ -101,6 +101,10 @@ def _worker_main(spec_path: str) -> int:
 
         if spec["threads"] is not None:
             torch.set_num_threads(spec["threads"])
+        if not spec["train"].progress:
+            from transformers.utils import logging
+
+            logging.disable_progress_bar()  # the weight-loading bar
         module, _, name = spec["prepare"].partition(":")
         prepare = getattr(importlib.import_module(module), name)
         job = prepare(spec["config"], progress=False)[0]
@@ -197,7 +201,7 @@ class RunPool:
         if self.threads is not None:
             env["OMP_NUM_THREADS"] = str(self.threads)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ttdecomp.finetune.parallel", str(spec_path)],
+            [sys.executable, "-m", "ttdecomp.finetune.worker", str(spec_path)],
             env=env,
             stdin=subprocess.DEVNULL,
             # SIGINT from the terminal reaches the parent only: it decides and ends the runs
@@ -239,6 +243,3 @@ class RunPool:
 
 _SPEC_FILE = ".run_spec.pkl"
 _ROW_FILE = ".run_result.json"
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1]))
