@@ -49,8 +49,9 @@ LEVELS = {
     "ttdecomp.adapters.*": 6,
     # user-facing layer: above the adapters, below the command line
     "ttdecomp.finetune.*": 7,
-    "ttdecomp.cli.*": 8,
-    "ttdecomp.__main__": 8,
+    "ttdecomp.search.*": 8,
+    "ttdecomp.cli.*": 9,
+    "ttdecomp.__main__": 9,
 }
 EXEMPT_FROM_LEVELS = {"ttdecomp", "ttdecomp.__main__"}
 

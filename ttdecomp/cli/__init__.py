@@ -5,6 +5,8 @@
   parameters. Defaults: the packaged all-MiniLM-L6-v2 and tweets, offline.
 * ``ttdecomp plan`` (:mod:`ttdecomp.cli.plan`): a TT-matrix compression plan for one weight
   shape or for every linear layer of a checkpoint.
+* ``ttdecomp search`` (:mod:`ttdecomp.cli.search`): an Optuna study (TPE or grid, HyperBand)
+  over TT-LoRA's and LoRA's hyperparameters, with the Pareto front of accuracy vs parameters.
 
 Errors are printed as one line on stderr with exit status 2; nothing is written.
 """
@@ -15,6 +17,7 @@ import argparse
 from collections.abc import Sequence
 
 from . import finetune, plan
+from . import search as search_command
 from .plan import parse_budget, parse_shape
 
 __all__ = ["build_parser", "main", "parse_budget", "parse_shape"]
@@ -28,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     finetune.add_parser(sub)
     plan.add_parser(sub)
+    search_command.add_parser(sub)
     return parser
 
 

@@ -358,6 +358,34 @@ def _task_hint(model: str, data: str) -> str:
     return task
 
 
+def prepare_job(config: FinetuneConfig, *, progress: bool = False) -> tuple[Any, str, Path]:
+    """Load and check the model, data and targets of ``config`` once: ``(job, task, model_path)``.
+
+    ``job.run(settings, train, run_dir, on_evaluate=None, final=True)`` is one (method, seed)
+    run on the shared data (what :func:`finetune` loops over, and what every trial of
+    ``ttdecomp search`` calls); ``job.targets`` are the adapted layers, ``task`` is
+    ``"classification"`` or ``"causal"``. Nothing is trained here.
+    """
+    model_path, model_task = _resolve_model(config.model)
+    task = _task_of(config.data, model_task)
+    packaged = assets.canonical_model_name(config.model) is not None
+    # a local causal LM can still be loaded as a sequence classifier (a new head); the
+    # packaged models, and a classifier asked to generate, cannot switch
+    if model_task != task and (packaged or task == "causal"):
+        raise InvalidInputError(
+            f"--model {config.model} is a {model_task} model but --data {config.data} is "
+            f"{task} data; use --model minilm with classification data or --model smollm2 "
+            "with --data chatterbot."
+        )
+    if task == "causal":
+        from .causal import prepare_causal
+
+        job = prepare_causal(config, model_path, progress=progress)
+    else:
+        job = _prepare_classification(config, model_path, progress=progress)
+    return job, task, Path(model_path)
+
+
 def finetune(
     config: FinetuneConfig | None = None,
     *,
@@ -415,24 +443,8 @@ def finetune(
                 "    pip install matplotlib\n"
                 "or pass --no-figures."
             ) from None
-    model_path, model_task = _resolve_model(config.model)
-    task = _task_of(config.data, model_task)
-    packaged = assets.canonical_model_name(config.model) is not None
-    # a local causal LM can still be loaded as a sequence classifier (a new head); the
-    # packaged models, and a classifier asked to generate, cannot switch
-    if model_task != task and (packaged or task == "causal"):
-        raise InvalidInputError(
-            f"--model {config.model} is a {model_task} model but --data {config.data} is "
-            f"{task} data; use --model minilm with classification data or --model smollm2 "
-            "with --data chatterbot."
-        )
+    job, task, model_path = prepare_job(config, progress=progress)
     settings = config.method_settings()
-    if task == "causal":
-        from .causal import prepare_causal
-
-        job = prepare_causal(config, model_path, progress=progress)
-    else:
-        job = _prepare_classification(config, model_path, progress=progress)
     identity = {
         **config.identity(),
         "targets": list(job.targets),
@@ -528,7 +540,10 @@ class _ClassificationJob:
             "targets": self.targets,
         }
 
-    def run(self, settings: MethodSettings, train: TrainSettings, run_dir: Path) -> dict:
+    def run(
+        self, settings: MethodSettings, train: TrainSettings, run_dir: Path, **options: Any
+    ) -> dict:
+        """One (method, seed) row (``options``: ``on_evaluate``, ``final``)."""
         from .classify import run_classification
 
         return run_classification(
@@ -541,6 +556,7 @@ class _ClassificationJob:
             max_length=self.config.max_length,
             run_dir=run_dir,
             datasets=self.datasets,
+            **options,
         )
 
 
