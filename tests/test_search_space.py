@@ -203,3 +203,15 @@ def test_storage_errors_name_the_url_without_its_password():
         InvalidInputError, match=r"cannot reach the study storage postgresql://u:\*\*\*@127"
     ):
         open_storage("postgresql://u:secret@127.0.0.1:1/none")
+
+
+def test_every_search_name_is_documented():
+    from pathlib import Path
+
+    import ttdecomp.search
+
+    api = (Path(__file__).resolve().parents[1] / "docs" / "api.rst").read_text()
+    section = api.split(".. currentmodule:: ttdecomp.search", 1)[1]
+    listed = {line.strip() for line in section.splitlines() if line.startswith("   ")}
+    missing = set(ttdecomp.search.__all__) - listed
+    assert not missing, f"add to docs/api.rst: {sorted(missing)}"

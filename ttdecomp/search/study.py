@@ -92,9 +92,10 @@ def open_storage(url: str) -> Any:
             f"--storage {redact(url)}: unsupported database {scheme!r}; expected sqlite:/// "
             "(one machine) or postgresql:// (many)."
         )
+    import time
     import warnings
 
-    try:
+    def connect_once() -> Any:
         with warnings.catch_warnings():  # the heartbeat is marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
@@ -103,6 +104,17 @@ def open_storage(url: str) -> Any:
                 heartbeat_interval=10,
                 grace_period=60,
             )
+
+    try:
+        for attempt in range(5):
+            try:
+                return connect_once()
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # workers starting together on an empty database race to create Optuna's
+                # tables; the loser finds them made a moment later
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except ImportError as exc:
         cause = exc.__cause__ or exc
         name = getattr(cause, "name", None) or "its driver"
