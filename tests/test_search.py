@@ -295,3 +295,24 @@ def test_search_quick_on_minilm(tmp_path, capsys):
     methods = {t["config"]["method"] for t in doc["trials"]}
     assert methods <= {"tt-lora", "lora"}
     assert doc["best"] and all(0.5 <= b["test"] <= 1.0 for b in doc["best"])
+
+
+@pytest.mark.integration
+def test_causal_lm_search_minimises_validation_loss(tmp_path):
+    from ttdecomp.finetune import asset_status
+
+    missing = [k for k, v in asset_status().items() if k in ("smollm2", "chatterbot") and not v]
+    if missing:
+        pytest.skip(f"packaged assets missing: {missing}")
+    out = tmp_path / "c"
+    argv = ["search", "--model", "smollm2", "--data", "chatterbot", "--quick", "--methods",
+            "tt-lora", "--param", "tt-lora.tt_rank=2,4", "--n-trials", "2", "--max-steps", "2",
+            "--threads", "1", "--no-progress", "--no-retrain", "--no-figures", "--output",
+            str(out)]  # fmt: skip
+    assert main(argv) == 0
+    doc = load(out)
+    assert doc["metric"] == "val_loss" and doc["task"] == "causal"
+    for t in finished(doc["trials"]):
+        assert t["value"] == min(h["val_loss"] for h in t["history"]) > 0
+    study = optuna.load_study(study_name="ttdecomp-search", storage=f"sqlite:///{out}/study.db")
+    assert [d.name for d in study.directions] == ["MINIMIZE"]
