@@ -51,8 +51,9 @@ LEVELS = {
     "ttdecomp.finetune.*": 7,
     # model compression (TTLinear, compress_model): beside finetune, above the adapters
     "ttdecomp.compress.*": 7,
-    "ttdecomp.cli.*": 8,
-    "ttdecomp.__main__": 8,
+    "ttdecomp.search.*": 8,
+    "ttdecomp.cli.*": 9,
+    "ttdecomp.__main__": 9,
 }
 EXEMPT_FROM_LEVELS = {"ttdecomp", "ttdecomp.__main__"}
 

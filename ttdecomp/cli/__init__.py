@@ -7,6 +7,8 @@
   shape or for every linear layer of a checkpoint.
 * ``ttdecomp compress`` (:mod:`ttdecomp.cli.compress`): replace a model's linear layers by
   TT-matrix layers under one budget, report per layer and at the output, save the result.
+* ``ttdecomp search`` (:mod:`ttdecomp.cli.search`): an Optuna study (TPE or grid, HyperBand)
+  over TT-LoRA's and LoRA's hyperparameters, with the Pareto front of accuracy vs parameters.
 
 Errors are printed as one line on stderr with exit status 2; nothing is written.
 """
@@ -17,6 +19,7 @@ import argparse
 from collections.abc import Sequence
 
 from . import compress, finetune, plan
+from . import search as search_command
 from .plan import parse_budget, parse_shape
 
 __all__ = ["build_parser", "main", "parse_budget", "parse_shape"]
@@ -31,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_parser(sub)
     plan.add_parser(sub)
     compress.add_parser(sub)
+    search_command.add_parser(sub)
     return parser
 
 

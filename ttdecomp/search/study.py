@@ -1,0 +1,388 @@
+"""The Optuna side of ``ttdecomp search``: storage, sampler, pruner, the study and its trials.
+
+Every process that takes part in a search opens the same study in an RDB storage (a SQLite
+file for one machine, PostgreSQL for many) and runs trials until the study holds the asked
+number of finished (complete or pruned) trials, counted by Optuna's ``MaxTrialsCallback``;
+nothing else coordinates the workers. A trial samples one configuration, trains it with
+the fine-tuning run (:meth:`job.run <ttdecomp.finetune.run.prepare_job>` with ``final=False``:
+validation only), reports the validation metric after every evaluation, and is pruned by
+``HyperbandPruner`` when its bracket says so.
+
+What a trial records (``trial.user_attrs``): ``config`` (the sampled values with the method),
+``settings`` (:class:`~ttdecomp.finetune.methods.MethodSettings` as a dict),
+``adapter_params``, ``evaluations`` (validation evaluations run, i.e. epochs when evaluating
+per epoch) and ``history``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from ..errors import InvalidInputError
+from .space import SearchSpace
+
+__all__ = [
+    "SAMPLERS",
+    "make_pruner",
+    "make_sampler",
+    "open_storage",
+    "open_study",
+    "redact",
+    "trial_counts",
+]
+
+#: The samplers ``--sampler`` accepts.
+SAMPLERS = ("tpe", "grid", "random")
+PRUNERS = ("hyperband", "none")
+_FINISHED = ("COMPLETE", "PRUNED")
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages).
+
+    Examples
+    --------
+    >>> redact("postgresql://me:secret@db:5432/search")
+    'postgresql://me:***@db:5432/search'
+    """
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna logs every trial at INFO; the search has its own progress bar."""
+    import optuna
+
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna ``RDBStorage`` for ``url``, connected (or a clear error within seconds).
+
+    SQLite waits up to a minute for a lock held by another worker; PostgreSQL gives up
+    connecting after 5 seconds. Trials send a heartbeat every 10 seconds, so a trial whose
+    process died is marked failed (and re-run) after a minute.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    if not isinstance(url, str) or "://" not in url:
+        raise InvalidInputError(
+            f"--storage {url!r} is not a database URL; expected e.g. sqlite:///study.db or "
+            "postgresql://user:password@host:5432/dbname."
+        )
+    scheme = url.split("://", 1)[0].split("+")[0]
+    if scheme == "sqlite":
+        connect: dict[str, Any] = {"timeout": 60}
+    elif scheme == "postgresql":
+        connect = {"connect_timeout": 5}
+    elif scheme == "mysql":
+        connect = {"connect_timeout": 5}
+    else:
+        raise InvalidInputError(
+            f"--storage {redact(url)}: unsupported database {scheme!r}; expected sqlite:/// "
+            "(one machine) or postgresql:// (many)."
+        )
+    import time
+    import warnings
+
+    def connect_once() -> Any:
+        with warnings.catch_warnings():  # the heartbeat is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"connect_args": connect, "pool_pre_ping": True},
+                heartbeat_interval=10,
+                grace_period=60,
+            )
+
+    try:
+        for attempt in range(5):
+            try:
+                return connect_once()
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # workers starting together on an empty database race to create Optuna's
+                # tables; the loser finds them made a moment later
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+    except ImportError as exc:
+        cause = exc.__cause__ or exc
+        name = getattr(cause, "name", None) or "its driver"
+        raise InvalidInputError(
+            f"--storage {redact(url)} needs the database driver {name!r}, which is not "
+            'installed; install the search extras: pip install "ttdecomp[search]" (PostgreSQL: '
+            "psycopg)."
+        ) from None
+    except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise InvalidInputError(
+            f"cannot reach the study storage {redact(url)}: {reason[0] if reason else exc}. "
+            "Check that the database server is running and the URL (host, port, user, "
+            "database) is right, or drop --storage to use a SQLite file in --output."
+        ) from None
+
+
+def make_sampler(name: str, space: SearchSpace, seed: int, grid_points: int) -> Any:
+    """``tpe`` (Optuna's TPE), ``random``, or ``grid`` over every configuration of ``space``."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        grid = space.grid(grid_points)
+        return optuna.samplers.GridSampler({grid_key(grid): list(range(len(grid)))}, seed=seed)
+    raise InvalidInputError(
+        f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)} (--sampler)."
+    )
+
+
+def make_pruner(name: str, evaluations: int) -> Any:
+    """``hyperband`` (HyperbandPruner over 1..``evaluations`` reports, reduction factor 3) or
+    ``none``."""
+    import optuna
+
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=max(1, evaluations), reduction_factor=3
+        )
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise InvalidInputError(
+        f"unknown pruner {name!r}; expected one of {', '.join(PRUNERS)} (--pruner)."
+    )
+
+
+def open_study(
+    storage: Any,
+    name: str,
+    *,
+    directions: list[str],
+    identity: Mapping[str, Any],
+    sampler: Any,
+    pruner: Any,
+    resume: bool,
+    create: bool = True,
+) -> Any:
+    """Create the study ``name`` or join it; refuse one made with another space or data.
+
+    ``identity`` (space, data, training settings, objectives) is stored in the study's user
+    attributes by whoever creates it; a process that finds the study with another identity
+    stops with the differences listed, unless ``resume`` (then the study continues with the
+    new settings, which become the study's). ``create=False`` (a worker started by another
+    process) only joins.
+    """
+    import optuna
+
+    with quiet_optuna():
+        if create:
+            study = optuna.create_study(
+                storage=storage,
+                study_name=name,
+                directions=directions,
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
+        else:
+            study = optuna.load_study(
+                study_name=name, storage=storage, sampler=sampler, pruner=pruner
+            )
+    stored = study.user_attrs.get("identity")
+    mine = json.loads(json.dumps(dict(identity)))
+    if stored is None:
+        study.set_user_attr("identity", mine)
+    elif stored != mine:
+        if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
+            raise InvalidInputError(
+                f"study {name!r} optimises {len(study.directions)} objective(s), this search "
+                f"{len(directions)}; --pareto must match, or use another --study-name."
+            )
+        if not resume:
+            diffs = [
+                f"{k}: {stored.get(k)!r} there, {v!r} here"
+                for k, v in mine.items()
+                if stored.get(k) != v
+            ]
+            raise InvalidInputError(
+                f"study {name!r} exists with another search space or settings ("
+                + "; ".join(diffs)
+                + "). Use the same options, pass --resume to continue it with these, or "
+                "choose another --study-name."
+            )
+        study.set_user_attr("identity", mine)  # resumed: later workers join these settings
+    return study
+
+
+def _digest(value: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def grid_key(grid: list[dict[str, Any]]) -> str:
+    """The grid sampler's one parameter: an index into ``grid`` (named after its content)."""
+    return "config~" + _digest(grid)
+
+
+def trial_counts(study: Any) -> dict[str, int]:
+    """Trials by state: ``complete``, ``pruned``, ``running``, ``failed``, ``waiting``."""
+    counts = {"complete": 0, "pruned": 0, "running": 0, "failed": 0, "waiting": 0}
+    names = {"COMPLETE": "complete", "PRUNED": "pruned", "RUNNING": "running", "FAIL": "failed"}
+    for t in study.get_trials(deepcopy=False):
+        counts[names.get(t.state.name, "waiting")] += 1
+    return counts
+
+
+def finished_states() -> tuple[Any, ...]:
+    """The trial states that count towards ``n_trials``."""
+    import optuna
+
+    return tuple(getattr(optuna.trial.TrialState, s) for s in _FINISHED)
+
+
+class Objective:
+    """One trial: sample, count the adapter, train on validation, report, maybe prune.
+
+    Parameters
+    ----------
+    job : object
+        From :func:`~ttdecomp.finetune.run.prepare_job` (data loaded once per process).
+    space : SearchSpace
+    sampler_name : str
+        ``grid`` samples one index into ``space.grid(grid_points)``; the others sample the
+        parameters themselves (a ``method`` choice first when there are several methods).
+    train : callable
+        ``train(seed)`` → :class:`~ttdecomp.finetune.train.TrainSettings`.
+    count_params : callable
+        ``count_params(settings)`` → adapter parameters (on a weightless model).
+    metric : str
+        ``val_accuracy`` (maximised) or ``val_loss`` (minimised).
+    pareto : bool
+        Also return the adapter parameters (a second objective, minimised); Optuna cannot
+        prune multi-objective trials, so every trial then runs all its epochs.
+    scratch : path
+        Where the trainer's scratch folders go.
+    should_stop : callable, optional
+        Asked after every evaluation; ``True`` raises ``KeyboardInterrupt`` there.
+    """
+
+    def __init__(
+        self,
+        job: Any,
+        space: SearchSpace,
+        sampler_name: str,
+        grid_points: int,
+        train: Callable[[int], Any],
+        count_params: Callable[[Any], int],
+        metric: str,
+        pareto: bool,
+        scratch: Any,
+        seed: int,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.job, self.space, self.sampler_name = job, space, sampler_name
+        self.grid = space.grid(grid_points) if sampler_name == "grid" else None
+        self.train, self.count_params, self.metric = train, count_params, metric
+        self.pareto, self.scratch, self.seed = pareto, scratch, seed
+        self.should_stop = should_stop
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """The configuration of ``trial``: ``{"method": ..., name: value}``.
+
+        Optuna fixes a categorical parameter's choices for the life of a study, so a choice
+        parameter's name carries a short hash of its choices (``tt-lora.tt_rank~1a2b3c``):
+        a study resumed with other choices samples a new parameter beside the old one.
+        """
+        if self.grid is not None:
+            indices = list(range(len(self.grid)))
+            key = grid_key(self.grid)
+            return dict(self.grid[trial.suggest_categorical(key, indices)])
+        methods = self.space.methods
+        method = methods[0]
+        if len(methods) > 1:
+            method = trial.suggest_categorical("method~" + _digest(methods), methods)
+        values: dict[str, Any] = {"method": method}
+        for p in self.space.of(method):
+            key = f"{method}.{p.name}"
+            if p.choices is not None:
+                key += "~" + _digest(list(p.choices))
+                values[p.name] = trial.suggest_categorical(key, list(p.choices))
+            elif p.integer:
+                values[p.name] = trial.suggest_int(key, int(p.low), int(p.high), log=p.log)
+            else:
+                values[p.name] = trial.suggest_float(key, p.low, p.high, log=p.log)
+        return values
+
+    def __call__(self, trial: Any) -> Any:
+        import shutil
+
+        import optuna
+
+        config = self.sample(trial)
+        settings = self.space.settings(config)
+        n_params = self.count_params(settings)
+        trial.set_user_attr("config", config)
+        trial.set_user_attr("settings", settings.to_dict())
+        trial.set_user_attr("adapter_params", int(n_params))
+        history: list[dict[str, Any]] = []
+
+        def on_evaluate(entry: dict[str, Any]) -> None:
+            history.append(entry)
+            trial.set_user_attr("evaluations", len(history))
+            trial.set_user_attr("history", history)
+            value = entry[self.metric]
+            if not self.pareto:
+                trial.report(value, step=len(history))
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after evaluation {len(history)}")
+            if self.should_stop is not None and self.should_stop():
+                raise KeyboardInterrupt
+
+        run_dir = self.scratch / f"trial-{trial.number}"
+        try:
+            row = self.job.run(
+                settings, self.train(self.seed), run_dir, on_evaluate=on_evaluate, final=False
+            )
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        value = row[self.metric]
+        return (value, float(n_params)) if self.pareto else value
+
+
+@contextlib.contextmanager
+def quiet_training() -> Iterator[None]:
+    """Inside trials: no transformers loading bars or info, no rank-clipping warnings.
+
+    A space that crosses shapes with ranks makes some ranks larger than a shape can carry;
+    they are clipped per bond, and the trial counts the parameters actually trained.
+    """
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from ..errors import RankClippedWarning
+
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RankClippedWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

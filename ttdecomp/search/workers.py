@@ -1,0 +1,125 @@
+"""Worker processes of ``--workers N`` and the study's one progress bar."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import SearchConfig
+from .study import finished_states, trial_counts
+
+__all__ = ["ProgressBar", "spawn_workers", "wait_workers"]
+
+
+class ProgressBar:
+    """The one progress bar: finished trials of ``total``, with pruned, running and best."""
+
+    def __init__(self, enabled: bool, total: int, study: Any, larger_is_better: bool) -> None:
+        self.study, self.larger = study, larger_is_better
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="search", unit="trial")
+            self.refresh()
+
+    def refresh(self) -> None:
+        if self.bar is None:
+            return
+        counts = trial_counts(self.study)
+        values = [
+            t.values[0]
+            for t in self.study.get_trials(deepcopy=False, states=finished_states()[:1])
+            if t.values
+        ]
+        best = (max if self.larger else min)(values) if values else None
+        self.bar.n = counts["complete"] + counts["pruned"]
+        post = {"pruned": counts["pruned"], "running": counts["running"]}
+        if best is not None:
+            post["best"] = f"{best:.4f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.refresh()
+            self.bar.close()
+
+
+def spawn_workers(
+    config: SearchConfig,
+    output: Path,
+    storage_url: str,
+    study_name: str,
+    n_trials: int,
+    workers: int,
+    threads: int | None,
+) -> list[subprocess.Popen]:
+    folder = output / ".workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "config": config.to_dict(),
+        "output": str(output),
+        "storage": storage_url,
+        "study_name": study_name,
+        "n_trials": n_trials,
+        "threads": threads,
+    }
+    path = folder / "spec.json"
+    path.write_text(json.dumps(spec, indent=2))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    procs = []
+    for i in range(workers):
+        log = open(folder / f"worker-{i}.log", "w")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "ttdecomp.search.worker", str(path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        )
+        log.close()
+    return procs
+
+
+def wait_workers(
+    procs: list[subprocess.Popen],
+    bar: ProgressBar,
+    should_stop: Callable[[], bool] | None,
+    output: Path,
+) -> bool:
+    """Wait for the workers (refreshing the bar); on Ctrl-C pass it on and wait for them."""
+    interrupted = False
+    try:
+        while any(p.poll() is None for p in procs):
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt
+            bar.refresh()
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        interrupted = True
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 120
+        for p in procs:
+            try:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    failed = [i for i, p in enumerate(procs) if p.returncode not in (0, 130, -signal.SIGINT)]
+    if failed and not interrupted:
+        log = (output / ".workers" / f"worker-{failed[0]}.log").read_text()[-2000:]
+        raise RuntimeError(f"search worker {failed[0]} failed; the end of its log:\n{log}")
+    return interrupted
