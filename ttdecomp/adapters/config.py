@@ -377,6 +377,35 @@ class TTAdapterConfig:
         out.update(dataclasses.asdict(self))
         return out
 
+    def save_pretrained(self, save_directory: Any) -> None:
+        """Write this config as ``ttdecomp_config.json`` in ``save_directory`` (atomically).
+
+        :meth:`from_pretrained` reads it back, and also reads the config of an adapter folder
+        written by ``TTAdapterModel.save_pretrained`` (PEFT's ``LoraConfig`` pair).
+        """
+        from .serialization import save_config
+
+        save_config(self, save_directory)
+
+    @classmethod
+    def from_pretrained(cls, path: Any) -> TTAdapterConfig:
+        """The config saved in folder ``path`` (by :meth:`save_pretrained` or with an adapter).
+
+        ``TTAdapterConfig.from_pretrained`` returns whichever method the file holds; a
+        subclass refuses a file of another method.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     TTLoRAConfig(tt_rank=6, target_modules=["q_proj"]).save_pretrained(d)
+        ...     TTLoRAConfig.from_pretrained(d).tt_rank
+        6
+        """
+        from .serialization import load_config
+
+        return load_config(path, None if cls is TTAdapterConfig else cls)
+
 
 @dataclass
 class TTLoRAConfig(TTAdapterConfig):

@@ -51,9 +51,14 @@ def check_adapter_name(adapter_name: Any) -> None:
 
 
 def build_adapter(
-    config: TTAdapterConfig, info: TargetInfo, weight: torch.Tensor, *, init: str | None = None
+    config: TTAdapterConfig, info: TargetInfo, weight: torch.Tensor, *, init: str | None = "config"
 ) -> nn.Module:
-    """The adapter module for one target (``init`` overrides the config's, e.g. when loading)."""
+    """The adapter module for one target.
+
+    ``init`` overrides the config's; ``None`` leaves the parameters uninitialised (loading
+    copies the values in next).
+    """
+    init = config.init if init == "config" else init
     kwargs = {"dtype": adapter_dtype(weight), "device": weight.device}
     mats = info.tt_matrices
 
@@ -66,7 +71,7 @@ def build_adapter(
             tt_rank=config.tt_rank,
             alpha=config.alpha,
             dropout=config.dropout,
-            init=init or config.init,
+            init=init,
             **kwargs,
         )
     if config.variant == "rep":
@@ -77,7 +82,7 @@ def build_adapter(
             r=config.r,
             alpha=config.alpha,
             dropout=config.dropout,
-            init=init or config.init,
+            init=init,
             **kwargs,
         )
     return LoRETTAAdpAdapter(
@@ -86,7 +91,7 @@ def build_adapter(
         tensor_rank=config.tensor_rank,
         non_linearity=config.non_linearity,
         dropout=config.dropout,
-        init=init or config.init,
+        init=init,
         **kwargs,
     )
 
@@ -95,6 +100,16 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def has_adapter(model: nn.Module, adapter_name: str) -> bool:
+    """Whether any layer of ``model`` holds an adapter named ``adapter_name``."""
+    for m in model.modules():
+        if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
+            return True
+        if isinstance(m, ModulesToSaveWrapper) and adapter_name in m.modules_to_save:
+            return True
+    return False
 
 
 def adapter_names_in(model: nn.Module) -> set[str]:
@@ -112,7 +127,8 @@ def inject_adapter_in_model(
     model: nn.Module,
     adapter_name: str = "default",
     *,
-    _init: str | None = None,
+    _init: str | None = "config",
+    _activate: bool = True,
 ) -> nn.Module:
     """Add adapter ``adapter_name`` described by ``config`` to ``model``, in place.
 
@@ -120,6 +136,10 @@ def inject_adapter_in_model(
     are layers wrapped, so an error leaves the model unchanged. Already wrapped layers get one
     more adapter. Afterwards only the new adapter's parameters (and its modules-to-save copies)
     require gradients, and it is the active adapter of the layers it touches.
+
+    (Internal: ``_init`` overrides the config's init, ``None`` leaving the cores uninitialised
+    for values copied in next; ``_activate=False`` adds the adapter frozen and inactive and
+    leaves every other parameter as it was, which is what loading many adapters needs.)
 
     Parameters
     ----------
@@ -142,18 +162,23 @@ def inject_adapter_in_model(
     ('TTAdapterLayer', ['0.tt_adapters.default.cores.0', '0.tt_adapters.default.cores.1'])
     """
     check_adapter_name(adapter_name)
-    if adapter_name in adapter_names_in(model):
+    if has_adapter(model, adapter_name):
         raise InvalidInputError(
             f"the model already has an adapter named {adapter_name!r}; pick another name or "
             "delete_adapter() it first."
         )
     infos = inspect_targets(model, config)
     saved = select_modules_to_save(model, config)
+    init = config.init if _init == "config" else _init
     for info in infos:
         current = model.get_submodule(info.name)
         layer = current if isinstance(current, TTAdapterLayer) else TTAdapterLayer(current)
-        layer.add(adapter_name, build_adapter(config, info, layer.weight, init=_init))
-        layer.set_active([adapter_name])
+        adapter = build_adapter(config, info, layer.weight, init=init)
+        layer.add(adapter_name, adapter, activate=_activate)
+        if _activate:
+            layer.set_active([adapter_name])
+        else:
+            adapter.requires_grad_(False)
         if layer is not current:
             set_submodule(model, info.name, layer)
     for name in saved:
@@ -161,10 +186,13 @@ def inject_adapter_in_model(
         wrapper = (
             current if isinstance(current, ModulesToSaveWrapper) else ModulesToSaveWrapper(current)
         )
-        wrapper.add(adapter_name)
+        wrapper.add(adapter_name, activate=_activate)
+        if not _activate:
+            wrapper.modules_to_save[adapter_name].requires_grad_(False)
         if wrapper is not current:
             set_submodule(model, name, wrapper)
-    mark_only_adapters_as_trainable(model, [adapter_name])
+    if _activate:
+        mark_only_adapters_as_trainable(model, [adapter_name])
     return model
 
 

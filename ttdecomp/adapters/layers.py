@@ -8,8 +8,11 @@ keeps it as ``base_layer``, untouched. Each adapter is a small module in ``tt_ad
 * :class:`LoRETTAAdpAdapter`: ``y ← y + up(act(down(y) + b_down)) + b_up`` (applied after the
   base layer; non-linear, so it cannot be merged).
 
-Unmerged forwards run the TT cores through :func:`ttdecomp.contract.linear` (memory-lean autograd,
-no ΔW formed). Merging forms ΔW in float32 once and adds it to the base weight.
+Unmerged forwards run the TT cores through :class:`~ttdecomp.adapters.fast.TTForwardCache`
+(the planner's contraction, cached per batch size, through the memory-lean autograd Function of
+:func:`ttdecomp.contract.linear`; in inference the merged operands are cached too, so one-token
+decode costs what LoRA costs). Merging forms ΔW in float32 once and adds it to the base weight.
+A batch whose rows use different adapters is routed by :mod:`ttdecomp.adapters.routing`.
 
 Adapter parameters live in float32 when the base weight is float16/bfloat16 (as PEFT does);
 inputs are cast to the adapter dtype and the adapter's output back to the layer's dtype.
@@ -25,12 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..contract import linear as tt_linear
 from ..counts import max_ranks
 from ..errors import InvalidInputError
 from ..random import core_std
 from ..tt_matrix import TTMatrix
 from .config import ADP_CANNOT_MERGE
+from .fast import TTForwardCache
+from .routing import BASE_ADAPTER, Routing, check_not_merged, route_rows
 
 __all__ = [
     "LoRETTAAdpAdapter",
@@ -110,6 +114,11 @@ class _TTAdapter(nn.Module):
     #: "parallel": ``y = base(x) + adapter(x)``; "sequential": ``y = h + adapter(h)``, h = base(x).
     kind = "parallel"
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the adapter's parameters (all share one), which it computes in."""
+        return next(iter(self._modules.values()))[0].dtype
+
 
 class TTLoRAAdapter(_TTAdapter):
     """TT-LoRA: ΔW = ``alpha`` · TT-matrix with split-layout cores and ranks ``[1, r, ..., r, 1]``.
@@ -158,7 +167,8 @@ class TTLoRAAdapter(_TTAdapter):
         self.alpha = float(alpha)
         self.cores = _make_cores(row_shape, col_shape, ranks, dtype=dtype, device=device)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        if self.cores[0].device.type != "meta":
+        self.fast = TTForwardCache(self.alpha)
+        if self.cores[0].device.type != "meta" and init is not None:
             self.reset_parameters(init)
 
     def reset_parameters(self, init: str) -> None:
@@ -193,9 +203,8 @@ class TTLoRAAdapter(_TTAdapter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``alpha · dropout(x) ΔW_TT^T`` for ``x[..., in]``."""
-        # alpha scales the (small) last core instead of the (batch × out) output.
-        cores = [*self.cores[:-1], self.cores[-1] * self.alpha]
-        return tt_linear(self.dropout(x), cores, check_finite=False)
+        # alpha scales the (small) last core, or the cached halves, not the (batch × out) output
+        return self.fast.linear(self.dropout(x), list(self.cores))
 
 
 def _loretta_cores(
@@ -251,7 +260,8 @@ class LoRETTARepAdapter(_TTAdapter):
         self.a_cores = _loretta_cores(a_shape, tensor_rank, dtype, device)
         self.b_cores = _loretta_cores(b_shape, tensor_rank, dtype, device)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        if self.a_cores[0].device.type != "meta":
+        self.fast_a, self.fast_b = TTForwardCache(), TTForwardCache(self.scaling)
+        if self.a_cores[0].device.type != "meta" and init is not None:
             self.reset_parameters(init)
 
     def reset_parameters(self, init: str) -> None:
@@ -269,9 +279,8 @@ class LoRETTARepAdapter(_TTAdapter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(alpha / r) · B(A(dropout(x)))`` without forming ΔW."""
-        h = tt_linear(self.dropout(x), list(self.a_cores), check_finite=False)
-        b_cores = [*self.b_cores[:-1], self.b_cores[-1] * self.scaling]
-        return tt_linear(h, b_cores, check_finite=False)
+        h = self.fast_a.linear(self.dropout(x), list(self.a_cores))
+        return self.fast_b.linear(h, list(self.b_cores))
 
 
 class LoRETTAAdpAdapter(_TTAdapter):
@@ -304,7 +313,8 @@ class LoRETTAAdpAdapter(_TTAdapter):
         self.up_bias = nn.Parameter(torch.zeros(math.prod(up_shape[0]), dtype=dtype, device=device))
         self.act = _ACTIVATIONS[non_linearity]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        if self.down_cores[0].device.type != "meta":
+        self.fast_down, self.fast_up = TTForwardCache(), TTForwardCache()
+        if self.down_cores[0].device.type != "meta" and init is not None:
             self.reset_parameters(init)
 
     def reset_parameters(self, init: str) -> None:
@@ -325,10 +335,8 @@ class LoRETTAAdpAdapter(_TTAdapter):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """The adapter's residual ``up(act(down(y) + b_down)) + b_up`` (added by the caller)."""
-        h = self.act(
-            tt_linear(self.dropout(y), list(self.down_cores), self.down_bias, check_finite=False)
-        )
-        return tt_linear(h, list(self.up_cores), self.up_bias, check_finite=False)
+        h = self.act(self.fast_down.linear(self.dropout(y), list(self.down_cores), self.down_bias))
+        return self.fast_up.linear(h, list(self.up_cores), self.up_bias)
 
 
 def adapter_ranks(row_shape: Sequence[int], col_shape: Sequence[int], rank: int) -> tuple[int, ...]:
@@ -386,6 +394,8 @@ class TTAdapterLayer(nn.Module):
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self.disable_adapters = False
+        #: Set by the model for the duration of a call with ``adapter_names=``.
+        self.routing: Routing | None = None
         self._original_weights: dict[str, torch.Tensor] = {}
 
     @property
@@ -476,14 +486,18 @@ class TTAdapterLayer(nn.Module):
                     weight.data = (weight.data.float() - delta).to(weight.dtype)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Base output plus every active, unmerged adapter."""
+        """Base output plus every active, unmerged adapter (or, in a mixed batch, each row's)."""
         if self.disable_adapters:
             if self.merged_adapters:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
         y = self.base_layer(x, *args, **kwargs)
-        merged = [n for n in self.active_adapters if n in self.merged_adapters]
+        if self.routing is not None:
+            check_not_merged(self.extra_repr(), self.merged_adapters)
+            return route_rows(y, x, self.routing, self.tt_adapters, _run_adapter)
+        merged = self.merged_adapters
         if merged and torch.is_grad_enabled():
+            merged = [n for n in self.active_adapters if n in merged]
             trainable = [
                 p for n in merged for p in self.tt_adapters[n].parameters() if p.requires_grad
             ]
@@ -495,9 +509,7 @@ class TTAdapterLayer(nn.Module):
             if name in self.merged_adapters:
                 continue
             adapter = self.tt_adapters[name]
-            dtype = _param_dtype(adapter)
-            source = x if adapter.kind == "parallel" else y
-            y = y + adapter(source.to(dtype)).to(y.dtype)
+            y = y + _run_adapter(adapter, x if adapter.kind == "parallel" else y).to(y.dtype)
         return y
 
     def extra_repr(self) -> str:
@@ -525,9 +537,9 @@ class _MergedBackwardGuard(torch.autograd.Function):
         )
 
 
-def _param_dtype(adapter: nn.Module) -> torch.dtype:
-    """The dtype of an adapter's parameters (all share one)."""
-    return next(adapter.parameters()).dtype
+def _run_adapter(adapter: nn.Module, source: torch.Tensor) -> torch.Tensor:
+    """An adapter's contribution, computed in its own dtype (the caller casts it back)."""
+    return adapter(source.to(adapter.compute_dtype))
 
 
 class ModulesToSaveWrapper(nn.Module):
@@ -551,6 +563,8 @@ class ModulesToSaveWrapper(nn.Module):
         self.modules_to_save = nn.ModuleDict()
         self.active_adapter: str | None = None
         self.disable_adapters = False
+        #: Set by the model for the duration of a call with ``adapter_names=``.
+        self.routing: Routing | None = None
         original_module.requires_grad_(False)
 
     def add(self, adapter_name: str, *, activate: bool = True) -> None:
@@ -577,8 +591,38 @@ class ModulesToSaveWrapper(nn.Module):
         return self.modules_to_save[self.active_adapter]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The active copy's forward (or the original's)."""
-        return self._current()(*args, **kwargs)
+        """The active copy's forward (or the original's); in a mixed batch, each row's copy."""
+        if self.routing is None or self.disable_adapters:
+            return self._current()(*args, **kwargs)
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if not isinstance(x, torch.Tensor) or x.ndim == 0:
+            raise InvalidInputError(
+                "adapter_names needs the modules-to-save copies to take a batch tensor as "
+                f"first input; {type(self.original_module).__name__} got {type(x).__name__}."
+            )
+        out = self.original_module(*args, **kwargs)
+        for name, idx in self.routing.groups(int(x.shape[0]), x.device):
+            if name == BASE_ADAPTER or name not in self.modules_to_save:
+                continue
+            copy_ = self.modules_to_save[name]
+            if idx is None:
+                out = copy_(*args, **kwargs)
+                continue
+            rows = int(x.shape[0])
+            pick = [
+                a.index_select(0, idx)
+                if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == rows
+                else a
+                for a in args
+            ]
+            picked = {
+                k: v.index_select(0, idx)
+                if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == rows
+                else v
+                for k, v in kwargs.items()
+            }
+            out = out.index_copy(0, idx, copy_(*pick, **picked))
+        return out
 
     def __getattr__(self, name: str) -> Any:
         """Attributes the model reads off the wrapped module (``weight``, ``eps``, ...)."""
