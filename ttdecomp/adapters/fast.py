@@ -141,6 +141,7 @@ class TTForwardCache:
             (1, *(int(c.shape[3]) for c in cores)),
             like.dtype,
             like.device,
+            math.prod(int(c.shape[2]) for c in cores),
         )
         if shapes != self._shapes:  # the cores changed shape, dtype or device
             self.clear()
@@ -164,7 +165,7 @@ class TTForwardCache:
         return plan
 
     def _inference_operands(self, cores: Sequence[torch.Tensor], plan: Any) -> Any:
-        key = (tuple((c.data_ptr(), c._version) for c in cores), self.scale)
+        key = (tuple([(c.data_ptr(), c._version) for c in cores]), self.scale)
         if split_bond(cores) is None and not self._small(cores):
             key = (*key, plan.order, plan.split, plan.direction)  # the steps follow the plan
         if key == self._key:
@@ -203,6 +204,28 @@ class TTForwardCache:
         Differentiable in ``x``, the cores and the bias; the inference operands are used only
         when no gradient is recorded.
         """
+        grad = torch.is_grad_enabled() and (
+            x.requires_grad
+            or any(c.requires_grad for c in cores)
+            or (bias is not None and bias.requires_grad)
+        )
+        ops = self._operands
+        if not grad and ops is not None and self.kind != "steps":
+            # the decode path: a few checks, then one or two GEMMs on the cached operands
+            lead = x.shape[:-1]
+            n_in = x.shape[-1]
+            if (
+                n_in == self._shapes[5]
+                and x.numel() <= CACHE_MAX_ROWS * n_in
+                and x.dtype == self._shapes[3]
+                and x.device == self._shapes[4]
+                and self._key[0] == tuple([(c.data_ptr(), c._version) for c in cores])
+                and not torch.is_autocast_enabled(x.device.type)
+            ):
+                x2 = x.reshape(-1, n_in)  # (B, N)
+                y2 = (x2 @ ops[0]) @ ops[1] if self.kind == "halves" else x2 @ ops[0]
+                y = y2.reshape(*lead, y2.shape[-1])  # (..., M)
+                return y if bias is None else y + bias
         n_total = math.prod(int(c.shape[2]) for c in cores)
         if (
             x.shape[-1] != n_total
@@ -215,11 +238,6 @@ class TTForwardCache:
         batch = math.prod(lead)
         x2 = x.reshape(batch, n_total)  # (B, N)
         plan = self._plan(cores, batch, x)
-        grad = torch.is_grad_enabled() and (
-            x.requires_grad
-            or any(c.requires_grad for c in cores)
-            or (bias is not None and bias.requires_grad)
-        )
         if grad or batch > CACHE_MAX_ROWS:
             if self._key is not None and grad:
                 self._key = self._operands = self.kind = None  # training: values will change

@@ -114,10 +114,13 @@ class _TTAdapter(nn.Module):
     #: "parallel": ``y = base(x) + adapter(x)``; "sequential": ``y = h + adapter(h)``, h = base(x).
     kind = "parallel"
 
+    #: The ParameterList whose first core gives the dtype the adapter computes in.
+    _first_cores = "cores"
+
     @property
     def compute_dtype(self) -> torch.dtype:
         """The dtype of the adapter's parameters (all share one), which it computes in."""
-        return next(iter(self._modules.values()))[0].dtype
+        return next(iter(self._modules[self._first_cores]._parameters.values())).dtype
 
 
 class TTLoRAAdapter(_TTAdapter):
@@ -204,7 +207,9 @@ class TTLoRAAdapter(_TTAdapter):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``alpha · dropout(x) ΔW_TT^T`` for ``x[..., in]``."""
         # alpha scales the (small) last core, or the cached halves, not the (batch × out) output
-        return self.fast.linear(self.dropout(x), list(self.cores))
+        if self.training:  # dropout is the identity in eval mode: skip the module call
+            x = self.dropout(x)
+        return self.fast.linear(x, tuple(self.cores._parameters.values()))
 
 
 def _loretta_cores(
@@ -241,6 +246,8 @@ class LoRETTARepAdapter(_TTAdapter):
     init : str
         ``"gaussian"`` (entries with variance ``1/(rows + cols)``) or ``"zero"`` (B = 0).
     """
+
+    _first_cores = "a_cores"
 
     def __init__(
         self,
@@ -279,8 +286,10 @@ class LoRETTARepAdapter(_TTAdapter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(alpha / r) · B(A(dropout(x)))`` without forming ΔW."""
-        h = self.fast_a.linear(self.dropout(x), list(self.a_cores))
-        return self.fast_b.linear(h, list(self.b_cores))
+        if self.training:
+            x = self.dropout(x)
+        h = self.fast_a.linear(x, tuple(self.a_cores._parameters.values()))
+        return self.fast_b.linear(h, tuple(self.b_cores._parameters.values()))
 
 
 class LoRETTAAdpAdapter(_TTAdapter):
@@ -291,6 +300,7 @@ class LoRETTAAdpAdapter(_TTAdapter):
     """
 
     kind = "sequential"
+    _first_cores = "down_cores"
 
     def __init__(
         self,
@@ -335,8 +345,11 @@ class LoRETTAAdpAdapter(_TTAdapter):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """The adapter's residual ``up(act(down(y) + b_down)) + b_up`` (added by the caller)."""
-        h = self.act(self.fast_down.linear(self.dropout(y), list(self.down_cores), self.down_bias))
-        return self.fast_up.linear(h, list(self.up_cores), self.up_bias)
+        if self.training:
+            y = self.dropout(y)
+        down = tuple(self.down_cores._parameters.values())
+        h = self.act(self.fast_down.linear(y, down, self.down_bias))
+        return self.fast_up.linear(h, tuple(self.up_cores._parameters.values()), self.up_bias)
 
 
 def adapter_ranks(row_shape: Sequence[int], col_shape: Sequence[int], rank: int) -> tuple[int, ...]:
