@@ -27,7 +27,7 @@ from .layers import (
     TTLoRAAdapter,
     adapter_dtype,
 )
-from .targets import TargetInfo, inspect_targets, select_modules_to_save
+from .targets import TargetInfo, adapter_wrappers, inspect_targets, select_modules_to_save
 
 __all__ = [
     "adapter_names_in",
@@ -104,7 +104,7 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def has_adapter(model: nn.Module, adapter_name: str) -> bool:
     """Whether any layer of ``model`` holds an adapter named ``adapter_name``."""
-    for m in model.modules():
+    for _, m in adapter_wrappers(model):
         if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
             return True
         if isinstance(m, ModulesToSaveWrapper) and adapter_name in m.modules_to_save:
@@ -114,7 +114,7 @@ def has_adapter(model: nn.Module, adapter_name: str) -> bool:
 
 def adapter_names_in(model: nn.Module) -> set[str]:
     names: set[str] = set()
-    for m in model.modules():
+    for _, m in adapter_wrappers(model):
         if isinstance(m, TTAdapterLayer):
             names |= set(m.tt_adapters)
         elif isinstance(m, ModulesToSaveWrapper):
@@ -129,6 +129,7 @@ def inject_adapter_in_model(
     *,
     _init: str | None = "config",
     _activate: bool = True,
+    _prebuilt: tuple[list[TargetInfo], dict[str, nn.Module]] | None = None,
 ) -> nn.Module:
     """Add adapter ``adapter_name`` described by ``config`` to ``model``, in place.
 
@@ -139,7 +140,8 @@ def inject_adapter_in_model(
 
     (Internal: ``_init`` overrides the config's init, ``None`` leaving the cores uninitialised
     for values copied in next; ``_activate=False`` adds the adapter frozen and inactive and
-    leaves every other parameter as it was, which is what loading many adapters needs.)
+    leaves every other parameter as it was, which is what loading many adapters needs;
+    ``_prebuilt`` is ``(targets, adapters by target)`` already validated, as loading makes.)
 
     Parameters
     ----------
@@ -167,13 +169,16 @@ def inject_adapter_in_model(
             f"the model already has an adapter named {adapter_name!r}; pick another name or "
             "delete_adapter() it first."
         )
-    infos = inspect_targets(model, config)
+    infos = inspect_targets(model, config) if _prebuilt is None else _prebuilt[0]
     saved = select_modules_to_save(model, config)
     init = config.init if _init == "config" else _init
     for info in infos:
         current = model.get_submodule(info.name)
         layer = current if isinstance(current, TTAdapterLayer) else TTAdapterLayer(current)
-        adapter = build_adapter(config, info, layer.weight, init=init)
+        if _prebuilt is None:
+            adapter = build_adapter(config, info, layer.weight, init=init)
+        else:
+            adapter = _prebuilt[1][info.name]
         layer.add(adapter_name, adapter, activate=_activate)
         if _activate:
             layer.set_active([adapter_name])
@@ -217,7 +222,7 @@ def mark_only_adapters_as_trainable(
 
 def _adapter_tensors(model: nn.Module, adapter_name: str) -> Iterator[tuple[str, torch.Tensor]]:
     """``(key, tensor)`` of one adapter; keys are ``<module name>.<parameter path>``."""
-    for name, m in model.named_modules():
+    for name, m in adapter_wrappers(model):
         if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
             for pname, p in m.tt_adapters[adapter_name].named_parameters():
                 yield f"{name}.{pname}", p

@@ -21,6 +21,7 @@ inputs are cast to the adapter dtype and the adapter's output back to the layer'
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -30,13 +31,14 @@ from torch import nn
 
 from ..counts import max_ranks
 from ..errors import InvalidInputError
-from ..random import core_std
 from ..tt_matrix import TTMatrix
 from .config import ADP_CANNOT_MERGE
+from .cores import CoreList, gaussian_tt_cores_, make_cores, paper_init_
 from .fast import TTForwardCache
 from .routing import BASE_ADAPTER, Routing, check_not_merged, route_rows
 
 __all__ = [
+    "CoreList",
     "LoRETTAAdpAdapter",
     "LoRETTARepAdapter",
     "ModulesToSaveWrapper",
@@ -59,62 +61,13 @@ def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
 
 
-def _make_cores(
-    row_shape: Sequence[int],
-    col_shape: Sequence[int],
-    ranks: Sequence[int],
-    *,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> nn.ParameterList:
-    """Uninitialised 4-D cores ``(r_{k-1}, m_k, n_k, r_k)`` as plain parameters."""
-    return nn.ParameterList(
-        [
-            nn.Parameter(torch.empty(ranks[k], m, n, ranks[k + 1], dtype=dtype, device=device))
-            for k, (m, n) in enumerate(zip(row_shape, col_shape))
-        ]
-    )
-
-
-def gaussian_tt_cores_(cores: Sequence[torch.Tensor], variance: float) -> None:
-    """Fill ``cores`` in place so that every entry of the TT-matrix has ``variance``.
-
-    An entry is a sum over ``∏ r_k`` (interior ranks) products of ``d`` independent core entries,
-    so with core std ``s`` its variance is ``∏ r_k · s^(2d)``; hence t3f's formula
-    (:func:`ttdecomp.random.core_std`) ``s = variance^(1/(2d)) · (∏ r_k)^(−1/(2d))``.
-
-    Examples
-    --------
-    >>> cores = [torch.empty(1, 4, 4, 5), torch.empty(5, 4, 4, 5), torch.empty(5, 4, 4, 1)]
-    >>> torch.manual_seed(0) and None
-    >>> second_moments = []
-    >>> for _ in range(200):
-    ...     gaussian_tt_cores_(cores, 1 / 128)
-    ...     second_moments.append(float(TTMatrix(cores).full().square().mean()))
-    >>> round(sum(second_moments) / len(second_moments) * 128, 1)
-    1.0
-    """
-    std = core_std(math.sqrt(variance), [1, *(int(c.shape[-1]) for c in cores)])
-    with torch.no_grad():
-        for core in cores:
-            core.normal_(0.0, std)
-
-
-def _paper_init_(cores: Sequence[torch.Tensor]) -> None:
-    """TT-LoRA's init: Kaiming-uniform (a = √8) per core, then each core at unit Frobenius norm."""
-    with torch.no_grad():
-        for core in cores:
-            nn.init.kaiming_uniform_(core, a=math.sqrt(8))
-            core.div_(torch.linalg.vector_norm(core))
-
-
 class _TTAdapter(nn.Module):
     """Common surface of one adapter: ``kind``, ``delta_weight()``, ``forward``."""
 
     #: "parallel": ``y = base(x) + adapter(x)``; "sequential": ``y = h + adapter(h)``, h = base(x).
     kind = "parallel"
 
-    #: The ParameterList whose first core gives the dtype the adapter computes in.
+    #: The CoreList whose first core gives the dtype the adapter computes in.
     _first_cores = "cores"
 
     @property
@@ -168,8 +121,8 @@ class TTLoRAAdapter(_TTAdapter):
         super().__init__()
         ranks = adapter_ranks(row_shape, col_shape, tt_rank)
         self.alpha = float(alpha)
-        self.cores = _make_cores(row_shape, col_shape, ranks, dtype=dtype, device=device)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.cores = make_cores(row_shape, col_shape, ranks, dtype=dtype, device=device)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.fast = TTForwardCache(self.alpha)
         if self.cores[0].device.type != "meta" and init is not None:
             self.reset_parameters(init)
@@ -179,7 +132,7 @@ class TTLoRAAdapter(_TTAdapter):
         if init == "ttsvd":
             self._ttsvd_init_()
             return
-        _paper_init_(self.cores)
+        paper_init_(self.cores)
         if init == "zero":
             with torch.no_grad():
                 self.cores[-1].zero_()
@@ -207,7 +160,7 @@ class TTLoRAAdapter(_TTAdapter):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``alpha · dropout(x) ΔW_TT^T`` for ``x[..., in]``."""
         # alpha scales the (small) last core, or the cached halves, not the (batch × out) output
-        if self.training:  # dropout is the identity in eval mode: skip the module call
+        if self.training and self.dropout is not None:  # identity in eval mode: no call
             x = self.dropout(x)
         return self.fast.linear(x, tuple(self.cores._parameters.values()))
 
@@ -217,9 +170,9 @@ def _loretta_cores(
     tensor_rank: int,
     dtype: torch.dtype | None,
     device: torch.device | str | None,
-) -> nn.ParameterList:
+) -> CoreList:
     """Cores of one LoRETTA TT-matrix ``(row_shape, col_shape)`` with uniform interior rank."""
-    return _make_cores(*shape, adapter_ranks(*shape, tensor_rank), dtype=dtype, device=device)
+    return make_cores(*shape, adapter_ranks(*shape, tensor_rank), dtype=dtype, device=device)
 
 
 def _loretta_gaussian_(*trains: Sequence[torch.Tensor]) -> None:
@@ -266,7 +219,7 @@ class LoRETTARepAdapter(_TTAdapter):
         self.scaling = float(alpha) / int(r)
         self.a_cores = _loretta_cores(a_shape, tensor_rank, dtype, device)
         self.b_cores = _loretta_cores(b_shape, tensor_rank, dtype, device)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.fast_a, self.fast_b = TTForwardCache(), TTForwardCache(self.scaling)
         if self.a_cores[0].device.type != "meta" and init is not None:
             self.reset_parameters(init)
@@ -286,7 +239,7 @@ class LoRETTARepAdapter(_TTAdapter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(alpha / r) · B(A(dropout(x)))`` without forming ΔW."""
-        if self.training:
+        if self.training and self.dropout is not None:
             x = self.dropout(x)
         h = self.fast_a.linear(x, tuple(self.a_cores._parameters.values()))
         return self.fast_b.linear(h, tuple(self.b_cores._parameters.values()))
@@ -322,7 +275,7 @@ class LoRETTAAdpAdapter(_TTAdapter):
         )
         self.up_bias = nn.Parameter(torch.zeros(math.prod(up_shape[0]), dtype=dtype, device=device))
         self.act = _ACTIVATIONS[non_linearity]()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.fast_down, self.fast_up = TTForwardCache(), TTForwardCache()
         if self.down_cores[0].device.type != "meta" and init is not None:
             self.reset_parameters(init)
@@ -345,7 +298,7 @@ class LoRETTAAdpAdapter(_TTAdapter):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """The adapter's residual ``up(act(down(y) + b_down)) + b_up`` (added by the caller)."""
-        if self.training:
+        if self.training and self.dropout is not None:
             y = self.dropout(y)
         down = tuple(self.down_cores._parameters.values())
         h = self.act(self.fast_down.linear(y, down, self.down_bias))
@@ -359,7 +312,13 @@ def adapter_ranks(row_shape: Sequence[int], col_shape: Sequence[int], rank: int)
     parameters and no expressiveness; :func:`~ttdecomp.adapters.inspect_targets` warns
     when it clips.
     """
-    return max_ranks(row_shape, col_shape, max_rank=int(rank))
+    return _adapter_ranks(tuple(row_shape), tuple(col_shape), int(rank))
+
+
+@functools.lru_cache(maxsize=1024)
+def _adapter_ranks(row_shape: tuple, col_shape: tuple, rank: int) -> tuple[int, ...]:
+    # memoised: a pure function, called for every target of every adapter built or loaded
+    return tuple(max_ranks(row_shape, col_shape, max_rank=rank))
 
 
 class TTAdapterLayer(nn.Module):

@@ -354,7 +354,13 @@ def load_adapter(
                 f"{saved.get('in_features')} layer with TT shapes {saved.get('tt_matrices')}, but "
                 f"this model's layer is {info.out_features} x {info.in_features} ({got})."
             )
-    expected = _expected_tensors(model, config, infos)
+    # the adapters are built once, uninitialised (the values come from the file): their
+    # parameters are what the file must match, and then what is injected
+    built = {
+        name: build_adapter(config, info, model.get_submodule(name).weight, init=None)
+        for name, info in infos.items()
+    }
+    expected = _expected_tensors(model, config, built)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -375,21 +381,19 @@ def load_adapter(
                 f"adapter would be {dtype}. Load into a base model of the dtype the adapter was "
                 "trained with (float32 adapters serve float16/bfloat16 bases too)."
             )
-    # values come next: no init
-    inject_adapter_in_model(config, model, adapter_name, _init=None, _activate=activate)
+    inject_adapter_in_model(
+        config, model, adapter_name, _activate=activate, _prebuilt=(list(infos.values()), built)
+    )
     set_adapter_state_dict(model, tensors, adapter_name)
     return config
 
 
 def _expected_tensors(
-    model: nn.Module, config: TTAdapterConfig, infos: dict[str, Any]
+    model: nn.Module, config: TTAdapterConfig, built: dict[str, nn.Module]
 ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Names, shapes and dtypes the adapter would have, built on the meta device (no memory)."""
+    """Names, shapes and dtypes of the adapter's tensors (``built``: its modules by target)."""
     out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-    for name, info in infos.items():
-        weight = model.get_submodule(name).weight
-        meta_weight = torch.empty(0, dtype=weight.dtype, device="meta")
-        adapter = build_adapter(config, info, meta_weight)
+    for name, adapter in built.items():
         for pname, p in adapter.named_parameters():
             out[f"{name}.{pname}"] = (tuple(p.shape), p.dtype)
     modules = dict(logical_modules(model))
