@@ -75,6 +75,14 @@ def batch_rows(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int | None:
     return None
 
 
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether activation (gradient) checkpointing is on (transformers 5 and 4 names)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name) or name in vars(model):
+            return bool(getattr(model, name))
+    return False
+
+
 class ServingMixin:
     """Mixed-adapter batches, weighted adapters, status and Hub upload for the wrapper."""
 
@@ -116,10 +124,7 @@ class ServingMixin:
                 "get. Call model.unmerge_adapter() first."
             )
         base = self.base_model
-        checkpointing = getattr(
-            base, "is_activation_checkpointing", getattr(base, "is_gradient_checkpointing", False)
-        )
-        if self.training and torch.is_grad_enabled() and checkpointing:
+        if self.training and torch.is_grad_enabled() and _checkpointing(base):
             raise InvalidInputError(
                 "adapter_names is for inference: with gradient checkpointing the recomputed "
                 "forward would not be routed. Train one adapter at a time (set_adapter)."
