@@ -459,7 +459,7 @@ def main() -> None:
     parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        threads = int(args.threads)
+        threads = int(args.threads.split(",")[0])
         if args.child == "layer":
             result = layer_child(args.lib, threads, args.calls, args.repeats)
         elif args.child == "generate-prepare":

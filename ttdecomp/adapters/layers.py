@@ -90,15 +90,16 @@ class TTLoRAAdapter(_TTAdapter):
         Raw scale of ΔW.
     dropout : float
         Dropout on the adapter's input.
-    init : str
-        ``"paper"``, ``"zero"`` or ``"ttsvd"`` (see :class:`~ttdecomp.adapters.TTLoRAConfig`).
+    init : str or None
+        ``"zero"``, ``"paper"`` or ``"ttsvd"`` (see :class:`~ttdecomp.adapters.TTLoRAConfig`);
+        ``None`` leaves the cores uninitialised (loading copies values in next).
     dtype, device
         Where the cores live.
 
     Examples
     --------
     >>> torch.manual_seed(0) and None
-    >>> ad = TTLoRAAdapter((1, 1, 4, 8), (4, 8, 1, 1), tt_rank=3, alpha=2.0)
+    >>> ad = TTLoRAAdapter((1, 1, 4, 8), (4, 8, 1, 1), tt_rank=3, alpha=2.0, init="paper")
     >>> ad.delta_weight().shape, sum(p.numel() for p in ad.parameters())
     (torch.Size([32, 32]), 144)
     >>> x = torch.randn(5, 32)
@@ -114,7 +115,7 @@ class TTLoRAAdapter(_TTAdapter):
         tt_rank: int,
         alpha: float,
         dropout: float = 0.0,
-        init: str = "paper",
+        init: str | None = "zero",
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
