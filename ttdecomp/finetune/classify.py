@@ -29,14 +29,55 @@ LOGITS_FILE = "test_logits.safetensors"
 
 
 class TextDataset(torch.utils.data.Dataset):
-    """Tokenised ``(text, label)`` pairs (no padding: the collator pads each batch)."""
+    """Tokenised ``(text, label)`` pairs (no padding: the collator pads each batch).
 
-    def __init__(self, rows: list[tuple[str, int]], tokenizer: Any, max_length: int) -> None:
+    With ``sort_by_length=True`` (what evaluation splits use) the examples are stored longest
+    first, so that consecutive evaluation batches pad little; ``order[i]`` is the row of
+    ``rows`` that example ``i`` came from, and :meth:`in_row_order` puts per-example results
+    back in the order of ``rows``.
+
+    Examples
+    --------
+    A stand-in tokenizer that makes one token per word:
+
+    >>> def words(texts, truncation, max_length):
+    ...     return {"input_ids": [t.split()[:max_length] for t in texts]}
+    >>> ds = TextDataset([("a", 0), ("a b c", 1), ("a b", 0)], words, 16, sort_by_length=True)
+    >>> ds.order, ds[0]["labels"]
+    ([1, 2, 0], 1)
+    >>> ds.in_row_order(np.array([10, 20, 30])).tolist()
+    [30, 10, 20]
+    """
+
+    def __init__(
+        self,
+        rows: list[tuple[str, int]],
+        tokenizer: Any,
+        max_length: int,
+        *,
+        sort_by_length: bool = False,
+    ) -> None:
         texts = [t for t, _ in rows]
         enc = tokenizer(texts, truncation=True, max_length=max_length)
-        self.features = [
+        features = [
             {**{k: enc[k][i] for k in enc}, "labels": int(rows[i][1])} for i in range(len(rows))
         ]
+        self.order = list(range(len(rows)))
+        if sort_by_length:
+            # longest first, ties in row order: deterministic
+            self.order.sort(key=lambda i: -len(features[i]["input_ids"]))
+        self.features = [features[i] for i in self.order]
+
+    def in_row_order(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (one per stored example, first axis) rearranged to the order of the rows."""
+        values = np.asarray(values)
+        if values.shape[0] != len(self.order):
+            raise InvalidInputError(
+                f"expected {len(self.order)} values, one per example; got {values.shape[0]}."
+            )
+        out = np.empty_like(values)
+        out[self.order] = values
+        return out
 
     def __len__(self) -> int:
         return len(self.features)
@@ -163,7 +204,9 @@ def run_classification(
     run_dir = Path(run_dir)
     if datasets is None:
         datasets = {
-            name: TextDataset(getattr(splits, name), tokenizer, max_length)
+            name: TextDataset(
+                getattr(splits, name), tokenizer, max_length, sort_by_length=name != "train"
+            )
             for name in ("train", "validation", "test")
         }
     collator = DataCollatorWithPadding(tokenizer)
@@ -183,6 +226,8 @@ def run_classification(
     logits = prediction.predictions
     logits = logits[0] if isinstance(logits, tuple) else logits
     test_acc = float((np.asarray(logits).argmax(-1) == prediction.label_ids).mean())
+    # saved in the order of the test split's rows, whatever order evaluation ran in
+    logits = datasets["test"].in_row_order(logits)
     if is_main_process():
         from safetensors.numpy import save_file
 

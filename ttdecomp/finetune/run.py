@@ -575,5 +575,10 @@ def _prepare_classification(
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc="tokenizing", unit="split", leave=False)
-    datasets = {name: TextDataset(rows, tokenizer, config.max_length) for name, rows in iterator}
+    # evaluation splits longest first (little padding per batch); test logits are saved in
+    # row order all the same (TextDataset.in_row_order)
+    datasets = {
+        name: TextDataset(rows, tokenizer, config.max_length, sort_by_length=name != "train")
+        for name, rows in iterator
+    }
     return _ClassificationJob(config, model_path, splits, tokenizer, datasets, targets)

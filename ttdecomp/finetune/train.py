@@ -42,6 +42,68 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Training order whose consecutive ``batch_size`` examples have similar lengths.
+
+    Each epoch: a seeded shuffle, groups of ``group_batches`` batches each sorted by length
+    and cut into batches, then the batches of the epoch shuffled, so that a batch's length does
+    not depend on where in the epoch it falls. Every process seeded alike draws the same order.
+
+    Examples
+    --------
+    >>> sampler = LengthGroupedSampler([5, 1, 4, 2, 3, 6], batch_size=2, seed=0, group_batches=3)
+    >>> order = list(sampler)
+    >>> sorted(order)
+    [0, 1, 2, 3, 4, 5]
+    >>> sorted(sorted([5, 1, 4, 2, 3, 6][i] for i in order[k : k + 2]) for k in (0, 2, 4))
+    [[1, 2], [3, 4], [5, 6]]
+    """
+
+    def __init__(
+        self, lengths: list[int], batch_size: int, *, seed: int = 0, group_batches: int = 8
+    ) -> None:
+        self.lengths = [int(n) for n in lengths]
+        self.batch_size = int(batch_size)
+        self.group = max(1, int(group_batches)) * self.batch_size
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Any:
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        batches = []
+        for start in range(0, len(order), self.group):
+            group = sorted(order[start : start + self.group], key=lambda i: -self.lengths[i])
+            step = self.batch_size
+            batches += [group[k : k + step] for k in range(0, len(group), step)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield from batches[b]
+
+
+def length_grouped(trainer_class: type) -> type:
+    """``trainer_class`` drawing training batches of similar lengths (evaluation unchanged).
+
+    See :class:`LengthGroupedSampler`; it is seeded with the run's ``data_seed``, so every
+    process of a ``torchrun`` job draws the same global batches (and takes its slice of each,
+    as ``split_batches`` says).
+    """
+
+    class LengthGroupedTrainer(trainer_class):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return LengthGroupedSampler(
+                [len(dataset[i]["input_ids"]) for i in range(len(dataset))],
+                self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                seed=seed,
+            )
+
+    LengthGroupedTrainer.__name__ = f"LengthGrouped{trainer_class.__name__}"
+    LengthGroupedTrainer.__qualname__ = LengthGroupedTrainer.__name__
+    return LengthGroupedTrainer
+
+
 def is_main_process() -> bool:
     """True on the process that writes files and prints (rank 0, or a single process)."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -74,6 +136,10 @@ class TrainSettings:
         over a large vocabulary want the training batch).
     progress : bool
         tqdm bars for training and evaluation (on the main process only).
+    group_by_length : bool
+        Draw each training batch from examples of similar length
+        (:class:`LengthGroupedSampler`), so that little of a batch is padding. Needs examples
+        with ``input_ids``.
 
     Examples
     --------
@@ -91,6 +157,7 @@ class TrainSettings:
     eval_every: int | None = None
     eval_batch_size: int | None = None
     progress: bool = True
+    group_by_length: bool = True
 
     def __post_init__(self) -> None:
         def positive_int(value: Any, name: str, flag: str, upper: int) -> None:
@@ -456,7 +523,10 @@ def fit(
         model.to(device)
     result = FitResult()
     (tracker,) = _callbacks(model, selection, result, total, settings.progress, on_evaluate)
-    trainer = adapted.trainer_class(
+    trainer_class = adapted.trainer_class
+    if settings.group_by_length:
+        trainer_class = length_grouped(trainer_class)
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
