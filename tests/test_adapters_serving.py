@@ -411,3 +411,20 @@ def test_push_to_hub_refuses_offline_mode_and_a_bad_repo_id(monkeypatch) -> None
         model.push_to_hub("  ")
     with pytest.raises(InvalidInputError, match="unknown adapter"):
         model.push_to_hub("user/x", adapter_names=["nope"])
+
+
+def test_default_tt_lora_init_starts_at_the_base_model_and_the_paper_init_does_not() -> None:
+    ids = tiny_batch("llama", 2)["input_ids"]
+    base = tiny_model("llama")
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        model = get_tt_model(base, TTLoRAConfig(tt_rank=3))
+        assert TTLoRAConfig().init == "zero"
+        torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=0, atol=0)
+        paper = get_tt_model(tiny_model("llama"), TTLoRAConfig(tt_rank=3, init="paper"))
+        assert not torch.allclose(paper(input_ids=ids).logits, before)
+    # with ΔW = 0 the last cores still get gradients, so training moves off the base model
+    model.train()
+    model(**tiny_batch("llama", 2)).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
+    assert any(g is not None and bool(g.abs().sum() > 0) for g in grads)
