@@ -39,6 +39,10 @@ SMALL = [
     "12",
     "--no-progress",
     "--no-figures",
+    # one run at a time: a run of the tiny model takes less than a fresh interpreter's start
+    # (test_parallel_runs_equal_sequential_ones covers --jobs 2)
+    "--jobs",
+    "1",
 ]
 
 
@@ -205,7 +209,8 @@ def test_run_writes_results_reloads_and_refuses_to_overwrite(assets, tmp_path, c
     assert [r["method"] for r in load_results(out)["rows"]] == ["lora"]
 
 
-def test_interrupt_keeps_finished_rows_and_resume_finishes(assets, tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_interrupt_keeps_finished_rows_and_resume_finishes(assets, tmp_path, jobs):
     out = tmp_path / "run"
     argv = [
         sys.executable,
@@ -222,6 +227,8 @@ def test_interrupt_keeps_finished_rows_and_resume_finishes(assets, tmp_path):
             "40",
             "--threads",
             "1",
+            "--jobs",  # the last one given wins over SMALL's
+            jobs,
         ),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -242,7 +249,9 @@ def test_interrupt_keeps_finished_rows_and_resume_finishes(assets, tmp_path):
     # finishing the run in progress: never later, never losing a finished row
     assert 1 <= len(kept["rows"]) <= 2
     first = kept["rows"][0]
-    assert (first["method"], first["seed"]) == ("lora", 0)
+    # one run at a time finishes the plan's first run first; two at a time, either of the two
+    firsts = [("lora", 0)] if jobs == "1" else [("lora", 0), ("tt-lora", 0)]
+    assert (first["method"], first["seed"]) in firsts
     assert (out / first["run_dir"] / "adapter").is_dir()
 
     done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, timeout=600)
@@ -257,6 +266,47 @@ def test_interrupt_keeps_finished_rows_and_resume_finishes(assets, tmp_path):
         ("tt-lora", 1),
     ]
     assert final["rows"][0] == first  # the finished row was kept, not redone
+
+
+def test_parallel_runs_equal_sequential_ones(assets, tmp_path, capsys):
+    """--jobs 2 (a process per run) gives the rows and test logits of --jobs 1, bit for bit."""
+    from safetensors.numpy import load_file
+
+    outs = {}
+    for jobs in ("1", "2"):
+        outs[jobs] = tmp_path / f"jobs{jobs}"
+        argv = args(assets, outs[jobs], "--methods", "lora,tt-lora", "--seeds", "0,1")
+        assert main([*argv, "--max-steps", "4", "--threads", "1", "--jobs", jobs]) == 0
+    err = capsys.readouterr().err
+    assert "4 runs, 2 at a time (1 torch thread(s) each)" in err
+    one, two = (load_results(outs[j])["rows"] for j in ("1", "2"))
+    assert [(r["method"], r["seed"]) for r in two] == [
+        ("lora", 0), ("tt-lora", 0), ("lora", 1), ("tt-lora", 1)
+    ]  # fmt: skip
+    keys = ("method", "seed", "val_accuracy", "test_accuracy", "history", "adapter_params")
+    assert [{k: r[k] for k in keys} for r in one] == [{k: r[k] for k in keys} for r in two]
+    for row in one:
+        a = load_file(str(outs["1"] / row["run_dir"] / "test_logits.safetensors"))["logits"]
+        b = load_file(str(outs["2"] / row["run_dir"] / "test_logits.safetensors"))["logits"]
+        np.testing.assert_array_equal(a, b)
+        assert not list((outs["2"] / row["run_dir"]).glob(".run_*"))  # hand-over files gone
+
+
+def test_plan_jobs_shares_the_cores():
+    from ttdecomp.errors import InvalidInputError
+    from ttdecomp.finetune.parallel import plan_jobs
+
+    assert plan_jobs(2, cores=2) == (2, 1)
+    assert plan_jobs(5, cores=8) == (5, 1)
+    assert plan_jobs(1, cores=8) == (1, None)  # one run keeps torch's own threads
+    assert plan_jobs(4, cores=8, threads=4) == (2, 4)
+    assert plan_jobs(4, cores=2, device="cuda:0") == (1, None)
+    assert plan_jobs(4, cores=2, world_size=2) == (1, None)
+    assert plan_jobs(2, jobs=4, cores=8) == (2, 4)  # never more processes than runs
+    with pytest.raises(InvalidInputError, match="drop --jobs under torchrun"):
+        plan_jobs(4, jobs=2, world_size=2)
+    with pytest.raises(InvalidInputError, match="--jobs must be >= 1; got 0"):
+        plan_jobs(4, jobs=0)
 
 
 def test_two_processes_train_the_same_weights_as_one(assets, tmp_path):

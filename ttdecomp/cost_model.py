@@ -168,6 +168,14 @@ class ContractionCost:
     seconds : float
         Estimated time on the :class:`MachineModel` the cost was made for (the ranking
         key of :func:`contraction_plan`; an estimate, unlike ``flops``).
+
+    Examples
+    --------
+    >>> from ttdecomp import contraction_plan, random_ttm
+    >>> plan = contraction_plan(random_ttm((4, 4), (4, 4), ranks=2, seed=0), batch=8)
+    >>> cost = plan.cost  # the chosen candidate
+    >>> cost.order, cost.flops > 0, cost.seconds >= 0
+    ('rtl', True, True)
     """
 
     order: str
@@ -200,6 +208,13 @@ class ContractionPlan:
         The sweep run over the (merged) cores: ``"ltr"``, ``"rtl"`` or ``"dense"``.
     machine : MachineModel
         The rates the estimates were made with.
+
+    Examples
+    --------
+    >>> from ttdecomp import contraction_plan, random_ttm
+    >>> plan = contraction_plan(random_ttm((4, 4), (4, 4), ranks=2, seed=0), batch=8)
+    >>> plan.batch, plan.ranks, plan.cost.order
+    (8, (1, 2, 1), 'rtl')
     """
 
     cost: ContractionCost

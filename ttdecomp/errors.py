@@ -4,6 +4,16 @@ Every error ttdecomp raises on bad input is one of these, so callers can catch
 ``ttdecomp.errors.TTError`` for "ttdecomp rejected my input" while the classes still
 derive from the builtin type a Python user would expect (``ValueError`` for a bad
 value, ``TypeError`` for a bad type).
+
+Examples
+--------
+>>> import numpy as np
+>>> import ttdecomp as tt
+>>> try:
+...     tt.tt_svd(np.full((4, 4), np.nan), ranks=2)
+... except tt.errors.TTError as err:
+...     print(isinstance(err, ValueError), str(err)[:40])
+True ...
 """
 
 from __future__ import annotations

@@ -15,6 +15,12 @@ Dimensions with a large prime factor (e.g. 4099) cannot be split usefully; they 
 
 :func:`to_tt_shape` and :func:`from_tt_shape` convert between ``(row_shape, col_shape)``
 and the flat ``tt_shape`` list of the TT-LoRA paper (input factors, then output factors).
+
+Examples
+--------
+>>> from ttdecomp import shapes
+>>> shapes.factorize(384, 3)
+(8, 8, 6)
 """
 
 from __future__ import annotations

@@ -43,7 +43,19 @@ __all__ = [
 
 
 class TargetModulesError(InvalidInputError):
-    """A target, exclusion or modules-to-save pattern that selects nothing (or the wrong kind)."""
+    """A target, exclusion or modules-to-save pattern that selects nothing (or the wrong kind).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters import TargetModulesError, TTLoRAConfig, get_tt_model
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    >>> try:
+    ...     get_tt_model(net, TTLoRAConfig(target_modules=["q_proj"]))
+    ... except TargetModulesError:
+    ...     print("q_proj matches nothing")
+    q_proj matches nothing
+    """
 
 
 #: Default targets per Hugging Face ``model_type``: ``(TT-LoRA / LoRETTA-rep, LoRETTA-adp)``.
@@ -310,6 +322,14 @@ class TTAdapterConfig:
         Dropout on the adapter input, in ``[0, 1)``.
     base_model_name_or_path : str or None
         Recorded in the saved config; filled from the model when ``None``.
+
+    Examples
+    --------
+    >>> from ttdecomp.adapters import LoRETTAConfig, TTAdapterConfig, TTLoRAConfig
+    >>> issubclass(TTLoRAConfig, TTAdapterConfig), issubclass(LoRETTAConfig, TTAdapterConfig)
+    (True, True)
+    >>> TTLoRAConfig(target_modules=["q_proj"], layers_to_transform=[0, 1]).layers_to_transform
+    [0, 1]
     """
 
     method: ClassVar[str] = "base"

@@ -61,6 +61,19 @@ def export_peft_lora(
         Per module, the relative truncation error ``‖ΔW − B A‖_F / ‖ΔW‖_F`` (0 when ΔW = 0,
         and 0 for a split-layout TT-LoRA layer whose bond rank is at most ``rank``: exported
         exactly from its halves).
+
+    Examples
+    --------
+    >>> import json, os, tempfile
+    >>> import torch
+    >>> from ttdecomp.adapters import TTLoRAConfig, export_peft_lora, get_tt_model
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    >>> config = TTLoRAConfig(tt_rank=2, target_modules=["0"])
+    >>> model = get_tt_model(net, config)
+    >>> folder = tempfile.mkdtemp()
+    >>> errors = export_peft_lora(model.base_model, config, "default", folder, rank=4)
+    >>> sorted(os.listdir(folder)), errors["0"] < 1e-5  # rank 4 holds a rank-2 split TT-LoRA
+    (['adapter_config.json', 'adapter_model.safetensors', 'ttdecomp_export.json'], True)
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise RankError(f"rank must be a positive int; got {rank!r}. Typical LoRA ranks: 8-64.")

@@ -207,6 +207,19 @@ def mark_only_adapters_as_trainable(
     """Freeze everything except the named adapters and their modules-to-save copies.
 
     ``adapter_names=None`` keeps every adapter in the model trainable.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters import (TTLoRAConfig, inject_adapter_in_model,
+    ...                                mark_only_adapters_as_trainable)
+    >>> net = inject_adapter_in_model(
+    ...     TTLoRAConfig(target_modules=["0"]), torch.nn.Sequential(torch.nn.Linear(16, 16)))
+    >>> mark_only_adapters_as_trainable(net)
+    >>> any(p.requires_grad for p in net[0].base_layer.parameters())  # the base is frozen
+    False
+    >>> sum(p.numel() for p in net.parameters() if p.requires_grad) > 0
+    True
     """
     names = set(adapter_names_in(model) if adapter_names is None else adapter_names)
     for p in model.parameters():
@@ -266,6 +279,24 @@ def set_adapter_state_dict(
     Names, shapes and dtypes are all checked before anything is copied; a mismatch raises
     :class:`~ttdecomp.errors.ShapeError` / :class:`~ttdecomp.errors.InvalidInputError` and leaves
     the model as it was.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters import (TTLoRAConfig, get_adapter_state_dict, get_tt_model,
+    ...                                set_adapter_state_dict)
+    >>> def fresh():
+    ...     return torch.nn.Sequential(torch.nn.Linear(16, 16))
+    >>> config = TTLoRAConfig(target_modules=["0"])
+    >>> a, b = get_tt_model(fresh(), config), get_tt_model(fresh(), config)
+    >>> def same():
+    ...     sa, sb = get_adapter_state_dict(a.base_model), get_adapter_state_dict(b.base_model)
+    ...     return all(torch.equal(sa[k], sb[k]) for k in sa)
+    >>> same()  # two random initialisations
+    False
+    >>> set_adapter_state_dict(b.base_model, get_adapter_state_dict(a.base_model))
+    >>> same()
+    True
     """
     own = dict(_adapter_tensors(model, adapter_name))
     if not own:

@@ -199,6 +199,15 @@ class LoRETTARepAdapter(_TTAdapter):
         Dropout on the input.
     init : str
         ``"gaussian"`` (entries with variance ``1/(rows + cols)``) or ``"zero"`` (B = 0).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters import LoRETTAConfig, LoRETTARepAdapter, get_tt_model
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    >>> model = get_tt_model(net, LoRETTAConfig(variant="rep", r=4, target_modules=["0"]))
+    >>> [type(m).__name__ for m in model.modules() if isinstance(m, LoRETTARepAdapter)]
+    ['LoRETTARepAdapter']
     """
 
     _first_cores = "a_cores"
@@ -251,6 +260,16 @@ class LoRETTAAdpAdapter(_TTAdapter):
 
     ``y ← y + up(act(down(dropout(y)) + b_down)) + b_up``, applied to the output of the wrapped
     layer. ``down`` is (bottleneck × features), ``up`` is (features × bottleneck).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters import LoRETTAAdpAdapter, LoRETTAConfig, get_tt_model
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    >>> config = LoRETTAConfig(variant="adp", bottleneck_size=8, target_modules=["0"])
+    >>> model = get_tt_model(net, config)
+    >>> [type(m).__name__ for m in model.modules() if isinstance(m, LoRETTAAdpAdapter)]
+    ['LoRETTAAdpAdapter']
     """
 
     kind = "sequential"

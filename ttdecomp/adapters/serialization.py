@@ -59,7 +59,20 @@ FORMAT_VERSION = 1
 
 
 class AdapterFileError(InvalidInputError):
-    """A saved adapter that is missing, corrupted, truncated, or does not fit the model."""
+    """A saved adapter that is missing, corrupted, truncated, or does not fit the model.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import torch
+    >>> from ttdecomp.adapters import AdapterFileError, TTAdapterModel
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    >>> try:
+    ...     TTAdapterModel.from_pretrained(net, tempfile.mkdtemp())  # an empty folder
+    ... except AdapterFileError:
+    ...     print("refused")
+    refused
+    """
 
 
 def _version() -> str:

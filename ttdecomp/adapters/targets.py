@@ -57,6 +57,15 @@ class TargetInfo:
         ``{"row_shape": ..., "col_shape": ..., "ranks": ...}``.
     n_params : int
         Trainable parameters of the adapter on this module (cores plus adp biases).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters import TTLoRAConfig, inspect_targets
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    >>> info = inspect_targets(net, TTLoRAConfig(tt_rank=4, target_modules=["0"]))[0]
+    >>> info.name, info.out_features, info.in_features, info.n_params > 0
+    ('0', 64, 64, True)
     """
 
     name: str

@@ -180,7 +180,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: torch's; 1 is often faster on a busy machine)",
+        help="torch CPU threads per run (default: the cores shared out among the runs made "
+        "at once; 1 is often faster on a busy machine)",
+    )
+    g.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs made at once, one process each (default on a CPU: as many as the runs and "
+        "cores allow, e.g. 2 on 2 cores; on a GPU or under torchrun: 1)",
     )
     g.add_argument(
         "--quick",
@@ -249,15 +257,10 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, main: bool, should_stop: Any) -> int:
     from ..finetune.run import FinetuneConfig, finetune
 
-    if args.threads is not None:
-        if args.threads < 1:
-            print(
-                f"ttdecomp finetune: error: --threads {args.threads} must be >= 1.", file=sys.stderr
-            )
+    for flag, value in (("--threads", args.threads), ("--jobs", args.jobs)):
+        if value is not None and value < 1:
+            print(f"ttdecomp finetune: error: {flag} {value} must be >= 1.", file=sys.stderr)
             return 2
-        import torch
-
-        torch.set_num_threads(args.threads)
     echo = (lambda line: print(line, file=sys.stderr, flush=True)) if main else None
     try:
         config = FinetuneConfig(
@@ -288,6 +291,8 @@ def _run(args: argparse.Namespace, main: bool, should_stop: Any) -> int:
             figures=args.figures,
             echo=echo,
             should_stop=should_stop,
+            jobs=args.jobs,
+            threads=args.threads,
         )
     except KeyboardInterrupt:
         if main:

@@ -14,6 +14,7 @@ task; :func:`finetune` runs methods × seeds on one model and data set and write
   GGUF file, the chatterbot dialogues, chat-formatted tokens, held-out loss and replies.
 * :mod:`~ttdecomp.finetune.causal` — one causal-LM run (SmolLM2 on dialogues).
 * :mod:`~ttdecomp.finetune.report` — the table, ``results.json``, the figures.
+* :mod:`~ttdecomp.finetune.parallel` — runs side by side, a process each (:func:`plan_jobs`).
 * :mod:`~ttdecomp.finetune.run` — :func:`finetune`: every run, resumable.
 
 Examples
@@ -32,8 +33,9 @@ from .data import Splits, load_classification
 from .dialogues import load_chatterbot, split_dialogues
 from .lm_eval import evaluate_lm, generate_reply
 from .methods import DEFAULT_METHODS, METHODS, MethodSettings, apply_method, default_settings
+from .parallel import plan_jobs
 from .report import load_results
-from .run import FinetuneConfig, FinetuneResult, finetune
+from .run import FinetuneConfig, FinetuneResult, finetune, prepare_job
 from .smollm2 import load_smollm2
 from .train import FitResult, PeakMemory, TrainSettings, fit
 
@@ -60,6 +62,8 @@ __all__ = [
     "load_finetuned",
     "load_results",
     "load_smollm2",
+    "plan_jobs",
+    "prepare_job",
     "run_causal",
     "split_dialogues",
 ]

@@ -52,7 +52,23 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 
 
 def load_results(output: str | Path) -> dict[str, Any]:
-    """The ``results.json`` of a run folder (an error naming the file if it is not one)."""
+    """The ``results.json`` of a run folder (an error naming the file if it is not one).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from ttdecomp.finetune import FinetuneConfig, finetune, load_results
+    >>> from ttdecomp.finetune.testing import tiny_classifier_folder, toy_sentiment_csv
+    >>> tmp = tempfile.mkdtemp()
+    >>> config = FinetuneConfig(model=str(tiny_classifier_folder(tmp + "/model")),
+    ...                         data=str(toy_sentiment_csv(tmp + "/toy.csv", n=120)),
+    ...                         methods=["tt-lora"], epochs=1, sizes=(40, 20, 20), batch_size=8)
+    >>> _ = finetune(config, output=tmp + "/out", progress=False, figures=False,
+    ...              echo=lambda line: None)
+    >>> results = load_results(tmp + "/out")
+    >>> results["complete"], [row["method"] for row in results["rows"]]
+    (True, ['tt-lora'])
+    """
     path = Path(output) / RESULTS_FILE
     try:
         data = json.loads(path.read_text())

@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import InvalidInputError
 from . import assets
 from .methods import DEFAULT_METHODS, METHODS, MethodSettings, check_method, default_settings
+from .parallel import RunPool, plan_jobs
 from .report import (
     RESULTS_FILE,
     format_table,
@@ -37,7 +40,7 @@ from .report import (
     write_figures,
     write_json_atomic,
 )
-from .train import TrainSettings, is_main_process, resolve_device
+from .train import TrainSettings, is_main_process, resolve_device, world_size
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 
@@ -243,7 +246,22 @@ class FinetuneConfig:
 
 @dataclass
 class FinetuneResult:
-    """What :func:`finetune` produced: every row, the per-method summary and where it is."""
+    """What :func:`finetune` produced: every row, the per-method summary and where it is.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from ttdecomp.finetune import FinetuneConfig, finetune
+    >>> from ttdecomp.finetune.testing import tiny_classifier_folder, toy_sentiment_csv
+    >>> tmp = tempfile.mkdtemp()
+    >>> config = FinetuneConfig(model=str(tiny_classifier_folder(tmp + "/model")),
+    ...                         data=str(toy_sentiment_csv(tmp + "/toy.csv", n=120)),
+    ...                         methods=["tt-lora"], epochs=1, sizes=(40, 20, 20), batch_size=8)
+    >>> result = finetune(config, output=tmp + "/out", progress=False, figures=False,
+    ...                   echo=lambda line: None)
+    >>> [row["method"] for row in result.rows], result.summary[0]["adapter_params"] > 0
+    (['tt-lora'], True)
+    """
 
     rows: list[dict[str, Any]]
     summary: list[dict[str, Any]]
@@ -358,6 +376,40 @@ def _task_hint(model: str, data: str) -> str:
     return task
 
 
+def prepare_job(config: FinetuneConfig, *, progress: bool = False) -> tuple[Any, str, Path]:
+    """Load and check the model, data and targets of ``config`` once: ``(job, task, model_path)``.
+
+    ``job.run(settings, train, run_dir)`` is one (method, seed) run on the shared data (what
+    :func:`finetune` loops over, in this process or in the worker processes of
+    :class:`~ttdecomp.finetune.parallel.RunPool`); ``job.targets`` are the adapted layers,
+    ``task`` is ``"classification"`` or ``"causal"``. Nothing is trained here.
+
+    Examples
+    --------
+    >>> job, task, path = prepare_job(FinetuneConfig(quick=True))  # doctest: +SKIP
+    >>> task, job.targets  # doctest: +SKIP
+    ('classification', ['query', 'value'])
+    """
+    model_path, model_task = _resolve_model(config.model)
+    task = _task_of(config.data, model_task)
+    packaged = assets.canonical_model_name(config.model) is not None
+    # a local causal LM can still be loaded as a sequence classifier (a new head); the
+    # packaged models, and a classifier asked to generate, cannot switch
+    if model_task != task and (packaged or task == "causal"):
+        raise InvalidInputError(
+            f"--model {config.model} is a {model_task} model but --data {config.data} is "
+            f"{task} data; use --model minilm with classification data or --model smollm2 "
+            "with --data chatterbot."
+        )
+    if task == "causal":
+        from .causal import prepare_causal
+
+        job = prepare_causal(config, model_path, progress=progress)
+    else:
+        job = _prepare_classification(config, model_path, progress=progress)
+    return job, task, model_path
+
+
 def finetune(
     config: FinetuneConfig | None = None,
     *,
@@ -368,6 +420,8 @@ def finetune(
     figures: bool = True,
     echo: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    jobs: int | None = None,
+    threads: int | None = None,
 ) -> FinetuneResult:
     """Fine-tune every method with every seed on one model and data set, and report.
 
@@ -391,6 +445,14 @@ def finetune(
         Asked after every finished run; ``True`` raises ``KeyboardInterrupt`` there (the
         command's Ctrl-C handler uses it, since Python drops a ``KeyboardInterrupt`` that
         arrives inside a finalizer).
+    jobs : int, optional
+        Runs made at once, each in a process of its own
+        (:mod:`~ttdecomp.finetune.parallel`). Default: on a CPU, as many as the runs and the
+        cores allow (two at once on two cores, one thread each); on a GPU or under
+        ``torchrun``, one. The rows are the same either way.
+    threads : int, optional
+        torch CPU threads per run. Default: the cores shared out among the runs made at once
+        (torch's own setting when one run at a time).
 
     Returns
     -------
@@ -415,24 +477,8 @@ def finetune(
                 "    pip install matplotlib\n"
                 "or pass --no-figures."
             ) from None
-    model_path, model_task = _resolve_model(config.model)
-    task = _task_of(config.data, model_task)
-    packaged = assets.canonical_model_name(config.model) is not None
-    # a local causal LM can still be loaded as a sequence classifier (a new head); the
-    # packaged models, and a classifier asked to generate, cannot switch
-    if model_task != task and (packaged or task == "causal"):
-        raise InvalidInputError(
-            f"--model {config.model} is a {model_task} model but --data {config.data} is "
-            f"{task} data; use --model minilm with classification data or --model smollm2 "
-            "with --data chatterbot."
-        )
     settings = config.method_settings()
-    if task == "causal":
-        from .causal import prepare_causal
-
-        job = prepare_causal(config, model_path, progress=progress)
-    else:
-        job = _prepare_classification(config, model_path, progress=progress)
+    job, task, model_path = prepare_job(config, progress=progress)
     identity = {
         **config.identity(),
         "targets": list(job.targets),
@@ -475,20 +521,68 @@ def finetune(
     plan = [(m, s) for s in config.seeds for m in config.methods if (m, s) not in done]
     if done:
         say(f"resuming: {len(done)} finished run(s) kept, {len(plan)} to go")
-    for i, (method, seed) in enumerate(plan, 1):
-        run_dir = output / "runs" / f"{method}-seed{seed}"
-        if is_main_process() and run_dir.exists():
-            shutil.rmtree(run_dir)  # a run interrupted earlier starts over
-        say(f"run {i}/{len(plan)}: {method}, seed {seed}")
-        row = job.run(settings[method], config.train_settings(seed, progress=progress), run_dir)
+    order = {key: i for i, key in enumerate(plan)}
+
+    def record(method: str, seed: int, row: dict[str, Any], run_dir: Path) -> None:
         row["run_dir"] = str(run_dir.relative_to(output))
-        rows.append(row)
+        # finished rows first, the new ones in the order of the plan, however they finish
+        kept = [r for r in rows if (r["method"], r["seed"]) not in order]
+        new = sorted(
+            [r for r in rows if (r["method"], r["seed"]) in order] + [row],
+            key=lambda r: order[r["method"], r["seed"]],
+        )
+        rows[:] = kept + new
         document["rows"] = rows
         document["summary"] = summarize(rows, methods)
         if is_main_process():
             write_json_atomic(output / RESULTS_FILE, document)
-        if should_stop is not None and should_stop() and i < len(plan):
-            raise KeyboardInterrupt
+
+    def fresh_run_dir(method: str, seed: int) -> Path:
+        run_dir = output / "runs" / f"{method}-seed{seed}"
+        if is_main_process() and run_dir.exists():
+            shutil.rmtree(run_dir)  # a run interrupted earlier starts over
+        return run_dir
+
+    jobs, threads = plan_jobs(
+        len(plan), jobs=jobs, threads=threads, device=config.device, world_size=world_size()
+    )
+    if jobs == 1:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        for i, (method, seed) in enumerate(plan, 1):
+            run_dir = fresh_run_dir(method, seed)
+            say(f"run {i}/{len(plan)}: {method}, seed {seed}")
+            train = config.train_settings(seed, progress=progress)
+            record(method, seed, job.run(settings[method], train, run_dir), run_dir)
+            if should_stop is not None and should_stop() and i < len(plan):
+                raise KeyboardInterrupt
+    else:
+        say(f"{len(plan)} runs, {jobs} at a time ({threads} torch thread(s) each)")
+        with RunPool("ttdecomp.finetune.run:prepare_job", config, jobs, threads) as pool:
+            for method, seed in plan:
+                run_dir = fresh_run_dir(method, seed)
+                pool.submit(
+                    (method, seed),
+                    settings[method],
+                    config.train_settings(seed, progress=progress),
+                    run_dir,
+                )
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(plan), desc="runs", unit="run", position=0)
+            try:
+                for i, ((method, seed), row) in enumerate(pool.results(), 1):
+                    record(method, seed, row, output / "runs" / f"{method}-seed{seed}")
+                    if bar is not None:
+                        bar.update()
+                    say(f"run {i}/{len(plan)} finished: {method}, seed {seed}{_scores(row)}")
+                    if should_stop is not None and should_stop() and i < len(plan):
+                        raise KeyboardInterrupt
+            finally:
+                if bar is not None:
+                    bar.close()
     summary = summarize(rows, methods)
     document["summary"] = summary
     document["complete"] = True
@@ -501,6 +595,18 @@ def finetune(
         write_json_atomic(output / RESULTS_FILE, document)
     table = format_table(summary, task)
     return FinetuneResult(rows, summary, table, output, figure_paths)
+
+
+def _scores(row: Mapping[str, Any]) -> str:
+    """`` (validation 91.0%, test 90.5%)`` for a finished row, or its losses (causal LMs)."""
+    parts = []
+    for name, label in (("val_accuracy", "validation"), ("test_accuracy", "test")):
+        if isinstance(row.get(name), (int, float)):
+            parts.append(f"{label} {100 * row[name]:.1f}%")
+    for name, label in (("val_loss", "validation loss"), ("test_loss", "test loss")):
+        if not parts and isinstance(row.get(name), (int, float)):
+            parts.append(f"{label} {row[name]:.3f}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 @dataclass

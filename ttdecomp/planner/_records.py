@@ -55,6 +55,13 @@ class Plan:
         only; TT-SVD is an orthogonal projection, so its error never exceeds ``‖W‖``).
     achieved_error : float or None
         ``‖W − TT‖ / ‖W‖`` of the real TT-SVD (weight only, with ``verify=True``).
+
+    Examples
+    --------
+    >>> from ttdecomp import plan
+    >>> p = plan((768, 768), budget=5_000)
+    >>> p.n_params <= 5_000, p.layout, len(p.ranks) == p.n_cores + 1
+    (True, 'split', True)
     """
 
     shape: tuple[int, int]
@@ -246,6 +253,13 @@ class ModelPlan:
         The global parameter budget.
     eps : float or None
         The per-layer error target, if one was given.
+
+    Examples
+    --------
+    >>> from ttdecomp import plan_model
+    >>> mp = plan_model({"q": (768, 768), "v": (768, 768)}, budget=10_000)
+    >>> sorted(mp.plans), mp.n_params <= 10_000
+    (['q', 'v'], True)
     """
 
     plans: dict[str, Plan] = field(default_factory=dict)
