@@ -49,6 +49,8 @@ LEVELS = {
     "ttdecomp.adapters.*": 6,
     # user-facing layer: above the adapters, below the command line
     "ttdecomp.finetune.*": 7,
+    # model compression (TTLinear, compress_model): beside finetune, above the adapters
+    "ttdecomp.compress.*": 7,
     "ttdecomp.cli.*": 8,
     "ttdecomp.__main__": 8,
 }

@@ -5,6 +5,8 @@
   parameters. Defaults: the packaged all-MiniLM-L6-v2 and tweets, offline.
 * ``ttdecomp plan`` (:mod:`ttdecomp.cli.plan`): a TT-matrix compression plan for one weight
   shape or for every linear layer of a checkpoint.
+* ``ttdecomp compress`` (:mod:`ttdecomp.cli.compress`): replace a model's linear layers by
+  TT-matrix layers under one budget, report per layer and at the output, save the result.
 
 Errors are printed as one line on stderr with exit status 2; nothing is written.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import finetune, plan
+from . import compress, finetune, plan
 from .plan import parse_budget, parse_shape
 
 __all__ = ["build_parser", "main", "parse_budget", "parse_shape"]
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     finetune.add_parser(sub)
     plan.add_parser(sub)
+    compress.add_parser(sub)
     return parser
 
 

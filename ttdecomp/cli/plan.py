@@ -90,7 +90,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--layers", metavar="REGEX", help="only layers whose name matches (e.g. 'q_proj|v_proj')"
     )
-    p.add_argument("--layout", choices=["split", "interleaved"], default="split")
+    p.add_argument(
+        "--layout",
+        choices=["auto", "split", "interleaved"],
+        default=None,
+        help="TT layout (default: auto with weights, comparing both; split by shapes alone)",
+    )
     p.add_argument("--n-cores", type=int, help="number of cores (default: searched)")
     p.add_argument("--max-rank", type=int, help="cap on every TT rank")
     p.add_argument("--batch", type=int, help="rows of x for the FLOP figures (default 1)")

@@ -10,7 +10,29 @@ from typing import Any
 
 from ..errors import InvalidInputError, ShapeError
 
-__all__ = ["check_budget", "check_opt_int", "check_shape"]
+__all__ = ["PLAN_LAYOUTS", "check_budget", "check_opt_int", "check_plan_layout", "check_shape"]
+
+#: What the planner accepts: ``"auto"`` compares the split and the interleaved candidates.
+PLAN_LAYOUTS = ("auto", "split", "interleaved")
+
+
+def check_plan_layout(layout: Any, with_weight: bool) -> str:
+    """``layout``, with ``None`` meaning ``"auto"`` given a weight and ``"split"`` without."""
+    if layout is None:
+        return "auto" if with_weight else "split"
+    if layout not in PLAN_LAYOUTS:
+        raise InvalidInputError(
+            f"layout must be one of {PLAN_LAYOUTS} or None, got {layout!r}: 'auto' compares "
+            "the split and interleaved layouts and their core counts by the error reached "
+            "(needs a weight), 'split' for TT-LoRA (input factors first), 'interleaved' for "
+            "the classic TT-matrix."
+        )
+    if layout == "auto" and not with_weight:
+        raise InvalidInputError(
+            "layout='auto' compares layouts by the error they reach and needs the weight; pass "
+            "weight=W (use_weights=True), or layout='split' / 'interleaved' to plan by shapes."
+        )
+    return layout
 
 
 def check_shape(shape: Any) -> tuple[int, int]:

@@ -12,10 +12,10 @@ import numpy as np
 from .. import counts
 from .._validation import check_eps
 from ..errors import InvalidInputError, ShapeError, TTError
-from ..shapes import MAX_PRIME, check_layout
+from ..shapes import MAX_PRIME
 from ._candidates import Candidate, candidates, min_tt
 from ._checkpoint import Source
-from ._checks import check_budget, check_opt_int, check_shape
+from ._checks import check_budget, check_opt_int, check_plan_layout, check_shape
 from ._plan import Choice, build_plan, choose, with_achieved
 from ._ranks import global_greedy
 from ._records import ModelPlan, Plan
@@ -40,7 +40,7 @@ def plan_model(
     *,
     eps: float | None = None,
     pattern: str | None = None,
-    layout: str = "split",
+    layout: str | None = None,
     n_cores: int | None = None,
     max_rank: int | None = None,
     batch: int | None = None,
@@ -50,6 +50,7 @@ def plan_model(
     pad: bool = False,
     max_prime: int = MAX_PRIME,
     progress: bool = False,
+    allocation: str = "global",
 ) -> ModelPlan:
     """Plan every layer of a model under one global budget.
 
@@ -69,7 +70,9 @@ def plan_model(
         Regex (``re.search``) selecting layer names, e.g. ``"q_proj|v_proj"``; a pattern
         that selects nothing is an error.
     layout, n_cores, max_rank, batch, lora_rank, pad, max_prime
-        As in :func:`plan`, for every layer.
+        As in :func:`plan`, for every layer (``layout`` defaults to ``"auto"`` with weights,
+        where each layer gets the factorisation with the smallest bound for its share, and
+        ``"split"`` by shapes alone).
     use_weights : bool
         Minimise the TT-SVD error using the weights (default). ``False`` plans by shapes
         alone (capacity), reading only the checkpoint's header.
@@ -77,6 +80,13 @@ def plan_model(
         With weights, run one TT-SVD per layer to measure the achieved error.
     progress : bool
         Show a tqdm progress bar on stderr (needs tqdm). Off by default.
+    allocation : {"global", "proportional"}
+        With weights and a budget: ``"global"`` (default) moves parameters between layers by
+        one greedy on the summed squared relative error bounds; ``"proportional"`` gives
+        every layer its share of the budget in proportion to its dense size (the same
+        fraction everywhere) and plans each layer within it. The global greedy starves
+        layers whose spectra are flat, which can cost more at the model's output than it
+        saves elsewhere (see the compression guide).
 
     Returns
     -------
@@ -103,13 +113,17 @@ def plan_model(
     >>> [r["layer"] for r in mp.records()]
     ['q', 'ffn']
     """
-    layout = check_layout(layout)
     eps = check_eps(eps)
     max_rank = check_opt_int(max_rank, "max_rank")
     batch_n = check_opt_int(batch, "batch") or 1
     lora_rank = check_opt_int(lora_rank, "lora_rank") or 8
     src = Source(layers, pattern)
     with_weights = use_weights and all(has_w for _, (_, has_w) in src.entries)
+    layout = check_plan_layout(layout, with_weights)
+    if allocation not in ("global", "proportional"):
+        raise InvalidInputError(
+            f"allocation must be 'global' or 'proportional', got {allocation!r}."
+        )
     if eps is not None and not with_weights:
         raise InvalidInputError(
             "eps is a target for the TT-SVD error and needs the weights; pass weights (or a "
@@ -136,10 +150,14 @@ def plan_model(
         raise InvalidInputError("give a global budget, or eps=... with weights.")
     need = sum(min_tt(c).min_params for c in cands.values())
     if budget_n is not None and need > budget_n:
+        each = {name: min_tt(c).min_params for name, c in cands.items()}
+        listed = ", ".join(f"{name} {n:,}" for name, n in list(each.items())[:6])
+        more = f" and {len(each) - 6} more" if len(each) > 6 else ""
         raise InvalidInputError(
             f"budget {budget_n:,} is below {need:,}, the sum of the smallest TT-matrices "
-            f"(all ranks 1) of the {len(shapes)} selected layers; raise the budget or "
-            "select fewer layers (pattern=...)."
+            f"(all ranks 1) of the {len(shapes)} selected layers (each layer's minimum: "
+            f"{listed}{more}); raise the budget to at least {need:,} or select fewer layers "
+            "(pattern=...)."
         )
 
     def share(name: str) -> int | None:
@@ -158,7 +176,7 @@ def plan_model(
             if key not in memo:
                 choice = choose(cands[name], key[2], None, None, batch_n)
                 memo[key] = build_plan(
-                    shapes[name], choice, layout, key[2], None, batch_n, lora_rank, False
+                    shapes[name], choice, key[2], None, batch_n, lora_rank, False
                 )
             result.plans[name] = memo[key]
         return result
@@ -177,7 +195,7 @@ def plan_model(
         chosen[name] = choose(cands[name], share(name), eps, spectra, batch_n)
         gains[name] = spectra.gains(chosen[name].cand)
         del w, spectra
-    if budget_n is not None and eps is None:
+    if budget_n is not None and eps is None and allocation == "global":
         ranks = global_greedy({k: chosen[k].cand for k in names}, gains, budget_n)
         for name in names:
             c = chosen[name].cand
@@ -186,7 +204,7 @@ def plan_model(
             chosen[name] = Choice(c, r, counts.tt_n_params(c.modes, list(r)), bound)
     result = ModelPlan(budget=budget_n, eps=eps)
     for name in _progress(names, progress and verify, "verifying"):
-        p = build_plan(shapes[name], chosen[name], layout, budget_n, eps, batch_n, lora_rank, True)
+        p = build_plan(shapes[name], chosen[name], budget_n, eps, batch_n, lora_rank, True)
         if verify:
             w = src.weight(name)
             p = with_achieved(p, p.decompose(w), w)

@@ -16,14 +16,14 @@ from .._backend import check_array
 from .._validation import check_eps
 from ..cost_model import DEFAULT_MEMORY_BUDGET, MachineModel, cached_plan
 from ..errors import InvalidInputError, ShapeError, TTWarning
-from ..shapes import MAX_PRIME, check_layout
+from ..shapes import MAX_PRIME
 from ._candidates import Candidate, budget_error, candidates
-from ._checks import check_budget, check_opt_int, check_shape
+from ._checks import check_budget, check_opt_int, check_plan_layout, check_shape
 from ._ranks import capacity_ranks, error_ranks
 from ._records import Plan
 from ._spectra import Spectra, as_numpy
 
-__all__ = ["Choice", "build_plan", "choose", "plan", "with_achieved"]
+__all__ = ["Choice", "build_plan", "choose", "plan", "ranked", "with_achieved"]
 
 
 _REL_TIE = 1e-12
@@ -71,13 +71,26 @@ def choose(
                 ch.n_params,
             ),
         )
+    return ranked(choices, eps)[0]
+
+
+def ranked(choices: list[Choice], eps: float | None) -> list[Choice]:
+    """Choices with an error bound, best first: with ``eps``, those reaching it by parameters;
+    then by the bound (equal bounds, up to round-off, by parameters)."""
+    reach: list[Choice] = []
     if eps is not None:
-        reach = [ch for ch in choices if ch.bound_sq <= eps * eps * (1 + _REL_TIE)]
-        if reach:
-            return min(reach, key=lambda ch: (ch.n_params, ch.bound_sq))
+        reach = sorted(
+            (ch for ch in choices if ch.bound_sq <= eps * eps * (1 + _REL_TIE)),
+            key=lambda ch: (ch.n_params, ch.bound_sq),
+        )
     best = min(ch.bound_sq for ch in choices)
-    close = [ch for ch in choices if ch.bound_sq <= best * (1 + 1e-9) + 1e-30]
-    return min(close, key=lambda ch: (ch.n_params, ch.bound_sq))
+    rest = [ch for ch in choices if not any(ch is r for r in reach)]
+
+    def key(ch: Choice) -> tuple[float, int, float]:
+        tied = ch.bound_sq <= best * (1 + 1e-9) + 1e-30
+        return (best if tied else ch.bound_sq, ch.n_params, ch.bound_sq)
+
+    return reach + sorted(rest, key=key)
 
 
 def plan(
@@ -86,7 +99,7 @@ def plan(
     *,
     weight: Any = None,
     eps: float | None = None,
-    layout: str = "split",
+    layout: str | None = None,
     n_cores: int | None = None,
     max_rank: int | None = None,
     batch: int | None = None,
@@ -111,8 +124,12 @@ def plan(
         Relative Frobenius error target in ``(0, 1)`` (needs ``weight``): the cheapest
         plan whose error bound is at most ``eps`` (within ``budget`` if also given; if the
         budget cannot reach it, the best plan within the budget, with a warning).
-    layout : {"split", "interleaved"}
-        TT-LoRA's split layout or the classic TT-matrix (see :mod:`ttdecomp.shapes`).
+    layout : {"auto", "split", "interleaved"}, optional
+        TT-LoRA's split layout, the classic TT-matrix (see :mod:`ttdecomp.shapes`), or
+        ``"auto"``: both, over the core counts the shape allows (from two cores up), compared
+        by the error bound each reaches within the budget (needs the weight). Default:
+        ``"auto"`` with a weight, ``"split"`` without. Choosing by the bound keeps the plan
+        monotone in the budget (more budget never gives a larger predicted error).
     n_cores : int, optional
         Fix the number of cores; otherwise searched (see the module notes).
     max_rank : int, optional
@@ -153,7 +170,7 @@ def plan(
     >>> q.achieved_error <= q.predicted_error + 1e-12  # the bound, up to round-off
     True
     """
-    layout = check_layout(layout)
+    layout = check_plan_layout(layout, weight is not None)
     if weight is not None:
         check_array(weight, "weight")
         if weight.ndim != 2:
@@ -215,9 +232,7 @@ def plan(
             TTWarning,
             stacklevel=2,
         )
-    result = build_plan(
-        (m, n), choice, layout, budget_n, eps, batch_n, lora_rank, spectra is not None
-    )
+    result = build_plan((m, n), choice, budget_n, eps, batch_n, lora_rank, spectra is not None)
     if budget_n is not None and result.n_params > result.dense_n_params:
         warnings.warn(
             f"the plan has {result.n_params:,} parameters, more than the dense weight's "
@@ -227,15 +242,13 @@ def plan(
             stacklevel=2,
         )
     if weight is not None and verify:
-        ttm = result.decompose(weight)
-        result = with_achieved(result, ttm, weight)
+        result = with_achieved(result, result.decompose(weight), weight)
     return result
 
 
 def build_plan(
     shape: tuple[int, int],
     choice: Choice,
-    layout: str,
     budget: int | None,
     eps: float | None,
     batch: int,
@@ -264,7 +277,7 @@ def build_plan(
     return Plan(
         shape=shape,
         padded_shape=(math.prod(c.row_shape), math.prod(c.col_shape)),
-        layout=layout,
+        layout=c.layout,
         row_shape=c.row_shape,
         col_shape=c.col_shape,
         ranks=choice.ranks,

@@ -50,7 +50,11 @@ class Spectra:
             x = t.reshape(pm * pn, -1)  # the unfolding: (row-group x column-group)
             g = x @ x.conj().T if x.shape[0] <= x.shape[1] else x.conj().T @ x
             ev = np.linalg.eigvalsh(g)[::-1]
-            ev = np.clip(ev, 0.0, None)
+            # eigenvalues within the round-off of the Gram's eigen-decomposition are zeros:
+            # an exactly low-rank unfolding (a Kronecker product, say) must show no gain
+            # beyond its rank, or the greedies would spend the budget on noise
+            noise = float(ev[0]) * g.shape[0] * 8 * np.finfo(np.float64).eps if ev.size else 0.0
+            ev = np.where(ev > noise, ev, 0.0)
             scale = self.norm_sq if self.norm_sq > 0 else 1.0
             self._cache[key] = ev / scale
         return self._cache[key]

@@ -1,0 +1,104 @@
+"""``ttdecomp compress`` end to end on a tiny BERT saved to disk (the packaged tokenizer)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from ttdecomp.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    try:
+        from ttdecomp.finetune.assets import model_path
+
+        tok_path = model_path("minilm")
+    except Exception as exc:  # the packaged tokenizer is an optional asset
+        pytest.skip(f"packaged MiniLM not installed: {exc}")
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    cfg = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(cfg).save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(tok_path).save_pretrained(folder)
+    texts = folder / "texts.txt"
+    texts.write_text("\n".join(f"tweet number {i} about the weather {i % 7}" for i in range(48)))
+    return folder, texts
+
+
+def test_compress_command_writes_a_reloadable_model(tiny_bert, tmp_path, capsys):
+    folder, texts = tiny_bert
+    out = tmp_path / "out"
+    code = main(
+        [
+            "compress",
+            str(folder),
+            "--budget",
+            "50%",
+            "--calibration",
+            str(texts),
+            "--calibration-size",
+            "16",
+            "--eval-size",
+            "16",
+            "--heal",
+            "--heal-seconds",
+            "5",
+            "--heal-steps",
+            "3",
+            "--heal-size",
+            "16",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--output",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "out.err" in printed and "mean cosine" in printed and "healing: 3 steps" in printed
+    record = json.loads((out / "report.json").read_text())
+    assert record["report"]["n_params"] <= 0.5 * record["report"]["dense_n_params"]
+    assert len(record["report"]["layers"]) == 12  # 6 linear layers x 2 encoder layers
+    assert 0 < record["measured"]["cosine"] <= 1.0 + 1e-6
+    from ttdecomp.compress import TTLinear, load_compressed
+
+    fresh = load_compressed(transformers.BertModel.from_pretrained(folder), out)
+    assert isinstance(fresh.encoder.layer[0].attention.self.query, TTLinear)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--output", "o"], "--budget"),
+        (["--budget", "5", "--output", "o"], "minimum"),
+        (["--budget", "50%", "--targets", "nope", "--output", "o"], "matches no module"),
+        (["--budget", "50%", "--calibration", "missing.txt", "--output", "o"], "missing.txt"),
+    ],
+)
+def test_compress_command_bad_input(tiny_bert, tmp_path, capsys, argv, needle):
+    folder, texts = tiny_bert
+    argv = [a if a != "o" else str(tmp_path / "o") for a in argv]
+    if "--calibration" not in argv:
+        argv = [*argv, "--calibration", str(texts), "--calibration-size", "8"]
+    code = main(["compress", str(folder), *argv, "--eval-size", "8", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("ttdecomp compress: error:") and needle in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_compress_command_unknown_model(capsys):
+    assert main(["compress", "no-such-model", "--budget", "50%", "--output", "x"]) == 2
+    assert "unknown model" in capsys.readouterr().err

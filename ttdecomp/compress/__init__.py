@@ -1,0 +1,59 @@
+"""Model compression with TT-matrices: ``TTLinear``, ``compress_model``, saving, healing.
+
+Sits above :mod:`ttdecomp.adapters` (beside :mod:`ttdecomp.finetune`) and below the command
+line; it needs torch.
+
+* :mod:`~ttdecomp.compress.layers` — :class:`TTLinear`, a linear layer whose weight is a
+  TT-matrix (``from_linear`` for ``nn.Linear`` and GPT-2 ``Conv1D``, ``to_linear``).
+* :mod:`~ttdecomp.compress.calibration` — output-aware decomposition: whitening by the
+  Cholesky factor of the calibration Gram ``XᵀX``, TT-SVD, exact un-whitening or rounding
+  plus refinement; the Grams of a model's layers.
+* :mod:`~ttdecomp.compress.model` — :func:`compress_model` and its report.
+* :mod:`~ttdecomp.compress.serialization` — :func:`save_compressed`, :func:`load_compressed`.
+* :mod:`~ttdecomp.compress.heal` — :func:`heal`, a short distillation into the TT cores.
+
+Examples
+--------
+>>> import torch
+>>> from ttdecomp.compress import compress_model
+>>> torch.manual_seed(0) is not None
+True
+>>> net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+>>> small, report = compress_model(net, budget=0.25)
+>>> report.n_params <= 0.25 * 2 * 64 * 256
+True
+"""
+
+from __future__ import annotations
+
+from .calibration import WhitenedResult, collect_grams, decompose_whitened, output_error
+from .heal import HealReport, heal
+from .layers import TTLinear
+from .model import DEFAULT_SKIP, CompressionReport, LayerReport, compress_model, select_layers
+from .serialization import (
+    COMPRESSED_CONFIG,
+    COMPRESSED_WEIGHTS,
+    CompressedFileError,
+    load_compressed,
+    save_compressed,
+)
+
+__all__ = [
+    "COMPRESSED_CONFIG",
+    "COMPRESSED_WEIGHTS",
+    "DEFAULT_SKIP",
+    "CompressedFileError",
+    "CompressionReport",
+    "HealReport",
+    "LayerReport",
+    "TTLinear",
+    "WhitenedResult",
+    "collect_grams",
+    "compress_model",
+    "decompose_whitened",
+    "heal",
+    "load_compressed",
+    "output_error",
+    "save_compressed",
+    "select_layers",
+]

@@ -1,0 +1,215 @@
+"""Healing: a short distillation of the original model's outputs into the compressed one.
+
+Only the TT cores train (every other parameter is frozen); the teacher is the original
+model, run without gradients on the same batches. The loss compares what the model
+returns:
+
+* ``.logits`` (a language model or a classifier): the KL divergence of the student's
+  distribution from the teacher's, per position (``temperature`` 1 by default);
+* ``.last_hidden_state`` (an encoder): the mean squared error of the hidden states,
+  divided by the teacher's mean square, so 1.0 means "no better than zeros";
+* a plain tensor: the same normalised mean squared error.
+
+Positions where the batch's ``attention_mask`` is 0 are left out. AdamW, a constant
+learning rate after a short warm-up, dropout off (the student is fitted to its eval-mode
+outputs), and a wall-clock limit (``max_seconds``, checked after
+every step) that stops training even when ``steps`` is not reached.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError
+from .calibration import batches_of
+from .layers import TTLinear
+
+__all__ = ["HealReport", "heal"]
+
+
+@dataclass
+class HealReport:
+    """What :func:`heal` did.
+
+    Attributes
+    ----------
+    steps : int
+        Optimiser steps taken.
+    seconds : float
+        Wall time.
+    loss_first, loss_last : float
+        Mean loss over the first and the last ``min(10, steps)`` steps.
+    trained_params : int
+        Parameters trained (the TT cores).
+    """
+
+    steps: int
+    seconds: float
+    loss_first: float
+    loss_last: float
+    trained_params: int
+
+
+def _unpack(out: Any) -> tuple[str, torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return "hidden", out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return "logits", logits
+    hidden = getattr(out, "last_hidden_state", None)
+    if isinstance(hidden, torch.Tensor):
+        return "hidden", hidden
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return "hidden", out[0]
+    raise InvalidInputError(
+        f"heal cannot read the model's output ({type(out).__name__}); it needs a tensor, "
+        "or an output with .logits or .last_hidden_state."
+    )
+
+
+def _call(model: nn.Module, batch: Any) -> Any:
+    return model(**batch) if isinstance(batch, Mapping) else model(batch)
+
+
+def distill_loss(
+    student_out: Any, teacher_out: Any, mask: torch.Tensor | None, temperature: float = 1.0
+) -> torch.Tensor:
+    """The healing loss between two outputs (module notes); ``mask`` is ``(B, T)`` or None."""
+    kind, s = _unpack(student_out)
+    _, t = _unpack(teacher_out)
+    s, t = s.float(), t.float()
+    if mask is not None and s.ndim >= 3 and tuple(mask.shape) == tuple(s.shape[:2]):
+        keep = mask.bool()
+        s, t = s[keep], t[keep]  # (n, features)
+    if kind == "logits":
+        log_p = torch.log_softmax(s / temperature, dim=-1)
+        log_q = torch.log_softmax(t / temperature, dim=-1)
+        kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+        return kl.mean() * temperature**2
+    scale = t.pow(2).mean().clamp_min(1e-12)
+    return (s - t).pow(2).mean() / scale
+
+
+def heal(
+    model: nn.Module,
+    teacher: nn.Module,
+    data: Any,
+    *,
+    steps: int = 1000,
+    max_seconds: float = 300.0,
+    lr: float = 1e-4,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> HealReport:
+    """Train the TT cores of ``model`` to reproduce ``teacher``'s outputs on ``data``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The compressed model (holding :class:`TTLinear` layers); trained in place, left in
+        eval mode.
+    teacher : nn.Module
+        The original model (not modified).
+    data : tensor, mapping or list of them
+        Training batches, as for ``compress_model``'s calibration (cycled).
+    steps : int
+        At most this many optimiser steps.
+    max_seconds : float
+        Stop after this much wall time (default 5 minutes).
+    lr : float
+        AdamW learning rate (20 warm-up steps).
+    temperature : float
+        Of the KL loss on logits.
+    seed : int
+        Seeds the batch order.
+
+    Returns
+    -------
+    HealReport
+
+    Examples
+    --------
+    >>> from ttdecomp.compress import compress_model
+    >>> torch.manual_seed(0) is not None
+    True
+    >>> teacher = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Tanh())
+    >>> x = torch.randn(64, 32)
+    >>> student, _ = compress_model(teacher, budget=0.3)
+    >>> rep = heal(student, teacher, [x[:32], x[32:]], steps=50, lr=1e-2)
+    >>> rep.loss_last < rep.loss_first
+    True
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InvalidInputError(f"steps must be a positive int, got {steps!r}.")
+    if not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise InvalidInputError(f"max_seconds must be a positive number, got {max_seconds!r}.")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise InvalidInputError(f"lr must be a positive number, got {lr!r}.")
+    batches = batches_of(data)
+    cores = [p for m in model.modules() if isinstance(m, TTLinear) for p in m.cores]
+    if not cores:
+        raise InvalidInputError(
+            "the model holds no TTLinear layer to heal; compress it first (compress_model)."
+        )
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in cores:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(cores, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 20))
+    gen = torch.Generator().manual_seed(seed)
+    teacher.eval()
+    model.eval()  # dropout off: the student is fitted to the outputs it will give in use
+    losses: list[float] = []
+    start = time.perf_counter()
+    device = cores[0].device
+    done = False
+    try:
+        while not done:
+            for i in torch.randperm(len(batches), generator=gen).tolist():
+                batch = batches[i]
+                if isinstance(batch, Mapping):
+                    batch = {
+                        k: v.to(device) if isinstance(v, torch.Tensor) else v
+                        for k, v in batch.items()
+                    }
+                    mask = batch.get("attention_mask")
+                else:
+                    batch = torch.as_tensor(batch).to(device)
+                    mask = None
+                with torch.no_grad():
+                    target = _call(teacher, batch)
+                loss = distill_loss(_call(model, batch), target, mask, temperature)
+                if not torch.isfinite(loss):
+                    raise InvalidInputError(
+                        f"the healing loss became {float(loss.detach())} at step "
+                        f"{len(losses)}; lower lr (now {lr})."
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+                done = len(losses) >= steps or time.perf_counter() - start >= max_seconds
+                if done:
+                    break
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(flags.get(id(p), True))
+        model.eval()
+    k = min(10, len(losses))
+    return HealReport(
+        steps=len(losses),
+        seconds=time.perf_counter() - start,
+        loss_first=sum(losses[:k]) / k,
+        loss_last=sum(losses[-k:]) / k,
+        trained_params=sum(p.numel() for p in cores),
+    )

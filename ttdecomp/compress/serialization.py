@@ -1,0 +1,276 @@
+"""Saving and loading compressed models: ``ttdecomp_compressed.json`` + ``.safetensors``.
+
+The safetensors file holds the compressed model's whole state (TT cores in place of the
+replaced weights; tensors shared between names, such as tied embeddings, stored once and
+named in the JSON's ``aliases``). The JSON records the ttdecomp version, the model's class
+and ``config.model_type``, every replaced layer with its shapes and ranks, each tensor's
+shape, and the compression report. No pickle: loading runs no code from the files.
+
+:func:`load_compressed` takes a fresh copy of the base architecture (e.g.
+``AutoModel.from_pretrained(base)`` or ``from_config``), checks class, layers, tensor names
+and shapes against the files **before** modifying it, then swaps in :class:`TTLinear` layers
+and loads the state. Both files are written to temporary files and renamed into place (the
+adapters' transactional writer); both carry one ``save_id``, so a pair from two saves is
+refused.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..adapters.serialization import write_files
+from ..errors import InvalidInputError
+from .layers import TTLinear, dense_weight, is_linear_module
+from .model import CompressionReport
+
+__all__ = [
+    "COMPRESSED_CONFIG",
+    "COMPRESSED_WEIGHTS",
+    "CompressedFileError",
+    "load_compressed",
+    "save_compressed",
+]
+
+COMPRESSED_CONFIG = "ttdecomp_compressed.json"
+COMPRESSED_WEIGHTS = "ttdecomp_compressed.safetensors"
+FORMAT_VERSION = 1
+
+
+class CompressedFileError(InvalidInputError):
+    """A saved compressed model that is missing, corrupted, or does not fit the given model."""
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("ttdecomp")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _model_type(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def save_compressed(
+    model: nn.Module, folder: str | Path, report: CompressionReport | None = None
+) -> Path:
+    """Write a compressed model (its state and its TT layers) to ``folder``, atomically.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model holding :class:`TTLinear` layers (from :func:`compress_model`).
+    folder : str or Path
+        Created if needed; the two files are replaced together.
+    report : CompressionReport, optional
+        Stored in the JSON for the record.
+
+    Returns
+    -------
+    Path
+        The folder.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from ttdecomp.compress import compress_model
+    >>> net, _ = compress_model(torch.nn.Sequential(torch.nn.Linear(32, 32)), budget=0.5)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = save_compressed(net, d)
+    ...     fresh = load_compressed(torch.nn.Sequential(torch.nn.Linear(32, 32)), d)
+    ...     type(fresh[0]).__name__
+    'TTLinear'
+    """
+    from safetensors.torch import save
+
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, TTLinear)}
+    if not layers:
+        raise InvalidInputError(
+            "the model holds no TTLinear layer; compress it first (compress_model) or save it "
+            "with its own save_pretrained."
+        )
+    state = model.state_dict()
+    kept: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, tuple[int, ...], tuple[int, ...], str], str] = {}
+    for key, t in state.items():
+        ident = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), str(t.device))
+        if t.numel() > 0 and ident in seen:
+            aliases[key] = seen[ident]
+            continue
+        seen[ident] = key
+        kept[key] = t.detach().to("cpu").contiguous()
+    save_id = uuid.uuid4().hex
+    record = {
+        "format_version": FORMAT_VERSION,
+        "ttdecomp_version": _version(),
+        "save_id": save_id,
+        "model_class": type(model).__name__,
+        "model_type": _model_type(model),
+        "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None),
+        "layers": {
+            name: {
+                "in_features": m.in_features,
+                "out_features": m.out_features,
+                "row_shape": list(m.row_shape),
+                "col_shape": list(m.col_shape),
+                "ranks": list(m.ranks),
+                "bias": m.bias is not None,
+                "dtype": str(m.cores[0].dtype).removeprefix("torch."),
+            }
+            for name, m in layers.items()
+        },
+        "tensors": {k: list(t.shape) for k, t in state.items()},
+        "aliases": aliases,
+        "report": None if report is None else report.to_dict(),
+    }
+    weights = save(kept, metadata={"format": "pt", "save_id": save_id})
+    folder = Path(folder)
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    write_files(
+        [(folder / COMPRESSED_WEIGHTS, weights), (folder / COMPRESSED_CONFIG, text.encode())]
+    )
+    return folder
+
+
+def _read(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    cfg_path, w_path = folder / COMPRESSED_CONFIG, folder / COMPRESSED_WEIGHTS
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise CompressedFileError(
+                f"{p} is missing; a compressed model folder holds {COMPRESSED_CONFIG} and "
+                f"{COMPRESSED_WEIGHTS} (written by save_compressed)."
+            )
+    try:
+        record = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CompressedFileError(f"{cfg_path} is not valid JSON ({exc}).") from None
+    if not isinstance(record, dict) or record.get("format_version") != FORMAT_VERSION:
+        raise CompressedFileError(
+            f"{cfg_path} is not a ttdecomp compressed-model config of format {FORMAT_VERSION}."
+        )
+    data = w_path.read_bytes()
+    try:
+        tensors = load(data)
+        from safetensors import safe_open  # the metadata, to match the pair
+
+        with safe_open(str(w_path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CompressedFileError(f"{w_path} is not a readable safetensors file ({exc}).") from None
+    if meta.get("save_id") != record.get("save_id"):
+        raise CompressedFileError(
+            f"{cfg_path} and {w_path} come from different saves (save_id differs); save again."
+        )
+    return record, tensors
+
+
+def load_compressed(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Load a compressed model saved by :func:`save_compressed` into ``model`` (in place).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A fresh copy of the base architecture the compressed model was made from (its
+        weights are overwritten by the saved state).
+    folder : str or Path
+
+    Returns
+    -------
+    nn.Module
+        ``model``, with the saved :class:`TTLinear` layers and state.
+
+    Raises
+    ------
+    CompressedFileError
+        Missing or corrupted files; a model of another class or ``model_type``; a saved
+        layer missing from ``model`` or of another shape; tensors whose names or shapes
+        differ. Nothing is modified when it raises.
+    """
+    folder = Path(folder)
+    record, tensors = _read(folder)
+    where = f"the compressed model in {folder}"
+    saved_class, cls = record.get("model_class"), type(model).__name__
+    if saved_class != cls or record.get("model_type") != _model_type(model):
+        raise CompressedFileError(
+            f"{where} was saved from a {saved_class} (model_type {record.get('model_type')!r}) "
+            f"but the given model is a {cls} (model_type {_model_type(model)!r}); load it into "
+            "a fresh copy of the architecture it was compressed from."
+        )
+    modules = dict(model.named_modules())
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for name, spec in record["layers"].items():
+        module = modules.get(name)
+        if module is None:
+            raise CompressedFileError(f"{where} has a TT layer {name!r} the given model lacks.")
+        shape = (spec["out_features"], spec["in_features"])
+        if isinstance(module, TTLinear):
+            have = (module.out_features, module.in_features)
+        elif is_linear_module(module):
+            have = tuple(dense_weight(module).shape)
+        else:
+            raise CompressedFileError(
+                f"{where}: layer {name!r} is a {type(module).__name__} in the given model, not "
+                "a linear layer; this is another architecture."
+            )
+        if have != shape:
+            raise CompressedFileError(
+                f"{where}: layer {name!r} is {shape[0]}x{shape[1]} in the files but "
+                f"{have[0]}x{have[1]} in the given model; this is another architecture "
+                "(or another size of it)."
+            )
+        for key in [k for k in expected if k.startswith(name + ".")]:
+            del expected[key]
+        d = len(spec["row_shape"])
+        for k in range(d):
+            r0, r1 = spec["ranks"][k], spec["ranks"][k + 1]
+            expected[f"{name}.cores.{k}"] = (r0, spec["row_shape"][k], spec["col_shape"][k], r1)
+        if spec["bias"]:
+            expected[f"{name}.bias"] = (spec["out_features"],)
+    saved = {k: tuple(v) for k, v in record["tensors"].items()}
+    if saved != expected:
+        missing = sorted(set(expected) - set(saved))[:5]
+        extra = sorted(set(saved) - set(expected))[:5]
+        shapes = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])[:5]
+        raise CompressedFileError(
+            f"{where} does not fit the given model: tensors missing from the files {missing}, "
+            f"unknown to the model {extra}, with other shapes {shapes}. Load it into a fresh "
+            "copy of the architecture it was compressed from."
+        )
+    for key in saved:
+        src = record["aliases"].get(key, key)
+        if src not in tensors or tuple(tensors[src].shape) != saved[key]:
+            raise CompressedFileError(f"{where}: tensor {key!r} is missing or of another shape.")
+        if tensors[src].is_floating_point() and not bool(torch.isfinite(tensors[src]).all()):
+            raise CompressedFileError(f"{where}: tensor {key!r} holds NaN or Inf.")
+    for name, spec in record["layers"].items():
+        module = modules[name]
+        ref = next(module.parameters())
+        dtype = getattr(torch, spec["dtype"], ref.dtype)
+        layer = TTLinear(
+            spec["in_features"],
+            spec["out_features"],
+            spec["row_shape"],
+            spec["col_shape"],
+            spec["ranks"],
+            spec["bias"],
+            dtype=dtype,
+            device=ref.device,
+        )
+        layer.train(module.training)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, layer)
+    state = {key: tensors[record["aliases"].get(key, key)] for key in saved}
+    model.load_state_dict(state, strict=True)
+    return model
