@@ -2,7 +2,9 @@
 
 PEFT cannot register new methods, so this package mirrors its API: a config dataclass,
 :func:`get_tt_model` returning a wrapper whose layers keep ``base_layer``, merging, saving and
-loading, several named adapters, and an export to a standard PEFT LoRA checkpoint.
+loading, several named adapters, mixed-adapter batches (``adapter_names=``), weighted
+combinations (``add_weighted_adapter``), status reports, and an export to a standard PEFT LoRA
+checkpoint.
 :class:`TTAdapterTrainer` (imported on first use, it pulls in ``transformers.Trainer``) is a
 ``Trainer`` whose checkpoints hold only the adapters.
 
@@ -41,12 +43,19 @@ from .layers import (
     TTLoRAAdapter,
 )
 from .model import TTAdapterModel, get_tt_model
+from .routing import BASE_ADAPTER
 from .serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError
+from .serving import FORWARDED_ATTRIBUTES
+from .status import TTLayerStatus, TTModelStatus
 from .targets import TargetInfo, inspect_targets
+from .weighted import COMBINATION_TYPES
 
 __all__ = [
+    "BASE_ADAPTER",
+    "COMBINATION_TYPES",
     "CONFIG_NAME",
     "DEFAULT_TARGETS",
+    "FORWARDED_ATTRIBUTES",
     "WEIGHTS_NAME",
     "AdapterFileError",
     "LoRETTAAdpAdapter",
@@ -57,8 +66,10 @@ __all__ = [
     "TTAdapterLayer",
     "TTAdapterModel",
     "TTAdapterTrainer",
+    "TTLayerStatus",
     "TTLoRAAdapter",
     "TTLoRAConfig",
+    "TTModelStatus",
     "TargetInfo",
     "TargetModulesError",
     "config_from_dict",

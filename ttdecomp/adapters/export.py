@@ -1,10 +1,18 @@
-"""Export a TT adapter as a standard PEFT LoRA checkpoint (truncated SVD of ΔW).
+"""Export a TT adapter as a standard PEFT LoRA checkpoint.
 
-For every adapted layer, ΔW (out × in, float32) is factored as ``U S Vᵀ`` and truncated to
-``rank``: ``lora_B = U_k √S_k`` and ``lora_A = √S_k V_kᵀ``, with ``lora_alpha = rank`` so PEFT's
-scaling ``alpha / r`` is 1. The output of PEFT then differs from the TT adapter's only by the
-discarded singular values (Eckart–Young: ``‖ΔW − B A‖_F = √(Σ_{i>k} σ_i²)``, returned per module).
-Layers whose ΔW has fewer than ``rank`` singular values are padded with zeros.
+A TT-LoRA adapter in the split layout (input cores first, output cores after, the default) is
+already LoRA-shaped: merging the input cores gives ``A`` (N × r) and the output cores ``B``
+(r × M), with ``ΔW = alpha · (A B)ᵀ`` and ``r`` the rank of the bond between the halves. When
+``rank >= r`` the export writes ``lora_A = Aᵀ`` and ``lora_B = alpha · Bᵀ`` directly (zero-padded to
+``rank``): exact, and no SVD of the dense ΔW is formed.
+
+Otherwise (interleaved layouts, LoRETTA-rep, or ``rank < r``), ΔW (out × in, float32) is
+factored as ``U S Vᵀ`` and truncated to ``rank``: ``lora_B = U_k √S_k`` and ``lora_A = √S_k
+V_kᵀ``. The output of PEFT then differs from the TT adapter's only by the discarded singular
+values (Eckart–Young: ``‖ΔW − B A‖_F = √(Σ_{i>k} σ_i²)``, returned per module). Layers whose
+ΔW has fewer than ``rank`` singular values are padded with zeros.
+
+In both cases ``lora_alpha = rank``, so PEFT's scaling ``alpha / r`` is 1.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from torch import nn
 
 from ..errors import InvalidInputError, RankError
 from .config import ADP_CANNOT_MERGE, LoRETTAConfig, TTAdapterConfig
-from .layers import ModulesToSaveWrapper, TTAdapterLayer
+from .fast import split_bond, split_halves
+from .layers import ModulesToSaveWrapper, TTAdapterLayer, TTLoRAAdapter
 from .serialization import write_files
 
 __all__ = ["export_peft_lora"]
@@ -49,7 +58,9 @@ def export_peft_lora(
     Returns
     -------
     dict of str to float
-        Per module, the relative truncation error ``‖ΔW − B A‖_F / ‖ΔW‖_F`` (0 when ΔW = 0).
+        Per module, the relative truncation error ``‖ΔW − B A‖_F / ‖ΔW‖_F`` (0 when ΔW = 0,
+        and 0 for a split-layout TT-LoRA layer whose bond rank is at most ``rank``: exported
+        exactly from its halves).
 
     Examples
     --------
@@ -87,19 +98,10 @@ def export_peft_lora(
     modules_to_save: list[str] = []
     for name, m in model.named_modules():
         if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
-            delta = m.tt_adapters[adapter_name].delta_weight().detach()  # (out, in) float32
-            u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-            k = min(rank, s.shape[0])
-            root = s[:k].sqrt()
-            b = torch.zeros(delta.shape[0], rank)
-            a = torch.zeros(rank, delta.shape[1])
-            b[:, :k] = u[:, :k] * root
-            a[:k] = root[:, None] * vh[:k]
+            a, b, errors[name] = _lora_pair(m.tt_adapters[adapter_name], rank)
             dtype = m.weight.dtype
             tensors[f"base_model.model.{name}.lora_A.weight"] = a.to(dtype).contiguous()
             tensors[f"base_model.model.{name}.lora_B.weight"] = b.to(dtype).contiguous()
-            total = float(s.square().sum())
-            errors[name] = math.sqrt(float(s[k:].square().sum()) / total) if total > 0 else 0.0
             targets.append(name)
             conv1d.add(m.fan_in_fan_out)
         elif isinstance(m, ModulesToSaveWrapper) and adapter_name in m.modules_to_save:
@@ -133,3 +135,30 @@ def export_peft_lora(
         ]
     )
     return errors
+
+
+def _lora_pair(adapter: nn.Module, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(lora_A (rank × in), lora_B (out × rank), relative error)`` of one adapter, float32."""
+    with torch.no_grad():
+        if isinstance(adapter, TTLoRAAdapter):
+            cores = [c.detach().float() for c in adapter.cores]
+            s = split_bond(cores)
+            if s is not None and int(cores[s - 1].shape[3]) <= rank:
+                half_in, half_out = split_halves(cores, s)  # (in, r), (r, out)
+                r = int(half_in.shape[1])
+                a = torch.zeros(rank, int(half_in.shape[0]))
+                b = torch.zeros(int(half_out.shape[1]), rank)
+                a[:r] = half_in.T
+                b[:, :r] = half_out.T * adapter.alpha
+                return a, b, 0.0
+        delta = adapter.delta_weight().detach()  # (out, in) float32
+        u, sv, vh = torch.linalg.svd(delta, full_matrices=False)
+        k = min(rank, sv.shape[0])
+        root = sv[:k].sqrt()
+        b = torch.zeros(delta.shape[0], rank)
+        a = torch.zeros(rank, delta.shape[1])
+        b[:, :k] = u[:, :k] * root
+        a[:k] = root[:, None] * vh[:k]
+        total = float(sv.square().sum())
+        error = math.sqrt(float(sv[k:].square().sum()) / total) if total > 0 else 0.0
+        return a, b, error

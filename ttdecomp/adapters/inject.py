@@ -27,7 +27,7 @@ from .layers import (
     TTLoRAAdapter,
     adapter_dtype,
 )
-from .targets import TargetInfo, inspect_targets, select_modules_to_save
+from .targets import TargetInfo, adapter_wrappers, inspect_targets, select_modules_to_save
 
 __all__ = [
     "adapter_names_in",
@@ -51,9 +51,14 @@ def check_adapter_name(adapter_name: Any) -> None:
 
 
 def build_adapter(
-    config: TTAdapterConfig, info: TargetInfo, weight: torch.Tensor, *, init: str | None = None
+    config: TTAdapterConfig, info: TargetInfo, weight: torch.Tensor, *, init: str | None = "config"
 ) -> nn.Module:
-    """The adapter module for one target (``init`` overrides the config's, e.g. when loading)."""
+    """The adapter module for one target.
+
+    ``init`` overrides the config's; ``None`` leaves the parameters uninitialised (loading
+    copies the values in next).
+    """
+    init = config.init if init == "config" else init
     kwargs = {"dtype": adapter_dtype(weight), "device": weight.device}
     mats = info.tt_matrices
 
@@ -66,7 +71,7 @@ def build_adapter(
             tt_rank=config.tt_rank,
             alpha=config.alpha,
             dropout=config.dropout,
-            init=init or config.init,
+            init=init,
             **kwargs,
         )
     if config.variant == "rep":
@@ -77,7 +82,7 @@ def build_adapter(
             r=config.r,
             alpha=config.alpha,
             dropout=config.dropout,
-            init=init or config.init,
+            init=init,
             **kwargs,
         )
     return LoRETTAAdpAdapter(
@@ -86,7 +91,7 @@ def build_adapter(
         tensor_rank=config.tensor_rank,
         non_linearity=config.non_linearity,
         dropout=config.dropout,
-        init=init or config.init,
+        init=init,
         **kwargs,
     )
 
@@ -97,9 +102,19 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def has_adapter(model: nn.Module, adapter_name: str) -> bool:
+    """Whether any layer of ``model`` holds an adapter named ``adapter_name``."""
+    for _, m in adapter_wrappers(model):
+        if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
+            return True
+        if isinstance(m, ModulesToSaveWrapper) and adapter_name in m.modules_to_save:
+            return True
+    return False
+
+
 def adapter_names_in(model: nn.Module) -> set[str]:
     names: set[str] = set()
-    for m in model.modules():
+    for _, m in adapter_wrappers(model):
         if isinstance(m, TTAdapterLayer):
             names |= set(m.tt_adapters)
         elif isinstance(m, ModulesToSaveWrapper):
@@ -112,7 +127,9 @@ def inject_adapter_in_model(
     model: nn.Module,
     adapter_name: str = "default",
     *,
-    _init: str | None = None,
+    _init: str | None = "config",
+    _activate: bool = True,
+    _prebuilt: tuple[list[TargetInfo], dict[str, nn.Module]] | None = None,
 ) -> nn.Module:
     """Add adapter ``adapter_name`` described by ``config`` to ``model``, in place.
 
@@ -120,6 +137,11 @@ def inject_adapter_in_model(
     are layers wrapped, so an error leaves the model unchanged. Already wrapped layers get one
     more adapter. Afterwards only the new adapter's parameters (and its modules-to-save copies)
     require gradients, and it is the active adapter of the layers it touches.
+
+    (Internal: ``_init`` overrides the config's init, ``None`` leaving the cores uninitialised
+    for values copied in next; ``_activate=False`` adds the adapter frozen and inactive and
+    leaves every other parameter as it was, which is what loading many adapters needs;
+    ``_prebuilt`` is ``(targets, adapters by target)`` already validated, as loading makes.)
 
     Parameters
     ----------
@@ -142,18 +164,26 @@ def inject_adapter_in_model(
     ('TTAdapterLayer', ['0.tt_adapters.default.cores.0', '0.tt_adapters.default.cores.1'])
     """
     check_adapter_name(adapter_name)
-    if adapter_name in adapter_names_in(model):
+    if has_adapter(model, adapter_name):
         raise InvalidInputError(
             f"the model already has an adapter named {adapter_name!r}; pick another name or "
             "delete_adapter() it first."
         )
-    infos = inspect_targets(model, config)
+    infos = inspect_targets(model, config) if _prebuilt is None else _prebuilt[0]
     saved = select_modules_to_save(model, config)
+    init = config.init if _init == "config" else _init
     for info in infos:
         current = model.get_submodule(info.name)
         layer = current if isinstance(current, TTAdapterLayer) else TTAdapterLayer(current)
-        layer.add(adapter_name, build_adapter(config, info, layer.weight, init=_init))
-        layer.set_active([adapter_name])
+        if _prebuilt is None:
+            adapter = build_adapter(config, info, layer.weight, init=init)
+        else:
+            adapter = _prebuilt[1][info.name]
+        layer.add(adapter_name, adapter, activate=_activate)
+        if _activate:
+            layer.set_active([adapter_name])
+        else:
+            adapter.requires_grad_(False)
         if layer is not current:
             set_submodule(model, info.name, layer)
     for name in saved:
@@ -161,10 +191,13 @@ def inject_adapter_in_model(
         wrapper = (
             current if isinstance(current, ModulesToSaveWrapper) else ModulesToSaveWrapper(current)
         )
-        wrapper.add(adapter_name)
+        wrapper.add(adapter_name, activate=_activate)
+        if not _activate:
+            wrapper.modules_to_save[adapter_name].requires_grad_(False)
         if wrapper is not current:
             set_submodule(model, name, wrapper)
-    mark_only_adapters_as_trainable(model, [adapter_name])
+    if _activate:
+        mark_only_adapters_as_trainable(model, [adapter_name])
     return model
 
 
@@ -202,7 +235,7 @@ def mark_only_adapters_as_trainable(
 
 def _adapter_tensors(model: nn.Module, adapter_name: str) -> Iterator[tuple[str, torch.Tensor]]:
     """``(key, tensor)`` of one adapter; keys are ``<module name>.<parameter path>``."""
-    for name, m in model.named_modules():
+    for name, m in adapter_wrappers(model):
         if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
             for pname, p in m.tt_adapters[adapter_name].named_parameters():
                 yield f"{name}.{pname}", p

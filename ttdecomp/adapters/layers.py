@@ -8,8 +8,11 @@ keeps it as ``base_layer``, untouched. Each adapter is a small module in ``tt_ad
 * :class:`LoRETTAAdpAdapter`: ``y ← y + up(act(down(y) + b_down)) + b_up`` (applied after the
   base layer; non-linear, so it cannot be merged).
 
-Unmerged forwards run the TT cores through :func:`ttdecomp.contract.linear` (memory-lean autograd,
-no ΔW formed). Merging forms ΔW in float32 once and adds it to the base weight.
+Unmerged forwards run the TT cores through :class:`~ttdecomp.adapters.fast.TTForwardCache`
+(the planner's contraction, cached per batch size, through the memory-lean autograd Function of
+:func:`ttdecomp.contract.linear`; in inference the merged operands are cached too, so one-token
+decode costs what LoRA costs). Merging forms ΔW in float32 once and adds it to the base weight.
+A batch whose rows use different adapters is routed by :mod:`ttdecomp.adapters.routing`.
 
 Adapter parameters live in float32 when the base weight is float16/bfloat16 (as PEFT does);
 inputs are cast to the adapter dtype and the adapter's output back to the layer's dtype.
@@ -18,6 +21,7 @@ inputs are cast to the adapter dtype and the adapter's output back to the layer'
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -25,14 +29,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..contract import linear as tt_linear
 from ..counts import max_ranks
 from ..errors import InvalidInputError
-from ..random import core_std
 from ..tt_matrix import TTMatrix
 from .config import ADP_CANNOT_MERGE
+from .cores import CoreList, gaussian_tt_cores_, make_cores, paper_init_
+from .fast import TTForwardCache
+from .routing import BASE_ADAPTER, Routing, check_not_merged, route_rows
 
 __all__ = [
+    "CoreList",
     "LoRETTAAdpAdapter",
     "LoRETTARepAdapter",
     "ModulesToSaveWrapper",
@@ -55,60 +61,19 @@ def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
 
 
-def _make_cores(
-    row_shape: Sequence[int],
-    col_shape: Sequence[int],
-    ranks: Sequence[int],
-    *,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> nn.ParameterList:
-    """Uninitialised 4-D cores ``(r_{k-1}, m_k, n_k, r_k)`` as plain parameters."""
-    return nn.ParameterList(
-        [
-            nn.Parameter(torch.empty(ranks[k], m, n, ranks[k + 1], dtype=dtype, device=device))
-            for k, (m, n) in enumerate(zip(row_shape, col_shape))
-        ]
-    )
-
-
-def gaussian_tt_cores_(cores: Sequence[torch.Tensor], variance: float) -> None:
-    """Fill ``cores`` in place so that every entry of the TT-matrix has ``variance``.
-
-    An entry is a sum over ``∏ r_k`` (interior ranks) products of ``d`` independent core entries,
-    so with core std ``s`` its variance is ``∏ r_k · s^(2d)``; hence t3f's formula
-    (:func:`ttdecomp.random.core_std`) ``s = variance^(1/(2d)) · (∏ r_k)^(−1/(2d))``.
-
-    Examples
-    --------
-    >>> cores = [torch.empty(1, 4, 4, 5), torch.empty(5, 4, 4, 5), torch.empty(5, 4, 4, 1)]
-    >>> torch.manual_seed(0) and None
-    >>> second_moments = []
-    >>> for _ in range(200):
-    ...     gaussian_tt_cores_(cores, 1 / 128)
-    ...     second_moments.append(float(TTMatrix(cores).full().square().mean()))
-    >>> round(sum(second_moments) / len(second_moments) * 128, 1)
-    1.0
-    """
-    std = core_std(math.sqrt(variance), [1, *(int(c.shape[-1]) for c in cores)])
-    with torch.no_grad():
-        for core in cores:
-            core.normal_(0.0, std)
-
-
-def _paper_init_(cores: Sequence[torch.Tensor]) -> None:
-    """TT-LoRA's init: Kaiming-uniform (a = √8) per core, then each core at unit Frobenius norm."""
-    with torch.no_grad():
-        for core in cores:
-            nn.init.kaiming_uniform_(core, a=math.sqrt(8))
-            core.div_(torch.linalg.vector_norm(core))
-
-
 class _TTAdapter(nn.Module):
     """Common surface of one adapter: ``kind``, ``delta_weight()``, ``forward``."""
 
     #: "parallel": ``y = base(x) + adapter(x)``; "sequential": ``y = h + adapter(h)``, h = base(x).
     kind = "parallel"
+
+    #: The CoreList whose first core gives the dtype the adapter computes in.
+    _first_cores = "cores"
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the adapter's parameters (all share one), which it computes in."""
+        return next(iter(self._modules[self._first_cores]._parameters.values())).dtype
 
 
 class TTLoRAAdapter(_TTAdapter):
@@ -125,15 +90,16 @@ class TTLoRAAdapter(_TTAdapter):
         Raw scale of ΔW.
     dropout : float
         Dropout on the adapter's input.
-    init : str
-        ``"paper"``, ``"zero"`` or ``"ttsvd"`` (see :class:`~ttdecomp.adapters.TTLoRAConfig`).
+    init : str or None
+        ``"zero"``, ``"paper"`` or ``"ttsvd"`` (see :class:`~ttdecomp.adapters.TTLoRAConfig`);
+        ``None`` leaves the cores uninitialised (loading copies values in next).
     dtype, device
         Where the cores live.
 
     Examples
     --------
     >>> torch.manual_seed(0) and None
-    >>> ad = TTLoRAAdapter((1, 1, 4, 8), (4, 8, 1, 1), tt_rank=3, alpha=2.0)
+    >>> ad = TTLoRAAdapter((1, 1, 4, 8), (4, 8, 1, 1), tt_rank=3, alpha=2.0, init="paper")
     >>> ad.delta_weight().shape, sum(p.numel() for p in ad.parameters())
     (torch.Size([32, 32]), 144)
     >>> x = torch.randn(5, 32)
@@ -149,16 +115,17 @@ class TTLoRAAdapter(_TTAdapter):
         tt_rank: int,
         alpha: float,
         dropout: float = 0.0,
-        init: str = "paper",
+        init: str | None = "zero",
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         ranks = adapter_ranks(row_shape, col_shape, tt_rank)
         self.alpha = float(alpha)
-        self.cores = _make_cores(row_shape, col_shape, ranks, dtype=dtype, device=device)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        if self.cores[0].device.type != "meta":
+        self.cores = make_cores(row_shape, col_shape, ranks, dtype=dtype, device=device)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.fast = TTForwardCache(self.alpha)
+        if self.cores[0].device.type != "meta" and init is not None:
             self.reset_parameters(init)
 
     def reset_parameters(self, init: str) -> None:
@@ -166,7 +133,7 @@ class TTLoRAAdapter(_TTAdapter):
         if init == "ttsvd":
             self._ttsvd_init_()
             return
-        _paper_init_(self.cores)
+        paper_init_(self.cores)
         if init == "zero":
             with torch.no_grad():
                 self.cores[-1].zero_()
@@ -193,9 +160,10 @@ class TTLoRAAdapter(_TTAdapter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``alpha · dropout(x) ΔW_TT^T`` for ``x[..., in]``."""
-        # alpha scales the (small) last core instead of the (batch × out) output.
-        cores = [*self.cores[:-1], self.cores[-1] * self.alpha]
-        return tt_linear(self.dropout(x), cores, check_finite=False)
+        # alpha scales the (small) last core, or the cached halves, not the (batch × out) output
+        if self.training and self.dropout is not None:  # identity in eval mode: no call
+            x = self.dropout(x)
+        return self.fast.linear(x, tuple(self.cores._parameters.values()))
 
 
 def _loretta_cores(
@@ -203,9 +171,9 @@ def _loretta_cores(
     tensor_rank: int,
     dtype: torch.dtype | None,
     device: torch.device | str | None,
-) -> nn.ParameterList:
+) -> CoreList:
     """Cores of one LoRETTA TT-matrix ``(row_shape, col_shape)`` with uniform interior rank."""
-    return _make_cores(*shape, adapter_ranks(*shape, tensor_rank), dtype=dtype, device=device)
+    return make_cores(*shape, adapter_ranks(*shape, tensor_rank), dtype=dtype, device=device)
 
 
 def _loretta_gaussian_(*trains: Sequence[torch.Tensor]) -> None:
@@ -242,6 +210,8 @@ class LoRETTARepAdapter(_TTAdapter):
     ['LoRETTARepAdapter']
     """
 
+    _first_cores = "a_cores"
+
     def __init__(
         self,
         a_shape: tuple,
@@ -259,8 +229,9 @@ class LoRETTARepAdapter(_TTAdapter):
         self.scaling = float(alpha) / int(r)
         self.a_cores = _loretta_cores(a_shape, tensor_rank, dtype, device)
         self.b_cores = _loretta_cores(b_shape, tensor_rank, dtype, device)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        if self.a_cores[0].device.type != "meta":
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.fast_a, self.fast_b = TTForwardCache(), TTForwardCache(self.scaling)
+        if self.a_cores[0].device.type != "meta" and init is not None:
             self.reset_parameters(init)
 
     def reset_parameters(self, init: str) -> None:
@@ -278,9 +249,10 @@ class LoRETTARepAdapter(_TTAdapter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(alpha / r) · B(A(dropout(x)))`` without forming ΔW."""
-        h = tt_linear(self.dropout(x), list(self.a_cores), check_finite=False)
-        b_cores = [*self.b_cores[:-1], self.b_cores[-1] * self.scaling]
-        return tt_linear(h, b_cores, check_finite=False)
+        if self.training and self.dropout is not None:
+            x = self.dropout(x)
+        h = self.fast_a.linear(x, tuple(self.a_cores._parameters.values()))
+        return self.fast_b.linear(h, tuple(self.b_cores._parameters.values()))
 
 
 class LoRETTAAdpAdapter(_TTAdapter):
@@ -301,6 +273,7 @@ class LoRETTAAdpAdapter(_TTAdapter):
     """
 
     kind = "sequential"
+    _first_cores = "down_cores"
 
     def __init__(
         self,
@@ -322,8 +295,9 @@ class LoRETTAAdpAdapter(_TTAdapter):
         )
         self.up_bias = nn.Parameter(torch.zeros(math.prod(up_shape[0]), dtype=dtype, device=device))
         self.act = _ACTIVATIONS[non_linearity]()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        if self.down_cores[0].device.type != "meta":
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.fast_down, self.fast_up = TTForwardCache(), TTForwardCache()
+        if self.down_cores[0].device.type != "meta" and init is not None:
             self.reset_parameters(init)
 
     def reset_parameters(self, init: str) -> None:
@@ -344,10 +318,11 @@ class LoRETTAAdpAdapter(_TTAdapter):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """The adapter's residual ``up(act(down(y) + b_down)) + b_up`` (added by the caller)."""
-        h = self.act(
-            tt_linear(self.dropout(y), list(self.down_cores), self.down_bias, check_finite=False)
-        )
-        return tt_linear(h, list(self.up_cores), self.up_bias, check_finite=False)
+        if self.training and self.dropout is not None:
+            y = self.dropout(y)
+        down = tuple(self.down_cores._parameters.values())
+        h = self.act(self.fast_down.linear(y, down, self.down_bias))
+        return self.fast_up.linear(h, tuple(self.up_cores._parameters.values()), self.up_bias)
 
 
 def adapter_ranks(row_shape: Sequence[int], col_shape: Sequence[int], rank: int) -> tuple[int, ...]:
@@ -357,7 +332,13 @@ def adapter_ranks(row_shape: Sequence[int], col_shape: Sequence[int], rank: int)
     parameters and no expressiveness; :func:`~ttdecomp.adapters.inspect_targets` warns
     when it clips.
     """
-    return max_ranks(row_shape, col_shape, max_rank=int(rank))
+    return _adapter_ranks(tuple(row_shape), tuple(col_shape), int(rank))
+
+
+@functools.lru_cache(maxsize=1024)
+def _adapter_ranks(row_shape: tuple, col_shape: tuple, rank: int) -> tuple[int, ...]:
+    # memoised: a pure function, called for every target of every adapter built or loaded
+    return tuple(max_ranks(row_shape, col_shape, max_rank=rank))
 
 
 class TTAdapterLayer(nn.Module):
@@ -405,6 +386,8 @@ class TTAdapterLayer(nn.Module):
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self.disable_adapters = False
+        #: Set by the model for the duration of a call with ``adapter_names=``.
+        self.routing: Routing | None = None
         self._original_weights: dict[str, torch.Tensor] = {}
 
     @property
@@ -495,14 +478,18 @@ class TTAdapterLayer(nn.Module):
                     weight.data = (weight.data.float() - delta).to(weight.dtype)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Base output plus every active, unmerged adapter."""
+        """Base output plus every active, unmerged adapter (or, in a mixed batch, each row's)."""
         if self.disable_adapters:
             if self.merged_adapters:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
         y = self.base_layer(x, *args, **kwargs)
-        merged = [n for n in self.active_adapters if n in self.merged_adapters]
+        if self.routing is not None:
+            check_not_merged(self.extra_repr(), self.merged_adapters)
+            return route_rows(y, x, self.routing, self.tt_adapters, _run_adapter)
+        merged = self.merged_adapters
         if merged and torch.is_grad_enabled():
+            merged = [n for n in self.active_adapters if n in merged]
             trainable = [
                 p for n in merged for p in self.tt_adapters[n].parameters() if p.requires_grad
             ]
@@ -514,9 +501,7 @@ class TTAdapterLayer(nn.Module):
             if name in self.merged_adapters:
                 continue
             adapter = self.tt_adapters[name]
-            dtype = _param_dtype(adapter)
-            source = x if adapter.kind == "parallel" else y
-            y = y + adapter(source.to(dtype)).to(y.dtype)
+            y = y + _run_adapter(adapter, x if adapter.kind == "parallel" else y).to(y.dtype)
         return y
 
     def extra_repr(self) -> str:
@@ -544,9 +529,9 @@ class _MergedBackwardGuard(torch.autograd.Function):
         )
 
 
-def _param_dtype(adapter: nn.Module) -> torch.dtype:
-    """The dtype of an adapter's parameters (all share one)."""
-    return next(adapter.parameters()).dtype
+def _run_adapter(adapter: nn.Module, source: torch.Tensor) -> torch.Tensor:
+    """An adapter's contribution, computed in its own dtype (the caller casts it back)."""
+    return adapter(source.to(adapter.compute_dtype))
 
 
 class ModulesToSaveWrapper(nn.Module):
@@ -570,6 +555,8 @@ class ModulesToSaveWrapper(nn.Module):
         self.modules_to_save = nn.ModuleDict()
         self.active_adapter: str | None = None
         self.disable_adapters = False
+        #: Set by the model for the duration of a call with ``adapter_names=``.
+        self.routing: Routing | None = None
         original_module.requires_grad_(False)
 
     def add(self, adapter_name: str, *, activate: bool = True) -> None:
@@ -596,8 +583,38 @@ class ModulesToSaveWrapper(nn.Module):
         return self.modules_to_save[self.active_adapter]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The active copy's forward (or the original's)."""
-        return self._current()(*args, **kwargs)
+        """The active copy's forward (or the original's); in a mixed batch, each row's copy."""
+        if self.routing is None or self.disable_adapters:
+            return self._current()(*args, **kwargs)
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if not isinstance(x, torch.Tensor) or x.ndim == 0:
+            raise InvalidInputError(
+                "adapter_names needs the modules-to-save copies to take a batch tensor as "
+                f"first input; {type(self.original_module).__name__} got {type(x).__name__}."
+            )
+        out = self.original_module(*args, **kwargs)
+        for name, idx in self.routing.groups(int(x.shape[0]), x.device):
+            if name == BASE_ADAPTER or name not in self.modules_to_save:
+                continue
+            copy_ = self.modules_to_save[name]
+            if idx is None:
+                out = copy_(*args, **kwargs)
+                continue
+            rows = int(x.shape[0])
+            pick = [
+                a.index_select(0, idx)
+                if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == rows
+                else a
+                for a in args
+            ]
+            picked = {
+                k: v.index_select(0, idx)
+                if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == rows
+                else v
+                for k, v in kwargs.items()
+            }
+            out = out.index_copy(0, idx, copy_(*pick, **picked))
+        return out
 
     def __getattr__(self, name: str) -> Any:
         """Attributes the model reads off the wrapped module (``weight``, ``eps``, ...)."""

@@ -8,8 +8,14 @@ The functional layer under it (works on any ``nn.Module``, mutates it in place) 
 Wrapper: :func:`get_tt_model` returns a :class:`TTAdapterModel` with PEFT's names —
 ``print_trainable_parameters``, ``merge_adapter``, ``merge_and_unload``, ``set_adapter``,
 ``add_adapter``, ``disable_adapter``, ``save_pretrained``, ``from_pretrained``,
-``export_peft_lora`` ... — whose ``forward`` is the base model's (same signature, so
-``transformers.Trainer`` keeps the dataset columns) and which forwards unknown attributes to it.
+``export_peft_lora``, ``add_weighted_adapter``, ``get_model_status`` ... — whose ``forward``
+is the base model's (same signature, so ``transformers.Trainer`` keeps the dataset columns) plus
+``adapter_names=`` for mixed-adapter batches (:mod:`ttdecomp.adapters.routing`).
+
+Only the attributes in :data:`FORWARDED_ATTRIBUTES` are read from the base model; anything
+else is an ``AttributeError`` that says so. PEFT forwards every unknown attribute, so there
+``model.push_to_hub`` or ``model.num_parameters`` silently resolve to the base model's and
+would upload or count the full model; here they are the wrapper's own.
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ from .inject import (
 )
 from .layers import ModulesToSaveWrapper, TTAdapterLayer
 from .serialization import load_adapter, remove_stale_adapters, save_adapters
+from .serving import FORWARDED_ATTRIBUTES, ServingMixin, batch_rows
 
 __all__ = [
+    "FORWARDED_ATTRIBUTES",
     "TTAdapterModel",
     "get_adapter_state_dict",
     "get_tt_model",
@@ -44,7 +52,7 @@ __all__ = [
 ]
 
 
-class TTAdapterModel(nn.Module):
+class TTAdapterModel(ServingMixin, nn.Module):
     """A model with tensor-train adapters, shaped like ``peft.PeftModel``.
 
     Build it with :func:`get_tt_model` or :meth:`from_pretrained`. ``forward`` is the base
@@ -97,13 +105,22 @@ class TTAdapterModel(nn.Module):
         self.forward = functools.wraps(model.forward)(functools.partial(_call_base, self))
 
     def __getattr__(self, name: str) -> Any:
-        """Attributes not found here are read from the base model (``config``, ``device``...)."""
+        """Read :data:`FORWARDED_ATTRIBUTES` (``config``, ``device``...) from the base model."""
         try:
             return super().__getattr__(name)
         except AttributeError:
             if name in ("base_model", "_modules") or "_modules" not in self.__dict__:
                 raise
-            return getattr(self.base_model, name)
+            if name in FORWARDED_ATTRIBUTES:
+                return getattr(self.base_model, name)
+            if hasattr(self.base_model, name):
+                raise AttributeError(
+                    f"TTAdapterModel does not forward {name!r} to the base model (only "
+                    "ttdecomp.adapters.model.FORWARDED_ATTRIBUTES are, so that nothing acts on "
+                    f"the full model by accident); use model.base_model.{name} if you mean "
+                    "the base model's."
+                ) from None
+            raise
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -305,25 +322,43 @@ class TTAdapterModel(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(
-        self, save_directory: str | Path, adapter_names: Sequence[str] | None = None
+        self,
+        save_directory: str | Path,
+        adapter_names: Sequence[str] | None = None,
+        *,
+        selected_adapters: Sequence[str] | None = None,
     ) -> None:
         """Save adapters: ``default`` in ``save_directory``, others in sub-folders by name.
 
-        Each folder holds ``ttdecomp_config.json`` and ``ttdecomp_adapter.safetensors``. The
-        save is one transaction: every file is written to a temporary next to its target and
-        renamed into place only when all are written, so a failed save leaves the previous one
-        loadable and byte-identical. Nothing is written through a symbolic link
-        (:class:`~ttdecomp.adapters.AdapterFileError`). A full save (``adapter_names=None``)
-        removes the sub-folders an earlier save wrote for adapters this model no longer has.
+        ``selected_adapters`` (PEFT's name) is the same as ``adapter_names``: the adapters to
+        save, all by default. Each folder holds ``ttdecomp_config.json`` and
+        ``ttdecomp_adapter.safetensors``. The save is one transaction: every file is written
+        to a temporary next to its target and renamed into place only when all are written,
+        so a failed save leaves the previous one loadable and byte-identical. Nothing is
+        written through a symbolic link (:class:`~ttdecomp.adapters.AdapterFileError`). A full
+        save (no selection) removes the sub-folders an earlier save wrote for adapters this
+        model no longer has.
         """
-        names = list(adapter_names or self.tt_config)
+        if selected_adapters is not None and adapter_names is not None:
+            if list(selected_adapters) != list(adapter_names):
+                raise InvalidInputError(
+                    f"save_pretrained got adapter_names={list(adapter_names)} and "
+                    f"selected_adapters={list(selected_adapters)}; they are the same option "
+                    "(PEFT's name and ours): give one."
+                )
+        chosen = adapter_names if adapter_names is not None else selected_adapters
+        if isinstance(chosen, str):
+            chosen = [chosen]
+        names = list(chosen) if chosen is not None else list(self.tt_config)
+        if chosen is not None and not names:
+            raise InvalidInputError("save_pretrained got an empty list of adapters to save.")
         self._check_known(names)
         root = Path(save_directory)
         save_adapters(
             self.base_model,
             {n: (self.tt_config[n], root if n == "default" else root / n) for n in names},
         )
-        if adapter_names is None:
+        if chosen is None:
             remove_stale_adapters(root, keep=names)
 
     def load_adapter(
@@ -331,16 +366,21 @@ class TTAdapterModel(nn.Module):
     ) -> None:
         """Load a saved adapter under ``adapter_name`` (validated fully before any change).
 
-        The active adapters stay active (use :meth:`set_adapter` to switch). Only active
-        adapters train; ``is_trainable=True`` also ends inference mode (see
-        :meth:`from_pretrained`), so the adapter trains once activated.
+        The active adapters stay active (use :meth:`set_adapter` to switch); the new adapter
+        is frozen until it is activated. ``is_trainable=True`` also ends inference mode (see
+        :meth:`from_pretrained`), so the adapter trains once activated. Loading touches only
+        the new adapter's layers, so loading many adapters costs time in proportion to their
+        number (1,000 TT-LoRA adapters on MiniLM: see ``benchmarks/bench_adapters.py``).
         """
-        previous = list(self.active_adapters)
-        config = load_adapter(self.base_model, path, adapter_name)
+        if adapter_name in self.tt_config:
+            raise InvalidInputError(
+                f"the model already has an adapter named {adapter_name!r}; pick another name or "
+                "delete_adapter() it first."
+            )
+        config = load_adapter(self.base_model, path, adapter_name, activate=False)
         self.tt_config[adapter_name] = config
         if is_trainable:
             self.inference_mode = False
-        self.set_adapter(previous)
 
     @classmethod
     def from_pretrained(
@@ -399,8 +439,13 @@ def _check_not_wrapped(model: nn.Module) -> None:
         )
 
 
-def _call_base(self: TTAdapterModel, *args: Any, **kwargs: Any) -> Any:
-    return self.base_model(*args, **kwargs)
+def _call_base(
+    self: TTAdapterModel, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any
+) -> Any:
+    if adapter_names is None:
+        return self.base_model(*args, **kwargs)
+    with self._routed(adapter_names, batch_rows(args, kwargs)):
+        return self.base_model(*args, **kwargs)
 
 
 def _with_base_name(config: TTAdapterConfig, model: nn.Module) -> TTAdapterConfig:

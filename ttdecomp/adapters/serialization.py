@@ -47,8 +47,10 @@ __all__ = [
     "AdapterFileError",
     "load_adapter",
     "load_adapter_weights",
+    "load_config",
     "save_adapter",
     "save_adapters",
+    "save_config",
 ]
 
 CONFIG_NAME = "ttdecomp_config.json"
@@ -326,13 +328,16 @@ def _read(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 def load_adapter(
-    model: nn.Module, path: str | Path, adapter_name: str = "default"
+    model: nn.Module, path: str | Path, adapter_name: str = "default", *, activate: bool = True
 ) -> TTAdapterConfig:
     """Validate the adapter saved in ``path`` against ``model``, then inject and fill it.
 
-    Returns the adapter's config. Raises :class:`AdapterFileError` / :class:`ShapeError` without
-    touching ``model`` when the files are unreadable or any tensor's name, shape or dtype does not
-    match what the config implies for this model.
+    With ``activate`` the adapter becomes the active and only trainable one (as
+    :func:`~ttdecomp.adapters.inject_adapter_in_model` leaves it); otherwise it is added
+    frozen and inactive, touching nothing else. Returns the adapter's config. Raises
+    :class:`AdapterFileError` / :class:`ShapeError` without touching ``model`` when the files
+    are unreadable or any tensor's name, shape or dtype does not match what the config implies
+    for this model.
     """
     check_adapter_name(adapter_name)
     folder = Path(path)
@@ -362,7 +367,13 @@ def load_adapter(
                 f"{saved.get('in_features')} layer with TT shapes {saved.get('tt_matrices')}, but "
                 f"this model's layer is {info.out_features} x {info.in_features} ({got})."
             )
-    expected = _expected_tensors(model, config, infos)
+    # the adapters are built once, uninitialised (the values come from the file): their
+    # parameters are what the file must match, and then what is injected
+    built = {
+        name: build_adapter(config, info, model.get_submodule(name).weight, init=None)
+        for name, info in infos.items()
+    }
+    expected = _expected_tensors(model, config, built)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -383,20 +394,19 @@ def load_adapter(
                 f"adapter would be {dtype}. Load into a base model of the dtype the adapter was "
                 "trained with (float32 adapters serve float16/bfloat16 bases too)."
             )
-    inject_adapter_in_model(config, model, adapter_name, _init="zero")  # values come next
+    inject_adapter_in_model(
+        config, model, adapter_name, _activate=activate, _prebuilt=(list(infos.values()), built)
+    )
     set_adapter_state_dict(model, tensors, adapter_name)
     return config
 
 
 def _expected_tensors(
-    model: nn.Module, config: TTAdapterConfig, infos: dict[str, Any]
+    model: nn.Module, config: TTAdapterConfig, built: dict[str, nn.Module]
 ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Names, shapes and dtypes the adapter would have, built on the meta device (no memory)."""
+    """Names, shapes and dtypes of the adapter's tensors (``built``: its modules by target)."""
     out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-    for name, info in infos.items():
-        weight = model.get_submodule(name).weight
-        meta_weight = torch.empty(0, dtype=weight.dtype, device="meta")
-        adapter = build_adapter(config, info, meta_weight)
+    for name, adapter in built.items():
         for pname, p in adapter.named_parameters():
             out[f"{name}.{pname}"] = (tuple(p.shape), p.dtype)
     modules = dict(logical_modules(model))
@@ -416,3 +426,61 @@ def load_adapter_weights(model: nn.Module, path: str | Path, adapter_name: str =
     """
     _record, tensors = _read(Path(path))
     set_adapter_state_dict(model, tensors, adapter_name)
+
+
+def save_config(config: TTAdapterConfig, folder: str | Path) -> None:
+    """Write ``config`` alone as :data:`CONFIG_NAME` in ``folder`` (atomically, no links)."""
+    record = {
+        "format_version": FORMAT_VERSION,
+        "ttdecomp_version": _version(),
+        "method": config.method,
+        "base_model_name_or_path": config.base_model_name_or_path,
+        "config": config.to_dict(),
+    }
+    data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    write_files([(Path(folder) / CONFIG_NAME, data)])
+
+
+def load_config(folder: str | Path, expected: type | None = None) -> TTAdapterConfig:
+    """The config recorded in ``folder``'s :data:`CONFIG_NAME` (of a config or adapter save).
+
+    ``expected`` (a config class) refuses a file of another method.
+    """
+    path = Path(folder)
+    if path.is_file() and path.name == CONFIG_NAME:
+        path = path.parent
+    cfg_path = path / CONFIG_NAME
+    if not path.is_dir():
+        raise AdapterFileError(
+            f"{folder} is not a folder; from_pretrained reads a local folder holding "
+            f"{CONFIG_NAME}. For a Hub repository, download it first, e.g. with "
+            "huggingface_hub.snapshot_download(repo_id)."
+        )
+    if not cfg_path.is_file():
+        raise AdapterFileError(
+            f"{cfg_path} does not exist; a folder written by save_pretrained holds {CONFIG_NAME}."
+        )
+    try:
+        record = json.loads(cfg_path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise AdapterFileError(
+            f"{cfg_path} could not be read as JSON ({exc}); the file is corrupted or truncated."
+        ) from None
+    version = record.get("format_version") if isinstance(record, dict) else None
+    if version != FORMAT_VERSION or "config" not in record:
+        raise AdapterFileError(
+            f"{cfg_path} has format_version {version!r} (this ttdecomp reads "
+            f"{FORMAT_VERSION}) or no 'config' entry; is it a {CONFIG_NAME} written by "
+            "ttdecomp.adapters?"
+        )
+    try:
+        config = config_from_dict(record["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AdapterFileError(f"{cfg_path} has an invalid 'config' entry: {exc}") from None
+    if expected is not None and not isinstance(config, expected):
+        raise AdapterFileError(
+            f"{cfg_path} holds a {type(config).__name__} (method {config.method!r}), not a "
+            f"{expected.__name__}; read it with TTAdapterConfig.from_pretrained, or "
+            f"{type(config).__name__}.from_pretrained."
+        )
+    return config

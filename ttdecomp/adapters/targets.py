@@ -13,6 +13,7 @@ at least one module**, otherwise :class:`~ttdecomp.adapters.TargetModulesError` 
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -81,18 +82,46 @@ def logical_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     A :class:`TTAdapterLayer` yields its ``base_layer`` and a :class:`ModulesToSaveWrapper` its
     ``original_module`` under the wrapper's name; their internals are not yielded.
     """
-    skip: list[str] = []
-    for name, module in model.named_modules():
-        if not name or any(name.startswith(p) for p in skip):
+    # a walk that does not descend into the wrappers, so its cost does not grow with the
+    # number of adapters loaded (named_modules would visit every adapter's modules)
+    yield from _walk_below("", model, {id(model)})
+
+
+def adapter_wrappers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, wrapper)`` of every :class:`TTAdapterLayer` and :class:`ModulesToSaveWrapper`.
+
+    Like filtering ``named_modules``, but without visiting the adapters inside the wrappers,
+    so it costs the same with one adapter loaded or a thousand.
+    """
+    for name, module in _walk_below("", model, {id(model)}, wrappers=True):
+        if isinstance(module, (TTAdapterLayer, ModulesToSaveWrapper)):
+            yield name, module
+
+
+def _walk_below(
+    prefix: str, parent: nn.Module, seen: set[int], *, wrappers: bool = False
+) -> Iterator[tuple[str, nn.Module]]:
+    """Depth first in registration order, each module once, as ``named_modules``; wrappers
+    stand for what they wrap (or for themselves, with ``wrappers``) and are not entered."""
+    for child_name, module in parent._modules.items():
+        if module is None or id(module) in seen:
             continue
+        seen.add(id(module))
+        name = prefix + child_name
         if isinstance(module, TTAdapterLayer):
-            skip.append(name + ".")
-            yield name, module.base_layer
+            yield name, module if wrappers else module.base_layer
         elif isinstance(module, ModulesToSaveWrapper):
-            skip.append(name + ".")
-            yield name, module.original_module
+            yield name, module if wrappers else module.original_module
         else:
             yield name, module
+            yield from _walk_below(name + ".", module, seen, wrappers=wrappers)
+
+
+@functools.lru_cache(maxsize=256)
+def _tensorize(out_f: int, in_f: int, n_cores: int | None, layout: str) -> tuple:
+    """:func:`~ttdecomp.shapes.tensorize`, memoised: a pure function of its arguments, called
+    for every target of every adapter loaded."""
+    return tensorize(out_f, in_f, n_cores=n_cores, layout=layout)
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -289,7 +318,7 @@ def _ttlora_shape(
         spec = spec[keys[0]] if keys else None
         used_keys.update(keys)
     if spec is None:
-        return tensorize(out_f, in_f, n_cores=config.n_cores, layout=config.layout)
+        return _tensorize(out_f, in_f, config.n_cores, config.layout)
     return resolve_shape_spec(spec, out_f, in_f)
 
 
