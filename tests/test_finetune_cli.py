@@ -296,13 +296,13 @@ def test_plan_jobs_shares_the_cores():
     from ttdecomp.errors import InvalidInputError
     from ttdecomp.finetune.parallel import plan_jobs
 
-    assert plan_jobs(2, cores=2) == (2, 1)
-    assert plan_jobs(5, cores=8) == (5, 1)
-    assert plan_jobs(1, cores=8) == (1, None)  # one run keeps torch's own threads
-    assert plan_jobs(4, cores=8, threads=4) == (2, 4)
-    assert plan_jobs(4, cores=2, device="cuda:0") == (1, None)
-    assert plan_jobs(4, cores=2, world_size=2) == (1, None)
-    assert plan_jobs(2, jobs=4, cores=8) == (2, 4)  # never more processes than runs
+    assert plan_jobs(2, cores=2) == (1, None)  # one at a time unless asked
+    assert plan_jobs(2, cores=2, threads=1) == (1, 1)
+    assert plan_jobs(2, jobs=2, cores=2) == (2, 1)
+    assert plan_jobs(5, jobs=8, cores=8) == (5, 1)  # never more processes than runs
+    assert plan_jobs(1, jobs=4, cores=8) == (1, None)  # one run keeps torch's own threads
+    assert plan_jobs(4, jobs=2, cores=8, threads=4) == (2, 4)
+    assert plan_jobs(2, jobs=4, cores=8) == (2, 4)
     with pytest.raises(InvalidInputError, match="drop --jobs under torchrun"):
         plan_jobs(4, jobs=2, world_size=2)
     with pytest.raises(InvalidInputError, match="--jobs must be >= 1; got 0"):

@@ -180,15 +180,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads per run (default: the cores shared out among the runs made "
-        "at once; 1 is often faster on a busy machine)",
+        help="torch CPU threads per run (default: torch's, or the cores shared out among "
+        "--jobs runs; 1 is often faster on a busy machine)",
     )
     g.add_argument(
         "--jobs",
         type=int,
         default=None,
-        help="runs made at once, one process each (default on a CPU: as many as the runs and "
-        "cores allow, e.g. 2 on 2 cores; on a GPU or under torchrun: 1)",
+        help="runs made at once, one process each (default 1; helps where one run cannot "
+        "use every core)",
     )
     g.add_argument(
         "--quick",

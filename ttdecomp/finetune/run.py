@@ -448,12 +448,11 @@ def finetune(
         arrives inside a finalizer).
     jobs : int, optional
         Runs made at once, each in a process of its own
-        (:mod:`~ttdecomp.finetune.parallel`). Default: on a CPU, as many as the runs and the
-        cores allow (two at once on two cores, one thread each); on a GPU or under
-        ``torchrun``, one. The rows are the same either way.
+        (:mod:`~ttdecomp.finetune.parallel`); default one at a time. The rows are the same
+        either way.
     threads : int, optional
-        torch CPU threads per run. Default: the cores shared out among the runs made at once
-        (torch's own setting when one run at a time).
+        torch CPU threads per run. Default: torch's own setting for one run at a time, the
+        cores shared out among ``jobs`` runs.
 
     Returns
     -------
