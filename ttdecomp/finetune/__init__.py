@@ -14,6 +14,7 @@ task; :func:`finetune` runs methods × seeds on one model and data set and write
   GGUF file, the chatterbot dialogues, chat-formatted tokens, held-out loss and replies.
 * :mod:`~ttdecomp.finetune.causal` — one causal-LM run (SmolLM2 on dialogues).
 * :mod:`~ttdecomp.finetune.report` — the table, ``results.json``, the figures.
+* :mod:`~ttdecomp.finetune.config` — :class:`FinetuneConfig`: the options and their defaults.
 * :mod:`~ttdecomp.finetune.parallel` — runs side by side, a process each (:func:`plan_jobs`).
 * :mod:`~ttdecomp.finetune.run` — :func:`finetune`: every run, resumable.
 

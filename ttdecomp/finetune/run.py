@@ -21,7 +21,7 @@ import importlib.metadata
 import json
 import shutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ import torch
 
 from ..errors import InvalidInputError
 from . import assets
-from .methods import DEFAULT_METHODS, METHODS, MethodSettings, check_method, default_settings
+from .config import FinetuneConfig, task_of
+from .methods import MethodSettings
 from .parallel import RunPool, plan_jobs
 from .report import (
     RESULTS_FILE,
@@ -46,202 +47,8 @@ __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 
 #: Defaults per task, and those of ``--quick`` (an end-to-end check in about a minute on 2
 #: cores). Causal LMs: ``sizes`` None splits the dialogues 80/10/10%, one epoch of batch 8.
-DEFAULTS = {
-    "classification": {"sizes": (1000, 300, 600), "epochs": 4, "max_steps": None,
-                       "max_length": 48, "batch_size": 32},
-    "causal": {"sizes": None, "epochs": 1, "max_steps": None, "max_length": 128,
-               "batch_size": 8},
-}  # fmt: skip
-QUICK = {
-    "classification": {"sizes": (320, 100, 200), "epochs": 3, "max_steps": None,
-                       "max_length": 32, "batch_size": 32},
-    "causal": {"sizes": (64, 16, 16), "epochs": 1, "max_steps": 8, "max_length": 64,
-               "batch_size": 8},
-}  # fmt: skip
 _OWN_FILES = (RESULTS_FILE, "runs", "accuracy_vs_params.png", "validation_curves.png")
 _DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"]}
-
-
-@dataclass
-class FinetuneConfig:
-    """Everything that defines a fine-tuning comparison (``ttdecomp finetune``'s options).
-
-    Parameters
-    ----------
-    model : str
-        A packaged model (``minilm``, ``smollm2``) or the path of a local Hugging Face folder.
-    data : str
-        A packaged data set (``tweets``, ``chatterbot``), a CSV/JSONL file with ``text`` and
-        ``label`` columns, or a folder saved by 🤗 ``datasets``.
-    methods : sequence of str
-        From :data:`~ttdecomp.finetune.methods.METHODS`; default ``tt-lora`` and ``lora``.
-    seeds : sequence of int
-        One run per seed and method; the table shows mean ± std over seeds.
-    rank, alpha, lr : value or dict of method to value, optional
-        Override the methods' defaults: one value for every method that has the setting, or a
-        dict per method (``{"tt-lora": 5e-3, "lora": 1e-3}``).
-    tt_shape : sequence of int, optional
-        TT-LoRA's flat shape (input factors then output factors) for every target.
-    epochs, max_steps, batch_size, max_length, eval_every, weight_decay
-        Training (see :class:`~ttdecomp.finetune.train.TrainSettings`); ``max_length`` in tokens.
-    targets : sequence of str, optional
-        Target modules; default: the query and value projections of the model.
-    sizes : (int, int, int)
-        Train / validation / test sizes when the data is split here.
-    device : str
-        ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
-    quick : bool
-        The fast end-to-end check: sizes, epochs and length from :data:`QUICK` unless given.
-
-    Examples
-    --------
-    >>> FinetuneConfig(lr={"tt-lora": 1e-2}).method_settings()["tt-lora"].lr
-    0.01
-    """
-
-    model: str = "minilm"
-    data: str = "tweets"
-    methods: Sequence[str] = DEFAULT_METHODS
-    seeds: Sequence[int] = (0,)
-    rank: Any = None
-    alpha: Any = None
-    lr: Any = None
-    tt_shape: Sequence[int] | None = None
-    epochs: int | None = None
-    max_steps: int | None = None
-    batch_size: int | None = None
-    max_length: int | None = None
-    eval_every: int | None = None
-    weight_decay: float = 0.01
-    targets: Sequence[str] | None = None
-    sizes: tuple[int, int, int] | None = None
-    device: str = "cpu"
-    quick: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.methods, str):
-            self.methods = [m for m in self.methods.split(",") if m]
-        self.methods = [check_method(m) for m in self.methods]
-        if not self.methods:
-            raise InvalidInputError("no methods given; expected e.g. tt-lora,lora (--methods).")
-        if len(set(self.methods)) != len(self.methods):
-            raise InvalidInputError(f"methods {self.methods} lists a method twice (--methods).")
-        seeds = list(self.seeds)
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-            raise InvalidInputError(
-                f"seeds must be non-negative integers, e.g. 0,1,2; got {self.seeds!r} (--seeds)."
-            )
-        if len(set(seeds)) != len(seeds):
-            raise InvalidInputError(f"seeds {seeds} lists a seed twice (--seeds).")
-        self.seeds = seeds
-        defaults = (QUICK if self.quick else DEFAULTS)[self.task]
-        given_steps = self.max_steps is not None or self.epochs is not None
-        for name, value in defaults.items():
-            if getattr(self, name) is None and not (name == "max_steps" and given_steps):
-                setattr(self, name, value)
-        if self.sizes is not None:
-            sizes = tuple(self.sizes)
-            if len(sizes) != 3:
-                raise InvalidInputError(f"sizes must be (train, validation, test); got {sizes}.")
-            if any(v is None for v in sizes):
-                if defaults["sizes"] is None:
-                    raise InvalidInputError(
-                        "dialogue data is split 80/10/10% unless all three sizes are given; "
-                        "give --train-size, --val-size and --test-size together."
-                    )
-                sizes = tuple(d if v is None else v for v, d in zip(sizes, defaults["sizes"]))
-            self.sizes = sizes
-        if (
-            isinstance(self.max_length, bool)
-            or not isinstance(self.max_length, int)
-            or not 2 <= self.max_length <= 8192
-        ):
-            raise InvalidInputError(
-                f"max_length must be an integer in [2, 8192] tokens; got {self.max_length!r} "
-                "(--max-length)."
-            )
-        if self.targets is not None:
-            self.targets = [t for t in self.targets if t]
-            if not self.targets:
-                raise InvalidInputError("targets is empty; give module names (--targets).")
-        if self.tt_shape is not None:
-            self.tt_shape = [int(s) for s in self.tt_shape]
-        self.method_settings()  # validates rank/alpha/lr/tt_shape for every method
-        self.train_settings(self.seeds[0])
-
-    @property
-    def task(self) -> str:
-        """``"causal"`` for dialogue data (``chatterbot``, a JSONL of prompt/reply or messages
-        lines) or the packaged SmolLM2 on data of its own, else ``"classification"``."""
-        return _task_hint(self.model, self.data)
-
-    def _override(self, value: Any, method: str, name: str) -> Any:
-        if not isinstance(value, Mapping):
-            return value
-        unknown = sorted(set(value) - set(METHODS))
-        if unknown:
-            raise InvalidInputError(
-                f"{name} names unknown methods {unknown}; expected some of {', '.join(METHODS)}."
-            )
-        not_run = sorted(set(value) - set(self.methods))
-        if not_run:
-            raise InvalidInputError(
-                f"{name} is given for {not_run}, which are not among the methods run "
-                f"({', '.join(self.methods)}); add them to --methods or drop the setting."
-            )
-        return value.get(method)
-
-    def method_settings(self) -> dict[str, MethodSettings]:
-        """The validated settings of every method (defaults with the overrides applied)."""
-        out = {}
-        for method in self.methods:
-            base = default_settings(method)
-            overrides: dict[str, Any] = {}
-            for name in ("rank", "alpha", "lr"):
-                value = self._override(getattr(self, name), method, name)
-                if value is None:
-                    continue
-                if getattr(base, name) is None and not isinstance(getattr(self, name), Mapping):
-                    continue  # one value for all: only the methods that have the setting
-                overrides[name] = value
-            if self.tt_shape is not None and method == "tt-lora":
-                overrides["tt_shape"] = tuple(self.tt_shape)
-            out[method] = default_settings(method, **overrides)
-        if self.tt_shape is not None and "tt-lora" not in self.methods:
-            raise InvalidInputError(
-                "--tt-shape is a TT-LoRA setting, but tt-lora is not among the methods run."
-            )
-        return out
-
-    def train_settings(self, seed: int, *, progress: bool = False) -> TrainSettings:
-        """Training settings of one run (the learning rate is each method's own)."""
-        return TrainSettings(
-            lr=1e-3,
-            epochs=self.epochs,
-            max_steps=self.max_steps,
-            batch_size=self.batch_size,
-            weight_decay=self.weight_decay,
-            seed=seed,
-            device=self.device,
-            eval_every=self.eval_every,
-            eval_batch_size=self.batch_size if self.task == "causal" else None,
-            progress=progress,
-        )
-
-    def identity(self) -> dict[str, Any]:
-        """What must match for ``--resume`` to reuse finished rows (not methods or seeds)."""
-        return {
-            "model": self.model,
-            "data": self.data,
-            "sizes": list(self.sizes) if self.sizes is not None else None,
-            "epochs": self.epochs if self.max_steps is None else None,
-            "max_steps": self.max_steps,
-            "batch_size": self.batch_size,
-            "max_length": self.max_length,
-            "eval_every": self.eval_every,
-            "weight_decay": self.weight_decay,
-            "targets": list(self.targets) if self.targets is not None else None,
-        }
 
 
 @dataclass
@@ -342,40 +149,6 @@ def _resolve_model(name: str) -> tuple[Path, str]:
     return path, "causal" if causal else "classification"
 
 
-def _task_of(data: str, model_task: str) -> str:
-    """A packaged data set has its task; dialogue files are causal; other data takes the
-    model's."""
-    if data in assets.DATA or data.startswith("chatterbot:"):
-        return assets.DATA[data.partition(":")[0]].task
-    if _is_dialogue_file(data):
-        return "causal"
-    return model_task
-
-
-def _is_dialogue_file(data: str) -> bool:
-    """A ``.jsonl`` file whose first record has ``messages`` or ``prompt`` (not ``text``)."""
-    path = Path(data)
-    if path.suffix.lower() != ".jsonl" or not path.is_file():
-        return False
-    try:
-        with open(path, encoding="utf-8") as f:
-            first = next((line for line in f if line.strip()), "")
-        record = json.loads(first) if first else {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(record, dict) and ("messages" in record or "prompt" in record)
-
-
-def _task_hint(model: str, data: str) -> str:
-    """The task before anything is loaded (for the defaults of :class:`FinetuneConfig`)."""
-    task = _task_of(data, "classification")
-    if task == "classification" and data not in assets.DATA:
-        key = assets.canonical_model_name(model)
-        if key is not None and assets.MODELS[key].task == "causal":
-            return "causal"
-    return task
-
-
 def prepare_job(config: FinetuneConfig, *, progress: bool = False) -> tuple[Any, str, Path]:
     """Load and check the model, data and targets of ``config`` once: ``(job, task, model_path)``.
 
@@ -392,7 +165,7 @@ def prepare_job(config: FinetuneConfig, *, progress: bool = False) -> tuple[Any,
     ('classification', ['query', 'value'])
     """
     model_path, model_task = _resolve_model(config.model)
-    task = _task_of(config.data, model_task)
+    task = task_of(config.data, model_task)
     packaged = assets.canonical_model_name(config.model) is not None
     # a local causal LM can still be loaded as a sequence classifier (a new head); the
     # packaged models, and a classifier asked to generate, cannot switch
