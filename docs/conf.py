@@ -84,6 +84,8 @@ extensions = [
     "sphinx_copybutton",
     "sphinxarg.ext",
     "sphinx_design",
+    # MathJax from the docs' own _static folder, not a CDN: the pages render math offline
+    "sphinx-mathjax-offline",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}

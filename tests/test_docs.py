@@ -58,6 +58,7 @@ def test_sphinx_builds(tmp_path):
         "pydata_sphinx_theme",
         "sphinxarg",
         "sphinx_design",
+        "sphinx-mathjax-offline",
     ):
         pytest.importorskip(ext)
     out = subprocess.run(
@@ -73,6 +74,10 @@ def test_sphinx_builds(tmp_path):
     assert (tmp_path / "notebooks" / "01_core.html").exists()
     cli = (tmp_path / "cli.html").read_text()
     assert "--budget" in cli and "finetune" in cli  # generated from build_parser
+    # math renders offline: MathJax is served from the site's own _static folder, not a CDN
+    concepts = (tmp_path / "concepts.html").read_text()
+    assert "_static/mathjax/tex-chtml.js" in concepts and "cdn.jsdelivr" not in concepts
+    assert (tmp_path / "_static" / "mathjax" / "tex-chtml.js").exists()
     errors = [line for line in out.stderr.splitlines() if "ERROR" in line]
     assert not errors, "\n".join(errors[:20])
 

@@ -28,6 +28,7 @@ Examples
 from __future__ import annotations
 
 from .assets import AssetMissingError, asset_status
+from .batching import LengthGroupedSampler, chunk_by_length, length_chunked, length_grouped
 from .causal import run_causal
 from .classify import load_finetuned
 from .data import Splits, load_classification
@@ -47,17 +48,21 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneResult",
     "FitResult",
+    "LengthGroupedSampler",
     "MethodSettings",
     "PeakMemory",
     "Splits",
     "TrainSettings",
     "apply_method",
     "asset_status",
+    "chunk_by_length",
     "default_settings",
     "evaluate_lm",
     "finetune",
     "fit",
     "generate_reply",
+    "length_chunked",
+    "length_grouped",
     "load_chatterbot",
     "load_classification",
     "load_finetuned",
