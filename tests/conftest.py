@@ -36,3 +36,8 @@ try:  # numpy's and torch's thread pools fight on small machines (see DESIGN.md)
     torch.set_num_threads(1)
 except ImportError:  # the numpy-only test run
     torch = None
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: one core per worker, BLAS included
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
