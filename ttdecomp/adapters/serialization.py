@@ -34,11 +34,13 @@ from ..errors import InvalidInputError, ShapeError
 from .config import TTAdapterConfig, config_from_dict
 from .inject import (
     build_adapter,
+    build_packed,
     check_adapter_name,
     get_adapter_state_dict,
     inject_adapter_in_model,
     set_adapter_state_dict,
 )
+from .packed import Packed
 from .targets import inspect_targets, logical_modules, select_modules_to_save
 
 __all__ = [
@@ -334,7 +336,9 @@ def load_adapter(
 
     With ``activate`` the adapter becomes the active and only trainable one (as
     :func:`~ttdecomp.adapters.inject_adapter_in_model` leaves it); otherwise it is added
-    frozen and inactive, touching nothing else. Returns the adapter's config. Raises
+    frozen and inactive, touching nothing else (a TT-LoRA adapter is then held packed, one
+    flat parameter per layer, until it is activated: see :mod:`ttdecomp.adapters.packed`).
+    Returns the adapter's config. Raises
     :class:`AdapterFileError` / :class:`ShapeError` without touching ``model`` when the files
     are unreadable or any tensor's name, shape or dtype does not match what the config implies
     for this model.
@@ -368,11 +372,15 @@ def load_adapter(
                 f"this model's layer is {info.out_features} x {info.in_features} ({got})."
             )
     # the adapters are built once, uninitialised (the values come from the file): their
-    # parameters are what the file must match, and then what is injected
-    built = {
-        name: build_adapter(config, info, model.get_submodule(name).weight, init=None)
-        for name, info in infos.items()
-    }
+    # parameters are what the file must match, and then what is injected. Inactive TT-LoRA
+    # adapters are held packed (one flat parameter per layer, no modules; see packed.py)
+    built: dict[str, nn.Module | Packed] = {}
+    for name, info in infos.items():
+        weight = model.get_submodule(name).weight
+        packed = None if activate else build_packed(config, info, weight)
+        built[name] = (
+            packed if packed is not None else build_adapter(config, info, weight, init=None)
+        )
     expected = _expected_tensors(model, config, built)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -402,11 +410,15 @@ def load_adapter(
 
 
 def _expected_tensors(
-    model: nn.Module, config: TTAdapterConfig, built: dict[str, nn.Module]
+    model: nn.Module, config: TTAdapterConfig, built: dict[str, nn.Module | Packed]
 ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Names, shapes and dtypes of the adapter's tensors (``built``: its modules by target)."""
     out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
     for name, adapter in built.items():
+        if isinstance(adapter, Packed):
+            for k, shape in enumerate(adapter.spec.core_shapes):
+                out[f"{name}.cores.{k}"] = (shape, adapter.flat.dtype)
+            continue
         for pname, p in adapter.named_parameters():
             out[f"{name}.{pname}"] = (tuple(p.shape), p.dtype)
     modules = dict(logical_modules(model))
