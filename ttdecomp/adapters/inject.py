@@ -28,7 +28,13 @@ from .layers import (
     TTLoRAAdapter,
     adapter_dtype,
 )
-from .targets import TargetInfo, adapter_wrappers, inspect_targets, select_modules_to_save
+from .targets import (
+    TargetInfo,
+    adapter_wrappers,
+    inspect_targets,
+    module_tree,
+    select_modules_to_save,
+)
 
 __all__ = [
     "adapter_names_in",
@@ -124,9 +130,15 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def has_adapter(model: nn.Module, adapter_name: str) -> bool:
-    """Whether any layer of ``model`` holds an adapter named ``adapter_name``."""
-    for _, m in adapter_wrappers(model):
+def has_adapter(
+    model: nn.Module, adapter_name: str, modules: Mapping[str, nn.Module] | None = None
+) -> bool:
+    """Whether any layer of ``model`` holds an adapter named ``adapter_name``.
+
+    ``modules``: the model's :func:`~ttdecomp.adapters.targets.module_tree`, if the caller
+    has it.
+    """
+    for _, m in adapter_wrappers(model, modules):
         if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
             return True
         if isinstance(m, ModulesToSaveWrapper) and adapter_name in m.modules_to_save:
@@ -152,6 +164,7 @@ def inject_adapter_in_model(
     _init: str | None = "config",
     _activate: bool = True,
     _prebuilt: tuple[list[TargetInfo], dict[str, nn.Module | Packed]] | None = None,
+    _modules: Mapping[str, nn.Module] | None = None,
 ) -> nn.Module:
     """Add adapter ``adapter_name`` described by ``config`` to ``model``, in place.
 
@@ -164,7 +177,9 @@ def inject_adapter_in_model(
     for values copied in next; ``_activate=False`` adds the adapter frozen and inactive and
     leaves every other parameter as it was, which is what loading many adapters needs;
     ``_prebuilt`` is ``(targets, adapters by target)`` already validated, as loading makes;
-    with ``_activate=False`` an adapter there may be :class:`~ttdecomp.adapters.packed.Packed`.)
+    with ``_activate=False`` an adapter there may be :class:`~ttdecomp.adapters.packed.Packed`;
+    ``_modules`` is the model's :func:`~ttdecomp.adapters.targets.module_tree`, if the caller
+    has it.)
 
     Parameters
     ----------
@@ -187,16 +202,17 @@ def inject_adapter_in_model(
     ('TTAdapterLayer', ['0.tt_adapters.default.cores.0', '0.tt_adapters.default.cores.1'])
     """
     check_adapter_name(adapter_name)
-    if has_adapter(model, adapter_name):
+    tree = module_tree(model) if _modules is None else _modules
+    if has_adapter(model, adapter_name, tree):
         raise InvalidInputError(
             f"the model already has an adapter named {adapter_name!r}; pick another name or "
             "delete_adapter() it first."
         )
-    infos = inspect_targets(model, config) if _prebuilt is None else _prebuilt[0]
-    saved = select_modules_to_save(model, config)
+    infos = inspect_targets(model, config, modules=tree) if _prebuilt is None else _prebuilt[0]
+    saved = select_modules_to_save(model, config, modules=tree)
     init = config.init if _init == "config" else _init
     for info in infos:
-        current = model.get_submodule(info.name)
+        current = tree[info.name]
         layer = current if isinstance(current, TTAdapterLayer) else TTAdapterLayer(current)
         if _prebuilt is None:
             adapter = build_adapter(config, info, layer.weight, init=init)
@@ -215,7 +231,7 @@ def inject_adapter_in_model(
         if layer is not current:
             set_submodule(model, info.name, layer)
     for name in saved:
-        current = model.get_submodule(name)
+        current = tree[name]
         wrapper = (
             current if isinstance(current, ModulesToSaveWrapper) else ModulesToSaveWrapper(current)
         )

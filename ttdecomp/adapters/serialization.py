@@ -41,7 +41,7 @@ from .inject import (
     set_adapter_state_dict,
 )
 from .packed import Packed
-from .targets import inspect_targets, logical_modules, select_modules_to_save
+from .targets import inspect_targets, logical_modules, module_tree, select_modules_to_save
 
 __all__ = [
     "CONFIG_NAME",
@@ -319,6 +319,9 @@ def _read(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             f"{weights_id}); a save was interrupted while renaming its files. Save the adapter "
             "again."
         )
+    floats = [t for t in tensors.values() if t.is_floating_point() or t.is_complex()]
+    if floats and bool(torch.isfinite(torch.cat([t.reshape(-1) for t in floats])).all()):
+        return record, tensors  # one check for all tensors; the loop below names the culprit
     for key, t in tensors.items():
         if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
             n_bad = int((~torch.isfinite(t)).sum())
@@ -352,7 +355,8 @@ def load_adapter(
         raise AdapterFileError(
             f"{folder / CONFIG_NAME} has an invalid 'config' entry: {exc}"
         ) from None
-    infos = {i.name: i for i in inspect_targets(model, config)}
+    tree = module_tree(model)  # one walk of the model for every step below
+    infos = {i.name: i for i in inspect_targets(model, config, modules=tree)}
     saved_modules = record.get("modules", {})
     if set(saved_modules) != set(infos):
         raise AdapterFileError(
@@ -376,12 +380,13 @@ def load_adapter(
     # adapters are held packed (one flat parameter per layer, no modules; see packed.py)
     built: dict[str, nn.Module | Packed] = {}
     for name, info in infos.items():
-        weight = model.get_submodule(name).weight
+        weight = tree[name].weight
         packed = None if activate else build_packed(config, info, weight)
         built[name] = (
             packed if packed is not None else build_adapter(config, info, weight, init=None)
         )
-    expected = _expected_tensors(model, config, built)
+    copies = select_modules_to_save(model, config, modules=tree)
+    expected = _expected_tensors(model, built, copies, tree)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -402,17 +407,41 @@ def load_adapter(
                 f"adapter would be {dtype}. Load into a base model of the dtype the adapter was "
                 "trained with (float32 adapters serve float16/bfloat16 bases too)."
             )
+    # every name, shape and dtype is checked: the values go straight into the built adapters,
+    # and into the modules-to-save copies once the model holds them
+    with torch.no_grad():
+        for name, adapter in built.items():
+            if isinstance(adapter, Packed):
+                n_cores = len(adapter.spec.core_shapes)
+                cores = [tensors[f"{name}.cores.{k}"].reshape(-1) for k in range(n_cores)]
+                adapter.flat.copy_(torch.cat(cores))
+            else:
+                for pname, p in adapter.named_parameters():
+                    p.copy_(tensors[f"{name}.{pname}"])
     inject_adapter_in_model(
-        config, model, adapter_name, _activate=activate, _prebuilt=(list(infos.values()), built)
+        config,
+        model,
+        adapter_name,
+        _activate=activate,
+        _prebuilt=(list(infos.values()), built),
+        _modules=tree,
     )
-    set_adapter_state_dict(model, tensors, adapter_name)
+    with torch.no_grad():
+        for name in copies:
+            copy_ = model.get_submodule(name).modules_to_save[adapter_name]
+            for pname, t in [*copy_.named_parameters(), *copy_.named_buffers()]:
+                t.copy_(tensors[f"{name}.{pname}"])
     return config
 
 
 def _expected_tensors(
-    model: nn.Module, config: TTAdapterConfig, built: dict[str, nn.Module | Packed]
+    model: nn.Module,
+    built: dict[str, nn.Module | Packed],
+    copies: list[str],
+    tree: dict[str, nn.Module],
 ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Names, shapes and dtypes of the adapter's tensors (``built``: its modules by target)."""
+    """Names, shapes and dtypes of the adapter's tensors (``built``: its adapters by target;
+    ``copies``: its modules to save; ``tree``: the model's ``module_tree``)."""
     out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
     for name, adapter in built.items():
         if isinstance(adapter, Packed):
@@ -421,8 +450,8 @@ def _expected_tensors(
             continue
         for pname, p in adapter.named_parameters():
             out[f"{name}.{pname}"] = (tuple(p.shape), p.dtype)
-    modules = dict(logical_modules(model))
-    for name in select_modules_to_save(model, config):
+    modules = dict(logical_modules(model, tree))
+    for name in copies:
         for pname, p in modules[name].named_parameters():
             out[f"{name}.{pname}"] = (tuple(p.shape), p.dtype)
         for bname, b in modules[name].named_buffers():
