@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast import TTForwardCache
+from .fast import TTForwardCache, split_bond, split_halves
 
 __all__ = ["AdapterDict", "Packed", "PackedRunner", "PackedSpec", "packed_spec"]
 
@@ -57,6 +57,9 @@ class PackedSpec(NamedTuple):
     dropout: float
     core_shapes: tuple[tuple[int, ...], ...]
     n_params: int
+    #: The bond between input and output cores of a split layout (``m_k = 1`` before it,
+    #: ``n_k = 1`` after), or None (see :func:`~ttdecomp.adapters.fast.split_bond`).
+    split: int | None
 
 
 class Packed(NamedTuple):
@@ -89,6 +92,7 @@ def packed_spec(
         (int(ranks[k]), int(m), int(n), int(ranks[k + 1]))
         for k, (m, n) in enumerate(zip(row_shape, col_shape))
     )
+    split = split_bond([torch.empty(s, device="meta") for s in shapes])
     return PackedSpec(
         factory,
         tuple(row_shape),
@@ -98,24 +102,24 @@ def packed_spec(
         float(dropout),
         shapes,
         sum(math.prod(s) for s in shapes),
+        split,
     )
 
 
 def core_views(spec: PackedSpec, flat: torch.Tensor) -> list[torch.Tensor]:
     """The cores of a packed adapter as views of ``flat`` (writing into them writes it)."""
-    out, start = [], 0
-    for shape in spec.core_shapes:
-        size = math.prod(shape)
-        out.append(flat[start : start + size].view(shape))
-        start += size
-    return out
+    sizes = [math.prod(shape) for shape in spec.core_shapes]
+    return [part.view(shape) for part, shape in zip(flat.split(sizes), spec.core_shapes)]
 
 
 class PackedRunner:
     """A packed TT-LoRA adapter as :func:`~ttdecomp.adapters.routing.route_rows` runs it.
 
-    Called like the adapter module (``alpha · dropout(x) ΔWᵀ``), through a
-    :class:`~ttdecomp.adapters.fast.TTForwardCache` of its own for the call.
+    Called like the adapter module: ``alpha · dropout(x) ΔWᵀ``. In inference a split layout is
+    two GEMMs on the halves ``A`` (N × r) and ``B`` (r × M) merged for the call (what LoRA of
+    rank r costs, plus forming the halves: a few GEMMs of r-sized blocks); anything else
+    (gradients, autocast, another layout, an input that does not fit) goes through a
+    :class:`~ttdecomp.adapters.fast.TTForwardCache` of its own, with its checks.
     """
 
     __slots__ = ("cores", "spec", "training")
@@ -132,9 +136,22 @@ class PackedRunner:
         return self.cores[0].dtype
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.spec.dropout > 0:
-            x = F.dropout(x, self.spec.dropout, training=True)
-        return TTForwardCache(self.spec.alpha).linear(x, self.cores)
+        spec, cores = self.spec, self.cores
+        if self.training and spec.dropout > 0:
+            x = F.dropout(x, spec.dropout, training=True)
+        core = cores[0]
+        if (
+            spec.split is None
+            or torch.is_grad_enabled()
+            or x.dtype != core.dtype
+            or x.device != core.device
+            or x.shape[-1] != int(core.shape[2]) * math.prod(int(c.shape[2]) for c in cores[1:])
+            or torch.is_autocast_enabled(x.device.type)
+        ):
+            return TTForwardCache(spec.alpha).linear(x, cores)
+        a, b = split_halves(cores, spec.split)  # (N, r), (r, M)
+        y2 = (x.reshape(-1, int(a.shape[0])) @ a) @ (b * spec.alpha)  # (B, M)
+        return y2.reshape(*x.shape[:-1], int(b.shape[1]))
 
 
 class AdapterDict(nn.ModuleDict):

@@ -121,13 +121,15 @@ def route_rows(
     contribution for the rows in ``source`` (cast here to ``y``'s dtype), with ``source`` drawn
     from ``x`` (parallel adapters) or ``y`` (sequential ones).
     """
+    out = None  # one copy of y that every adapter adds its rows into
     for name, idx in routing.groups(int(x.shape[0]), x.device):
         runner = None if name == BASE_ADAPTER else adapter(name)
         if runner is None:
             continue
-        source = x if runner.kind == "parallel" else y
+        source = x if runner.kind == "parallel" else y  # y: the base output, never modified
         if idx is None:
-            y = y + run(runner, source).to(y.dtype)
-        else:
-            y = y.index_add(0, idx, run(runner, source.index_select(0, idx)).to(y.dtype))
-    return y
+            return y + run(runner, source).to(y.dtype)  # every row uses this adapter
+        if out is None:
+            out = y.clone()
+        out.index_add_(0, idx, run(runner, source.index_select(0, idx)).to(y.dtype))
+    return y if out is None else out
