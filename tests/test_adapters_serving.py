@@ -270,7 +270,9 @@ def test_loading_many_adapters_leaves_the_active_one_and_trains_nothing_else(tmp
             torch.testing.assert_close(
                 mixed[i], _alone(server, name, input_ids=ids[i : i + 1]).logits[0]
             )
-    state = dict(server.named_parameters())
+    # a7 is held packed (one flat parameter per layer): its state-dict keys are the module's
+    state = server.state_dict()
+    assert server.base_model.bert.encoder.layer[0].attention.self.query.tt_adapters.is_packed("a7")
     for n, v in saved["a7"].items():
         torch.testing.assert_close(state[n.replace(".default.", ".a7.")], v)
 

@@ -36,6 +36,7 @@ from .inject import (
     set_adapter_state_dict,
 )
 from .layers import (
+    AdapterDict,
     LoRETTAAdpAdapter,
     LoRETTARepAdapter,
     ModulesToSaveWrapper,
@@ -57,6 +58,7 @@ __all__ = [
     "DEFAULT_TARGETS",
     "FORWARDED_ATTRIBUTES",
     "WEIGHTS_NAME",
+    "AdapterDict",
     "AdapterFileError",
     "LoRETTAAdpAdapter",
     "LoRETTAConfig",

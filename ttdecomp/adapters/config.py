@@ -17,6 +17,7 @@ Every value is validated when the config is built, before any model is touched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 import re
@@ -113,6 +114,13 @@ def check_regex(pattern: str, name: str) -> None:
     (``*+``, ``++``) and atomic groups (``(?>...)``, Python 3.11+) never backtrack into a repeat
     and are accepted around anything.
     """
+    _check_regex(pattern, name)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_regex(pattern: str, name: str) -> None:
+    # memoised (a refusal raises, so only accepted patterns are remembered): every adapter
+    # loaded parses its config's patterns again
     if len(pattern) > MAX_PATTERN_LENGTH:
         raise TargetModulesError(
             f"{name} pattern of {len(pattern)} characters is longer than the "

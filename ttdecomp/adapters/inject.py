@@ -23,15 +23,23 @@ from .layers import (
     LoRETTAAdpAdapter,
     LoRETTARepAdapter,
     ModulesToSaveWrapper,
+    Packed,
     TTAdapterLayer,
     TTLoRAAdapter,
     adapter_dtype,
 )
-from .targets import TargetInfo, adapter_wrappers, inspect_targets, select_modules_to_save
+from .targets import (
+    TargetInfo,
+    adapter_wrappers,
+    inspect_targets,
+    module_tree,
+    select_modules_to_save,
+)
 
 __all__ = [
     "adapter_names_in",
     "build_adapter",
+    "build_packed",
     "check_adapter_name",
     "get_adapter_state_dict",
     "inject_adapter_in_model",
@@ -96,15 +104,41 @@ def build_adapter(
     )
 
 
+def build_packed(config: TTAdapterConfig, info: TargetInfo, weight: torch.Tensor) -> Packed | None:
+    """A frozen TT-LoRA adapter for one target held packed, its values uninitialised.
+
+    ``None`` for the methods that are not packed (LoRETTA): they load as modules. See
+    :mod:`ttdecomp.adapters.packed`.
+    """
+    if not isinstance(config, TTLoRAConfig):
+        return None
+    mat = info.tt_matrices["cores"]
+    spec = TTLoRAAdapter.packed_spec(
+        mat["row_shape"],
+        mat["col_shape"],
+        tt_rank=config.tt_rank,
+        alpha=config.alpha,
+        dropout=config.dropout,
+    )
+    flat = torch.empty(spec.n_params, dtype=adapter_dtype(weight), device=weight.device)
+    return Packed(spec, flat)
+
+
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
 
 
-def has_adapter(model: nn.Module, adapter_name: str) -> bool:
-    """Whether any layer of ``model`` holds an adapter named ``adapter_name``."""
-    for _, m in adapter_wrappers(model):
+def has_adapter(
+    model: nn.Module, adapter_name: str, modules: Mapping[str, nn.Module] | None = None
+) -> bool:
+    """Whether any layer of ``model`` holds an adapter named ``adapter_name``.
+
+    ``modules``: the model's :func:`~ttdecomp.adapters.targets.module_tree`, if the caller
+    has it.
+    """
+    for _, m in adapter_wrappers(model, modules):
         if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
             return True
         if isinstance(m, ModulesToSaveWrapper) and adapter_name in m.modules_to_save:
@@ -129,7 +163,8 @@ def inject_adapter_in_model(
     *,
     _init: str | None = "config",
     _activate: bool = True,
-    _prebuilt: tuple[list[TargetInfo], dict[str, nn.Module]] | None = None,
+    _prebuilt: tuple[list[TargetInfo], dict[str, nn.Module | Packed]] | None = None,
+    _modules: Mapping[str, nn.Module] | None = None,
 ) -> nn.Module:
     """Add adapter ``adapter_name`` described by ``config`` to ``model``, in place.
 
@@ -141,7 +176,10 @@ def inject_adapter_in_model(
     (Internal: ``_init`` overrides the config's init, ``None`` leaving the cores uninitialised
     for values copied in next; ``_activate=False`` adds the adapter frozen and inactive and
     leaves every other parameter as it was, which is what loading many adapters needs;
-    ``_prebuilt`` is ``(targets, adapters by target)`` already validated, as loading makes.)
+    ``_prebuilt`` is ``(targets, adapters by target)`` already validated, as loading makes;
+    with ``_activate=False`` an adapter there may be :class:`~ttdecomp.adapters.packed.Packed`;
+    ``_modules`` is the model's :func:`~ttdecomp.adapters.targets.module_tree`, if the caller
+    has it.)
 
     Parameters
     ----------
@@ -164,30 +202,36 @@ def inject_adapter_in_model(
     ('TTAdapterLayer', ['0.tt_adapters.default.cores.0', '0.tt_adapters.default.cores.1'])
     """
     check_adapter_name(adapter_name)
-    if has_adapter(model, adapter_name):
+    tree = module_tree(model) if _modules is None else _modules
+    if has_adapter(model, adapter_name, tree):
         raise InvalidInputError(
             f"the model already has an adapter named {adapter_name!r}; pick another name or "
             "delete_adapter() it first."
         )
-    infos = inspect_targets(model, config) if _prebuilt is None else _prebuilt[0]
-    saved = select_modules_to_save(model, config)
+    infos = inspect_targets(model, config, modules=tree) if _prebuilt is None else _prebuilt[0]
+    saved = select_modules_to_save(model, config, modules=tree)
     init = config.init if _init == "config" else _init
     for info in infos:
-        current = model.get_submodule(info.name)
+        current = tree[info.name]
         layer = current if isinstance(current, TTAdapterLayer) else TTAdapterLayer(current)
         if _prebuilt is None:
             adapter = build_adapter(config, info, layer.weight, init=init)
         else:
             adapter = _prebuilt[1][info.name]
-        layer.add(adapter_name, adapter, activate=_activate)
-        if _activate:
-            layer.set_active([adapter_name])
+        if isinstance(adapter, Packed):
+            if _activate:
+                raise InvalidInputError("a packed adapter is added frozen and inactive only")
+            layer.add_packed(adapter_name, adapter)
         else:
-            adapter.requires_grad_(False)
+            layer.add(adapter_name, adapter, activate=_activate)
+            if _activate:
+                layer.set_active([adapter_name])
+            else:
+                adapter.requires_grad_(False)
         if layer is not current:
             set_submodule(model, info.name, layer)
     for name in saved:
-        current = model.get_submodule(name)
+        current = tree[name]
         wrapper = (
             current if isinstance(current, ModulesToSaveWrapper) else ModulesToSaveWrapper(current)
         )
@@ -224,20 +268,22 @@ def mark_only_adapters_as_trainable(
     names = set(adapter_names_in(model) if adapter_names is None else adapter_names)
     for p in model.parameters():
         p.requires_grad_(False)
-    for m in model.modules():
+    for _, m in adapter_wrappers(model):
         if isinstance(m, TTAdapterLayer):
-            for n, ad in m.tt_adapters.items():
-                ad.requires_grad_(n in names)
-        elif isinstance(m, ModulesToSaveWrapper):
-            for n, copy_ in m.modules_to_save.items():
-                copy_.requires_grad_(n in names)
+            for n in names:  # packed adapters that are to train become modules
+                if n in m.tt_adapters:
+                    m.tt_adapters[n].requires_grad_(True)
+        else:
+            for n in names:
+                if n in m.modules_to_save:
+                    m.modules_to_save[n].requires_grad_(True)
 
 
 def _adapter_tensors(model: nn.Module, adapter_name: str) -> Iterator[tuple[str, torch.Tensor]]:
     """``(key, tensor)`` of one adapter; keys are ``<module name>.<parameter path>``."""
     for name, m in adapter_wrappers(model):
         if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
-            for pname, p in m.tt_adapters[adapter_name].named_parameters():
+            for pname, p in m.tt_adapters.named_tensors(adapter_name):
                 yield f"{name}.{pname}", p
         elif isinstance(m, ModulesToSaveWrapper) and adapter_name in m.modules_to_save:
             for pname, p in m.modules_to_save[adapter_name].named_parameters():

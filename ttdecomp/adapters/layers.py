@@ -1,7 +1,9 @@
 """Wrapper layers holding ``base_layer`` and any number of named tensor-train adapters.
 
 :class:`TTAdapterLayer` wraps an ``nn.Linear`` or a GPT-2 ``Conv1D`` (weight stored (in, out)) and
-keeps it as ``base_layer``, untouched. Each adapter is a small module in ``tt_adapters[name]``:
+keeps it as ``base_layer``, untouched. Each adapter is a small module in ``tt_adapters[name]``
+(an :class:`~ttdecomp.adapters.packed.AdapterDict`, which also holds frozen TT-LoRA adapters
+*packed*, as one flat parameter each, until they are activated):
 
 * :class:`TTLoRAAdapter`: ``y += alpha · x W_TT^T`` with one split-layout TT-matrix ``W_TT``;
 * :class:`LoRETTARepAdapter`: ``y += (alpha / r) · x A^T B^T`` with TT-matrices A and B;
@@ -13,6 +15,8 @@ Unmerged forwards run the TT cores through :class:`~ttdecomp.adapters.fast.TTFor
 :func:`ttdecomp.contract.linear`; in inference the merged operands are cached too, so one-token
 decode costs what LoRA costs). Merging forms ΔW in float32 once and adds it to the base weight.
 A batch whose rows use different adapters is routed by :mod:`ttdecomp.adapters.routing`.
+``ModulesToSaveWrapper`` (PEFT's ``modules_to_save``) lives in
+:mod:`ttdecomp.adapters.saved_modules` and is re-exported here.
 
 Adapter parameters live in float32 when the base weight is float16/bfloat16 (as PEFT does);
 inputs are cast to the adapter dtype and the adapter's output back to the layer's dtype.
@@ -20,7 +24,6 @@ inputs are cast to the adapter dtype and the adapter's output back to the layer'
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from collections.abc import Sequence
@@ -35,9 +38,12 @@ from ..tt_matrix import TTMatrix
 from .config import ADP_CANNOT_MERGE
 from .cores import CoreList, gaussian_tt_cores_, make_cores, paper_init_
 from .fast import TTForwardCache
-from .routing import BASE_ADAPTER, Routing, check_not_merged, route_rows
+from .packed import AdapterDict, Packed, PackedSpec, packed_spec
+from .routing import Routing, check_not_merged, route_rows
+from .saved_modules import ModulesToSaveWrapper
 
 __all__ = [
+    "AdapterDict",
     "CoreList",
     "LoRETTAAdpAdapter",
     "LoRETTARepAdapter",
@@ -127,6 +133,25 @@ class TTLoRAAdapter(_TTAdapter):
         self.fast = TTForwardCache(self.alpha)
         if self.cores[0].device.type != "meta" and init is not None:
             self.reset_parameters(init)
+
+    @classmethod
+    def packed_spec(
+        cls,
+        row_shape: Sequence[int],
+        col_shape: Sequence[int],
+        *,
+        tt_rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+    ) -> PackedSpec:
+        """The :class:`~ttdecomp.adapters.packed.PackedSpec` of this adapter, held packed.
+
+        Its cores (``adapter_ranks`` of the shape, as ``__init__`` makes them) are one flat
+        parameter; promoting it builds ``cls(row_shape, col_shape, tt_rank=..., ...)``.
+        """
+        row, col = tuple(int(v) for v in row_shape), tuple(int(v) for v in col_shape)
+        ranks = adapter_ranks(row, col, tt_rank)
+        return packed_spec(cls, row, col, int(tt_rank), float(alpha), float(dropout), ranks)
 
     def reset_parameters(self, init: str) -> None:
         """Initialise the cores with ``init`` (``"paper"``, ``"zero"`` or ``"ttsvd"``)."""
@@ -351,8 +376,9 @@ class TTAdapterLayer(nn.Module):
 
     Attributes
     ----------
-    tt_adapters : nn.ModuleDict
-        The adapters by name.
+    tt_adapters : AdapterDict
+        The adapters by name (a ``ModuleDict`` that also holds packed adapters; see
+        :mod:`ttdecomp.adapters.packed`).
     active_adapters : list of str
         Adapters applied in ``forward`` (in this order).
     merged_adapters : list of str
@@ -382,7 +408,7 @@ class TTAdapterLayer(nn.Module):
             if self.fan_in_fan_out
             else (int(w.shape[1]), int(w.shape[0]))
         )
-        self.tt_adapters = nn.ModuleDict()
+        self.tt_adapters = AdapterDict()
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self.disable_adapters = False
@@ -411,6 +437,10 @@ class TTAdapterLayer(nn.Module):
         if activate and adapter_name not in self.active_adapters:
             self.active_adapters.append(adapter_name)
 
+    def add_packed(self, adapter_name: str, packed: Packed) -> None:
+        """Hold a frozen, inactive adapter packed (promoted to its module when activated)."""
+        self.tt_adapters.add_packed(adapter_name, packed)
+
     def remove(self, adapter_name: str) -> None:
         """Drop an adapter (unmerging it first if it is merged)."""
         if adapter_name in self.merged_adapters:
@@ -420,8 +450,9 @@ class TTAdapterLayer(nn.Module):
             self.active_adapters.remove(adapter_name)
 
     def set_active(self, adapter_names: Sequence[str]) -> None:
-        """Make exactly ``adapter_names`` (those this layer has) active."""
+        """Make exactly ``adapter_names`` (those this layer has) active (promoting packed ones)."""
         self.active_adapters = [n for n in adapter_names if n in self.tt_adapters]
+        self.tt_adapters.promote_all(self.active_adapters)
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """ΔW of one adapter in float32, laid out like ``base_layer.weight``.
@@ -486,7 +517,7 @@ class TTAdapterLayer(nn.Module):
         y = self.base_layer(x, *args, **kwargs)
         if self.routing is not None:
             check_not_merged(self.extra_repr(), self.merged_adapters)
-            return route_rows(y, x, self.routing, self.tt_adapters, _run_adapter)
+            return route_rows(y, x, self.routing, self.tt_adapters.servable, _run_adapter)
         merged = self.merged_adapters
         if merged and torch.is_grad_enabled():
             merged = [n for n in self.active_adapters if n in merged]
@@ -529,98 +560,6 @@ class _MergedBackwardGuard(torch.autograd.Function):
         )
 
 
-def _run_adapter(adapter: nn.Module, source: torch.Tensor) -> torch.Tensor:
+def _run_adapter(adapter: Any, source: torch.Tensor) -> torch.Tensor:
     """An adapter's contribution, computed in its own dtype (the caller casts it back)."""
     return adapter(source.to(adapter.compute_dtype))
-
-
-class ModulesToSaveWrapper(nn.Module):
-    """Keeps ``original_module`` frozen and a trainable copy per adapter (PEFT's modules_to_save).
-
-    ``forward`` runs the active adapter's copy, or the original when adapters are disabled or the
-    active adapter has no copy.
-
-    Examples
-    --------
-    >>> head = nn.Linear(4, 2)
-    >>> w = ModulesToSaveWrapper(head)
-    >>> w.add("default")
-    >>> w.modules_to_save["default"].weight.requires_grad, w.original_module.weight.requires_grad
-    (True, False)
-    """
-
-    def __init__(self, original_module: nn.Module) -> None:
-        super().__init__()
-        self.original_module = original_module
-        self.modules_to_save = nn.ModuleDict()
-        self.active_adapter: str | None = None
-        self.disable_adapters = False
-        #: Set by the model for the duration of a call with ``adapter_names=``.
-        self.routing: Routing | None = None
-        original_module.requires_grad_(False)
-
-    def add(self, adapter_name: str, *, activate: bool = True) -> None:
-        """Make a trainable copy of the original module for ``adapter_name``."""
-        clone = copy.deepcopy(self.original_module)
-        clone.requires_grad_(True)
-        self.modules_to_save[adapter_name] = clone
-        if activate:
-            self.active_adapter = adapter_name
-
-    def remove(self, adapter_name: str) -> None:
-        """Drop the copy of ``adapter_name``."""
-        del self.modules_to_save[adapter_name]
-        if self.active_adapter == adapter_name:
-            self.active_adapter = None
-
-    def set_active(self, adapter_names: Sequence[str]) -> None:
-        """Activate the first of ``adapter_names`` that has a copy here."""
-        self.active_adapter = next((n for n in adapter_names if n in self.modules_to_save), None)
-
-    def _current(self) -> nn.Module:
-        if self.disable_adapters or self.active_adapter not in self.modules_to_save:
-            return self.original_module
-        return self.modules_to_save[self.active_adapter]
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The active copy's forward (or the original's); in a mixed batch, each row's copy."""
-        if self.routing is None or self.disable_adapters:
-            return self._current()(*args, **kwargs)
-        x = args[0] if args else next(iter(kwargs.values()), None)
-        if not isinstance(x, torch.Tensor) or x.ndim == 0:
-            raise InvalidInputError(
-                "adapter_names needs the modules-to-save copies to take a batch tensor as "
-                f"first input; {type(self.original_module).__name__} got {type(x).__name__}."
-            )
-        out = self.original_module(*args, **kwargs)
-        for name, idx in self.routing.groups(int(x.shape[0]), x.device):
-            if name == BASE_ADAPTER or name not in self.modules_to_save:
-                continue
-            copy_ = self.modules_to_save[name]
-            if idx is None:
-                out = copy_(*args, **kwargs)
-                continue
-            rows = int(x.shape[0])
-            pick = [
-                a.index_select(0, idx)
-                if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == rows
-                else a
-                for a in args
-            ]
-            picked = {
-                k: v.index_select(0, idx)
-                if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == rows
-                else v
-                for k, v in kwargs.items()
-            }
-            out = out.index_copy(0, idx, copy_(*pick, **picked))
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        """Attributes the model reads off the wrapped module (``weight``, ``eps``, ...)."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name.startswith("_") or "_modules" not in self.__dict__:
-                raise
-            return getattr(self._current(), name)

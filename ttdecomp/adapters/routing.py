@@ -20,7 +20,7 @@ routed).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -110,23 +110,26 @@ def route_rows(
     y: torch.Tensor,
     x: torch.Tensor,
     routing: Routing,
-    adapters: Any,
+    adapter: Callable[[str], Any],
     run: Any,
 ) -> torch.Tensor:
     """Add to ``y`` (base output) each present adapter's output on its own rows.
 
-    ``adapters`` maps names to adapter modules (names it lacks, and ``"__base__"``, leave
-    their rows as the base computed them); ``run(adapter, source)`` returns the adapter's
+    ``adapter(name)`` gives what runs an adapter (its module, or a packed adapter's runner;
+    ``None`` for a name the layer lacks: those rows, and ``"__base__"`` rows, stay as the base
+    computed them); ``run(adapter, source)`` returns the adapter's
     contribution for the rows in ``source`` (cast here to ``y``'s dtype), with ``source`` drawn
     from ``x`` (parallel adapters) or ``y`` (sequential ones).
     """
+    out = None  # one copy of y that every adapter adds its rows into
     for name, idx in routing.groups(int(x.shape[0]), x.device):
-        if name == BASE_ADAPTER or name not in adapters:
+        runner = None if name == BASE_ADAPTER else adapter(name)
+        if runner is None:
             continue
-        adapter = adapters[name]
-        source = x if adapter.kind == "parallel" else y
+        source = x if runner.kind == "parallel" else y  # y: the base output, never modified
         if idx is None:
-            y = y + run(adapter, source).to(y.dtype)
-        else:
-            y = y.index_add(0, idx, run(adapter, source.index_select(0, idx)).to(y.dtype))
-    return y
+            return y + run(runner, source).to(y.dtype)  # every row uses this adapter
+        if out is None:
+            out = y.clone()
+        out.index_add_(0, idx, run(runner, source.index_select(0, idx)).to(y.dtype))
+    return y if out is None else out

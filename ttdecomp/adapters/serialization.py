@@ -34,12 +34,14 @@ from ..errors import InvalidInputError, ShapeError
 from .config import TTAdapterConfig, config_from_dict
 from .inject import (
     build_adapter,
+    build_packed,
     check_adapter_name,
     get_adapter_state_dict,
     inject_adapter_in_model,
     set_adapter_state_dict,
 )
-from .targets import inspect_targets, logical_modules, select_modules_to_save
+from .packed import Packed
+from .targets import inspect_targets, logical_modules, module_tree, select_modules_to_save
 
 __all__ = [
     "CONFIG_NAME",
@@ -317,6 +319,9 @@ def _read(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             f"{weights_id}); a save was interrupted while renaming its files. Save the adapter "
             "again."
         )
+    floats = [t for t in tensors.values() if t.is_floating_point() or t.is_complex()]
+    if floats and bool(torch.isfinite(torch.cat([t.reshape(-1) for t in floats])).all()):
+        return record, tensors  # one check for all tensors; the loop below names the culprit
     for key, t in tensors.items():
         if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
             n_bad = int((~torch.isfinite(t)).sum())
@@ -334,7 +339,9 @@ def load_adapter(
 
     With ``activate`` the adapter becomes the active and only trainable one (as
     :func:`~ttdecomp.adapters.inject_adapter_in_model` leaves it); otherwise it is added
-    frozen and inactive, touching nothing else. Returns the adapter's config. Raises
+    frozen and inactive, touching nothing else (a TT-LoRA adapter is then held packed, one
+    flat parameter per layer, until it is activated: see :mod:`ttdecomp.adapters.packed`).
+    Returns the adapter's config. Raises
     :class:`AdapterFileError` / :class:`ShapeError` without touching ``model`` when the files
     are unreadable or any tensor's name, shape or dtype does not match what the config implies
     for this model.
@@ -348,7 +355,8 @@ def load_adapter(
         raise AdapterFileError(
             f"{folder / CONFIG_NAME} has an invalid 'config' entry: {exc}"
         ) from None
-    infos = {i.name: i for i in inspect_targets(model, config)}
+    tree = module_tree(model)  # one walk of the model for every step below
+    infos = {i.name: i for i in inspect_targets(model, config, modules=tree)}
     saved_modules = record.get("modules", {})
     if set(saved_modules) != set(infos):
         raise AdapterFileError(
@@ -368,12 +376,17 @@ def load_adapter(
                 f"this model's layer is {info.out_features} x {info.in_features} ({got})."
             )
     # the adapters are built once, uninitialised (the values come from the file): their
-    # parameters are what the file must match, and then what is injected
-    built = {
-        name: build_adapter(config, info, model.get_submodule(name).weight, init=None)
-        for name, info in infos.items()
-    }
-    expected = _expected_tensors(model, config, built)
+    # parameters are what the file must match, and then what is injected. Inactive TT-LoRA
+    # adapters are held packed (one flat parameter per layer, no modules; see packed.py)
+    built: dict[str, nn.Module | Packed] = {}
+    for name, info in infos.items():
+        weight = tree[name].weight
+        packed = None if activate else build_packed(config, info, weight)
+        built[name] = (
+            packed if packed is not None else build_adapter(config, info, weight, init=None)
+        )
+    copies = select_modules_to_save(model, config, modules=tree)
+    expected = _expected_tensors(model, built, copies, tree)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -394,23 +407,51 @@ def load_adapter(
                 f"adapter would be {dtype}. Load into a base model of the dtype the adapter was "
                 "trained with (float32 adapters serve float16/bfloat16 bases too)."
             )
+    # every name, shape and dtype is checked: the values go straight into the built adapters,
+    # and into the modules-to-save copies once the model holds them
+    with torch.no_grad():
+        for name, adapter in built.items():
+            if isinstance(adapter, Packed):
+                n_cores = len(adapter.spec.core_shapes)
+                cores = [tensors[f"{name}.cores.{k}"].reshape(-1) for k in range(n_cores)]
+                adapter.flat.copy_(torch.cat(cores))
+            else:
+                for pname, p in adapter.named_parameters():
+                    p.copy_(tensors[f"{name}.{pname}"])
     inject_adapter_in_model(
-        config, model, adapter_name, _activate=activate, _prebuilt=(list(infos.values()), built)
+        config,
+        model,
+        adapter_name,
+        _activate=activate,
+        _prebuilt=(list(infos.values()), built),
+        _modules=tree,
     )
-    set_adapter_state_dict(model, tensors, adapter_name)
+    with torch.no_grad():
+        for name in copies:
+            copy_ = model.get_submodule(name).modules_to_save[adapter_name]
+            for pname, t in [*copy_.named_parameters(), *copy_.named_buffers()]:
+                t.copy_(tensors[f"{name}.{pname}"])
     return config
 
 
 def _expected_tensors(
-    model: nn.Module, config: TTAdapterConfig, built: dict[str, nn.Module]
+    model: nn.Module,
+    built: dict[str, nn.Module | Packed],
+    copies: list[str],
+    tree: dict[str, nn.Module],
 ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Names, shapes and dtypes of the adapter's tensors (``built``: its modules by target)."""
+    """Names, shapes and dtypes of the adapter's tensors (``built``: its adapters by target;
+    ``copies``: its modules to save; ``tree``: the model's ``module_tree``)."""
     out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
     for name, adapter in built.items():
+        if isinstance(adapter, Packed):
+            for k, shape in enumerate(adapter.spec.core_shapes):
+                out[f"{name}.cores.{k}"] = (shape, adapter.flat.dtype)
+            continue
         for pname, p in adapter.named_parameters():
             out[f"{name}.{pname}"] = (tuple(p.shape), p.dtype)
-    modules = dict(logical_modules(model))
-    for name in select_modules_to_save(model, config):
+    modules = dict(logical_modules(model, tree))
+    for name in copies:
         for pname, p in modules[name].named_parameters():
             out[f"{name}.{pname}"] = (tuple(p.shape), p.dtype)
         for bname, b in modules[name].named_buffers():

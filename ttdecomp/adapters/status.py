@@ -95,13 +95,9 @@ def layer_status(model: nn.Module, layer_type: type) -> list[TTLayerStatus]:
     for name, m in model.named_modules():
         if not isinstance(m, layer_type):
             continue
-        grads = {
-            n: _all_or_irregular(p.requires_grad for p in ad.parameters())
-            for n, ad in m.tt_adapters.items()
-        }
-        devices = {
-            n: sorted({str(p.device) for p in ad.parameters()}) for n, ad in m.tt_adapters.items()
-        }
+        ads = m.tt_adapters  # packed adapters are reported without building their modules
+        grads = {n: _all_or_irregular(p.requires_grad for p in ads.parameters_of(n)) for n in ads}
+        devices = {n: sorted({str(p.device) for p in ads.parameters_of(n)}) for n in ads}
         out.append(
             TTLayerStatus(
                 name=name,

@@ -34,7 +34,14 @@ from .config import (
 )
 from .layers import ModulesToSaveWrapper, TTAdapterLayer, adapter_ranks, is_conv1d
 
-__all__ = ["TargetInfo", "inspect_targets", "logical_modules", "select_modules_to_save"]
+__all__ = [
+    "TargetInfo",
+    "adapter_wrappers",
+    "inspect_targets",
+    "logical_modules",
+    "module_tree",
+    "select_modules_to_save",
+]
 
 _HEAD_NAMES = ("classifier", "score")
 
@@ -76,45 +83,65 @@ class TargetInfo:
     n_params: int
 
 
-def logical_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def module_tree(model: nn.Module) -> dict[str, nn.Module]:
+    """``{name: module}`` in ``named_modules`` order, the wrappers standing for themselves and
+    not entered.
+
+    One walk of the model that :func:`logical_modules`, :func:`adapter_wrappers`,
+    :func:`inspect_targets` and :func:`select_modules_to_save` accept as ``modules=`` so that
+    a caller doing all of them (loading an adapter) walks the model once. Its cost does not
+    grow with the number of adapters loaded (``named_modules`` would visit every adapter).
+    """
+    tree: dict[str, nn.Module] = {}
+    _walk_below("", model, {id(model)}, tree)
+    return tree
+
+
+def logical_modules(
+    model: nn.Module, modules: Mapping[str, nn.Module] | None = None
+) -> Iterator[tuple[str, nn.Module]]:
     """``(name, module)`` pairs as the user sees them: wrappers stand for what they wrap.
 
     A :class:`TTAdapterLayer` yields its ``base_layer`` and a :class:`ModulesToSaveWrapper` its
     ``original_module`` under the wrapper's name; their internals are not yielded.
+    ``modules``: the model's :func:`module_tree`, if the caller has it.
     """
-    # a walk that does not descend into the wrappers, so its cost does not grow with the
-    # number of adapters loaded (named_modules would visit every adapter's modules)
-    yield from _walk_below("", model, {id(model)})
+    tree = module_tree(model) if modules is None else modules
+    for name, module in tree.items():
+        if isinstance(module, TTAdapterLayer):
+            yield name, module.base_layer
+        elif isinstance(module, ModulesToSaveWrapper):
+            yield name, module.original_module
+        else:
+            yield name, module
 
 
-def adapter_wrappers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def adapter_wrappers(
+    model: nn.Module, modules: Mapping[str, nn.Module] | None = None
+) -> Iterator[tuple[str, nn.Module]]:
     """``(name, wrapper)`` of every :class:`TTAdapterLayer` and :class:`ModulesToSaveWrapper`.
 
     Like filtering ``named_modules``, but without visiting the adapters inside the wrappers,
-    so it costs the same with one adapter loaded or a thousand.
+    so it costs the same with one adapter loaded or a thousand. ``modules``: as in
+    :func:`logical_modules`.
     """
-    for name, module in _walk_below("", model, {id(model)}, wrappers=True):
+    tree = module_tree(model) if modules is None else modules
+    for name, module in tree.items():
         if isinstance(module, (TTAdapterLayer, ModulesToSaveWrapper)):
             yield name, module
 
 
-def _walk_below(
-    prefix: str, parent: nn.Module, seen: set[int], *, wrappers: bool = False
-) -> Iterator[tuple[str, nn.Module]]:
-    """Depth first in registration order, each module once, as ``named_modules``; wrappers
-    stand for what they wrap (or for themselves, with ``wrappers``) and are not entered."""
+def _walk_below(prefix: str, parent: nn.Module, seen: set[int], out: dict) -> None:
+    """Depth first in registration order, each module once, as ``named_modules``, into
+    ``out``; wrappers are entered as themselves and not walked into."""
     for child_name, module in parent._modules.items():
         if module is None or id(module) in seen:
             continue
         seen.add(id(module))
         name = prefix + child_name
-        if isinstance(module, TTAdapterLayer):
-            yield name, module if wrappers else module.base_layer
-        elif isinstance(module, ModulesToSaveWrapper):
-            yield name, module if wrappers else module.original_module
-        else:
-            yield name, module
-            yield from _walk_below(name + ".", module, seen, wrappers=wrappers)
+        out[name] = module
+        if not isinstance(module, (TTAdapterLayer, ModulesToSaveWrapper)):
+            _walk_below(name + ".", module, seen, out)
 
 
 @functools.lru_cache(maxsize=256)
@@ -122,6 +149,12 @@ def _tensorize(out_f: int, in_f: int, n_cores: int | None, layout: str) -> tuple
     """:func:`~ttdecomp.shapes.tensorize`, memoised: a pure function of its arguments, called
     for every target of every adapter loaded."""
     return tensorize(out_f, in_f, n_cores=n_cores, layout=layout)
+
+
+@functools.lru_cache(maxsize=1024)
+def _n_params(row_shape: tuple, col_shape: tuple, ranks: tuple) -> int:
+    """:func:`~ttdecomp.counts.tt_matrix_n_params`, memoised (pure, validates its input)."""
+    return tt_matrix_n_params(row_shape, col_shape, ranks)
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -139,6 +172,13 @@ def _entry_matches(entry: str, name: str) -> bool:
 
 def _select(patterns: str | Sequence[str], names: Sequence[str], what: str) -> set[str]:
     """Names matched by ``patterns``; every entry must match something."""
+    key = patterns if isinstance(patterns, str) else tuple(patterns)
+    return set(_select_memo(key, tuple(names), what))
+
+
+@functools.lru_cache(maxsize=64)
+def _select_memo(patterns: str | tuple[str, ...], names: tuple[str, ...], what: str) -> frozenset:
+    # memoised: loading many adapters matches the same patterns against the same names
     if isinstance(patterns, str):
         hit = {n for n in names if re.fullmatch(patterns, n)}
         if not hit:
@@ -146,7 +186,7 @@ def _select(patterns: str | Sequence[str], names: Sequence[str], what: str) -> s
                 f"{what}={patterns!r} (a regex matched against full module names) matches no "
                 f"module. Module names look like {_examples(names)}."
             )
-        return hit
+        return frozenset(hit)
     hit: set[str] = set()
     for entry in patterns:
         found = {n for n in names if _entry_matches(entry, n)}
@@ -157,7 +197,7 @@ def _select(patterns: str | Sequence[str], names: Sequence[str], what: str) -> s
                 "the entry."
             )
         hit |= found
-    return hit
+    return frozenset(hit)
 
 
 def _examples(names: Sequence[str]) -> list[str]:
@@ -188,14 +228,20 @@ def _output_head_ids(model: nn.Module) -> set[int]:
     return {id(head)} if head is not None else set()
 
 
-def select_modules_to_save(model: nn.Module, config: TTAdapterConfig) -> list[str]:
+def select_modules_to_save(
+    model: nn.Module, config: TTAdapterConfig, *, modules: Mapping[str, nn.Module] | None = None
+) -> list[str]:
     """Names of the modules trained in full and saved with the adapter.
 
     These are ``config.modules_to_save`` (each entry must match) plus, for LoRETTA, every
     LayerNorm/RMSNorm (``train_norms``) and the ``classifier`` / ``score`` head (``train_head``).
-    Nested matches are reduced to the outermost module.
+    Nested matches are reduced to the outermost module. ``modules``: the model's
+    :func:`module_tree`, if the caller has it.
     """
-    modules = dict(logical_modules(model))
+    loretta = isinstance(config, LoRETTAConfig) and (config.train_norms or config.train_head)
+    if not config.modules_to_save and not loretta:
+        return []
+    modules = dict(logical_modules(model, modules))
     names = list(modules)
     chosen: set[str] = set()
     if config.modules_to_save:
@@ -219,10 +265,12 @@ def _is_norm(module: nn.Module) -> bool:
     return has_weight and (isinstance(module, nn.LayerNorm) or cls.endswith(("Norm", "RMSNorm")))
 
 
-def _select_targets(model: nn.Module, config: TTAdapterConfig) -> list[tuple[str, nn.Module]]:
-    modules = dict(logical_modules(model))
+def _select_targets(
+    model: nn.Module, config: TTAdapterConfig, tree: Mapping[str, nn.Module]
+) -> list[tuple[str, nn.Module]]:
+    modules = dict(logical_modules(model, tree))
     names = list(modules)
-    saved = select_modules_to_save(model, config)
+    saved = select_modules_to_save(model, config, modules=tree)
 
     def inside_saved(n: str) -> bool:
         return any(n == s or n.startswith(s + ".") for s in saved)
@@ -322,7 +370,9 @@ def _ttlora_shape(
     return resolve_shape_spec(spec, out_f, in_f)
 
 
-def inspect_targets(model: nn.Module, config: TTAdapterConfig) -> list[TargetInfo]:
+def inspect_targets(
+    model: nn.Module, config: TTAdapterConfig, *, modules: Mapping[str, nn.Module] | None = None
+) -> list[TargetInfo]:
     """Dry run: the modules ``config`` would adapt, with shapes, TT shapes and parameter counts.
 
     Nothing in ``model`` changes. Raises the same errors injection would, so it is also a
@@ -334,6 +384,8 @@ def inspect_targets(model: nn.Module, config: TTAdapterConfig) -> list[TargetInf
         Usually a Hugging Face ``PreTrainedModel`` (``model.config.model_type`` picks default
         targets when ``config.target_modules`` is None).
     config : TTLoRAConfig or LoRETTAConfig
+    modules : dict, optional
+        The model's :func:`module_tree`, if the caller has it (saves walking the model).
 
     Returns
     -------
@@ -354,7 +406,8 @@ def inspect_targets(model: nn.Module, config: TTAdapterConfig) -> list[TargetInf
             f"config must be a TTLoRAConfig or LoRETTAConfig; got {type(config).__name__}. "
             "PEFT configs are not accepted: build the ttdecomp equivalent."
         )
-    selected = _select_targets(model, config)
+    tree = module_tree(model) if modules is None else modules
+    selected = _select_targets(model, config, tree)
     used_keys: set[str] = set()
     out: list[TargetInfo] = []
     for name, module in selected:
@@ -371,8 +424,7 @@ def inspect_targets(model: nn.Module, config: TTAdapterConfig) -> list[TargetInf
                 in_features=in_f,
                 tt_matrices=mats,
                 n_params=sum(
-                    tt_matrix_n_params(i["row_shape"], i["col_shape"], i["ranks"])
-                    for i in mats.values()
+                    _n_params(i["row_shape"], i["col_shape"], i["ranks"]) for i in mats.values()
                 )
                 + extra,
             )
