@@ -26,11 +26,11 @@ Examples
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 from .errors import InvalidInputError, ShapeError
+from .integers import SMOOTH, balanced_factors, check_int, next_smooth, prime_factors
 
 __all__ = [
     "LAYOUTS",
@@ -51,188 +51,7 @@ MAX_PRIME = 64
 """Largest prime factor a dimension may have before :func:`factorize` refuses it."""
 
 _END_FACTOR = 16  # target size of the outermost factor of each side in the split layout
-_SMOOTH = 7  # padded sizes have no prime factor above this
-
-
-def _check_int(value: Any, name: str, *, minimum: int, hint: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidInputError(
-            f"{name} must be an integer, got {value!r} ({type(value).__name__}).{hint}"
-        )
-    value = int(value)
-    if value < minimum:
-        raise ShapeError(f"{name} must be at least {minimum}, got {value}.{hint}")
-    return value
-
-
-def prime_factors(n: int) -> tuple[int, ...]:
-    """Prime factors of ``n`` with multiplicity, in ascending order.
-
-    Parameters
-    ----------
-    n : int
-        A positive integer (``prime_factors(1) == ()``).
-
-    Returns
-    -------
-    tuple of int
-
-    Examples
-    --------
-    >>> prime_factors(768)
-    (2, 2, 2, 2, 2, 2, 2, 2, 3)
-    >>> prime_factors(4099)
-    (4099,)
-    """
-    n = _check_int(n, "n", minimum=1)
-    out = []
-    for p in _SMALL_PRIMES:
-        if p * p > n:
-            break
-        while n % p == 0:
-            out.append(p)
-            n //= p
-    if n > 1:
-        out.extend(_large_factors(n))
-    return tuple(sorted(out))
-
-
-_SMALL_PRIMES = tuple(p for p in range(2, 1000) if all(p % q for q in range(2, math.isqrt(p) + 1)))
-# Miller-Rabin with these bases is exact below 3.3·10^24 (and a strong test above).
-_MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
-
-
-def _is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    for p in _SMALL_PRIMES[:13]:
-        if n % p == 0:
-            return n == p
-    d, s = n - 1, 0
-    while d % 2 == 0:
-        d, s = d // 2, s + 1
-    for a in _MR_BASES:
-        x = pow(a, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(s - 1):
-            x = x * x % n
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
-
-
-def _large_factors(n: int) -> list[int]:
-    """Prime factors of ``n`` (no factor below 1000): Miller-Rabin, then Pollard-Brent rho."""
-    if n == 1:
-        return []
-    if _is_prime(n):
-        return [n]
-    r = math.isqrt(n)
-    if r * r == n:
-        return _large_factors(r) * 2
-    c = 1
-    while True:
-        y, g, m, q, x = 2, 1, 128, 1, 2
-        length = 1
-        while g == 1:
-            x = y
-            for _ in range(length):
-                y = (y * y + c) % n
-            k = 0
-            while k < length and g == 1:
-                ys = y
-                for _ in range(min(m, length - k)):
-                    y = (y * y + c) % n
-                    q = q * abs(x - y) % n
-                g = math.gcd(q, n)
-                k += m
-            length *= 2
-        if g == n:
-            g = 1
-            while g == 1:
-                ys = (ys * ys + c) % n
-                g = math.gcd(abs(x - ys), n)
-        if g != n:
-            return _large_factors(g) + _large_factors(n // g)
-        c += 1
-
-
-def next_smooth(n: int, *, min_factors: int = 1, largest_prime: int = _SMOOTH) -> int:
-    """Smallest integer ``≥ n`` whose prime factors are all ``≤ largest_prime``.
-
-    This is the padded size :func:`factorize` suggests for a dimension with a large prime
-    factor; found by a search over products of the small primes (milliseconds, also for
-    ``n`` near ``2**62``). ``min_factors`` asks for at least that many prime factors (with
-    multiplicity), so that the padded size can be split into ``min_factors`` factors ``≥ 2``.
-
-    Examples
-    --------
-    >>> next_smooth(4099)
-    4116
-    >>> next_smooth(6, min_factors=3)
-    8
-    """
-    n = _check_int(n, "n", minimum=1)
-    primes = [p for p in range(2, largest_prime + 1) if _is_prime(p)]
-    best = 2 ** max(min_factors, (n - 1).bit_length())  # a power of two always qualifies
-
-    def walk(i: int, prod: int, count: int) -> None:
-        # Exhaustive over products of ``primes[i:]`` below the best found: cheap, since
-        # smooth numbers are sparse (no factoring of every integer on the way).
-        nonlocal best
-        if prod >= n and count >= min_factors:
-            best = min(best, prod)
-            return
-        if i == len(primes):
-            return
-        x, c = prod, count
-        while x < best:
-            walk(i + 1, x, c)
-            x, c = x * primes[i], c + 1
-
-    walk(0, 1, 0)
-    return best
-
-
-def balanced_factors(n: int, k: int) -> tuple[int, ...]:
-    """The most balanced split of ``n`` into ``k`` factors ``≥ 2`` (descending).
-
-    "Most balanced" minimises ``Σ log² f`` (for a fixed product, the spread of the logs);
-    ties go to the lexicographically smallest descending tuple. Exhaustive over
-    non-decreasing divisor chains, which is small for the sizes found in networks.
-    """
-    if k == 1:
-        return (n,)
-    divs = {1}
-    for p in prime_factors(n):
-        divs |= {d * p for d in divs}
-    divisors = sorted(d for d in divs if d > 1)
-    best: tuple[float, tuple[int, ...]] | None = None
-
-    def walk(rest: int, left: int, low: int, acc: list[int]) -> None:
-        nonlocal best
-        if left == 1:
-            if rest >= low:
-                f = (*acc, rest)
-                score = (round(sum(math.log(x) ** 2 for x in f), 9), tuple(sorted(f)[::-1]))
-                if best is None or score < best:
-                    best = score
-            return
-        for p in divisors:
-            if p < low:
-                continue
-            if p**left > rest:
-                break
-            if rest % p == 0:
-                walk(rest // p, left - 1, p, [*acc, p])
-
-    walk(n, k, 2, [])
-    if best is None:
-        raise ShapeError(f"{n} cannot be split into {k} factors >= 2.")
-    return best[1]
+_SMOOTH = SMOOTH  # padded sizes have no prime factor above this
 
 
 def _default_n_factors(n: int, base: float) -> int:
@@ -318,10 +137,10 @@ def factorize(
     >>> factorize(4099, 3, pad=True)
     (21, 14, 14)
     """
-    n = _check_int(n, "n", minimum=2, hint=" A dimension of 1 has no factors to split.")
-    max_prime = _check_int(max_prime, "max_prime", minimum=2)
+    n = check_int(n, "n", minimum=2, hint=" A dimension of 1 has no factors to split.")
+    max_prime = check_int(max_prime, "max_prime", minimum=2)
     if n_factors is not None:
-        n_factors = _check_int(n_factors, "n_factors", minimum=1)
+        n_factors = check_int(n_factors, "n_factors", minimum=1)
     ps = prime_factors(n)
     large = ps[-1] if ps[-1] > max_prime else None
     k = n_factors if n_factors is not None else min(len(ps), _default_n_factors(n, 4))
@@ -375,7 +194,7 @@ def _check_dims(
         ("out_features", out_features, counts[0]),
         ("in_features", in_features, counts[1]),
     ):
-        value = _check_int(value, name, minimum=2, hint=" Every dimension must be at least 2.")
+        value = check_int(value, name, minimum=2, hint=" Every dimension must be at least 2.")
         ps = prime_factors(value)
         large = ps[-1] if ps[-1] > max_prime else None
         if large is not None or k > len(ps):
@@ -455,9 +274,9 @@ def tensorize(
     ttdecomp.errors.ShapeError: out_features = 4099 has the prime factor 4099 ...
     """
     check_layout(layout)
-    max_prime = _check_int(max_prime, "max_prime", minimum=2)
+    max_prime = check_int(max_prime, "max_prime", minimum=2)
     if n_cores is not None:
-        n_cores = _check_int(
+        n_cores = check_int(
             n_cores, "n_cores", minimum=2, hint=" A one-core TT-matrix is the dense matrix."
         )
     if layout == "split":
@@ -576,13 +395,13 @@ def from_tt_shape(
     >>> from_tt_shape([16, 16, 4, 2, 2, 16, 16], 512, 2048)[0]
     (1, 1, 1, 1, 2, 16, 16)
     """
-    M = _check_int(out_features, "out_features", minimum=1)
-    N = _check_int(in_features, "in_features", minimum=1)
+    M = check_int(out_features, "out_features", minimum=1)
+    N = check_int(in_features, "in_features", minimum=1)
     if isinstance(tt_shape, (str, bytes)) or not isinstance(tt_shape, Sequence):
         raise InvalidInputError(
             f"tt_shape must be a sequence of ints, got {type(tt_shape).__name__}."
         )
-    shape = [_check_int(s, "tt_shape entry", minimum=2) for s in tt_shape]
+    shape = [check_int(s, "tt_shape entry", minimum=2) for s in tt_shape]
     prefix = [math.prod(shape[:k]) for k in range(1, len(shape))]
     split = prefix.index(N) + 1 if N in prefix else None
     if split is None or math.prod(shape[split:]) != M:
@@ -612,8 +431,8 @@ def _check_pair(
     for name, s in (("row_shape", row_shape), ("col_shape", col_shape)):
         if isinstance(s, (str, bytes)) or not isinstance(s, Sequence):
             raise InvalidInputError(f"{name} must be a sequence of ints, got {s!r}.")
-    rs = tuple(_check_int(m, "row_shape entry", minimum=1) for m in row_shape)
-    cs = tuple(_check_int(n, "col_shape entry", minimum=1) for n in col_shape)
+    rs = tuple(check_int(m, "row_shape entry", minimum=1) for m in row_shape)
+    cs = tuple(check_int(n, "col_shape entry", minimum=1) for n in col_shape)
     if len(rs) != len(cs) or not rs:
         raise ShapeError(
             f"row_shape {rs} and col_shape {cs} must be non-empty and of equal length (one "

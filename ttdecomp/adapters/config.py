@@ -17,21 +17,15 @@ Every value is validated when the config is built, before any model is touched.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import numbers
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import InvalidInputError, RankError, ShapeError
 from ..shapes import check_layout, from_tt_shape
-
-try:  # the pattern parser of the re module (Python 3.11+), sre_parse before
-    import re._parser as _sre_parser
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_parse as _sre_parser  # type: ignore[no-redef]
+from .patterns import TargetModulesError, check_patterns, check_regex
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -41,22 +35,6 @@ __all__ = [
     "TargetModulesError",
     "config_from_dict",
 ]
-
-
-class TargetModulesError(InvalidInputError):
-    """A target, exclusion or modules-to-save pattern that selects nothing (or the wrong kind).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from ttdecomp.adapters import TargetModulesError, TTLoRAConfig, get_tt_model
-    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8))
-    >>> try:
-    ...     get_tt_model(net, TTLoRAConfig(target_modules=["q_proj"]))
-    ... except TargetModulesError:
-    ...     print("q_proj matches nothing")
-    q_proj matches nothing
-    """
 
 
 #: Default targets per Hugging Face ``model_type``: ``(TT-LoRA / LoRETTA-rep, LoRETTA-adp)``.
@@ -95,135 +73,6 @@ def _is_int(value: Any) -> bool:
 def _check_positive_int(value: Any, name: str, fix: str) -> None:
     if not _is_int(value) or value < 1:
         raise RankError(f"{name} must be a positive int; got {value!r}. {fix}")
-
-
-#: Longest pattern accepted, and most unbounded quantifiers in one pattern: with module names of
-#: at most a few hundred characters, matching then costs at most a polynomial of low degree.
-MAX_PATTERN_LENGTH = 1000
-MAX_UNBOUNDED_REPEATS = 4
-
-
-def check_regex(pattern: str, name: str) -> None:
-    """Refuse a pattern that is invalid or whose matching time is not bounded.
-
-    Python's ``re`` backtracks: a repeated group that itself contains a repeat or an
-    alternation (``(a+)+``, ``(a|aa)*``) or a backreference can take exponential time on a
-    module name, so a crafted config would hang injection or ``from_pretrained``. Such patterns,
-    patterns longer than :data:`MAX_PATTERN_LENGTH` characters and patterns with more than
-    :data:`MAX_UNBOUNDED_REPEATS` unbounded quantifiers are refused. Possessive quantifiers
-    (``*+``, ``++``) and atomic groups (``(?>...)``, Python 3.11+) never backtrack into a repeat
-    and are accepted around anything.
-    """
-    _check_regex(pattern, name)
-
-
-@functools.lru_cache(maxsize=256)
-def _check_regex(pattern: str, name: str) -> None:
-    # memoised (a refusal raises, so only accepted patterns are remembered): every adapter
-    # loaded parses its config's patterns again
-    if len(pattern) > MAX_PATTERN_LENGTH:
-        raise TargetModulesError(
-            f"{name} pattern of {len(pattern)} characters is longer than the "
-            f"{MAX_PATTERN_LENGTH} characters accepted; list module names instead."
-        )
-    try:
-        parsed = _sre_parser.parse(pattern)
-    except re.error as exc:
-        raise TargetModulesError(
-            f"{name} entry {pattern!r} is not a valid regular expression ({exc}). Strings are "
-            "matched as module names, name suffixes or regexes against full module names."
-        ) from None
-    problem = _regex_problem(list(parsed), [0])
-    if problem:
-        raise TargetModulesError(
-            f"{name} pattern {pattern!r} {problem}; patterns are bounded so that matching (also "
-            "of a config read from a file) cannot hang. Use a possessive quantifier (*+, ++) or "
-            "an atomic group (?>...), or list module names."
-        )
-
-
-_REPEATS = {_sre_parser.MAX_REPEAT, _sre_parser.MIN_REPEAT}
-_POSSESSIVE = getattr(_sre_parser, "POSSESSIVE_REPEAT", None)
-
-
-def _regex_problem(items: list, n_unbounded: list[int]) -> str | None:
-    """Why a parsed pattern could backtrack badly, or ``None``."""
-    for op, av in items:
-        if op in (_sre_parser.GROUPREF, _sre_parser.GROUPREF_EXISTS):
-            return "uses a backreference (matching can take exponential time)"
-        if op in _REPEATS or op == _POSSESSIVE:
-            _, hi, body = av
-            if op in _REPEATS and hi > 1:
-                if hi == _sre_parser.MAXREPEAT:
-                    n_unbounded[0] += 1
-                    if n_unbounded[0] > MAX_UNBOUNDED_REPEATS:
-                        return (
-                            f"has more than {MAX_UNBOUNDED_REPEATS} unbounded quantifiers "
-                            "(matching time grows as a high power of the name length)"
-                        )
-                if _is_ambiguous(list(body)):
-                    return (
-                        "repeats a group that itself holds a repeat or an alternation, which can "
-                        "backtrack exponentially"
-                    )
-            problem = _regex_problem(list(body), n_unbounded)
-        else:
-            problem = None
-            for sub in _subpatterns(op, av):
-                problem = problem or _regex_problem(list(sub), n_unbounded)
-        if problem:
-            return problem
-    return None
-
-
-def _subpatterns(op: Any, av: Any) -> list:
-    if op == _sre_parser.SUBPATTERN:
-        return [av[-1]]
-    if op == _sre_parser.BRANCH:
-        return list(av[1])
-    if op in (_sre_parser.ASSERT, _sre_parser.ASSERT_NOT):
-        return [av[1]]
-    if op == getattr(_sre_parser, "ATOMIC_GROUP", None):
-        return [av]
-    return []
-
-
-def _is_ambiguous(items: list) -> bool:
-    """Does a repeat's body hold a (backtracking) repeat or an alternation?"""
-    for op, av in items:
-        if op == _sre_parser.BRANCH:
-            return True
-        if op in _REPEATS and av[1] > 1:
-            return True
-        if op in _REPEATS or op == _POSSESSIVE:
-            continue
-        if any(_is_ambiguous(list(sub)) for sub in _subpatterns(op, av)):
-            return True
-    return False
-
-
-def _check_patterns(
-    value: Any, name: str, *, allow_all_linear: bool = False, regex: bool = True
-) -> None:
-    """Targets are ``None``, a regex string, or a non-empty sequence of non-empty strings."""
-    if value is None or isinstance(value, str):
-        if isinstance(value, str) and value != "all-linear" and regex:
-            check_regex(value, name)
-        if value == "all-linear" and not allow_all_linear:
-            raise TargetModulesError(f"{name} does not accept 'all-linear'; list module names.")
-        return
-    if not isinstance(value, Sequence) or not value:
-        raise TargetModulesError(
-            f"{name} must be None, a regex string or a non-empty list of module names; "
-            f"got {value!r}."
-        )
-    for item in value:
-        if not isinstance(item, str) or not item:
-            raise TargetModulesError(
-                f"{name} entries must be non-empty strings; got {item!r} in {list(value)!r}."
-            )
-        if regex:
-            check_regex(item, name)
 
 
 def _check_type(value: Any, name: str, kind: str) -> None:
@@ -351,14 +200,14 @@ class TTAdapterConfig:
     base_model_name_or_path: str | None = None
 
     def __post_init__(self) -> None:
-        _check_patterns(self.target_modules, "target_modules", allow_all_linear=True)
-        _check_patterns(self.exclude_modules, "exclude_modules")
+        check_patterns(self.target_modules, "target_modules", allow_all_linear=True)
+        check_patterns(self.exclude_modules, "exclude_modules")
         if self.modules_to_save is not None:
             if isinstance(self.modules_to_save, str):
                 self.modules_to_save = [self.modules_to_save]
-            _check_patterns(self.modules_to_save, "modules_to_save")
+            check_patterns(self.modules_to_save, "modules_to_save")
         if self.layers_pattern is not None:
-            _check_patterns(self.layers_pattern, "layers_pattern", regex=False)
+            check_patterns(self.layers_pattern, "layers_pattern", regex=False)
         _check_type(self.base_model_name_or_path, "base_model_name_or_path", "str or None")
         if self.layers_to_transform is not None:
             layers = self.layers_to_transform

@@ -227,6 +227,27 @@ def _write_cache(model: Any, tokenizer: Any, folder: Path, gguf: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _cache_lock(folder: Path) -> Iterator[None]:
+    """One process at a time builds or reads the cache (an advisory lock beside it, POSIX).
+
+    Without it two processes that find no cache (test workers, search workers) would both
+    write it, and one could move the folder away while the other reads it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): the atomic rename still protects a reader
+        yield
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _check_cache_dir(folder: Path, gguf: Path) -> None:
     """Refuse to replace a folder that is neither empty nor a checkpoint this module wrote."""
     if not folder.exists():
@@ -267,10 +288,11 @@ def smollm2_checkpoint(
     ['chat_template.jinja', 'config.json']
     """
     gguf, folder = _resolve(cache_dir)
-    if not _is_cache(folder, gguf):
-        with _progress_bars(progress):
-            model, tokenizer = _load_gguf(gguf)
-            _write_cache(model, tokenizer, folder, gguf)
+    with _cache_lock(folder):
+        if not _is_cache(folder, gguf):
+            with _progress_bars(progress):
+                model, tokenizer = _load_gguf(gguf)
+                _write_cache(model, tokenizer, folder, gguf)
     return folder
 
 
@@ -314,7 +336,7 @@ def load_smollm2(
     (30, False)
     """
     gguf, folder = _resolve(cache_dir)
-    with _progress_bars(progress):
+    with _cache_lock(folder), _progress_bars(progress):
         if _is_cache(folder, gguf):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
