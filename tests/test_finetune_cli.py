@@ -7,6 +7,7 @@ tested on the real MiniLM and tweets in ``test_finetune_e2e.py``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -310,7 +311,7 @@ def test_plan_jobs_shares_the_cores():
 
 
 def test_two_processes_train_the_same_weights_as_one(assets, tmp_path):
-    """torchrun --nproc_per_node 2 (gloo, CPU) with the same global batch: same adapter."""
+    """torchrun / accelerate launch, 2 processes (gloo, CPU), same global batch: same adapter."""
     from safetensors.torch import load_file
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -326,22 +327,23 @@ def test_two_processes_train_the_same_weights_as_one(assets, tmp_path):
         "--threads",
         "1",
     )
+    launchers = {
+        1: ["-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29601"],
+        2: ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29602"],
+    }
+    if importlib.util.find_spec("accelerate") is not None:
+        # accelerate's torch.distributed launcher (on a CPU, --multi_gpu is its name for it)
+        launchers["accelerate"] = [
+            "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", "29603",
+        ]  # fmt: skip
     outputs = {}
-    for procs in (1, 2):
+    for procs, launcher in launchers.items():
         out = tmp_path / f"p{procs}"
         argv = [a if a != str(tmp_path / "x") else str(out) for a in common]
-        launcher = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(procs),
-            "--master_port",
-            str(29600 + procs),
-            "-m",
-            "ttdecomp",
-        ]
-        run = subprocess.run([*launcher, *argv], env=env, capture_output=True, timeout=600)
+        command = [sys.executable, *launcher, "-m", "ttdecomp", *argv]
+        run = subprocess.run(command, env=env, capture_output=True, timeout=600)
         assert run.returncode == 0, run.stderr.decode()[-3000:]
         outputs[procs] = out
     for method, name in (
@@ -349,17 +351,16 @@ def test_two_processes_train_the_same_weights_as_one(assets, tmp_path):
         ("lora", "adapter_model.safetensors"),
     ):
         one = load_file(str(outputs[1] / "runs" / f"{method}-seed0" / "adapter" / name))
-        two = load_file(str(outputs[2] / "runs" / f"{method}-seed0" / "adapter" / name))
-        assert one.keys() == two.keys()
-        moved = 0.0
-        for key in one:
-            torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
-            moved = max(moved, float((one[key] - two[key]).abs().max()))
         rows1 = load_results(outputs[1])["rows"]
-        rows2 = load_results(outputs[2])["rows"]
         loss1 = next(r for r in rows1 if r["method"] == method)["history"][-1]["train_loss"]
-        loss2 = next(r for r in rows2 if r["method"] == method)["history"][-1]["train_loss"]
-        assert loss2 == pytest.approx(loss1, rel=1e-5)  # the mean loss, not a sum over ranks
+        for procs in [p for p in outputs if p != 1]:
+            two = load_file(str(outputs[procs] / "runs" / f"{method}-seed0" / "adapter" / name))
+            assert one.keys() == two.keys(), procs
+            for key in one:
+                torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+            rows2 = load_results(outputs[procs])["rows"]
+            loss2 = next(r for r in rows2 if r["method"] == method)["history"][-1]["train_loss"]
+            assert loss2 == pytest.approx(loss1, rel=1e-5)  # the mean loss, not a sum over ranks
     assert json.loads((outputs[2] / "results.json").read_text())["complete"] is True
 
 
