@@ -155,6 +155,43 @@ def test_hyperband_prunes_by_reported_epochs(assets, tmp_path):
             assert len(history) == 2
 
 
+def test_an_epoch_budget_is_spent_and_never_overspent(assets, tmp_path):
+    out = tmp_path / "b"
+
+    def argv(budget, *extra):
+        return args(assets, out, "--epoch-budget", budget, "--pruner", "none", "--no-retrain",
+                    "--no-figures", *TINY_SPACE, *extra)  # fmt: skip
+
+    assert main(argv("5")) == 0
+    doc = load(out)
+    # 2-epoch trials in a 5-epoch budget: two complete, the third stopped after its first
+    # epoch, when a second one would overspend; no trial is started after that
+    assert doc["n_trials"] is None and doc["epoch_budget"] == 5
+    assert [t["epochs"] for t in doc["trials"]] == [2.0, 2.0, 1.0]
+    assert [t["state"] for t in doc["trials"]] == ["complete", "complete", "pruned"]
+    assert [t["stopped"] for t in doc["trials"]] == [None, None, "epoch budget"]
+    assert doc["epochs_total"] == 5.0
+    # a resumed search with a larger budget goes on spending it
+    assert main(argv("7", "--resume")) == 0
+    again = load(out)
+    assert again["epochs_total"] == 7.0 and len(again["trials"]) == 4
+
+
+def test_hyperband_with_a_budget_never_prunes_a_trial_that_has_run_every_epoch(assets, tmp_path):
+    out = tmp_path / "hb"
+    argv = args(assets, out, "--epoch-budget", "9", "--startup-trials", "2",
+                "--reduction-factor", "2", "--no-retrain", "--no-figures", *TINY_SPACE)  # fmt: skip
+    assert main(argv) == 0
+    doc = load(out)
+    # one process: stopped exactly when one more epoch would overspend the budget
+    assert doc["epochs_total"] == 9.0
+    for t in doc["trials"]:
+        if t["state"] == "pruned":  # cut at a rung or by the budget: fewer than every epoch
+            assert t["evaluations"] < doc["full_trial_evaluations"]
+        else:
+            assert t["evaluations"] == doc["full_trial_evaluations"]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -165,6 +202,9 @@ def test_hyperband_prunes_by_reported_epochs(assets, tmp_path):
         (["--param", "lora.lr=-1e-3"], "learning rate -0.001 is out of range"),
         (["--param", "tt-lora.tt_shape=7,7,7,7"], "search space, tt-lora: module"),
         (["--workers", "0"], "workers must be an integer >= 1"),
+        (["--epoch-budget", "0"], "epoch_budget must be a number of epochs > 0"),
+        (["--sampler", "grid", "--startup-trials", "2"], "--startup-trials sets TPE's"),
+        (["--reduction-factor", "1"], "reduction_factor must be an integer >= 2"),
         (["--storage", "postgresql://u:secret@127.0.0.1:1/db"], "cannot reach the study storage"),
     ],
 )

@@ -75,6 +75,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument(
         "--pareto", action="store_true", help="also minimise adapter parameters (no pruning)"
     )
+    g.add_argument(
+        "--epoch-budget",
+        type=float,
+        default=None,
+        help="training epochs the search may spend over all its trials: trials are sampled "
+        "until it is spent (pruned trials count the epochs they ran)",
+    )
+    g.add_argument(
+        "--startup-trials",
+        type=int,
+        default=None,
+        help="TPE's random trials before it models the results (Optuna's default 10)",
+    )
+    g.add_argument(
+        "--reduction-factor",
+        type=int,
+        default=3,
+        help="HyperBand keeps the best 1/N of a bracket's trials at each rung",
+    )
     g.add_argument("--seed", type=int, default=0, help="sampler and training seed")
     g.add_argument("--grid-points", type=int, default=3, help="values a range takes on the grid")
     g = p.add_argument_group("training (each trial)")
@@ -169,6 +188,9 @@ def _run(args: argparse.Namespace, should_stop: Any) -> int:
             sampler=args.sampler,
             pruner=args.pruner,
             n_trials=args.n_trials,
+            epoch_budget=args.epoch_budget,
+            startup_trials=args.startup_trials,
+            reduction_factor=args.reduction_factor,
             pareto=args.pareto,
             seed=args.seed,
             grid_points=args.grid_points,

@@ -113,12 +113,24 @@ class SearchContext:
         first = "minimize" if self.metric == "val_loss" else "maximize"
         return [first, "minimize"] if self.config.pareto else [first]
 
-    def n_trials(self) -> int:
+    def n_trials(self) -> int | None:
+        """Finished trials the study should hold; ``None``: until the epoch budget is spent."""
         if self.config.n_trials is not None:
             return self.config.n_trials
         if self.config.sampler == "grid":
             return len(self.space.grid(self.config.grid_points))
+        if self.config.epoch_budget is not None:
+            return None
         return QUICK["n_trials"] if self.config.quick else DEFAULT_TRIALS
+
+    def epochs_per_evaluation(self) -> float:
+        """Training epochs between two validation evaluations of a trial."""
+        import math
+
+        f = self.fconfig
+        steps_per_epoch = math.ceil(len(self.job.datasets["train"]) / f.batch_size)
+        total = f.max_steps or steps_per_epoch * f.epochs
+        return total / steps_per_epoch / self.evaluations()
 
     def evaluations(self) -> int:
         """Validation evaluations of a full trial (the pruner's maximum resource)."""
@@ -132,16 +144,15 @@ class SearchContext:
         return max(1, math.ceil(total / steps_per_epoch))
 
     def study(self, *, resume: bool, create: bool = True, name: str) -> Any:
-        sampler = make_sampler(
-            self.config.sampler, self.space, self.config.seed, self.config.grid_points
-        )
+        c = self.config
+        sampler = make_sampler(c.sampler, self.space, c.seed, c.grid_points, c.startup_trials)
         return open_study(
             self.storage,
             name,
             directions=self.directions(),
             identity=self.identity(),
             sampler=sampler,
-            pruner=make_pruner(self.config.pruner, self.evaluations()),
+            pruner=make_pruner(c.pruner, self.evaluations(), c.reduction_factor),
             resume=resume,
             create=create,
         )
@@ -165,6 +176,9 @@ class SearchContext:
             scratch,
             self.config.seed,
             should_stop,
+            evaluations=self.evaluations(),
+            epoch_budget=self.config.epoch_budget,
+            epochs_per_evaluation=self.epochs_per_evaluation(),
         )
         return objective
 
@@ -172,12 +186,13 @@ class SearchContext:
 def run_trials(
     context: SearchContext,
     study: Any,
-    n_trials: int,
+    n_trials: int | None,
     *,
     should_stop: Callable[[], bool] | None = None,
     on_trial: Callable[[], None] | None = None,
 ) -> bool:
-    """Run trials in this process until the study holds ``n_trials`` finished ones.
+    """Run trials in this process until the study holds ``n_trials`` finished ones (``None``:
+    no limit) or its epoch budget is spent.
 
     Returns True when stopped by ``should_stop`` (or Ctrl-C), False when the study is done.
     """
@@ -185,17 +200,22 @@ def run_trials(
 
     states = finished_states()
     done = sum(1 for t in study.get_trials(deepcopy=False, states=states))
-    if done >= n_trials:
+    if n_trials is not None and done >= n_trials:
         return False
     worker = f"{socket.gethostname()}:{os.getpid()}"
     objective = context.objective(should_stop)
+    if objective.over_budget(study, objective.epochs_per_evaluation):
+        return False
     stopped = []
+    callbacks = [] if n_trials is None else [optuna.study.MaxTrialsCallback(n_trials, states)]
 
     def tag_and_count(study: Any, trial: Any) -> None:
         if on_trial is not None:
             on_trial()
         if should_stop is not None and should_stop():
             stopped.append(True)
+            study.stop()
+        elif objective.over_budget(study, objective.epochs_per_evaluation):
             study.stop()
 
     def objective_tagged(trial: Any) -> Any:
@@ -206,8 +226,8 @@ def run_trials(
         try:
             study.optimize(
                 objective_tagged,
-                n_trials=n_trials - done,
-                callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=states), tag_and_count],
+                n_trials=None if n_trials is None else n_trials - done,
+                callbacks=[*callbacks, tag_and_count],
                 gc_after_trial=True,
             )
         except KeyboardInterrupt:  # Optuna has marked the running trial failed

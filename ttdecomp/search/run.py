@@ -29,7 +29,7 @@ from .config import SearchConfig
 from .context import SearchContext, run_trials
 from .report import SEARCH_FILE, build_report, write_report
 from .study import open_storage, quiet_training, redact, trial_counts
-from .workers import ProgressBar, spawn_workers, wait_workers
+from .workers import ProgressBar, release_workers, spawn_workers, stop_workers, wait_workers
 
 __all__ = ["SearchConfig", "SearchResult", "search"]
 
@@ -121,8 +121,8 @@ def search(
     study_name : str
         Processes naming the same storage and study share its trials.
     workers : int
-        Worker processes on this machine (each loads the data once); ``1`` runs the trials
-        in this process.
+        Processes running trials on this machine: this one and ``workers - 1`` started at
+        once, which load the data while this one does (each loads it once).
     threads : int, optional
         Torch threads per worker (``torch.set_num_threads``).
     resume : bool
@@ -183,34 +183,48 @@ def search(
     if storage is None:
         output.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{(output / 'study.db').resolve()}"
-    else:
-        open_storage(storage)  # an unreachable server fails here, before any loading
+    # an unreachable server fails here, before any loading; Optuna's tables are made here,
+    # before the workers open the storage
+    open_storage(storage)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    context = SearchContext(config, output, storage, progress)
-    output.mkdir(parents=True, exist_ok=True)
-    study = context.study(resume=resume, name=study_name)
+    # the other workers start now and load the job while this process does
+    procs = spawn_workers(config, output, storage, study_name, workers - 1, threads)
+    try:
+        context = SearchContext(config, output, storage, progress)
+        output.mkdir(parents=True, exist_ok=True)
+        study = context.study(resume=resume, name=study_name)
+    except BaseException:
+        stop_workers(procs)
+        raise
     n_trials = context.n_trials()
+    if procs:
+        release_workers(output, n_trials)
     counts = trial_counts(study)
+    goal = f"{n_trials} trials" if n_trials is not None else "trials"
+    if config.epoch_budget is not None:
+        goal += f" within {config.epoch_budget:g} training epochs"
     if counts["complete"] + counts["pruned"]:
         say(
             f"study {study_name!r}: {counts['complete'] + counts['pruned']} finished trial(s) "
-            f"kept, running to {n_trials}"
+            f"kept, running to {goal}"
         )
-    say(f"storage: {redact(storage)}; {n_trials} trials; sampler {config.sampler}, "
-        f"pruner {config.pruner}")  # fmt: skip
+    say(f"storage: {redact(storage)}; {goal}; sampler {config.sampler}, "
+        f"pruner {config.pruner}; {workers} process(es)")  # fmt: skip
     start = time.perf_counter()
     bar = ProgressBar(progress, n_trials, study, context.metric != "val_loss")
     try:
-        if workers == 1:
+        try:
             interrupted = run_trials(
                 context, study, n_trials, should_stop=should_stop, on_trial=bar.refresh
             )
-        else:
-            procs = spawn_workers(config, output, storage, study_name, n_trials, workers, threads)
-            interrupted = wait_workers(procs, bar, should_stop, output)
+        except BaseException:
+            stop_workers(procs)
+            raise
+        if procs:  # this process has finished its trials; the others finish theirs
+            interrupted = wait_workers(procs, bar, should_stop, output, interrupted=interrupted)
     finally:
         bar.close()
     wall = time.perf_counter() - start
