@@ -7,6 +7,7 @@ by HyperBand, a SQLite study in the output folder::
     ttdecomp search --pareto --n-trials 30                   # accuracy vs adapter parameters
     ttdecomp search --sampler grid --space space.yaml        # the exhaustive baseline
     ttdecomp search --param tt-lora.lr=1e-3:2e-2 --param lora.r=4,8,16
+    ttdecomp search --epoch-budget 24 --startup-trials 4     # trials until 24 epochs are spent
     ttdecomp search --resume --output ttdecomp-search        # continue a stopped search
     ttdecomp search --workers 2 --threads 1                  # two processes on this machine
     ttdecomp search --storage postgresql://u:pw@host/db --study-name s1   # on every machine
@@ -121,7 +122,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(default: sqlite:///OUTPUT/study.db)",
     )
     g.add_argument("--study-name", default="ttdecomp-search", help="the study's name")
-    g.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes running trials on this machine (this one included)",
+    )
     g.add_argument("--resume", action="store_true", help="continue the study")
     g.add_argument("--overwrite", action="store_true", help="replace a search in --output")
     g.add_argument(

@@ -143,19 +143,33 @@ class SearchContext:
             return max(1, total // f.eval_every)
         return max(1, math.ceil(total / steps_per_epoch))
 
-    def study(self, *, resume: bool, create: bool = True, name: str) -> Any:
+    def study(self, *, resume: bool, create: bool = True, name: str, process: int = 0) -> Any:
+        """Create or join the study ``name``; ``process``: this machine's worker index.
+
+        The sampler is seeded with ``seed`` in a fresh study's first process, and with
+        ``seed`` plus the trials already there (and ``10000 * process``) otherwise: a
+        resumed search or a second worker would otherwise draw the first one's random
+        start-up configurations again.
+        """
         c = self.config
-        sampler = make_sampler(c.sampler, self.space, c.seed, c.grid_points, c.startup_trials)
-        return open_study(
+
+        def sampler(seed: int) -> Any:
+            return make_sampler(c.sampler, self.space, seed, c.grid_points, c.startup_trials)
+
+        study = open_study(
             self.storage,
             name,
             directions=self.directions(),
             identity=self.identity(),
-            sampler=sampler,
+            sampler=sampler(c.seed),
             pruner=make_pruner(c.pruner, self.evaluations(), c.reduction_factor),
             resume=resume,
             create=create,
         )
+        offset = len(study.get_trials(deepcopy=False)) + 10_000 * process
+        if offset:
+            study.sampler = sampler(c.seed + offset)
+        return study
 
     def objective(self, should_stop: Callable[[], bool] | None) -> Objective:
         f = self.fconfig

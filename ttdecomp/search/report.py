@@ -88,6 +88,7 @@ def _trial_record(t: Any, metric: str) -> dict[str, Any]:
         "evaluations": attrs.get("evaluations", 0),
         "epochs": attrs.get("epochs", history[-1].get("epoch", 0.0) if history else 0.0),
         "stopped": attrs.get("stopped"),
+        "repeat_of": attrs.get("repeat_of"),
         "worker": attrs.get("worker"),
         "seconds": (
             (t.datetime_complete - t.datetime_start).total_seconds()
@@ -177,6 +178,9 @@ def format_table(document: dict[str, Any]) -> str:
     epochs = document.get("epochs_total", 0)
     budget = document.get("epoch_budget")
     budget = f" of a budget of {budget:g}" if budget is not None else ""
+    repeats = sum(1 for t in document["trials"] if t.get("repeat_of") is not None)
+    if repeats:
+        budget += f"; {repeats} configuration(s) drawn again, scored without training"
     lines.append(
         f"\n{counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed "
         f"trials; {document['evaluations_total']} validation evaluations in all "

@@ -237,7 +237,7 @@ def search(
         write_report(document, output, figures=figures)
         raise KeyboardInterrupt
     if retrain:
-        _retrain(context, document, output, say, should_stop)
+        _retrain(context, document, output, say, should_stop, jobs=workers, threads=threads)
     figure = write_report(document, output, figures=figures)
     shutil.rmtree(output / ".scratch", ignore_errors=True)
     return SearchResult(
@@ -257,37 +257,60 @@ def _retrain(
     output: Path,
     say: Callable[[str], None],
     should_stop: Callable[[], bool] | None,
+    *,
+    jobs: int = 1,
+    threads: int | None = None,
 ) -> None:
-    """Re-train the chosen configurations (front and each method's best) and test each once."""
+    """Re-train the chosen configurations (front and each method's best) and test each once.
+
+    ``jobs > 1`` (``--workers``): that many at once, each in a process of its own
+    (:class:`~ttdecomp.finetune.parallel.RunPool`, the runs of ``ttdecomp finetune --jobs``);
+    the rows are those of the same runs made here one after another.
+    """
     from .report import format_table, retrain_targets
 
     chosen = retrain_targets(document)
     trials = {t["number"]: t for t in document["trials"]}
-    best: list[dict[str, Any]] = []
+    best: dict[int, dict[str, Any]] = {}
+    train = context.fconfig.train_settings(context.config.seed)
+    test_key = "test_loss" if context.metric == "val_loss" else "test_accuracy"
+
+    def record(number: int, row: dict[str, Any]) -> None:
+        trial = trials[number]
+        best[number] = {
+            "trial": number,
+            "label": trial["label"],
+            "method": trial["config"]["method"],
+            "adapter_params": row["adapter_params"],
+            "val": row[context.metric],
+            "test": row[test_key],
+            "run_dir": str((output / "best" / f"trial-{number}").relative_to(output)),
+            "settings": row["settings"],
+        }
+        document["best"] = [best[n] for n in chosen if n in best]
+        document["table"] = format_table(document)
+        write_report(document, output, figures=False)
+
+    if jobs > 1 and len(chosen) > 1:
+        from ..finetune.parallel import RunPool
+
+        n = min(jobs, len(chosen))
+        say(f"re-training {len(chosen)} configuration(s), {n} at once, test once each")
+        with RunPool("ttdecomp.finetune.run:prepare_job", context.fconfig, n, threads) as pool:
+            for number in chosen:
+                settings = context.space.settings(trials[number]["config"])
+                pool.submit(number, settings, train, output / "best" / f"trial-{number}")
+            for number, row in pool.results():
+                record(number, row)
+                if should_stop is not None and should_stop() and len(best) < len(chosen):
+                    raise KeyboardInterrupt
+        return
     for i, number in enumerate(chosen, 1):
         trial = trials[number]
         settings = context.space.settings(trial["config"])
         say(f"re-training {i}/{len(chosen)}: trial {number} ({trial['label']}), test once")
-        run_dir = output / "best" / f"trial-{number}"
         with quiet_training():
-            row = context.job.run(
-                settings, context.fconfig.train_settings(context.config.seed), run_dir
-            )
-        test_key = "test_loss" if context.metric == "val_loss" else "test_accuracy"
-        best.append(
-            {
-                "trial": number,
-                "label": trial["label"],
-                "method": trial["config"]["method"],
-                "adapter_params": row["adapter_params"],
-                "val": row[context.metric],
-                "test": row[test_key],
-                "run_dir": str(run_dir.relative_to(output)),
-                "settings": row["settings"],
-            }
-        )
-        document["best"] = best
-        document["table"] = format_table(document)
-        write_report(document, output, figures=False)
+            row = context.job.run(settings, train, output / "best" / f"trial-{number}")
+        record(number, row)
         if should_stop is not None and should_stop() and i < len(chosen):
             raise KeyboardInterrupt

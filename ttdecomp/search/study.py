@@ -11,8 +11,10 @@ validation only), reports the validation metric after every evaluation, and is p
 What a trial records (``trial.user_attrs``): ``config`` (the sampled values with the method),
 ``settings`` (:class:`~ttdecomp.finetune.methods.MethodSettings` as a dict),
 ``adapter_params``, ``evaluations`` (validation evaluations run, i.e. epochs when evaluating
-per epoch), ``epochs`` (training epochs run, fractional with ``eval_every``), ``history``, and
-``stopped`` when the study's epoch budget cut it short.
+per epoch), ``epochs`` (training epochs run, fractional with ``eval_every``), ``history``,
+``stopped`` when the study's epoch budget cut it short, and ``repeat_of`` when the sampler
+drew the configuration of a complete trial again: it is scored with that trial's result
+without training (training is seeded, so it would give the same numbers).
 
 A trial is never pruned at its last evaluation: it has trained every epoch by then, so it
 completes (Optuna's HyperBand would otherwise mark some fully trained trials pruned).
@@ -330,6 +332,36 @@ class Objective:
         self.should_stop = should_stop
         self.evaluations, self.epoch_budget = evaluations, epoch_budget
         self.epochs_per_evaluation = epochs_per_evaluation
+        self.repeats_in_a_row = 0
+
+    #: Repeated configurations in a row after which the space counts as exhausted.
+    MAX_REPEATS = 50
+
+    def complete_twin(self, trial: Any, config: dict[str, Any]) -> Any:
+        """A complete trial of the study with exactly this configuration, if any."""
+        import optuna
+
+        for other in trial.study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+        ):
+            if other.user_attrs.get("config") == config and not other.user_attrs.get("repeat_of"):
+                return other
+        return None
+
+    def repeat(self, trial: Any, twin: Any) -> Any:
+        """Score a configuration sampled again by its complete trial's result, untrained.
+
+        Training is seeded, so it would give the same numbers: the trial records
+        ``repeat_of`` and no epochs. After :attr:`MAX_REPEATS` in a row (a small space that
+        the sampler has exhausted) the study stops.
+        """
+        self.repeats_in_a_row += 1
+        trial.set_user_attr("repeat_of", twin.number)
+        trial.set_user_attr("evaluations", 0)
+        trial.set_user_attr("epochs", 0.0)
+        if self.repeats_in_a_row >= self.MAX_REPEATS:
+            trial.study.stop()
+        return tuple(twin.values) if self.pareto else twin.value
 
     def over_budget(self, study: Any, epochs: float) -> bool:
         """Would ``epochs`` more training overspend the study's epoch budget?"""
@@ -380,6 +412,10 @@ class Objective:
             # another worker spent the budget while this trial was being sampled
             trial.set_user_attr("stopped", "epoch budget")
             raise optuna.TrialPruned("the epoch budget is spent")
+        twin = self.complete_twin(trial, config)
+        if twin is not None:
+            return self.repeat(trial, twin)
+        self.repeats_in_a_row = 0
 
         def on_evaluate(entry: dict[str, Any]) -> None:
             history.append(entry)

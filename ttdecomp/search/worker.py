@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     if go is None:
         print("the search process has gone; no trial run", flush=True)
         return 1
-    study = context.study(resume=True, create=False, name=spec["study_name"])
+    study = context.study(
+        resume=True, create=False, name=spec["study_name"], process=int(spec["process"])
+    )
     interrupted = run_trials(context, study, go["n_trials"])
     return 130 if interrupted else 0
 

@@ -97,13 +97,13 @@ def spawn_workers(
         "parent": os.getpid(),
         "ready": str(folder / READY_FILE),
     }
-    path = folder / "spec.json"
-    path.write_text(json.dumps(spec, indent=2))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     procs = []
     for i in range(workers):
+        path = folder / f"spec-{i}.json"
+        path.write_text(json.dumps({**spec, "process": i + 1}, indent=2))
         log = open(folder / f"worker-{i}.log", "w")
         procs.append(
             subprocess.Popen(
