@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -208,20 +209,27 @@ def run_trials(
     """Run trials in this process until the study holds ``n_trials`` finished ones (``None``:
     no limit) or its epoch budget is spent.
 
+    A trial is started only while the finished and running trials together are fewer than
+    ``n_trials``, so several processes end with ``n_trials`` trials, not one more per
+    process (and the grid sampler draws no grid point twice at the end); a trial of a
+    process that died is marked failed by its heartbeat, and its slot is run again.
+
     Returns True when stopped by ``should_stop`` (or Ctrl-C), False when the study is done.
     """
     import optuna
 
-    states = finished_states()
-    done = sum(1 for t in study.get_trials(deepcopy=False, states=states))
-    if n_trials is not None and done >= n_trials:
-        return False
+    running = optuna.trial.TrialState.RUNNING
+    taken_states = (*finished_states(), running)
+
+    def count(states: tuple[Any, ...]) -> int:
+        return len(study.get_trials(deepcopy=False, states=states))
+
     worker = f"{socket.gethostname()}:{os.getpid()}"
     objective = context.objective(should_stop)
-    if objective.over_budget(study, objective.epochs_per_evaluation):
-        return False
     stopped = []
-    callbacks = [] if n_trials is None else [optuna.study.MaxTrialsCallback(n_trials, states)]
+    callbacks = []
+    if n_trials is not None:
+        callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=taken_states))
 
     def tag_and_count(study: Any, trial: Any) -> None:
         if on_trial is not None:
@@ -237,13 +245,32 @@ def run_trials(
         return objective(trial)
 
     with quiet_optuna(), quiet_training():
-        try:
-            study.optimize(
-                objective_tagged,
-                n_trials=None if n_trials is None else n_trials - done,
-                callbacks=[*callbacks, tag_and_count],
-                gc_after_trial=True,
-            )
-        except KeyboardInterrupt:  # Optuna has marked the running trial failed
-            return True
+        while not stopped:
+            if objective.over_budget(study, objective.epochs_per_evaluation):
+                break
+            taken = count(taken_states)
+            if n_trials is not None and taken >= n_trials:
+                if count(finished_states()) >= n_trials:
+                    break
+                # the others' last trials are running: wait for them (one whose process
+                # died is failed by its heartbeat, and its slot is run here)
+                try:
+                    time.sleep(2.0)
+                except KeyboardInterrupt:
+                    return True
+                if should_stop is not None and should_stop():
+                    return True
+                optuna.storages.fail_stale_trials(study)
+                continue
+            try:
+                study.optimize(
+                    objective_tagged,
+                    n_trials=None if n_trials is None else max(1, n_trials - taken),
+                    callbacks=[*callbacks, tag_and_count],
+                    gc_after_trial=True,
+                )
+            except KeyboardInterrupt:  # Optuna has marked the running trial failed
+                return True
+            if n_trials is None or context.config.sampler == "grid" or objective.exhausted:
+                break  # the grid sampler stops the study when every point is drawn
     return bool(stopped)

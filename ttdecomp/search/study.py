@@ -332,7 +332,7 @@ class Objective:
         self.should_stop = should_stop
         self.evaluations, self.epoch_budget = evaluations, epoch_budget
         self.epochs_per_evaluation = epochs_per_evaluation
-        self.repeats_in_a_row = 0
+        self.repeats_in_a_row, self.exhausted = 0, False
 
     #: Repeated configurations in a row after which the space counts as exhausted.
     MAX_REPEATS = 50
@@ -360,6 +360,7 @@ class Objective:
         trial.set_user_attr("evaluations", 0)
         trial.set_user_attr("epochs", 0.0)
         if self.repeats_in_a_row >= self.MAX_REPEATS:
+            self.exhausted = True
             trial.study.stop()
         return tuple(twin.values) if self.pareto else twin.value
 
