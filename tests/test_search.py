@@ -29,6 +29,7 @@ optuna = pytest.importorskip("optuna")
 from ttdecomp.cli import main  # noqa: E402
 from ttdecomp.finetune.testing import tiny_classifier_folder, toy_sentiment_csv  # noqa: E402
 from ttdecomp.search import SearchConfig, search  # noqa: E402
+from ttdecomp.search.study import Objective  # noqa: E402
 
 SMALL = [
     "--train-size",
@@ -155,6 +156,62 @@ def test_hyperband_prunes_by_reported_epochs(assets, tmp_path):
             assert len(history) == 2
 
 
+def test_an_epoch_budget_is_spent_and_never_overspent(assets, tmp_path):
+    out = tmp_path / "b"
+
+    def argv(budget, *extra):
+        return args(assets, out, "--epoch-budget", budget, "--pruner", "none", "--no-retrain",
+                    "--no-figures", *TINY_SPACE, *extra)  # fmt: skip
+
+    assert main(argv("5")) == 0
+    doc = load(out)
+    # 2-epoch trials in a 5-epoch budget: two complete, the third stopped after its first
+    # epoch, when a second one would overspend; no trial is started after that
+    assert doc["n_trials"] is None and doc["epoch_budget"] == 5
+    assert [t["epochs"] for t in doc["trials"]] == [2.0, 2.0, 1.0]
+    assert [t["state"] for t in doc["trials"]] == ["complete", "complete", "pruned"]
+    assert [t["stopped"] for t in doc["trials"]] == [None, None, "epoch budget"]
+    assert doc["epochs_total"] == 5.0
+    # a resumed search with a larger budget goes on spending it
+    assert main(argv("7", "--resume")) == 0
+    again = load(out)
+    assert again["epochs_total"] == 7.0 and len(again["trials"]) == 4
+
+
+def test_a_configuration_drawn_again_is_scored_without_training(assets, tmp_path):
+    def run(out, **options):
+        config = SearchConfig(model=str(assets[0]), data=str(assets[1]), sizes=(32, 16, 16),
+                              space={"lora": {"r": [2], "lr": [1e-3]}}, batch_size=8,
+                              max_length=12, epochs=2, **options)  # fmt: skip
+        return search(config, output=out, progress=False, retrain=False, figures=False)
+
+    result = run(tmp_path / "r", n_trials=3)
+    first, *again = result.trials
+    assert first["evaluations"] == 2 and first["repeat_of"] is None
+    assert [t["repeat_of"] for t in again] == [first["number"]] * 2
+    assert all(t["epochs"] == 0 and t["value"] == first["value"] for t in again)
+    assert [f["number"] for f in result.front] == [first["number"]]
+    # a budget on an exhausted space: trials stop after MAX_REPEATS repeats in a row
+    budgeted = run(tmp_path / "rb", epoch_budget=100)
+    assert len(budgeted.trials) == 1 + Objective.MAX_REPEATS
+    assert load(tmp_path / "rb")["epochs_total"] == 2.0
+
+
+def test_hyperband_with_a_budget_never_prunes_a_trial_that_has_run_every_epoch(assets, tmp_path):
+    out = tmp_path / "hb"
+    argv = args(assets, out, "--epoch-budget", "9", "--startup-trials", "2",
+                "--reduction-factor", "2", "--no-retrain", "--no-figures", *TINY_SPACE)  # fmt: skip
+    assert main(argv) == 0
+    doc = load(out)
+    # one process: stopped exactly when one more epoch would overspend the budget
+    assert doc["epochs_total"] == 9.0
+    for t in doc["trials"]:
+        if t["state"] == "pruned":  # cut at a rung or by the budget: fewer than every epoch
+            assert t["evaluations"] < doc["full_trial_evaluations"]
+        else:
+            assert t["evaluations"] == doc["full_trial_evaluations"]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -165,6 +222,9 @@ def test_hyperband_prunes_by_reported_epochs(assets, tmp_path):
         (["--param", "lora.lr=-1e-3"], "learning rate -0.001 is out of range"),
         (["--param", "tt-lora.tt_shape=7,7,7,7"], "search space, tt-lora: module"),
         (["--workers", "0"], "workers must be an integer >= 1"),
+        (["--epoch-budget", "0"], "epoch_budget must be a number of epochs > 0"),
+        (["--sampler", "grid", "--startup-trials", "2"], "--startup-trials sets TPE's"),
+        (["--reduction-factor", "1"], "reduction_factor must be an integer >= 2"),
         (["--storage", "postgresql://u:secret@127.0.0.1:1/db"], "cannot reach the study storage"),
     ],
 )
@@ -228,14 +288,22 @@ def test_ctrl_c_keeps_finished_trials_and_resume_continues(assets, tmp_path):
 
 def test_two_workers_share_one_sqlite_file(assets, tmp_path):
     out = tmp_path / "w"
-    argv = args(assets, out, "--n-trials", "4", "--workers", "2", "--no-retrain", "--no-figures",
-                *TINY_SPACE)  # fmt: skip
+    argv = args(assets, out, "--n-trials", "4", "--workers", "2", "--no-figures", "--pruner",
+                "none", *TINY_SPACE)  # fmt: skip
     proc = subprocess.run(command(argv), env=ENV, capture_output=True, timeout=900)
     assert proc.returncode == 0, proc.stderr.decode()
     doc = load(out)
-    assert len(finished(doc["trials"])) >= 4 and doc["counts"]["failed"] == 0
-    assert len({t["worker"] for t in doc["trials"]}) == 2  # both processes ran trials
+    # exactly the asked number: no process starts a trial once finished + running reach it
+    assert len(doc["trials"]) == len(finished(doc["trials"])) == 4
+    # the command's own process and the one it started both ran trials
+    assert len({t["worker"] for t in doc["trials"]}) == 2
     assert len({t["number"] for t in doc["trials"]}) == len(doc["trials"])
+    # the re-training ran side by side in other processes and reproduced every trial
+    assert {b["trial"] for b in doc["best"]} >= {f["number"] for f in doc["front"]}
+    for b in doc["best"]:
+        trial = next(t for t in doc["trials"] if t["number"] == b["trial"])
+        assert b["val"] == trial["value"] and 0.0 <= b["test"] <= 1.0
+        assert (out / b["run_dir"] / "adapter" / "ttdecomp_method.json").is_file()
 
 
 def _postgres_reachable() -> str | None:
@@ -272,7 +340,7 @@ def test_two_processes_share_one_postgresql_study(assets, tmp_path):
         assert p.returncode == 0, err.decode()
     study = optuna.load_study(study_name=name, storage=POSTGRES_URL)
     trials = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(trials) >= 4
+    assert len(trials) == len(study.trials) == 4
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2
     docs = [load(tmp_path / f"machine{i}") for i in range(2)]
     assert all(d["storage"].endswith(POSTGRES_URL.split("@")[-1]) for d in docs)

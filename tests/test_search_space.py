@@ -189,6 +189,30 @@ def test_defaults_of_pruner_follow_the_sampler():
     assert SearchConfig(pareto=True).pruner == "none"
 
 
+def test_sampler_and_pruner_settings_reach_optuna():
+    pytest.importorskip("optuna")
+    from ttdecomp.search.study import make_pruner, make_sampler
+
+    space = default_space(["lora"], (384, 384))
+    assert make_sampler("tpe", space, 0, 3, startup_trials=4)._n_startup_trials == 4
+    pruner = make_pruner("hyperband", 9, reduction_factor=3)
+    # rungs 1, 3, 9 of reduction factor 3: three brackets
+    assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (1, 9, 3)
+    assert make_pruner("hyperband", 9, reduction_factor=2)._reduction_factor == 2
+
+
+def test_budget_and_tpe_options_are_checked():
+    with pytest.raises(InvalidInputError, match="epoch_budget must be a number of epochs > 0"):
+        SearchConfig(epoch_budget=-1)
+    with pytest.raises(InvalidInputError, match="--epoch-budget"):
+        SearchConfig(epoch_budget=True)
+    with pytest.raises(InvalidInputError, match="random sampler has none"):
+        SearchConfig(sampler="random", startup_trials=3)
+    with pytest.raises(InvalidInputError, match="reduction_factor must be an integer >= 2"):
+        SearchConfig(reduction_factor=1)
+    assert SearchConfig(epoch_budget=24, startup_trials=0).epoch_budget == 24
+
+
 def test_storage_errors_name_the_url_without_its_password():
     pytest.importorskip("optuna")
     from ttdecomp.search.study import open_storage

@@ -7,6 +7,7 @@ by HyperBand, a SQLite study in the output folder::
     ttdecomp search --pareto --n-trials 30                   # accuracy vs adapter parameters
     ttdecomp search --sampler grid --space space.yaml        # the exhaustive baseline
     ttdecomp search --param tt-lora.lr=1e-3:2e-2 --param lora.r=4,8,16
+    ttdecomp search --epoch-budget 24 --startup-trials 4     # trials until 24 epochs are spent
     ttdecomp search --resume --output ttdecomp-search        # continue a stopped search
     ttdecomp search --workers 2 --threads 1                  # two processes on this machine
     ttdecomp search --storage postgresql://u:pw@host/db --study-name s1   # on every machine
@@ -75,6 +76,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument(
         "--pareto", action="store_true", help="also minimise adapter parameters (no pruning)"
     )
+    g.add_argument(
+        "--epoch-budget",
+        type=float,
+        default=None,
+        help="training epochs the search may spend over all its trials: trials are sampled "
+        "until it is spent (pruned trials count the epochs they ran)",
+    )
+    g.add_argument(
+        "--startup-trials",
+        type=int,
+        default=None,
+        help="TPE's random trials before it models the results (Optuna's default 10)",
+    )
+    g.add_argument(
+        "--reduction-factor",
+        type=int,
+        default=3,
+        help="HyperBand keeps the best 1/N of a bracket's trials at each rung",
+    )
     g.add_argument("--seed", type=int, default=0, help="sampler and training seed")
     g.add_argument("--grid-points", type=int, default=3, help="values a range takes on the grid")
     g = p.add_argument_group("training (each trial)")
@@ -102,7 +122,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(default: sqlite:///OUTPUT/study.db)",
     )
     g.add_argument("--study-name", default="ttdecomp-search", help="the study's name")
-    g.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes running trials on this machine (this one included)",
+    )
     g.add_argument("--resume", action="store_true", help="continue the study")
     g.add_argument("--overwrite", action="store_true", help="replace a search in --output")
     g.add_argument(
@@ -169,6 +194,9 @@ def _run(args: argparse.Namespace, should_stop: Any) -> int:
             sampler=args.sampler,
             pruner=args.pruner,
             n_trials=args.n_trials,
+            epoch_budget=args.epoch_budget,
+            startup_trials=args.startup_trials,
+            reduction_factor=args.reduction_factor,
             pareto=args.pareto,
             seed=args.seed,
             grid_points=args.grid_points,

@@ -15,8 +15,16 @@ from .study import SAMPLERS
 
 __all__ = ["DEFAULT_TRIALS", "QUICK", "SearchConfig"]
 
-#: ``quick``: a tiny space, a few trials of a few steps (tests and a first look).
-QUICK = {"sizes": (160, 64, 100), "epochs": 2, "max_length": 32, "n_trials": 4}
+#: ``quick``: a tiny space, a few trials of a few steps (tests and a first look): 4 trials of
+#: 2 epochs of 8 steps (128 training tweets, batch 16), then the front re-trained; about 1.5
+#: minutes of one core's time.
+QUICK = {
+    "sizes": (128, 64, 64),
+    "epochs": 2,
+    "max_length": 32,
+    "batch_size": 16,
+    "n_trials": 4,
+}
 #: Trials of a TPE or random search when ``n_trials`` is not given.
 DEFAULT_TRIALS = 20
 
@@ -47,7 +55,18 @@ class SearchConfig:
         (Optuna does not prune multi-objective trials).
     n_trials : int, optional
         Finished (complete or pruned) trials the study should hold; default: the grid's size,
-        else 20 (``quick``: 4).
+        else 20 (``quick``: 4), or no limit when ``epoch_budget`` is given.
+    epoch_budget : float, optional
+        Training epochs the study may spend, summed over its trials (a pruned trial counts
+        the epochs it ran): trials keep being sampled until the budget is spent, and a trial
+        whose next evaluation would overspend it is stopped there (state ``pruned``, user
+        attribute ``stopped: "epoch budget"``). With several workers it can be overspent by
+        at most one evaluation per worker.
+    startup_trials : int, optional
+        TPE's random trials before it models the results (Optuna's default: 10).
+    reduction_factor : int
+        HyperBand's reduction factor: each rung keeps the best ``1/reduction_factor`` of its
+        bracket's trials (default 3).
     pareto : bool
         Two objectives: maximise the validation metric, minimise adapter parameters.
     seed : int
@@ -75,6 +94,9 @@ class SearchConfig:
     sampler: str = "tpe"
     pruner: str | None = None
     n_trials: int | None = None
+    epoch_budget: float | None = None
+    startup_trials: int | None = None
+    reduction_factor: int = 3
     pareto: bool = False
     seed: int = 0
     grid_points: int = 3
@@ -112,6 +134,8 @@ class SearchConfig:
         for name, value, low in (
             ("n_trials", self.n_trials, 1),
             ("grid_points", self.grid_points, 1),
+            ("startup_trials", self.startup_trials, 0),
+            ("reduction_factor", self.reduction_factor, 2),
         ):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < low
@@ -120,6 +144,18 @@ class SearchConfig:
                 raise InvalidInputError(
                     f"{name} must be an integer >= {low}; got {value!r} ({flag})."
                 )
+        budget = self.epoch_budget
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0
+        ):
+            raise InvalidInputError(
+                f"epoch_budget must be a number of epochs > 0; got {budget!r} (--epoch-budget)."
+            )
+        if self.startup_trials is not None and self.sampler != "tpe":
+            raise InvalidInputError(
+                f"--startup-trials sets TPE's random start; the {self.sampler} sampler has "
+                "none. Drop it or use --sampler tpe."
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InvalidInputError(f"seed must be a non-negative integer; got {self.seed!r}.")
         self.params = list(self.params)
@@ -144,8 +180,8 @@ class SearchConfig:
     def finetune_config(self) -> FinetuneConfig:
         """The fine-tuning configuration every trial runs (its methods are the searched ones).
 
-        ``quick`` takes :data:`QUICK`'s sizes, epochs and length for classification, and
-        ``ttdecomp finetune --quick``'s settings for a causal LM.
+        ``quick`` takes :data:`QUICK`'s sizes, epochs, length and batch size for
+        classification, and ``ttdecomp finetune --quick``'s settings for a causal LM.
         """
         task = FinetuneConfig(model=self.model, data=self.data, methods=self.methods).task
         quick = QUICK if self.quick and task == "classification" else {}
@@ -157,7 +193,7 @@ class SearchConfig:
             seeds=(self.seed,),
             epochs=self.epochs if given_steps else quick.get("epochs"),
             max_steps=self.max_steps,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size or quick.get("batch_size"),
             max_length=self.max_length or quick.get("max_length"),
             eval_every=self.eval_every,
             targets=self.targets,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,12 +114,24 @@ class SearchContext:
         first = "minimize" if self.metric == "val_loss" else "maximize"
         return [first, "minimize"] if self.config.pareto else [first]
 
-    def n_trials(self) -> int:
+    def n_trials(self) -> int | None:
+        """Finished trials the study should hold; ``None``: until the epoch budget is spent."""
         if self.config.n_trials is not None:
             return self.config.n_trials
         if self.config.sampler == "grid":
             return len(self.space.grid(self.config.grid_points))
+        if self.config.epoch_budget is not None:
+            return None
         return QUICK["n_trials"] if self.config.quick else DEFAULT_TRIALS
+
+    def epochs_per_evaluation(self) -> float:
+        """Training epochs between two validation evaluations of a trial."""
+        import math
+
+        f = self.fconfig
+        steps_per_epoch = math.ceil(len(self.job.datasets["train"]) / f.batch_size)
+        total = f.max_steps or steps_per_epoch * f.epochs
+        return total / steps_per_epoch / self.evaluations()
 
     def evaluations(self) -> int:
         """Validation evaluations of a full trial (the pruner's maximum resource)."""
@@ -131,20 +144,33 @@ class SearchContext:
             return max(1, total // f.eval_every)
         return max(1, math.ceil(total / steps_per_epoch))
 
-    def study(self, *, resume: bool, create: bool = True, name: str) -> Any:
-        sampler = make_sampler(
-            self.config.sampler, self.space, self.config.seed, self.config.grid_points
-        )
-        return open_study(
+    def study(self, *, resume: bool, create: bool = True, name: str, process: int = 0) -> Any:
+        """Create or join the study ``name``; ``process``: this machine's worker index.
+
+        The sampler is seeded with ``seed`` in a fresh study's first process, and with
+        ``seed`` plus the trials already there (and ``10000 * process``) otherwise: a
+        resumed search or a second worker would otherwise draw the first one's random
+        start-up configurations again.
+        """
+        c = self.config
+
+        def sampler(seed: int) -> Any:
+            return make_sampler(c.sampler, self.space, seed, c.grid_points, c.startup_trials)
+
+        study = open_study(
             self.storage,
             name,
             directions=self.directions(),
             identity=self.identity(),
-            sampler=sampler,
-            pruner=make_pruner(self.config.pruner, self.evaluations()),
+            sampler=sampler(c.seed),
+            pruner=make_pruner(c.pruner, self.evaluations(), c.reduction_factor),
             resume=resume,
             create=create,
         )
+        offset = len(study.get_trials(deepcopy=False)) + 10_000 * process
+        if offset:
+            study.sampler = sampler(c.seed + offset)
+        return study
 
     def objective(self, should_stop: Callable[[], bool] | None) -> Objective:
         f = self.fconfig
@@ -165,6 +191,9 @@ class SearchContext:
             scratch,
             self.config.seed,
             should_stop,
+            evaluations=self.evaluations(),
+            epoch_budget=self.config.epoch_budget,
+            epochs_per_evaluation=self.epochs_per_evaluation(),
         )
         return objective
 
@@ -172,24 +201,35 @@ class SearchContext:
 def run_trials(
     context: SearchContext,
     study: Any,
-    n_trials: int,
+    n_trials: int | None,
     *,
     should_stop: Callable[[], bool] | None = None,
     on_trial: Callable[[], None] | None = None,
 ) -> bool:
-    """Run trials in this process until the study holds ``n_trials`` finished ones.
+    """Run trials in this process until the study holds ``n_trials`` finished ones (``None``:
+    no limit) or its epoch budget is spent.
+
+    A trial is started only while the finished and running trials together are fewer than
+    ``n_trials``, so several processes end with ``n_trials`` trials, not one more per
+    process (and the grid sampler draws no grid point twice at the end); a trial of a
+    process that died is marked failed by its heartbeat, and its slot is run again.
 
     Returns True when stopped by ``should_stop`` (or Ctrl-C), False when the study is done.
     """
     import optuna
 
-    states = finished_states()
-    done = sum(1 for t in study.get_trials(deepcopy=False, states=states))
-    if done >= n_trials:
-        return False
+    running = optuna.trial.TrialState.RUNNING
+    taken_states = (*finished_states(), running)
+
+    def count(states: tuple[Any, ...]) -> int:
+        return len(study.get_trials(deepcopy=False, states=states))
+
     worker = f"{socket.gethostname()}:{os.getpid()}"
     objective = context.objective(should_stop)
     stopped = []
+    callbacks = []
+    if n_trials is not None:
+        callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=taken_states))
 
     def tag_and_count(study: Any, trial: Any) -> None:
         if on_trial is not None:
@@ -197,19 +237,40 @@ def run_trials(
         if should_stop is not None and should_stop():
             stopped.append(True)
             study.stop()
+        elif objective.over_budget(study, objective.epochs_per_evaluation):
+            study.stop()
 
     def objective_tagged(trial: Any) -> Any:
         trial.set_user_attr("worker", worker)
         return objective(trial)
 
     with quiet_optuna(), quiet_training():
-        try:
-            study.optimize(
-                objective_tagged,
-                n_trials=n_trials - done,
-                callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=states), tag_and_count],
-                gc_after_trial=True,
-            )
-        except KeyboardInterrupt:  # Optuna has marked the running trial failed
-            return True
+        while not stopped:
+            if objective.over_budget(study, objective.epochs_per_evaluation):
+                break
+            taken = count(taken_states)
+            if n_trials is not None and taken >= n_trials:
+                if count(finished_states()) >= n_trials:
+                    break
+                # the others' last trials are running: wait for them (one whose process
+                # died is failed by its heartbeat, and its slot is run here)
+                try:
+                    time.sleep(2.0)
+                except KeyboardInterrupt:
+                    return True
+                if should_stop is not None and should_stop():
+                    return True
+                optuna.storages.fail_stale_trials(study)
+                continue
+            try:
+                study.optimize(
+                    objective_tagged,
+                    n_trials=None if n_trials is None else max(1, n_trials - taken),
+                    callbacks=[*callbacks, tag_and_count],
+                    gc_after_trial=True,
+                )
+            except KeyboardInterrupt:  # Optuna has marked the running trial failed
+                return True
+            if n_trials is None or context.config.sampler == "grid" or objective.exhausted:
+                break  # the grid sampler stops the study when every point is drawn
     return bool(stopped)

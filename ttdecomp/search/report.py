@@ -86,6 +86,9 @@ def _trial_record(t: Any, metric: str) -> dict[str, Any]:
         "value": value,
         "last_value": value if value is not None else last,
         "evaluations": attrs.get("evaluations", 0),
+        "epochs": attrs.get("epochs", history[-1].get("epoch", 0.0) if history else 0.0),
+        "stopped": attrs.get("stopped"),
+        "repeat_of": attrs.get("repeat_of"),
         "worker": attrs.get("worker"),
         "seconds": (
             (t.datetime_complete - t.datetime_start).total_seconds()
@@ -129,6 +132,8 @@ def build_report(context: Any, study: Any, *, storage_url: str, study_name: str)
         "n_trials": context.n_trials(),
         "counts": trial_counts(study),
         "evaluations_total": sum(t["evaluations"] for t in trials),
+        "epochs_total": round(sum(t["epochs"] for t in trials), 4),
+        "epoch_budget": context.config.epoch_budget,
         "full_trial_evaluations": context.evaluations(),
         "trials_wall_seconds": (
             (max(ends) - min(starts)).total_seconds() if starts and ends else None
@@ -170,10 +175,17 @@ def format_table(document: dict[str, Any]) -> str:
             f"{t['adapter_params']:>9,}  {t['value'] * scale:>8.2f}{unit}  {test_text:>9}"
         )
     counts = document["counts"]
+    epochs = document.get("epochs_total", 0)
+    budget = document.get("epoch_budget")
+    budget = f" of a budget of {budget:g}" if budget is not None else ""
+    repeats = sum(1 for t in document["trials"] if t.get("repeat_of") is not None)
+    if repeats:
+        budget += f"; {repeats} configuration(s) drawn again, scored without training"
     lines.append(
         f"\n{counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed "
         f"trials; {document['evaluations_total']} validation evaluations in all "
-        f"({document['full_trial_evaluations']} per full trial). * = on the Pareto front "
+        f"({document['full_trial_evaluations']} per full trial), {epochs:g} training epochs"
+        f"{budget}. * = on the Pareto front "
         f"(validation {name} vs adapter parameters)."
     )
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from .config import SearchConfig
 from .context import SearchContext, run_trials
 from .report import SEARCH_FILE, build_report, write_report
 from .study import open_storage, quiet_training, redact, trial_counts
-from .workers import ProgressBar, spawn_workers, wait_workers
+from .workers import ProgressBar, release_workers, spawn_workers, stop_workers, wait_workers
 
 __all__ = ["SearchConfig", "SearchResult", "search"]
 
@@ -121,8 +121,8 @@ def search(
     study_name : str
         Processes naming the same storage and study share its trials.
     workers : int
-        Worker processes on this machine (each loads the data once); ``1`` runs the trials
-        in this process.
+        Processes running trials on this machine: this one and ``workers - 1`` started at
+        once, which load the data while this one does (each loads it once).
     threads : int, optional
         Torch threads per worker (``torch.set_num_threads``).
     resume : bool
@@ -183,34 +183,48 @@ def search(
     if storage is None:
         output.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{(output / 'study.db').resolve()}"
-    else:
-        open_storage(storage)  # an unreachable server fails here, before any loading
+    # an unreachable server fails here, before any loading; Optuna's tables are made here,
+    # before the workers open the storage
+    open_storage(storage)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    context = SearchContext(config, output, storage, progress)
-    output.mkdir(parents=True, exist_ok=True)
-    study = context.study(resume=resume, name=study_name)
+    # the other workers start now and load the job while this process does
+    procs = spawn_workers(config, output, storage, study_name, workers - 1, threads)
+    try:
+        context = SearchContext(config, output, storage, progress)
+        output.mkdir(parents=True, exist_ok=True)
+        study = context.study(resume=resume, name=study_name)
+    except BaseException:
+        stop_workers(procs)
+        raise
     n_trials = context.n_trials()
+    if procs:
+        release_workers(output, n_trials)
     counts = trial_counts(study)
+    goal = f"{n_trials} trials" if n_trials is not None else "trials"
+    if config.epoch_budget is not None:
+        goal += f" within {config.epoch_budget:g} training epochs"
     if counts["complete"] + counts["pruned"]:
         say(
             f"study {study_name!r}: {counts['complete'] + counts['pruned']} finished trial(s) "
-            f"kept, running to {n_trials}"
+            f"kept, running to {goal}"
         )
-    say(f"storage: {redact(storage)}; {n_trials} trials; sampler {config.sampler}, "
-        f"pruner {config.pruner}")  # fmt: skip
+    say(f"storage: {redact(storage)}; {goal}; sampler {config.sampler}, "
+        f"pruner {config.pruner}; {workers} process(es)")  # fmt: skip
     start = time.perf_counter()
     bar = ProgressBar(progress, n_trials, study, context.metric != "val_loss")
     try:
-        if workers == 1:
+        try:
             interrupted = run_trials(
                 context, study, n_trials, should_stop=should_stop, on_trial=bar.refresh
             )
-        else:
-            procs = spawn_workers(config, output, storage, study_name, n_trials, workers, threads)
-            interrupted = wait_workers(procs, bar, should_stop, output)
+        except BaseException:
+            stop_workers(procs)
+            raise
+        if procs:  # this process has finished its trials; the others finish theirs
+            interrupted = wait_workers(procs, bar, should_stop, output, interrupted=interrupted)
     finally:
         bar.close()
     wall = time.perf_counter() - start
@@ -223,7 +237,7 @@ def search(
         write_report(document, output, figures=figures)
         raise KeyboardInterrupt
     if retrain:
-        _retrain(context, document, output, say, should_stop)
+        _retrain(context, document, output, say, should_stop, jobs=workers, threads=threads)
     figure = write_report(document, output, figures=figures)
     shutil.rmtree(output / ".scratch", ignore_errors=True)
     return SearchResult(
@@ -243,37 +257,60 @@ def _retrain(
     output: Path,
     say: Callable[[str], None],
     should_stop: Callable[[], bool] | None,
+    *,
+    jobs: int = 1,
+    threads: int | None = None,
 ) -> None:
-    """Re-train the chosen configurations (front and each method's best) and test each once."""
+    """Re-train the chosen configurations (front and each method's best) and test each once.
+
+    ``jobs > 1`` (``--workers``): that many at once, each in a process of its own
+    (:class:`~ttdecomp.finetune.parallel.RunPool`, the runs of ``ttdecomp finetune --jobs``);
+    the rows are those of the same runs made here one after another.
+    """
     from .report import format_table, retrain_targets
 
     chosen = retrain_targets(document)
     trials = {t["number"]: t for t in document["trials"]}
-    best: list[dict[str, Any]] = []
+    best: dict[int, dict[str, Any]] = {}
+    train = context.fconfig.train_settings(context.config.seed)
+    test_key = "test_loss" if context.metric == "val_loss" else "test_accuracy"
+
+    def record(number: int, row: dict[str, Any]) -> None:
+        trial = trials[number]
+        best[number] = {
+            "trial": number,
+            "label": trial["label"],
+            "method": trial["config"]["method"],
+            "adapter_params": row["adapter_params"],
+            "val": row[context.metric],
+            "test": row[test_key],
+            "run_dir": str((output / "best" / f"trial-{number}").relative_to(output)),
+            "settings": row["settings"],
+        }
+        document["best"] = [best[n] for n in chosen if n in best]
+        document["table"] = format_table(document)
+        write_report(document, output, figures=False)
+
+    if jobs > 1 and len(chosen) > 1:
+        from ..finetune.parallel import RunPool
+
+        n = min(jobs, len(chosen))
+        say(f"re-training {len(chosen)} configuration(s), {n} at once, test once each")
+        with RunPool("ttdecomp.finetune.run:prepare_job", context.fconfig, n, threads) as pool:
+            for number in chosen:
+                settings = context.space.settings(trials[number]["config"])
+                pool.submit(number, settings, train, output / "best" / f"trial-{number}")
+            for number, row in pool.results():
+                record(number, row)
+                if should_stop is not None and should_stop() and len(best) < len(chosen):
+                    raise KeyboardInterrupt
+        return
     for i, number in enumerate(chosen, 1):
         trial = trials[number]
         settings = context.space.settings(trial["config"])
         say(f"re-training {i}/{len(chosen)}: trial {number} ({trial['label']}), test once")
-        run_dir = output / "best" / f"trial-{number}"
         with quiet_training():
-            row = context.job.run(
-                settings, context.fconfig.train_settings(context.config.seed), run_dir
-            )
-        test_key = "test_loss" if context.metric == "val_loss" else "test_accuracy"
-        best.append(
-            {
-                "trial": number,
-                "label": trial["label"],
-                "method": trial["config"]["method"],
-                "adapter_params": row["adapter_params"],
-                "val": row[context.metric],
-                "test": row[test_key],
-                "run_dir": str(run_dir.relative_to(output)),
-                "settings": row["settings"],
-            }
-        )
-        document["best"] = best
-        document["table"] = format_table(document)
-        write_report(document, output, figures=False)
+            row = context.job.run(settings, train, output / "best" / f"trial-{number}")
+        record(number, row)
         if should_stop is not None and should_stop() and i < len(chosen):
             raise KeyboardInterrupt

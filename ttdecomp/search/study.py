@@ -11,7 +11,13 @@ validation only), reports the validation metric after every evaluation, and is p
 What a trial records (``trial.user_attrs``): ``config`` (the sampled values with the method),
 ``settings`` (:class:`~ttdecomp.finetune.methods.MethodSettings` as a dict),
 ``adapter_params``, ``evaluations`` (validation evaluations run, i.e. epochs when evaluating
-per epoch) and ``history``.
+per epoch), ``epochs`` (training epochs run, fractional with ``eval_every``), ``history``,
+``stopped`` when the study's epoch budget cut it short, and ``repeat_of`` when the sampler
+drew the configuration of a complete trial again: it is scored with that trial's result
+without training (training is seeded, so it would give the same numbers).
+
+A trial is never pruned at its last evaluation: it has trained every epoch by then, so it
+completes (Optuna's HyperBand would otherwise mark some fully trained trials pruned).
 """
 
 from __future__ import annotations
@@ -132,12 +138,17 @@ def open_storage(url: str) -> Any:
         ) from None
 
 
-def make_sampler(name: str, space: SearchSpace, seed: int, grid_points: int) -> Any:
-    """``tpe`` (Optuna's TPE), ``random``, or ``grid`` over every configuration of ``space``."""
+def make_sampler(
+    name: str, space: SearchSpace, seed: int, grid_points: int, startup_trials: int | None = None
+) -> Any:
+    """``tpe`` (Optuna's TPE, ``startup_trials`` random ones first: default 10), ``random``,
+    or ``grid`` over every configuration of ``space``."""
     import optuna
 
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        if startup_trials is None:
+            return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
@@ -148,14 +159,13 @@ def make_sampler(name: str, space: SearchSpace, seed: int, grid_points: int) -> 
     )
 
 
-def make_pruner(name: str, evaluations: int) -> Any:
-    """``hyperband`` (HyperbandPruner over 1..``evaluations`` reports, reduction factor 3) or
-    ``none``."""
+def make_pruner(name: str, evaluations: int, reduction_factor: int = 3) -> Any:
+    """``hyperband`` (HyperbandPruner over 1..``evaluations`` reports) or ``none``."""
     import optuna
 
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=max(1, evaluations), reduction_factor=3
+            min_resource=1, max_resource=max(1, evaluations), reduction_factor=reduction_factor
         )
     if name == "none":
         return optuna.pruners.NopPruner()
@@ -245,6 +255,18 @@ def trial_counts(study: Any) -> dict[str, int]:
     return counts
 
 
+def epochs_spent(study: Any) -> float:
+    """Training epochs the study's trials have run so far, running ones included."""
+    total = 0.0
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        if "epochs" in attrs:
+            total += float(attrs["epochs"])
+        elif attrs.get("history"):
+            total += float(attrs["history"][-1].get("epoch", 0.0))
+    return total
+
+
 def finished_states() -> tuple[Any, ...]:
     """The trial states that count towards ``n_trials``."""
     import optuna
@@ -276,6 +298,14 @@ class Objective:
         Where the trainer's scratch folders go.
     should_stop : callable, optional
         Asked after every evaluation; ``True`` raises ``KeyboardInterrupt`` there.
+    evaluations : int, optional
+        Validation evaluations of a full trial: the last one is never pruned.
+    epoch_budget : float, optional
+        Training epochs the whole study may spend (:func:`epochs_spent`): a trial whose next
+        evaluation (``epoch_budget`` counted with ``epochs_per_evaluation``) would overspend
+        it stops there, pruned, with ``stopped: "epoch budget"``.
+    epochs_per_evaluation : float
+        Training epochs between two evaluations.
     """
 
     def __init__(
@@ -291,12 +321,54 @@ class Objective:
         scratch: Any,
         seed: int,
         should_stop: Callable[[], bool] | None = None,
+        evaluations: int | None = None,
+        epoch_budget: float | None = None,
+        epochs_per_evaluation: float = 1.0,
     ) -> None:
         self.job, self.space, self.sampler_name = job, space, sampler_name
         self.grid = space.grid(grid_points) if sampler_name == "grid" else None
         self.train, self.count_params, self.metric = train, count_params, metric
         self.pareto, self.scratch, self.seed = pareto, scratch, seed
         self.should_stop = should_stop
+        self.evaluations, self.epoch_budget = evaluations, epoch_budget
+        self.epochs_per_evaluation = epochs_per_evaluation
+        self.repeats_in_a_row, self.exhausted = 0, False
+
+    #: Repeated configurations in a row after which the space counts as exhausted.
+    MAX_REPEATS = 50
+
+    def complete_twin(self, trial: Any, config: dict[str, Any]) -> Any:
+        """A complete trial of the study with exactly this configuration, if any."""
+        import optuna
+
+        for other in trial.study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+        ):
+            if other.user_attrs.get("config") == config and not other.user_attrs.get("repeat_of"):
+                return other
+        return None
+
+    def repeat(self, trial: Any, twin: Any) -> Any:
+        """Score a configuration sampled again by its complete trial's result, untrained.
+
+        Training is seeded, so it would give the same numbers: the trial records
+        ``repeat_of`` and no epochs. After :attr:`MAX_REPEATS` in a row (a small space that
+        the sampler has exhausted) the study stops.
+        """
+        self.repeats_in_a_row += 1
+        trial.set_user_attr("repeat_of", twin.number)
+        trial.set_user_attr("evaluations", 0)
+        trial.set_user_attr("epochs", 0.0)
+        if self.repeats_in_a_row >= self.MAX_REPEATS:
+            self.exhausted = True
+            trial.study.stop()
+        return tuple(twin.values) if self.pareto else twin.value
+
+    def over_budget(self, study: Any, epochs: float) -> bool:
+        """Would ``epochs`` more training overspend the study's epoch budget?"""
+        if self.epoch_budget is None:
+            return False
+        return epochs_spent(study) + epochs > self.epoch_budget + 1e-6
 
     def sample(self, trial: Any) -> dict[str, Any]:
         """The configuration of ``trial``: ``{"method": ..., name: value}``.
@@ -337,18 +409,31 @@ class Objective:
         trial.set_user_attr("settings", settings.to_dict())
         trial.set_user_attr("adapter_params", int(n_params))
         history: list[dict[str, Any]] = []
+        if self.over_budget(trial.study, self.epochs_per_evaluation):
+            # another worker spent the budget while this trial was being sampled
+            trial.set_user_attr("stopped", "epoch budget")
+            raise optuna.TrialPruned("the epoch budget is spent")
+        twin = self.complete_twin(trial, config)
+        if twin is not None:
+            return self.repeat(trial, twin)
+        self.repeats_in_a_row = 0
 
         def on_evaluate(entry: dict[str, Any]) -> None:
             history.append(entry)
             trial.set_user_attr("evaluations", len(history))
+            trial.set_user_attr("epochs", float(entry.get("epoch", len(history))))
             trial.set_user_attr("history", history)
             value = entry[self.metric]
+            last = self.evaluations is not None and len(history) >= self.evaluations
             if not self.pareto:
                 trial.report(value, step=len(history))
-                if trial.should_prune():
+                if not last and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after evaluation {len(history)}")
             if self.should_stop is not None and self.should_stop():
                 raise KeyboardInterrupt
+            if not last and self.over_budget(trial.study, self.epochs_per_evaluation):
+                trial.set_user_attr("stopped", "epoch budget")
+                raise optuna.TrialPruned(f"epoch budget spent after evaluation {len(history)}")
 
         run_dir = self.scratch / f"trial-{trial.number}"
         try:

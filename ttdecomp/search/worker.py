@@ -1,10 +1,13 @@
 """One worker process of ``ttdecomp search --workers N``: ``python -m ttdecomp.search.worker SPEC``.
 
 ``SPEC`` is the JSON file the parent wrote (the search configuration, output folder, storage
-URL, study name, number of trials, threads). The worker loads the data once, joins the study
-and runs trials until the study holds the asked number of finished ones (Optuna's
-``MaxTrialsCallback``); Ctrl-C (SIGINT, passed on by the parent) marks its running trial
-failed and exits with status 130. Everything it prints goes to ``.workers/worker-<i>.log``.
+URL, study name, threads, the parent's pid). The worker loads the data once, while the parent
+does the same; it then waits for the parent's go-ahead (the study is created and checked; it
+names the number of trials), joins the study and runs trials until the study holds that many
+finished ones (Optuna's ``MaxTrialsCallback``) or its epoch budget is spent. If the parent
+goes first, the worker exits (status 1) without running a trial. Ctrl-C (SIGINT, passed on by
+the parent) marks its running trial failed and exits with status 130. Everything it prints
+goes to ``.workers/worker-<i>.log``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from .config import SearchConfig
 from .context import SearchContext, run_trials
+from .workers import wait_until_released
 
 __all__ = ["main"]
 
@@ -29,8 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(spec["threads"]))
     config = SearchConfig.from_dict(spec["config"])
     context = SearchContext(config, Path(spec["output"]), spec["storage"], progress=False)
-    study = context.study(resume=True, create=False, name=spec["study_name"])
-    interrupted = run_trials(context, study, int(spec["n_trials"]))
+    go = wait_until_released(spec)
+    if go is None:
+        print("the search process has gone; no trial run", flush=True)
+        return 1
+    study = context.study(
+        resume=True, create=False, name=spec["study_name"], process=int(spec["process"])
+    )
+    interrupted = run_trials(context, study, go["n_trials"])
     return 130 if interrupted else 0
 
 

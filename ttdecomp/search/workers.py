@@ -1,4 +1,10 @@
-"""Worker processes of ``--workers N`` and the study's one progress bar."""
+"""Worker processes of ``--workers N`` and the study's one progress bar.
+
+``--workers N`` runs trials in this process and in ``N - 1`` worker processes started
+before this one loads anything, so their start-up (imports, data, tokenising, the model's
+skeleton) overlaps this process's; they wait for the study to be created or checked here
+before they run a trial.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,14 @@ from typing import Any
 from .config import SearchConfig
 from .study import finished_states, trial_counts
 
-__all__ = ["ProgressBar", "spawn_workers", "wait_workers"]
+__all__ = [
+    "ProgressBar",
+    "release_workers",
+    "spawn_workers",
+    "stop_workers",
+    "wait_until_released",
+    "wait_workers",
+]
 
 
 class ProgressBar:
@@ -53,32 +66,44 @@ class ProgressBar:
             self.bar.close()
 
 
+READY_FILE = "ready.json"
+
+
 def spawn_workers(
     config: SearchConfig,
     output: Path,
     storage_url: str,
     study_name: str,
-    n_trials: int,
     workers: int,
     threads: int | None,
 ) -> list[subprocess.Popen]:
+    """Start ``workers`` worker processes now; they load the job while this process does.
+
+    Each worker builds its own :class:`~ttdecomp.search.context.SearchContext`, then waits
+    for :func:`release_workers` (this process has created or checked the study) before it
+    runs a trial; a worker whose parent has gone exits without running any.
+    """
+    if workers < 1:
+        return []
     folder = output / ".workers"
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / READY_FILE).unlink(missing_ok=True)
     spec = {
         "config": config.to_dict(),
         "output": str(output),
         "storage": storage_url,
         "study_name": study_name,
-        "n_trials": n_trials,
         "threads": threads,
+        "parent": os.getpid(),
+        "ready": str(folder / READY_FILE),
     }
-    path = folder / "spec.json"
-    path.write_text(json.dumps(spec, indent=2))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     procs = []
     for i in range(workers):
+        path = folder / f"spec-{i}.json"
+        path.write_text(json.dumps({**spec, "process": i + 1}, indent=2))
         log = open(folder / f"worker-{i}.log", "w")
         procs.append(
             subprocess.Popen(
@@ -92,15 +117,53 @@ def spawn_workers(
     return procs
 
 
+def release_workers(output: Path, n_trials: int | None) -> None:
+    """Let the waiting workers run trials, until the study holds ``n_trials`` finished ones."""
+    folder = output / ".workers"
+    tmp = folder / f".{READY_FILE}.tmp"
+    tmp.write_text(json.dumps({"n_trials": n_trials}))
+    os.replace(tmp, folder / READY_FILE)
+
+
+def wait_until_released(spec: dict[str, Any], poll: float = 0.2) -> dict[str, Any] | None:
+    """In a worker: the parent's go-ahead (``{"n_trials": ...}``), or ``None`` if it has gone."""
+    ready = Path(spec["ready"])
+    while not ready.exists():
+        if os.getppid() != spec["parent"]:
+            return None
+        time.sleep(poll)
+    return json.loads(ready.read_text())
+
+
+def stop_workers(procs: list[subprocess.Popen], timeout: float = 120.0) -> None:
+    """Pass Ctrl-C (SIGINT) on to the running workers and wait for them (then kill)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def wait_workers(
     procs: list[subprocess.Popen],
     bar: ProgressBar,
     should_stop: Callable[[], bool] | None,
     output: Path,
+    *,
+    interrupted: bool = False,
 ) -> bool:
-    """Wait for the workers (refreshing the bar); on Ctrl-C pass it on and wait for them."""
-    interrupted = False
+    """Wait for the workers (refreshing the bar); on Ctrl-C pass it on and wait for them.
+
+    ``interrupted``: this process was stopped already; the workers are stopped at once.
+    """
     try:
+        if interrupted:
+            raise KeyboardInterrupt
         while any(p.poll() is None for p in procs):
             if should_stop is not None and should_stop():
                 raise KeyboardInterrupt
@@ -108,16 +171,7 @@ def wait_workers(
             time.sleep(1.0)
     except KeyboardInterrupt:
         interrupted = True
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 120
-        for p in procs:
-            try:
-                p.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_workers(procs)
     failed = [i for i, p in enumerate(procs) if p.returncode not in (0, 130, -signal.SIGINT)]
     if failed and not interrupted:
         log = (output / ".workers" / f"worker-{failed[0]}.log").read_text()[-2000:]
