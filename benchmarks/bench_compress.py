@@ -327,7 +327,7 @@ def main() -> None:
     ap.add_argument("--heal-seconds", type=float, default=300.0)
     ap.add_argument("--heal-steps", type=int, default=100_000)
     ap.add_argument("--heal-lr", type=float, default=1e-3)
-    ap.add_argument("--heal-layerwise", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--heal-layerwise", action=argparse.BooleanOptionalAction, default=False)
     ap.add_argument("--heal-refit-batches", type=int, default=4)
     ap.add_argument("--heal-hidden", choices=("last", "all"), default="all")
     ap.add_argument("--lm-methods", nargs="+", default=["weight", "output"])

@@ -99,8 +99,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--heal-layerwise",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="refit each TT layer to the original's layer outputs before distilling",
+        default=False,
+        help="refit each TT layer to the original's layer outputs before distilling (off: "
+        "on MiniLM at 50%% it lowered the cosine reached in the same time)",
     )
     p.add_argument(
         "--heal-hidden",
