@@ -19,7 +19,7 @@ Two options make the same minutes go further:
 
 * ``layerwise=True`` first refits every TT layer, in forward order, to the teacher's layer
   outputs on the inputs the compressed model actually gives it
-  (:func:`~ttdecomp.compress.layerwise.refit_layers`: closed form, forward passes only), on
+  (:func:`~ttdecomp.compress.refit_layers`: closed form, forward passes only), on
   the first ``refit_batches`` batches; the distillation then trains from there with the
   time that is left.
 * ``hidden="all"`` (models that return ``hidden_states`` when called with
