@@ -173,6 +173,9 @@ def minilm(args, out: Path) -> None:
                     steps=args.heal_steps,
                     max_seconds=args.heal_seconds,
                     lr=args.heal_lr,
+                    layerwise=args.heal_layerwise,
+                    refit_batches=args.heal_refit_batches,
+                    hidden=args.heal_hidden,
                 )
                 emb = sentence_embeddings(small, tok, texts["test"])
                 record(
@@ -185,6 +188,13 @@ def minilm(args, out: Path) -> None:
                         "heal_steps": h.steps,
                         "heal_s": h.seconds,
                         "heal_loss": [h.loss_first, h.loss_last],
+                        "heal_config": {
+                            "lr": args.heal_lr,
+                            "layerwise": args.heal_layerwise,
+                            "hidden": args.heal_hidden,
+                            "refit_batches": args.heal_refit_batches,
+                        },
+                        "refit_s": h.refit.seconds if h.refit else None,
                     },
                 )
             del small
@@ -197,16 +207,30 @@ def smollm2(args, out: Path) -> None:
 
     cal = causal_batches(tok, splits.train[: args.lm_calibration])
     held = splits.test[: args.lm_eval]
-    dense_ppl = None
+    dense_ppl = dense_cost = None
     for budget in args.budgets:
         for method in args.lm_methods:
             t0 = time.perf_counter()
             small, rep = compress_model(
-                model, budget, calibration=cal, method=method, layout=args.lm_layout
+                model,
+                budget,
+                calibration=cal,
+                method=method,
+                layout=args.lm_layout,
+                refine_steps=args.lm_refine_steps,
             )
             seconds = time.perf_counter() - t0
-            m = measure_causal(model, small, tok, held, dense_ppl=dense_ppl)
-            dense_ppl = m["dense_perplexity"]
+            m = measure_causal(
+                model,
+                small,
+                tok,
+                held,
+                dense_ppl=dense_ppl,
+                dense_cost=dense_cost,
+                cost_batch=args.lm_cost_batch,
+                repeats=args.repeats,
+            )
+            dense_ppl, dense_cost = m["dense_perplexity"], m["dense_cost"]
             record(
                 out,
                 {
@@ -220,6 +244,10 @@ def smollm2(args, out: Path) -> None:
                     "tt_params": rep.n_params,
                     "dense_params": rep.dense_n_params,
                     "compress_s": seconds,
+                    "measure_s": time.perf_counter() - t0 - seconds,
+                    "lm_calibration": args.lm_calibration,
+                    "lm_refine_steps": args.lm_refine_steps,
+                    "layouts": sorted({f"{r.layout}/{len(r.row_shape)}" for r in rep.layers}),
                     "time_ratio_1t": m["time_ratio"],
                     "peak_ratio_1t": m["peak_ratio"],
                     "param_ratio": m["param_bytes"] / m["dense_param_bytes"],
@@ -298,11 +326,18 @@ def main() -> None:
     ap.add_argument("--heal-methods", nargs="*", default=["output"])
     ap.add_argument("--heal-seconds", type=float, default=300.0)
     ap.add_argument("--heal-steps", type=int, default=100_000)
-    ap.add_argument("--heal-lr", type=float, default=2e-4)
-    ap.add_argument("--lm-methods", nargs="+", default=["output"])
+    ap.add_argument("--heal-lr", type=float, default=1e-3)
+    ap.add_argument("--heal-layerwise", action=argparse.BooleanOptionalAction, default=False)
+    ap.add_argument("--heal-refit-batches", type=int, default=4)
+    ap.add_argument("--heal-hidden", choices=("last", "all"), default="all")
+    ap.add_argument("--lm-methods", nargs="+", default=["weight", "output"])
     ap.add_argument("--lm-layout", default="split")
-    ap.add_argument("--lm-calibration", type=int, default=64)
-    ap.add_argument("--lm-eval", type=int, default=60)
+    ap.add_argument("--lm-calibration", type=int, default=32)
+    ap.add_argument("--lm-eval", type=int, default=40)
+    ap.add_argument(
+        "--lm-refine-steps", type=int, default=10, help="L-BFGS steps (multi-input-core layers)"
+    )
+    ap.add_argument("--lm-cost-batch", type=int, default=8, help="dialogues in the timed batch")
     ap.add_argument("--skip-minilm", action="store_true")
     ap.add_argument("--skip-smollm2", action="store_true")
     ap.add_argument("--quick", action="store_true", help="50%% only, 30 s of healing")

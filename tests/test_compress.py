@@ -27,6 +27,7 @@ from ttdecomp.compress import (  # noqa: E402
     select_layers,
 )
 from ttdecomp.compress.calibration import gram_of, whitening  # noqa: E402
+from ttdecomp.compress.layerwise import refit_layers  # noqa: E402
 from ttdecomp.errors import InvalidInputError, ShapeError, TTWarning  # noqa: E402
 
 
@@ -271,6 +272,128 @@ def test_heal_lowers_the_distillation_loss():
     assert rep.steps == 80 and rep.trained_params == sum(small[i].tt_n_params for i in (0, 2))
     assert after < before
     assert all(p.requires_grad for p in small.parameters())  # flags restored
+
+
+def _deep(seed: int = 0) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(32, 64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(64, 64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(64, 16),
+    )
+
+
+def _rel_err(small, net, x) -> float:
+    with torch.no_grad():
+        return float(torch.linalg.norm(small(x) - net(x)) / torch.linalg.norm(net(x)))
+
+
+def test_refit_layers_lowers_each_layers_error_on_the_students_inputs():
+    net, x, held = _deep(), _inputs(512), _inputs(512, seed=7)
+    small, _ = compress_model(net, budget=0.3, calibration=x)
+    ranks = [small[i].ranks for i in (0, 2, 4)]
+    before = _rel_err(small, net, held)
+    rep = refit_layers(small, net, list(x.split(128)))
+    assert [r.name for r in rep.layers] == ["0", "2", "4"] and rep.stages == 3
+    # the first layer sees the original's inputs: compress_model's fit is already optimal
+    # there (up to the bias, which the refit may move); the later ones see the compressed
+    # model's own inputs and gain
+    assert all(r.error_after <= r.error_before + 1e-12 for r in rep.layers)
+    assert all(r.applied and r.error_after < 0.98 * r.error_before for r in rep.layers[1:])
+    assert [small[i].ranks for i in (0, 2, 4)] == ranks  # same shapes, same budget
+    assert _rel_err(small, net, held) < before  # and on held-out inputs, end to end
+
+
+def test_refit_layers_error_matches_a_direct_measurement():
+    net, x = _deep(), _inputs(256)
+    small, _ = compress_model(net, budget=0.3, calibration=x)
+    rep = refit_layers(small, net, x)
+    with torch.no_grad():  # the last layer's output error, measured on its actual inputs
+        xs = small[3](small[2](small[1](small[0](x))))
+        xt = net[3](net[2](net[1](net[0](x))))
+        got = float(torch.linalg.norm(small[4](xs) - net[4](xt)) / torch.linalg.norm(net[4](xt)))
+    assert got == pytest.approx(rep.layers[-1].error_after, rel=1e-3)
+
+
+def test_heal_layerwise_then_distillation_lowers_the_output_error():
+    net, x, held = _deep(), _inputs(512), _inputs(512, seed=7)
+    small, _ = compress_model(net, budget=0.3, calibration=x)
+    before = _rel_err(small, net, held)
+    plain = compress_model(net, budget=0.3, calibration=x)[0]
+    heal(plain, net, list(x.split(64)), steps=30, lr=2e-3)
+    rep = heal(small, net, list(x.split(64)), steps=30, lr=2e-3, layerwise=True)
+    assert rep.refit is not None and len(rep.refit.layers) == 3 and rep.steps == 30
+    assert _rel_err(small, net, held) < before
+    assert _rel_err(small, net, held) < _rel_err(plain, net, held)  # the refit helps
+
+
+def test_heal_all_hidden_states_on_a_tiny_bert():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(0)
+    bert = transformers.BertModel(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        {
+            "input_ids": torch.randint(0, 64, (8, 12), generator=g),
+            "attention_mask": torch.ones(8, 12, dtype=torch.long),
+        }
+        for _ in range(4)
+    ]
+    small, _ = compress_model(bert, budget=0.3, calibration=batches)
+
+    def err() -> float:
+        with torch.no_grad():
+            return sum(
+                float((small(**b).last_hidden_state - bert(**b).last_hidden_state).pow(2).mean())
+                for b in batches
+            )
+
+    before = err()
+    rep = heal(small, bert, batches, steps=25, lr=3e-3, hidden="all", layerwise=True)
+    assert rep.loss_last < rep.loss_first and err() < before
+    assert [r.name for r in rep.refit.layers][:3] == [
+        "encoder.layer.0.attention.self.query",
+        "encoder.layer.0.attention.self.key",
+        "encoder.layer.0.attention.self.value",
+    ]
+    assert rep.refit.stages == 8  # q/k/v read one tensor: 4 stages per block
+    with pytest.raises(InvalidInputError, match="hidden_states"):
+        heal(compress_model(_mlp(), budget=0.3)[0], _mlp(), _inputs(64), hidden="all")
+
+
+def test_heal_and_refit_bad_input():
+    small = compress_model(_mlp(), budget=0.3)[0]
+    with pytest.raises(InvalidInputError, match="hidden must be"):
+        heal(small, _mlp(), _inputs(64), hidden="middle")
+    with pytest.raises(InvalidInputError, match="refit_batches"):
+        heal(small, _mlp(), _inputs(64), refit_batches=-1)
+    other = torch.nn.Sequential(torch.nn.Linear(32, 16))
+    with pytest.raises(InvalidInputError, match="no layer '2'"):
+        refit_layers(small, other, _inputs(64))
+    with pytest.raises(InvalidInputError, match="no TTLinear"):
+        refit_layers(_mlp(), _mlp(), _inputs(64))
+    with pytest.raises(InvalidInputError, match="refine_steps"):
+        compress_model(_mlp(), budget=0.3, calibration=_inputs(64), refine_steps=-2)
+
+
+def test_assign_checks_shapes_and_keeps_the_parameters():
+    layer = TTLinear(8, 4, (2, 2), (2, 4), (1, 2, 1))
+    ids = [id(p) for p in layer.parameters()]
+    layer.assign(TTLinear(8, 4, (2, 2), (2, 4), (1, 2, 1)).to_ttmatrix(), torch.ones(4))
+    assert [id(p) for p in layer.parameters()] == ids
+    torch.testing.assert_close(layer.bias.detach(), torch.ones(4))
+    with pytest.raises(ShapeError, match="assign got cores"):
+        layer.assign(TTLinear(8, 4, (2, 2), (2, 4), (1, 3, 1)).to_ttmatrix())
 
 
 # ---------------------------------------------------------------- bad input

@@ -11,6 +11,8 @@ line; it needs torch.
 * :mod:`~ttdecomp.compress.model` — :func:`compress_model` and its report.
 * :mod:`~ttdecomp.compress.serialization` — :func:`save_compressed`, :func:`load_compressed`.
 * :mod:`~ttdecomp.compress.heal` — :func:`heal`, a short distillation into the TT cores.
+* :mod:`~ttdecomp.compress.layerwise` — :func:`refit_layers`, each TT layer refitted in
+  forward order to the original's layer outputs on the compressed model's own inputs.
 
 Examples
 --------
@@ -29,6 +31,7 @@ from __future__ import annotations
 from .calibration import WhitenedResult, collect_grams, decompose_whitened, output_error
 from .heal import HealReport, heal
 from .layers import TTLinear
+from .layerwise import LayerRefit, RefitReport, refit_layers
 from .model import DEFAULT_SKIP, CompressionReport, LayerReport, compress_model, select_layers
 from .serialization import (
     COMPRESSED_CONFIG,
@@ -45,7 +48,9 @@ __all__ = [
     "CompressedFileError",
     "CompressionReport",
     "HealReport",
+    "LayerRefit",
     "LayerReport",
+    "RefitReport",
     "TTLinear",
     "WhitenedResult",
     "collect_grams",
@@ -54,6 +59,7 @@ __all__ = [
     "heal",
     "load_compressed",
     "output_error",
+    "refit_layers",
     "save_compressed",
     "select_layers",
 ]

@@ -14,6 +14,21 @@ Positions where the batch's ``attention_mask`` is 0 are left out. AdamW, a const
 learning rate after a short warm-up, dropout off (the student is fitted to its eval-mode
 outputs), and a wall-clock limit (``max_seconds``, checked after
 every step) that stops training even when ``steps`` is not reached.
+
+Two options make the same minutes go further:
+
+* ``layerwise=True`` first refits every TT layer, in forward order, to the teacher's layer
+  outputs on the inputs the compressed model actually gives it
+  (:func:`~ttdecomp.compress.refit_layers`: closed form, forward passes only), on
+  the first ``refit_batches`` batches; the distillation then trains from there with the
+  time that is left.
+* ``hidden="all"`` (models that return ``hidden_states`` when called with
+  ``output_hidden_states=True``, e.g. transformers encoders) adds the normalised mean squared
+  error of every layer's hidden states to the loss (intermediate-layer distillation, as in
+  TinyBERT): each block gets a direct signal instead of one through all the blocks above it.
+
+The teacher's outputs are computed once per batch and kept (``cache_teacher``, when they
+fit in ``cache_bytes``), so a step costs one student forward and backward.
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ from torch import nn
 from ..errors import InvalidInputError
 from .calibration import batches_of
 from .layers import TTLinear
+from .layerwise import RefitReport, refit_layers
 
 __all__ = ["HealReport", "heal"]
 
@@ -48,6 +64,8 @@ class HealReport:
         Mean loss over the first and the last ``min(10, steps)`` steps.
     trained_params : int
         Parameters trained (the TT cores).
+    refit : RefitReport or None
+        The layer-wise refit (``layerwise=True``), else None.
     """
 
     steps: int
@@ -55,6 +73,7 @@ class HealReport:
     loss_first: float
     loss_last: float
     trained_params: int
+    refit: RefitReport | None = None
 
 
 def _unpack(out: Any) -> tuple[str, torch.Tensor]:
@@ -74,16 +93,54 @@ def _unpack(out: Any) -> tuple[str, torch.Tensor]:
     )
 
 
-def _call(model: nn.Module, batch: Any) -> Any:
-    return model(**batch) if isinstance(batch, Mapping) else model(batch)
+def _call(model: nn.Module, batch: Any, hidden: bool = False) -> Any:
+    if isinstance(batch, Mapping):
+        return model(**batch, output_hidden_states=True) if hidden else model(**batch)
+    return model(batch)
+
+
+def _levels(out: Any) -> list[torch.Tensor]:
+    """Every layer's hidden states but the embeddings' (``out.hidden_states[1:]``)."""
+    states = getattr(out, "hidden_states", None)
+    if not states or not all(isinstance(h, torch.Tensor) for h in states):
+        raise InvalidInputError(
+            "hidden='all' needs a model that returns hidden_states when called with "
+            "output_hidden_states=True (a transformers model); use hidden='last'."
+        )
+    return list(states[1:])
+
+
+def _slim(out: Any, hidden: bool) -> Any:
+    """What the loss needs from a teacher output, detached (kept across steps)."""
+    kind, t = _unpack(out)
+    return {
+        "kind": kind,
+        "out": t.detach(),
+        "levels": [h.detach() for h in _levels(out)] if hidden else None,
+    }
+
+
+def _nmse(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    s, t = s.float(), t.float()
+    if mask is not None and s.ndim >= 3 and tuple(mask.shape) == tuple(s.shape[:2]):
+        keep = mask.bool()
+        s, t = s[keep], t[keep]
+    return (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-12)
 
 
 def distill_loss(
     student_out: Any, teacher_out: Any, mask: torch.Tensor | None, temperature: float = 1.0
 ) -> torch.Tensor:
     """The healing loss between two outputs (module notes); ``mask`` is ``(B, T)`` or None."""
-    kind, s = _unpack(student_out)
     _, t = _unpack(teacher_out)
+    return _distill(student_out, {"kind": None, "out": t}, mask, temperature)
+
+
+def _distill(
+    student_out: Any, target: dict[str, Any], mask: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
+    kind, s = _unpack(student_out)
+    t = target["out"]
     s, t = s.float(), t.float()
     if mask is not None and s.ndim >= 3 and tuple(mask.shape) == tuple(s.shape[:2]):
         keep = mask.bool()
@@ -107,6 +164,12 @@ def heal(
     lr: float = 1e-4,
     temperature: float = 1.0,
     seed: int = 0,
+    layerwise: bool = False,
+    refit_batches: int = 4,
+    hidden: str = "last",
+    warmup: int = 20,
+    cache_teacher: bool = True,
+    cache_bytes: int = 2**30,
 ) -> HealReport:
     """Train the TT cores of ``model`` to reproduce ``teacher``'s outputs on ``data``.
 
@@ -124,11 +187,23 @@ def heal(
     max_seconds : float
         Stop after this much wall time (default 5 minutes).
     lr : float
-        AdamW learning rate (20 warm-up steps).
+        AdamW learning rate (after ``warmup`` linear warm-up steps).
     temperature : float
         Of the KL loss on logits.
     seed : int
         Seeds the batch order.
+    layerwise : bool
+        Refit every TT layer to the teacher's layer outputs first (module notes); its time
+        counts against ``max_seconds``.
+    refit_batches : int
+        Batches of ``data`` the layer-wise refit uses (spread evenly over the list).
+    hidden : {"last", "all"}
+        Distil the model's output only, or every layer's hidden states too (module notes).
+    warmup : int
+        Linear warm-up steps of the learning rate.
+    cache_teacher : bool
+        Compute the teacher's outputs once per batch and keep them while they fit in
+        ``cache_bytes`` (later batches are recomputed at every step).
 
     Returns
     -------
@@ -145,6 +220,9 @@ def heal(
     >>> rep = heal(student, teacher, [x[:32], x[32:]], steps=50, lr=1e-2)
     >>> rep.loss_last < rep.loss_first
     True
+    >>> rep = heal(student, teacher, [x[:32], x[32:]], steps=20, lr=1e-2, layerwise=True)
+    >>> rep.refit.stages
+    1
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InvalidInputError(f"steps must be a positive int, got {steps!r}.")
@@ -152,6 +230,11 @@ def heal(
         raise InvalidInputError(f"max_seconds must be a positive number, got {max_seconds!r}.")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise InvalidInputError(f"lr must be a positive number, got {lr!r}.")
+    if hidden not in ("last", "all"):
+        raise InvalidInputError(f"hidden must be 'last' or 'all', got {hidden!r}.")
+    for flag, value in (("refit_batches", refit_batches), ("warmup", warmup)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidInputError(f"{flag} must be an int >= 0, got {value!r}.")
     batches = batches_of(data)
     cores = [p for m in model.modules() if isinstance(m, TTLinear) for p in m.cores]
     if not cores:
@@ -164,7 +247,7 @@ def heal(
     for p in cores:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(cores, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 20))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / (warmup + 1)))
     gen = torch.Generator().manual_seed(seed)
     teacher.eval()
     model.eval()  # dropout off: the student is fitted to the outputs it will give in use
@@ -172,7 +255,17 @@ def heal(
     start = time.perf_counter()
     device = cores[0].device
     done = False
+    refit = None
+    all_levels = hidden == "all"
+    cache: dict[int, dict[str, Any]] = {}
+    cached = 0
     try:
+        if layerwise and refit_batches > 0:
+            every = max(1, len(batches) // refit_batches)  # spread over the data
+            refit = refit_layers(
+                model, teacher, batches[::every][:refit_batches], max_seconds=max_seconds
+            )
+            done = time.perf_counter() - start >= max_seconds
         while not done:
             for i in torch.randperm(len(batches), generator=gen).tolist():
                 batch = batches[i]
@@ -185,9 +278,21 @@ def heal(
                 else:
                     batch = torch.as_tensor(batch).to(device)
                     mask = None
-                with torch.no_grad():
-                    target = _call(teacher, batch)
-                loss = distill_loss(_call(model, batch), target, mask, temperature)
+                target = cache.get(i)
+                if target is None:
+                    with torch.no_grad():
+                        target = _slim(_call(teacher, batch, all_levels), all_levels)
+                    size = sum(
+                        t.numel() * t.element_size()
+                        for t in [target["out"], *(target["levels"] or [])]
+                    )
+                    if cache_teacher and cached + size <= cache_bytes:
+                        cache[i], cached = target, cached + size
+                out = _call(model, batch, all_levels)
+                loss = _distill(out, target, mask, temperature)
+                if all_levels:
+                    for s_h, t_h in zip(_levels(out), target["levels"]):
+                        loss = loss + _nmse(s_h, t_h, mask)
                 if not torch.isfinite(loss):
                     raise InvalidInputError(
                         f"the healing loss became {float(loss.detach())} at step "
@@ -205,11 +310,13 @@ def heal(
         for p in model.parameters():
             p.requires_grad_(flags.get(id(p), True))
         model.eval()
-    k = min(10, len(losses))
+    k = max(1, min(10, len(losses)))
+    losses = losses or [float("nan")]
     return HealReport(
         steps=len(losses),
         seconds=time.perf_counter() - start,
         loss_first=sum(losses[:k]) / k,
         loss_last=sum(losses[-k:]) / k,
         trained_params=sum(p.numel() for p in cores),
+        refit=refit,
     )

@@ -350,6 +350,35 @@ class TTLinear(nn.Module):
             0 if self.bias is None else self.out_features
         )
 
+    def assign(self, ttm: TTMatrix, bias: torch.Tensor | None = None) -> None:
+        """Overwrite the cores (and the bias, when given) in place with ``ttm``'s, balanced.
+
+        The shapes and ranks must be the layer's; the parameters stay the same objects (an
+        optimiser holding them keeps working). Used by the layer-wise healing.
+
+        Examples
+        --------
+        >>> layer = TTLinear(8, 4, (2, 2), (2, 4), (1, 2, 1))
+        >>> other = TTLinear(8, 4, (2, 2), (2, 4), (1, 2, 1))
+        >>> layer.assign(other.to_ttmatrix())
+        >>> x = torch.randn(3, 8)
+        >>> bool(torch.allclose(layer(x), other(x), atol=1e-6))
+        True
+        """
+        shapes = [tuple(c.shape) for c in self.cores]
+        given = [tuple(c.shape) for c in ttm.cores]
+        if shapes != given:
+            raise ShapeError(
+                f"assign got cores of shapes {given}; the layer's are {shapes} (same "
+                "row_shape, col_shape and ranks needed)."
+            )
+        scales = _balancing_scales(ttm.cores)
+        with torch.no_grad():
+            for p, c, s in zip(self.cores, ttm.cores, scales):
+                p.copy_((c * s).to(dtype=p.dtype, device=p.device))
+            if bias is not None and self.bias is not None:
+                self.bias.copy_(bias.to(dtype=self.bias.dtype, device=self.bias.device))
+
     # ---------------------------------------------------------------- use
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x[..., in_features] -> y[..., out_features]`` without forming the weight."""
