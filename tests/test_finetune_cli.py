@@ -297,8 +297,14 @@ def test_plan_jobs_shares_the_cores():
     from ttdecomp.errors import InvalidInputError
     from ttdecomp.finetune.parallel import plan_jobs
 
-    assert plan_jobs(2, cores=2) == (1, None)  # one at a time unless asked
-    assert plan_jobs(2, cores=2, threads=1) == (1, 1)
+    assert plan_jobs(2, cores=2) == (2, 1)  # the default on 2 cores: side by side
+    assert plan_jobs(2, cores=8) == (2, 4)
+    assert plan_jobs(2, jobs=1, cores=2, threads=1) == (1, 1)
+    assert plan_jobs(2, jobs=1, cores=2) == (1, None)
+    assert plan_jobs(1, cores=8) == (1, None)  # one run: nothing to put side by side
+    assert plan_jobs(2, cores=1) == (1, None)
+    assert plan_jobs(4, cores=8, device="cuda") == (1, None)
+    assert plan_jobs(4, cores=8, world_size=2) == (1, None)  # under torchrun: one at a time
     assert plan_jobs(2, jobs=2, cores=2) == (2, 1)
     assert plan_jobs(5, jobs=8, cores=8) == (5, 1)  # never more processes than runs
     assert plan_jobs(1, jobs=4, cores=8) == (1, None)  # one run keeps torch's own threads

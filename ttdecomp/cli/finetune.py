@@ -187,8 +187,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         default=None,
-        help="runs made at once, one process each (default 1; helps where one run cannot "
-        "use every core)",
+        help="runs made at once, one process each (default: 2 on a CPU with 2 or more cores "
+        "and 2 or more runs, else 1; --jobs 1 runs one after another)",
     )
     g.add_argument(
         "--quick",

@@ -46,20 +46,24 @@ def plan_jobs(
 ) -> tuple[int, int | None]:
     """How many runs to make at once, and torch threads per run: ``(jobs, threads)``.
 
-    ``jobs=None`` is one run at a time (``threads`` as given; ``None`` in the result means
-    "leave torch's setting alone"). ``jobs=N`` makes up to N runs at once (never more than
-    there are runs), each with ``threads`` threads, by default the cores shared out. Measured
-    on 2 cores, the default comparison (two runs) took 457 s as two one-thread processes
-    against 438 s as one two-thread process after the other: no gain there, so it is not the
-    default; on machines with many cores, where one run cannot use them all, it is the lever.
-    Under ``torchrun`` only one run at a time is possible.
+    ``jobs=N`` makes up to N runs at once (never more than there are runs), each with
+    ``threads`` threads, by default the cores shared out; ``jobs=1`` is one run at a time
+    (``threads`` as given; ``None`` in the result means "leave torch's setting alone").
+    ``jobs=None`` (the default) makes two runs at once on a CPU with at least two cores when
+    there are at least two runs and one process (not under ``torchrun``, not on a GPU), and
+    one at a time otherwise. Measured on 2 cores with chunked batches, the default comparison
+    (two runs) took 311 s as two one-thread processes side by side; one two-thread process
+    after the other took 438 s before the chunked batches (whose small chunks suit one
+    thread best).
 
     Examples
     --------
-    >>> plan_jobs(2, cores=2)  # one at a time unless asked
-    (1, None)
-    >>> plan_jobs(2, jobs=2, cores=2)  # side by side, one thread each
+    >>> plan_jobs(2, cores=2)  # the default on 2 cores: side by side, one thread each
     (2, 1)
+    >>> plan_jobs(2, jobs=1, cores=2)  # one at a time
+    (1, None)
+    >>> plan_jobs(2, cores=2, device="cuda")  # a GPU: one at a time
+    (1, None)
     >>> plan_jobs(6, jobs=4, cores=16, threads=2)
     (4, 2)
     >>> plan_jobs(3, jobs=3, cores=12)
@@ -77,7 +81,9 @@ def plan_jobs(
             f"{world_size}-process torchrun job cannot; drop --jobs under torchrun."
         )
     if jobs is None:
-        return 1, threads
+        if device != "cpu" or world_size > 1 or cores < 2 or runs < 2:
+            return 1, threads
+        jobs = 2
     jobs = max(1, min(jobs, runs))
     if jobs == 1:
         return 1, threads

@@ -221,8 +221,9 @@ def finetune(
         arrives inside a finalizer).
     jobs : int, optional
         Runs made at once, each in a process of its own
-        (:mod:`~ttdecomp.finetune.parallel`); default one at a time. The rows are the same
-        either way.
+        (:mod:`~ttdecomp.finetune.parallel`); default: two at a time on a CPU with two or
+        more cores (:func:`~ttdecomp.finetune.plan_jobs`), ``1`` for one after another. The
+        rows are those of the same runs made one at a time with the same threads.
     threads : int, optional
         torch CPU threads per run. Default: torch's own setting for one run at a time, the
         cores shared out among ``jobs`` runs.
