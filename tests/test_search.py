@@ -306,6 +306,21 @@ def test_two_workers_share_one_sqlite_file(assets, tmp_path):
         assert (out / b["run_dir"] / "adapter" / "ttdecomp_method.json").is_file()
 
 
+def test_two_workers_on_a_grid_train_every_point_once(assets, tmp_path):
+    out = tmp_path / "wg"
+    space = tmp_path / "grid.json"
+    space.write_text(json.dumps({"lora": {"r": [2, 4], "lr": [1e-3, 1e-2]}}))
+    argv = args(assets, out, "--sampler", "grid", "--space", str(space), "--workers", "2",
+                "--no-figures", "--no-retrain")  # fmt: skip
+    proc = subprocess.run(command(argv), env=ENV, capture_output=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr.decode()
+    trials = load(out)["trials"]
+    assert len({t["worker"] for t in trials}) == 2
+    configs = sorted((t["config"]["r"], t["config"]["lr"]) for t in trials)
+    assert configs == [(2, 1e-3), (2, 1e-2), (4, 1e-3), (4, 1e-2)]  # no point twice
+    assert all(t["state"] == "complete" and t["epochs"] > 0 for t in trials)
+
+
 def _postgres_reachable() -> str | None:
     try:
         import psycopg

@@ -150,7 +150,9 @@ class SearchContext:
         The sampler is seeded with ``seed`` in a fresh study's first process, and with
         ``seed`` plus the trials already there (and ``10000 * process``) otherwise: a
         resumed search or a second worker would otherwise draw the first one's random
-        start-up configurations again.
+        start-up configurations again. The grid sampler keeps ``seed`` everywhere: it
+        shuffles the grid with its seed and hands trial ``n`` the ``n``-th point, so every
+        process must shuffle alike or two of them would train the same point.
         """
         c = self.config
 
@@ -168,7 +170,7 @@ class SearchContext:
             create=create,
         )
         offset = len(study.get_trials(deepcopy=False)) + 10_000 * process
-        if offset:
+        if offset and c.sampler != "grid":  # the grid's order must agree in every process
             study.sampler = sampler(c.seed + offset)
         return study
 
