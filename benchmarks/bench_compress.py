@@ -166,6 +166,7 @@ def minilm(args, out: Path) -> None:
                 row.update(costs(model, small, batch, args.repeats))
             record(out, row)
             if method in args.heal_methods:
+                torch.set_num_threads(args.heal_threads)
                 h = heal(
                     small,
                     model,
@@ -177,12 +178,14 @@ def minilm(args, out: Path) -> None:
                     refit_batches=args.heal_refit_batches,
                     hidden=args.heal_hidden,
                 )
+                torch.set_num_threads(1)
                 emb = sentence_embeddings(small, tok, texts["test"])
                 record(
                     out,
                     {
                         **row,
                         "healed": True,
+                        "heal_threads": args.heal_threads,
                         "cosine": mean_cosine(ref["test"], emb),
                         "probe_acc": probe.accuracy(emb, labels["test"]),
                         "heal_steps": h.steps,
@@ -330,6 +333,9 @@ def main() -> None:
     ap.add_argument("--heal-layerwise", action=argparse.BooleanOptionalAction, default=False)
     ap.add_argument("--heal-refit-batches", type=int, default=4)
     ap.add_argument("--heal-hidden", choices=("last", "all"), default="all")
+    ap.add_argument(
+        "--heal-threads", type=int, default=1, help="torch threads while healing (2: the target)"
+    )
     ap.add_argument("--lm-methods", nargs="+", default=["weight", "output"])
     ap.add_argument("--lm-layout", default="split")
     ap.add_argument("--lm-calibration", type=int, default=32)
