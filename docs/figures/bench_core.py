@@ -1,8 +1,8 @@
 """Median times of the core benchmark, per workload and library (the benchmarks page's table).
 
 The numbers are those ``python benchmarks/bench_core.py --threads 1 --rounds 1 --runs 5``
-printed on 2026-12-01 22:42 UTC (2-core shared machine, load average 3.4-3.7), the run the
-benchmarks page's table reports; rerun the script to measure your machine.
+printed on 2026-12-02 05:49 UTC (2-core machine, one other job on the other core), the
+1-thread rows of the benchmarks page's table; rerun the script to measure your machine.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import numpy as np
 LIBS = ("ttdecomp", "tensorly", "teneva", "torchTT", "tntorch")
 # workload -> median ms per library (None: the library has no such operation)
 MS = {
-    "(a) TT-SVD 4^10,\nmax rank 8": (21.38, 660.47, 458.32, 345.78, 1244.42),
-    "(b) TT-SVD 4^10,\neps=1e-3": (20.65, 478.29, 260.05, 307.67, 1320.90),
-    "(c) TT-matrix\n1024x1024, rank 16": (42.27, 1165.91, 716.28, 983.69, 405.86),
-    "(d1) round(X+Y),\neps=1e-8": (5.81, None, 8.87, 13.13, 25.38),
-    "(d2) round(X+Y),\nmax rank 10": (7.73, None, 7.58, 10.99, 13.83),
+    "(a) TT-SVD 4^10,\nmax rank 8": (21.42, 339.08, 294.53, 232.35, 893.83),
+    "(b) TT-SVD 4^10,\neps=1e-3": (25.67, 313.12, 284.55, 237.16, 1223.80),
+    "(c) TT-matrix\n1024x1024, rank 16": (44.20, 745.14, 712.47, 887.34, 288.05),
+    "(d1) round(X+Y),\neps=1e-8": (6.22, None, 8.79, 18.89, 18.71),
+    "(d2) round(X+Y),\nmax rank 10": (7.89, None, 8.32, 9.90, 11.87),
 }
 
 
