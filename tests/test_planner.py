@@ -112,7 +112,23 @@ def test_more_budget_never_gives_larger_error(shape, seed, fracs, n_cores):
         return
     big = plan(None, hi, weight=w, n_cores=n_cores)
     assert big.predicted_error <= small.predicted_error + ROUND_OFF
-    assert big.achieved_error <= small.achieved_error + ROUND_OFF
+    # the plan is chosen by the bound; the TT-SVD error it then reaches stays under it
+    for p in (small, big):
+        assert p.achieved_error <= p.predicted_error + ROUND_OFF
+
+
+def test_the_achieved_error_is_not_monotone_in_the_budget_only_its_bound_is():
+    # found by hypothesis: the larger budget picks the shape with the lower bound (0.854
+    # against 0.898), whose TT-SVD then lands higher (0.724 against 0.705). The planner
+    # promises the bound, and says so (plan's docstring, layout).
+    w = _weight((10, 14), 0, decay=0.1)
+    small = plan(None, max(int(0.3125 * 140), 24), weight=w, n_cores=3)
+    big = plan(None, max(int(0.375 * 140), 24), weight=w, n_cores=3)
+    assert big.predicted_error < small.predicted_error
+    assert big.achieved_error > small.achieved_error
+    assert (
+        big.achieved_error <= big.predicted_error and small.achieved_error <= small.predicted_error
+    )
 
 
 @given(shape=weight_shapes(max_size=1200), seed=seeds)
