@@ -16,6 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from adapter_helpers import alone as _alone  # noqa: E402
+
 from ttdecomp.adapters import (  # noqa: E402
     LoRETTAConfig,
     TTAdapterLayer,
@@ -52,14 +54,6 @@ def _packed_server(tmp_path: Path, n: int = 4, seed: int = 0) -> tuple[TTAdapter
     for name in names:
         server.load_adapter(tmp_path / name, name)
     return server, names
-
-
-def _alone(model: TTAdapterModel, name: str, **inputs):
-    if name == "__base__":
-        with model.disable_adapter():
-            return model(**inputs)
-    model.set_adapter(name)
-    return model(**inputs)
 
 
 def test_loaded_tt_lora_adapters_are_packed_and_a_mixed_batch_builds_no_module(tmp_path) -> None:

@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from adapter_helpers import alone as _alone  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -45,15 +46,6 @@ def _serving_llama() -> TTAdapterModel:
     model.add_adapter("adp", LoRETTAConfig(variant="adp", tensor_rank=2, bottleneck_size=8))
     _randomize(model)
     return model.eval()
-
-
-def _alone(model: TTAdapterModel, name: str, **inputs):
-    """The output of the model with only adapter ``name`` (or none for ``__base__``)."""
-    if name == "__base__":
-        with model.disable_adapter():
-            return model(**inputs)
-    model.set_adapter(name)
-    return model(**inputs)
 
 
 # ------------------------------------------------------------------ mixed batches
