@@ -274,6 +274,20 @@ def test_heal_lowers_the_distillation_loss():
     assert all(p.requires_grad for p in small.parameters())  # flags restored
 
 
+def test_heal_cosine_schedule_decays_the_learning_rate_to_near_zero():
+    net, x = _mlp(), _inputs(256)
+    flat = compress_model(net, budget=0.15)[0]
+    decayed = compress_model(net, budget=0.15)[0]
+    rep_flat = heal(flat, net, list(x.split(64)), steps=60, lr=5e-3, warmup=5)
+    rep = heal(decayed, net, list(x.split(64)), steps=60, lr=5e-3, warmup=5, schedule="cosine")
+    assert rep_flat.lr_last == pytest.approx(5e-3)
+    # the last step runs at the rate of progress 59/60: 0.5 (1 + cos(pi 59/60)) of lr
+    assert rep.lr_last == pytest.approx(5e-3 * 0.5 * (1 + math.cos(math.pi * 59 / 60)))
+    assert rep.loss_last < rep.loss_first
+    with pytest.raises(InvalidInputError, match="schedule must be"):
+        heal(decayed, net, x, steps=2, schedule="linear")
+
+
 def _deep(seed: int = 0) -> torch.nn.Sequential:
     torch.manual_seed(seed)
     return torch.nn.Sequential(

@@ -66,6 +66,8 @@ class HealReport:
         Parameters trained (the TT cores).
     refit : RefitReport or None
         The layer-wise refit (``layerwise=True``), else None.
+    lr_last : float
+        The learning rate of the last step (``schedule="cosine"`` ends near 0).
     """
 
     steps: int
@@ -74,6 +76,7 @@ class HealReport:
     loss_last: float
     trained_params: int
     refit: RefitReport | None = None
+    lr_last: float = 0.0
 
 
 def _unpack(out: Any) -> tuple[str, torch.Tensor]:
@@ -154,6 +157,14 @@ def _distill(
     return (s - t).pow(2).mean() / scale
 
 
+def _rate(step: int, warmup: int, schedule: str, progress: float) -> float:
+    """The learning-rate factor at optimiser step ``step`` (0-based), ``progress`` in [0, 1]."""
+    ramp = min(1.0, (step + 1) / (warmup + 1))
+    if schedule == "cosine":
+        return ramp * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return ramp
+
+
 def heal(
     model: nn.Module,
     teacher: nn.Module,
@@ -168,6 +179,7 @@ def heal(
     refit_batches: int = 4,
     hidden: str = "last",
     warmup: int = 20,
+    schedule: str = "constant",
     cache_teacher: bool = True,
     cache_bytes: int = 2**30,
 ) -> HealReport:
@@ -201,6 +213,10 @@ def heal(
         Distil the model's output only, or every layer's hidden states too (module notes).
     warmup : int
         Linear warm-up steps of the learning rate.
+    schedule : {"constant", "cosine"}
+        After the warm-up: keep ``lr``, or decay it to 0 along a half cosine over the run,
+        whose progress is the larger of ``step / steps`` and ``elapsed / max_seconds`` (so a
+        run stopped by the clock still ends at a low rate).
     cache_teacher : bool
         Compute the teacher's outputs once per batch and keep them while they fit in
         ``cache_bytes`` (later batches are recomputed at every step).
@@ -230,6 +246,8 @@ def heal(
         raise InvalidInputError(f"max_seconds must be a positive number, got {max_seconds!r}.")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise InvalidInputError(f"lr must be a positive number, got {lr!r}.")
+    if schedule not in ("constant", "cosine"):
+        raise InvalidInputError(f"schedule must be 'constant' or 'cosine', got {schedule!r}.")
     if hidden not in ("last", "all"):
         raise InvalidInputError(f"hidden must be 'last' or 'all', got {hidden!r}.")
     for flag, value in (("refit_batches", refit_batches), ("warmup", warmup)):
@@ -247,7 +265,6 @@ def heal(
     for p in cores:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(cores, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / (warmup + 1)))
     gen = torch.Generator().manual_seed(seed)
     teacher.eval()
     model.eval()  # dropout off: the student is fitted to the outputs it will give in use
@@ -259,6 +276,7 @@ def heal(
     all_levels = hidden == "all"
     cache: dict[int, dict[str, Any]] = {}
     cached = 0
+    progress = lr_now = 0.0
     try:
         if layerwise and refit_batches > 0:
             every = max(1, len(batches) // refit_batches)  # spread over the data
@@ -300,10 +318,13 @@ def heal(
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                lr_now = lr * _rate(len(losses), warmup, schedule, progress)
+                for group in opt.param_groups:
+                    group["lr"] = lr_now
                 opt.step()
-                sched.step()
                 losses.append(float(loss.detach()))
-                done = len(losses) >= steps or time.perf_counter() - start >= max_seconds
+                progress = max(len(losses) / steps, (time.perf_counter() - start) / max_seconds)
+                done = progress >= 1.0
                 if done:
                     break
     finally:
@@ -319,4 +340,5 @@ def heal(
         loss_last=sum(losses[-k:]) / k,
         trained_params=sum(p.numel() for p in cores),
         refit=refit,
+        lr_last=lr_now,
     )
