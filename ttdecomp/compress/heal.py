@@ -10,10 +10,10 @@ returns:
   divided by the teacher's mean square, so 1.0 means "no better than zeros";
 * a plain tensor: the same normalised mean squared error.
 
-Positions where the batch's ``attention_mask`` is 0 are left out. AdamW, a constant
-learning rate after a short warm-up, dropout off (the student is fitted to its eval-mode
-outputs), and a wall-clock limit (``max_seconds``, checked after
-every step) that stops training even when ``steps`` is not reached.
+Positions where the batch's ``attention_mask`` is 0 are left out. AdamW, a short
+warm-up then a constant or (``schedule="cosine"``) decaying learning rate, dropout off
+(the student is fitted to its eval-mode outputs), and a wall-clock limit (``max_seconds``,
+checked after every step) that stops training even when ``steps`` is not reached.
 
 Two options make the same minutes go further:
 
