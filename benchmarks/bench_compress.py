@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from ttdecomp.cli.compress import causal_data, load_model, measure_causal
+from ttdecomp.cli.compress import HEAL_SIZE, causal_data, encoder_texts, load_model, measure_causal
 from ttdecomp.compress import compress_model, heal
 from ttdecomp.compress.measure import (
     forward_cost,
@@ -115,7 +115,8 @@ def minilm(args, out: Path) -> None:
     texts = {k: [t for t, _ in getattr(s, k)] for k in ("train", "validation", "test")}
     labels = {k: torch.tensor([y for _, y in getattr(s, k)]) for k in texts}
     cal = tokenize_batches(tok, texts["train"][: args.calibration], batch_size=32)
-    heal_data = tokenize_batches(tok, texts["train"], batch_size=32)
+    heal_texts = encoder_texts("tweets", (args.calibration, args.heal_size, 600))[1]
+    heal_data = tokenize_batches(tok, heal_texts, batch_size=32)
     cache = args.cache / "minilm_reference.pt" if args.cache else None
     if cache is not None and cache.exists():
         ref = torch.load(cache)
@@ -177,6 +178,8 @@ def minilm(args, out: Path) -> None:
                     layerwise=args.heal_layerwise,
                     refit_batches=args.heal_refit_batches,
                     hidden=args.heal_hidden,
+                    schedule=args.heal_schedule,
+                    cache_bytes=args.heal_cache_gb * 2**30,
                 )
                 torch.set_num_threads(1)
                 emb = sentence_embeddings(small, tok, texts["test"])
@@ -196,6 +199,8 @@ def minilm(args, out: Path) -> None:
                             "layerwise": args.heal_layerwise,
                             "hidden": args.heal_hidden,
                             "refit_batches": args.heal_refit_batches,
+                            "schedule": args.heal_schedule,
+                            "texts": len(heal_texts),
                         },
                         "refit_s": h.refit.seconds if h.refit else None,
                     },
@@ -330,6 +335,9 @@ def main() -> None:
     ap.add_argument("--heal-seconds", type=float, default=300.0)
     ap.add_argument("--heal-steps", type=int, default=100_000)
     ap.add_argument("--heal-lr", type=float, default=1e-3)
+    ap.add_argument("--heal-size", type=int, default=HEAL_SIZE, help="healing texts")
+    ap.add_argument("--heal-schedule", choices=("constant", "cosine"), default="cosine")
+    ap.add_argument("--heal-cache-gb", type=float, default=1.0, help="teacher output cache")
     ap.add_argument("--heal-layerwise", action=argparse.BooleanOptionalAction, default=False)
     ap.add_argument("--heal-refit-batches", type=int, default=4)
     ap.add_argument("--heal-hidden", choices=("last", "all"), default="all")

@@ -102,3 +102,29 @@ def test_compress_command_bad_input(tiny_bert, tmp_path, capsys, argv, needle):
 def test_compress_command_unknown_model(capsys):
     assert main(["compress", "no-such-model", "--budget", "50%", "--output", "x"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_healing_texts_never_include_held_out_ones(tmp_path):
+    from ttdecomp.cli.compress import encoder_texts
+
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(f"text {i}" for i in range(100)))
+    cal, healing, held = encoder_texts(str(path), (10, 60, 20))
+    assert cal == [f"text {i}" for i in range(10)]
+    assert held == [f"text {i}" for i in range(10, 30)]
+    assert len(healing) == 60 and not set(healing) & set(held)
+    assert healing[:10] == cal and healing[10] == "text 30"
+
+
+def test_tweet_healing_texts_go_beyond_the_training_split():
+    pytest.importorskip("ttdecomp.finetune.assets").data_path("tweets")
+    from ttdecomp.cli.compress import encoder_texts
+    from ttdecomp.finetune.data import load_classification
+
+    s = load_classification("tweets", sizes=(1000, 300, 600))
+    cal, healing, held = encoder_texts("tweets", (256, 5000, 600))
+    train = [t for t, _ in s.train]
+    assert cal == train[:256] and held == [t for t, _ in s.test]
+    assert len(healing) == len(set(healing)) == 5000 and healing[:1000] == train
+    assert not set(healing) & (set(held) | {t for t, _ in s.validation})
+    assert encoder_texts("tweets", (256, 300, 600))[1] == train[:300]

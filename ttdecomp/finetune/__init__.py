@@ -31,7 +31,7 @@ from .assets import AssetMissingError, asset_status
 from .batching import LengthGroupedSampler, chunk_by_length, length_chunked, length_grouped
 from .causal import run_causal
 from .classify import load_finetuned
-from .data import Splits, load_classification
+from .data import Splits, load_classification, unlabelled_texts
 from .dialogues import load_chatterbot, split_dialogues
 from .lm_eval import evaluate_lm, generate_reply
 from .methods import DEFAULT_METHODS, METHODS, MethodSettings, apply_method, default_settings
@@ -72,4 +72,5 @@ __all__ = [
     "prepare_job",
     "run_causal",
     "split_dialogues",
+    "unlabelled_texts",
 ]

