@@ -40,7 +40,7 @@ from ._common import progress_default
 from .plan import parse_budget
 
 #: Default ``--heal-size``: more texts than five minutes of healing can use on a CPU, so that
-#: no text is seen twice there (see docs/compress.rst, "Why healing needs many texts").
+#: no text is seen twice there (docs/compress.rst, "The whole corpus, and the new defaults").
 HEAL_SIZE = 40_000
 
 __all__ = [
