@@ -232,9 +232,8 @@ def encoder_texts(data: str, sizes: tuple[int, int, int]) -> tuple[list[str], li
         held = [t for t, _ in splits.test]
         heal_texts = train[:n_heal]
         if n_heal > len(train):
-            known = set(train)
-            rest = unlabelled_texts("tweets", exclude=[t for t, _ in splits.validation] + held)
-            heal_texts += [t for t in rest if t not in known][: n_heal - len(train)]
+            seen = train + [t for t, _ in splits.validation] + held
+            heal_texts += unlabelled_texts("tweets", exclude=seen)[: n_heal - len(train)]
         return train[:n_cal], heal_texts, held
     texts = read_texts(data)
     cal = texts[:n_cal]
