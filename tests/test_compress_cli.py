@@ -87,7 +87,8 @@ def test_compress_command_writes_a_reloadable_model(tiny_bert, tmp_path, capsys)
         (["--budget", "50%", "--targets", "nope", "--output", "o"], "matches no module"),
         (["--budget", "50%", "--calibration", "missing.txt", "--output", "o"], "missing.txt"),
         (["--budget", "50%", "--heal-cache-gb", "-1", "--output", "o"], "--heal-cache-gb -1.0"),
-        (["--budget", "50%", "--heal-cache-gb", "nan", "--output", "o"], "must be >= 0"),
+        (["--budget", "50%", "--heal-cache-gb", "nan", "--output", "o"], "finite number >= 0"),
+        (["--budget", "50%", "--heal-cache-gb", "inf", "--output", "o"], "--heal-cache-gb inf"),
     ],
 )
 def test_compress_command_bad_input(tiny_bert, tmp_path, capsys, argv, needle):

@@ -32,6 +32,7 @@ import copy
 import csv
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -367,8 +368,11 @@ def _check_args(args: argparse.Namespace) -> None:
             raise TTError(f"--{flag.replace('_', '-')} {value} must be >= 1.")
     if args.heal_seconds <= 0:
         raise TTError(f"--heal-seconds {args.heal_seconds} must be > 0.")
-    if not args.heal_cache_gb >= 0:  # also refuses nan
-        raise TTError(f"--heal-cache-gb {args.heal_cache_gb} must be >= 0 (0 keeps nothing).")
+    if not (math.isfinite(args.heal_cache_gb) and args.heal_cache_gb >= 0):
+        raise TTError(
+            f"--heal-cache-gb {args.heal_cache_gb} must be a finite number >= 0 "
+            "(GiB of memory for the original's outputs; 0 keeps nothing)."
+        )
     if args.threads is not None and args.threads < 1:
         raise TTError(f"--threads {args.threads} must be >= 1.")
     out = Path(args.output)
