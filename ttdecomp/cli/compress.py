@@ -42,8 +42,8 @@ from ..errors import TTError
 from ._common import progress_default
 from .plan import parse_budget
 
-#: Default ``--heal-size``: as many texts as five minutes of healing go through about twice on
-#: two CPU cores, with every teacher output kept (docs/compress.rst, "Cached teacher outputs").
+#: Default ``--heal-size``: texts that five minutes of healing on two CPU cores go through 3-6
+#: times (MiniLM, 75-10%), every teacher output kept (docs/compress.rst, "Cached teacher outputs").
 HEAL_SIZE = 4000
 #: Default ``--heal-cache-gb``: room for the teacher's hidden states on ``HEAL_SIZE`` tweets.
 HEAL_CACHE_GB = 3.0
