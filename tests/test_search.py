@@ -286,6 +286,34 @@ def test_ctrl_c_keeps_finished_trials_and_resume_continues(assets, tmp_path):
         assert next(t for t in final["trials"] if t["number"] == number)["value"] == value
 
 
+def _open_storage_in_child(url: str, results) -> None:
+    from ttdecomp.search.study import open_storage
+
+    try:
+        open_storage(url)
+        results.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts on it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_a_new_sqlite_study_together_all_succeed(tmp_path):
+    # a worker and a watcher (optuna-dashboard, a progress poller) creating Optuna's tables in
+    # the same new file race; SQLite reports the loser as "table ... already exists"
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # no re-import: the race is the open itself
+    for attempt in range(2):
+        url = f"sqlite:///{tmp_path}/race{attempt}.db"
+        results = ctx.Queue()
+        procs = [ctx.Process(target=_open_storage_in_child, args=(url, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert outcomes == ["ok"] * 4, outcomes
+
+
 def test_two_workers_share_one_sqlite_file(assets, tmp_path):
     out = tmp_path / "w"
     argv = args(assets, out, "--n-trials", "4", "--workers", "2", "--no-figures", "--pruner",

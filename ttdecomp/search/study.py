@@ -115,10 +115,13 @@ def open_storage(url: str) -> Any:
         for attempt in range(5):
             try:
                 return connect_once()
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-                # workers starting together on an empty database race to create Optuna's
-                # tables; the loser finds them made a moment later
-                if attempt == 4:
+            except sqlalchemy.exc.DBAPIError as exc:
+                # processes opening an empty database together (workers, or a dashboard
+                # watching the file) race to create Optuna's tables; the loser finds them
+                # made a moment later. SQLite reports the race as an OperationalError
+                # ("table ... already exists", "database is locked"), which otherwise means
+                # an unreachable server: only the race is retried.
+                if attempt == 4 or not _is_creation_race(exc):
                     raise
                 time.sleep(0.5 * (attempt + 1))
     except ImportError as exc:
@@ -136,6 +139,18 @@ def open_storage(url: str) -> Any:
             "Check that the database server is running and the URL (host, port, user, "
             "database) is right, or drop --storage to use a SQLite file in --output."
         ) from None
+
+
+def _is_creation_race(exc: Any) -> bool:
+    """Whether ``exc`` is another process creating the same tables at the same moment."""
+    import sqlalchemy.exc
+
+    if isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)):
+        return True
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return isinstance(exc, sqlalchemy.exc.OperationalError) and (
+        "already exists" in text or "database is locked" in text
+    )
 
 
 def make_sampler(
