@@ -119,6 +119,27 @@ def record(path: Path, row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
+def run_heal(args, small, original, data):
+    """``heal`` with the benchmark's ``--heal-*`` settings, on ``--heal-threads`` threads."""
+    torch.set_num_threads(args.heal_threads)
+    try:
+        return heal(
+            small,
+            original,
+            data,
+            steps=args.heal_steps,
+            max_seconds=args.heal_seconds,
+            lr=args.heal_lr,
+            layerwise=args.heal_layerwise,
+            refit_batches=args.heal_refit_batches,
+            hidden=args.heal_hidden,
+            schedule=args.heal_schedule,
+            cache_bytes=args.heal_cache_gb * 2**30,
+        )
+    finally:
+        torch.set_num_threads(1)
+
+
 def minilm(args, out: Path) -> None:
     model, tok, _ = load_model("minilm")
     s = load_classification("tweets", sizes=(1000, 300, 600))
@@ -177,21 +198,7 @@ def minilm(args, out: Path) -> None:
                 row.update(costs(model, small, batch, args.repeats))
             record(out, row)
             if method in args.heal_methods:
-                torch.set_num_threads(args.heal_threads)
-                h = heal(
-                    small,
-                    model,
-                    heal_data,
-                    steps=args.heal_steps,
-                    max_seconds=args.heal_seconds,
-                    lr=args.heal_lr,
-                    layerwise=args.heal_layerwise,
-                    refit_batches=args.heal_refit_batches,
-                    hidden=args.heal_hidden,
-                    schedule=args.heal_schedule,
-                    cache_bytes=args.heal_cache_gb * 2**30,
-                )
-                torch.set_num_threads(1)
+                h = run_heal(args, small, model, heal_data)
                 emb = sentence_embeddings(small, tok, texts["test"])
                 record(
                     out,
@@ -271,20 +278,8 @@ def smollm2(args, out: Path) -> None:
             }
             record(out, row)
             if method in args.lm_heal_methods:
-                torch.set_num_threads(args.heal_threads)
-                h = heal(
-                    small,
-                    model,
-                    heal_data,
-                    steps=args.heal_steps,
-                    max_seconds=args.heal_seconds,
-                    lr=args.heal_lr,
-                    hidden=args.heal_hidden,
-                    schedule=args.heal_schedule,
-                    cache_bytes=args.heal_cache_gb * 2**30,
-                )
-                torch.set_num_threads(1)
-                m = measure_causal(
+                h = run_heal(args, small, model, heal_data)
+                perplexity = measure_causal(
                     model,
                     small,
                     tok,
@@ -292,20 +287,21 @@ def smollm2(args, out: Path) -> None:
                     dense_ppl=dense_ppl,
                     dense_cost=dense_cost,
                     cost_batch=args.lm_cost_batch,
-                    repeats=args.repeats,
-                )
+                    repeats=1,
+                )  # its cost is the unhealed row's (same shapes and ranks)
                 record(
                     out,
                     {
                         **row,
                         "healed": True,
                         "heal_threads": args.heal_threads,
-                        "perplexity": m["perplexity"],
+                        "perplexity": perplexity["perplexity"],
                         "heal_steps": h.steps,
                         "heal_s": h.seconds,
                         "heal_loss": [h.loss_first, h.loss_last],
                         "heal_config": {
                             "lr": args.heal_lr,
+                            "layerwise": args.heal_layerwise,
                             "hidden": args.heal_hidden,
                             "schedule": args.heal_schedule,
                             "dialogues": args.lm_heal_size,
