@@ -234,6 +234,19 @@ def smollm2(args, out: Path) -> None:
     heal_data = causal_batches(tok, splits.train[: args.lm_heal_size])
     held = splits.test[: args.lm_eval]
     dense_ppl = dense_cost = None
+
+    def measure(small, repeats: int) -> dict:  # the dense model measured once, at the first row
+        return measure_causal(
+            model,
+            small,
+            tok,
+            held,
+            dense_ppl=dense_ppl,
+            dense_cost=dense_cost,
+            cost_batch=args.lm_cost_batch,
+            repeats=repeats,
+        )
+
     for budget in args.budgets:
         for method in args.lm_methods:
             t0 = time.perf_counter()
@@ -246,16 +259,7 @@ def smollm2(args, out: Path) -> None:
                 refine_steps=args.lm_refine_steps,
             )
             seconds = time.perf_counter() - t0
-            m = measure_causal(
-                model,
-                small,
-                tok,
-                held,
-                dense_ppl=dense_ppl,
-                dense_cost=dense_cost,
-                cost_batch=args.lm_cost_batch,
-                repeats=args.repeats,
-            )
+            m = measure(small, repeats=args.repeats)
             dense_ppl, dense_cost = m["dense_perplexity"], m["dense_cost"]
             row = {
                 "model": "smollm2",
@@ -279,16 +283,7 @@ def smollm2(args, out: Path) -> None:
             record(out, row)
             if method in args.lm_heal_methods:
                 h = run_heal(args, small, model, heal_data)
-                perplexity = measure_causal(
-                    model,
-                    small,
-                    tok,
-                    held,
-                    dense_ppl=dense_ppl,
-                    dense_cost=dense_cost,
-                    cost_batch=args.lm_cost_batch,
-                    repeats=1,
-                )  # its cost is the unhealed row's (same shapes and ranks)
+                perplexity = measure(small, repeats=1)  # the cost: the unhealed row's
                 record(
                     out,
                     {
