@@ -140,6 +140,26 @@ def run_heal(args, small, original, data):
         torch.set_num_threads(1)
 
 
+def healed_fields(args, h, **data: int) -> dict:
+    """The JSON fields of a healed row: what :func:`run_heal` did and with which settings."""
+    return {
+        "healed": True,
+        "heal_threads": args.heal_threads,
+        "heal_steps": h.steps,
+        "heal_s": h.seconds,
+        "heal_loss": [h.loss_first, h.loss_last],
+        "heal_config": {
+            "lr": args.heal_lr,
+            "layerwise": args.heal_layerwise,
+            "hidden": args.heal_hidden,
+            "refit_batches": args.heal_refit_batches,
+            "schedule": args.heal_schedule,
+            **data,
+        },
+        "refit_s": h.refit.seconds if h.refit else None,
+    }
+
+
 def minilm(args, out: Path) -> None:
     model, tok, _ = load_model("minilm")
     s = load_classification("tweets", sizes=(1000, 300, 600))
@@ -204,22 +224,9 @@ def minilm(args, out: Path) -> None:
                     out,
                     {
                         **row,
-                        "healed": True,
-                        "heal_threads": args.heal_threads,
+                        **healed_fields(args, h, texts=len(heal_texts)),
                         "cosine": mean_cosine(ref["test"], emb),
                         "probe_acc": probe.accuracy(emb, labels["test"]),
-                        "heal_steps": h.steps,
-                        "heal_s": h.seconds,
-                        "heal_loss": [h.loss_first, h.loss_last],
-                        "heal_config": {
-                            "lr": args.heal_lr,
-                            "layerwise": args.heal_layerwise,
-                            "hidden": args.heal_hidden,
-                            "refit_batches": args.heal_refit_batches,
-                            "schedule": args.heal_schedule,
-                            "texts": len(heal_texts),
-                        },
-                        "refit_s": h.refit.seconds if h.refit else None,
                     },
                 )
             del small
@@ -288,20 +295,8 @@ def smollm2(args, out: Path) -> None:
                     out,
                     {
                         **row,
-                        "healed": True,
-                        "heal_threads": args.heal_threads,
+                        **healed_fields(args, h, dialogues=len(splits.train[: args.lm_heal_size])),
                         "perplexity": perplexity["perplexity"],
-                        "heal_steps": h.steps,
-                        "heal_s": h.seconds,
-                        "heal_loss": [h.loss_first, h.loss_last],
-                        "heal_config": {
-                            "lr": args.heal_lr,
-                            "layerwise": args.heal_layerwise,
-                            "hidden": args.heal_hidden,
-                            "schedule": args.heal_schedule,
-                            "dialogues": args.lm_heal_size,
-                            "batches": len(heal_data),
-                        },
                     },
                 )
             del small
