@@ -83,11 +83,11 @@ def fails(argv, capsys, message):
         (["--rank", "0"], "rank 0 is out of range"),
         (["--lr", "2"], "learning rate 2.0 is out of range"),
         (["--lr", "lora=-1e-3"], "learning rate -0.001 is out of range"),
-        (["--epochs", "0"], "epochs must be an integer in [1, 1000]"),
+        (["--epochs", "0"], "--epochs must be an integer in [1, 1000]; got 0."),
         (["--targets", "query,nonexistent_proj"], "nonexistent_proj"),
         (["--seeds", "0,0"], "lists a seed twice"),
         (["--tt-shape", "4,4,4,4", "--methods", "tt-lora"], "tt_shape"),
-        (["--batch-size", "0"], "batch_size must be an integer"),
+        (["--batch-size", "0"], "--batch-size must be an integer in [1, 65536]; got 0."),
         (["--lr", "head-only=1e-2"], "not among the methods run"),
     ],
 )

@@ -443,8 +443,7 @@ def check_int(
         bad = (low is not None and value < low) or (high is not None and value > high)
     if bad:
         wanted = " ".join(["an integer", _range_text(low, high, False, False)]).strip()
-        none = " (or None)" if optional else ""
-        raise InvalidOptionError(f"{name} must be {wanted}{none}; got {value!r}.", option=name)
+        raise InvalidOptionError(f"{name} must be {wanted}; got {value!r}.", option=name)
     return int(value)
 
 
@@ -481,8 +480,7 @@ def check_real(
         ok = value < high if high_open else value <= high
     if not ok:
         wanted = " ".join(["a finite number", _range_text(low, high, low_open, high_open)]).strip()
-        none = " (or None)" if optional else ""
-        raise InvalidOptionError(f"{name} must be {wanted}{none}; got {value!r}.", option=name)
+        raise InvalidOptionError(f"{name} must be {wanted}; got {value!r}.", option=name)
     return float(value)
 
 

@@ -1,10 +1,16 @@
-"""What the sub-commands of ``ttdecomp`` share."""
+"""What the sub-commands of ``ttdecomp`` share: progress default, Ctrl-C and error handling."""
 
 from __future__ import annotations
 
+import argparse
+import signal
 import sys
+from collections.abc import Callable
 
-__all__ = ["progress_default"]
+from ..errors import TTError
+from ._options import error_message
+
+__all__ = ["progress_default", "run_job"]
 
 
 def progress_default(flag: bool | None) -> bool:
@@ -17,3 +23,40 @@ def progress_default(flag: bool | None) -> bool:
     except ImportError:
         return False
     return sys.stderr.isatty()
+
+
+def run_job(
+    command: str,
+    parser: argparse.ArgumentParser,
+    body: Callable[[Callable[[], bool]], int],
+    *,
+    interrupted: str,
+    speak: bool = True,
+) -> int:
+    """Run ``body(should_stop)`` with Ctrl-C kept for a clean stop; return the exit status.
+
+    ``should_stop()`` is true once Ctrl-C was pressed (seen even when Python drops the
+    ``KeyboardInterrupt`` in a finalizer). An interrupt prints ``interrupted`` and returns 130;
+    a :class:`~ttdecomp.errors.TTError` is one line on stderr, with the option it names
+    written as its flag, and returns 2. ``speak=False`` (a torchrun process other than rank 0)
+    prints nothing.
+    """
+    pressed: list[int] = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        pressed.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return body(lambda: bool(pressed))
+    except KeyboardInterrupt:
+        if speak:
+            print(f"\nttdecomp {command}: interrupted. {interrupted}", file=sys.stderr)
+        return 130
+    except (TTError, FileNotFoundError) as exc:
+        if speak:
+            print(f"ttdecomp {command}: error: {error_message(exc, parser)}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGINT, previous)

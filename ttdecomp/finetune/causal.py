@@ -426,8 +426,10 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
             f"cannot load the model or tokenizer in {model_path}: {exc}"
         ) from None
     targets = list(config.targets or DEFAULT_CAUSAL_TARGETS)
-    dry_run(model_config, settings, targets=targets, task="causal")  # no weights read
+    trainable = dry_run(model_config, settings, targets=targets, task="causal")  # no weights
     datasets = tokenize_splits(tokenizer, splits, max_length=config.max_length)
-    return CausalJob(
+    job = CausalJob(
         model_path, tokenizer, splits, source, datasets, targets, config.max_length, n_left_out
     )
+    job.trainable = trainable  # for the start banner
+    return job

@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
+from .._validation import check_bool, check_choice, check_int, check_real
+from ..errors import InvalidInputError, InvalidOptionError
 from . import assets
 from .methods import DEFAULT_METHODS, METHODS, MethodSettings, check_method, default_settings
 from .train import TrainSettings
 
-__all__ = ["DEFAULTS", "QUICK", "FinetuneConfig"]
+__all__ = [
+    "BNB_4BIT_TYPES",
+    "DEFAULTS",
+    "PRECISIONS",
+    "QUANTIZE",
+    "QUICK",
+    "REPORT_TO",
+    "FinetuneConfig",
+]
 
 DEFAULTS = {
     "classification": {"sizes": (1000, 300, 600), "epochs": 4, "max_steps": None,
@@ -33,6 +42,57 @@ QUICK = {
     "causal": {"sizes": (64, 16, 16), "epochs": 1, "max_steps": 8, "max_length": 64,
                "batch_size": 8},
 }  # fmt: skip
+
+#: ``precision``: ``auto`` is bf16 on a GPU that supports it, else fp32.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: ``report_to``: where the ``Trainer`` also logs.
+REPORT_TO = ("none", "tensorboard", "wandb")
+#: ``quantize``: the frozen base model's storage (bitsandbytes 4/8-bit, torchao int8).
+QUANTIZE = ("none", "4bit", "8bit", "int8")
+#: ``bnb_4bit_quant_type``: bitsandbytes' 4-bit data types.
+BNB_4BIT_TYPES = ("nf4", "fp4")
+
+# option groups of the command line (the fields' "group")
+_WHAT = "what to compare"
+_METHOD = "method settings (VALUE for every method that has it, or METHOD=VALUE,...)"
+_TRAINING = "training"
+_DEVICE = "device and logging"
+_QUANT = "quantized base model"
+# upper bounds of the integer training options (all at least 1)
+_INT_LIMITS = {
+    "epochs": 1000,
+    "max_steps": 10**7,
+    "batch_size": 65536,
+    "eval_every": 10**7,
+}
+
+
+def _method_defaults(name: str) -> str:
+    """``"tt-lora 4, lora 8, ..."``: each method's default ``name`` (for the help)."""
+    parts = []
+    for method in METHODS:
+        value = getattr(default_settings(method), name, None)
+        if value is not None:
+            parts.append(f"{method} {value:g}" if isinstance(value, float) else f"{method} {value}")
+    return ", ".join(parts)
+
+
+def _task_defaults(name: str, index: int | None = None) -> str:
+    """``"4; --quick 3; causal LMs 1, --quick 1"``: a training default per task (for the help)."""
+
+    def value(table: dict, task: str) -> Any:
+        v = table[task][name]
+        return v[index] if v is not None and index is not None else v
+
+    parts = []
+    for task, label in (("classification", ""), ("causal", "causal LMs ")):
+        normal, quick = value(DEFAULTS, task), value(QUICK, task)
+        text = [] if normal is None else [f"{label}{normal}"]
+        if quick is not None:
+            text.append(f"{'' if text or not label else label}--quick {quick}")
+        if text:
+            parts.append(", ".join(text))
+    return "; ".join(parts) if parts else "none"
 
 
 @dataclass
@@ -63,8 +123,29 @@ class FinetuneConfig:
         Train / validation / test sizes when the data is split here.
     device : str
         ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
+    device : str
+        ``auto`` (the default): CUDA, then MPS, then CPU; under ``torchrun`` each process
+        takes the GPU of its ``LOCAL_RANK``.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Mixed precision of training; ``auto`` is bf16 on a GPU that supports it, else fp32.
+    gradient_checkpointing : bool
+        Recompute activations in the backward pass: less memory, more time.
+    report_to : {"none", "tensorboard", "wandb"}
+        Where the ``Trainer`` also logs (the run's own ``train_log.jsonl`` is always written).
+    quantize : {"none", "4bit", "8bit", "int8"}
+        The frozen base model's storage (bitsandbytes 4- or 8-bit, torchao int8 weight-only).
+        Not supported yet: a value other than ``none`` raises.
+    bnb_4bit_quant_type : {"nf4", "fp4"}
+        bitsandbytes' 4-bit data type (``quantize="4bit"`` only).
+    bnb_4bit_compute_dtype : {"auto", "fp32", "bf16", "fp16"}
+        The dtype of the 4-bit layers' matmuls (``quantize="4bit"`` only); ``auto``: the
+        training precision's.
     quick : bool
         The fast end-to-end check: sizes, epochs and length from :data:`QUICK` unless given.
+
+    Every field is also a ``ttdecomp finetune`` option (``batch_size`` is ``--batch-size``;
+    ``sizes`` is ``--train-size``, ``--val-size`` and ``--test-size``). An invalid value
+    raises :class:`~ttdecomp.errors.InvalidOptionError` naming the field.
 
     Examples
     --------
@@ -72,41 +153,236 @@ class FinetuneConfig:
     0.01
     """
 
-    model: str = "minilm"
-    data: str = "tweets"
-    methods: Sequence[str] = DEFAULT_METHODS
-    seeds: Sequence[int] = (0,)
-    rank: Any = None
-    alpha: Any = None
-    lr: Any = None
-    tt_shape: Sequence[int] | None = None
-    epochs: int | None = None
-    max_steps: int | None = None
-    batch_size: int | None = None
-    max_length: int | None = None
-    eval_every: int | None = None
-    weight_decay: float = 0.01
-    targets: Sequence[str] | None = None
-    sizes: tuple[int, int, int] | None = None
-    device: str = "cpu"
-    quick: bool = False
+    model: str = field(
+        default="minilm",
+        metadata={
+            "help": "a packaged model (minilm, smollm2) or a local Hugging Face folder",
+            "group": _WHAT,
+        },
+    )
+    data: str = field(
+        default="tweets",
+        metadata={
+            "help": "packaged data (tweets, chatterbot), a CSV/JSONL file with text,label "
+            "columns, or a folder saved by datasets",
+            "group": _WHAT,
+        },
+    )
+    methods: Sequence[str] = field(
+        default=DEFAULT_METHODS,
+        metadata={"help": f"from {', '.join(METHODS)}", "group": _WHAT, "list": True},
+    )
+    seeds: Sequence[int] = field(
+        default=(0,),
+        metadata={"help": "one run per seed and method", "group": _WHAT, "list": True, "type": int},
+    )
+    targets: Sequence[str] | None = field(
+        default=None,
+        metadata={
+            "help": "target modules",
+            "default_text": "the model's query and value projections",
+            "group": _WHAT,
+            "list": True,
+            "type": str,
+        },
+    )
+    rank: Any = field(
+        default=None,
+        metadata={
+            "help": "TT-LoRA tt_rank, LoRA r, LoRETTA tensor_rank",
+            "default_text": _method_defaults("rank"),
+            "group": _METHOD,
+            "per_method": True,
+            "type": int,
+        },
+    )
+    alpha: Any = field(
+        default=None,
+        metadata={
+            "help": "TT-LoRA alpha, LoRA lora_alpha, LoRETTA-rep alpha",
+            "default_text": _method_defaults("alpha"),
+            "group": _METHOD,
+            "per_method": True,
+            "type": float,
+        },
+    )
+    lr: Any = field(
+        default=None,
+        metadata={
+            "help": "learning rate",
+            "default_text": _method_defaults("lr"),
+            "group": _METHOD,
+            "per_method": True,
+            "type": float,
+        },
+    )
+    tt_shape: Sequence[int] | None = field(
+        default=None,
+        metadata={
+            "help": "TT-LoRA's flat shape, input then output factors, for every target",
+            "default_text": "per layer, three balanced factors a side, e.g. 8,6,8,8,6,8",
+            "group": _METHOD,
+            "list": True,
+            "type": int,
+        },
+    )
+    epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "passes over the training split",
+            "default_text": _task_defaults("epochs"),
+            "group": _TRAINING,
+            "type": int,
+        },
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "optimizer steps instead of epochs",
+            "default_text": _task_defaults("max_steps"),
+            "group": _TRAINING,
+            "type": int,
+        },
+    )
+    batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "global batch size",
+            "default_text": _task_defaults("batch_size"),
+            "group": _TRAINING,
+            "type": int,
+        },
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "tokens per text",
+            "default_text": _task_defaults("max_length"),
+            "group": _TRAINING,
+            "type": int,
+        },
+    )
+    eval_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "validate every N steps",
+            "default_text": "every epoch",
+            "group": _TRAINING,
+            "type": int,
+        },
+    )
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay", "group": _TRAINING}
+    )
+    sizes: tuple[int, int, int] | None = field(
+        default=None,
+        metadata={
+            "help": "train, validation and test examples",
+            "group": _TRAINING,
+            "type": int,
+            "parts": (
+                ("--train-size", f"training examples ({_task_defaults('sizes', 0)})"),
+                ("--val-size", f"validation examples ({_task_defaults('sizes', 1)})"),
+                ("--test-size", f"test examples ({_task_defaults('sizes', 2)})"),
+            ),
+        },
+    )
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (CUDA, then MPS, then CPU; under torchrun each process takes its "
+            "LOCAL_RANK's GPU), cpu, cuda, cuda:N or mps",
+            "group": _DEVICE,
+        },
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: bf16 on a GPU that supports it, else fp32",
+            "group": _DEVICE,
+            "choices": PRECISIONS,
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute activations in the backward pass (less memory, more time)",
+            "group": _DEVICE,
+        },
+    )
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "where the Trainer also logs (needs that package)",
+            "group": _DEVICE,
+            "choices": REPORT_TO,
+        },
+    )
+    quantize: str = field(
+        default="none",
+        metadata={
+            "help": "load the base model quantized: bitsandbytes 4bit or 8bit, or torchao int8 "
+            "weight-only",
+            "group": _QUANT,
+            "choices": QUANTIZE,
+        },
+    )
+    bnb_4bit_quant_type: str = field(
+        default="nf4",
+        metadata={"help": "4-bit data type (--quantize 4bit)", "group": _QUANT,
+                  "choices": BNB_4BIT_TYPES},
+    )  # fmt: skip
+    bnb_4bit_compute_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "dtype of 4-bit matmuls (--quantize 4bit); auto: the training precision's",
+            "group": _QUANT,
+            "choices": PRECISIONS,
+        },
+    )
+    quick: bool = field(
+        default=False,
+        metadata={
+            "help": "small end-to-end check: "
+            + ", ".join(f"{k} {v}" for k, v in QUICK["classification"].items() if v),
+            "group": _TRAINING,
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):
             self.methods = [m for m in self.methods.split(",") if m]
         self.methods = [check_method(m) for m in self.methods]
         if not self.methods:
-            raise InvalidInputError("no methods given; expected e.g. tt-lora,lora (--methods).")
-        if len(set(self.methods)) != len(self.methods):
-            raise InvalidInputError(f"methods {self.methods} lists a method twice (--methods).")
-        seeds = list(self.seeds)
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-            raise InvalidInputError(
-                f"seeds must be non-negative integers, e.g. 0,1,2; got {self.seeds!r} (--seeds)."
+            raise InvalidOptionError(
+                "methods is empty; expected e.g. tt-lora,lora.", option="methods"
             )
+        if len(set(self.methods)) != len(self.methods):
+            raise InvalidOptionError(
+                f"methods {self.methods} lists a method twice.", option="methods"
+            )
+        if isinstance(self.seeds, (str, bytes)) or not isinstance(self.seeds, Sequence):
+            raise InvalidOptionError(
+                f"seeds must be a list of non-negative integers, e.g. 0,1,2; got {self.seeds!r}.",
+                option="seeds",
+            )
+        seeds = [check_int(s, "seeds", low=0) for s in self.seeds]
+        if not seeds:
+            raise InvalidOptionError("seeds is empty; expected e.g. 0,1,2.", option="seeds")
         if len(set(seeds)) != len(seeds):
-            raise InvalidInputError(f"seeds {seeds} lists a seed twice (--seeds).")
+            raise InvalidOptionError(f"seeds {seeds} lists a seed twice.", option="seeds")
         self.seeds = seeds
+        check_bool(self.quick, "quick")
+        check_bool(self.gradient_checkpointing, "gradient_checkpointing")
+        check_choice(self.precision, "precision", PRECISIONS)
+        check_choice(self.report_to, "report_to", REPORT_TO)
+        check_choice(self.quantize, "quantize", QUANTIZE)
+        check_choice(self.bnb_4bit_quant_type, "bnb_4bit_quant_type", BNB_4BIT_TYPES)
+        check_choice(self.bnb_4bit_compute_dtype, "bnb_4bit_compute_dtype", PRECISIONS)
+        self._check_quantize()
+        check_real(self.weight_decay, "weight_decay", low=0, high=1, high_open=True)
+        for name, high in _INT_LIMITS.items():
+            check_int(getattr(self, name), name, low=1, high=high, optional=True)
         defaults = (QUICK if self.quick else DEFAULTS)[self.task]
         given_steps = self.max_steps is not None or self.epochs is not None
         for name, value in defaults.items():
@@ -115,7 +391,11 @@ class FinetuneConfig:
         if self.sizes is not None:
             sizes = tuple(self.sizes)
             if len(sizes) != 3:
-                raise InvalidInputError(f"sizes must be (train, validation, test); got {sizes}.")
+                raise InvalidOptionError(
+                    f"sizes must be (train, validation, test); got {sizes}.", option="sizes"
+                )
+            for v in sizes:
+                check_int(v, "sizes", low=1, optional=True)
             if any(v is None for v in sizes):
                 if defaults["sizes"] is None:
                     raise InvalidInputError(
@@ -124,23 +404,50 @@ class FinetuneConfig:
                     )
                 sizes = tuple(d if v is None else v for v, d in zip(sizes, defaults["sizes"]))
             self.sizes = sizes
-        if (
-            isinstance(self.max_length, bool)
-            or not isinstance(self.max_length, int)
-            or not 2 <= self.max_length <= 8192
-        ):
-            raise InvalidInputError(
-                f"max_length must be an integer in [2, 8192] tokens; got {self.max_length!r} "
-                "(--max-length)."
-            )
+        check_int(self.max_length, "max_length", low=2, high=8192)
         if self.targets is not None:
             self.targets = [t for t in self.targets if t]
             if not self.targets:
-                raise InvalidInputError("targets is empty; give module names (--targets).")
+                raise InvalidOptionError("targets is empty; give module names.", option="targets")
         if self.tt_shape is not None:
-            self.tt_shape = [int(s) for s in self.tt_shape]
+            self.tt_shape = [check_int(s, "tt_shape", low=1) for s in self.tt_shape]
         self.method_settings()  # validates rank/alpha/lr/tt_shape for every method
         self.train_settings(self.seeds[0])
+
+    def _check_quantize(self) -> None:
+        if self.quantize != "4bit":
+            for name, default in (
+                ("bnb_4bit_quant_type", "nf4"),
+                ("bnb_4bit_compute_dtype", "auto"),
+            ):
+                if getattr(self, name) != default:
+                    raise InvalidOptionError(
+                        f"{name} applies to quantize='4bit' only; got {name}="
+                        f"{getattr(self, name)!r} with quantize={self.quantize!r}.",
+                        option=name,
+                    )
+        if self.quantize != "none":
+            raise InvalidOptionError(
+                f"quantize={self.quantize!r} is not supported yet by the fine-tuning job "
+                "(the base model is loaded unquantized); use quantize='none'.",
+                option="quantize",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option as resolved (defaults filled in), JSON-ready: what ``results.json``
+        records under ``config.options``, and what ``FinetuneConfig(**d)`` accepts back.
+
+        Examples
+        --------
+        >>> FinetuneConfig(quick=True).to_dict()["epochs"]
+        3
+        """
+        out = asdict(self)
+        for name, value in out.items():
+            if isinstance(value, tuple):
+                out[name] = list(value)
+        out["methods"] = list(self.methods)
+        return out
 
     @property
     def task(self) -> str:
@@ -196,6 +503,9 @@ class FinetuneConfig:
             weight_decay=self.weight_decay,
             seed=seed,
             device=self.device,
+            precision=self.precision,
+            gradient_checkpointing=self.gradient_checkpointing,
+            report_to=self.report_to,
             eval_every=self.eval_every,
             eval_batch_size=self.batch_size if self.task == "causal" else None,
             progress=progress,

@@ -10,8 +10,16 @@ Output folder::
 
     results.json                 config, package versions, data statistics, rows, summary
     runs/<method>-seed<k>/       adapter/ (reloadable), test_logits.safetensors
+    runs/<method>-seed<k>/trainer/train_log.jsonl   the run's loss, learning rate and step
+                                 time at every step
     accuracy_vs_params.png       test accuracy against adapter parameters (log axis)
     validation_curves.png        validation accuracy per epoch per method
+    loss_curves.png              training loss per step per method
+
+Before any training, a start banner (through ``echo``) says the device and dtype, the model,
+the examples per split, epochs, steps and global batch, and each method's trainable
+parameters. ``results.json``'s ``config.options`` holds every option as resolved
+(:meth:`FinetuneConfig.to_dict`).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
+import math
 import shutil
 import sys
 from collections.abc import Callable, Mapping
@@ -41,13 +50,26 @@ from .report import (
     write_figures,
     write_json_atomic,
 )
-from .train import TrainSettings, is_main_process, resolve_device, world_size
+from .train import (
+    TRAIN_LOG,
+    TrainSettings,
+    is_main_process,
+    resolve_device,
+    resolve_precision,
+    world_size,
+)
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 
 #: Defaults per task, and those of ``--quick`` (an end-to-end check in about a minute on 2
 #: cores). Causal LMs: ``sizes`` None splits the dialogues 80/10/10%, one epoch of batch 8.
-_OWN_FILES = (RESULTS_FILE, "runs", "accuracy_vs_params.png", "validation_curves.png")
+_OWN_FILES = (
+    RESULTS_FILE,
+    "runs",
+    "accuracy_vs_params.png",
+    "validation_curves.png",
+    "loss_curves.png",
+)
 _DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"]}
 
 
@@ -241,7 +263,8 @@ def finetune(
     say = echo or (lambda _line: None)
     output = Path(output)
     previous = _prepare_output(output, resume, overwrite)
-    resolve_device(config.device)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     if figures:
         try:
             import matplotlib  # noqa: F401
@@ -253,6 +276,8 @@ def finetune(
             ) from None
     settings = config.method_settings()
     job, task, model_path = prepare_job(config, progress=progress)
+    for line in start_banner(config, job, task, device, precision):
+        say(line)
     identity = {
         **config.identity(),
         "targets": list(job.targets),
@@ -282,9 +307,11 @@ def finetune(
             "settings": settings_dict,
             "methods": methods,
             "seeds": sorted({r["seed"] for r in rows} | set(config.seeds)),
-            "device": config.device,
+            "device": device,
+            "precision": precision,
             "quick": config.quick,
             "model_path": str(model_path),
+            "options": config.to_dict(),
         },
         "versions": _versions(),
         "data": job.describe(),
@@ -299,6 +326,8 @@ def finetune(
 
     def record(method: str, seed: int, row: dict[str, Any], run_dir: Path) -> None:
         row["run_dir"] = str(run_dir.relative_to(output))
+        if (run_dir / "trainer" / TRAIN_LOG).is_file():
+            row["train_log"] = str((run_dir / "trainer" / TRAIN_LOG).relative_to(output))
         # finished rows first, the new ones in the order of the plan, however they finish
         kept = [r for r in rows if (r["method"], r["seed"]) not in order]
         new = sorted(
@@ -318,7 +347,7 @@ def finetune(
         return run_dir
 
     jobs, threads = plan_jobs(
-        len(plan), jobs=jobs, threads=threads, device=config.device, world_size=world_size()
+        len(plan), jobs=jobs, threads=threads, device=device, world_size=world_size()
     )
     if jobs == 1:
         if threads is not None:
@@ -371,6 +400,50 @@ def finetune(
     return FinetuneResult(rows, summary, table, output, figure_paths)
 
 
+def start_banner(
+    config: FinetuneConfig, job: Any, task: str, device: str, precision: str
+) -> list[str]:
+    """The lines said before any training: where it runs, on what, how long, how many weights.
+
+    Examples
+    --------
+    >>> job = type("Job", (), {"describe": lambda self: {"sizes": {"train": 64, "validation": 8,
+    ...     "test": 8}}, "targets": ["query"], "trainable": {"lora": {"adapter": 96,
+    ...     "extra": 10}}})()
+    >>> print("\n".join(start_banner(FinetuneConfig(methods=["lora"], epochs=2,
+    ...     batch_size=16), job, "classification", "cpu", "fp32")))  # doctest: +ELLIPSIS
+    device cpu, dtype fp32, 1 process(es); model minilm (classification)
+    data tweets: 64 train / 8 validation / 8 test examples; targets query
+    training: 2 epoch(s), 4 steps per run of global batch 16; 1 run(s): lora x seeds 0
+    trainable parameters: lora 96 adapter + 10 other
+    """
+    sizes = job.describe().get("sizes") or {}
+    lines = [
+        f"device {device}, dtype {precision}, {world_size()} process(es); model {config.model} "
+        f"({task})",
+        f"data {config.data}: "
+        + " / ".join(f"{n} {name}" for name, n in sizes.items())
+        + f" examples; targets {', '.join(job.targets)}",
+    ]
+    n_train = sizes.get("train", 0)
+    steps = config.max_steps or math.ceil(n_train / config.batch_size) * config.epochs
+    length = f"{config.max_steps} step(s)" if config.max_steps else f"{config.epochs} epoch(s)"
+    lines.append(
+        f"training: {length}, {steps} steps per run of global batch {config.batch_size}; "
+        f"{len(config.methods) * len(config.seeds)} run(s): {', '.join(config.methods)} x "
+        f"seeds {','.join(map(str, config.seeds))}"
+    )
+    trainable = getattr(job, "trainable", None)
+    if trainable:
+        lines.append(
+            "trainable parameters: "
+            + "; ".join(
+                f"{m} {c['adapter']:,} adapter + {c['extra']:,} other" for m, c in trainable.items()
+            )
+        )
+    return lines
+
+
 def _scores(row: Mapping[str, Any]) -> str:
     """`` (validation 91.0%, test 90.5%)`` for a finished row, or its losses (causal LMs)."""
     parts = []
@@ -393,6 +466,7 @@ class _ClassificationJob:
     tokenizer: Any
     datasets: dict[str, Any]
     targets: list[str]
+    trainable: dict[str, dict[str, int]] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -453,7 +527,7 @@ def _prepare_classification(
             "value projections with --targets (e.g. q_proj,v_proj)."
         )
     model_config.num_labels = len(splits.labels)
-    dry_run(model_config, config.method_settings(), targets=targets)
+    trainable = dry_run(model_config, config.method_settings(), targets=targets)
     iterator = [("train", splits.train), ("validation", splits.validation), ("test", splits.test)]
     if progress and is_main_process():
         from tqdm.auto import tqdm
@@ -465,4 +539,4 @@ def _prepare_classification(
         name: TextDataset(rows, tokenizer, config.max_length, sort_by_length=name != "train")
         for name, rows in iterator
     }
-    return _ClassificationJob(config, model_path, splits, tokenizer, datasets, targets)
+    return _ClassificationJob(config, model_path, splits, tokenizer, datasets, targets, trainable)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..errors import InvalidInputError
-from ..finetune.methods import DEFAULT_METHODS, check_method
+from .._validation import check_bool, check_choice, check_int, check_real
+from ..errors import InvalidOptionError
+from ..finetune.config import DEFAULTS
+from ..finetune.methods import check_method
 from ..finetune.run import FinetuneConfig
 from .space import SearchSpace, default_space, load_space, parse_param
-from .study import SAMPLERS
+from .study import PRUNERS, SAMPLERS
 
 __all__ = ["DEFAULT_TRIALS", "QUICK", "SearchConfig"]
 
@@ -28,6 +30,21 @@ QUICK = {
 #: Trials of a TPE or random search when ``n_trials`` is not given.
 DEFAULT_TRIALS = 20
 
+_WHAT = "what to search"
+
+
+def _as_in_finetune(name: str, **metadata: Any) -> Any:
+    """The field ``name`` declared as :class:`FinetuneConfig` declares it (default, help,
+    flag), with ``metadata`` changed: one declaration for both commands."""
+    (original,) = [f for f in fields(FinetuneConfig) if f.name == name]
+    meta = {**original.metadata, "group": "training (each trial)", **metadata}
+    return field(default=original.default, metadata=meta)
+
+
+def _quick(name: str) -> str:
+    """``"4; --quick 2"``: the classification default and this search's ``quick`` value."""
+    return f"{DEFAULTS['classification'][name]}; --quick {QUICK[name]}"
+
 
 @dataclass
 class SearchConfig:
@@ -36,7 +53,7 @@ class SearchConfig:
     Parameters
     ----------
     model, data, targets, sizes, epochs, max_steps, batch_size, max_length, eval_every,
-    device
+    device, precision, gradient_checkpointing
         As in :class:`~ttdecomp.finetune.run.FinetuneConfig`: every trial is one fine-tuning
         run with these settings (validation after every epoch, or every ``eval_every`` steps,
         is what the pruner sees).
@@ -83,81 +100,151 @@ class SearchConfig:
     >>> SearchConfig(sampler="annealing")
     Traceback (most recent call last):
     ...
-    ttdecomp.errors.InvalidInputError: unknown sampler 'annealing'; expected one of tpe, grid, random (--sampler).
-    """  # noqa: E501
+    ttdecomp.errors.InvalidOptionError: sampler must be one of tpe, grid, random; got 'annealing'.
 
-    model: str = "minilm"
-    data: str = "tweets"
-    methods: Sequence[str] = DEFAULT_METHODS
-    space: Any = None
-    params: Sequence[str] = ()
-    sampler: str = "tpe"
-    pruner: str | None = None
-    n_trials: int | None = None
-    epoch_budget: float | None = None
-    startup_trials: int | None = None
-    reduction_factor: int = 3
-    pareto: bool = False
-    seed: int = 0
-    grid_points: int = 3
-    epochs: int | None = None
-    max_steps: int | None = None
-    batch_size: int | None = None
-    max_length: int | None = None
-    eval_every: int | None = None
-    targets: Sequence[str] | None = None
-    sizes: tuple[int, int, int] | None = None
-    device: str = "cpu"
-    quick: bool = False
+    Every field but ``overrides`` is also a ``ttdecomp search`` option (``n_trials`` is
+    ``--n-trials``, ``params`` is ``--param``); an invalid value raises
+    :class:`~ttdecomp.errors.InvalidOptionError` naming the field.
+    """
+
+    model: str = _as_in_finetune("model", group=_WHAT)
+    data: str = _as_in_finetune("data", group=_WHAT)
+    methods: Sequence[str] = _as_in_finetune("methods", group=_WHAT, help="methods searched")
+    space: Any = field(
+        default=None,
+        metadata={
+            "help": "a YAML or JSON file: {method: {param: values or range}}",
+            "default_text": "each method's default space",
+            "group": _WHAT,
+            "type": str,
+        },
+    )
+    params: Sequence[str] = field(
+        default=(),
+        metadata={
+            "help": "override one parameter: LOW:HIGH[:log|:linear], V1,V2,... or one value; "
+            "tt_shape choices separated by / (give --param once per parameter)",
+            "group": _WHAT,
+            "flag": "--param",
+            "repeat": True,
+            "metavar": "METHOD.NAME=SPEC",
+        },
+    )
+    sampler: str = field(
+        default="tpe",
+        metadata={
+            "help": "grid runs every configuration of the space",
+            "group": _WHAT,
+            "choices": SAMPLERS,
+        },
+    )
+    pruner: str | None = field(
+        default=None,
+        metadata={
+            "help": "HyperBand stops unpromising trials",
+            "default_text": "hyperband; none for grid and --pareto",
+            "group": _WHAT,
+            "choices": PRUNERS,
+            "type": str,
+        },
+    )
+    n_trials: int | None = field(
+        default=None,
+        metadata={
+            "help": "finished trials",
+            "default_text": f"{DEFAULT_TRIALS}; --quick {QUICK['n_trials']}; grid: all; "
+            "no limit with --epoch-budget",
+            "group": _WHAT,
+            "type": int,
+        },
+    )
+    epoch_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "training epochs the search may spend over all its trials: trials are "
+            "sampled until it is spent (pruned trials count the epochs they ran)",
+            "group": _WHAT,
+            "type": float,
+        },
+    )
+    startup_trials: int | None = field(
+        default=None,
+        metadata={
+            "help": "TPE's random trials before it models the results",
+            "default_text": "Optuna's, 10",
+            "group": _WHAT,
+            "type": int,
+        },
+    )
+    reduction_factor: int = field(
+        default=3,
+        metadata={
+            "help": "HyperBand keeps the best 1/N of a bracket's trials at each rung",
+            "group": _WHAT,
+        },
+    )
+    pareto: bool = field(
+        default=False,
+        metadata={"help": "also minimise adapter parameters (no pruning)", "group": _WHAT},
+    )
+    seed: int = field(default=0, metadata={"help": "sampler and training seed", "group": _WHAT})
+    grid_points: int = field(
+        default=3, metadata={"help": "values a range takes on the grid", "group": _WHAT}
+    )
+    epochs: int | None = _as_in_finetune("epochs", default_text=_quick("epochs"))
+    max_steps: int | None = _as_in_finetune("max_steps")
+    batch_size: int | None = _as_in_finetune("batch_size", default_text=_quick("batch_size"))
+    max_length: int | None = _as_in_finetune("max_length", default_text=_quick("max_length"))
+    eval_every: int | None = _as_in_finetune("eval_every")
+    targets: Sequence[str] | None = _as_in_finetune("targets", group=_WHAT)
+    sizes: tuple[int, int, int] | None = _as_in_finetune(
+        "sizes",
+        parts=tuple(
+            (flag, f"{text} ({default}; --quick {quick})")
+            for (flag, text), default, quick in zip(
+                (("--train-size", "training examples"), ("--val-size", "validation examples"),
+                 ("--test-size", "test examples")),
+                DEFAULTS["classification"]["sizes"],
+                QUICK["sizes"],
+            )
+        ),
+    )  # fmt: skip
+    device: str = _as_in_finetune("device")
+    precision: str = _as_in_finetune("precision")
+    gradient_checkpointing: bool = _as_in_finetune("gradient_checkpointing")
+    quick: bool = _as_in_finetune(
+        "quick", help="a tiny space, 4 trials of 2 epochs on 128 examples (under 2 minutes)"
+    )
     overrides: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise InvalidInputError(
-                f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)} "
-                "(--sampler)."
-            )
+        check_choice(self.sampler, "sampler", SAMPLERS)
+        check_bool(self.pareto, "pareto")
+        check_bool(self.quick, "quick")
         if self.pruner is None:
             self.pruner = "none" if self.sampler == "grid" or self.pareto else "hyperband"
-        if self.pruner not in ("hyperband", "none"):
-            raise InvalidInputError(
-                f"unknown pruner {self.pruner!r}; expected hyperband or none (--pruner)."
-            )
+        check_choice(self.pruner, "pruner", PRUNERS)
         if self.pruner == "hyperband" and self.pareto:
-            raise InvalidInputError(
-                "--pareto has two objectives and Optuna cannot prune multi-objective trials; "
-                "drop --pruner hyperband (every trial then runs all its epochs)."
+            raise InvalidOptionError(
+                "pareto has two objectives and Optuna cannot prune multi-objective trials; "
+                "drop pruner='hyperband' (every trial then runs all its epochs).",
+                option="pareto",
             )
         if isinstance(self.methods, str):
             self.methods = [m for m in self.methods.split(",") if m]
         self.methods = [check_method(m) for m in self.methods]
-        for name, value, low in (
-            ("n_trials", self.n_trials, 1),
-            ("grid_points", self.grid_points, 1),
-            ("startup_trials", self.startup_trials, 0),
-            ("reduction_factor", self.reduction_factor, 2),
-        ):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < low
-            ):
-                flag = "--" + name.replace("_", "-")
-                raise InvalidInputError(
-                    f"{name} must be an integer >= {low}; got {value!r} ({flag})."
-                )
-        budget = self.epoch_budget
-        if budget is not None and (
-            isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0
-        ):
-            raise InvalidInputError(
-                f"epoch_budget must be a number of epochs > 0; got {budget!r} (--epoch-budget)."
-            )
+        check_int(self.n_trials, "n_trials", low=1, optional=True)
+        check_int(self.grid_points, "grid_points", low=1)
+        check_int(self.startup_trials, "startup_trials", low=0, optional=True)
+        check_int(self.reduction_factor, "reduction_factor", low=2)
+        check_real(self.epoch_budget, "epoch_budget", low=0, low_open=True, optional=True)
         if self.startup_trials is not None and self.sampler != "tpe":
-            raise InvalidInputError(
-                f"--startup-trials sets TPE's random start; the {self.sampler} sampler has "
-                "none. Drop it or use --sampler tpe."
+            raise InvalidOptionError(
+                f"startup_trials sets TPE's random start; the {self.sampler} sampler has "
+                "none. Drop it or use sampler='tpe'.",
+                option="startup_trials",
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise InvalidInputError(f"seed must be a non-negative integer; got {self.seed!r}.")
+        check_int(self.seed, "seed", low=0)
         self.params = list(self.params)
         self.overrides = {}
         for text in self.params:
@@ -171,9 +258,10 @@ class SearchConfig:
             self.methods = self.space.methods
         unknown = sorted(set(self.overrides) - set(self.methods))
         if unknown:
-            raise InvalidInputError(
-                f"--param names {unknown}, which are not searched ({', '.join(self.methods)}); "
-                "add them to --methods or to the space."
+            raise InvalidOptionError(
+                f"params name {unknown}, which are not searched ({', '.join(self.methods)}); "
+                "add them to methods or to the space.",
+                option="params",
             )
         self.finetune_config()  # checks the training options
 
@@ -199,6 +287,8 @@ class SearchConfig:
             targets=self.targets,
             sizes=self.sizes or quick.get("sizes"),
             device=self.device,
+            precision=self.precision,
+            gradient_checkpointing=self.gradient_checkpointing,
             quick=self.quick,
         )
 
