@@ -41,6 +41,7 @@ __all__ = [
     "matrix_cores",
     "matrix_shapes",
     "normalize_ranks",
+    "require_packages",
     "warn_unmet_eps",
 ]
 
@@ -521,3 +522,26 @@ def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidOptionError(f"{name} must be True or False; got {value!r}.", option=name)
     return value
+
+
+def require_packages(packages: Sequence[str], extra: str, what: str) -> None:
+    """Import ``packages`` or raise an ``ImportError`` naming the ``pip install`` that brings them.
+
+    ``extra`` is the ttdecomp extra (``"torch"``, ``"finetune"``, ``"search"``); ``what`` is
+    what needs them (``"ttdecomp.adapters"``). The error's ``name`` is the missing package.
+
+    Examples
+    --------
+    >>> require_packages(["numpy"], "torch", "this example")
+    """
+    import importlib
+
+    for package in packages:
+        try:
+            importlib.import_module(package)
+        except ImportError as exc:
+            raise ImportError(
+                f"{what} needs {package}, which is not installed ({exc}); install it with\n"
+                f'    pip install "ttdecomp[{extra}]"',
+                name=package,
+            ) from None

@@ -16,9 +16,10 @@ command-line user ``--epochs``; :func:`apply_config_file` reads ``--config run.y
 Metadata keys: ``help`` (a field without it is not an option), ``group``, ``type`` (int,
 float or str; default: the default's type), ``list`` (comma-separated values, see below),
 ``per_method`` (``VALUE`` or ``METHOD=VALUE,...``), ``choices``, ``flag`` (another flag name),
-``repeat`` (one value per flag, the flag repeated), ``parts`` (a tuple given as one flag per part, e.g. ``sizes`` as ``--train-size``,
-``--val-size``, ``--test-size``), ``default_text`` (how the help shows a default that is
-derived, e.g. ``"4; --quick 3"``), ``metavar``. Booleans are ``--x/--no-x``.
+``repeat`` (one value per flag, the flag repeated), ``parts`` (a tuple given as one flag per
+part, e.g. ``sizes`` as ``--train-size``, ``--val-size``, ``--test-size``), ``default_text``
+(how the help shows a derived default, e.g. ``"4; --quick 3"``), ``metavar``. Booleans are
+``--x/--no-x``.
 
 **Lists** are comma-separated in every sub-command (``--methods tt-lora,lora``); a list flag
 given again adds to the list (``--seeds 0 --seeds 1`` is ``--seeds 0,1``). ``search --param``

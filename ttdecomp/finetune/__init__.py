@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+from . import _requires  # noqa: F401 (first: a missing package names its pip install)
 from .assets import AssetMissingError, asset_status
 from .batching import LengthGroupedSampler, chunk_by_length, length_chunked, length_grouped
 from .causal import run_causal

@@ -428,7 +428,7 @@ class FinetuneConfig:
                     )
         if self.quantize != "none":
             raise InvalidOptionError(
-                f"quantize={self.quantize!r} is not supported yet by the fine-tuning job "
+                f"quantize {self.quantize!r} is not supported yet by the fine-tuning job "
                 "(the base model is loaded unquantized); use quantize='none'.",
                 option="quantize",
             )

@@ -227,7 +227,7 @@ class SearchConfig:
         if self.pruner == "hyperband" and self.pareto:
             raise InvalidOptionError(
                 "pareto has two objectives and Optuna cannot prune multi-objective trials; "
-                "drop pruner='hyperband' (every trial then runs all its epochs).",
+                "use the pruner none (every trial then runs all its epochs).",
                 option="pareto",
             )
         if isinstance(self.methods, str):
@@ -241,7 +241,7 @@ class SearchConfig:
         if self.startup_trials is not None and self.sampler != "tpe":
             raise InvalidOptionError(
                 f"startup_trials sets TPE's random start; the {self.sampler} sampler has "
-                "none. Drop it or use sampler='tpe'.",
+                "none. Drop it or use the tpe sampler.",
                 option="startup_trials",
             )
         check_int(self.seed, "seed", low=0)
