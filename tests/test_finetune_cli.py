@@ -401,7 +401,7 @@ def test_run_record_banner_log_loss_figure_and_config_file(assets, tmp_path, cap
     err = capsys.readouterr().err
     assert "device cpu, dtype fp32" in err
     assert "data " in err and "40 train / 20 validation / 20 test examples" in err
-    assert "4 steps per run of global batch 8" in err
+    assert "training: 4 steps per run, global batch 8" in err
     results = load_results(out)
     tt, lora = results["rows"]
     assert f"tt-lora {tt['adapter_params']:,} adapter + 66 other" in err  # as trained

@@ -410,11 +410,12 @@ def start_banner(
     >>> job = type("Job", (), {"describe": lambda self: {"sizes": {"train": 64, "validation": 8,
     ...     "test": 8}}, "targets": ["query"], "trainable": {"lora": {"adapter": 96,
     ...     "extra": 10}}})()
-    >>> print("\n".join(start_banner(FinetuneConfig(methods=["lora"], epochs=2,
-    ...     batch_size=16), job, "classification", "cpu", "fp32")))  # doctest: +ELLIPSIS
+    >>> config = FinetuneConfig(methods=["lora"], epochs=2, batch_size=16)
+    >>> for line in start_banner(config, job, "classification", "cpu", "fp32"):
+    ...     print(line)
     device cpu, dtype fp32, 1 process(es); model minilm (classification)
     data tweets: 64 train / 8 validation / 8 test examples; targets query
-    training: 2 epoch(s), 4 steps per run of global batch 16; 1 run(s): lora x seeds 0
+    training: 2 epoch(s) x 4 steps = 8 steps per run, global batch 16; 1 run(s): lora x seeds 0
     trainable parameters: lora 96 adapter + 10 other
     """
     sizes = job.describe().get("sizes") or {}
@@ -425,11 +426,13 @@ def start_banner(
         + " / ".join(f"{n} {name}" for name, n in sizes.items())
         + f" examples; targets {', '.join(job.targets)}",
     ]
-    n_train = sizes.get("train", 0)
-    steps = config.max_steps or math.ceil(n_train / config.batch_size) * config.epochs
-    length = f"{config.max_steps} step(s)" if config.max_steps else f"{config.epochs} epoch(s)"
+    per_epoch = math.ceil(sizes.get("train", 0) / config.batch_size)
+    if config.max_steps:
+        length = f"{config.max_steps} steps"
+    else:
+        length = f"{config.epochs} epoch(s) x {per_epoch} steps = {config.epochs * per_epoch} steps"
     lines.append(
-        f"training: {length}, {steps} steps per run of global batch {config.batch_size}; "
+        f"training: {length} per run, global batch {config.batch_size}; "
         f"{len(config.methods) * len(config.seeds)} run(s): {', '.join(config.methods)} x "
         f"seeds {','.join(map(str, config.seeds))}"
     )
