@@ -356,6 +356,17 @@ def set_adapter_state_dict(
         raise InvalidInputError(
             f"no adapter named {adapter_name!r}; the model has {sorted(adapter_names_in(model))}."
         )
+    merged = sorted(
+        name
+        for name, m in adapter_wrappers(model)
+        if isinstance(m, TTAdapterLayer) and adapter_name in m.merged_adapters
+    )
+    if merged:
+        raise InvalidInputError(
+            f"adapter {adapter_name!r} is merged into {len(merged)} layer(s) ({merged[0]!r}, ...): "
+            "new tensors would leave its old ΔW in the weights, and unmerging would then subtract "
+            "the new one. Call unmerge_adapter() first, set the tensors, then merge again."
+        )
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     if missing or unexpected:
