@@ -7,6 +7,8 @@ type (no global state, no torch import). Adapters for Hugging Face models live i
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from . import counts, errors, shapes
 from ._validation import attainable_ranks
 from .contract import (
@@ -34,7 +36,11 @@ from .shapes import factorize, from_tt_shape, tensorize, to_tt_shape
 from .tensor_train import TensorTrain
 from .tt_matrix import TTMatrix, ttm_matmul
 
-__version__ = "0.1.0"
+try:  # one source of truth: the version in pyproject.toml, as installed
+    __version__ = _metadata.version("ttdecomp")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
+del _metadata
 
 __all__ = [
     "ContractionCost",

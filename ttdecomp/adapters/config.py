@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import InvalidInputError, RankError, ShapeError
-from ..shapes import check_layout, from_tt_shape
+from ..shapes import check_factor_count, check_layout, from_tt_shape
 from .patterns import TargetModulesError, check_patterns, check_regex
 
 __all__ = [
@@ -102,6 +102,7 @@ def _check_shape_spec(spec: Any, name: str) -> None:
     """A shape spec is a flat list of positive ints or a pair ``(row_shape, col_shape)``."""
     if _is_pair(spec):
         rows, cols = spec
+        check_factor_count(max(len(rows), len(cols)), name)
         if len(rows) != len(cols) or not rows:
             raise ShapeError(
                 f"{name}: row_shape {list(rows)} and col_shape {list(cols)} must be non-empty "
@@ -115,6 +116,7 @@ def _check_shape_spec(spec: Any, name: str) -> None:
             f"{name} must be a flat list of positive ints (input factors then output factors, "
             f"e.g. [64, 4, 3, 3, 4, 64]) or a pair (row_shape, col_shape); got {spec!r}."
         )
+    check_factor_count(len(spec), name)
     for s in spec:
         _check_positive_int(s, f"{name} entry", "Use positive integer factors.")
 
