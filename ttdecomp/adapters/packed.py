@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast import TTForwardCache, split_bond, split_halves
+from ..nn.fast import TTForwardCache, split_bond, split_halves
 
 __all__ = ["AdapterDict", "Packed", "PackedRunner", "PackedSpec", "packed_spec"]
 
