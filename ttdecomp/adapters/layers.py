@@ -10,7 +10,7 @@ keeps it as ``base_layer``, untouched. Each adapter is a small module in ``tt_ad
 * :class:`LoRETTAAdpAdapter`: ``y ← y + up(act(down(y) + b_down)) + b_up`` (applied after the
   base layer; non-linear, so it cannot be merged).
 
-Unmerged forwards run the TT cores through :class:`~ttdecomp.adapters.fast.TTForwardCache`
+Unmerged forwards run the TT cores through :class:`~ttdecomp.nn.fast.TTForwardCache`
 (the planner's contraction, cached per batch size, through the memory-lean autograd Function of
 :func:`ttdecomp.contract.linear`; in inference the merged operands are cached too, so one-token
 decode costs what LoRA costs). Merging forms ΔW in float32 once and adds it to the base weight.
