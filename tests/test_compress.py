@@ -629,3 +629,19 @@ def test_plan_says_when_it_skips_float8_tensors(tmp_path):
     with pytest.warns(TTWarning, match=r"1 in F8_E4M3.*'layers.0.k.weight'"):
         mp = tt.plan_model(tmp_path / "model.safetensors", 0.5)
     assert list(mp.plans) == ["layers.0.q.weight"]
+
+
+def test_the_plan_command_says_when_it_skips_float8_tensors(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from ttdecomp.cli import main
+
+    if not hasattr(torch, "float8_e5m2"):
+        pytest.skip("this torch has no float8")
+    save_file(
+        {"a.weight": torch.randn(64, 64), "b.weight": torch.randn(64, 64).to(torch.float8_e5m2)},
+        tmp_path / "model.safetensors",
+    )
+    assert main(["plan", str(tmp_path / "model.safetensors"), "--budget", "50%"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("ttdecomp plan: warning: skipped") and "1 in F8_E5M2" in err

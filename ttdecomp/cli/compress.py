@@ -39,7 +39,7 @@ from typing import Any
 
 from ..compress.job import CompressConfig, run_compress
 from ..errors import TTError
-from ._common import progress_default
+from ._common import progress_default, warnings_as_lines
 from .plan import parse_budget
 
 __all__ = ["add_parser", "run"]
@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     values = {name: getattr(args, name) for name in _FIELDS}
     values["progress"] = progress_default(values["progress"])
     try:
-        run_compress(CompressConfig(**values))
+        with warnings_as_lines("compress"):
+            run_compress(CompressConfig(**values))
     except (TTError, FileNotFoundError, ImportError) as exc:
         print(f"ttdecomp compress: error: {_message(exc)}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ import sys
 from ..errors import InvalidInputError, TTError
 from ..planner import parse_budget as planner_parse_budget
 from ..planner import plan, plan_model
-from ._common import progress_default
+from ._common import progress_default, warnings_as_lines
 
 __all__ = ["add_parser", "parse_budget", "parse_shape", "run"]
 
@@ -125,7 +125,8 @@ def _render(records: list[dict], fmt: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run ``ttdecomp plan`` with parsed ``args``; print the plan; return the exit status."""
     try:
-        out = _run_plan(args)
+        with warnings_as_lines("plan"):
+            out = _run_plan(args)
     except (TTError, FileNotFoundError, ImportError) as exc:
         message = str(exc).replace("pass pad=True", "pass --pad")
         print(f"ttdecomp plan: error: {message}", file=sys.stderr)
