@@ -111,7 +111,7 @@ def test_compress_command_unknown_model(capsys):
 
 
 def test_healing_texts_never_include_held_out_ones(tmp_path):
-    from ttdecomp.compress.job import encoder_texts
+    from ttdecomp.compress.inputs import encoder_texts
 
     path = tmp_path / "texts.txt"
     path.write_text("\n".join(f"text {i}" for i in range(100)))
@@ -124,7 +124,7 @@ def test_healing_texts_never_include_held_out_ones(tmp_path):
 
 def test_tweet_healing_texts_go_beyond_the_training_split():
     pytest.importorskip("ttdecomp.finetune.assets").data_path("tweets")
-    from ttdecomp.compress.job import encoder_texts
+    from ttdecomp.compress.inputs import encoder_texts
     from ttdecomp.finetune.data import load_classification
 
     s = load_classification("tweets", sizes=(1000, 300, 600))

@@ -102,7 +102,7 @@ ORDER = {
         ["__init__"],
     ],
     "ttdecomp.compress": [
-        ["calibration", "measure"],
+        ["calibration", "inputs", "measure"],  # the Grams; the job's models, texts, measures
         ["model", "layerwise"],
         ["heal", "serialization"],
         ["job"],  # what `ttdecomp compress` does, as a config and a function
