@@ -63,8 +63,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     for f in _FIELDS.values():
         meta = dict(f.metadata)
         text = meta["help"].replace("%", "%%")
-        if meta.get("default_text"):
-            text += f" (default: {meta['default_text']})"
+        shown = meta.get("default_text")
+        if shown is None and f.default not in (None, dataclasses.MISSING, False, True):
+            shown = f.default
+        if shown is not None:
+            text += f" (default: {shown})"
         if meta.get("positional"):
             p.add_argument(f.name, help=text)
             continue
