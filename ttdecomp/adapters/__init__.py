@@ -22,7 +22,10 @@ from __future__ import annotations
 
 from . import _requires  # noqa: F401 (first: a missing package names its pip install)
 from .config import (
+    CONFIG_NAME,
     DEFAULT_TARGETS,
+    WEIGHTS_NAME,
+    AdapterFileError,
     LoRETTAConfig,
     TargetModulesError,
     TTAdapterConfig,
@@ -46,7 +49,6 @@ from .layers import (
 )
 from .model import TTAdapterModel, get_tt_model
 from .routing import BASE_ADAPTER
-from .serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError
 from .serving import FORWARDED_ATTRIBUTES
 from .status import TTLayerStatus, TTModelStatus
 from .targets import TargetInfo, inspect_targets

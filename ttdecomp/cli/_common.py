@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 
 from ..errors import TTError
 from ._options import error_message
 
-__all__ = ["progress_default", "run_job"]
+__all__ = ["progress_default", "run_job", "warnings_as_lines"]
 
 
 def progress_default(flag: bool | None) -> bool:
@@ -60,3 +62,20 @@ def run_job(
         return 2
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def warnings_as_lines(command: str) -> Iterator[None]:
+    """Print the library's warnings raised inside as ``ttdecomp COMMAND: warning: ...`` lines
+    on stderr, once each (not Python's file:line format meant for developers)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            yield
+        finally:
+            seen = set()
+            for w in caught:
+                text = str(w.message)
+                if text not in seen:
+                    seen.add(text)
+                    print(f"ttdecomp {command}: warning: {text}", file=sys.stderr)
