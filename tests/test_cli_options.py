@@ -324,3 +324,14 @@ def test_without_torch_the_command_names_the_extra(tmp_path):
     assert 'pip install "ttdecomp[finetune]"' in done.stderr
     assert 'pip install "ttdecomp[finetune,search]"' in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_report_to_needs_its_package(capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here: the Trainer's own integration runs")
+    with pytest.raises(InvalidOptionError, match="needs the wandb package"):
+        FinetuneConfig(report_to="wandb")
+    assert main(["finetune", "--report-to", "wandb"]) == 2
+    assert "--report-to wandb needs the wandb package" in capsys.readouterr().err

@@ -44,6 +44,7 @@ __all__ = [
     "apply_config_file",
     "error_message",
     "flag_of",
+    "option",
     "parse_per_method",
     "values",
 ]
@@ -53,6 +54,17 @@ LIST_SYNTAX = (
     "Lists are comma-separated (--methods tt-lora,lora); a list flag given again adds to the "
     "list (--seeds 0 --seeds 1 is --seeds 0,1)."
 )
+
+
+def option(default: Any, help: str, group: str, **metadata: Any) -> Any:
+    """``dataclasses.field(default=default, metadata={"help": help, "group": group, ...})``.
+
+    Examples
+    --------
+    >>> option(1, "processes", "study").metadata["help"]
+    'processes'
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "group": group, **metadata})
 
 
 def flag_of(field: dataclasses.Field) -> str:

@@ -12,11 +12,11 @@ import dataclasses
 import sys
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .._validation import check_int
 from ._common import progress_default, run_job
-from ._options import LIST_SYNTAX, HelpFormatter, add_options, parse_per_method, values
+from ._options import LIST_SYNTAX, HelpFormatter, add_options, option, parse_per_method, values
 
 __all__ = ["FinetuneRun", "add_parser", "parse_per_method", "run"]
 
@@ -34,55 +34,33 @@ examples:
 
 """
 
+_OUT = "output"
+
 
 @dataclass
 class FinetuneRun:
     """Where and how ``ttdecomp finetune`` runs (the keyword arguments of ``finetune``)."""
 
-    output: str = field(
-        default="ttdecomp-finetune", metadata={"help": "run folder", "group": "output"}
+    output: str = option("ttdecomp-finetune", "run folder", _OUT)
+    resume: bool = option(False, "continue the run in --output: finished rows are kept", _OUT)
+    overwrite: bool = option(False, "replace the results of a previous run in --output", _OUT)
+    figures: bool = option(True, "draw the PNG figures (needs matplotlib)", _OUT)
+    progress: bool | None = option(
+        None, "progress bars on stderr", _OUT, type=bool, default_text="when stderr is a terminal"
     )
-    resume: bool = field(
-        default=False,
-        metadata={
-            "help": "continue the run in --output: finished rows are kept",
-            "group": "output",
-        },
+    jobs: int | None = option(
+        None,
+        "runs made at once, one process each",
+        "training",
+        type=int,
+        default_text="2 on a CPU with 2 or more cores and 2 or more runs, else 1",
     )
-    overwrite: bool = field(
-        default=False,
-        metadata={"help": "replace the results of a previous run in --output", "group": "output"},
-    )
-    figures: bool = field(
-        default=True,
-        metadata={"help": "draw the PNG figures (needs matplotlib)", "group": "output"},
-    )
-    progress: bool | None = field(
-        default=None,
-        metadata={
-            "help": "progress bars on stderr",
-            "default_text": "when stderr is a terminal",
-            "group": "output",
-            "type": bool,
-        },
-    )
-    jobs: int | None = field(
-        default=None,
-        metadata={
-            "help": "runs made at once, one process each",
-            "default_text": "2 on a CPU with 2 or more cores and 2 or more runs, else 1",
-            "group": "training",
-            "type": int,
-        },
-    )
-    threads: int | None = field(
-        default=None,
-        metadata={
-            "help": "torch CPU threads per run",
-            "default_text": "torch's, or the cores shared out among --jobs runs",
-            "group": "training",
-            "type": int,
-        },
+    threads: int | None = option(
+        None,
+        "torch CPU threads per run",
+        "training",
+        type=int,
+        default_text="torch's, or the cores shared out among --jobs runs",
     )
 
     def __post_init__(self) -> None:

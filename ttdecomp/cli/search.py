@@ -13,11 +13,11 @@ import dataclasses
 import sys
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .._validation import check_int
 from ._common import progress_default, run_job
-from ._options import LIST_SYNTAX, HelpFormatter, add_options, values
+from ._options import LIST_SYNTAX, HelpFormatter, add_options, option, values
 
 __all__ = ["SearchRun", "add_parser", "run"]
 
@@ -41,54 +41,29 @@ _STUDY = "study and output"
 class SearchRun:
     """Where and how ``ttdecomp search`` runs (the keyword arguments of ``search``)."""
 
-    output: str = field(
-        default="ttdecomp-search", metadata={"help": "search folder", "group": _STUDY}
+    output: str = option("ttdecomp-search", "search folder", _STUDY)
+    storage: str | None = option(
+        None,
+        "Optuna RDB URL shared by all workers, e.g. postgresql://user:pw@host/db",
+        _STUDY,
+        type=str,
+        default_text="sqlite:///OUTPUT/study.db",
     )
-    storage: str | None = field(
-        default=None,
-        metadata={
-            "help": "Optuna RDB URL shared by all workers, e.g. postgresql://user:pw@host/db",
-            "default_text": "sqlite:///OUTPUT/study.db",
-            "group": _STUDY,
-            "type": str,
-        },
+    study_name: str = option("ttdecomp-search", "the study's name", _STUDY)
+    workers: int = option(1, "processes running trials on this machine (this one included)", _STUDY)
+    threads: int | None = option(
+        None, "torch threads per worker", _STUDY, type=int, default_text="torch's"
     )
-    study_name: str = field(
-        default="ttdecomp-search", metadata={"help": "the study's name", "group": _STUDY}
-    )
-    workers: int = field(
-        default=1,
-        metadata={
-            "help": "processes running trials on this machine (this one included)",
-            "group": _STUDY,
-        },
-    )
-    threads: int | None = field(
-        default=None,
-        metadata={
-            "help": "torch threads per worker",
-            "default_text": "torch's",
-            "group": _STUDY,
-            "type": int,
-        },
-    )
-    resume: bool = field(default=False, metadata={"help": "continue the study", "group": _STUDY})
-    overwrite: bool = field(
-        default=False, metadata={"help": "replace a search in --output", "group": _STUDY}
-    )
-    retrain: bool = field(
-        default=True,
-        metadata={"help": "re-train the best configurations on test", "group": _STUDY},
-    )
-    figures: bool = field(default=True, metadata={"help": "the PNG figure", "group": _STUDY})
-    progress: bool | None = field(
-        default=None,
-        metadata={
-            "help": "the study's progress bar on stderr",
-            "default_text": "when stderr is a terminal",
-            "group": _STUDY,
-            "type": bool,
-        },
+    resume: bool = option(False, "continue the study", _STUDY)
+    overwrite: bool = option(False, "replace a search in --output", _STUDY)
+    retrain: bool = option(True, "re-train the best configurations on test", _STUDY)
+    figures: bool = option(True, "the PNG figure", _STUDY)
+    progress: bool | None = option(
+        None,
+        "the study's progress bar on stderr",
+        _STUDY,
+        type=bool,
+        default_text="when stderr is a terminal",
     )
 
     def __post_init__(self) -> None:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .._validation import check_bool, check_choice, check_int, check_real
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, InvalidOptionError
 from .batching import length_chunked, length_grouped
 
 __all__ = [
@@ -162,6 +162,15 @@ class TrainSettings:
         check_real(self.weight_decay, "weight_decay", low=0, high=1, high_open=True)
         check_choice(self.precision, "precision", _PRECISIONS)
         check_choice(self.report_to, "report_to", _REPORT_TO)
+        if self.report_to != "none":
+            import importlib.util
+
+            if importlib.util.find_spec(self.report_to) is None:
+                raise InvalidOptionError(
+                    f"report_to {self.report_to} needs the {self.report_to} package, which is "
+                    f"not installed: pip install {self.report_to} (or report to none).",
+                    option="report_to",
+                )
         check_bool(self.gradient_checkpointing, "gradient_checkpointing")
         resolve_precision(self.precision, resolve_device(self.device))
 
@@ -580,15 +589,6 @@ def fit(
         )
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
-    if settings.report_to != "none":
-        import importlib.util
-
-        if importlib.util.find_spec(settings.report_to) is None:
-            package = "tensorboard" if settings.report_to == "tensorboard" else "wandb"
-            raise InvalidInputError(
-                f"--report-to {settings.report_to} needs {package}, which is not installed: "
-                f"pip install {package} (or --report-to none)."
-            )
     steps_per_epoch = math.ceil(len(train_dataset) / settings.batch_size)
     total = settings.max_steps or steps_per_epoch * settings.epochs
     by_steps = settings.eval_every is not None
