@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from ttdecomp._validation import check_bool, check_choice, check_int, check_real
 from ttdecomp.cli import build_parser, main
-from ttdecomp.cli._options import apply_config_file, error_message
+from ttdecomp.cli._options import add_options, apply_config_file, error_message, values
 from ttdecomp.errors import InvalidInputError, InvalidOptionError
 
 torch = pytest.importorskip("torch")
@@ -335,3 +335,20 @@ def test_report_to_needs_its_package(capsys):
         FinetuneConfig(report_to="wandb")
     assert main(["finetune", "--report-to", "wandb"]) == 2
     assert "--report-to wandb needs the wandb package" in capsys.readouterr().err
+
+
+def test_positional_and_required_fields():
+    @dataclasses.dataclass
+    class Job:
+        model: str = dataclasses.field(default="", metadata={"help": "a model", "positional": True})
+        output: str = dataclasses.field(default="", metadata={"help": "folder", "required": True})
+        targets: list | None = dataclasses.field(
+            default=None, metadata={"help": "modules", "list": True}
+        )
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, Job)
+    args = parser.parse_args(["minilm", "--output", "out", "--targets", "q,v"])
+    assert Job(**values(args, Job)) == Job("minilm", "out", ["q", "v"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["minilm"])  # --output is required

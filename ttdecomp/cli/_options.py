@@ -18,8 +18,8 @@ float or str; default: the default's type), ``list`` (comma-separated values, se
 ``per_method`` (``VALUE`` or ``METHOD=VALUE,...``), ``choices``, ``flag`` (another flag name),
 ``repeat`` (one value per flag, the flag repeated), ``parts`` (a tuple given as one flag per
 part, e.g. ``sizes`` as ``--train-size``, ``--val-size``, ``--test-size``), ``default_text``
-(how the help shows a derived default, e.g. ``"4; --quick 3"``), ``metavar``. Booleans are
-``--x/--no-x``.
+(how the help shows a derived default, e.g. ``"4; --quick 3"``), ``metavar``, ``positional``
+(an argument, not a flag) and ``required``. Booleans are ``--x/--no-x``.
 
 **Lists** are comma-separated in every sub-command (``--methods tt-lora,lora``); a list flag
 given again adds to the list (``--seeds 0 --seeds 1`` is ``--seeds 0,1``). ``search --param``
@@ -245,6 +245,11 @@ def add_options(
         common: dict[str, Any] = {"dest": field.name, "default": default, "help": _help(field)}
         if "metavar" in meta:
             common["metavar"] = meta["metavar"]
+        if meta.get("positional"):
+            parser.add_argument(field.name, help=common["help"], metavar=meta.get("metavar"))
+            continue
+        if meta.get("required"):
+            common["required"] = True
         if "parts" in meta:
             parts = meta["parts"]
             for i, (flag, text) in enumerate(parts):
