@@ -525,23 +525,32 @@ def check_bool(value: Any, name: str) -> bool:
 
 
 def require_packages(packages: Sequence[str], extra: str, what: str) -> None:
-    """Import ``packages`` or raise an ``ImportError`` naming the ``pip install`` that brings them.
+    """Raise an ``ImportError`` naming the ``pip install`` when one of ``packages`` is missing.
 
-    ``extra`` is the ttdecomp extra (``"torch"``, ``"finetune"``, ``"search"``); ``what`` is
-    what needs them (``"ttdecomp.adapters"``). The error's ``name`` is the missing package.
+    Only looks the packages up (``importlib.util.find_spec``): nothing is imported, so a
+    package that is slow to import costs nothing here. ``extra`` is the ttdecomp extra
+    (``"torch"``, ``"finetune"``, ``"search"``); ``what`` is what needs them
+    (``"ttdecomp.adapters"``). The error's ``name`` is the missing package.
 
     Examples
     --------
     >>> require_packages(["numpy"], "torch", "this example")
+    >>> require_packages(["no_such_package_here"], "torch", "this example")
+    Traceback (most recent call last):
+    ...
+    ImportError: this example needs no_such_package_here, which is not installed; install it with
+        pip install "ttdecomp[torch]"
     """
-    import importlib
+    import importlib.util
 
     for package in packages:
         try:
-            importlib.import_module(package)
-        except ImportError as exc:
+            found = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):  # a finder that refuses it; a half-imported module
+            found = False
+        if not found:
             raise ImportError(
-                f"{what} needs {package}, which is not installed ({exc}); install it with\n"
+                f"{what} needs {package}, which is not installed; install it with\n"
                 f'    pip install "ttdecomp[{extra}]"',
                 name=package,
-            ) from None
+            )
