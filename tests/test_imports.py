@@ -28,6 +28,7 @@ LEVELS = {
     "ttdecomp._backend": 1,
     "ttdecomp._threads": 1,
     "ttdecomp._validation": 1,
+    "ttdecomp._files": 1,  # atomic writes, JSON records, (record + tensors) pairs
     "ttdecomp.integers": 1,  # prime factors, smooth sizes (split out of shapes)
     "ttdecomp._cores": 2,
     "ttdecomp._kernels": 2,

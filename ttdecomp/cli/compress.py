@@ -473,7 +473,7 @@ def _run(args: argparse.Namespace) -> None:
         "heal": None if healed is None else dataclasses.asdict(healed),
         "measured": measured,
     }
-    from ..adapters.serialization import write_files
+    from .._files import write_files
 
     write_files(
         [

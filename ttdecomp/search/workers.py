@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._files import write_json
 from .config import SearchConfig
 from .study import finished_states, trial_counts
 
@@ -119,10 +120,7 @@ def spawn_workers(
 
 def release_workers(output: Path, n_trials: int | None) -> None:
     """Let the waiting workers run trials, until the study holds ``n_trials`` finished ones."""
-    folder = output / ".workers"
-    tmp = folder / f".{READY_FILE}.tmp"
-    tmp.write_text(json.dumps({"n_trials": n_trials}))
-    os.replace(tmp, folder / READY_FILE)
+    write_json(output / ".workers" / READY_FILE, {"n_trials": n_trials})
 
 
 def wait_until_released(spec: dict[str, Any], poll: float = 0.2) -> dict[str, Any] | None:
