@@ -49,6 +49,8 @@ LEVELS = {
     # the top package re-exports the core (up to the planner): importing it is L5
     "ttdecomp": 5,
     "ttdecomp.adapters.*": 6,
+    # the output folder and the one process pool of finetune and search
+    "ttdecomp.runs.*": 6,
     # user-facing layer: above the adapters, below the command line
     "ttdecomp.finetune.*": 7,
     # model compression (TTLinear, compress_model): beside finetune, above the adapters

@@ -9,7 +9,6 @@ half-written and never loses a finished row.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -17,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._files import write_json, write_with
+from .._files import read_json, write_json, write_with
 from ..errors import InvalidInputError
 
 __all__ = ["format_table", "load_results", "summarize", "write_figures", "write_json_atomic"]
@@ -43,7 +42,8 @@ def load_results(output: str | Path) -> dict[str, Any]:
 
     Examples
     --------
-    >>>     >>> from ttdecomp.finetune import FinetuneConfig, finetune, load_results
+    >>> import tempfile
+    >>> from ttdecomp.finetune import FinetuneConfig, finetune, load_results
     >>> from ttdecomp.finetune.testing import tiny_classifier_folder, toy_sentiment_csv
     >>> tmp = tempfile.mkdtemp()
     >>> config = FinetuneConfig(model=str(tiny_classifier_folder(tmp + "/model")),
@@ -56,16 +56,11 @@ def load_results(output: str | Path) -> dict[str, Any]:
     (True, ['tt-lora'])
     """
     path = Path(output) / RESULTS_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         raise InvalidInputError(
             f"{path} does not exist: {output} holds no ttdecomp finetune results."
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(
-            f"{path} is not valid JSON ({exc}); it was not written by ttdecomp finetune."
-        ) from None
+        )
+    data = read_json(path, what="a results.json written by ttdecomp finetune")
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise InvalidInputError(f"{path} has no 'rows' list; it was not written by ttdecomp.")
     return data

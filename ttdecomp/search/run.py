@@ -296,7 +296,7 @@ def _retrain(
 
         n = min(jobs, len(chosen))
         say(f"re-training {len(chosen)} configuration(s), {n} at once, test once each")
-        with RunPool("ttdecomp.finetune.run:prepare_job", context.fconfig, n, threads) as pool:
+        with RunPool(context.fconfig, n, threads, on_killed=say) as pool:
             for number in chosen:
                 settings = context.space.settings(trials[number]["config"])
                 pool.submit(number, settings, train, output / "best" / f"trial-{number}")

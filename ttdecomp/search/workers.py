@@ -12,13 +12,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .._files import write_json
+from ..runs.pool import RunFailedError, describe_exit, start_worker
 from .config import SearchConfig
 from .study import finished_states, trial_counts
 
@@ -95,26 +95,21 @@ def spawn_workers(
         "storage": storage_url,
         "study_name": study_name,
         "threads": threads,
-        "parent": os.getpid(),
         "ready": str(folder / READY_FILE),
     }
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
     procs = []
     for i in range(workers):
-        path = folder / f"spec-{i}.json"
-        path.write_text(json.dumps({**spec, "process": i + 1}, indent=2))
-        log = open(folder / f"worker-{i}.log", "w")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "ttdecomp.search.worker", str(path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
+        with open(folder / f"worker-{i}.log", "w") as log:
+            # the same session: the terminal's Ctrl-C reaches them too, as it always did
+            procs.append(
+                start_worker(
+                    "ttdecomp.search.worker",
+                    {**spec, "process": i + 1},
+                    threads=threads,
+                    stdout=log,
+                    new_session=False,
+                )
             )
-        )
-        log.close()
     return procs
 
 
@@ -172,6 +167,13 @@ def wait_workers(
         stop_workers(procs)
     failed = [i for i, p in enumerate(procs) if p.returncode not in (0, 130, -signal.SIGINT)]
     if failed and not interrupted:
+        killed = [i for i in failed if procs[i].returncode < 0]
+        if killed:  # its finished trials are in the study; --resume runs the rest
+            raise RunFailedError(
+                "; ".join(describe_exit(f"search worker {i}", procs[i].returncode) for i in killed)
+                + ". Every finished trial is kept in the study; run the same command with "
+                "--resume to finish the rest."
+            )
         log = (output / ".workers" / f"worker-{failed[0]}.log").read_text()[-2000:]
         raise RuntimeError(f"search worker {failed[0]} failed; the end of its log:\n{log}")
     return interrupted
