@@ -323,6 +323,7 @@ def _command(assets, out, *extra):
     return [sys.executable, "-P", "-m", "ttdecomp", *args(assets, out, *extra)]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_two_job_finetune_and_its_workers(assets, tmp_path):
     psutil = pytest.importorskip("psutil")
     out = tmp_path / "run"
@@ -368,3 +369,28 @@ def test_a_killed_run_is_reported_its_sibling_kept_and_resume_finishes(assets, t
     final = load_results(out)
     assert sorted(r["method"] for r in final["rows"]) == ["lora", "tt-lora"]
     assert final["rows"][0] == kept[0]
+
+
+@pytest.mark.slow
+def test_search_overwrite_deletes_only_what_the_previous_search_recorded(assets, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    out = tmp_path / "search"
+    model, data = assets
+    argv = ["search", "--model", str(model), "--data", str(data), "--output", str(out),
+            "--train-size", "32", "--val-size", "16", "--test-size", "16", "--batch-size", "8",
+            "--max-length", "12", "--epochs", "1", "--threads", "1", "--no-progress",
+            "--n-trials", "1", "--no-retrain", "--no-figures", "--methods", "lora",
+            "--param", "lora.r=2"]  # fmt: skip
+    assert main(argv) == 0
+    files = json.loads((out / "search.json").read_text())["files"]
+    assert files == [".scratch/", "search.json", "study.db"]
+    (out / "best").mkdir()  # a folder of the user's that the old --overwrite deleted by name
+    (out / "best" / "model.bin").write_text("mine")
+    assert main([*argv, "--overwrite"]) == 0
+    assert (out / "best" / "model.bin").read_text() == "mine"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "study.db").write_text("someone else's database")
+    assert main([*argv[:6], str(other), *argv[7:], "--overwrite"]) == 2
+    assert "holds no search.json" in capsys.readouterr().err
+    assert (other / "study.db").read_text() == "someone else's database"

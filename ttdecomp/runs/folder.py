@@ -161,7 +161,7 @@ class OutputFolder:
                     "Drop --resume to start a new run there."
                 )
             self.previous = self._read(validate=True)
-            self._adopt()
+            self.adopt()
             return
         if not (self.path.exists() and any(self.path.iterdir())):
             return
@@ -206,9 +206,13 @@ class OutputFolder:
             entries = [self.results_file]
         return [_relative(e, self.path, self.document) for e in entries]
 
-    def _adopt(self) -> None:
-        """On resume, the previous run's entries are this run's too."""
-        assert self.previous is not None
+    def adopt(self) -> None:
+        """The previous run's entries are this run's too (a resumed run); reads the results
+        document if :meth:`prepare` has not (a command that resumes from another file)."""
+        if self.previous is None:
+            if not self.document.is_file():
+                return
+            self.previous = self._read(validate=False)
         for rel in self._recorded(self.previous):
             self._files.add(str(rel) + ("/" if (self.path / rel).is_dir() else ""))
 
