@@ -335,7 +335,7 @@ def test_sigterm_stops_a_two_job_finetune_and_its_workers(assets, tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, err.decode()
-        assert b"interrupted" in err
+        assert b"interrupted. No run had finished; nothing was saved." in err
         _, alive = psutil.wait_procs(workers, timeout=30)
         assert not alive, alive
         assert not list(out.rglob("*.pkl"))

@@ -207,21 +207,23 @@ def search(
         # a resumed search continues its study.db; a new one claims it first
         (folder.record if resume else folder.claim)("study.db")
         output.mkdir(parents=True, exist_ok=True)
+        # Optuna's tables are made here, before the workers open the storage
+        open_storage(storage)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
     # the other workers start now and load the job while this process does
-    procs = spawn_workers(config, output, storage, study_name, workers - 1, threads)
+    pool = spawn_workers(config, output, storage, study_name, workers - 1, threads)
     try:
         context = SearchContext(config, output, storage, progress)  # checks everything
         _record(folder, resume)
         study = context.study(resume=resume, name=study_name)
     except BaseException:
-        stop_workers(procs)
+        stop_workers(pool)
         raise
     n_trials = context.n_trials()
-    if procs:
+    if pool.jobs:
         release_workers(output, n_trials)
     counts = trial_counts(study)
     goal = f"{n_trials} trials" if n_trials is not None else "trials"
@@ -242,10 +244,10 @@ def search(
                 context, study, n_trials, should_stop=should_stop, on_trial=bar.refresh
             )
         except BaseException:
-            stop_workers(procs)
+            stop_workers(pool)
             raise
-        if procs:  # this process has finished its trials; the others finish theirs
-            interrupted = wait_workers(procs, bar, should_stop, output, interrupted=interrupted)
+        if pool.jobs:  # this process has finished its trials; the others finish theirs
+            interrupted = wait_workers(pool, bar, should_stop, output, interrupted=interrupted)
     finally:
         bar.close()
     wall = time.perf_counter() - start
