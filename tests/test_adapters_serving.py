@@ -25,10 +25,10 @@ from ttdecomp.adapters import (  # noqa: E402
     TTLoRAConfig,
     get_tt_model,
 )
-from ttdecomp.adapters.fast import TTForwardCache, split_bond  # noqa: E402
 from ttdecomp.adapters.testing import tiny_batch, tiny_model  # noqa: E402
 from ttdecomp.contract import linear as tt_linear  # noqa: E402
 from ttdecomp.errors import InvalidInputError, ShapeError  # noqa: E402
+from ttdecomp.nn.fast import TTForwardCache, split_bond  # noqa: E402
 
 
 def _randomize(model, scale: float = 0.3) -> None:

@@ -29,7 +29,7 @@ from .counts import (
 )
 from .decompose import truncate, tt_svd
 from .interop import from_tensorly, to_tensorly
-from .planner import ModelPlan, Plan, plan, plan_model
+from .planner import ModelPlan, Plan, parse_budget, plan, plan_model
 from .random import random_tt, random_ttm
 from .rounding import orthogonalize, round
 from .shapes import factorize, from_tt_shape, tensorize, to_tt_shape
@@ -65,6 +65,7 @@ __all__ = [
     "lora_n_params",
     "max_ranks",
     "orthogonalize",
+    "parse_budget",
     "plan",
     "plan_model",
     "random_tt",

@@ -35,7 +35,8 @@ screened by a few random 2 × 2 minors of the rearranged weight (microseconds), 
 that passes is planned at rank 1, ``a·b + c·d`` parameters, with round-off error.
 
 Layout: :mod:`._records` (:class:`Plan`, :class:`ModelPlan`), :mod:`._checks` (argument
-checks), :mod:`._candidates` (factorisations), :mod:`._ranks` (the rank greedies),
+checks), :mod:`._budget` (:func:`parse_budget`), :mod:`._candidates` (factorisations),
+:mod:`._ranks` (the rank greedies),
 :mod:`._spectra` (unfolding spectra), :mod:`._plan` (:func:`plan`), :mod:`._checkpoint`
 (reading checkpoints) and :mod:`._model_plan` (:func:`plan_model`).
 
@@ -46,9 +47,10 @@ unfolding, ``O(p · M · N)`` for an unfolding with ``p`` rows (its smaller side
 
 from __future__ import annotations
 
+from ._budget import parse_budget
 from ._checkpoint import DEFAULT_EXCLUDE
 from ._model_plan import plan_model
 from ._plan import plan
 from ._records import ModelPlan, Plan
 
-__all__ = ["DEFAULT_EXCLUDE", "ModelPlan", "Plan", "plan", "plan_model"]
+__all__ = ["DEFAULT_EXCLUDE", "ModelPlan", "Plan", "parse_budget", "plan", "plan_model"]
