@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..adapters.serialization import write_files
+from .._files import save_pair
 from ..counts import max_ranks
 from ..errors import InvalidInputError
 from ..nn.kinds import dense_weight, is_linear
@@ -92,8 +91,6 @@ def save_compressed(
     ...     type(fresh[0]).__name__
     'TTLinear'
     """
-    from safetensors.torch import save
-
     layers = {n: m for n, m in model.named_modules() if isinstance(m, TTLinear)}
     if not layers:
         raise InvalidInputError(
@@ -111,11 +108,9 @@ def save_compressed(
             continue
         seen[ident] = key
         kept[key] = t.detach().to("cpu").contiguous()
-    save_id = uuid.uuid4().hex
     record = {
         "format_version": FORMAT_VERSION,
         "ttdecomp_version": _version(),
-        "save_id": save_id,
         "model_class": type(model).__name__,
         "model_type": _model_type(model),
         "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None),
@@ -135,11 +130,13 @@ def save_compressed(
         "aliases": aliases,
         "report": None if report is None else report.to_dict(),
     }
-    weights = save(kept, metadata={"format": "pt", "save_id": save_id})
     folder = Path(folder)
-    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
-    write_files(
-        [(folder / COMPRESSED_WEIGHTS, weights), (folder / COMPRESSED_CONFIG, text.encode())]
+    save_pair(
+        folder / COMPRESSED_WEIGHTS,
+        folder / COMPRESSED_CONFIG,
+        record,
+        kept,
+        error=CompressedFileError,
     )
     return folder
 
