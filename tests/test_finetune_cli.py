@@ -87,6 +87,7 @@ def fails(argv, capsys, message):
         (["--targets", "query,nonexistent_proj"], "nonexistent_proj"),
         (["--seeds", "0,0"], "lists a seed twice"),
         (["--tt-shape", "4,4,4,4", "--methods", "tt-lora"], "tt_shape"),
+        (["--tt-shape", ",".join(["2"] * 50_000)], "has 50000 factors; at most 64"),
         (["--batch-size", "0"], "batch_size must be an integer"),
         (["--lr", "head-only=1e-2"], "not among the methods run"),
     ],
