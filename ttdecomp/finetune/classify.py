@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..assets.loader import load_pretrained
 from ..errors import InvalidInputError
 from .data import Splits
 from .methods import MethodSettings, apply_method, save_adapted
@@ -115,32 +116,11 @@ def quiet_transformers() -> Iterator[None]:
 def load_classifier(model_dir: str | os.PathLike, labels: list[str], seed: int) -> Any:
     """A sequence classifier from ``model_dir`` with a new head for ``labels``, seeded.
 
-    Raises a clear error for a folder that holds no model, and for a model still carrying the
-    GGUF loader's quantizer state (``Trainer`` refuses to train it).
+    :func:`ttdecomp.assets.load_pretrained` with ``task="classification"``: a clear error for a
+    folder that holds no model, and for a model still carrying the GGUF loader's quantizer
+    state (``Trainer`` refuses to train it).
     """
-    from transformers import AutoModelForSequenceClassification, set_seed
-
-    set_seed(seed)
-    try:
-        with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(model_dir),
-                num_labels=len(labels),
-                id2label=dict(enumerate(labels)),
-                label2id={name: i for i, name in enumerate(labels)},
-                dtype=torch.float32,
-            )
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(
-            f"cannot load a sequence-classification model from {model_dir}: {exc}"
-        ) from None
-    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
-        raise InvalidInputError(
-            f"the model from {model_dir} still carries quantizer state (hf_quantizer/is_quantized, "
-            "as the GGUF loader leaves it) and Trainer refuses to train it; clear it with "
-            "model.hf_quantizer.remove_quantization_config(model) and save a clean copy."
-        )
-    return model
+    return load_pretrained(model_dir, task="classification", labels=list(labels), seed=seed)
 
 
 def predict_logits(model: Any, dataset: TextDataset, collator: Any, batch: int = 64) -> np.ndarray:
