@@ -414,6 +414,8 @@ def load_pretrained(
             num_labels=len(names),
             id2label=dict(enumerate(names)),
             label2id={n: i for i, n in enumerate(names)},
+            # a classifier saved with another number of classes gets the new head all the same
+            ignore_mismatched_sizes=True,
         )
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
@@ -429,7 +431,7 @@ def load_pretrained(
     hf_logging.set_verbosity_error()  # the new head's "newly initialized" report is expected
     try:
         net = loader.from_pretrained(str(source.path), **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
         hint = (
             " The repository holds its own code: pass trust_remote_code=True "
             "(--trust-remote-code) if you trust it."

@@ -381,27 +381,43 @@ def _read_saved(path: Path, text_column: str, label_column: str) -> LabelledReco
 def _read_hub(
     name: str, config: str | None, revision: str | None, text_column: str, label_column: str
 ) -> LabelledRecords:
+    """A Hub dataset: ``datasets.load_dataset``, else the repository in the Hub's own cache."""
     try:
         import datasets
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError:
         raise InvalidInputError(
             f"--data {name!r} is read as a Hub dataset id, which needs 🤗 datasets: "
             "pip install datasets"
         ) from None
-    from huggingface_hub import constants
-
     where = f"--data {name!r}" + (f" (config {config!r})" if config else "")
     try:
         loaded = datasets.load_dataset(name, config, revision=revision)
-    except Exception as exc:
-        offline = " HF_HUB_OFFLINE is set and" if constants.HF_HUB_OFFLINE else ""
-        raise InvalidInputError(
-            f"{where}: not a packaged data set (tweets, chatterbot), not a file or folder, and "
-            f"the Hub dataset cannot be loaded:{offline} {type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
-            f"(Hub cache: {constants.HF_HUB_CACHE}). Check the id and --data-config, download "
-            "it once with a network, or give a CSV/JSONL file."
-        ) from None
+    except Exception as exc:  # network, cache and format errors alike
+        first = exc
+        try:  # offline or unreachable: the Hub's cache may hold the repository's files
+            folder = snapshot_download(
+                name, repo_type="dataset", revision=revision, local_files_only=True
+            )
+        except LocalEntryNotFoundError:
+            offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+            reason = str(first).strip().splitlines()[0] if str(first).strip() else ""
+            raise InvalidInputError(
+                f"{where}: not a packaged data set (tweets, chatterbot), not a file or folder, "
+                f"and not a Hub dataset that can be loaded{offline}: {type(first).__name__}: "
+                f"{reason} It is not in the Hugging Face cache {constants.HF_HUB_CACHE} either. "
+                "Check the id and --data-config, download it once with a network, or give a "
+                "CSV/JSONL file."
+            ) from None
+        try:
+            loaded = datasets.load_dataset(folder, config)
+        except Exception as exc2:
+            raise InvalidInputError(
+                f"{where}: its files in the Hugging Face cache ({folder}) cannot be read as a "
+                f"dataset ({type(exc2).__name__}: {str(exc2).strip()[:200]}); check "
+                "--data-config, or download it again."
+            ) from None
     return _from_datasets(loaded, where, text_column, label_column, known_only=True)
 
 
