@@ -43,6 +43,12 @@ def test_every_adapter_name_is_documented():
     assert not missing, f"add to docs/api.rst: {sorted(missing)}"
 
 
+def test_every_assets_name_is_documented():
+    assets = pytest.importorskip("ttdecomp.assets")
+    missing = set(assets.__all__) - listed("ttdecomp.assets")
+    assert not missing, f"add to docs/api.rst: {sorted(missing)}"
+
+
 def test_every_finetune_name_is_documented():
     finetune = pytest.importorskip("ttdecomp.finetune")
     missing = set(finetune.__all__) - listed("ttdecomp.finetune")

@@ -211,10 +211,11 @@ def _hub_snapshot(repo_id: str, revision: str | None, trust_remote_code: bool) -
     except LocalEntryNotFoundError:
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
         raise InvalidInputError(
-            f"{where} is not in the Hugging Face cache {constants.HF_HUB_CACHE} and cannot be "
-            f"downloaded{offline}. Download it once with a network "
-            f"(huggingface-cli download {repo_id}), point HF_HOME at the cache that holds it, "
-            "or give a packaged name or a local folder."
+            f"unknown model {repo_id!r}: not a packaged model ({', '.join(MODELS)}), not a "
+            f"local folder, and, as a Hub id{' at ' + repr(revision) if revision else ''}, not "
+            f"in the Hugging Face cache {constants.HF_HUB_CACHE} and not downloadable{offline}. "
+            f"Download it once with a network (huggingface-cli download {repo_id}), point "
+            "HF_HOME at the cache that holds it, or give a packaged name or a local folder."
         ) from None
     except GatedRepoError:
         raise InvalidInputError(

@@ -9,9 +9,7 @@ be checked against what the run predicted.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,19 +96,6 @@ def accuracy(eval_pred: Any) -> dict[str, float]:
     logits, labels = eval_pred
     logits = logits[0] if isinstance(logits, tuple) else logits
     return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports (the new head is expected) for one block."""
-    from transformers.utils import logging
-
-    previous = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(previous)
 
 
 def load_classifier(model_dir: str | os.PathLike, labels: list[str], seed: int) -> Any:
