@@ -173,6 +173,17 @@ def test_a_folder_without_weights_or_tokenizer_is_refused(folders, tmp_path):
         resolve_model("./does/not/exist")
 
 
+def test_data_the_tokenizer_cannot_read_is_refused_before_training(folders, tmp_path):
+    from ttdecomp.finetune import FinetuneConfig, finetune
+
+    rows = "".join(f"поездка номер {i},{i % 2}\n" for i in range(60))  # not in the vocabulary
+    (tmp_path / "ru.csv").write_text("text,label\n" + rows, encoding="utf-8")
+    config = FinetuneConfig(model=str(folders["encoder"]), data=str(tmp_path / "ru.csv"))
+    with pytest.raises(InvalidInputError, match="are the unknown token"):
+        finetune(config, output=tmp_path / "out", progress=False, figures=False)
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- the Hub cache, offline
 @pytest.fixture(scope="module")
 def hub_home(tmp_path_factory, folders):

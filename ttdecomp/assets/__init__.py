@@ -28,6 +28,7 @@ from .dialogues import load_chatterbot, split_dialogues
 from .loader import (
     ModelSource,
     check_model_folder,
+    check_tokenizer,
     load_pretrained,
     load_tokenizer,
     model_task,
@@ -47,6 +48,7 @@ __all__ = [
     "ModelSource",
     "asset_status",
     "check_model_folder",
+    "check_tokenizer",
     "data_path",
     "load_chatterbot",
     "load_pretrained",

@@ -30,6 +30,7 @@ __all__ = [
     "TASKS",
     "ModelSource",
     "check_model_folder",
+    "check_tokenizer",
     "load_pretrained",
     "load_tokenizer",
     "model_task",
@@ -489,3 +490,45 @@ def load_tokenizer(
     if pad_with_eos and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def check_tokenizer(
+    tokenizer: Any, texts: Sequence[str], *, source: str = "the data", limit: float = 0.5
+) -> float:
+    """Refuse a tokenizer that turns ``texts`` mostly into its unknown token; the fraction.
+
+    A model folder with a tokenizer of another model (or of another script) would train on
+    ``[UNK]`` sequences to chance accuracy without a word. Up to 256 texts are tokenized; when
+    more than ``limit`` of their tokens (special tokens aside) are the unknown token, this
+    raises. A tokenizer without an unknown token (byte-level BPE) always passes.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from ttdecomp.finetune.testing import tiny_classifier_folder
+    >>> tok = load_tokenizer(tiny_classifier_folder(tempfile.mkdtemp()))
+    >>> check_tokenizer(tok, ["the ride was great"])
+    0.0
+    >>> check_tokenizer(tok, ["поездка была отличной"], source="reviews.csv")
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.InvalidInputError: 100% of the tokens of reviews.csv are the unknown \
+token [UNK] of the tokenizer BertTokenizer...
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not texts:
+        return 0.0
+    sample = list(texts[:256])
+    ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
+    total = sum(len(row) for row in ids)
+    if total == 0:
+        return 0.0
+    fraction = sum(row.count(unk) for row in ids) / total
+    if fraction > limit:
+        raise InvalidInputError(
+            f"{fraction:.0%} of the tokens of {source} are the unknown token "
+            f"{tokenizer.unk_token} of the tokenizer {type(tokenizer).__name__}, so the model "
+            "would learn from nothing. Use the tokenizer the model was trained with (save it "
+            "into the model folder), or a model whose vocabulary covers the data's language."
+        )
+    return fraction

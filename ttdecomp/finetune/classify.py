@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..assets.loader import load_pretrained
+from ..assets.loader import load_pretrained, load_tokenizer
 from ..errors import InvalidInputError
 from .data import Splits
 from .methods import MethodSettings, apply_method, save_adapted
@@ -242,8 +242,6 @@ def load_finetuned(output: str | os.PathLike, method: str, seed: int = 0) -> tup
     >>> batch = tokenizer(["what a ride!"], return_tensors="pt")  # doctest: +SKIP
     >>> model(**batch).logits.argmax(-1)  # doctest: +SKIP
     """
-    from transformers import AutoTokenizer
-
     from .methods import load_adapted
     from .report import load_results
 
@@ -258,4 +256,4 @@ def load_finetuned(output: str | os.PathLike, method: str, seed: int = 0) -> tup
     labels = results["data"]["labels"]
     model = load_classifier(model_dir, labels, seed)
     model = load_adapted(model, Path(output) / rows[0]["run_dir"] / "adapter")
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    return model, load_tokenizer(model_dir)

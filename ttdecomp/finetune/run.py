@@ -424,7 +424,7 @@ def _prepare_classification(
     """Load and check everything a classification comparison needs, before any training."""
     from transformers import AutoConfig
 
-    from ..assets.loader import load_tokenizer
+    from ..assets.loader import check_tokenizer, load_tokenizer
     from .classify import TextDataset
     from .config import QUICK
     from .data import load_classification
@@ -446,6 +446,7 @@ def _prepare_classification(
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"cannot load the model config in {model_path}: {exc}") from None
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
+    check_tokenizer(tokenizer, [t for t, _ in splits.train], source=splits.source)
     targets = list(config.targets or _DEFAULT_TARGETS.get(model_config.model_type, []))
     if not targets:
         raise InvalidInputError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -44,9 +45,12 @@ def tiny_classifier_folder(path: str | os.PathLike, *, seed: int = 0, hidden: in
     >>> folder = tiny_classifier_folder(tempfile.mkdtemp())
     >>> sorted(p.name for p in folder.iterdir())[:2]
     ['config.json', 'model.safetensors']
+    >>> from transformers import AutoTokenizer
+    >>> AutoTokenizer.from_pretrained(folder).tokenize("the ride was great")
+    ['the', 'ride', 'was', 'great']
     """
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -55,7 +59,11 @@ def tiny_classifier_folder(path: str | os.PathLike, *, seed: int = 0, hidden: in
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *chars]
     vocab += [f"##{c}" for c in string.ascii_lowercase + string.digits]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    config_file = path / "tokenizer_config.json"
+    config_file.write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}))
+    # read back from vocab.txt (transformers 5 ignores BertTokenizerFast(vocab_file=...) and
+    # would give a tokenizer of the special tokens only: every word [UNK])
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     torch.manual_seed(seed)
     config = BertConfig(
