@@ -268,6 +268,27 @@ def test_finetune_with_a_missing_hub_model_names_it_and_the_cache(hub_home, tmp_
     assert "Traceback" not in done.stderr
 
 
+def test_compress_and_search_take_hub_ids_offline(hub_home, tmp_path):
+    env = _offline_env(hub_home)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(f"the ride was great {i}" for i in range(40)))
+    compress = [sys.executable, "-P", "-m", "ttdecomp", "compress", "org/tiny-bert"]
+    compress += ["--budget", "50%", "--calibration", str(texts), "--calibration-size", "16"]
+    compress += ["--eval-size", "16", "--no-progress", "--output", str(tmp_path / "c")]
+    done = subprocess.run(compress, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "c").is_dir() and any((tmp_path / "c").iterdir())
+    search = [sys.executable, "-P", "-m", "ttdecomp", "search", "--model", "org/tiny-bert"]
+    search += ["--data", "org/reviews", "--methods", "tt-lora", "--param", "tt-lora.tt_rank=2"]
+    search += ["--n-trials", "1", "--epochs", "1", "--max-length", "12", "--batch-size", "8"]
+    search += ["--threads", "1", "--no-progress", "--no-figures", "--no-retrain"]
+    search += ["--output", str(tmp_path / "s")]
+    done = subprocess.run(search, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert document["counts"]["complete"] == 1
+
+
 # ---------------------------------------------------------------- MPNet
 def test_mpnet_missing_piece_names_the_pip_line(monkeypatch):
     from ttdecomp.assets import mpnet

@@ -346,3 +346,15 @@ def test_a_428_row_four_class_csv_runs_with_the_defaults(tmp_path):
     results = load_results(tmp_path / "out")
     assert sum(results["data"]["sizes"].values()) == 428
     assert results["data"]["labels"] == ["billing", "bug", "feature", "praise"]
+
+
+def test_sizes_cap_the_data_own_splits(tmp_path):
+    rows = [(f"t{i}", i % 2, "train") for i in range(40)]
+    rows += [(f"v{i}", i % 2, "validation") for i in range(10)]
+    rows += [(f"x{i}", i % 3 % 2, "test") for i in range(12)]
+    path = write_csv(tmp_path / "d.csv", rows, ("text", "label", "split"))
+    s = load_classification(path, sizes=(20, 100, 9))
+    assert s.sizes() == {"train": 20, "validation": 10, "test": 9}
+    assert s.stats["train_subset_of"] == 40 and "validation_subset_of" not in s.stats
+    assert Counter(y for _, y in s.train) == {0: 10, 1: 10}  # stratified
+    assert {t for t, _ in s.test} <= {f"x{i}" for i in range(12)}

