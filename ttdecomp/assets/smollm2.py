@@ -107,7 +107,7 @@ def quantized_model_message(model: Any) -> str:
         "and transformers.Trainer refuses to fine-tune a quantized model. If its weights are "
         "already dequantized (a GGUF file loaded with dtype=torch.float32 is), clear the "
         "quantizer first with model.hf_quantizer.remove_quantization_config(model) (or "
-        "ttdecomp.finetune.smollm2.clear_quantizer(model)); otherwise load it unquantized."
+        "ttdecomp.assets.smollm2.clear_quantizer(model)); otherwise load it unquantized."
     )
 
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
-from ..shapes import factorize
+from ..shapes import check_factor_count, factorize
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -137,6 +137,7 @@ class MethodSettings:
                     f"tt_shape is a TT-LoRA setting; {self.method} does not take one."
                 )
             shape = tuple(self.tt_shape)
+            check_factor_count(len(shape), "tt_shape (--tt-shape)")
             if len(shape) < 2 or not all(
                 isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape
             ):
