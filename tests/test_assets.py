@@ -106,7 +106,7 @@ def folders(tmp_path_factory):
 
 
 def test_a_gpt2_folder_is_causal_everywhere(folders):
-    from ttdecomp.cli.compress import load_model
+    from ttdecomp.compress.inputs import load_model
 
     assert resolve_model(str(folders["causal"])).task == "causal"
     assert resolve_model(str(folders["encoder"])).task == "classification"
