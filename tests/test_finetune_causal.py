@@ -324,3 +324,14 @@ def test_prepare_causal_builds_the_shared_job_and_refuses_head_only(smollm2):
     missing = FinetuneConfig(model=str(folder), data="chatterbot", targets=["nope"])
     with pytest.warns(TTWarning), pytest.raises(InvalidInputError, match="nope"):
         prepare_causal(missing, folder, progress=False)
+
+
+def test_a_latin1_dialogue_file_is_refused_naming_line_and_byte(tmp_path):
+    from ttdecomp.assets.dialogues import load_dialogues_jsonl
+
+    lines = [json.dumps({"prompt": "Hi", "reply": "Hello"}),
+             json.dumps({"prompt": "Un café ?", "reply": "Oui"}, ensure_ascii=False)]  # fmt: skip
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(InvalidInputError, match=r"d\.jsonl, line 2, byte \d+ .*0xe9"):
+        load_dialogues_jsonl(path)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, TTWarning
+from .text_files import read_text
 
 __all__ = [
     "Dialogue",
@@ -233,32 +234,32 @@ def load_dialogues_jsonl(path: str | os.PathLike[str]) -> list[Dialogue]:
             '{"prompt": ..., "reply": ...} or {"messages": [...]} lines.'
         )
     dialogues: list[Dialogue] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
+    # strict UTF-8: a latin-1 byte is named by its line and byte
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InvalidInputError(
+                f"{where} is not valid JSON ({error.msg}): {line.strip()[:80]!r}."
+            ) from None
+        if isinstance(record, dict) and "messages" in record:
+            dialogues.append(_check_messages(record["messages"], where))
+        elif isinstance(record, dict) and {"prompt", "reply"} <= set(record):
+            prompt, reply = record["prompt"], record["reply"]
+            if not all(isinstance(t, str) and t.strip() for t in (prompt, reply)):
                 raise InvalidInputError(
-                    f"{where} is not valid JSON ({error.msg}): {line.strip()[:80]!r}."
-                ) from None
-            if isinstance(record, dict) and "messages" in record:
-                dialogues.append(_check_messages(record["messages"], where))
-            elif isinstance(record, dict) and {"prompt", "reply"} <= set(record):
-                prompt, reply = record["prompt"], record["reply"]
-                if not all(isinstance(t, str) and t.strip() for t in (prompt, reply)):
-                    raise InvalidInputError(
-                        f"{where}: 'prompt' and 'reply' must be non-empty strings, got "
-                        f"{prompt!r} and {reply!r}."
-                    )
-                dialogues.append(_alternating([prompt, reply]))
-            else:
-                raise InvalidInputError(
-                    f"{where}: expected an object with 'prompt' and 'reply', or with "
-                    f"'messages'; got {line.strip()[:80]!r}."
+                    f"{where}: 'prompt' and 'reply' must be non-empty strings, got "
+                    f"{prompt!r} and {reply!r}."
                 )
+            dialogues.append(_alternating([prompt, reply]))
+        else:
+            raise InvalidInputError(
+                f"{where}: expected an object with 'prompt' and 'reply', or with "
+                f"'messages'; got {line.strip()[:80]!r}."
+            )
     if not dialogues:
         raise InvalidInputError(f"dialogue file {path} holds no dialogues (it is empty).")
     return dialogues

@@ -37,6 +37,7 @@ __all__ = [
     "coerce_label",
     "read_labelled",
     "read_records",
+    "read_text",
 ]
 
 #: Split names understood, and the split each stands for.
@@ -119,8 +120,18 @@ def coerce_label(value: Any, where: str) -> Any:
     )
 
 
-def _decode(path: Path) -> str:
-    """The file's text, UTF-8 (a byte-order mark allowed), or an error naming line and byte."""
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The file's text, UTF-8 (a byte-order mark allowed), or an error naming line and byte.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "t.txt")
+    >>> _ = open(p, "wb").write(b"\\xef\\xbb\\xbfcaf\\xc3\\xa9\\n")  # BOM, then UTF-8
+    >>> read_text(p)
+    'café\\n'
+    """
+    path = Path(path)
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
@@ -222,7 +233,7 @@ def read_records(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]
             f"{path}: unknown file type {suffix!r}; expected .csv, .tsv, .jsonl or .json (or a "
             "folder saved by datasets' save_to_disk, or a Hub dataset id)."
         )
-    text = _decode(path)
+    text = read_text(path)
     if suffix in (".csv", ".tsv"):
         return list(_csv_records(path, text, "\t" if suffix == ".tsv" else ","))
     out = []
