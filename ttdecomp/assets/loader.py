@@ -31,6 +31,7 @@ __all__ = [
     "ModelSource",
     "check_model_folder",
     "check_tokenizer",
+    "is_hub_id",
     "load_pretrained",
     "load_tokenizer",
     "model_task",
@@ -134,6 +135,18 @@ def model_task(config: Mapping[str, Any]) -> str:
         if causal and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
         else ("classification")
     )
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` has the shape of a Hub repository id (``org/name`` or ``name``), and
+    not of a path (``./x``, ``/x``, ``~/x``).
+
+    Examples
+    --------
+    >>> is_hub_id("meta-llama/Llama-3.2-1B"), is_hub_id("./models/x"), is_hub_id("a/b/c")
+    (True, False, False)
+    """
+    return bool(_HUB_ID.match(name)) and not name.startswith((".", "/", "~"))
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -301,7 +314,7 @@ org/name without a leading ./ or /).
         folder = _packaged_folder(key, progress)
         return ModelSource(name, folder, MODELS[key].task, "packaged")
     path = Path(name).expanduser()
-    if path.exists() or not _HUB_ID.match(name) or name.startswith((".", "/", "~")):
+    if path.exists() or not is_hub_id(name):
         if not path.exists():
             raise InvalidInputError(
                 f"--model {name!r}: no such folder (a Hub id is org/name without a leading ./ "

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+from .loader import is_hub_id
 
 __all__ = [
     "SPLIT_ALIASES",
@@ -49,7 +50,6 @@ SPLIT_ALIASES = {
     "dev": "validation",
     "test": "test",
 }
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 _FIELD_LIMIT = 1 << 27  # 128 Mi characters per CSV field while reading
 
 
@@ -471,7 +471,7 @@ def read_labelled(
         if not isinstance(value, str) or not value:
             raise InvalidInputError(f"{name} must be a column name; got {value!r}.")
     path = Path(data)
-    local = path.exists() or not isinstance(data, str) or not _HUB_ID.match(data)
+    local = path.exists() or not isinstance(data, str) or not is_hub_id(data)
     if (config is not None or revision is not None) and local:
         raise InvalidInputError(
             f"--data-config/--revision are for Hub datasets; {str(data)!r} is a local path."
