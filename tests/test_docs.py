@@ -45,7 +45,8 @@ def test_every_adapter_name_is_documented():
 
 def test_every_assets_name_is_documented():
     assets = pytest.importorskip("ttdecomp.assets")
-    missing = set(assets.__all__) - listed("ttdecomp.assets")
+    # names ttdecomp.finetune re-exports stay documented there
+    missing = set(assets.__all__) - listed("ttdecomp.assets") - listed("ttdecomp.finetune")
     assert not missing, f"add to docs/api.rst: {sorted(missing)}"
 
 
