@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .._files import replace_folder
 from ..errors import InvalidInputError
 
 __all__ = [
@@ -88,20 +87,12 @@ def cache_lock(folder: Path) -> Iterator[None]:
 
 def write_folder(folder: Path, fill: Callable[[Path], None], source: Mapping[str, Any]) -> None:
     """Make ``folder`` atomically: ``fill`` a temporary folder beside it, record, rename."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    old = None
-    try:
+
+    def write(tmp: Path) -> None:
         fill(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps(dict(source)), encoding="utf-8")
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.replace(folder, old / folder.name)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+
+    replace_folder(folder, write)
 
 
 def build_once(
