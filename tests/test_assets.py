@@ -255,6 +255,15 @@ def test_finetune_from_the_hub_cache_end_to_end(hub_home, tmp_path):
     assert "models--org--tiny-bert" in results["config"]["model_path"]
     assert results["data"]["sizes"]["test"] == 80
     assert [r["method"] for r in results["rows"]] == ["tt-lora"]
+    # the run reloads from the Hub cache at the commit it used, not from a path in the file
+    code = (
+        "from ttdecomp.finetune import load_finetuned\n"
+        f"model, tokenizer = load_finetuned({str(out)!r}, 'tt-lora')\n"
+        "print(type(model).__name__, model.config.id2label)\n"
+    )
+    reloaded = _python(code, _offline_env(hub_home))
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert reloaded.stdout.split("\n")[0].startswith("TTAdapterModel {0: 'negative'")
 
 
 def test_finetune_with_a_missing_hub_model_names_it_and_the_cache(hub_home, tmp_path):
