@@ -76,6 +76,20 @@ def test_finetune_and_search_commands_do_not_set_hf_hub_offline(tmp_path):
     assert out.stdout.strip().split("\n") == ["None None", "[2, 2] None None"]
 
 
+def test_no_module_sets_hf_hub_offline():
+    """The library reads the user's HF_HUB_OFFLINE; no module (workers' environments included)
+    sets it."""
+    bad = []
+    for path in sorted((ROOT / "ttdecomp").rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if "HF_HUB_OFFLINE" in code and any(
+                marker in code for marker in ("setdefault", "environ[", '": "1"', "putenv")
+            ):
+                bad.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not bad, bad
+
+
 # ---------------------------------------------------------------- the one loader
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("torch")
