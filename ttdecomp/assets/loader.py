@@ -130,11 +130,8 @@ def model_task(config: Mapping[str, Any]) -> str:
     except ImportError:
         return "classification"
     causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    return (
-        "causal"
-        if causal and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-        else ("classification")
-    )
+    masked = model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return "causal" if causal and not masked else "classification"
 
 
 def is_hub_id(name: str) -> bool:
@@ -446,7 +443,7 @@ def load_pretrained(
     hf_logging.set_verbosity_error()  # the new head's "newly initialized" report is expected
     try:
         net = loader.from_pretrained(str(source.path), **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError) as exc:
         hint = (
             " The repository holds its own code: pass trust_remote_code=True "
             "(--trust-remote-code) if you trust it."
