@@ -132,7 +132,7 @@ def test_bad_data_files_fail_before_training(assets, tmp_path, capsys):
         )
         assert not out.exists()
     empty = tmp_path / "split.csv"
-    rows = [f"t{i},{i % 2},train" for i in range(30)] + [
+    rows = [f"t{i},{i % 2},test" for i in range(30)] + [
         f"v{i},{i % 2},validation" for i in range(8)
     ]
     empty.write_text("text,label,split\n" + "\n".join(rows) + "\n")
@@ -148,7 +148,7 @@ def test_bad_data_files_fail_before_training(assets, tmp_path, capsys):
             *SMALL,
         ],
         capsys,
-        "test split is missing or empty",
+        "but no train split",
     )
 
 

@@ -14,12 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..assets import registry as assets
 from ..errors import InvalidInputError
-from . import assets
 from .methods import DEFAULT_METHODS, METHODS, MethodSettings, check_method, default_settings
 from .train import TrainSettings
 
 __all__ = ["DEFAULTS", "QUICK", "FinetuneConfig"]
+
+_SOURCE_DEFAULTS = {
+    "revision": None,
+    "trust_remote_code": False,
+    "data_config": None,
+    "text_column": "text",
+    "label_column": "label",
+}
 
 DEFAULTS = {
     "classification": {"sizes": (1000, 300, 600), "epochs": 4, "max_steps": None,
@@ -59,12 +67,22 @@ class FinetuneConfig:
         Training (see :class:`~ttdecomp.finetune.train.TrainSettings`); ``max_length`` in tokens.
     targets : sequence of str, optional
         Target modules; default: the query and value projections of the model.
-    sizes : (int, int, int)
-        Train / validation / test sizes when the data is split here.
+    sizes : (int, int, int), optional
+        Train / validation / test sizes when the data is split here. Default: the packaged
+        data's own sizes; a user's data is split 70/10/20% of its usable rows per class
+        (``--quick``: of at most 620 rows).
     device : str
         ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
     quick : bool
         The fast end-to-end check: sizes, epochs and length from :data:`QUICK` unless given.
+    revision : str, optional
+        A Hub model's branch, tag or commit.
+    trust_remote_code : bool
+        Run a Hub model's own Python code (off by default).
+    data_config : str, optional
+        A Hub dataset's configuration (e.g. ``sst2`` of ``glue``).
+    text_column, label_column : str
+        The columns of the text and the label in a file or dataset.
 
     Examples
     --------
@@ -90,6 +108,11 @@ class FinetuneConfig:
     sizes: tuple[int, int, int] | None = None
     device: str = "cpu"
     quick: bool = False
+    revision: str | None = None
+    trust_remote_code: bool = False
+    data_config: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
 
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):
@@ -109,7 +132,10 @@ class FinetuneConfig:
         self.seeds = seeds
         defaults = (QUICK if self.quick else DEFAULTS)[self.task]
         given_steps = self.max_steps is not None or self.epochs is not None
+        own_data = self.task == "classification" and self.data not in assets.DATA
         for name, value in defaults.items():
+            if name == "sizes" and own_data:
+                continue  # a user's data is split in proportion (finetune.data.FRACTIONS)
             if getattr(self, name) is None and not (name == "max_steps" and given_steps):
                 setattr(self, name, value)
         if self.sizes is not None:
@@ -214,6 +240,12 @@ class FinetuneConfig:
             "eval_every": self.eval_every,
             "weight_decay": self.weight_decay,
             "targets": list(self.targets) if self.targets is not None else None,
+            # recorded only when set, so that folders written before still resume
+            **{
+                name: getattr(self, name)
+                for name, default in _SOURCE_DEFAULTS.items()
+                if getattr(self, name) != default
+            },
         }
 
 
