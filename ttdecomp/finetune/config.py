@@ -55,8 +55,9 @@ class FinetuneConfig:
         dict per method (``{"tt-lora": 5e-3, "lora": 1e-3}``).
     tt_shape : sequence of int, optional
         TT-LoRA's flat shape (input factors then output factors) for every target.
-    epochs, max_steps, batch_size, max_length, eval_every, weight_decay
-        Training (see :class:`~ttdecomp.finetune.train.TrainSettings`); ``max_length`` in tokens.
+    epochs, max_steps, batch_size, max_length, eval_every, weight_decay, lr_schedule, warmup_ratio
+        Training (see :class:`~ttdecomp.finetune.train.TrainSettings`); ``max_length`` in tokens;
+        the schedule and warm-up are the same for every method.
     targets : sequence of str, optional
         Target modules; default: the query and value projections of the model.
     sizes : (int, int, int)
@@ -86,6 +87,8 @@ class FinetuneConfig:
     max_length: int | None = None
     eval_every: int | None = None
     weight_decay: float = 0.01
+    lr_schedule: str = "constant"
+    warmup_ratio: float = 0.0
     targets: Sequence[str] | None = None
     sizes: tuple[int, int, int] | None = None
     device: str = "cpu"
@@ -194,6 +197,8 @@ class FinetuneConfig:
             max_steps=self.max_steps,
             batch_size=self.batch_size,
             weight_decay=self.weight_decay,
+            lr_schedule=self.lr_schedule,
+            warmup_ratio=self.warmup_ratio,
             seed=seed,
             device=self.device,
             eval_every=self.eval_every,
@@ -214,6 +219,12 @@ class FinetuneConfig:
             "eval_every": self.eval_every,
             "weight_decay": self.weight_decay,
             "targets": list(self.targets) if self.targets is not None else None,
+            # named only when not the constant schedule, so runs saved before it still resume
+            **(
+                {"lr_schedule": self.lr_schedule, "warmup_ratio": self.warmup_ratio}
+                if (self.lr_schedule, self.warmup_ratio) != ("constant", 0.0)
+                else {}
+            ),
         }
 
 
