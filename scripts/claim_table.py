@@ -4,8 +4,8 @@ Every (method, rank, targets) of the given files is one row: adapter parameters,
 the reference's (LoRA r=8 by default), validation and test accuracy (mean ± std over seeds), and
 the **paired** test difference to every LoRA row: the mean over the seeds both ran of
 ``this - that``, with its 95% t-interval (``t(0.975, n-1) * sd / sqrt(n)``; none for one seed).
-The files must share one protocol (data, split sizes, epochs, batch, length, schedule): a table
-that mixes protocols is refused.
+The files must share one protocol (data, split sizes, epochs, batch, length): a table that
+mixes protocols is refused. Each method's own settings (lr, α, schedule) are shown beside it.
 
 Usage::
 
@@ -39,8 +39,7 @@ _NAMES = {"tt-lora": "TT-LoRA", "lora": "LoRA", "loretta-rep": "LoRETTA-rep",
           "loretta-adp": "LoRETTA-adp", "head-only": "head only"}  # fmt: skip
 # what must agree between files for their rows to share a table
 _PROTOCOL = ("model", "data", "sizes", "epochs", "max_steps", "batch_size", "max_length",
-             "eval_every", "weight_decay", "lr_schedule", "warmup_ratio", "task",
-             "data_fingerprint")  # fmt: skip
+             "eval_every", "weight_decay", "task", "data_fingerprint")  # fmt: skip
 _DEFAULT_TARGETS = ["query", "value"]
 
 
@@ -111,10 +110,7 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
         identity = doc["config"]["identity"]
-        # files written before schedules existed ran at a constant rate without warm-up
         mine = {k: identity.get(k) for k in _PROTOCOL}
-        mine["lr_schedule"] = mine["lr_schedule"] or "constant"
-        mine["warmup_ratio"] = mine["warmup_ratio"] or 0.0
         if protocol is None:
             protocol, first = mine, path
         elif mine != protocol:
@@ -127,7 +123,13 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
         for row in doc["rows"]:
             if row.get("test_accuracy") is None:
                 raise ClaimTableError(f"{path}: {row['method']} seed {row['seed']} has no test.")
-            settings = row.get("settings") or doc["config"]["settings"][row["method"]]
+            settings = dict(row.get("settings") or doc["config"]["settings"][row["method"]])
+            # per method or for all; files written before schedules existed ran at a constant
+            # rate without warm-up
+            for name, default in (("lr_schedule", "constant"), ("warmup_ratio", 0.0)):
+                value = identity.get(name, default)
+                value = value.get(row["method"], default) if isinstance(value, dict) else value
+                settings[name] = value
             label = _label(row["method"], settings.get("rank"), targets, settings.get("tt_shape"))
             group = groups.setdefault(
                 label,
@@ -135,6 +137,11 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
                  "adapter_params": row["adapter_params"], "settings": settings,
                  "val": {}, "test": {}},
             )  # fmt: skip
+            if settings != group["settings"]:
+                raise ClaimTableError(
+                    f"{label}: settings {settings} in {path}, {group['settings']} elsewhere; "
+                    "the rows are not one configuration."
+                )
             if row["seed"] in group["test"]:
                 raise ClaimTableError(
                     f"{label} seed {row['seed']} appears twice ({path}); give each run once."
@@ -147,6 +154,17 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
             group["val"][row["seed"]] = float(row["val_accuracy"])
             group["test"][row["seed"]] = float(row["test_accuracy"])
     return groups
+
+
+def _describe(settings: dict[str, Any]) -> str:
+    """``lr 5e-3, α 32, cosine, warm-up 0.1``: what the label does not say."""
+    parts = [f"lr {settings['lr']:g}"]
+    if settings.get("alpha") is not None:
+        parts.append(f"α {settings['alpha']:g}")
+    parts.append(settings["lr_schedule"])
+    if settings["warmup_ratio"]:
+        parts.append(f"warm-up {settings['warmup_ratio']:g}")
+    return ", ".join(parts)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -192,12 +210,21 @@ def claim_table(
                 },
             }
         )
-    header = ["method", "adapter params", f"of {reference}", "seeds", "val acc %", "test acc %"]
+    header = [
+        "method",
+        "settings",
+        "adapter params",
+        f"of {reference}",
+        "seeds",
+        "val acc %",
+        "test acc %",
+    ]
     header += [f"Δ test vs {g['label']} (95% CI)" for g in lora]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in stats:
         cells = [
             s["label"],
+            _describe(s["settings"]),
             f"{s['adapter_params']:,}",
             f"{100 * s['fraction']:.1f}%",
             str(len(s["seeds"])),

@@ -69,7 +69,7 @@ def test_statistics_are_the_paired_t_interval(files):
     pooled = 2.306 * math.sqrt(statistics.variance(TT) / 5 + statistics.variance(LORA8) / 5)
     assert half != pytest.approx(pooled)
     assert "LoRA r=1" in tt["paired"] and "LoRA r=8" not in by["LoRA r=8"]["paired"]
-    assert "| TT-LoRA r=4 | 6,144 | 8.3% | 5 |" in table
+    assert "| TT-LoRA r=4 | lr 0.001, α 16, constant | 6,144 | 8.3% | 5 |" in table
     assert f"{100 * mean:+.1f} [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}]" in table
 
 
@@ -98,6 +98,9 @@ def test_mixed_protocols_and_duplicates_are_refused(tmp_path):
     c = write(tmp_path / "c", rows("lora", 8, 73728, LORA8))
     with pytest.raises(claim.ClaimTableError, match="LoRA r=8 seed 0 appears twice"):
         claim.claim_table([a, c])
+    d = write(tmp_path / "d", rows("lora", 8, 73728, LORA8), lr_schedule="cosine")
+    with pytest.raises(claim.ClaimTableError, match="not one configuration"):
+        claim.claim_table([a, d])
     with pytest.raises(claim.ClaimTableError, match="reference 'LoRA r=16'"):
         claim.claim_table([a], reference="LoRA r=16")
 
@@ -125,3 +128,15 @@ def test_write_replaces_only_the_block(files, tmp_path):
     doc.write_text("no markers\n")
     assert claim.main([str(f) for f in files] + ["--write", str(doc)]) == 2
     assert doc.read_text() == "no markers\n"
+
+
+def test_each_method_shows_its_own_schedule(tmp_path):
+    a = write(
+        tmp_path / "a",
+        rows("tt-lora", 4, 6144, TT) + rows("lora", 8, 73728, LORA8),
+        lr_schedule={"tt-lora": "cosine"},
+        warmup_ratio={"tt-lora": 0.1},
+    )
+    _, table = claim.claim_table([a])
+    assert "| TT-LoRA r=4 | lr 0.001, α 16, cosine, warm-up 0.1 |" in table
+    assert "| LoRA r=8 | lr 0.001, α 16, constant |" in table

@@ -100,7 +100,7 @@ def test_warmup_steps_round_up():
     ("kwargs", "message"),
     [
         ({"lr_schedule": "exponential"}, "lr_schedule must be one of constant, linear, cosine"),
-        ({"lr_schedule": None}, "lr_schedule must be one of"),
+        ({"lr_schedule": "Cosine"}, "lr_schedule must be one of"),
         ({"warmup_ratio": 1.0}, "warmup_ratio must be a fraction"),
         ({"warmup_ratio": -0.1}, "warmup_ratio must be a fraction"),
         ({"warmup_ratio": True}, "warmup_ratio must be a fraction"),
@@ -121,3 +121,17 @@ def test_config_passes_the_schedule_and_names_it_in_its_identity():
     assert config.identity()["lr_schedule"] == "cosine"
     # a constant run's identity is the one saved before schedules existed (--resume still works)
     assert "lr_schedule" not in FinetuneConfig().identity()
+    with pytest.raises(InvalidInputError, match="lr_schedule must be one of"):
+        TrainSettings(lr=1e-3, lr_schedule=None)
+
+
+def test_the_schedule_can_differ_per_method():
+    config = FinetuneConfig(lr_schedule={"tt-lora": "cosine"}, warmup_ratio={"tt-lora": 0.1})
+    tt, lora = (config.train_settings(0, method=m) for m in ("tt-lora", "lora"))
+    assert (tt.lr_schedule, tt.warmup_ratio) == ("cosine", 0.1)
+    assert (lora.lr_schedule, lora.warmup_ratio) == ("constant", 0.0)
+    assert config.identity()["lr_schedule"] == {"tt-lora": "cosine"}
+    with pytest.raises(InvalidInputError, match="lr_schedule must be one of"):
+        FinetuneConfig(lr_schedule={"lora": "step"})
+    with pytest.raises(InvalidInputError, match="not among the methods run"):
+        FinetuneConfig(methods=["lora"], warmup_ratio={"tt-lora": 0.1})
