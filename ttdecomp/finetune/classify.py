@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._files import write_with
 from ..errors import InvalidInputError
 from .data import Splits
 from .methods import MethodSettings, apply_method, save_adapted
@@ -243,9 +244,8 @@ def run_classification(
         from safetensors.numpy import save_file
 
         save_adapted(adapted, run_dir / "adapter")
-        tmp = run_dir / f".{LOGITS_FILE}.tmp"
-        save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32)}, str(tmp))
-        os.replace(tmp, run_dir / LOGITS_FILE)
+        tensors = {"logits": np.ascontiguousarray(logits, dtype=np.float32)}
+        write_with(run_dir / LOGITS_FILE, lambda tmp: save_file(tensors, str(tmp)))
     return {
         "method": settings.method,
         "seed": train.seed,
@@ -264,12 +264,21 @@ def run_classification(
     }
 
 
-def load_finetuned(output: str | os.PathLike, method: str, seed: int = 0) -> tuple[Any, Any]:
+def load_finetuned(
+    output: str | os.PathLike,
+    method: str,
+    seed: int = 0,
+    *,
+    model: str | os.PathLike | None = None,
+) -> tuple[Any, Any]:
     """Reload the model a ``ttdecomp finetune`` run trained: ``(model, tokenizer)``, eval mode.
 
-    The base model is loaded fresh from the path recorded in ``results.json`` and the run's
-    saved adapter (with its head) is put on it; its predictions equal the run's (the run's test
-    logits are in ``runs/<method>-seed<k>/test_logits.safetensors``).
+    The base model is loaded fresh and the run's saved adapter (with its head) is put on it;
+    its predictions equal the run's (the run's test logits are in
+    ``runs/<method>-seed<k>/test_logits.safetensors``). Paths in ``results.json`` are followed
+    only inside ``output``: the adapter must be the run's own ``runs/<method>-seed<k>``, and
+    the base model is the packaged model the run names, or ``model`` (a folder or Hub id you
+    trust) for any other; a recorded base-model path outside ``output`` is never followed.
 
     Examples
     --------
@@ -279,18 +288,46 @@ def load_finetuned(output: str | os.PathLike, method: str, seed: int = 0) -> tup
     """
     from transformers import AutoTokenizer
 
+    from . import assets
     from .methods import load_adapted
-    from .report import load_results
+    from .report import RESULTS_FILE, load_results
 
     results = load_results(output)
-    rows = [r for r in results["rows"] if r["method"] == method and r["seed"] == seed]
+    root = Path(output).resolve()
+    where = Path(output) / RESULTS_FILE
+    rows = [r for r in results["rows"] if r.get("method") == method and r.get("seed") == seed]
     if not rows:
-        have = sorted(f"{r['method']} seed {r['seed']}" for r in results["rows"])
+        have = sorted(f"{r.get('method')} seed {r.get('seed')}" for r in results["rows"])
         raise InvalidInputError(
             f"{output} has no finished run of {method} with seed {seed}; it has {have}."
         )
-    model_dir = results["config"]["model_path"]
+    run_dir = rows[0].get("run_dir")
+    expected = f"runs/{method}-seed{seed}"
+    adapter = (Path(output) / str(run_dir) / "adapter").resolve()
+    if run_dir != expected or not adapter.is_relative_to(root):
+        raise InvalidInputError(
+            f"{where} records run_dir {run_dir!r} for {method} seed {seed}; expected "
+            f"{expected!r} inside {output}. ttdecomp follows no path out of the run folder; the "
+            "file was edited or not written by ttdecomp."
+        )
+    if model is None:
+        name = (results.get("config") or {}).get("identity", {}).get("model")
+        key = assets.canonical_model_name(name) if isinstance(name, str) else None
+        if key is not None:
+            model = assets.model_path(key)
+        else:
+            recorded = (results.get("config") or {}).get("model_path")
+            if not isinstance(recorded, str) or not (
+                (Path(output) / recorded).resolve().is_relative_to(root)
+            ):
+                raise InvalidInputError(
+                    f"{where} records the base model at {recorded!r}, outside the run folder; "
+                    "ttdecomp does not follow paths out of a run folder it reads. Pass the base "
+                    f"model yourself: load_finetuned({str(output)!r}, {method!r}, {seed}, "
+                    f"model={recorded!r})."
+                )
+            model = Path(output) / recorded
     labels = results["data"]["labels"]
-    model = load_classifier(model_dir, labels, seed)
-    model = load_adapted(model, Path(output) / rows[0]["run_dir"] / "adapter")
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    net = load_classifier(model, labels, seed)
+    net = load_adapted(net, adapter)
+    return net, AutoTokenizer.from_pretrained(str(model))
