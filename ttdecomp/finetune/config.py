@@ -63,8 +63,10 @@ class FinetuneConfig:
         dict per method (``{"tt-lora": 5e-3, "lora": 1e-3}``).
     tt_shape : sequence of int, optional
         TT-LoRA's flat shape (input factors then output factors) for every target.
-    epochs, max_steps, batch_size, max_length, eval_every, weight_decay
-        Training (see :class:`~ttdecomp.finetune.train.TrainSettings`); ``max_length`` in tokens.
+    epochs, max_steps, batch_size, max_length, eval_every, weight_decay, lr_schedule, warmup_ratio
+        Training (see :class:`~ttdecomp.finetune.train.TrainSettings`); ``max_length`` in tokens;
+        ``lr_schedule`` and ``warmup_ratio`` take one value for every method or a dict per
+        method (``{"tt-lora": "cosine"}``; a method not named keeps ``"constant"`` and ``0``).
     targets : sequence of str, optional
         Target modules; default: the query and value projections of the model.
     sizes : (int, int, int), optional
@@ -104,6 +106,8 @@ class FinetuneConfig:
     max_length: int | None = None
     eval_every: int | None = None
     weight_decay: float = 0.01
+    lr_schedule: Any = "constant"
+    warmup_ratio: Any = 0.0
     targets: Sequence[str] | None = None
     sizes: tuple[int, int, int] | None = None
     device: str = "cpu"
@@ -166,7 +170,8 @@ class FinetuneConfig:
         if self.tt_shape is not None:
             self.tt_shape = [int(s) for s in self.tt_shape]
         self.method_settings()  # validates rank/alpha/lr/tt_shape for every method
-        self.train_settings(self.seeds[0])
+        for method in self.methods:  # and the schedule of each
+            self.train_settings(self.seeds[0], method=method)
 
     @property
     def task(self) -> str:
@@ -212,14 +217,24 @@ class FinetuneConfig:
             )
         return out
 
-    def train_settings(self, seed: int, *, progress: bool = False) -> TrainSettings:
-        """Training settings of one run (the learning rate is each method's own)."""
+    def train_settings(
+        self, seed: int, *, progress: bool = False, method: str | None = None
+    ) -> TrainSettings:
+        """Training settings of one run (the learning rate is each method's own); ``method``
+        picks its schedule when ``lr_schedule`` or ``warmup_ratio`` is given per method."""
+        schedule: dict[str, Any] = {}
+        for name, default in (("lr_schedule", "constant"), ("warmup_ratio", 0.0)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                value = self._override(value, method, name) if method is not None else None
+            schedule[name] = default if value is None else value
         return TrainSettings(
             lr=1e-3,
             epochs=self.epochs,
             max_steps=self.max_steps,
             batch_size=self.batch_size,
             weight_decay=self.weight_decay,
+            **schedule,
             seed=seed,
             device=self.device,
             eval_every=self.eval_every,
@@ -246,7 +261,18 @@ class FinetuneConfig:
                 for name, default in _SOURCE_DEFAULTS.items()
                 if getattr(self, name) != default
             },
+            # named only when not the constant schedule, so runs saved before it still resume
+            **(
+                {"lr_schedule": _plain(self.lr_schedule), "warmup_ratio": _plain(self.warmup_ratio)}
+                if (self.lr_schedule, self.warmup_ratio) != ("constant", 0.0)
+                else {}
+            ),
         }
+
+
+def _plain(value: Any) -> Any:
+    """A per-method mapping as a plain dict (JSON), other values as they are."""
+    return dict(value) if isinstance(value, Mapping) else value
 
 
 def task_of(data: str, model_task: str) -> str:

@@ -347,7 +347,7 @@ def finetune(
         for i, (method, seed) in enumerate(plan, 1):
             run_dir = fresh_run_dir(method, seed)
             say(f"run {i}/{len(plan)}: {method}, seed {seed}")
-            train = config.train_settings(seed, progress=progress)
+            train = config.train_settings(seed, progress=progress, method=method)
             record(method, seed, job.run(settings[method], train, run_dir), run_dir)
             if should_stop is not None and should_stop() and i < len(plan):
                 raise KeyboardInterrupt
@@ -359,7 +359,7 @@ def finetune(
                 pool.submit(
                     (method, seed),
                     settings[method],
-                    config.train_settings(seed, progress=progress),
+                    config.train_settings(seed, progress=progress, method=method),
                     run_dir,
                 )
             bar = None
