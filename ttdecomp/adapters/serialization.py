@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import struct
-import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import _files
 from ..errors import ShapeError
 from .config import (
     CONFIG_NAME,
@@ -145,72 +144,10 @@ def _serialise(model: nn.Module, config: TTAdapterConfig, adapter_name: str) -> 
     return weights, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _check_target(path: Path) -> None:
-    """Refuse a target file or folder that is a symbolic link, or a folder that is a file."""
-    for p in (path.parent, path):
-        if p.is_symlink():
-            raise AdapterFileError(
-                f"{p} is a symbolic link; ttdecomp never writes through a symbolic link (it could "
-                "overwrite a file outside the save folder). Remove the link or save elsewhere."
-            )
-    for p in (path.parent, *path.parent.parents):
-        if p.exists() and not p.is_dir():
-            raise AdapterFileError(
-                f"cannot save into {path.parent}: {p} is a file, not a folder. Choose a folder."
-            )
-    if path.is_dir():
-        raise AdapterFileError(f"cannot write {path}: it is a folder. Remove it or save elsewhere.")
-
-
 def write_files(files: Sequence[tuple[Path, bytes]]) -> None:
-    """Write ``[(path, bytes), ...]`` all-or-nothing: temporaries first, renamed in list order.
-
-    Temporaries are created with ``O_EXCL`` in the target's folder (so the rename stays on one
-    file system and never follows a link); on any failure they are removed, folders this call
-    created are removed again, and :class:`AdapterFileError` names the target and the reason.
-    """
-    for path, _ in files:
-        _check_target(path)
-    created: list[Path] = []
-    temps: list[tuple[str, Path]] = []
-    current: Path | None = None
-    try:
-        for path, data in files:
-            current, folder = path, path.parent
-            missing = [p for p in (folder, *folder.parents) if not p.exists()]
-            folder.mkdir(parents=True, exist_ok=True)
-            created.extend(reversed(missing))
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-            temps.append((tmp, path))
-            if hasattr(os, "fchmod"):  # mkstemp makes 0600; keep the file's mode, else 0644
-                os.fchmod(fd, path.stat().st_mode & 0o777 if path.is_file() else 0o644)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for tmp, path in temps:
-            current = path
-            _check_target(path)
-            os.replace(tmp, path)
-    except OSError as exc:
-        _clean(temps, created)
-        raise AdapterFileError(
-            f"cannot write {current} ({exc.strerror or exc}); the "
-            "previous files there, if any, are unchanged. Check that the folder is writable and "
-            "the disk has space."
-        ) from None
-    except BaseException:
-        _clean(temps, created)
-        raise
-
-
-def _clean(temps: Sequence[tuple[str, Path]], created: Sequence[Path]) -> None:
-    for tmp, _ in temps:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    for folder in reversed(created):
-        with contextlib.suppress(OSError):
-            folder.rmdir()
+    """Write ``[(path, bytes), ...]`` all-or-nothing (:func:`ttdecomp._files.write_files`),
+    raising :class:`AdapterFileError`."""
+    _files.write_files(files, error=AdapterFileError)
 
 
 def remove_stale_adapters(root: Path, keep: Sequence[str]) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -32,36 +31,30 @@ def run_job(
     parser: argparse.ArgumentParser,
     body: Callable[[Callable[[], bool]], int],
     *,
-    interrupted: str,
+    interrupted: Callable[[], str],
     speak: bool = True,
 ) -> int:
-    """Run ``body(should_stop)`` with Ctrl-C kept for a clean stop; return the exit status.
+    """Run ``body(should_stop)``; Ctrl-C and SIGTERM stop it cleanly; return the exit status.
 
-    ``should_stop()`` is true once Ctrl-C was pressed (seen even when Python drops the
-    ``KeyboardInterrupt`` in a finalizer). An interrupt prints ``interrupted`` and returns 130;
-    a :class:`~ttdecomp.errors.TTError` is one line on stderr, with the option it names
-    written as its flag, and returns 2. ``speak=False`` (a torchrun process other than rank 0)
-    prints nothing.
+    ``should_stop()`` is true once a signal came (:func:`ttdecomp.runs.pool.stop_on_signals`).
+    An interrupt prints ``interrupted()`` (what was kept) and returns 130; a
+    :class:`~ttdecomp.errors.TTError` is one line on stderr, with the option it names written
+    as its flag, and returns 2. ``speak=False`` (a torchrun process other than rank 0) prints
+    nothing.
     """
-    pressed: list[int] = []
+    from ..runs.pool import stop_on_signals
 
-    def on_sigint(signum: int, frame: object) -> None:
-        pressed.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        return body(lambda: bool(pressed))
+        with stop_on_signals() as should_stop:
+            return body(should_stop)
     except KeyboardInterrupt:
         if speak:
-            print(f"\nttdecomp {command}: interrupted. {interrupted}", file=sys.stderr)
+            print(f"\nttdecomp {command}: interrupted. {interrupted()}", file=sys.stderr)
         return 130
     except (TTError, FileNotFoundError) as exc:
         if speak:
             print(f"ttdecomp {command}: error: {error_message(exc, parser)}", file=sys.stderr)
         return 2
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager

@@ -95,6 +95,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def _saved(output: str) -> str:
+    """What an interrupted run left: its finished rows, or nothing."""
+    from ..errors import TTError
+    from ..finetune.report import load_results
+
+    try:
+        rows = load_results(output)["rows"]
+    except TTError:
+        rows = []
+    if not rows:
+        return "No run had finished; nothing was saved."
+    return (
+        f"{len(rows)} finished run(s) are saved in {output}/results.json; continue with the "
+        "same options and --resume."
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``ttdecomp finetune`` with parsed ``args``; print the table; return the exit status."""
     from ..finetune.config import FinetuneConfig
@@ -122,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
         "finetune",
         args.parser,
         body,
-        interrupted=f"Every finished run is saved in {args.output}/results.json; continue "
-        "with the same options and --resume.",
+        interrupted=lambda: _saved(args.output),
         speak=main,
     )

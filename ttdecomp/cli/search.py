@@ -121,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         "search",
         args.parser,
         body,
-        interrupted=f"Every finished trial is kept in the study (and {args.output}/search.json); "
-        "continue with the same options and --resume.",
+        interrupted=lambda: (
+            f"Every finished trial is kept in the study (and {args.output}/"
+            "search.json); continue with the same options and --resume."
+        ),
     )

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .._validation import check_bool, check_choice, check_int, check_real
+from ..assets import registry as assets
 from ..errors import InvalidInputError, InvalidOptionError
-from . import assets
 from .methods import DEFAULT_METHODS, METHODS, MethodSettings, check_method, default_settings
-from .train import TrainSettings
+from .train import LR_SCHEDULES, TrainSettings
 
 __all__ = [
     "BNB_4BIT_TYPES",
@@ -29,6 +29,14 @@ __all__ = [
     "REPORT_TO",
     "FinetuneConfig",
 ]
+
+_SOURCE_DEFAULTS = {
+    "revision": None,
+    "trust_remote_code": False,
+    "data_config": None,
+    "text_column": "text",
+    "label_column": "label",
+}
 
 DEFAULTS = {
     "classification": {"sizes": (1000, 300, 600), "epochs": 4, "max_steps": None,
@@ -58,6 +66,7 @@ _METHOD = "method settings (VALUE for every method that has it, or METHOD=VALUE,
 _TRAINING = "training"
 _DEVICE = "device and logging"
 _QUANT = "quantized base model"
+_SOURCE = "Hub model and data"
 # upper bounds of the integer training options (all at least 1)
 _INT_LIMITS = {
     "epochs": 1000,
@@ -115,14 +124,16 @@ class FinetuneConfig:
         dict per method (``{"tt-lora": 5e-3, "lora": 1e-3}``).
     tt_shape : sequence of int, optional
         TT-LoRA's flat shape (input factors then output factors) for every target.
-    epochs, max_steps, batch_size, max_length, eval_every, weight_decay
-        Training (see :class:`~ttdecomp.finetune.train.TrainSettings`); ``max_length`` in tokens.
+    epochs, max_steps, batch_size, max_length, eval_every, weight_decay, lr_schedule, warmup_ratio
+        Training (see :class:`~ttdecomp.finetune.train.TrainSettings`); ``max_length`` in tokens;
+        ``lr_schedule`` and ``warmup_ratio`` take one value for every method or a dict per
+        method (``{"tt-lora": "cosine"}``; a method not named keeps ``"constant"`` and ``0``).
     targets : sequence of str, optional
         Target modules; default: the query and value projections of the model.
-    sizes : (int, int, int)
-        Train / validation / test sizes when the data is split here.
-    device : str
-        ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
+    sizes : (int, int, int), optional
+        Train / validation / test sizes when the data is split here. Default: the packaged
+        data's own sizes; a user's data is split 70/10/20% of its usable rows per class
+        (``--quick``: of at most 620 rows).
     device : str
         ``auto`` (the default): CUDA, then MPS, then CPU; under ``torchrun`` each process
         takes the GPU of its ``LOCAL_RANK``.
@@ -142,6 +153,14 @@ class FinetuneConfig:
         training precision's.
     quick : bool
         The fast end-to-end check: sizes, epochs and length from :data:`QUICK` unless given.
+    revision : str, optional
+        A Hub model's branch, tag or commit.
+    trust_remote_code : bool
+        Run a Hub model's own Python code (off by default).
+    data_config : str, optional
+        A Hub dataset's configuration (e.g. ``sst2`` of ``glue``).
+    text_column, label_column : str
+        The columns of the text and the label in a file or dataset.
 
     Every field is also a ``ttdecomp finetune`` option (``batch_size`` is ``--batch-size``;
     ``sizes`` is ``--train-size``, ``--val-size`` and ``--test-size``). An invalid value
@@ -156,7 +175,8 @@ class FinetuneConfig:
     model: str = field(
         default="minilm",
         metadata={
-            "help": "a packaged model (minilm, smollm2) or a local Hugging Face folder",
+            "help": "a packaged model (minilm, smollm2, mpnet), a local Hugging Face folder, "
+            "or a Hub id (org/name, from the Hub or its cache)",
             "group": _WHAT,
         },
     )
@@ -164,7 +184,7 @@ class FinetuneConfig:
         default="tweets",
         metadata={
             "help": "packaged data (tweets, chatterbot), a CSV/JSONL file with text,label "
-            "columns, or a folder saved by datasets",
+            "columns, a folder saved by datasets, or a Hub dataset id",
             "group": _WHAT,
         },
     )
@@ -175,16 +195,6 @@ class FinetuneConfig:
     seeds: Sequence[int] = field(
         default=(0,),
         metadata={"help": "one run per seed and method", "group": _WHAT, "list": True, "type": int},
-    )
-    targets: Sequence[str] | None = field(
-        default=None,
-        metadata={
-            "help": "target modules",
-            "default_text": "the model's query and value projections",
-            "group": _WHAT,
-            "list": True,
-            "type": str,
-        },
     )
     rank: Any = field(
         default=None,
@@ -274,6 +284,34 @@ class FinetuneConfig:
     weight_decay: float = field(
         default=0.01, metadata={"help": "AdamW weight decay", "group": _TRAINING}
     )
+    lr_schedule: Any = field(
+        default="constant",
+        metadata={
+            "help": f"learning-rate schedule after the warm-up, one of {', '.join(LR_SCHEDULES)}",
+            "group": _TRAINING,
+            "per_method": True,
+            "type": str,
+        },
+    )
+    warmup_ratio: Any = field(
+        default=0.0,
+        metadata={
+            "help": "fraction of the steps spent warming the learning rate up from 0",
+            "group": _TRAINING,
+            "per_method": True,
+            "type": float,
+        },
+    )
+    targets: Sequence[str] | None = field(
+        default=None,
+        metadata={
+            "help": "target modules",
+            "default_text": "the model's query and value projections",
+            "group": _WHAT,
+            "list": True,
+            "type": str,
+        },
+    )
     sizes: tuple[int, int, int] | None = field(
         default=None,
         metadata={
@@ -348,6 +386,31 @@ class FinetuneConfig:
             "group": _TRAINING,
         },
     )
+    revision: str | None = field(
+        default=None,
+        metadata={"help": "a Hub model's branch, tag or commit", "group": _SOURCE, "type": str},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "run the Python code a Hub model ships (only for repositories you trust)",
+            "group": _SOURCE,
+        },
+    )
+    data_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "a Hub dataset's configuration (e.g. sst2 of glue)",
+            "group": _SOURCE,
+            "type": str,
+        },
+    )
+    text_column: str = field(
+        default="text", metadata={"help": "the text column of the data", "group": _SOURCE}
+    )
+    label_column: str = field(
+        default="label", metadata={"help": "the label column of the data", "group": _SOURCE}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):
@@ -385,7 +448,10 @@ class FinetuneConfig:
             check_int(getattr(self, name), name, low=1, high=high, optional=True)
         defaults = (QUICK if self.quick else DEFAULTS)[self.task]
         given_steps = self.max_steps is not None or self.epochs is not None
+        own_data = self.task == "classification" and self.data not in assets.DATA
         for name, value in defaults.items():
+            if name == "sizes" and own_data:
+                continue  # a user's data is split in proportion (finetune.data.FRACTIONS)
             if getattr(self, name) is None and not (name == "max_steps" and given_steps):
                 setattr(self, name, value)
         if self.sizes is not None:
@@ -412,7 +478,8 @@ class FinetuneConfig:
         if self.tt_shape is not None:
             self.tt_shape = [check_int(s, "tt_shape", low=1) for s in self.tt_shape]
         self.method_settings()  # validates rank/alpha/lr/tt_shape for every method
-        self.train_settings(self.seeds[0])
+        for method in self.methods:  # and the schedule of each
+            self.train_settings(self.seeds[0], method=method)
 
     def _check_quantize(self) -> None:
         if self.quantize != "4bit":
@@ -493,14 +560,24 @@ class FinetuneConfig:
             )
         return out
 
-    def train_settings(self, seed: int, *, progress: bool = False) -> TrainSettings:
-        """Training settings of one run (the learning rate is each method's own)."""
+    def train_settings(
+        self, seed: int, *, progress: bool = False, method: str | None = None
+    ) -> TrainSettings:
+        """Training settings of one run (the learning rate is each method's own); ``method``
+        picks its schedule when ``lr_schedule`` or ``warmup_ratio`` is given per method."""
+        schedule: dict[str, Any] = {}
+        for name, default in (("lr_schedule", "constant"), ("warmup_ratio", 0.0)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                value = self._override(value, method, name) if method is not None else None
+            schedule[name] = default if value is None else value
         return TrainSettings(
             lr=1e-3,
             epochs=self.epochs,
             max_steps=self.max_steps,
             batch_size=self.batch_size,
             weight_decay=self.weight_decay,
+            **schedule,
             seed=seed,
             device=self.device,
             precision=self.precision,
@@ -524,7 +601,24 @@ class FinetuneConfig:
             "eval_every": self.eval_every,
             "weight_decay": self.weight_decay,
             "targets": list(self.targets) if self.targets is not None else None,
+            # recorded only when set, so that folders written before still resume
+            **{
+                name: getattr(self, name)
+                for name, default in _SOURCE_DEFAULTS.items()
+                if getattr(self, name) != default
+            },
+            # named only when not the constant schedule, so runs saved before it still resume
+            **(
+                {"lr_schedule": _plain(self.lr_schedule), "warmup_ratio": _plain(self.warmup_ratio)}
+                if (self.lr_schedule, self.warmup_ratio) != ("constant", 0.0)
+                else {}
+            ),
         }
+
+
+def _plain(value: Any) -> Any:
+    """A per-method mapping as a plain dict (JSON), other values as they are."""
+    return dict(value) if isinstance(value, Mapping) else value
 
 
 def task_of(data: str, model_task: str) -> str:

@@ -21,8 +21,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._files import replace_folder
 from ..errors import InvalidInputError
 from ..shapes import check_factor_count, factorize
 
@@ -447,25 +446,6 @@ def dry_run(
     return counts
 
 
-def _atomic_folder(folder: Path, write: Any) -> None:
-    """Run ``write(tmp)`` into a fresh temporary folder beside ``folder``, then rename it."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        write(tmp)
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_adapted(adapted: AdaptedModel, folder: str | Path) -> None:
     """Save what ``adapted`` trained into ``folder`` (replaced as a whole, atomically).
 
@@ -488,7 +468,7 @@ def save_adapted(adapted: AdaptedModel, folder: str | Path) -> None:
             save_file(state, str(tmp / _HEAD_FILE))
         (tmp / "ttdecomp_method.json").write_text(json.dumps(adapted.settings.to_dict(), indent=2))
 
-    _atomic_folder(Path(folder), write)
+    replace_folder(Path(folder), write)
 
 
 def load_adapted(model: nn.Module, folder: str | Path) -> nn.Module:
