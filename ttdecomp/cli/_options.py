@@ -262,7 +262,7 @@ def add_options(
                     metavar="N",
                     index=i,
                     size=len(parts),
-                    help=text,
+                    help=text.replace("%", "%%"),
                 )
             continue
         flag = flag_of(field)

@@ -17,6 +17,7 @@ from typing import Any
 from .._validation import check_bool, check_choice, check_int, check_real
 from ..assets import registry as assets
 from ..errors import InvalidInputError, InvalidOptionError
+from .data import FRACTIONS
 from .methods import DEFAULT_METHODS, METHODS, MethodSettings, check_method, default_settings
 from .train import LR_SCHEDULES, TrainSettings
 
@@ -318,10 +319,19 @@ class FinetuneConfig:
             "help": "train, validation and test examples",
             "group": _TRAINING,
             "type": int,
-            "parts": (
-                ("--train-size", f"training examples ({_task_defaults('sizes', 0)})"),
-                ("--val-size", f"validation examples ({_task_defaults('sizes', 1)})"),
-                ("--test-size", f"test examples ({_task_defaults('sizes', 2)})"),
+            "parts": tuple(
+                (
+                    flag,
+                    f"{what} ({_task_defaults('sizes', i)}; data of your own: "
+                    f"{100 * FRACTIONS[i]:.0f}% of its rows)",
+                )
+                for i, (flag, what) in enumerate(
+                    (
+                        ("--train-size", "training examples"),
+                        ("--val-size", "validation examples"),
+                        ("--test-size", "test examples"),
+                    )
+                )
             ),
         },
     )
