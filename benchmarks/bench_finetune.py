@@ -66,7 +66,7 @@ def _batches(count: int):
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
     from ttdecomp.finetune.assets import model_path
-    from ttdecomp.finetune.classify import TextDataset
+    from ttdecomp.finetune.tasks.classification import TextDataset
     from ttdecomp.finetune.data import load_classification
 
     splits = load_classification("tweets")
@@ -96,7 +96,7 @@ def _optimizer(model, lr: float):
 def _build(method: str, labels: list[str]):
     """The default model with ``method``'s default adapters, train mode, and its optimizer."""
     from ttdecomp.finetune.assets import model_path
-    from ttdecomp.finetune.classify import load_classifier
+    from ttdecomp.finetune.tasks.classification import load_classifier
     from ttdecomp.finetune.methods import apply_method, default_settings
 
     settings = default_settings(method)
@@ -184,7 +184,7 @@ def _inference_part(rounds: int, batches: list, labels: list[str], tt_model) -> 
     import torch
 
     from ttdecomp.finetune.assets import model_path
-    from ttdecomp.finetune.classify import load_classifier
+    from ttdecomp.finetune.tasks.classification import load_classifier
     from ttdecomp.finetune.methods import head_modules
 
     merged = copy.deepcopy(tt_model).merge_and_unload()

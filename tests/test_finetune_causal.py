@@ -225,7 +225,7 @@ def test_unknown_language_lists_the_known_ones():
 
 
 def test_head_only_is_refused_before_anything_loads(tmp_path):
-    from ttdecomp.finetune.causal import run_causal
+    from ttdecomp.finetune.tasks.causal_lm import run_causal
     from ttdecomp.finetune.methods import default_settings
     from ttdecomp.finetune.train import TrainSettings
 
@@ -248,7 +248,7 @@ def tiny(smollm2, dialogues):
     A short system message replaces the template's default one (20 tokens), so 32 tokens per
     example leave room for the reply.
     """
-    from ttdecomp.finetune.causal import evaluate_base
+    from ttdecomp.finetune.tasks.causal_lm import evaluate_base
     from ttdecomp.finetune.chat_tokens import tokenize_splits
     from ttdecomp.finetune.dialogues import DialogueSplits, reply_prompt, split_dialogues
 
@@ -272,7 +272,7 @@ def tiny(smollm2, dialogues):
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["tt-lora", "lora"])
 def test_two_steps_lower_the_held_out_loss(method, smollm2, tiny, tmp_path):
-    from ttdecomp.finetune.causal import run_causal
+    from ttdecomp.finetune.tasks.causal_lm import run_causal
     from ttdecomp.finetune.methods import default_settings
     from ttdecomp.finetune.train import TrainSettings
 
@@ -306,7 +306,7 @@ def test_two_steps_lower_the_held_out_loss(method, smollm2, tiny, tmp_path):
 @needs_smollm2
 @needs_chatterbot
 def test_prepare_causal_builds_the_shared_job_and_refuses_head_only(smollm2):
-    from ttdecomp.finetune.causal import prepare_causal
+    from ttdecomp.finetune.tasks.causal_lm import prepare_causal
     from ttdecomp.finetune.run import FinetuneConfig
 
     _, _, folder = smollm2

@@ -180,7 +180,7 @@ def test_run_writes_results_reloads_and_refuses_to_overwrite(assets, tmp_path, c
     from safetensors.numpy import load_file
     from transformers import DataCollatorWithPadding
 
-    from ttdecomp.finetune.classify import TextDataset, predict_logits
+    from ttdecomp.finetune.tasks.classification import TextDataset, predict_logits
     from ttdecomp.finetune.data import load_classification
 
     splits = load_classification(assets[1], sizes=(40, 20, 20))

