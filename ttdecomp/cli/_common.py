@@ -17,10 +17,10 @@ class RegistryHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     Method registry only then (it imports torch), so it lists what is registered at run time.
     """
 
-    def _get_help_string(self, action: argparse.Action) -> str:
+    def _format_action(self, action: argparse.Action) -> str:
         if callable(action.help):
             action.help = action.help()
-        return super()._get_help_string(action)
+        return super()._format_action(action)
 
 
 def method_help(text: str, setting: str | None = None) -> Callable[[], str]:
