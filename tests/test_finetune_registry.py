@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ class BitFit(Method):
     colour = "tab:red"
     summary = "the biases of the targeted layers"
     kind = "bias"
-    defaults = {"rank": None, "alpha": None, "lr": 2e-2}
+    defaults: ClassVar = {"rank": None, "alpha": None, "lr": 2e-2}
 
     def apply(self, model, settings, *, targets, heads, peft_task_type):
         for info in target_layers(model, targets):
@@ -150,7 +151,7 @@ def test_a_method_declaration_is_checked_when_registered():
 
     class BadDefaults(Method):
         name = "bad-defaults"
-        defaults = {"rank": 0, "alpha": None, "lr": 1e-3}
+        defaults: ClassVar = {"rank": 0, "alpha": None, "lr": 1e-3}
 
     with pytest.raises(InvalidInputError, match="rank 0 is out of range"):
         register_method(BadDefaults())
