@@ -46,6 +46,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: one core per worker,
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """``integration`` tests (real packaged weights) are ``slow`` too: ``pytest -m "not slow"``
+    is the development loop (a few minutes on 2 cores), the full suite is CI's."""
+    for item in items:
+        if item.get_closest_marker("integration") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory):
     """A tiny BERT sequence classifier folder with its tokenizer (no packaged asset), shared by

@@ -225,8 +225,8 @@ def test_unknown_language_lists_the_known_ones():
 
 
 def test_head_only_is_refused_before_anything_loads(tmp_path):
-    from ttdecomp.finetune.tasks.causal_lm import run_causal
     from ttdecomp.finetune.methods import default_settings
+    from ttdecomp.finetune.tasks.causal_lm import run_causal
     from ttdecomp.finetune.train import TrainSettings
 
     with pytest.raises(InvalidInputError, match="no separate head"):
@@ -248,9 +248,9 @@ def tiny(smollm2, dialogues):
     A short system message replaces the template's default one (20 tokens), so 32 tokens per
     example leave room for the reply.
     """
-    from ttdecomp.finetune.tasks.causal_lm import evaluate_base
     from ttdecomp.finetune.chat_tokens import tokenize_splits
     from ttdecomp.finetune.dialogues import DialogueSplits, reply_prompt, split_dialogues
+    from ttdecomp.finetune.tasks.causal_lm import evaluate_base
 
     model, tokenizer, _ = smollm2
     full = split_dialogues(dialogues, seed=0)
@@ -272,8 +272,8 @@ def tiny(smollm2, dialogues):
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["tt-lora", "lora"])
 def test_two_steps_lower_the_held_out_loss(method, smollm2, tiny, tmp_path):
-    from ttdecomp.finetune.tasks.causal_lm import run_causal
     from ttdecomp.finetune.methods import default_settings
+    from ttdecomp.finetune.tasks.causal_lm import run_causal
     from ttdecomp.finetune.train import TrainSettings
 
     _, tokenizer, folder = smollm2
@@ -306,8 +306,8 @@ def test_two_steps_lower_the_held_out_loss(method, smollm2, tiny, tmp_path):
 @needs_smollm2
 @needs_chatterbot
 def test_prepare_causal_builds_the_shared_job_and_refuses_head_only(smollm2):
-    from ttdecomp.finetune.tasks.causal_lm import prepare_causal
     from ttdecomp.finetune.run import FinetuneConfig
+    from ttdecomp.finetune.tasks.causal_lm import prepare_causal
 
     _, _, folder = smollm2
     config = FinetuneConfig(model=str(folder), data="chatterbot", sizes=(32, 8, 8), max_length=32)
@@ -318,9 +318,8 @@ def test_prepare_causal_builds_the_shared_job_and_refuses_head_only(smollm2):
     assert described["train_left_out"] > 0 and described["targets"] == ["q_proj", "v_proj"]
     json.dumps(described, allow_nan=False)
     assert len(job.fingerprint) == 16
-    bad = FinetuneConfig(model=str(folder), data="chatterbot", methods=["head-only"])
-    with pytest.raises(InvalidInputError, match="no separate head"):
-        prepare_causal(bad, folder, progress=False)
+    with pytest.raises(InvalidInputError, match="no separate head"):  # before any loading
+        FinetuneConfig(model=str(folder), data="chatterbot", methods=["head-only"])
     missing = FinetuneConfig(model=str(folder), data="chatterbot", targets=["nope"])
     with pytest.warns(TTWarning), pytest.raises(InvalidInputError, match="nope"):
         prepare_causal(missing, folder, progress=False)

@@ -8,6 +8,7 @@ asked number of finished ones.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
@@ -47,6 +48,7 @@ class SearchContext:
         self.metric = self.task_spec.metric
         self.model_config = self.job.model_config()
         self.base_settings = self.fconfig.method_settings()
+        self._counts: dict[str, int] = {}
         self.space = config.search_space(self._layer())
         self._check_space()
         self.storage_url = storage_url
@@ -69,11 +71,17 @@ class SearchContext:
         return next(iter(shapes)) if len(shapes) == 1 else None
 
     def count_params(self, settings: Any) -> int:
-        """Adapter parameters of ``settings`` (applied to a weightless copy of the model)."""
-        adapted = apply_method(
-            self._skeleton(), settings, targets=list(self.job.targets), task=self.task_spec
-        )
-        return int(adapted.adapter_params)
+        """Adapter parameters of ``settings`` (applied to a weightless copy of the model;
+        remembered per settings)."""
+        import json
+
+        key = json.dumps(settings.to_dict(), sort_keys=True)
+        if key not in self._counts:
+            adapted = apply_method(
+                self._skeleton(), settings, targets=list(self.job.targets), task=self.task_spec
+            )
+            self._counts[key] = int(adapted.adapter_params)
+        return self._counts[key]
 
     def _check_space(self) -> None:
         """Every TT shape (and method) of the space fits the targeted layers."""
@@ -231,6 +239,10 @@ def run_trials(
         callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=taken_states))
 
     def tag_and_count(study: Any, trial: Any) -> None:
+        if trial.user_attrs.get("evaluations"):
+            # what a trained model left in reference cycles (a full collection costs about a
+            # second with torch and transformers loaded: not after a trial that trained nothing)
+            gc.collect()
         if on_trial is not None:
             on_trial()
         if should_stop is not None and should_stop():
@@ -266,7 +278,7 @@ def run_trials(
                     objective_tagged,
                     n_trials=None if n_trials is None else max(1, n_trials - taken),
                     callbacks=[*callbacks, tag_and_count],
-                    gc_after_trial=True,
+                    gc_after_trial=False,
                 )
             except KeyboardInterrupt:  # Optuna has marked the running trial failed
                 return True

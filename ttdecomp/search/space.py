@@ -167,6 +167,11 @@ def _check_value(method: str, name: str, value: Any, where: str) -> Any:
                 "[1, 256], e.g. 4."
             )
         return value
+    if isinstance(value, str):
+        raise InvalidInputError(
+            f"{where}: {method} {name} {value!r} is a string, not a number; write it without "
+            "quotes, e.g. lr: 1e-3."
+        )
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidInputError(f"{where}: {method} {name} {value!r} is not a finite number.")
     if name == "lr" and not 0 < value < 1:
@@ -262,7 +267,8 @@ class SearchSpace:
         if not isinstance(spec, Mapping) or not spec:
             raise InvalidInputError(
                 f"{where} must map methods to their parameters, e.g. "
-                "{tt-lora: {tt_rank: [2, 4]}, lora: {r: [8]}}; got {spec!r}."
+                "{tt-lora: {tt_rank: [2, 4]}, lora: {r: [8]}}; "
+                f"got {spec!r}."
             )
         out = []
         for method, params in spec.items():
@@ -363,8 +369,61 @@ def default_space(
     return SearchSpace.from_dict(spec, "default search space")
 
 
+def _no_duplicates(where: str) -> Any:
+    """A JSON ``object_pairs_hook`` refusing a key given twice in one object."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise InvalidInputError(
+                    f"{where}: key {key!r} is given twice in one mapping; keep one (a later "
+                    "value would silently replace the first)."
+                )
+            out[key] = value
+        return out
+
+    return hook
+
+
+# YAML 1.2's floats: PyYAML follows YAML 1.1, which reads 1e-3 (no dot) as a string
+_YAML12_FLOAT = (
+    r"^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)"
+    r"|[-+]?(?:[0-9][0-9_]*)?\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+
+
+def _space_loader(yaml: Any, where: str) -> type:
+    """A ``SafeLoader`` that refuses duplicate keys and reads YAML 1.2 floats (``1e-3``)."""
+    import re
+
+    class SpaceLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    mark = key_node.start_mark
+                    raise InvalidInputError(
+                        f"{where}, line {mark.line + 1}: key {key!r} is given twice "
+                        "in one mapping; keep one (a later value would silently replace the "
+                        "first)."
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    SpaceLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(_YAML12_FLOAT), list("-+0123456789.")
+    )
+    return SpaceLoader
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """Read a space from a YAML (``.yaml``/``.yml``, needs PyYAML) or JSON file.
+
+    A key given twice in one mapping is refused; YAML numbers follow YAML 1.2 (``1e-3`` is a
+    number, as in JSON, where YAML 1.1 reads a string).
 
     Examples
     --------
@@ -388,12 +447,12 @@ def load_space(path: str | Path) -> SearchSpace:
                 "the space as JSON."
             ) from None
         try:
-            spec = yaml.safe_load(text)
+            spec = yaml.load(text, Loader=_space_loader(yaml, f"--space {path}"))  # a SafeLoader
         except yaml.YAMLError as exc:
             raise InvalidInputError(f"--space {path} is not valid YAML: {exc}") from None
     elif suffix == ".json":
         try:
-            spec = json.loads(text)
+            spec = json.loads(text, object_pairs_hook=_no_duplicates(f"--space {path}"))
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"--space {path} is not valid JSON: {exc}") from None
     else:

@@ -312,12 +312,13 @@ def detect_task(model: str, data: str) -> Task:
 def check_pairing(model: str, data: str, model_task: Task, data_task: Task, packaged: bool) -> None:
     """A model made for one task given data of another: refuse where it cannot switch.
 
-    A local causal LM can still be loaded as a sequence classifier (a new head); the packaged
-    models, and a classifier asked to generate, cannot switch.
+    A task that puts a new head on the model (classification) takes any local model, e.g. a
+    causal LM as a sequence classifier; the packaged models, and a classifier asked to
+    generate, cannot switch.
     """
     if model_task is data_task:
         return
-    if packaged or not data_task.fallback:
+    if packaged or not data_task.trains_head:
         raise InvalidInputError(
             f"--model {model} is a {model_task.name} model but --data {data} is "
             f"{data_task.name} data; use --model minilm with classification data or --model "
