@@ -165,7 +165,10 @@ def test_an_epoch_budget_is_spent_and_never_overspent_and_resume_spends_more(
     assert sum(t["epochs"] for t in again.trials) == 14.0 and len(again.trials) == 4
 
 
-def test_a_configuration_drawn_again_is_scored_without_training(tiny_classifier, toy_csv, tmp_path):
+def test_a_configuration_drawn_again_is_scored_without_training(
+    tiny_classifier, toy_csv, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(Objective, "MAX_REPEATS", 6)  # the space is exhausted sooner
     space = {"lora": {"r": [2], "lr": [1e-3]}}
     result = run(tiny_classifier, toy_csv, tmp_path / "r", space=space, n_trials=3)
     first, *again = result.trials
