@@ -327,7 +327,7 @@ def measure_causal(
     (this function's ``"dense_cost"``) skip measuring the original again."""
     from ..compress.measure import forward_cost
     from ..finetune.chat_tokens import CausalDataset, make_collator
-    from ..finetune.lm_eval import evaluate_lm
+    from ..finetune.tasks.lm_eval import evaluate_lm
 
     data = CausalDataset(dialogues, tokenizer, 128)
     collate = make_collator(tokenizer)

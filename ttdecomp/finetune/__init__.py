@@ -12,7 +12,7 @@ task; :func:`finetune` runs methods × seeds on one model and data set and write
   classification, causal-LM fine-tuning on dialogues.
 * :mod:`~ttdecomp.finetune.train` — :func:`fit`: validation-chosen state, timings, memory.
 * :mod:`~ttdecomp.finetune.smollm2`, :mod:`~ttdecomp.finetune.dialogues`,
-  :mod:`~ttdecomp.finetune.chat_tokens`, :mod:`~ttdecomp.finetune.lm_eval` — SmolLM2 from its
+  :mod:`~ttdecomp.finetune.chat_tokens`, :mod:`~ttdecomp.finetune.tasks.lm_eval` — SmolLM2 from its
   GGUF file, the chatterbot dialogues, chat-formatted tokens, held-out loss and replies.
 * :mod:`~ttdecomp.finetune.report` — the table, ``results.json``, the figures.
 * :mod:`~ttdecomp.finetune.config` — :class:`FinetuneConfig`: the options and their defaults.
@@ -32,7 +32,6 @@ from .assets import AssetMissingError, asset_status
 from .batching import LengthGroupedSampler, chunk_by_length, length_chunked, length_grouped
 from .data import Splits, load_classification, unlabelled_texts
 from .dialogues import load_chatterbot, split_dialogues
-from .lm_eval import evaluate_lm, generate_reply
 from .methods import (
     DEFAULT_METHODS,
     METHODS,
@@ -49,6 +48,7 @@ from .report import load_results
 from .run import FinetuneConfig, FinetuneResult, finetune, load_finetuned, prepare_job
 from .smollm2 import load_smollm2
 from .tasks import Job, Task, get_task, register_task, run_causal, task_names
+from .tasks.lm_eval import evaluate_lm, generate_reply
 from .train import FitResult, PeakMemory, TrainSettings, fit
 
 __all__ = [

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from ..finetune.methods import (
+    DEFAULT_METHODS,
     MethodSettings,
     check_method,
     default_settings,
@@ -340,7 +341,7 @@ class SearchSpace:
 
 
 def default_space(
-    methods: Sequence[str] = ("tt-lora", "lora"),
+    methods: Sequence[str] = DEFAULT_METHODS,
     layer: tuple[int, int] | None = None,
     *,
     quick: bool = False,

@@ -15,10 +15,10 @@ report and the search space then know it.
 Examples
 --------
 >>> from ttdecomp.finetune.methods import Method, register_method, unregister_method
->>> class QueryOnlyLoRA(LoRAMethod):
+>>> class SmallLoRA(LoRAMethod):  # LoRA with other recommended settings, under its own name
 ...     name = "lora-r2"
 ...     defaults = {"rank": 2, "alpha": 4.0, "lr": 1e-3}
->>> _ = register_method(QueryOnlyLoRA())
+>>> _ = register_method(SmallLoRA())
 >>> "lora-r2" in method_names(), default_settings("lora-r2").rank
 (True, 2)
 >>> unregister_method("lora-r2")

@@ -28,10 +28,10 @@ from typing import Any, ClassVar
 from ...errors import InvalidInputError
 from ..chat_tokens import CausalDataset, make_collator, tokenize_splits
 from ..dialogues import DialogueSplits, reply_prompt
-from ..lm_eval import evaluate_lm, generate_reply
 from ..methods import MethodSettings, apply_method, dry_run, get_method, save_adapted
 from ..smollm2 import load_causal_lm
 from ..train import TrainSettings, fit, is_main_process
+from .lm_eval import evaluate_lm, generate_reply
 from .registry import Task
 
 __all__ = [
