@@ -52,6 +52,7 @@ def smollm2(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------- the model
+@pytest.mark.integration  # the packaged SmolLM2 (a minute or more to load)
 @needs_smollm2
 def test_cached_checkpoint_reloads_clean_with_the_same_logits(smollm2):
     from transformers.trainer_utils import validate_quantization_for_training
@@ -131,6 +132,7 @@ def test_split_is_by_dialogue_deduplicated_and_shares_no_text(dialogues):
     assert counts["validation"] <= 20 and counts["test"] <= 30
 
 
+@pytest.mark.integration  # the packaged SmolLM2 (a minute or more to load)
 @needs_smollm2
 @needs_chatterbot
 def test_prompt_tokens_are_masked_and_the_reply_is_the_label(smollm2, dialogues):
@@ -156,6 +158,7 @@ def test_prompt_tokens_are_masked_and_the_reply_is_the_label(smollm2, dialogues)
     )
 
 
+@pytest.mark.integration  # the packaged SmolLM2 (a minute or more to load)
 @needs_smollm2
 @needs_chatterbot
 def test_long_examples_are_cut_to_max_length_and_counted(smollm2, dialogues):
@@ -303,6 +306,7 @@ def test_two_steps_lower_the_held_out_loss(method, smollm2, tiny, tmp_path):
     assert os.path.isdir(tmp_path / "adapter")
 
 
+@pytest.mark.integration  # the packaged SmolLM2 (a minute or more to load)
 @needs_smollm2
 @needs_chatterbot
 def test_prepare_causal_builds_the_shared_job_and_refuses_head_only(smollm2):
