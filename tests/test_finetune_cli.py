@@ -183,7 +183,7 @@ def test_run_writes_results_reloads_and_refuses_to_overwrite(assets, tmp_path, c
 
     splits = load_classification(assets[1], sizes=(40, 20, 20))
     for row in results["rows"]:
-        model, tokenizer = load_finetuned(out, row["method"], 0)
+        model, tokenizer = load_finetuned(out, row["method"], 0, model=assets[0])
         logits = predict_logits(
             model, TextDataset(splits.test, tokenizer, 12), DataCollatorWithPadding(tokenizer)
         )

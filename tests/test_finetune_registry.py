@@ -103,7 +103,7 @@ def test_a_method_registered_in_a_test_runs_through_finetune_quick(
     assert results["config"]["identity"]["sizes"] == [320, 100, 200]  # --quick's
     assert "bitfit-test" in printed and "head-only" in printed
     # saved with its own format, reloaded by its own load(): the run's predictions again
-    model, tokenizer = load_finetuned(out, "bitfit-test")
+    model, tokenizer = load_finetuned(out, "bitfit-test", model=tiny_classifier)
     assert (out / rows["bitfit-test"]["run_dir"] / "adapter" / "trained.safetensors").is_file()
     from safetensors.numpy import load_file
 

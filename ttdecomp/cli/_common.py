@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["RegistryHelpFormatter", "method_help", "progress_default"]
+__all__ = ["RegistryHelpFormatter", "method_help", "progress_default", "warnings_as_lines"]
 
 
 class RegistryHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -48,3 +50,20 @@ def progress_default(flag: bool | None) -> bool:
     except ImportError:
         return False
     return sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def warnings_as_lines(command: str) -> Iterator[None]:
+    """Print the library's warnings raised inside as ``ttdecomp COMMAND: warning: ...`` lines
+    on stderr, once each (not Python's file:line format meant for developers)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            yield
+        finally:
+            seen = set()
+            for w in caught:
+                text = str(w.message)
+                if text not in seen:
+                    seen.add(text)
+                    print(f"ttdecomp {command}: warning: {text}", file=sys.stderr)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 from typing import Any
 
@@ -238,18 +237,28 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from ..runs.pool import stop_on_signals
+
     main = is_main_process()
-    interrupted = []
+    # Ctrl-C and SIGTERM (timeout, a CI cancel, kill) stop the same way: finished rows kept
+    with stop_on_signals() as should_stop:
+        return _run(args, main, should_stop)
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        interrupted.append(signum)  # seen even if Python drops the exception in a finalizer
-        raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+def _saved(output: str) -> str:
+    """What an interrupted run left: its finished rows, or nothing."""
+    from ..finetune.report import load_results
+
     try:
-        return _run(args, main, lambda: bool(interrupted))
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        rows = load_results(output)["rows"]
+    except TTError:
+        rows = []
+    if not rows:
+        return "No run had finished; nothing was saved."
+    return (
+        f"{len(rows)} finished run(s) are saved in {output}/results.json; continue with the "
+        "same options and --resume."
+    )
 
 
 def _run(args: argparse.Namespace, main: bool, should_stop: Any) -> int:
@@ -294,11 +303,7 @@ def _run(args: argparse.Namespace, main: bool, should_stop: Any) -> int:
         )
     except KeyboardInterrupt:
         if main:
-            print(
-                f"\nttdecomp finetune: interrupted. Every finished run is saved in {args.output}/"
-                "results.json; continue with the same options and --resume.",
-                file=sys.stderr,
-            )
+            print(f"\nttdecomp finetune: interrupted. {_saved(args.output)}", file=sys.stderr)
         return 130
     except (TTError, FileNotFoundError) as exc:
         if main:

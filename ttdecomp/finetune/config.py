@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidInputError
-from .methods import DEFAULT_METHODS, MethodSettings, check_method, default_settings, get_method
+from .methods import (
+    DEFAULT_METHODS,
+    MethodSettings,
+    check_method,
+    default_settings,
+    get_method,
+    methods_for,
+)
 from .methods import method_names as _method_names
 from .tasks import Task, detect_task, get_task
 from .train import TrainSettings
@@ -96,7 +103,7 @@ class FinetuneConfig:
             if not get_method(m).supports(task.name):
                 raise InvalidInputError(
                     f"{get_method(m).why_not(task.name)}; choose among "
-                    f"{', '.join(task.method_names())} (--methods)."
+                    f"{', '.join(methods_for(task.name))} (--methods)."
                 )
         if not self.methods:
             raise InvalidInputError("no methods given; expected e.g. tt-lora,lora (--methods).")

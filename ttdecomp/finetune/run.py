@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidInputError
+from ..runs.folder import OutputFolder
 from . import assets
 from .config import FinetuneConfig
 from .methods import load_adapted
@@ -47,9 +47,7 @@ from .train import is_main_process, resolve_device, world_size
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_finetuned", "prepare_job"]
 
-#: Defaults per task, and those of ``--quick`` (an end-to-end check in about a minute on 2
-#: cores). Causal LMs: ``sizes`` None splits the dialogues 80/10/10%, one epoch of batch 8.
-_OWN_FILES = (RESULTS_FILE, "runs", "accuracy_vs_params.png", "validation_curves.png")
+_FIGURES = ("accuracy_vs_params.png", "validation_curves.png")
 
 
 @dataclass
@@ -88,26 +86,52 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _prepare_output(output: Path, resume: bool, overwrite: bool) -> list[dict[str, Any]] | None:
-    """Check the output folder; return the previous results when resuming."""
-    if resume and overwrite:
-        raise InvalidInputError("--resume and --overwrite contradict each other; choose one.")
-    if output.exists() and not output.is_dir():
-        raise InvalidInputError(f"--output {output} is a file; give a folder.")
-    if resume:
-        if not (output / RESULTS_FILE).exists():
-            raise InvalidInputError(
-                f"--resume: {output} holds no {RESULTS_FILE}; nothing to resume. Drop --resume "
-                "to start a new run there."
-            )
-        return [load_results(output)]
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise InvalidInputError(
-                f"--output {output} exists and is not empty; pass --overwrite to replace its "
-                "results, --resume to continue the run in it, or choose another folder."
-            )
-    return None
+def _run_dir(method: str, seed: int) -> str:
+    return f"runs/{method}-seed{seed}"
+
+
+def _legacy_files(document: dict[str, Any]) -> list[str]:
+    """What a ``results.json`` written before ``"files"`` was recorded owns: the document,
+    the run folders of its plan, and the figures of a complete run."""
+    config = document.get("config") or {}
+    plan = [_run_dir(m, s) for m in config.get("methods") or [] for s in config.get("seeds") or []]
+    done = [r["run_dir"] for r in document.get("rows") or [] if isinstance(r, dict)]
+    figures = list(_FIGURES) if document.get("complete") else []
+    return [RESULTS_FILE, *sorted(set(plan) | {d for d in done if isinstance(d, str)}), *figures]
+
+
+def _validate_results(document: dict[str, Any], path: Path) -> None:
+    """Refuse a ``results.json`` whose structure ``--resume`` cannot continue, saying what is
+    wrong."""
+
+    def fail(what: str) -> None:
+        raise InvalidInputError(
+            f"--resume: {path}: {what}; it was not written by ttdecomp finetune or was edited. "
+            "Start a new run in another --output (or with --overwrite)."
+        )
+
+    config = document.get("config")
+    if not isinstance(config, dict):
+        fail("'config' is missing or not an object")
+    for key in ("identity", "settings"):
+        if not isinstance(config.get(key), dict):
+            fail(f"'config.{key}' is missing or not an object")
+    rows = document.get("rows")
+    if not isinstance(rows, list):
+        fail("'rows' is missing or not a list")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            fail(f"rows[{i}] is a {type(row).__name__}, not an object")
+        if not isinstance(row.get("method"), str):
+            fail(f"rows[{i}] has no method name")
+        seed = row.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            fail(f"rows[{i}] has seed {seed!r}; expected a non-negative integer")
+        run_dir = row.get("run_dir")
+        if run_dir is not None and run_dir != _run_dir(row["method"], seed):
+            fail(f"rows[{i}] has run_dir {run_dir!r}; expected {_run_dir(row['method'], seed)!r}")
+    if len({(r["method"], r["seed"]) for r in rows}) != len(rows):
+        fail("a (method, seed) row appears twice")
 
 
 def _check_resumable(
@@ -211,7 +235,12 @@ def finetune(
     config = config or FinetuneConfig()
     say = echo or (lambda _line: None)
     output = Path(output)
-    previous = _prepare_output(output, resume, overwrite)
+    folder = OutputFolder(
+        output, RESULTS_FILE, validate=_validate_results, legacy_files=_legacy_files
+    )
+    main = is_main_process()
+    folder.prepare(resume=resume, overwrite=overwrite, probe=main)
+    previous = folder.previous if resume else None
     resolve_device(config.device)
     if figures:
         try:
@@ -233,18 +262,13 @@ def finetune(
     settings_dict = {m: s.to_dict() for m, s in settings.items()}
     rows: list[dict[str, Any]] = []
     if previous is not None:
-        _check_resumable(previous[0], identity, settings_dict, output)
+        _check_resumable(previous, identity, settings_dict, output)
         # every finished row is kept, also those of methods or seeds not asked for this time
-        rows = list(previous[0]["rows"])
-        settings_dict = {**previous[0]["config"].get("settings", {}), **settings_dict}
-    elif is_main_process() and output.exists():
-        for name in _OWN_FILES:
-            target = output / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    if is_main_process():
+        rows = list(previous["rows"])
+        settings_dict = {**previous["config"].get("settings", {}), **settings_dict}
+    elif main:
+        folder.clear_previous()  # --overwrite: what the previous run recorded, nothing else
+    if main:
         output.mkdir(parents=True, exist_ok=True)
     methods = list(config.methods) + sorted({r["method"] for r in rows} - set(config.methods))
     document = {
@@ -267,6 +291,15 @@ def finetune(
     if done:
         say(f"resuming: {len(done)} finished run(s) kept, {len(plan)} to go")
     order = {key: i for i, key in enumerate(plan)}
+    if main:
+        # recorded before any is written, so that an interrupted run's folder is ours too
+        folder.record(RESULTS_FILE)
+        if plan:
+            folder.mkdir("runs")
+        for method, seed in plan:
+            folder.claim(_run_dir(method, seed) + "/")
+        document["files"] = folder.files
+        write_json_atomic(output / RESULTS_FILE, document)
 
     def record(method: str, seed: int, row: dict[str, Any], run_dir: Path) -> None:
         row["run_dir"] = str(run_dir.relative_to(output))
@@ -279,14 +312,13 @@ def finetune(
         rows[:] = kept + new
         document["rows"] = rows
         document["summary"] = summarize(rows, methods)
-        if is_main_process():
+        if main:
             write_json_atomic(output / RESULTS_FILE, document)
 
     def fresh_run_dir(method: str, seed: int) -> Path:
-        run_dir = output / "runs" / f"{method}-seed{seed}"
-        if is_main_process() and run_dir.exists():
-            shutil.rmtree(run_dir)  # a run interrupted earlier starts over
-        return run_dir
+        if main:  # a run interrupted earlier starts over
+            return folder.fresh(_run_dir(method, seed))
+        return output / _run_dir(method, seed)
 
     jobs, threads = plan_jobs(
         len(plan), jobs=jobs, threads=threads, device=config.device, world_size=world_size()
@@ -303,7 +335,7 @@ def finetune(
                 raise KeyboardInterrupt
     else:
         say(f"{len(plan)} runs, {jobs} at a time ({threads} torch thread(s) each)")
-        with RunPool("ttdecomp.finetune.run:prepare_job", config, jobs, threads) as pool:
+        with RunPool(config, jobs, threads, on_killed=say) as pool:
             for method, seed in plan:
                 run_dir = fresh_run_dir(method, seed)
                 pool.submit(
@@ -333,21 +365,33 @@ def finetune(
     document["summary"] = summary
     document["complete"] = True
     figure_paths: list[Path] = []
-    if is_main_process():
+    if main:
         if figures:
             figure_paths = write_figures(rows, summary, output, task)
+            for path in figure_paths:
+                folder.record(path.name)
+            document["files"] = folder.files
         get_task(task).finalize(job, document)
         write_json_atomic(output / RESULTS_FILE, document)
     table = format_table(summary, task)
     return FinetuneResult(rows, summary, table, output, figure_paths)
 
 
-def load_finetuned(output: str | os.PathLike, method: str, seed: int = 0) -> tuple[Any, Any]:
+def load_finetuned(
+    output: str | os.PathLike,
+    method: str,
+    seed: int = 0,
+    *,
+    model: str | os.PathLike | None = None,
+) -> tuple[Any, Any]:
     """Reload the model a ``ttdecomp finetune`` run trained: ``(model, tokenizer)``, eval mode.
 
-    The base model is loaded fresh from the path recorded in ``results.json`` and the run's
-    saved adapter (with its head) is put on it; its predictions equal the run's (the run's test
-    logits are in ``runs/<method>-seed<k>/test_logits.safetensors``).
+    The base model is loaded fresh and the run's saved adapter (with its head) is put on it;
+    its predictions equal the run's (the run's test logits are in
+    ``runs/<method>-seed<k>/test_logits.safetensors``). Paths in ``results.json`` are followed
+    only inside ``output``: the adapter must be the run's own ``runs/<method>-seed<k>``, and
+    the base model is the packaged model the run names, or ``model`` (a folder or Hub id you
+    trust) for any other; a recorded base-model path outside ``output`` is never followed.
 
     Examples
     --------
@@ -358,14 +402,41 @@ def load_finetuned(output: str | os.PathLike, method: str, seed: int = 0) -> tup
     from transformers import AutoTokenizer
 
     results = load_results(output)
-    rows = [r for r in results["rows"] if r["method"] == method and r["seed"] == seed]
+    root = Path(output).resolve()
+    where = Path(output) / RESULTS_FILE
+    rows = [r for r in results["rows"] if r.get("method") == method and r.get("seed") == seed]
     if not rows:
-        have = sorted(f"{r['method']} seed {r['seed']}" for r in results["rows"])
+        have = sorted(f"{r.get('method')} seed {r.get('seed')}" for r in results["rows"])
         raise InvalidInputError(
             f"{output} has no finished run of {method} with seed {seed}; it has {have}."
         )
-    model_dir = results["config"]["model_path"]
+    run_dir = rows[0].get("run_dir")
+    expected = f"runs/{method}-seed{seed}"
+    adapter = (Path(output) / str(run_dir) / "adapter").resolve()
+    if run_dir != expected or not adapter.is_relative_to(root):
+        raise InvalidInputError(
+            f"{where} records run_dir {run_dir!r} for {method} seed {seed}; expected "
+            f"{expected!r} inside {output}. ttdecomp follows no path out of the run folder; the "
+            "file was edited or not written by ttdecomp."
+        )
+    if model is None:
+        name = (results.get("config") or {}).get("identity", {}).get("model")
+        key = assets.canonical_model_name(name) if isinstance(name, str) else None
+        if key is not None:
+            model = assets.model_path(key)
+        else:
+            recorded = (results.get("config") or {}).get("model_path")
+            if not isinstance(recorded, str) or not (
+                (Path(output) / recorded).resolve().is_relative_to(root)
+            ):
+                raise InvalidInputError(
+                    f"{where} records the base model at {recorded!r}, outside the run folder; "
+                    "ttdecomp does not follow paths out of a run folder it reads. Pass the base "
+                    f"model yourself: load_finetuned({str(output)!r}, {method!r}, {seed}, "
+                    f"model={recorded!r})."
+                )
+            model = Path(output) / recorded
     labels = results["data"]["labels"]
-    model = load_classifier(model_dir, labels, seed)
-    model = load_adapted(model, Path(output) / rows[0]["run_dir"] / "adapter")
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    net = load_classifier(model, labels, seed)
+    net = load_adapted(net, adapter)
+    return net, AutoTokenizer.from_pretrained(str(model))

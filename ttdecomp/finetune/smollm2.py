@@ -18,12 +18,11 @@ import functools
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .._files import replace_folder
 from ..errors import InvalidInputError
 
 __all__ = [
@@ -210,21 +209,13 @@ def _load_gguf(gguf: Path) -> tuple[Any, Any]:
 
 def _write_cache(model: Any, tokenizer: Any, folder: Path, gguf: Path) -> None:
     """Save ``model`` and ``tokenizer`` to ``folder`` atomically (temp folder, then rename)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    old = None
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _SOURCE_FILE).write_text(json.dumps(_source_record(gguf)), encoding="utf-8")
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.replace(folder, old / folder.name)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+
+    replace_folder(folder, write)
 
 
 @contextlib.contextmanager

@@ -10,18 +10,16 @@ apart, so "fraction of LoRA's" compares adapters with adapters.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from ..._files import replace_folder
 from ...errors import InvalidInputError
-from .registry import Method, MethodSettings, get_method
+from .registry import Method, MethodSettings, get_method, methods_for
 
 __all__ = [
     "METHOD_FILE",
@@ -131,7 +129,7 @@ def apply_method(
     method = get_method(settings.method)
     if not method.supports(task.name):
         raise InvalidInputError(
-            f"{method.why_not(task.name)}; choose among {', '.join(task.method_names())} "
+            f"{method.why_not(task.name)}; choose among {', '.join(methods_for(task.name))} "
             "(--methods)."
         )
     heads = head_modules(model) if task.trains_head else []
@@ -181,21 +179,6 @@ def dry_run(
             raise InvalidInputError(f"{method}: {exc}") from None
 
 
-def _atomic_folder(folder: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` into a fresh temporary folder beside ``folder``, then rename it."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        write(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_adapted(adapted: AdaptedModel, folder: str | Path) -> None:
     """Save what ``adapted`` trained into ``folder`` (replaced as a whole, atomically).
 
@@ -210,7 +193,7 @@ def save_adapted(adapted: AdaptedModel, folder: str | Path) -> None:
         method.save(adapted.model, tmp)
         (tmp / METHOD_FILE).write_text(json.dumps(adapted.settings.to_dict(), indent=2))
 
-    _atomic_folder(Path(folder), write)
+    replace_folder(Path(folder), write)
 
 
 def load_adapted(model: nn.Module, folder: str | Path) -> nn.Module:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ...errors import InvalidInputError
+from ...shapes import check_factor_count
 
 __all__ = [
     "Method",
@@ -47,6 +48,7 @@ __all__ = [
     "default_settings",
     "get_method",
     "method_names",
+    "methods_for",
     "register_method",
     "settings_from_mapping",
 ]
@@ -237,6 +239,17 @@ def method_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def methods_for(task: str) -> list[str]:
+    """The registered methods that apply to ``task`` (a task name).
+
+    Examples
+    --------
+    >>> "head-only" in methods_for("classification"), "head-only" in methods_for("causal")
+    (True, False)
+    """
+    return [name for name, method in _REGISTRY.items() if method.supports(task)]
+
+
 def get_method(name: Any) -> Method:
     """The registered method ``name``, or an error listing the known ones."""
     method = _REGISTRY.get(name) if isinstance(name, str) else None
@@ -326,13 +339,12 @@ class MethodSettings:
                     f"tt_shape is a TT-LoRA setting; {self.method} does not take one."
                 )
             shape = tuple(self.tt_shape)
-            if (
-                len(shape) < 2
-                or len(shape) > 64
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
+            check_factor_count(len(shape), "tt_shape (--tt-shape)")
+            if len(shape) < 2 or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape
             ):
                 raise InvalidInputError(
-                    f"tt_shape {list(self.tt_shape)!r} must be 2 to 64 positive integers, "
+                    f"tt_shape {list(self.tt_shape)!r} must be at least two positive integers, "
                     "input factors then output factors, e.g. 8,6,8,8,6,8 (--tt-shape)."
                 )
             object.__setattr__(self, "tt_shape", shape)

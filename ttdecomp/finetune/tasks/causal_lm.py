@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from ...errors import InvalidInputError
 from ..chat_tokens import CausalDataset, make_collator, tokenize_splits
 from ..dialogues import DialogueSplits, reply_prompt
-from ..methods import MethodSettings, apply_method, dry_run, get_method, save_adapted
+from ..methods import MethodSettings, apply_method, dry_run, get_method, methods_for, save_adapted
 from ..smollm2 import load_causal_lm
 from ..train import TrainSettings, fit, is_main_process
 from .lm_eval import evaluate_lm, generate_reply
@@ -53,7 +53,8 @@ def _check_method(method: str) -> None:
     spec = get_method(method)
     if not spec.supports(TASK.name):
         raise InvalidInputError(
-            f"{spec.why_not(TASK.name)}; choose among {', '.join(TASK.method_names())} (--methods)."
+            f"{spec.why_not(TASK.name)}; choose among {', '.join(methods_for(TASK.name))} "
+            "(--methods)."
         )
 
 

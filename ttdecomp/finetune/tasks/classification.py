@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..._files import write_with
 from ...errors import InvalidInputError
 from ..data import Splits
 from ..methods import MethodSettings, apply_method, dry_run, save_adapted
@@ -256,9 +257,8 @@ def run_classification(
         from safetensors.numpy import save_file
 
         save_adapted(adapted, run_dir / "adapter")
-        tmp = run_dir / f".{LOGITS_FILE}.tmp"
-        save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32)}, str(tmp))
-        os.replace(tmp, run_dir / LOGITS_FILE)
+        tensors = {"logits": np.ascontiguousarray(logits, dtype=np.float32)}
+        write_with(run_dir / LOGITS_FILE, lambda tmp: save_file(tensors, str(tmp)))
     return {
         "method": settings.method,
         "seed": train.seed,

@@ -122,12 +122,6 @@ class Task:
     shared_eval_batch: ClassVar[bool] = False
     fallback: ClassVar[bool] = False
 
-    def method_names(self) -> list[str]:
-        """The registered methods that apply to this task."""
-        from ..methods import get_method, method_names
-
-        return [m for m in method_names() if get_method(m).supports(self.name)]
-
     def auto_model_class(self) -> Any:
         """The ``transformers`` auto class the task's models load with."""
         from transformers import AutoModelForSequenceClassification
