@@ -151,8 +151,8 @@ def open_storage(url: str) -> Any:
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
-#: Tables every Optuna RDB storage has.
-_OPTUNA_TABLES = {"studies", "trials", "version_info"}
+#: Tables of an Optuna RDB storage (any one: another process may be creating the rest).
+_OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
 
 
 def check_sqlite_file(url: str) -> None:
@@ -211,7 +211,7 @@ def check_sqlite_file(url: str) -> None:
         raise InvalidInputError(
             f"--storage {redact(url)}: cannot read the SQLite file {path}: {exc}."
         ) from None
-    if tables and not _OPTUNA_TABLES <= tables:
+    if tables and not tables & _OPTUNA_TABLES:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise InvalidInputError(
             f"--storage {path} holds another application's tables ({shown}) and no Optuna "
