@@ -57,24 +57,6 @@ class BitFit(Method):
     def is_adapter_parameter(self, name):
         return name.endswith(".bias") and not name.startswith(("classifier.", "score."))
 
-    def save(self, model, folder):
-        from safetensors.torch import save_file
-
-        trained = {
-            n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad
-        }
-        save_file(trained, str(Path(folder) / "trained.safetensors"))
-
-    def load(self, model, folder):
-        from safetensors.torch import load_file
-
-        state = load_file(str(Path(folder) / "trained.safetensors"))
-        missing = set(state) - dict(model.named_parameters()).keys()
-        if missing:
-            raise InvalidInputError(f"{sorted(missing)} are not parameters of this model")
-        model.load_state_dict(state, strict=False)
-        return model
-
 
 @pytest.fixture
 def bitfit():
@@ -102,7 +84,7 @@ def test_a_method_registered_in_a_test_runs_through_finetune_quick(
     assert rows["bitfit-test"]["settings"]["lr"] == 2e-2  # its declared default
     assert results["config"]["identity"]["sizes"] == [320, 100, 200]  # --quick's
     assert "bitfit-test" in printed and "head-only" in printed
-    # saved with its own format, reloaded by its own load(): the run's predictions again
+    # saved and reloaded by Method's default save()/load(): the run's predictions again
     model, tokenizer = load_finetuned(out, "bitfit-test", model=tiny_classifier)
     assert (out / rows["bitfit-test"]["run_dir"] / "adapter" / "trained.safetensors").is_file()
     from safetensors.numpy import load_file

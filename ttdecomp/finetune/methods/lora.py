@@ -62,6 +62,9 @@ class LoRAMethod(Method):
     def is_adapter_parameter(self, name: str) -> bool:
         return ".lora_" in name
 
+    def save(self, model: Any, folder: Any) -> None:
+        model.save_pretrained(folder)  # PEFT's adapter_config.json + adapter_model.safetensors
+
     def load(self, model: Any, folder: Any) -> Any:
         from peft import PeftModel
 

@@ -24,7 +24,7 @@ What a method declares (class attributes) and does (methods to override):
 ``search_space()``         the default search space (full and ``quick``)
 ``apply()``                make a frozen model trainable (in place or wrapped)
 ``is_adapter_parameter()`` which trainable parameters count as the adapter
-``save()``, ``load()``     the saved format
+``save()``, ``load()``     the saved format (default: the trainable parameters, by name)
 ``trainer_class()``        ``transformers.Trainer`` or a subclass
 =========================  ============================================================
 """
@@ -54,15 +54,17 @@ __all__ = [
 ]
 
 _REGISTRY: dict[str, Method] = {}
+#: The file :meth:`Method.save` writes by default: every trainable parameter, by name.
+TRAINED_FILE = "trained.safetensors"
 _SETTINGS = ("lr", "rank", "alpha", "tt_shape")
 
 
 class Method:
     """One fine-tuning method: its declared defaults and space, and how it adapts a model.
 
-    Subclass it, set the class attributes, override :meth:`apply` (and :meth:`save` /
-    :meth:`load` when the saved format is not ``model.save_pretrained``), then
-    :func:`register_method` an instance. The module docstring lists what each attribute
+    Subclass it, set the class attributes, override :meth:`apply` and
+    :meth:`is_adapter_parameter` (and :meth:`save` / :meth:`load` for a format of its own:
+    the default saves every trainable parameter), then :func:`register_method` an instance. The module docstring lists what each attribute
     means.
 
     Examples
@@ -146,14 +148,32 @@ class Method:
         return False
 
     def save(self, model: Any, folder: Path) -> None:
-        """Write what ``model`` trained into the (fresh, empty) ``folder``."""
-        model.save_pretrained(folder)
+        """Write what ``model`` trained into the (fresh, empty) ``folder``.
+
+        The base class writes every trainable parameter, by name, to
+        ``trained.safetensors`` (:data:`TRAINED_FILE`); :meth:`load` reads it back.
+        """
+        from safetensors.torch import save_file
+
+        state = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(state, str(Path(folder) / TRAINED_FILE))
 
     def load(self, model: Any, folder: Path) -> Any:
-        """Put the adapter saved in ``folder`` onto the fresh ``model``; return the model."""
-        from ...adapters import TTAdapterModel
+        """Put what :meth:`save` wrote in ``folder`` onto the fresh ``model``; return the model."""
+        from safetensors.torch import load_file
 
-        return TTAdapterModel.from_pretrained(model, folder)
+        path = Path(folder) / TRAINED_FILE
+        if not path.is_file():
+            raise InvalidInputError(f"{folder} holds no {TRAINED_FILE} for method {self.name!r}.")
+        state = load_file(str(path))
+        unknown = sorted(set(state) - {n for n, _ in model.named_parameters()})
+        if unknown:
+            raise InvalidInputError(
+                f"{path} holds {unknown[:3]}{' ...' if len(unknown) > 3 else ''}, which are not "
+                "parameters of this model. Was it saved for another model?"
+            )
+        model.load_state_dict(state, strict=False)
+        return model
 
     def trainer_class(self) -> type:
         """The ``Trainer`` class that trains it."""

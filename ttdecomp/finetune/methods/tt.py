@@ -99,6 +99,14 @@ class _TTMethod(Method):
     def is_adapter_parameter(self, name: str) -> bool:
         return ".tt_adapters." in name
 
+    def save(self, model: Any, folder: Any) -> None:
+        model.save_pretrained(folder)
+
+    def load(self, model: Any, folder: Any) -> Any:
+        from ...adapters import TTAdapterModel
+
+        return TTAdapterModel.from_pretrained(model, folder)
+
     def trainer_class(self) -> type:
         from ...adapters.trainer import TTAdapterTrainer
 
