@@ -89,7 +89,10 @@ def test_compress_command_writes_a_reloadable_model(tiny_bert, tmp_path, capsys)
         (["--budget", "50%", "--heal", "--heal-cache-gb", "-1", "--output", "o"], "-1.0 must be"),
         (["--budget", "50%", "--heal", "--heal-cache-gb", "nan", "--output", "o"], "finite number"),
         (["--budget", "50%", "--heal", "--heal-cache-gb", "inf", "--output", "o"], "inf must be"),
-        (["--budget", "50%", "--heal-steps", "5", "--output", "o"], "--heal-steps 5 is a healing"),
+        (
+            ["--budget", "50%", "--heal-steps", "5", "--output", "o"],
+            "without --heal;",
+        ),
         (["--budget", "50%", "--heal-size", "0", "--heal", "--output", "o"], "--heal-size 0 must"),
         (["--budget", "10M", "--output", "o"], "not below the dense size"),
     ],
@@ -140,7 +143,10 @@ def test_options_are_checked_before_the_model_is_looked_up(capsys):
     argv = ["compress", "no-such-model", "--budget", "50%", "--heal-lr", "0.1", "--output", "x"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "--heal-lr 0.1 is a healing option but --heal" in err and "unknown model" not in err
+    assert (
+        "--heal-lr 0.1 is a healing option, given without --heal; add --heal" in err
+        and "unknown model" not in err
+    )
 
 
 def test_output_is_checked_before_the_model_is_loaded(tiny_bert, tmp_path, capsys):

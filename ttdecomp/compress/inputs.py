@@ -29,18 +29,13 @@ __all__ = [
 
 # ---------------------------------------------------------------- files, before any work
 def model_folder(name: str) -> Path | None:
-    """The local folder ``name`` names, or ``None`` for a packaged model name."""
+    """The local folder ``name`` names, or ``None`` (a packaged name, or not a folder here:
+    :func:`load_model` says what it accepts)."""
     from ..finetune.assets import canonical_model_name
 
-    if canonical_model_name(name) is not None:
+    if canonical_model_name(name) is not None or not Path(name).is_dir():
         return None
-    folder = Path(name)
-    if not folder.is_dir():
-        raise InvalidInputError(
-            f"unknown model {name!r}: not a packaged model (minilm, smollm2) and no such "
-            "folder. Give a packaged name or a local Hugging Face model folder."
-        )
-    return folder
+    return Path(name)
 
 
 def check_output(output: str | Path, model: str | Path | None = None) -> Path:
