@@ -112,7 +112,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--methods",
         type=_name_list,
         default="tt-lora,lora",
-        help=method_help("comma-separated, from the registered methods:"),
+        help=method_help("comma-separated, from the registered methods"),
     )
     g.add_argument(
         "--seeds", type=_int_list, default="0", help="one run per seed and method, e.g. 0,1,2"

@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--methods",
         type=_name_list,
         default="tt-lora,lora",
-        help=method_help("methods searched, from the registered methods:"),
+        help=method_help("methods searched, from the registered methods"),
     )
     g.add_argument("--targets", type=_name_list, default=None, help="target modules")
     g.add_argument(
