@@ -72,6 +72,7 @@ def test_a_method_registered_in_a_test_runs_through_finetune_quick(
     out = tmp_path / "out"
     argv = ["finetune", "--quick", "--model", str(tiny_classifier), "--data", str(data),
             "--methods", "bitfit-test,head-only", "--jobs", "1", "--no-progress",
+            "--train-size", "320", "--val-size", "100", "--test-size", "200",
             "--no-figures", "--output", str(out)]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
@@ -82,7 +83,8 @@ def test_a_method_registered_in_a_test_runs_through_finetune_quick(
     assert rows["bitfit-test"]["adapter_params"] == 2 * 2 * 32
     assert rows["bitfit-test"]["extra_params"] == rows["head-only"]["extra_params"] > 0
     assert rows["bitfit-test"]["settings"]["lr"] == 2e-2  # its declared default
-    assert results["config"]["identity"]["sizes"] == [320, 100, 200]  # --quick's
+    assert results["config"]["identity"]["sizes"] == [320, 100, 200]
+    assert results["config"]["identity"]["epochs"] == 3  # --quick's
     assert "bitfit-test" in printed and "head-only" in printed
     # saved and reloaded by Method's default save()/load(): the run's predictions again
     model, tokenizer = load_finetuned(out, "bitfit-test", model=tiny_classifier)

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
+from ..assets.loader import load_tokenizer, resolve_model
 from ..errors import InvalidInputError
 from ..runs.folder import OutputFolder
-from . import assets
 from .config import FinetuneConfig
 from .methods import load_adapted
 from .parallel import RunPool, plan_jobs
@@ -41,7 +41,7 @@ from .report import (
     write_figures,
     write_json_atomic,
 )
-from .tasks import check_pairing, get_task, resolve_model
+from .tasks import check_pairing, get_task
 from .tasks.classification import load_classifier
 from .train import is_main_process, resolve_device, world_size
 
@@ -171,12 +171,16 @@ def prepare_job(config: FinetuneConfig, *, progress: bool = False) -> tuple[Any,
     >>> task, job.targets  # doctest: +SKIP
     ('classification', ['query', 'value'])
     """
-    model_path, model_task = resolve_model(config.model)
+    source = resolve_model(
+        config.model,
+        revision=config.revision,
+        trust_remote_code=config.trust_remote_code,
+        progress=progress,
+    )
     task = get_task(config.task)
-    packaged = assets.canonical_model_name(config.model) is not None
-    check_pairing(config.model, config.data, model_task, task, packaged)
-    job = task.prepare(config, model_path, progress=progress)
-    return job, task.name, model_path
+    check_pairing(config.model, config.data, get_task(source.task), task, source.kind == "packaged")
+    job = task.prepare(config, source.path, progress=progress)
+    return job, task.name, source.path
 
 
 def finetune(
@@ -329,7 +333,7 @@ def finetune(
         for i, (method, seed) in enumerate(plan, 1):
             run_dir = fresh_run_dir(method, seed)
             say(f"run {i}/{len(plan)}: {method}, seed {seed}")
-            train = config.train_settings(seed, progress=progress)
+            train = config.train_settings(seed, progress=progress, method=method)
             record(method, seed, job.run(settings[method], train, run_dir), run_dir)
             if should_stop is not None and should_stop() and i < len(plan):
                 raise KeyboardInterrupt
@@ -341,7 +345,7 @@ def finetune(
                 pool.submit(
                     (method, seed),
                     settings[method],
-                    config.train_settings(seed, progress=progress),
+                    config.train_settings(seed, progress=progress, method=method),
                     run_dir,
                 )
             bar = None
@@ -399,7 +403,7 @@ def load_finetuned(
     >>> batch = tokenizer(["what a ride!"], return_tensors="pt")  # doctest: +SKIP
     >>> model(**batch).logits.argmax(-1)  # doctest: +SKIP
     """
-    from transformers import AutoTokenizer
+    from ..assets import registry as assets
 
     results = load_results(output)
     root = Path(output).resolve()
@@ -422,10 +426,14 @@ def load_finetuned(
     if model is None:
         name = (results.get("config") or {}).get("identity", {}).get("model")
         key = assets.canonical_model_name(name) if isinstance(name, str) else None
+        recorded = (results.get("config") or {}).get("model_path")
+        hub_folder = f"models--{name.replace('/', '--')}" if isinstance(name, str) else None
         if key is not None:
-            model = assets.model_path(key)
+            model = name  # the packaged model, resolved (and assembled) as the run did
+        elif isinstance(recorded, str) and hub_folder in Path(recorded).parts:
+            # a Hub id at the commit the run used (the snapshot's name), from the Hub cache
+            model = resolve_model(name, revision=Path(recorded).name)
         else:
-            recorded = (results.get("config") or {}).get("model_path")
             if not isinstance(recorded, str) or not (
                 (Path(output) / recorded).resolve().is_relative_to(root)
             ):
@@ -439,4 +447,4 @@ def load_finetuned(
     labels = results["data"]["labels"]
     net = load_classifier(model, labels, seed)
     net = load_adapted(net, adapter)
-    return net, AutoTokenizer.from_pretrained(str(model))
+    return net, load_tokenizer(model)

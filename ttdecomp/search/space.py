@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, ShapeError
 from ..finetune.methods import (
     DEFAULT_METHODS,
     MethodSettings,
@@ -42,6 +42,7 @@ from ..finetune.methods import (
     method_names,
 )
 from ..finetune.methods.tt import tt_shape_candidates
+from ..shapes import check_factor_count
 
 __all__ = [
     "PARAMETERS",
@@ -101,6 +102,11 @@ def _parse_shape(value: Any, where: str) -> str:
         shape = [int(p) for p in parts] if parts is not None else None
     except (TypeError, ValueError):
         shape = None
+    if shape is not None:
+        try:
+            check_factor_count(len(shape), f"{where}: tt_shape choice")
+        except ShapeError as exc:  # a space's errors are all InvalidInputError
+            raise InvalidInputError(str(exc)) from None
     if (
         shape is None
         or len(shape) < 2

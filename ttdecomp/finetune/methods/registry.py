@@ -64,8 +64,8 @@ class Method:
 
     Subclass it, set the class attributes, override :meth:`apply` and
     :meth:`is_adapter_parameter` (and :meth:`save` / :meth:`load` for a format of its own:
-    the default saves every trainable parameter), then :func:`register_method` an instance. The module docstring lists what each attribute
-    means.
+    the default saves every trainable parameter), then :func:`register_method` an instance.
+    The module docstring lists what each attribute means.
 
     Examples
     --------

@@ -22,7 +22,6 @@ from .registry import (
     detect_task,
     get_task,
     register_task,
-    resolve_model,
     task_names,
     unregister_task,
 )
@@ -38,7 +37,6 @@ __all__ = [
     "detect_task",
     "get_task",
     "register_task",
-    "resolve_model",
     "run_causal",
     "task_names",
     "unregister_task",

@@ -12,9 +12,7 @@ head for the labels).
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 
 from ..._files import write_with
+from ...assets.loader import ModelSource, check_tokenizer, load_pretrained, load_tokenizer
 from ...errors import InvalidInputError
 from ..data import Splits
 from ..methods import MethodSettings, apply_method, dry_run, save_adapted
@@ -113,48 +112,16 @@ def accuracy(eval_pred: Any) -> dict[str, float]:
     return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
 
 
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports (the new head is expected) for one block."""
-    from transformers.utils import logging
-
-    previous = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(previous)
-
-
-def load_classifier(model_dir: str | os.PathLike, labels: list[str], seed: int) -> Any:
+def load_classifier(
+    model_dir: str | os.PathLike | ModelSource, labels: list[str], seed: int
+) -> Any:
     """A sequence classifier from ``model_dir`` with a new head for ``labels``, seeded.
 
-    Raises a clear error for a folder that holds no model, and for a model still carrying the
-    GGUF loader's quantizer state (``Trainer`` refuses to train it).
+    :func:`ttdecomp.assets.load_pretrained` with ``task="classification"``: a clear error for a
+    folder that holds no model, and for a model still carrying the GGUF loader's quantizer
+    state (``Trainer`` refuses to train it).
     """
-    from transformers import AutoModelForSequenceClassification, set_seed
-
-    set_seed(seed)
-    try:
-        with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(model_dir),
-                num_labels=len(labels),
-                id2label=dict(enumerate(labels)),
-                label2id={name: i for i, name in enumerate(labels)},
-                dtype=torch.float32,
-            )
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(
-            f"cannot load a sequence-classification model from {model_dir}: {exc}"
-        ) from None
-    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
-        raise InvalidInputError(
-            f"the model from {model_dir} still carries quantizer state (hf_quantizer/is_quantized, "
-            "as the GGUF loader leaves it) and Trainer refuses to train it; clear it with "
-            "model.hf_quantizer.remove_quantization_config(model) and save a clean copy."
-        )
-    return model
+    return load_pretrained(model_dir, task=TASK.name, labels=list(labels), seed=seed)
 
 
 def predict_logits(model: Any, dataset: TextDataset, collator: Any, batch: int = 64) -> np.ndarray:
@@ -363,6 +330,7 @@ class ClassificationTask(Task):
     selection = "accuracy"
     trains_head = True
     peft_task_type = "SEQ_CLS"
+    split_own_data = True  # 70/10/20% of the usable rows per class (finetune.data.FRACTIONS)
     fallback = True
     defaults: ClassVar = {"sizes": (1000, 300, 600), "epochs": 4, "max_steps": None,
                           "max_length": 48, "batch_size": 32}  # fmt: skip
@@ -379,18 +347,29 @@ class ClassificationTask(Task):
     def prepare(
         self, config: Any, model_path: Path, *, progress: bool = False
     ) -> ClassificationJob:
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
         from ..data import load_classification
 
-        splits = load_classification(config.data, sizes=config.sizes)
+        quick_rows = sum(self.quick["sizes"]) if config.quick else None
+        splits = load_classification(
+            config.data,
+            sizes=config.sizes,
+            text_column=config.text_column,
+            label_column=config.label_column,
+            config=config.data_config,
+            max_examples=quick_rows,
+        )
         try:
-            model_config = AutoConfig.from_pretrained(str(model_path))
-            tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+            model_config = AutoConfig.from_pretrained(
+                str(model_path), trust_remote_code=config.trust_remote_code
+            )
         except (OSError, ValueError) as exc:
             raise InvalidInputError(
-                f"cannot load the model or tokenizer in {model_path}: {exc}"
+                f"cannot load the model config in {model_path}: {exc}"
             ) from None
+        tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
+        check_tokenizer(tokenizer, [t for t, _ in splits.train], source=splits.source)
         targets = list(config.targets or self.default_targets(model_config))
         model_config.num_labels = len(splits.labels)
         dry_run(model_config, config.method_settings(), targets=targets, task=self)

@@ -9,20 +9,20 @@ run. Nothing outside ``tasks/`` names a task.
 
 :func:`detect_task` chooses the task from the data and the model before anything is loaded:
 a packaged data set has its task, a task may claim a data file (dialogue JSONL for the causal
-LM), and otherwise the model decides (a packaged model has its task; a local folder's
-``architectures`` are claimed by a task, e.g. ``*ForCausalLM``); the fallback is the task
+LM, labelled CSV for classification), and otherwise the model decides (a packaged model has
+its task, a local folder the one its ``config.json`` names); the fallback is the task
 registered with ``fallback = True`` (classification).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from ...assets import registry as assets
 from ...errors import InvalidInputError
-from .. import assets
 
 __all__ = [
     "Job",
@@ -30,7 +30,6 @@ __all__ = [
     "detect_task",
     "get_task",
     "register_task",
-    "resolve_model",
     "task_names",
     "unregister_task",
 ]
@@ -96,13 +95,13 @@ class Task:
         Whether the model has a head trained beside every adapter (classification).
     peft_task_type : str
         PEFT's ``task_type`` (``SEQ_CLS``, ``CAUSAL_LM``).
-    architectures : tuple of str
-        Suffixes of a local model's ``architectures`` that make it this task's model.
     defaults, quick, search_quick : dict
         ``sizes``, ``epochs``, ``max_steps``, ``max_length``, ``batch_size``: the protocol, its
         ``--quick`` version, and ``ttdecomp search --quick``'s.
     shared_eval_batch : bool
         Evaluate with the training batch size (a causal LM's logits are large).
+    split_own_data : bool
+        A user's data (not packaged) is split in proportion, not by ``defaults["sizes"]``.
     fallback : bool
         The task of data and models no task claims.
     """
@@ -115,11 +114,11 @@ class Task:
     selection: ClassVar[str] = "accuracy"
     trains_head: ClassVar[bool] = True
     peft_task_type: ClassVar[str] = "SEQ_CLS"
-    architectures: ClassVar[tuple[str, ...]] = ()
     defaults: ClassVar[Mapping[str, Any]] = {}
     quick: ClassVar[Mapping[str, Any]] = {}
     search_quick: ClassVar[Mapping[str, Any]] = {}
     shared_eval_batch: ClassVar[bool] = False
+    split_own_data: ClassVar[bool] = False
     fallback: ClassVar[bool] = False
 
     def auto_model_class(self) -> Any:
@@ -246,41 +245,26 @@ def _data_task(data: str) -> Task | None:
     return None
 
 
-def _architectures_task(architectures: Sequence[str]) -> Task:
-    for task in _REGISTRY.values():
-        if task.architectures and any(str(a).endswith(task.architectures) for a in architectures):
-            return task
-    return _fallback()
+def _folder_task(folder: Path) -> Task:
+    """The task of a local model folder: the assets' reading of its ``config.json``
+    (:func:`ttdecomp.assets.loader.model_task`: causal-LM architectures or model types)."""
+    from ...assets.loader import model_task
 
-
-def resolve_model(name: str) -> tuple[Path, Task]:
-    """The model folder (or GGUF file) of ``name`` and the task its model is made for.
-
-    A packaged name has its task; a local Hugging Face folder is the task whose
-    ``architectures`` its ``config.json`` lists, else the fallback task.
-    """
-    key = assets.canonical_model_name(name)
-    if key is not None:
-        return assets.model_path(key), get_task(assets.MODELS[key].task)
-    path = Path(name)
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise InvalidInputError(
-            f"unknown model {name!r}: not a packaged model ({', '.join(assets.MODELS)}) and not "
-            "a local Hugging Face folder with a config.json (--model)."
-        )
     try:
-        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise InvalidInputError(f"{path / 'config.json'} is not a valid JSON config.") from None
-    return path, _architectures_task(architectures)
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return _fallback()
+    if not isinstance(config, dict):
+        return _fallback()
+    return get_task(model_task(config))
 
 
 def detect_task(model: str, data: str) -> Task:
     """The task of a comparison before any weights are loaded.
 
     The data's own task (packaged data, or a file a task claims) wins; otherwise the model's:
-    a packaged model's task, or the task whose ``architectures`` a local folder lists. An
-    unknown model is the fallback task here (:func:`resolve_model` reports it later).
+    a packaged model's task, or a local folder's (its ``config.json``). A Hub id or an unknown
+    model is the fallback task here (loading it reports what is wrong).
 
     Examples
     --------
@@ -293,13 +277,8 @@ def detect_task(model: str, data: str) -> Task:
     key = assets.canonical_model_name(model)
     if key is not None:
         return get_task(assets.MODELS[key].task)
-    path = Path(model) / "config.json"
-    if path.is_file():
-        try:
-            architectures = json.loads(path.read_text()).get("architectures") or []
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            return _fallback()
-        return _architectures_task(architectures)
+    if (Path(model) / "config.json").is_file():
+        return _folder_task(Path(model))
     return _fallback()
 
 
