@@ -32,7 +32,7 @@ from torch import nn
 
 from .._files import replace_folder
 from ..errors import InvalidInputError
-from ..shapes import factorize
+from ..shapes import check_factor_count, factorize
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -136,6 +136,7 @@ class MethodSettings:
                     f"tt_shape is a TT-LoRA setting; {self.method} does not take one."
                 )
             shape = tuple(self.tt_shape)
+            check_factor_count(len(shape), "tt_shape (--tt-shape)")
             if len(shape) < 2 or not all(
                 isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape
             ):
