@@ -645,3 +645,12 @@ def test_the_plan_command_says_when_it_skips_float8_tensors(tmp_path, capsys):
     assert main(["plan", str(tmp_path / "model.safetensors"), "--budget", "50%"]) == 0
     err = capsys.readouterr().err
     assert err.startswith("ttdecomp plan: warning: skipped") and "1 in F8_E5M2" in err
+
+
+def test_a_record_with_a_duplicate_key_is_refused_naming_it(tmp_path):
+    _saved(tmp_path)
+    path = tmp_path / "ttdecomp_compressed.json"
+    text = path.read_text()
+    path.write_text(text.replace('"aliases":', '"aliases": {}, "aliases":', 1))
+    with pytest.raises(CompressedFileError, match="the key 'aliases' appears twice"):
+        load_compressed(_mlp(seed=5), tmp_path)

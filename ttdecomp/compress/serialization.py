@@ -16,7 +16,6 @@ refused.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._files import save_pair
+from .._files import load_pair, save_pair
 from ..counts import max_ranks
 from ..errors import InvalidInputError
 from ..nn.kinds import dense_weight, is_linear
@@ -237,38 +236,15 @@ def check_record(record: Any, where: str) -> None:
 
 
 def _read(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     cfg_path, w_path = folder / COMPRESSED_CONFIG, folder / COMPRESSED_WEIGHTS
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise CompressedFileError(
-                f"{p} is missing; a compressed model folder holds {COMPRESSED_CONFIG} and "
-                f"{COMPRESSED_WEIGHTS} (written by save_compressed)."
-            )
-    try:
-        record = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CompressedFileError(f"{cfg_path} is not valid JSON ({exc}).") from None
-    if not isinstance(record, dict) or record.get("format_version") != FORMAT_VERSION:
-        raise CompressedFileError(
-            f"{cfg_path} is not a ttdecomp compressed-model config of format {FORMAT_VERSION}."
-        )
-    data = w_path.read_bytes()
-    try:
-        tensors = load(data)
-        from safetensors import safe_open  # the metadata, to match the pair
-
-        with safe_open(str(w_path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CompressedFileError(f"{w_path} is not a readable safetensors file ({exc}).") from None
+    record, tensors = load_pair(  # strict JSON (no duplicate keys), one save_id for both
+        cfg_path,
+        w_path,
+        format_version=FORMAT_VERSION,
+        error=CompressedFileError,
+        what="a ttdecomp compressed model (written by save_compressed)",
+    )
     check_record(record, f"{cfg_path}")
-    if meta.get("save_id") != record.get("save_id"):
-        raise CompressedFileError(
-            f"{cfg_path} and {w_path} come from different saves (save_id differs); save again."
-        )
     return record, tensors
 
 
