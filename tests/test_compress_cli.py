@@ -15,7 +15,7 @@ from ttdecomp.cli import main  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
     try:
-        from ttdecomp.finetune.assets import model_path
+        from ttdecomp.assets.registry import model_path
 
         tok_path = model_path("minilm")
     except Exception as exc:  # the packaged tokenizer is an optional asset
@@ -89,7 +89,10 @@ def test_compress_command_writes_a_reloadable_model(tiny_bert, tmp_path, capsys)
         (["--budget", "50%", "--heal", "--heal-cache-gb", "-1", "--output", "o"], "-1.0 must be"),
         (["--budget", "50%", "--heal", "--heal-cache-gb", "nan", "--output", "o"], "finite number"),
         (["--budget", "50%", "--heal", "--heal-cache-gb", "inf", "--output", "o"], "inf must be"),
-        (["--budget", "50%", "--heal-steps", "5", "--output", "o"], "--heal-steps 5 is a healing"),
+        (
+            ["--budget", "50%", "--heal-steps", "5", "--output", "o"],
+            "without --heal;",
+        ),
         (["--budget", "50%", "--heal-size", "0", "--heal", "--output", "o"], "--heal-size 0 must"),
         (["--budget", "10M", "--output", "o"], "not below the dense size"),
     ],
@@ -123,7 +126,7 @@ def test_healing_texts_never_include_held_out_ones(tmp_path):
 
 
 def test_tweet_healing_texts_go_beyond_the_training_split():
-    pytest.importorskip("ttdecomp.finetune.assets").data_path("tweets")
+    pytest.importorskip("ttdecomp.assets.registry").data_path("tweets")
     from ttdecomp.compress.inputs import encoder_texts
     from ttdecomp.finetune.data import load_classification
 
@@ -140,7 +143,10 @@ def test_options_are_checked_before_the_model_is_looked_up(capsys):
     argv = ["compress", "no-such-model", "--budget", "50%", "--heal-lr", "0.1", "--output", "x"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "--heal-lr 0.1 is a healing option but --heal" in err and "unknown model" not in err
+    assert (
+        "--heal-lr 0.1 is a healing option, given without --heal; add --heal" in err
+        and "unknown model" not in err
+    )
 
 
 def test_output_is_checked_before_the_model_is_loaded(tiny_bert, tmp_path, capsys):

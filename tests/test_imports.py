@@ -91,9 +91,9 @@ ORDER = {
         ["__init__"],
     ],
     "ttdecomp.adapters": [
-        ["config"],  # owns its JSON
+        ["_requires", "config"],  # a missing package named first; the config owns its JSON
         ["routing", "status", "saved_modules", "packed"],  # what the layers hold
-        ["layers"],
+        ["layers", "quantized"],  # adapter layers, and their wrappers of quantized bases
         ["targets"],
         ["inject"],
         ["serialization", "weighted", "serving"],

@@ -53,6 +53,7 @@ DEFAULT_TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bert": (("query", "value"), ("attention.output.dense", "output.dense")),
     "roberta": (("query", "value"), ("attention.output.dense", "output.dense")),
     "xlm-roberta": (("query", "value"), ("attention.output.dense", "output.dense")),
+    "mpnet": (("attention.attn.q", "attention.attn.v"), ("attention.attn.o", "output.dense")),
     "distilbert": (("q_lin", "v_lin"), ("attention.out_lin", "ffn.lin2")),
     "gpt2": (("c_attn",), ("attn.c_proj", "mlp.c_proj")),
     "llama": (("q_proj", "v_proj"), ("gate_proj", "up_proj", "down_proj")),

@@ -95,8 +95,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _message(exc: BaseException) -> str:
     """The library's message with each ``field=`` written as its flag (``--heal-steps 5``)."""
     names = "|".join(sorted(_FIELDS, key=len, reverse=True))
-    text = re.sub(rf"\b({names})=", lambda m: _flag(m.group(1)) + " ", str(exc))
-    return text.replace("(pattern=...)", "(--targets)").replace("heal=True", "--heal")
+    text = str(exc).replace("heal=True", "--heal").replace("(pattern=...)", "(--targets)")
+    return re.sub(rf"\b({names})=", lambda m: _flag(m.group(1)) + " ", text)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -102,14 +102,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default="minilm",
-        help="packaged model (minilm, smollm2) or a local Hugging Face folder",
+        help="packaged model (minilm, smollm2, mpnet), a local Hugging Face folder, or a "
+        "Hub id (org/name, from the Hub or its cache)",
     )
     g.add_argument(
         "--data",
         default="tweets",
         help="packaged data (tweets, chatterbot), a CSV/JSONL file with text,label "
-        "columns, or a folder saved by datasets",
+        "columns, a folder saved by datasets, or a Hub dataset id",
     )
+    g.add_argument("--revision", help="a Hub model's branch, tag or commit")
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code a Hub model ships (only for repositories you trust)",
+    )
+    g.add_argument("--data-config", help="a Hub dataset's configuration (e.g. sst2 of glue)")
+    g.add_argument("--text-column", default="text", help="the column holding the text")
+    g.add_argument("--label-column", default="label", help="the column holding the label")
     g.add_argument(
         "--methods",
         type=_name_list,
@@ -225,10 +235,6 @@ def _sizes(args: argparse.Namespace) -> tuple[int | None, int | None, int | None
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ttdecomp finetune`` with parsed ``args``; print the table; return the exit status."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach for a hub
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         importlib.import_module("ttdecomp.finetune.run")  # torch, transformers, peft
         from ..finetune.train import is_main_process
@@ -290,6 +296,11 @@ def _run(args: argparse.Namespace, main: bool, should_stop: Any) -> int:
             sizes=_sizes(args),
             device=args.device,
             quick=args.quick,
+            revision=args.revision,
+            trust_remote_code=args.trust_remote_code,
+            data_config=args.data_config,
+            text_column=args.text_column,
+            label_column=args.label_column,
         )
         result = finetune(
             config,

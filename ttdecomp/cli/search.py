@@ -148,10 +148,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ttdecomp search`` with parsed ``args``; print the table; return the exit status."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         importlib.import_module("ttdecomp.search.run")
     except ImportError as exc:

@@ -86,7 +86,7 @@ class CompressConfig:
     ...     CompressConfig("minilm", output="out", budget="50%", heal_steps=10)
     ... except InvalidInputError as exc:
     ...     print(str(exc).split(";")[0])
-    heal_steps=10 is a healing option but heal=False
+    heal_steps=10 is a healing option, given without heal=True
     """
 
     model: str = field(
@@ -210,8 +210,8 @@ class CompressConfig:
         if given and not self.heal:
             shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in given)
             raise InvalidInputError(
-                f"{shown} is a healing option but heal=False; add heal=True to heal, or leave "
-                "the healing options out."
+                f"{shown} is a healing option, given without heal=True; add heal=True to heal, "
+                "or leave the healing options out."
             )
         for name in ("calibration_size", "eval_size"):
             _check_int(self, name)

@@ -236,15 +236,15 @@ def check_record(record: Any, where: str) -> None:
 
 
 def _read(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    cfg_path, w_path = folder / COMPRESSED_CONFIG, folder / COMPRESSED_WEIGHTS
-    record, tensors = load_pair(  # strict JSON (no duplicate keys), one save_id for both
+    cfg_path = folder / COMPRESSED_CONFIG
+    record, tensors = load_pair(
         cfg_path,
-        w_path,
+        folder / COMPRESSED_WEIGHTS,
         format_version=FORMAT_VERSION,
         error=CompressedFileError,
-        what="a ttdecomp compressed model (written by save_compressed)",
+        what="a compressed model written by save_compressed",
     )
-    check_record(record, f"{cfg_path}")
+    check_record(record, str(cfg_path))
     return record, tensors
 
 

@@ -9,9 +9,7 @@ be checked against what the run predicted.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from .._files import write_with
+from ..assets.loader import ModelSource, load_pretrained, load_tokenizer, resolve_model
 from ..errors import InvalidInputError
 from .data import Splits
 from .methods import MethodSettings, apply_method, save_adapted
@@ -100,48 +99,16 @@ def accuracy(eval_pred: Any) -> dict[str, float]:
     return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
 
 
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports (the new head is expected) for one block."""
-    from transformers.utils import logging
-
-    previous = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(previous)
-
-
-def load_classifier(model_dir: str | os.PathLike, labels: list[str], seed: int) -> Any:
+def load_classifier(
+    model_dir: str | os.PathLike | ModelSource, labels: list[str], seed: int
+) -> Any:
     """A sequence classifier from ``model_dir`` with a new head for ``labels``, seeded.
 
-    Raises a clear error for a folder that holds no model, and for a model still carrying the
-    GGUF loader's quantizer state (``Trainer`` refuses to train it).
+    :func:`ttdecomp.assets.load_pretrained` with ``task="classification"``: a clear error for a
+    folder that holds no model, and for a model still carrying the GGUF loader's quantizer
+    state (``Trainer`` refuses to train it).
     """
-    from transformers import AutoModelForSequenceClassification, set_seed
-
-    set_seed(seed)
-    try:
-        with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(model_dir),
-                num_labels=len(labels),
-                id2label=dict(enumerate(labels)),
-                label2id={name: i for i, name in enumerate(labels)},
-                dtype=torch.float32,
-            )
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(
-            f"cannot load a sequence-classification model from {model_dir}: {exc}"
-        ) from None
-    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
-        raise InvalidInputError(
-            f"the model from {model_dir} still carries quantizer state (hf_quantizer/is_quantized, "
-            "as the GGUF loader leaves it) and Trainer refuses to train it; clear it with "
-            "model.hf_quantizer.remove_quantization_config(model) and save a clean copy."
-        )
-    return model
+    return load_pretrained(model_dir, task="classification", labels=list(labels), seed=seed)
 
 
 def predict_logits(model: Any, dataset: TextDataset, collator: Any, batch: int = 64) -> np.ndarray:
@@ -286,9 +253,7 @@ def load_finetuned(
     >>> batch = tokenizer(["what a ride!"], return_tensors="pt")  # doctest: +SKIP
     >>> model(**batch).logits.argmax(-1)  # doctest: +SKIP
     """
-    from transformers import AutoTokenizer
-
-    from . import assets
+    from ..assets import registry as assets
     from .methods import load_adapted
     from .report import RESULTS_FILE, load_results
 
@@ -313,10 +278,14 @@ def load_finetuned(
     if model is None:
         name = (results.get("config") or {}).get("identity", {}).get("model")
         key = assets.canonical_model_name(name) if isinstance(name, str) else None
+        recorded = (results.get("config") or {}).get("model_path")
+        hub_folder = f"models--{name.replace('/', '--')}" if isinstance(name, str) else None
         if key is not None:
-            model = assets.model_path(key)
+            model = name  # the packaged model, resolved (and assembled) as the run did
+        elif isinstance(recorded, str) and hub_folder in Path(recorded).parts:
+            # a Hub id at the commit the run used (the snapshot's name), from the Hub cache
+            model = resolve_model(name, revision=Path(recorded).name)
         else:
-            recorded = (results.get("config") or {}).get("model_path")
             if not isinstance(recorded, str) or not (
                 (Path(output) / recorded).resolve().is_relative_to(root)
             ):
@@ -330,4 +299,4 @@ def load_finetuned(
     labels = results["data"]["labels"]
     net = load_classifier(model, labels, seed)
     net = load_adapted(net, adapter)
-    return net, AutoTokenizer.from_pretrained(str(model))
+    return net, load_tokenizer(model)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import json
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,9 +26,9 @@ from typing import Any
 
 import torch
 
+from ..assets.loader import resolve_model
 from ..errors import InvalidInputError
 from ..runs.folder import OutputFolder
-from . import assets
 from .config import FinetuneConfig, task_of
 from .methods import MethodSettings
 from .parallel import RunPool, plan_jobs
@@ -45,7 +44,11 @@ from .train import TrainSettings, is_main_process, resolve_device, world_size
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 
 _FIGURES = ("accuracy_vs_params.png", "validation_curves.png")
-_DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"]}
+_DEFAULT_TARGETS = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "mpnet": ["attention.attn.q", "attention.attn.v"],
+}
 
 
 @dataclass
@@ -153,25 +156,6 @@ def _check_resumable(
         )
 
 
-def _resolve_model(name: str) -> tuple[Path, str]:
-    """The model folder (or GGUF file) and its task: ``classification`` or ``causal``."""
-    key = assets.canonical_model_name(name)
-    if key is not None:
-        return assets.model_path(key), assets.MODELS[key].task
-    path = Path(name)
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise InvalidInputError(
-            f"unknown model {name!r}: not a packaged model ({', '.join(assets.MODELS)}) and not "
-            "a local Hugging Face folder with a config.json (--model)."
-        )
-    try:
-        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise InvalidInputError(f"{path / 'config.json'} is not a valid JSON config.") from None
-    causal = any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
-    return path, "causal" if causal else "classification"
-
-
 def prepare_job(config: FinetuneConfig, *, progress: bool = False) -> tuple[Any, str, Path]:
     """Load and check the model, data and targets of ``config`` once: ``(job, task, model_path)``.
 
@@ -187,9 +171,15 @@ def prepare_job(config: FinetuneConfig, *, progress: bool = False) -> tuple[Any,
     >>> task, job.targets  # doctest: +SKIP
     ('classification', ['query', 'value'])
     """
-    model_path, model_task = _resolve_model(config.model)
+    source = resolve_model(
+        config.model,
+        revision=config.revision,
+        trust_remote_code=config.trust_remote_code,
+        progress=progress,
+    )
+    model_path, model_task = source.path, source.task
     task = task_of(config.data, model_task)
-    packaged = assets.canonical_model_name(config.model) is not None
+    packaged = source.kind == "packaged"
     # a local causal LM can still be loaded as a sequence classifier (a new head); the
     # packaged models, and a classifier asked to generate, cannot switch
     if model_task != task and (packaged or task == "causal"):
@@ -357,7 +347,7 @@ def finetune(
         for i, (method, seed) in enumerate(plan, 1):
             run_dir = fresh_run_dir(method, seed)
             say(f"run {i}/{len(plan)}: {method}, seed {seed}")
-            train = config.train_settings(seed, progress=progress)
+            train = config.train_settings(seed, progress=progress, method=method)
             record(method, seed, job.run(settings[method], train, run_dir), run_dir)
             if should_stop is not None and should_stop() and i < len(plan):
                 raise KeyboardInterrupt
@@ -369,7 +359,7 @@ def finetune(
                 pool.submit(
                     (method, seed),
                     settings[method],
-                    config.train_settings(seed, progress=progress),
+                    config.train_settings(seed, progress=progress, method=method),
                     run_dir,
                 )
             bar = None
@@ -466,20 +456,31 @@ def _prepare_classification(
     config: FinetuneConfig, model_path: Path, *, progress: bool
 ) -> _ClassificationJob:
     """Load and check everything a classification comparison needs, before any training."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
+    from ..assets.loader import check_tokenizer, load_tokenizer
     from .classify import TextDataset
+    from .config import QUICK
     from .data import load_classification
     from .methods import dry_run
 
-    splits = load_classification(config.data, sizes=config.sizes)
+    quick_rows = sum(QUICK["classification"]["sizes"]) if config.quick else None
+    splits = load_classification(
+        config.data,
+        sizes=config.sizes,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        config=config.data_config,
+        max_examples=quick_rows,
+    )
     try:
-        model_config = AutoConfig.from_pretrained(str(model_path))
-        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        model_config = AutoConfig.from_pretrained(
+            str(model_path), trust_remote_code=config.trust_remote_code
+        )
     except (OSError, ValueError) as exc:
-        raise InvalidInputError(
-            f"cannot load the model or tokenizer in {model_path}: {exc}"
-        ) from None
+        raise InvalidInputError(f"cannot load the model config in {model_path}: {exc}") from None
+    tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
+    check_tokenizer(tokenizer, [t for t, _ in splits.train], source=splits.source)
     targets = list(config.targets or _DEFAULT_TARGETS.get(model_config.model_type, []))
     if not targets:
         raise InvalidInputError(
