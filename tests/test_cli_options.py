@@ -106,11 +106,24 @@ def test_every_option_field_is_a_flag_and_the_cli_defaults_are_the_configs(comma
 
 
 def test_search_and_finetune_share_the_declarations_of_the_training_options():
-    mine = {f.name: f for f in dataclasses.fields(SearchConfig)}
-    theirs = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+    from ttdecomp.search.config import TRIAL_OPTIONS
+
+    search, finetune = subparser("search"), subparser("finetune")
+    theirs = {a.dest: a for a in finetune._actions}
+    mine = {a.dest: a for a in search._actions}
     for name in ("model", "data", "targets", "device", "precision", "max_steps", "eval_every"):
-        assert mine[name].default == theirs[name].default
-        assert mine[name].metadata["help"] == theirs[name].metadata["help"]
+        assert name in TRIAL_OPTIONS
+        assert mine[name].default == theirs[name].default, name
+        assert mine[name].help == theirs[name].help, name
+        assert mine[name].option_strings == theirs[name].option_strings, name
+    # the search's own options are its fields; the trial's go to its FinetuneConfig
+    args = search.parse_args(["--epochs", "2", "--revision", "v1", "--quick"])
+    trial = {name: getattr(args, name) for name in TRIAL_OPTIONS}
+    own = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig)
+           if "help" in f.metadata}  # fmt: skip
+    config = SearchConfig(**own, **trial)
+    assert config.finetune.epochs == 2 and config.finetune.revision == "v1"
+    assert config.finetune.batch_size == 16  # the search's --quick, not finetune's
 
 
 def test_an_error_names_the_field_in_python_and_the_flag_on_the_command_line():

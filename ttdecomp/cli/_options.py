@@ -18,7 +18,9 @@ float or str; default: the default's type), ``list`` (comma-separated values, se
 ``per_method`` (``VALUE`` or ``METHOD=VALUE,...``), ``choices``, ``flag`` (another flag name),
 ``repeat`` (one value per flag, the flag repeated), ``parts`` (a tuple given as one flag per
 part, e.g. ``sizes`` as ``--train-size``, ``--val-size``, ``--test-size``), ``default_text``
-(how the help shows a derived default, e.g. ``"4; --quick 3"``), ``metavar``, ``positional``
+(how the help shows a derived default, e.g. ``"4; --quick 3"``; ``help`` and ``default_text``
+may be functions, called when the parser is built, for text read from the Method and Task
+registries), ``metavar``, ``positional``
 (an argument, not a flag) and ``required``. Booleans are ``--x/--no-x``.
 
 **Lists** are comma-separated in every sub-command (``--methods tt-lora,lora``); a list flag
@@ -29,8 +31,10 @@ takes one parameter per flag (its values hold commas) and is repeated.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import re
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -181,7 +185,8 @@ class _PartAction(argparse.Action):
 def _default_text(field: dataclasses.Field) -> str | None:
     meta = field.metadata
     if "default_text" in meta:
-        return meta["default_text"]
+        text = meta["default_text"]
+        return text() if callable(text) else text
     default = field.default
     if default is dataclasses.MISSING or default is None:
         return None
@@ -193,7 +198,8 @@ def _default_text(field: dataclasses.Field) -> str | None:
 
 
 def _help(field: dataclasses.Field) -> str:
-    text = field.metadata["help"].replace("%", "%%")
+    text = field.metadata["help"]
+    text = (text() if callable(text) else text).replace("%", "%%")
     default = _default_text(field)
     return f"{text} (default: {default})" if default else text
 
@@ -217,11 +223,14 @@ def add_options(
     config_class: type,
     *,
     exclude: Iterable[str] = (),
+    only: Mapping[str, Mapping[str, Any]] | None = None,
     groups: dict[str, Any] | None = None,
     methods: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Add an option per field of ``config_class`` to ``parser``, in the fields' groups.
 
+    ``only``, when given, maps the fields to add to metadata that replaces theirs (another
+    group or default text: ``ttdecomp search`` takes some of ``finetune``'s options).
     ``groups`` maps a group title to its argparse group and is extended (pass one dict to
     several calls to share groups); it is returned. ``methods`` are the names a per-method
     option accepts.
@@ -229,8 +238,11 @@ def add_options(
     groups = {} if groups is None else groups
     skip = set(exclude)
     for field in options_of(config_class):
-        if field.name in skip:
+        if field.name in skip or (only is not None and field.name not in only):
             continue
+        if only is not None and only[field.name]:
+            field = copy.copy(field)
+            field.metadata = types.MappingProxyType({**field.metadata, **only[field.name]})
         meta = field.metadata
         title = meta.get("group", "options")
         if title not in groups:

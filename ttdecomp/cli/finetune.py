@@ -71,7 +71,7 @@ class FinetuneRun:
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``finetune`` and its options (from the configs' fields) to the sub-commands."""
     from ..finetune.config import FinetuneConfig
-    from ..finetune.methods import METHODS
+    from ..finetune.methods import method_names
 
     p = sub.add_parser(
         "finetune",
@@ -86,7 +86,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog=EXAMPLES + textwrap.fill(LIST_SYNTAX, 78),
         formatter_class=HelpFormatter,
     )
-    groups = add_options(p, FinetuneConfig, methods=METHODS)
+    # the registered methods when the command runs (a method registered at run time included)
+    groups = add_options(p, FinetuneConfig, methods=method_names())
     add_options(p, FinetuneRun, groups=groups)
     p.add_argument(
         "--config", metavar="RUN.yaml", help="options from a YAML file (keys: option names)"

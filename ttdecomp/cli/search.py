@@ -73,8 +73,9 @@ class SearchRun:
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``search`` and its options (from the configs' fields) to the sub-commands."""
-    from ..finetune.methods import METHODS
-    from ..search.config import SearchConfig
+    from ..finetune.config import FinetuneConfig
+    from ..finetune.methods import method_names
+    from ..search.config import TRIAL_OPTIONS, SearchConfig
 
     p = sub.add_parser(
         "search",
@@ -89,7 +90,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog=EXAMPLES + textwrap.fill(LIST_SYNTAX, 78),
         formatter_class=HelpFormatter,
     )
-    groups = add_options(p, SearchConfig, methods=METHODS)
+    groups = add_options(p, SearchConfig, methods=method_names())
+    add_options(p, FinetuneConfig, only=TRIAL_OPTIONS, groups=groups)  # each trial's training
     add_options(p, SearchRun, groups=groups)
     p.add_argument(
         "--config", metavar="RUN.yaml", help="options from a YAML file (keys: option names)"
@@ -100,11 +102,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ttdecomp search`` with parsed ``args``; print the table; return the exit status."""
-    from ..search.config import SearchConfig
+    from ..search.config import TRIAL_OPTIONS, SearchConfig
     from ..search.run import search
 
     def body(should_stop: Callable[[], bool]) -> int:
-        config = SearchConfig(**values(args, SearchConfig))
+        trial = {name: getattr(args, name) for name in TRIAL_OPTIONS}
+        config = SearchConfig(**values(args, SearchConfig), **trial)
         options = SearchRun(**values(args, SearchRun))
         kwargs = dataclasses.asdict(options)
         kwargs["progress"] = progress_default(options.progress)
