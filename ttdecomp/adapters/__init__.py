@@ -20,6 +20,7 @@ torch.Size([2, 8])
 
 from __future__ import annotations
 
+from . import _requires  # noqa: F401 (first: a missing package names its pip install)
 from .config import (
     CONFIG_NAME,
     DEFAULT_TARGETS,

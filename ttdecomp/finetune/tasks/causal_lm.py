@@ -299,6 +299,7 @@ class CausalJob:
         self.max_length, self.n_left_out = max_length, n_left_out
         self.prompt = reply_prompt(splits.test)
         self.before: dict[str, Any] | None = None
+        self.trainable: dict[str, dict[str, int]] | None = None  # set by prepare_causal
 
     @property
     def fingerprint(self) -> str:
@@ -430,11 +431,13 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
             f"cannot load the model or tokenizer in {model_path}: {exc}"
         ) from None
     targets = list(config.targets or TASK.default_targets(model_config))
-    dry_run(model_config, settings, targets=targets, task=TASK)  # no weights read
+    trainable = dry_run(model_config, settings, targets=targets, task=TASK)  # no weights read
     datasets = tokenize_splits(tokenizer, splits, max_length=config.max_length)
-    return CausalJob(
+    job = CausalJob(
         model_path, tokenizer, splits, source, datasets, targets, config.max_length, n_left_out
     )
+    job.trainable = trainable  # for the start banner
+    return job
 
 
 def _is_dialogue_file(data: str) -> bool:

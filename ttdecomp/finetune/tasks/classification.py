@@ -254,6 +254,8 @@ class ClassificationJob:
     datasets: dict[str, Any]
     targets: list[str]
     max_length: int
+    #: each method's trainable parameters, ``{method: {"adapter": n, "extra": m}}`` (the banner)
+    trainable: dict[str, dict[str, int]] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -372,7 +374,7 @@ class ClassificationTask(Task):
         check_tokenizer(tokenizer, [t for t, _ in splits.train], source=splits.source)
         targets = list(config.targets or self.default_targets(model_config))
         model_config.num_labels = len(splits.labels)
-        dry_run(model_config, config.method_settings(), targets=targets, task=self)
+        trainable = dry_run(model_config, config.method_settings(), targets=targets, task=self)
         iterator = [
             ("train", splits.train),
             ("validation", splits.validation),
@@ -389,7 +391,7 @@ class ClassificationTask(Task):
             for name, rows in iterator
         }
         return ClassificationJob(
-            Path(model_path), splits, tokenizer, datasets, targets, config.max_length
+            Path(model_path), splits, tokenizer, datasets, targets, config.max_length, trainable
         )
 
 
