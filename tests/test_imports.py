@@ -47,6 +47,8 @@ LEVELS = {
     "ttdecomp.planner.*": 5,
     # the top package re-exports the core (up to the planner): importing it is L5
     "ttdecomp": 5,
+    # the torch floor (module kinds, quantized layers): beside the adapters, below them
+    "ttdecomp.nn.*": 6,
     "ttdecomp.adapters.*": 6,
     # user-facing layer: above the adapters, below the command line
     "ttdecomp.finetune.*": 7,

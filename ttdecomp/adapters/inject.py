@@ -28,6 +28,7 @@ from .layers import (
     TTLoRAAdapter,
     adapter_dtype,
 )
+from .quantized import reference_weight, wrap_layer
 from .targets import (
     TargetInfo,
     adapter_wrappers,
@@ -213,9 +214,9 @@ def inject_adapter_in_model(
     init = config.init if _init == "config" else _init
     for info in infos:
         current = tree[info.name]
-        layer = current if isinstance(current, TTAdapterLayer) else TTAdapterLayer(current)
+        layer = wrap_layer(current)  # quantized bases get their own wrapper (adapters.quantized)
         if _prebuilt is None:
-            adapter = build_adapter(config, info, layer.weight, init=init)
+            adapter = build_adapter(config, info, reference_weight(layer), init=init)
         else:
             adapter = _prebuilt[1][info.name]
         if isinstance(adapter, Packed):

@@ -7,7 +7,9 @@ is raised before any layer is replaced. :func:`inspect_targets` exposes it to us
 Matching rules (as PEFT's, but strict): a list entry matches a module whose name equals it, ends
 with ``"." + entry``, or fully matches it as a regular expression; a plain string is a regular
 expression against full module names; ``"all-linear"`` is every ``nn.Linear`` / ``Conv1D`` except
-the output head. **Every list entry, exclusion, per-module shape key and layer index must select
+the output head, quantized linears included (:mod:`ttdecomp.adapters.quantized`; a quantized kind
+that is not supported is an error naming it, never skipped).
+**Every list entry, exclusion, per-module shape key and layer index must select
 at least one module**, otherwise :class:`~ttdecomp.adapters.TargetModulesError` is raised.
 """
 
@@ -24,6 +26,7 @@ from torch import nn
 
 from ..counts import tt_matrix_n_params
 from ..errors import RankClippedWarning, ShapeError, TTWarning
+from ..nn.quantized import in_out_features, quantized_kind, unsupported_quantized
 from ..shapes import tensorize
 from .config import (
     LoRETTAConfig,
@@ -281,14 +284,22 @@ def _select_targets(
         targets = list(config.default_targets(model_type))
     if targets == "all-linear":
         heads = _output_head_ids(model)
-        chosen = {n for n, m in modules.items() if _is_linear(m) and id(m) not in heads}
+        chosen = {
+            n
+            for n, m in modules.items()
+            if (_is_linear(m) or unsupported_quantized(m)) and id(m) not in heads
+        }
         if not chosen:
             raise TargetModulesError(
                 "target_modules='all-linear' but the model has no nn.Linear or Conv1D layers."
             )
     else:
         chosen = _select(targets, names, "target_modules")
-        wrong = sorted(n for n in chosen if not _is_linear(modules[n]))
+        wrong = sorted(
+            n
+            for n in chosen
+            if not _is_linear(modules[n]) and not unsupported_quantized(modules[n])
+        )
         if wrong:
             kinds = sorted({type(modules[n]).__name__ for n in wrong})
             raise TargetModulesError(
@@ -310,6 +321,12 @@ def _select_targets(
                 f"(layer indices found: {found}, layers_pattern={config.layers_pattern!r})."
             )
         chosen = {n for n in chosen if index[n] in set(config.layers_to_transform)}
+    quantized = sorted(n for n in chosen if unsupported_quantized(modules[n]))
+    if quantized:
+        raise TargetModulesError(
+            f"target_modules={targets!r} selects {quantized[:5]}: "
+            f"{unsupported_quantized(modules[quantized[0]])}"
+        )
     if not chosen:
         raise TargetModulesError(
             f"After exclude_modules / layers_to_transform / modules_to_save, no module is left to "
@@ -319,6 +336,8 @@ def _select_targets(
 
 
 def _features(module: nn.Module) -> tuple[int, int]:
+    if quantized_kind(module) is not None:  # a 4-bit weight is stored packed
+        return in_out_features(module)
     w = module.weight
     if is_conv1d(module):
         return int(w.shape[1]), int(w.shape[0])
