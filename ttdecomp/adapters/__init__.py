@@ -4,7 +4,8 @@ PEFT cannot register new methods, so this package mirrors its API: a config data
 :func:`get_tt_model` returning a wrapper whose layers keep ``base_layer``, merging, saving and
 loading, several named adapters, mixed-adapter batches (``adapter_names=``), weighted
 combinations (``add_weighted_adapter``), status reports, and an export to a standard PEFT LoRA
-checkpoint.
+checkpoint. Quantized bases (bitsandbytes 4-bit and 8-bit, torchao int8 weight-only) stay
+quantized under the adapters (:mod:`ttdecomp.adapters.quantized`).
 :class:`TTAdapterTrainer` (imported on first use, it pulls in ``transformers.Trainer``) is a
 ``Trainer`` whose checkpoints hold only the adapters.
 
@@ -44,6 +45,12 @@ from .layers import (
     TTLoRAAdapter,
 )
 from .model import TTAdapterModel, get_tt_model
+from .quantized import (
+    MergeRounding,
+    QuantizedMergeWarning,
+    QuantizedTTAdapterLayer,
+    prepare_model_for_kbit_training,
+)
 from .routing import BASE_ADAPTER
 from .serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError
 from .serving import FORWARDED_ATTRIBUTES
@@ -63,7 +70,10 @@ __all__ = [
     "LoRETTAAdpAdapter",
     "LoRETTAConfig",
     "LoRETTARepAdapter",
+    "MergeRounding",
     "ModulesToSaveWrapper",
+    "QuantizedMergeWarning",
+    "QuantizedTTAdapterLayer",
     "TTAdapterConfig",
     "TTAdapterLayer",
     "TTAdapterModel",
@@ -81,6 +91,7 @@ __all__ = [
     "inject_adapter_in_model",
     "inspect_targets",
     "mark_only_adapters_as_trainable",
+    "prepare_model_for_kbit_training",
     "set_adapter_state_dict",
 ]
 

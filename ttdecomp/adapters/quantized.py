@@ -20,6 +20,7 @@ nothing exact to return to, and :meth:`QuantizedTTAdapterLayer.unmerge` refuses.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
     "QuantizedMergeWarning",
     "QuantizedTTAdapterLayer",
     "base_quantization",
+    "prepare_model_for_kbit_training",
     "reference_weight",
     "wrap_layer",
 ]
@@ -210,6 +212,10 @@ class QuantizedTTAdapterLayer(TTAdapterLayer):
 def _snapshot(module: nn.Module, kind: str) -> Any:
     """What restores the layer's quantized weight exactly (its parameter, 8-bit scales too)."""
     weight = module._parameters["weight"]
+    if kind == "bnb_4bit":
+        # a copy: dequantizing a weight that the CPU kernel repacked unpacks it in place,
+        # re-quantizing its double-quantized absmax (not bit-exact)
+        return copy.deepcopy(weight)
     if kind == "bnb_8bit":
         scb = weight.SCB if weight.SCB is not None else module.state.SCB
         return weight, scb
@@ -268,3 +274,75 @@ def base_quantization(module: nn.Module) -> str:
     """The quantization of the layer under ``module`` (a wrapper or a layer), or ``"none"``."""
     base = module.base_layer if isinstance(module, TTAdapterLayer) else module
     return quantization_note(base)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith("Norm")
+
+
+def prepare_model_for_kbit_training(
+    model: nn.Module,
+    use_gradient_checkpointing: bool = True,
+    gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Get a quantized (or half-precision) Hugging Face model ready for adapter training.
+
+    PEFT's function of the same name, for TT adapters (PEFT's own also works: it is tested).
+    In place, before :func:`~ttdecomp.adapters.get_tt_model`:
+
+    1. every parameter is frozen;
+    2. the normalisation layers' float16/bfloat16 parameters (LayerNorm, RMSNorm, ...) become
+       float32, so the statistics they compute do not round in half precision (PEFT casts every
+       half-precision parameter, embeddings and head included; only the norms are cast here,
+       which keeps the memory the quantization saved);
+    3. with ``use_gradient_checkpointing``, activation checkpointing is turned on
+       (``use_reentrant=False`` unless ``gradient_checkpointing_kwargs`` says otherwise) and, for
+       the re-entrant variant, the input embeddings' output is made to require gradients so
+       that the checkpointed blocks pass gradients to the adapters inside them.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        Loaded with a quantization config (or in float16/bfloat16).
+    use_gradient_checkpointing : bool
+    gradient_checkpointing_kwargs : dict, optional
+        Passed to ``model.activation_checkpointing_enable`` (transformers 5) or
+        ``model.gradient_checkpointing_enable``.
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ttdecomp.adapters.testing import tiny_model
+    >>> model = prepare_model_for_kbit_training(tiny_model("llama", dtype=torch.bfloat16))
+    >>> model.model.norm.weight.dtype, model.model.embed_tokens.weight.dtype
+    (torch.float32, torch.bfloat16)
+    >>> any(p.requires_grad for p in model.parameters())
+    False
+    """
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5's name
+    if not callable(enable):
+        enable = getattr(model, "gradient_checkpointing_enable", None)
+    if use_gradient_checkpointing and not callable(enable):
+        raise InvalidInputError(
+            f"use_gradient_checkpointing=True but {type(model).__name__} has no "
+            "gradient_checkpointing_enable(); pass a transformers PreTrainedModel, or "
+            "use_gradient_checkpointing=False."
+        )
+    kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for module in model.modules():
+        if _is_norm(module):
+            for param in module.parameters(recurse=False):
+                if param.dtype in (torch.float16, torch.bfloat16):
+                    param.data = param.data.float()
+    if use_gradient_checkpointing:
+        if kwargs["use_reentrant"]:
+            model.enable_input_require_grads()
+        enable(kwargs)  # the checkpointing kwargs: the first parameter under either name
+    return model

@@ -196,6 +196,9 @@ def compute_dtype(module: nn.Module) -> torch.dtype:
 def dense_weight(module: nn.Module) -> torch.Tensor:
     """The layer's weight dequantized to a dense float32 (out, in) tensor (a new tensor).
 
+    A bitsandbytes 4-bit weight that its CPU kernel repacked is first unpacked in place, as
+    ``Linear4bit`` does before saving (same values; the next inference call repacks it).
+
     Examples
     --------
     >>> import torch
@@ -216,9 +219,28 @@ def dense_weight(module: nn.Module) -> torch.Tensor:
         import bitsandbytes as bnb
 
         if kind == "bnb_4bit":
+            _unpack_cpu_4bit(module)
+            weight = _weight(module)
             return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
         scb = weight.SCB if getattr(weight, "SCB", None) is not None else module.state.SCB
         return bnb.functional.int8_vectorwise_dequant(weight.data, scb.to(weight.device)).float()
+
+
+def _unpack_cpu_4bit(module: nn.Module) -> None:
+    """Undo bitsandbytes' CPU repacking of a 4-bit weight, in place, as bitsandbytes does itself.
+
+    On CPUs with AVX512-BF16, ``Linear4bit.forward`` in inference repacks the weight for its
+    CPU kernel (absmax in bfloat16) and marks ``quant_state.packing_format_for_cpu``; in that
+    format ``dequantize_4bit`` reads garbage. ``Linear4bit._save_to_state_dict`` converts back
+    with the same function before saving; the next inference forward repacks.
+    """
+    weight = _weight(module)
+    if getattr(weight.quant_state, "packing_format_for_cpu", False):
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+            weight.data, weight.quant_state
+        )
 
 
 def requantize_(module: nn.Module, weight: torch.Tensor) -> None:
@@ -241,6 +263,8 @@ def requantize_(module: nn.Module, weight: torch.Tensor) -> None:
     import bitsandbytes as bnb
 
     if kind == "bnb_4bit":
+        _unpack_cpu_4bit(module)
+        old = _weight(module)
         kwargs = {
             "blocksize": old.blocksize,
             "compress_statistics": old.compress_statistics,
