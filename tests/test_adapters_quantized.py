@@ -222,6 +222,21 @@ def test_training_lowers_loss_and_only_cores_get_gradients(folders, quant):
     assert quantized_kind(q_proj(model.base_model).base_layer) == EXPECTED_KIND[quant]
 
 
+def test_training_after_inference_on_4bit_gets_gradients(folders):
+    # bitsandbytes repacks 4-bit weights for its CPU kernel on an inference call (AVX512-BF16
+    # CPUs), and that kernel has no backward; the adapters' guard unpacks before training
+    model = get_tt_model(load(folders, "nf4"), _train_config())
+    batch = tiny_batch("llama")
+    with torch.no_grad():
+        before = model(**batch).logits
+    model(**batch).loss.backward()
+    cores = [p for n, p in model.named_parameters() if "layers.0." in n and p.requires_grad]
+    assert cores and all(bool(p.grad.abs().sum() > 0) for p in cores)
+    with torch.no_grad():  # the same model (the CPU kernel rounds absmax to bfloat16)
+        after = model(**batch).logits
+    assert float((after - before).norm() / before.norm()) < 2e-2
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "bert"])
 def test_other_architectures_on_4bit(folders, kind):
     model = get_tt_model(

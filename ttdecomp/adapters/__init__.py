@@ -49,6 +49,7 @@ from .quantized import (
     MergeRounding,
     QuantizedMergeWarning,
     QuantizedTTAdapterLayer,
+    guard_4bit_backward,
     prepare_model_for_kbit_training,
 )
 from .routing import BASE_ADAPTER
@@ -88,6 +89,7 @@ __all__ = [
     "export_peft_lora",
     "get_adapter_state_dict",
     "get_tt_model",
+    "guard_4bit_backward",
     "inject_adapter_in_model",
     "inspect_targets",
     "mark_only_adapters_as_trainable",

@@ -28,7 +28,7 @@ from .layers import (
     TTLoRAAdapter,
     adapter_dtype,
 )
-from .quantized import reference_weight, wrap_layer
+from .quantized import guard_4bit_backward, reference_weight, wrap_layer
 from .targets import (
     TargetInfo,
     adapter_wrappers,
@@ -241,6 +241,7 @@ def inject_adapter_in_model(
             wrapper.modules_to_save[adapter_name].requires_grad_(False)
         if wrapper is not current:
             set_submodule(model, name, wrapper)
+    guard_4bit_backward(model)  # bitsandbytes' CPU inference kernel has no backward
     if _activate:
         mark_only_adapters_as_trainable(model, [adapter_name])
     return model

@@ -37,6 +37,7 @@ from ..nn.quantized import (
     quantization_note,
     quantized_kind,
     requantize_,
+    unpack_cpu_4bit_,
     unsupported_quantized,
 )
 from .layers import TTAdapterLayer
@@ -46,6 +47,7 @@ __all__ = [
     "QuantizedMergeWarning",
     "QuantizedTTAdapterLayer",
     "base_quantization",
+    "guard_4bit_backward",
     "prepare_model_for_kbit_training",
     "reference_weight",
     "wrap_layer",
@@ -276,6 +278,34 @@ def base_quantization(module: nn.Module) -> str:
     return quantization_note(base)
 
 
+def _unpack_for_backward(module: nn.Module, args: Any) -> None:
+    if torch.is_grad_enabled():
+        unpack_cpu_4bit_(module)
+
+
+def guard_4bit_backward(model: nn.Module) -> int:
+    """Make every bitsandbytes 4-bit layer of ``model`` pass gradients after an inference call.
+
+    bitsandbytes 0.50 repacks a 4-bit weight for its CPU kernel on the first inference forward
+    (CPUs with AVX512-BF16), and the repacked matmul has no backward: training after any
+    evaluation then silently gives no gradient through that layer (see
+    :func:`ttdecomp.nn.quantized.unpack_cpu_4bit_`). A forward pre-hook on each layer unpacks
+    the weight when gradients are enabled; inference under ``torch.no_grad()`` keeps the fast
+    kernel. Idempotent; :func:`~ttdecomp.adapters.get_tt_model` calls it. Returns the number of
+    layers guarded now.
+    """
+    count = 0
+    for module in model.modules():
+        if quantized_kind(module) == "bnb_4bit" and not getattr(module, _GUARD, False):
+            module.register_forward_pre_hook(_unpack_for_backward)
+            setattr(module, _GUARD, True)
+            count += 1
+    return count
+
+
+_GUARD = "_ttdecomp_backward_guard"
+
+
 def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith("Norm")
 
@@ -295,7 +325,9 @@ def prepare_model_for_kbit_training(
        float32, so the statistics they compute do not round in half precision (PEFT casts every
        half-precision parameter, embeddings and head included; only the norms are cast here,
        which keeps the memory the quantization saved);
-    3. with ``use_gradient_checkpointing``, activation checkpointing is turned on
+    3. bitsandbytes 4-bit layers pass gradients after an inference call
+       (:func:`guard_4bit_backward`);
+    4. with ``use_gradient_checkpointing``, activation checkpointing is turned on
        (``use_reentrant=False`` unless ``gradient_checkpointing_kwargs`` says otherwise) and, for
        the re-entrant variant, the input embeddings' output is made to require gradients so
        that the checkpointed blocks pass gradients to the adapters inside them.
@@ -334,6 +366,7 @@ def prepare_model_for_kbit_training(
             "use_gradient_checkpointing=False."
         )
     kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+    guard_4bit_backward(model)
     for param in model.parameters():
         param.requires_grad_(False)
     for module in model.modules():

@@ -33,6 +33,7 @@ __all__ = [
     "quantization_note",
     "quantized_kind",
     "requantize_",
+    "unpack_cpu_4bit_",
     "unsupported_quantized",
 ]
 
@@ -219,21 +220,26 @@ def dense_weight(module: nn.Module) -> torch.Tensor:
         import bitsandbytes as bnb
 
         if kind == "bnb_4bit":
-            _unpack_cpu_4bit(module)
+            unpack_cpu_4bit_(module)
             weight = _weight(module)
             return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
         scb = weight.SCB if getattr(weight, "SCB", None) is not None else module.state.SCB
         return bnb.functional.int8_vectorwise_dequant(weight.data, scb.to(weight.device)).float()
 
 
-def _unpack_cpu_4bit(module: nn.Module) -> None:
+def unpack_cpu_4bit_(module: nn.Module) -> bool:
     """Undo bitsandbytes' CPU repacking of a 4-bit weight, in place, as bitsandbytes does itself.
 
-    On CPUs with AVX512-BF16, ``Linear4bit.forward`` in inference repacks the weight for its
-    CPU kernel (absmax in bfloat16) and marks ``quant_state.packing_format_for_cpu``; in that
-    format ``dequantize_4bit`` reads garbage. ``Linear4bit._save_to_state_dict`` converts back
-    with the same function before saving; the next inference forward repacks.
+    On CPUs with AVX512-BF16, ``Linear4bit.forward`` in inference (eval mode, an input that
+    does not require grad) repacks the weight for its CPU kernel (absmax rounded to bfloat16)
+    and marks ``quant_state.packing_format_for_cpu``. In that format ``dequantize_4bit`` reads
+    garbage, and the matmul has no backward: no gradient reaches the layer's input, silently
+    (bitsandbytes 0.50). ``Linear4bit._save_to_state_dict`` converts back with the same
+    function before saving; the next inference forward repacks. Returns whether it unpacked.
+    A no-op for any other layer.
     """
+    if quantized_kind(module) != "bnb_4bit":
+        return False
     weight = _weight(module)
     if getattr(weight.quant_state, "packing_format_for_cpu", False):
         from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
@@ -241,6 +247,8 @@ def _unpack_cpu_4bit(module: nn.Module) -> None:
         weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(
             weight.data, weight.quant_state
         )
+        return True
+    return False
 
 
 def requantize_(module: nn.Module, weight: torch.Tensor) -> None:
@@ -263,7 +271,7 @@ def requantize_(module: nn.Module, weight: torch.Tensor) -> None:
     import bitsandbytes as bnb
 
     if kind == "bnb_4bit":
-        _unpack_cpu_4bit(module)
+        unpack_cpu_4bit_(module)
         old = _weight(module)
         kwargs = {
             "blocksize": old.blocksize,
