@@ -251,17 +251,19 @@ def test_other_architectures_on_4bit(folders, kind):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("ours", [True, False])
-def test_prepare_model_for_kbit_training(folders, ours):
+@pytest.mark.parametrize(
+    ("quant", "ours"), [("nf4", True), ("nf4", False), ("8bit", True), ("torchao", True)]
+)
+def test_prepare_model_for_kbit_training(folders, quant, ours):
     import peft
 
-    model = load(folders, "nf4")
+    model = load(folders, quant)
     model.model.norm.weight.data = model.model.norm.weight.data.to(torch.bfloat16)
     prepare = prepare_model_for_kbit_training if ours else peft.prepare_model_for_kbit_training
     prepare(model, gradient_checkpointing_kwargs={"use_reentrant": True})
     assert model.model.norm.weight.dtype == torch.float32  # the norm is float32 again
     assert model.is_activation_checkpointing
-    assert quantized_kind(q_proj(model)) == "bnb_4bit"
+    assert quantized_kind(q_proj(model)) == EXPECTED_KIND[quant]
     tt = get_tt_model(model, TTLoRAConfig(tt_rank=2, init="paper", target_modules=QV))
     tt.train()  # checkpointing runs in training mode only; re-entrant needs the input grads
     tt(**tiny_batch("llama")).loss.backward()
@@ -297,8 +299,9 @@ def test_merge_records_rounding_and_unmerge_restores(folders, quant):
         assert torch.equal(model(**batch).logits, unmerged)
 
 
-def test_merge_and_unload_keeps_the_base_quantized(folders):
-    model = get_tt_model(load(folders, "nf4"), _train_config())
+@pytest.mark.parametrize("quant", ["nf4", "8bit", "torchao"])
+def test_merge_and_unload_keeps_the_base_quantized(folders, quant):
+    model = get_tt_model(load(folders, quant), _train_config())
     _train(model, steps=3)
     batch = tiny_batch("llama")
     with torch.no_grad():
@@ -306,8 +309,7 @@ def test_merge_and_unload_keeps_the_base_quantized(folders):
         with model.disable_adapter():
             base = model(**batch).logits
     plain = model.merge_and_unload()
-    assert type(q_proj(plain)).__name__ == "Linear4bit"
-    assert quantized_kind(q_proj(plain)) == "bnb_4bit"
+    assert quantized_kind(q_proj(plain)) == EXPECTED_KIND[quant]
     assert set(model.merge_rounding) == {n for n, m in plain.named_modules() if quantized_kind(m)}
     with torch.no_grad():
         merged = plain(**batch).logits
@@ -395,3 +397,20 @@ def test_export_peft_lora_parity_on_the_same_quantized_base(folders, tmp_path, q
         base = load(folders, quant)(**batch).logits
     assert not torch.allclose(ours, base, atol=1e-3)  # the adapter changes the output
     assert torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4)
+
+
+def test_save_load_on_torchao_int8(folders, tmp_path, caplog):
+    model = get_tt_model(load(folders, "torchao"), _train_config())
+    _train(model, steps=2)
+    batch = tiny_batch("llama")
+    with torch.no_grad():
+        want = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    again = TTAdapterModel.from_pretrained(load(folders, "torchao"), tmp_path)
+    with torch.no_grad():
+        assert torch.equal(again(**batch).logits, want)
+    with caplog.at_level(logging.INFO, logger="ttdecomp.adapters.serialization"):
+        TTAdapterModel.from_pretrained(load(folders, "nf4"), tmp_path)
+    assert "torchao int8 weight-only weights and is loaded on a base with bitsandbytes" in (
+        caplog.text
+    )

@@ -55,7 +55,16 @@ __all__ = [
 
 
 class QuantizedMergeWarning(TTWarning):
-    """Re-quantizing a merged weight lost more than the adapter contributes."""
+    """Re-quantizing a merged weight lost more than the adapter contributes.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error", QuantizedMergeWarning)  # make it an error
+    >>> issubclass(QuantizedMergeWarning, TTWarning)
+    True
+    """
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,11 @@ class MergeRounding:
         ``‖Q(W + ΔW) − (W + ΔW)‖_F``: what re-quantizing the merged weight changed.
     delta_norm : float
         ``‖ΔW‖_F``: the adapter's own contribution.
+
+    Examples
+    --------
+    >>> MergeRounding(rounding_error=0.2, delta_norm=1.0).relative
+    0.2
     """
 
     rounding_error: float
@@ -293,6 +307,12 @@ def guard_4bit_backward(model: nn.Module) -> int:
     the weight when gradients are enabled; inference under ``torch.no_grad()`` keeps the fast
     kernel. Idempotent; :func:`~ttdecomp.adapters.get_tt_model` calls it. Returns the number of
     layers guarded now.
+
+    Examples
+    --------
+    >>> import torch
+    >>> guard_4bit_backward(torch.nn.Sequential(torch.nn.Linear(4, 4)))  # no 4-bit layer
+    0
     """
     count = 0
     for module in model.modules():
