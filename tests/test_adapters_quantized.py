@@ -414,3 +414,32 @@ def test_save_load_on_torchao_int8(folders, tmp_path, caplog):
     assert "torchao int8 weight-only weights and is loaded on a base with bitsandbytes" in (
         caplog.text
     )
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_unpacking_a_cpu_packed_4bit_weight_keeps_its_values(double):
+    # bitsandbytes repacks on an inference call (AVX512-BF16 CPUs) and its own inverse leaves
+    # single-quantized block scales out of order when a row has several blocks (192 = 3 x 64)
+    import bitsandbytes as bnb
+
+    from ttdecomp.nn.quantized import unpack_cpu_4bit_
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(192, 128, bias=False)
+    layer = bnb.nn.Linear4bit(
+        192, 128, bias=False, compute_dtype=torch.float32, compress_statistics=double
+    )
+    layer.weight = bnb.nn.Params4bit(
+        dense.weight.data.clone(), requires_grad=False, quant_type="nf4", compress_statistics=double
+    )
+    layer = layer.to("cpu").eval()
+    before = dense_weight(layer)
+    x = torch.randn(4, 192)
+    with torch.no_grad():
+        packed_out = layer(x)
+    if not getattr(layer.weight.quant_state, "packing_format_for_cpu", False):
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes does not repack")
+    assert unpack_cpu_4bit_(layer)
+    after = dense_weight(layer)
+    assert float((after - before).norm() / before.norm()) < 1e-2  # block scales in bfloat16
+    assert torch.allclose(x @ after.T, packed_out, atol=2e-2, rtol=2e-2)

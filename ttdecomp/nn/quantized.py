@@ -235,8 +235,10 @@ def unpack_cpu_4bit_(module: nn.Module) -> bool:
     and marks ``quant_state.packing_format_for_cpu``. In that format ``dequantize_4bit`` reads
     garbage, and the matmul has no backward: no gradient reaches the layer's input, silently
     (bitsandbytes 0.50). ``Linear4bit._save_to_state_dict`` converts back with the same
-    function before saving; the next inference forward repacks. Returns whether it unpacked.
-    A no-op for any other layer.
+    function before saving, which leaves the block scales scrambled unless they were
+    double-quantized; this also puts them back in order. The values are the packed ones (block
+    scales rounded to bfloat16 by the packing); the next inference forward repacks. Returns
+    whether it unpacked. A no-op for any other layer.
     """
     if quantized_kind(module) != "bnb_4bit":
         return False
@@ -244,9 +246,15 @@ def unpack_cpu_4bit_(module: nn.Module) -> bool:
     if getattr(weight.quant_state, "packing_format_for_cpu", False):
         from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
-        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(
-            weight.data, weight.quant_state
-        )
+        state = weight.quant_state
+        nested = state.original_nested
+        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+        if not nested:
+            # bitsandbytes 0.50's inverse restores the block scales' order only when they were
+            # double-quantized; otherwise they stay as packing left them, (blocks per row, out)
+            # in bfloat16: back to one scale per block in row-major order
+            state = weight.quant_state
+            state.absmax = state.absmax.T.contiguous().reshape(-1).float()
         return True
     return False
 
