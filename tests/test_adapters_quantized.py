@@ -32,7 +32,7 @@ from ttdecomp.adapters import (  # noqa: E402
 from ttdecomp.adapters.testing import tiny_batch, tiny_model  # noqa: E402
 from ttdecomp.errors import InvalidInputError  # noqa: E402
 from ttdecomp.nn.quantized import (  # noqa: E402
-    dense_weight,
+    dequantized_weight,
     in_out_features,
     quantized_kind,
     unsupported_quantized,
@@ -114,12 +114,12 @@ def q_proj(model):
 
 # ------------------------------------------------------------------ layer kinds (nn.quantized)
 @pytest.mark.parametrize("quant", KINDS)
-def test_kinds_features_and_dense_weight(folders, quant):
+def test_kinds_features_and_dequantized_weight(folders, quant):
     fp32 = q_proj(load(folders, "fp32")).weight.detach()
     layer = q_proj(load(folders, quant))
     assert quantized_kind(layer) == EXPECTED_KIND[quant]
-    assert in_out_features(layer) == tuple(fp32.shape)
-    dense = dense_weight(layer)
+    assert in_out_features(layer) == tuple(fp32.shape)[::-1]
+    dense = dequantized_weight(layer)
     assert dense.dtype == torch.float32 and dense.shape == fp32.shape
     rel = float((dense - fp32).norm() / fp32.norm())
     assert rel < (0.15 if "4" in quant else 0.02), rel  # 4-bit rounds coarser than 8-bit
@@ -293,7 +293,7 @@ def test_merge_records_rounding_and_unmerge_restores(folders, quant):
     layer = q_proj(model.base_model)  # the merged layer computes with the re-quantized weight
     x = torch.randn(2, layer.in_features)
     with torch.no_grad():
-        assert torch.allclose(layer(x), x @ dense_weight(layer.base_layer).T, atol=2e-2)
+        assert torch.allclose(layer(x), x @ dequantized_weight(layer.base_layer).T, atol=2e-2)
     model.unmerge_adapter()  # the quantized weights kept at merge time come back exactly
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, unmerged)
@@ -433,13 +433,13 @@ def test_unpacking_a_cpu_packed_4bit_weight_keeps_its_values(double):
         dense.weight.data.clone(), requires_grad=False, quant_type="nf4", compress_statistics=double
     )
     layer = layer.to("cpu").eval()
-    before = dense_weight(layer)
+    before = dequantized_weight(layer)
     x = torch.randn(4, 192)
     with torch.no_grad():
         packed_out = layer(x)
     if not getattr(layer.weight.quant_state, "packing_format_for_cpu", False):
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes does not repack")
     assert unpack_cpu_4bit_(layer)
-    after = dense_weight(layer)
+    after = dequantized_weight(layer)
     assert float((after - before).norm() / before.norm()) < 1e-2  # block scales in bfloat16
     assert torch.allclose(x @ after.T, packed_out, atol=2e-2, rtol=2e-2)

@@ -32,7 +32,7 @@ from torch import nn
 from ..errors import InvalidInputError, TTWarning
 from ..nn.quantized import (
     compute_dtype,
-    dense_weight,
+    dequantized_weight,
     in_out_features,
     quantization_note,
     quantized_kind,
@@ -136,7 +136,7 @@ class QuantizedTTAdapterLayer(TTAdapterLayer):
         super().__init__(base_layer)
         self.quant_kind = kind
         self.fan_in_fan_out = False
-        self.out_features, self.in_features = in_out_features(base_layer)
+        self.in_features, self.out_features = in_out_features(base_layer)
         self.merge_rounding: dict[str, MergeRounding] = {}
         self._lossy_merges: list[str] = []
 
@@ -177,11 +177,11 @@ class QuantizedTTAdapterLayer(TTAdapterLayer):
         for n in names:
             before = _snapshot(base, self.quant_kind) if keep_original else None
             with torch.no_grad():
-                weight = dense_weight(base)
+                weight = dequantized_weight(base)
                 delta = self.get_delta_weight(n).to(weight.device)
                 target = weight + delta
                 requantize_(base, target)
-                error = float(torch.linalg.vector_norm(dense_weight(base) - target))
+                error = float(torch.linalg.vector_norm(dequantized_weight(base) - target))
             rounding = MergeRounding(error, float(torch.linalg.vector_norm(delta)))
             self.merge_rounding[n] = rounding
             if rounding.rounding_error > rounding.delta_norm:

@@ -337,7 +337,8 @@ def _select_targets(
 
 def _features(module: nn.Module) -> tuple[int, int]:
     if quantized_kind(module) is not None:  # a 4-bit weight is stored packed
-        return in_out_features(module)
+        n_in, n_out = in_out_features(module)
+        return n_out, n_in
     w = module.weight
     if is_conv1d(module):
         return int(w.shape[1]), int(w.shape[0])

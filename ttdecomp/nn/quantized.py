@@ -28,7 +28,7 @@ from ..errors import InvalidInputError
 __all__ = [
     "SUPPORTED_QUANTIZED",
     "compute_dtype",
-    "dense_weight",
+    "dequantized_weight",
     "in_out_features",
     "quantization_note",
     "quantized_kind",
@@ -153,7 +153,7 @@ def _kind_or_raise(module: nn.Module) -> str:
 
 
 def in_out_features(module: nn.Module) -> tuple[int, int]:
-    """``(out_features, in_features)`` of a supported quantized linear layer.
+    """``(in_features, out_features)`` of a supported quantized linear layer (PEFT's order).
 
     A bitsandbytes 4-bit weight is stored packed, (out · in / 2, 1), so its shape says nothing;
     the layer's own sizes (or the quantization state's shape) do.
@@ -165,7 +165,7 @@ def in_out_features(module: nn.Module) -> tuple[int, int]:
     >>> net = torch.nn.Sequential(torch.nn.Linear(64, 32))
     >>> quantize_(net, Int8WeightOnlyConfig())
     >>> in_out_features(net[0])
-    (32, 64)
+    (64, 32)
     """
     kind = _kind_or_raise(module)
     weight = _weight(module)
@@ -173,9 +173,9 @@ def in_out_features(module: nn.Module) -> tuple[int, int]:
         state = getattr(weight, "quant_state", None)
         if state is not None:
             out_f, in_f = state.shape
-            return int(out_f), int(in_f)
-        return int(module.out_features), int(module.in_features)
-    return int(weight.shape[0]), int(weight.shape[1])
+            return int(in_f), int(out_f)
+        return int(module.in_features), int(module.out_features)
+    return int(weight.shape[1]), int(weight.shape[0])
 
 
 def compute_dtype(module: nn.Module) -> torch.dtype:
@@ -194,7 +194,7 @@ def compute_dtype(module: nn.Module) -> torch.dtype:
     return bias.dtype if bias is not None and bias.dtype.is_floating_point else torch.float32
 
 
-def dense_weight(module: nn.Module) -> torch.Tensor:
+def dequantized_weight(module: nn.Module) -> torch.Tensor:
     """The layer's weight dequantized to a dense float32 (out, in) tensor (a new tensor).
 
     A bitsandbytes 4-bit weight that its CPU kernel repacked is first unpacked in place, as
@@ -208,7 +208,7 @@ def dense_weight(module: nn.Module) -> torch.Tensor:
     >>> net = torch.nn.Sequential(torch.nn.Linear(64, 32))
     >>> w = net[0].weight.detach().clone()
     >>> quantize_(net, Int8WeightOnlyConfig())
-    >>> d = dense_weight(net[0])
+    >>> d = dequantized_weight(net[0])
     >>> d.dtype, bool((d - w).abs().max() < 0.01)
     (torch.float32, True)
     """
