@@ -22,8 +22,12 @@ Each of the six variants runs in its own process per thread count (``--threads 1
 default), one process at a time, so the peak resident memory of the process is the variant's
 own. Reported per variant:
 
-* peak RSS of the whole process (``VmHWM``: loading included) and during training only (the
-  high-water mark reset after loading and the first evaluation);
+* peak RSS of the whole process (``VmHWM``: loading included) and of the fine-tuning alone
+  (the high-water mark reset after loading: evaluations and training steps). Loading a 4-bit
+  base from an fp32 checkpoint reads the fp32 weights first, so the loading peak is a property
+  of the checkpoint, not of fine-tuning on the base. After loading, weights that are still views
+  of the checkpoint's memory map are copied out (every base alike, see ``_materialize``);
+  otherwise that map keeps the whole fp32 file resident beside the 4-bit weights;
 * step time: median wall time of ``--steps`` training steps after one warm-up step, and
   their median CPU time (``time.process_time``; at one thread, unaffected by other processes
   competing for the cores: the ratios use it);
@@ -101,6 +105,32 @@ def _load(base: str):
     return model, AutoTokenizer.from_pretrained(folder)
 
 
+def _materialize(model) -> None:
+    """Copy the weights that still point into the checkpoint file into memory of their own.
+
+    transformers loads a checkpoint through one memory map of the file; parameters it does not
+    quantize (the embeddings, norms) stay views of that map, which keeps the whole file mapped,
+    and the pages quantization read stay resident: on the 4-bit base 518 MiB of fp32 pages of
+    SmolLM2's checkpoint for 108 MiB of embeddings. Done for every base alike (on fp32 it turns
+    the file pages training would touch anyway into anonymous memory), then freed memory is
+    handed back to the system (glibc's ``malloc_trim``, where there is one).
+    """
+    import ctypes
+    import gc
+
+    import torch
+
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if type(t).__name__ not in ("Params4bit", "Int8Params"):
+                t.data = t.data.clone()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _adapt(model, method: str):
     from ttdecomp.finetune.methods import default_settings
 
@@ -157,6 +187,7 @@ def child(base: str, method: str, threads: int, args: argparse.Namespace) -> dic
     rss_imports = _status_kib("VmRSS")
     t0 = time.perf_counter()
     model, tokenizer = _load(base)
+    _materialize(model)
     batches, held_out, collator = _data(
         tokenizer, args.batch_size, args.max_length, args.eval_examples, args.steps + 1
     )
@@ -164,10 +195,10 @@ def child(base: str, method: str, threads: int, args: argparse.Namespace) -> dic
     load_s = time.perf_counter() - t0
     rss_loaded = _status_kib("VmRSS")
     rss_loaded_file = _status_kib("RssFile")  # pages of mapped files (the checkpoint, libraries)
+    peak_load = _status_kib("VmHWM")  # loading (quantizing loads the fp32 weights first)
+    peak_reset = _reset_peak()
     model.eval()
     before = evaluate_lm(model, held_out, collator, batch_size=8)
-    peak_load = _status_kib("VmHWM")  # loading and the first evaluation
-    peak_reset = _reset_peak()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
@@ -193,7 +224,7 @@ def child(base: str, method: str, threads: int, args: argparse.Namespace) -> dic
         "rss_loaded_mib": rss_loaded / 1024,
         "rss_loaded_file_mib": rss_loaded_file / 1024,
         "peak_load_mib": peak_load / 1024,
-        # with the reset, VmHWM after training is the training's own peak
+        # with the reset, VmHWM after training is the fine-tuning's own peak (evaluation included)
         "peak_train_mib": train_peak / 1024 if peak_reset else None,
         "peak_process_mib": max(peak_load, train_peak) / 1024,
         "step_s": statistics.median(times[1:]),
@@ -250,7 +281,7 @@ def _report(results: list[dict], args: argparse.Namespace) -> None:
     print(
         "libs: RSS after importing torch/transformers (+bitsandbytes, peft) before any weight; "
         "loaded: after loading and adapting; peak: the process's VmHWM (loading included); "
-        "train pk: VmHWM of the training steps alone; cpu s: median CPU time per step"
+        "train pk: VmHWM after loading (evaluations and training); cpu s: median CPU time per step"
     )
     by = {(r["threads"], r["base"], r["method"]): r for r in results}
     for threads in sorted({r["threads"] for r in results}):
@@ -261,7 +292,7 @@ def _report(results: list[dict], args: argparse.Namespace) -> None:
                 "  4-bit TT-LoRA / QLoRA: step CPU time "
                 f"{_ratio(tt4['step_cpu_s'], lo4['step_cpu_s'])} (wall "
                 f"{_ratio(tt4['step_s'], lo4['step_s'])}; target <= 1.1), peak RSS "
-                f"{_ratio(tt4['peak_process_mib'], lo4['peak_process_mib'])}, training peak "
+                f"{_ratio(tt4['peak_process_mib'], lo4['peak_process_mib'])}, fine-tuning peak "
                 f"{_ratio(tt4['peak_train_mib'], lo4['peak_train_mib'])} (target <= 1.0)"
             )
         for method in METHODS:
@@ -271,7 +302,7 @@ def _report(results: list[dict], args: argparse.Namespace) -> None:
                 above_f = f["peak_process_mib"] - f["rss_imports_mib"]
                 print(
                     f"  {method} 4-bit / fp32: peak RSS "
-                    f"{_ratio(q['peak_process_mib'], f['peak_process_mib'])}, training peak "
+                    f"{_ratio(q['peak_process_mib'], f['peak_process_mib'])}, fine-tuning peak "
                     f"{_ratio(q['peak_train_mib'], f['peak_train_mib'])}, above the libraries "
                     f"{_ratio(above_q, above_f)} (target <= 0.6); held-out loss after "
                     f"{_ratio(q['loss_after'], f['loss_after'])} (TT-LoRA target within 2%)"
@@ -287,6 +318,7 @@ def main() -> None:
     parser.add_argument("--eval-examples", type=int, default=32)
     parser.add_argument("--bases", nargs="+", choices=BASES, default=list(BASES))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--child", nargs=2, metavar=("BASE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     for name in ("steps", "batch_size", "max_length", "eval_examples"):
@@ -315,6 +347,9 @@ def main() -> None:
                     flush=True,
                 )
     _report(results, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
