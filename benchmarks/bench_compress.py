@@ -37,18 +37,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from ttdecomp.cli.compress import (
-    HEAL_CACHE_GB,
-    HEAL_SIZE,
-    causal_data,
-    encoder_texts,
-    load_model,
-    measure_causal,
-)
 from ttdecomp.compress import compress_model, heal
+from ttdecomp.compress.inputs import causal_data, encoder_texts, load_model
+from ttdecomp.compress.job import HEAL_CACHE_GB, HEAL_SIZE
 from ttdecomp.compress.measure import (
     forward_cost,
     mean_cosine,
+    measure_causal,
     sentence_embeddings,
     tokenize_batches,
 )
@@ -235,7 +230,7 @@ def minilm(args, out: Path) -> None:
 def smollm2(args, out: Path) -> None:
     model, tok, _ = load_model("smollm2")
     splits, _ = causal_data("chatterbot")
-    from ttdecomp.cli.compress import causal_batches
+    from ttdecomp.compress.inputs import causal_batches
 
     cal = causal_batches(tok, splits.train[: args.lm_calibration])
     heal_data = causal_batches(tok, splits.train[: args.lm_heal_size])

@@ -65,7 +65,7 @@ def _batches(count: int):
     """``count`` padded batches of 32 training tweets (cycling over the split), and the labels."""
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
-    from ttdecomp.finetune.assets import model_path
+    from ttdecomp.assets.registry import model_path
     from ttdecomp.finetune.classify import TextDataset
     from ttdecomp.finetune.data import load_classification
 
@@ -95,7 +95,7 @@ def _optimizer(model, lr: float):
 
 def _build(method: str, labels: list[str]):
     """The default model with ``method``'s default adapters, train mode, and its optimizer."""
-    from ttdecomp.finetune.assets import model_path
+    from ttdecomp.assets.registry import model_path
     from ttdecomp.finetune.classify import load_classifier
     from ttdecomp.finetune.methods import apply_method, default_settings
 
@@ -183,7 +183,7 @@ def _inference_part(rounds: int, batches: list, labels: list[str], tt_model) -> 
 
     import torch
 
-    from ttdecomp.finetune.assets import model_path
+    from ttdecomp.assets.registry import model_path
     from ttdecomp.finetune.classify import load_classifier
     from ttdecomp.finetune.methods import head_modules
 

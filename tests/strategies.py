@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from hypothesis import assume
 from hypothesis import strategies as st
 
 try:
@@ -127,3 +128,13 @@ def weight_shapes(draw, max_size: int = 1500):
 def _two_factors(n: int) -> int:
     """``n`` times 2 when ``n`` is prime, so that it splits into at least two factors."""
     return n * 2 if all(n % p for p in range(2, int(n**0.5) + 1)) else n
+
+
+@st.composite
+def kronecker_factor_shapes(draw, max_side: int = 16):
+    """``((a, b), (c, d))``: the shapes of ``A`` and ``B`` in ``W = kron(A, B)``, any sides
+    (primes, ones, rectangles), with both factors and both sides of ``W`` of size 2 at least."""
+    side = st.integers(1, max_side)
+    a, b, c, d = draw(st.tuples(side, side, side, side))
+    assume(a * b >= 2 and c * d >= 2 and a * c >= 2 and b * d >= 2)
+    return (a, b), (c, d)

@@ -179,6 +179,23 @@ def test_bad_files_fail_clearly_and_leave_model_untouched(saved, damage, error, 
     assert _unchanged(base, snap)
 
 
+@pytest.mark.parametrize("form", ["flat", "pair", "per_module"])
+def test_a_downloaded_config_with_50000_factors_fails_fast(saved, form):
+    """A hostile tt_shape is refused by the config validator, not after minutes of products."""
+    import time
+
+    c = saved / CONFIG_NAME
+    record = json.loads(c.read_text())
+    huge = [2] * 50_000
+    shape = {"flat": huge, "pair": [[1] * 50_000, huge], "per_module": {"q_proj": huge}}[form]
+    record["config"]["tt_shape"] = shape
+    c.write_text(json.dumps(record))
+    start = time.perf_counter()
+    with pytest.raises(AdapterFileError, match=r"tt_shape.* has 50000 factors; at most 64"):
+        TTAdapterModel.from_pretrained(tiny_model("llama"), saved)
+    assert time.perf_counter() - start < 5.0
+
+
 def test_loading_into_a_different_architecture_fails_clearly(saved):
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -25,10 +25,10 @@ from ttdecomp.adapters import (  # noqa: E402
     TTLoRAConfig,
     get_tt_model,
 )
-from ttdecomp.adapters.fast import TTForwardCache, split_bond  # noqa: E402
 from ttdecomp.adapters.testing import tiny_batch, tiny_model  # noqa: E402
 from ttdecomp.contract import linear as tt_linear  # noqa: E402
 from ttdecomp.errors import InvalidInputError, ShapeError  # noqa: E402
+from ttdecomp.nn.fast import TTForwardCache, split_bond  # noqa: E402
 
 
 def _randomize(model, scale: float = 0.3) -> None:
@@ -140,6 +140,28 @@ def test_adapter_names_bad_inputs_fail_before_any_work() -> None:
         model(input_ids=ids, adapter_names=["default", "rep", "default"])
     model.unmerge_adapter()
     model(input_ids=ids, adapter_names=["default", "rep", "default"])  # fine again
+
+
+@pytest.mark.parametrize("how", ["get_tt_model", "add_adapter", "load_adapter", "from_pretrained"])
+def test_base_is_a_reserved_adapter_name(tmp_path, how) -> None:
+    """'__base__' routes rows to the base model, so no adapter may take that name."""
+    cfg = TTLoRAConfig(tt_rank=2)
+    base = tiny_model("llama")
+    before = {n: p.clone() for n, p in base.state_dict().items()}
+    with pytest.raises(InvalidInputError, match="'__base__' is reserved"):
+        if how == "get_tt_model":
+            get_tt_model(base, cfg, "__base__")
+        elif how == "add_adapter":
+            get_tt_model(base, cfg).add_adapter("__base__", cfg)
+        else:
+            get_tt_model(tiny_model("llama"), cfg).save_pretrained(tmp_path)
+            if how == "load_adapter":
+                get_tt_model(base, cfg).load_adapter(tmp_path, "__base__")
+            else:
+                TTAdapterModel.from_pretrained(base, tmp_path, "__base__")
+    if how in ("get_tt_model", "from_pretrained"):  # refused before the model was touched
+        assert not any(isinstance(m, TTAdapterLayer) for m in base.modules())
+        assert all(torch.equal(p, before[n]) for n, p in base.state_dict().items())
 
 
 # ------------------------------------------------------------------ the fast path

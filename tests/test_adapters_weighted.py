@@ -148,9 +148,31 @@ def test_add_weighted_adapter_bad_inputs() -> None:
         model.add_weighted_adapter(["default", "b"], [1.0, float("nan")], "w")
     with pytest.raises(InvalidInputError, match="list of adapter names"):
         model.add_weighted_adapter("default", [1.0], "w")
+    with pytest.raises(InvalidInputError, match="'__base__' is reserved"):
+        model.add_weighted_adapter(["default", "b"], [1.0, 1.0], "__base__")
     assert model.tt_config == before and "w" not in {
         n for layer in _layers(model) for n in layer.tt_adapters
     }
+
+
+@pytest.mark.parametrize(
+    ("dtype", "weight"),
+    [(torch.float32, 1e300), (torch.float32, 1e38), (torch.float64, 1e300)],
+)
+@pytest.mark.parametrize("combination", ["exact", "rounded"])
+def test_weights_that_overflow_the_cores_after_the_cast_are_refused(dtype, weight, combination):
+    """Finite weights whose combination is not finite in the adapters' dtype leave no adapter."""
+    model = _two_adapters().to(dtype)
+    before = dict(model.tt_config)
+    kw = {"tt_rank": 2} if combination == "rounded" else {}
+    with pytest.raises(InvalidInputError, match=rf"does not fit the adapters' dtype {dtype}"):
+        model.add_weighted_adapter(["default", "b"], [weight, weight], "w", combination, **kw)
+    assert model.tt_config == before
+    assert all("w" not in layer.tt_adapters for layer in _layers(model))
+    # a large weight the dtype does hold is accepted, and its ΔW is finite
+    model.add_weighted_adapter(["default", "b"], [1e3, -1e3], "big", combination, **kw)
+    for layer in _layers(model):
+        assert bool(torch.isfinite(layer.get_delta_weight("big")).all())
 
 
 def test_weighted_adapter_refuses_two_modules_to_save_copies() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -471,3 +472,185 @@ def test_cores_are_balanced_and_the_weight_unchanged():
     ttm = layer.to_ttmatrix()
     raw = TTLinear.from_ttmatrix(ttm, balance=False)
     torch.testing.assert_close(raw.to_linear().weight, layer.to_linear().weight)
+
+
+# ---------------------------------------------------------------- budgets as --budget reads them
+def test_compress_model_reads_budget_strings_as_the_command_line_does():
+    from ttdecomp.cli import build_parser
+
+    net = _mlp()
+    args = build_parser().parse_args(["compress", "m", "--budget", "2k", "--output", "o"])
+    assert args.budget == 2000
+    _, by_text = compress_model(net, "2k")
+    _, by_count = compress_model(net, args.budget)
+    assert by_text.budget == by_count.budget == 2000
+    assert [r.ranks for r in by_text.layers] == [r.ranks for r in by_count.layers]
+    _, half = compress_model(net, "50%")
+    assert half.n_params <= 0.5 * (32 * 64 + 64 * 16)
+    with pytest.raises(InvalidInputError, match="not a finite number"):
+        compress_model(net, "lots")
+
+
+def test_a_budget_at_or_above_the_dense_size_is_refused():
+    net = _mlp()
+    dense = 32 * 64 + 64 * 16
+    with pytest.raises(InvalidInputError, match="not below the dense size"):
+        compress_model(net, dense)
+    with pytest.raises(InvalidInputError, match=f"{dense:,} parameters"):
+        compress_model(net, "1M")
+
+
+def test_a_calibration_of_fewer_rows_than_inputs_is_warned():
+    net = _mlp()
+    with pytest.warns(TTWarning, match="fewer input rows") as caught:
+        compress_model(net, 0.5, calibration=_inputs(20))
+    assert "2 layer(s)" in str(caught[0].message)  # the widest gap is named
+    assert "'2': 20 rows for 64 inputs" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TTWarning)
+        compress_model(net, 0.5, calibration=_inputs(100))
+
+
+# ---------------------------------------------------------------- TTLinear arguments
+def test_ttlinear_clips_unattainable_ranks_with_a_warning():
+    with pytest.warns(tt.errors.RankClippedWarning, match="bond 1: 50 -> 4"):
+        layer = TTLinear(8, 4, (2, 2), (2, 4), (1, 50, 1))
+    assert layer.ranks == (1, 4, 1)  # min(2 * 2, 2 * 4)
+    assert TTLinear(8, 4, (2, 2), (2, 4), 3).ranks == (1, 3, 1)
+
+
+@pytest.mark.parametrize("bias", ["no", 0, None, 1.0])
+def test_ttlinear_bias_must_be_a_bool(bias):
+    with pytest.raises(InvalidInputError, match="bias must be True or False"):
+        TTLinear(8, 4, (2, 2), (2, 4), (1, 2, 1), bias)
+
+
+# ---------------------------------------------------------------- tampered files
+def _saved(tmp_path):
+    small, report = compress_model(_mlp(), budget=0.4)
+    save_compressed(small, tmp_path, report)
+    return json.loads((tmp_path / "ttdecomp_compressed.json").read_text())
+
+
+def _write_record(tmp_path, record):
+    (tmp_path / "ttdecomp_compressed.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda r: r.update(extra=1), r"unknown keys \['extra'\]"),
+        (lambda r: r["layers"]["0"].update(dtype="int64"), "dtype 'int64' is not one of"),
+        (lambda r: r["layers"]["0"].update(bias="yes"), "bias is 'yes'"),
+        (lambda r: r["layers"]["0"].update(in_features=32.0), "positive ints"),
+        (lambda r: r["layers"]["0"].update(ranks=[1, -3, 1]), "ranks"),
+        (lambda r: r["layers"]["0"].update(ranks=[1, 10**6, 1]), "attainable"),
+        (lambda r: r["layers"]["0"].update(row_shape=[64, 2]), "do not factor"),
+        (lambda r: r["layers"]["0"].update(code="os.system"), "expected"),
+        (lambda r: r["tensors"].update({"0.bias": ["64"]}), "'tensors'"),
+        (lambda r: r["aliases"].update({"x": "nowhere"}), "'aliases'"),
+    ],
+)
+def test_a_tampered_record_is_refused(tmp_path, edit, match):
+    record = _saved(tmp_path)
+    edit(record)
+    _write_record(tmp_path, record)
+    with pytest.raises(CompressedFileError, match=match):
+        load_compressed(_mlp(seed=5), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("key", "cast"), [("0.bias", torch.int64), ("0.cores.0", torch.float64), ("2.cores.0", None)]
+)
+def test_a_tensor_of_another_dtype_is_refused_not_cast(tmp_path, key, cast):
+    from safetensors.torch import load_file, save_file
+
+    _saved(tmp_path)
+    path = tmp_path / "ttdecomp_compressed.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(path)
+    tensors[key] = tensors[key].to(cast) if cast is not None else tensors[key].half()
+    save_file(tensors, path, metadata=meta)
+    fresh = _mlp(seed=5)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(CompressedFileError, match=f"tensor '{key}' is torch"):
+        load_compressed(fresh, tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_files_saved_by_version_0_1_0_still_load():
+    """tests/data/compressed-0.1.0: a Sequential(Linear(8, 16), GELU, Linear(16, 4, bias=False))
+    compressed at 50% and saved by ttdecomp 0.1.0, with its output on one input."""
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "data" / "compressed-0.1.0"
+    expected = json.loads((folder / "expected.json").read_text())
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4, bias=False)
+    )
+    fresh = load_compressed(net, folder)
+    assert isinstance(fresh[0], TTLinear) and isinstance(fresh[2], TTLinear)
+    with torch.no_grad():
+        y = fresh(torch.tensor(expected["x"]))
+    torch.testing.assert_close(y, torch.tensor(expected["y"]))
+
+
+def test_save_pretrained_of_a_compressed_model_is_refused(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=16)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    small, report = compress_model(model, budget=0.5)
+    with pytest.raises(InvalidInputError, match=r"save_compressed.*load_compressed"):
+        small.save_pretrained(tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    model.save_pretrained(tmp_path / "dense")  # the original (not in place) is untouched
+    save_compressed(small, tmp_path / "tt", report)
+    fresh = load_compressed(transformers.GPT2LMHeadModel(cfg).eval(), tmp_path / "tt")
+    with pytest.raises(InvalidInputError, match="save_compressed"):
+        fresh.save_pretrained(tmp_path / "hf2")
+
+
+def test_plan_says_when_it_skips_float8_tensors(tmp_path):
+    from safetensors.torch import save_file
+
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("this torch has no float8")
+    save_file(
+        {
+            "layers.0.q.weight": torch.randn(64, 64),
+            "layers.0.k.weight": torch.randn(64, 64).to(torch.float8_e4m3fn),
+        },
+        tmp_path / "model.safetensors",
+    )
+    with pytest.warns(TTWarning, match=r"1 in F8_E4M3.*'layers.0.k.weight'"):
+        mp = tt.plan_model(tmp_path / "model.safetensors", 0.5)
+    assert list(mp.plans) == ["layers.0.q.weight"]
+
+
+def test_the_plan_command_says_when_it_skips_float8_tensors(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from ttdecomp.cli import main
+
+    if not hasattr(torch, "float8_e5m2"):
+        pytest.skip("this torch has no float8")
+    save_file(
+        {"a.weight": torch.randn(64, 64), "b.weight": torch.randn(64, 64).to(torch.float8_e5m2)},
+        tmp_path / "model.safetensors",
+    )
+    assert main(["plan", str(tmp_path / "model.safetensors"), "--budget", "50%"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("ttdecomp plan: warning: skipped") and "1 in F8_E5M2" in err
+
+
+def test_a_record_with_a_key_given_twice_is_refused(tmp_path):
+    _saved(tmp_path)
+    path = tmp_path / "ttdecomp_compressed.json"
+    text = path.read_text()
+    path.write_text(text.replace('"aliases": {}', '"aliases": {}, "aliases": {"0.bias": "x"}', 1))
+    with pytest.raises(CompressedFileError, match="appears twice"):
+        load_compressed(_mlp(seed=5), tmp_path)

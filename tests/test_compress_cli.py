@@ -15,7 +15,7 @@ from ttdecomp.cli import main  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
     try:
-        from ttdecomp.finetune.assets import model_path
+        from ttdecomp.assets.registry import model_path
 
         tok_path = model_path("minilm")
     except Exception as exc:  # the packaged tokenizer is an optional asset
@@ -86,9 +86,15 @@ def test_compress_command_writes_a_reloadable_model(tiny_bert, tmp_path, capsys)
         (["--budget", "5", "--output", "o"], "minimum"),
         (["--budget", "50%", "--targets", "nope", "--output", "o"], "matches no module"),
         (["--budget", "50%", "--calibration", "missing.txt", "--output", "o"], "missing.txt"),
-        (["--budget", "50%", "--heal-cache-gb", "-1", "--output", "o"], "--heal-cache-gb -1.0"),
-        (["--budget", "50%", "--heal-cache-gb", "nan", "--output", "o"], "finite number >= 0"),
-        (["--budget", "50%", "--heal-cache-gb", "inf", "--output", "o"], "--heal-cache-gb inf"),
+        (["--budget", "50%", "--heal", "--heal-cache-gb", "-1", "--output", "o"], "-1.0 must be"),
+        (["--budget", "50%", "--heal", "--heal-cache-gb", "nan", "--output", "o"], "finite number"),
+        (["--budget", "50%", "--heal", "--heal-cache-gb", "inf", "--output", "o"], "inf must be"),
+        (
+            ["--budget", "50%", "--heal-steps", "5", "--output", "o"],
+            "without --heal;",
+        ),
+        (["--budget", "50%", "--heal-size", "0", "--heal", "--output", "o"], "--heal-size 0 must"),
+        (["--budget", "10M", "--output", "o"], "not below the dense size"),
     ],
 )
 def test_compress_command_bad_input(tiny_bert, tmp_path, capsys, argv, needle):
@@ -108,7 +114,7 @@ def test_compress_command_unknown_model(capsys):
 
 
 def test_healing_texts_never_include_held_out_ones(tmp_path):
-    from ttdecomp.cli.compress import encoder_texts
+    from ttdecomp.compress.inputs import encoder_texts
 
     path = tmp_path / "texts.txt"
     path.write_text("\n".join(f"text {i}" for i in range(100)))
@@ -120,8 +126,8 @@ def test_healing_texts_never_include_held_out_ones(tmp_path):
 
 
 def test_tweet_healing_texts_go_beyond_the_training_split():
-    pytest.importorskip("ttdecomp.finetune.assets").data_path("tweets")
-    from ttdecomp.cli.compress import encoder_texts
+    pytest.importorskip("ttdecomp.assets.registry").data_path("tweets")
+    from ttdecomp.compress.inputs import encoder_texts
     from ttdecomp.finetune.data import load_classification
 
     s = load_classification("tweets", sizes=(1000, 300, 600))
@@ -131,3 +137,60 @@ def test_tweet_healing_texts_go_beyond_the_training_split():
     assert len(healing) == len(set(healing)) == 5000 and healing[:1000] == train
     assert not set(healing) & (set(held) | {t for t, _ in s.validation})
     assert encoder_texts("tweets", (256, 300, 600))[1] == train[:300]
+
+
+def test_options_are_checked_before_the_model_is_looked_up(capsys):
+    argv = ["compress", "no-such-model", "--budget", "50%", "--heal-lr", "0.1", "--output", "x"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        "--heal-lr 0.1 is a healing option, given without --heal; add --heal" in err
+        and "unknown model" not in err
+    )
+
+
+def test_output_is_checked_before_the_model_is_loaded(tiny_bert, tmp_path, capsys):
+    folder, texts = tiny_bert
+    before = sorted(p.name for p in folder.iterdir())
+    base = ["compress", str(folder), "--budget", "50%", "--calibration", str(texts)]
+    assert main([*base, "--output", str(folder)]) == 2
+    assert "is the model's own folder" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == before
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main([*base, "--output", str(blocker / "out")]) == 2
+    assert f"{blocker} is a file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_interrupted_healing_keeps_the_compression(tiny_bert, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    folder, texts = tiny_bert
+    out = tmp_path / "out"
+    argv = [sys.executable, "-P", "-u", "-m", "ttdecomp", "compress", str(folder)]
+    argv += ["--budget", "50%", "--calibration", str(texts), "--calibration-size", "16"]
+    argv += ["--eval-size", "16", "--heal", "--heal-seconds", "120", "--heal-steps", "100000"]
+    argv += ["--heal-size", "16", "--threads", "1", "--no-progress", "--output", str(out)]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("saved the compression"):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "healing interrupted" not in err and "interrupted" in err
+    record = json.loads((out / "report.json").read_text())
+    assert record["heal"] == "not finished" and record["measured"] is None
+    from ttdecomp.compress import TTLinear, load_compressed
+
+    fresh = load_compressed(transformers.BertModel.from_pretrained(folder), out)
+    assert isinstance(fresh.encoder.layer[1].output.dense, TTLinear)

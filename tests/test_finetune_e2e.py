@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 
-from ttdecomp.finetune import assets as finetune_assets
+from ttdecomp.assets import registry as finetune_assets
 
 try:
     finetune_assets.model_path("minilm")

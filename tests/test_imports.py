@@ -1,16 +1,24 @@
 """The package's layering (DESIGN.md, "Layout"), checked on the source with ``ast``.
 
-Three rules, over every ``import`` in ``ttdecomp/**/*.py`` that names a ttdecomp module:
+The rules, over every ``import`` in ``ttdecomp/**/*.py`` and ``benchmarks/*.py`` that names a
+ttdecomp module:
 
 - imports point down: a module imports only modules of its own level or below;
-- no cycles (among modules of one level, the only place one could form);
+- inside a package with an order (:data:`ORDER`: ``nn``, ``adapters``, ``compress``, ``cli``),
+  a module imports only modules of its own step or an earlier one (adapters: config before
+  layers before targets ...);
+- no cycles (among modules of one level or step, the only place one could form);
+- the whole graph, method-body imports included, has exactly one circle: the written
+  exception below;
 - no ``_private`` name is imported from another module: a name a sibling needs drops the
-  underscore, stays out of ``__all__``, and lives in a private ``_module.py``.
+  underscore, stays out of ``__all__``, and lives in a private ``_module.py``;
+- nothing outside ``ttdecomp/cli/`` (benchmarks included) imports ``ttdecomp.cli``: a command
+  is a parser plus one call into the library, so the library holds the work.
 
 One written exception: a container method may import, inside its body, the algorithm it
 delegates to (``TensorTrain.round`` -> ``rounding.round``); such an import is exempt from
-the first two rules. The top package's ``__init__.py`` and ``__main__.py`` only re-export
-and are exempt from the level rule.
+the level, order and cycle rules. The top package's ``__init__.py`` and ``__main__.py`` only
+re-export and are exempt from the level rule.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "ttdecomp"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "ttdecomp"
+BENCHMARKS = ROOT / "benchmarks"
 
 # Levels from DESIGN.md. A name ending in ".*" covers the package and all its submodules.
 LEVELS = {
@@ -29,6 +39,8 @@ LEVELS = {
     "ttdecomp._threads": 1,
     "ttdecomp._validation": 1,
     "ttdecomp.integers": 1,  # prime factors, smooth sizes (split out of shapes)
+    # atomic writes, JSON records, versioned (record + safetensors) pairs: every save uses it
+    "ttdecomp._files": 1,
     "ttdecomp._cores": 2,
     "ttdecomp._kernels": 2,
     "ttdecomp.tensor_train": 2,
@@ -36,6 +48,8 @@ LEVELS = {
     "ttdecomp.shapes": 2,
     "ttdecomp.cost_model": 2,
     "ttdecomp.counts": 2,
+    # packaged models and data, the one model loader (transformers only inside functions)
+    "ttdecomp.assets.*": 2,
     "ttdecomp._truncation": 3,
     "ttdecomp._executor": 3,
     "ttdecomp._torch_ops": 3,
@@ -44,31 +58,81 @@ LEVELS = {
     "ttdecomp.random": 4,
     "ttdecomp.contract": 4,
     "ttdecomp.interop": 4,
-    "ttdecomp.planner.*": 5,
-    # the top package re-exports the core (up to the planner): importing it is L5
-    "ttdecomp": 5,
-    # the torch floor (module kinds, quantized layers): beside the adapters, below them
-    "ttdecomp.nn.*": 6,
-    "ttdecomp.adapters.*": 6,
-    # user-facing layer: above the adapters, below the command line
-    "ttdecomp.finetune.*": 7,
-    # model compression (TTLinear, compress_model): beside finetune, above the adapters
-    "ttdecomp.compress.*": 7,
-    "ttdecomp.search.*": 8,
-    "ttdecomp.cli.*": 9,
-    "ttdecomp.__main__": 9,
+    "ttdecomp.planner.*": 8,
+    # the top package re-exports the core (up to the planner): importing it is L8
+    "ttdecomp": 8,
+    # the torch floor under adapters and compress: module kinds, select_modules, core holders,
+    # the cached fast path, TTLinear
+    "ttdecomp.nn.*": 9,
+    "ttdecomp.adapters.*": 10,
+    # the output folder and the one process pool of finetune and search
+    "ttdecomp.runs.*": 10,
+    # user-facing jobs: above the adapters, below the command line
+    "ttdecomp.finetune.*": 11,
+    "ttdecomp.finetune.methods.*": 11,  # the Method registry, one file per family
+    "ttdecomp.finetune.tasks.*": 11,  # the Task registry and the Job protocol
+    "ttdecomp.compress.*": 11,
+    "ttdecomp.search.*": 12,
+    "ttdecomp.cli.*": 13,
+    "ttdecomp.__main__": 13,
+    # scripts that measure the library: above everything, but never through the command line
+    "benchmarks.*": 14,
+}
+
+# The order inside a package: steps, earliest first; a module imports only modules of its own
+# step or an earlier one. A package listed here names every module it holds ("__init__" is the
+# package itself, which re-exports and comes last).
+ORDER = {
+    "ttdecomp.nn": [
+        ["kinds", "quantized"],  # is_linear, is_conv1d, dense_weight, in/out features, head
+        ["selection"],  # select_modules: names, suffixes, bounded regexes, "all-linear"
+        ["cores", "fast", "whitened"],  # the core holder, the cached fast path, whitening
+        ["linear"],  # TTLinear
+        ["__init__"],
+    ],
+    "ttdecomp.adapters": [
+        ["_requires", "config"],  # a missing package named first; the config owns its JSON
+        ["routing", "status", "saved_modules", "packed"],  # what the layers hold
+        ["layers", "quantized"],  # adapter layers, and their wrappers of quantized bases
+        ["targets"],
+        ["inject"],
+        ["serialization", "weighted", "serving"],
+        ["model"],
+        ["export", "trainer", "hub", "testing"],
+        ["__init__"],
+    ],
+    "ttdecomp.compress": [
+        ["calibration", "inputs", "measure"],  # the Grams; the job's models, texts, measures
+        ["model", "layerwise"],
+        ["heal", "serialization"],
+        ["job"],  # what `ttdecomp compress` does, as a config and a function
+        ["__init__"],
+    ],
+    "ttdecomp.cli": [
+        ["_common", "_options"],  # options declared once, from the configs' fields
+        ["compress", "finetune", "plan", "search"],  # one small module per command
+        ["__init__"],
+    ],
+}
+
+# The one circle the graph may hold (method-body imports included): the core's containers
+# delegate to their algorithms (TensorTrain.round -> rounding.round, ...).
+WRITTEN_EXCEPTION = {
+    "ttdecomp.contract <-> ttdecomp.rounding <-> ttdecomp.tensor_train <-> ttdecomp.tt_matrix"
 }
 EXEMPT_FROM_LEVELS = {"ttdecomp", "ttdecomp.__main__"}
 
 
 def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
-MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+MODULES = {
+    _module_name(p): p for p in [*sorted(PACKAGE.rglob("*.py")), *sorted(BENCHMARKS.glob("*.py"))]
+}
 
 
 def level(module: str) -> int:
@@ -82,6 +146,22 @@ def level(module: str) -> int:
     raise KeyError(
         f"{module} has no level: add it to LEVELS in tests/test_imports.py (and to the "
         "Layout section of DESIGN.md), at the level of the lowest layer it needs."
+    )
+
+
+def step(module: str) -> tuple[str, int] | None:
+    """``(package, step)`` of a module of an ordered package, ``None`` elsewhere."""
+    package, _, name = module.rpartition(".")
+    if module in ORDER:
+        package, name = module, "__init__"
+    if package not in ORDER:
+        return None
+    for k, names in enumerate(ORDER[package]):
+        if name in names:
+            return package, k
+    raise KeyError(
+        f"{module} has no step in its package's order: add it to ORDER[{package!r}] in "
+        "tests/test_imports.py, at the step of the latest sibling it needs."
     )
 
 
@@ -101,7 +181,7 @@ class _Import:
 def _imports(module: str) -> list[_Import]:
     """Every import of a ttdecomp module in ``module``, with the names it takes."""
     path = MODULES[module]
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: list[_Import] = []
 
@@ -140,7 +220,7 @@ IMPORTS = {m: _imports(m) for m in MODULES}
 
 
 def _where(module: str, imp: _Import) -> str:
-    return f"{MODULES[module].relative_to(PACKAGE.parent)}:{imp.line}"
+    return f"{MODULES[module].relative_to(ROOT)}:{imp.line}"
 
 
 def test_every_module_has_a_level():
@@ -148,6 +228,7 @@ def test_every_module_has_a_level():
     for module in MODULES:
         try:
             level(module)
+            step(module)
         except KeyError as err:
             missing.append(str(err.args[0]))
     assert not missing, "\n".join(missing)
@@ -167,11 +248,36 @@ def _upward() -> set[str]:
     return bad
 
 
-def _cycles() -> set[str]:
+def _out_of_order() -> set[str]:
+    bad = set()
+    for module, imports in IMPORTS.items():
+        here = step(module) if _has_step(module) else None
+        if here is None:
+            continue
+        for imp in imports:
+            there = step(imp.target) if _has_step(imp.target) else None
+            if imp.method or there is None or there[0] != here[0] or there[1] <= here[1]:
+                continue
+            bad.add(
+                f"{module} (step {here[1]} of {here[0]}) imports {imp.target} (step {there[1]})"
+                f" at {_where(module, imp)}"
+            )
+    return bad
+
+
+def _has_step(module: str) -> bool:
+    try:
+        step(module)
+    except KeyError:
+        return False
+    return True
+
+
+def _cycles(with_methods: bool = False) -> set[str]:
     graph = {m: set() for m in MODULES}
     for module, imports in IMPORTS.items():
         for imp in imports:
-            if not imp.method and imp.target in graph and imp.target != module:
+            if (with_methods or not imp.method) and imp.target in graph and imp.target != module:
                 graph[module].add(imp.target)
     # Tarjan's strongly connected components
     index: dict[str, int] = {}
@@ -222,9 +328,41 @@ def test_imports_point_down():
     assert not bad, "imports pointing up a level (see DESIGN.md, Layout):\n" + "\n".join(bad)
 
 
+def test_imports_follow_the_package_order():
+    bad = sorted(_out_of_order())
+    assert not bad, "imports pointing up a package's order (see ORDER, DESIGN.md Layout):\n" + (
+        "\n".join(bad)
+    )
+
+
 def test_no_import_cycles():
     bad = sorted(_cycles())
     assert not bad, "import cycles:\n" + "\n".join(bad)
+
+
+def test_one_circle_the_written_exception():
+    """Method-body imports included, the only circle is the core's containers and algorithms."""
+    bad = sorted(_cycles(with_methods=True) - WRITTEN_EXCEPTION)
+    assert not bad, "import circles besides the written exception:\n" + "\n".join(bad)
+
+
+def _cli_imports() -> set[str]:
+    bad = set()
+    for module, imports in IMPORTS.items():
+        if module == "ttdecomp.__main__" or module.startswith("ttdecomp.cli"):
+            continue
+        for imp in imports:
+            if imp.target == "ttdecomp.cli" or imp.target.startswith("ttdecomp.cli."):
+                bad.add(f"{module} imports {imp.target} at {_where(module, imp)}")
+    return bad
+
+
+def test_nothing_outside_the_cli_imports_it():
+    bad = sorted(_cli_imports())
+    assert not bad, (
+        "modules outside ttdecomp/cli/ importing the command line (move the work into the "
+        "library, e.g. ttdecomp.compress.job, and call it from both):\n" + "\n".join(bad)
+    )
 
 
 def test_no_private_name_from_another_module():
@@ -262,3 +400,26 @@ def test_a_new_module_is_asked_for_its_level():
     assert level("ttdecomp.planner.anything_new") == level("ttdecomp.planner")
     with pytest.raises(KeyError, match="add it to LEVELS"):
         level("ttdecomp.brand_new")
+
+
+def test_a_new_module_of_an_ordered_package_is_asked_for_its_step():
+    assert step("ttdecomp.adapters.config") == ("ttdecomp.adapters", 0)
+    assert step("ttdecomp.adapters")[1] == len(ORDER["ttdecomp.adapters"]) - 1
+    assert step("ttdecomp.search.run") is None
+    with pytest.raises(KeyError, match="add it to ORDER"):
+        step("ttdecomp.adapters.brand_new")
+
+
+def test_the_order_rule_sees_an_import_up_the_chain(monkeypatch):
+    probe = _Import("ttdecomp.adapters.model", ["TTAdapterModel"], 1, False)
+    monkeypatch.setitem(IMPORTS, "ttdecomp.adapters.config", [probe])
+    assert any("ttdecomp.adapters.config (step 0" in b for b in _out_of_order())
+    probe.method = True
+    assert not any("ttdecomp.adapters.config (step 0" in b for b in _out_of_order())
+
+
+def test_the_cli_rule_sees_a_benchmark(monkeypatch):
+    probe = _Import("ttdecomp.cli.compress", ["run"], 3, False)
+    monkeypatch.setitem(IMPORTS, "benchmarks.bench_probe", [probe])
+    monkeypatch.setitem(MODULES, "benchmarks.bench_probe", BENCHMARKS / "bench_probe.py")
+    assert any(b.startswith("benchmarks.bench_probe imports") for b in _cli_imports())

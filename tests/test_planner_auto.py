@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import kronecker_factor_shapes
 
 from ttdecomp import plan, plan_model
 from ttdecomp.errors import InvalidInputError
+from ttdecomp.planner._spectra import kronecker_shapes
 
 
 def test_exact_kronecker_product_is_found_exactly():
@@ -23,6 +25,42 @@ def test_exact_kronecker_product_is_found_exactly():
         assert p.achieved_error < 1e-12
     split = plan(None, 80_000, weight=w, layout="split")
     assert split.achieved_error > 0.5  # what the split layout alone reaches
+
+
+@given(kronecker_factor_shapes(), st.integers(0, 64), st.integers(0, 2**31 - 1))
+def test_exact_kronecker_structure_is_found_in_rectangular_weights(shapes, extra, seed):
+    """kron(A, B) of any (a x b) and (c x d) factors is planned at (at most) its own parameter
+    count, a*b + c*d, with round-off error, whenever the budget allows it."""
+    (a, b), (c, d) = shapes
+    rng = np.random.default_rng(seed)
+    w = np.kron(rng.standard_normal((a, b)), rng.standard_normal((c, d)))
+    own = a * b + c * d
+    p = plan(None, own + extra, weight=w)
+    assert p.n_params <= own
+    assert p.achieved_error < 1e-12
+    assert ((a, c), (b, d)) in kronecker_shapes(w)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kronecker_screen_keeps_the_true_shape_and_rejects_noise(dtype):
+    rng = np.random.default_rng(3)
+    w = np.kron(rng.standard_normal((6, 10)), rng.standard_normal((4, 9))).astype(dtype)
+    assert ((6, 4), (10, 9)) in kronecker_shapes(w)
+    w = w + 1e-3 * rng.standard_normal(w.shape)  # no longer a Kronecker product
+    assert kronecker_shapes(w) == []
+    assert kronecker_shapes(np.zeros((6, 8))) == []
+
+
+def test_plan_model_finds_rectangular_kronecker_layers():
+    rng = np.random.default_rng(4)
+    layers = {
+        "kron": np.kron(rng.standard_normal((3, 5)), rng.standard_normal((8, 4))),  # 24 x 20
+        "dense": rng.standard_normal((24, 20)),
+    }
+    mp = plan_model(layers, budget=0.5)
+    assert mp.plans["kron"].n_params <= 15 + 32
+    assert mp.plans["kron"].achieved_error < 1e-12
+    assert mp.plans["kron"].row_shape == (3, 8) and mp.plans["kron"].col_shape == (5, 4)
 
 
 def test_auto_is_the_default_with_a_weight_and_split_without():

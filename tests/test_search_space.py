@@ -133,6 +133,7 @@ def test_command_line_overrides_replace_one_parameter():
         ({"lora": {"r": []}}, "has no values"),
         ({"lora": {"lr": {"low": 1e-3}}}, "must have exactly low, high"),
         ({"tt-lora": {"tt_shape": [[8, 0, 8]]}}, "is not a shape"),
+        ({"tt-lora": {"tt_shape": [[2] * 50_000]}}, "has 50000 factors; at most 64"),
         ({"tt-lora": {"alpha": [-2]}}, "alpha -2 must be > 0"),
         ([], "must map methods to their parameters"),
     ],
@@ -152,6 +153,7 @@ def test_bad_spaces_name_the_problem(spec, message):
         ("lora.lr=-1e-3", "learning rate -0.001 is out of range"),
         ("lora.lr=fast", "'fast' is not a number"),
         ("lora.lr=1:2:3:4", "a range is LOW:HIGH"),
+        ("tt-lora.tt_shape=" + ",".join(["2"] * 50_000), "has 50000 factors; at most 64"),
     ],
 )
 def test_bad_overrides_name_the_flag(text, message):

@@ -11,6 +11,7 @@ from strategies import smooth_ints, weight_shapes
 
 from ttdecomp.errors import InvalidInputError, ShapeError
 from ttdecomp.shapes import (
+    MAX_FACTORS,
     factorize,
     from_tt_shape,
     next_smooth,
@@ -126,6 +127,38 @@ def test_from_tt_shape_rejects_wrong_products():
         from_tt_shape([64, 4, 4, 3, 4, 64], 768, 768)
     with pytest.raises(ShapeError, match="out_features=512"):
         from_tt_shape([64, 4, 3, 3, 4, 64], 512, 768)
+
+
+def test_a_50000_factor_tt_shape_fails_fast():
+    """A hostile config's 50,000-factor shape is refused at once, not after minutes of products."""
+    import time
+
+    from ttdecomp import attainable_ranks
+
+    huge = [2] * 50_000
+    start = time.perf_counter()
+    for call in (
+        lambda: from_tt_shape(huge, 768, 768),
+        lambda: to_tt_shape([1] * 50_000, huge),
+    ):
+        with pytest.raises(ShapeError, match=r"has 50000 factors; at most 64"):
+            call()
+    # the products that remain are linear: the attainable ranks of a 50,000-mode tensor
+    ranks = attainable_ranks([1] * 50_000)
+    assert len(ranks) == 50_001 and set(ranks) == {1}
+    assert time.perf_counter() - start < 2.0  # was ~60 s for 20,000 factors (quadratic)
+
+
+def test_max_factors_is_the_bound():
+    shape = [2] * MAX_FACTORS
+    with pytest.raises(ShapeError, match="in_features=768"):  # checked, not refused for length
+        from_tt_shape(shape, 768, 768)
+    with pytest.raises(ShapeError, match=f"at most {MAX_FACTORS}"):
+        from_tt_shape([*shape, 2], 768, 768)
+    assert from_tt_shape([2] * 10 + [3] * 3, 27, 1024) == (
+        (1,) * 10 + (3,) * 3,
+        (2,) * 10 + (1,) * 3,
+    )
 
 
 def test_split_shapes_orders_ends_large():

@@ -7,6 +7,8 @@ type (no global state, no torch import). Adapters for Hugging Face models live i
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from . import counts, errors, shapes
 from ._validation import attainable_ranks
 from .contract import (
@@ -27,14 +29,18 @@ from .counts import (
 )
 from .decompose import truncate, tt_svd
 from .interop import from_tensorly, to_tensorly
-from .planner import ModelPlan, Plan, plan, plan_model
+from .planner import ModelPlan, Plan, parse_budget, plan, plan_model
 from .random import random_tt, random_ttm
 from .rounding import orthogonalize, round
 from .shapes import factorize, from_tt_shape, tensorize, to_tt_shape
 from .tensor_train import TensorTrain
 from .tt_matrix import TTMatrix, ttm_matmul
 
-__version__ = "0.1.0"
+try:  # one source of truth: the version in pyproject.toml, as installed
+    __version__ = _metadata.version("ttdecomp")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
+del _metadata
 
 __all__ = [
     "ContractionCost",
@@ -59,6 +65,7 @@ __all__ = [
     "lora_n_params",
     "max_ranks",
     "orthogonalize",
+    "parse_budget",
     "plan",
     "plan_model",
     "random_tt",

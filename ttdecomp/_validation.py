@@ -55,12 +55,12 @@ def attainable_ranks(shape: Sequence[int]) -> tuple[int, ...]:
     >>> attainable_ranks((4, 4, 4, 4))
     (1, 4, 16, 4, 1)
     """
-    d = len(shape)
-    out = [1]
-    for k in range(1, d):
-        out.append(min(math.prod(shape[:k]), math.prod(shape[k:])))
-    out.append(1)
-    return tuple(out)
+    left, right = [1], [1]  # running products from each end: linear in d
+    for m, n in zip(shape[:-1], reversed(shape[1:])):
+        left.append(left[-1] * m)
+        right.append(right[-1] * n)
+    interior = [min(a, b) for a, b in zip(left[1:], reversed(right[1:]))]
+    return (1, *interior, 1)
 
 
 def normalize_ranks(ranks: Any, d: int, *, name: str = "ranks") -> tuple[int, ...] | None:

@@ -34,7 +34,9 @@ from .integers import SMOOTH, balanced_factors, check_int, next_smooth, prime_fa
 
 __all__ = [
     "LAYOUTS",
+    "MAX_FACTORS",
     "MAX_PRIME",
+    "check_factor_count",
     "factorize",
     "from_tt_shape",
     "next_smooth",
@@ -49,6 +51,14 @@ LAYOUTS = ("split", "interleaved")
 
 MAX_PRIME = 64
 """Largest prime factor a dimension may have before :func:`factorize` refuses it."""
+
+MAX_FACTORS = 64
+"""Most factors a flat ``tt_shape`` (or a ``(row_shape, col_shape)`` pair) may hold.
+
+A flat ``tt_shape`` of 64 factors of at least 2 describes a layer of at least 2⁶⁴ weights, so
+no real layer needs more; the bound stops a malformed or hostile config (tens of thousands of
+factors) before any work is done on it.
+"""
 
 _END_FACTOR = 16  # target size of the outermost factor of each side in the split layout
 _SMOOTH = SMOOTH  # padded sizes have no prime factor above this
@@ -401,18 +411,42 @@ def from_tt_shape(
         raise InvalidInputError(
             f"tt_shape must be a sequence of ints, got {type(tt_shape).__name__}."
         )
+    check_factor_count(len(tt_shape), "tt_shape")
     shape = [check_int(s, "tt_shape entry", minimum=2) for s in tt_shape]
-    prefix = [math.prod(shape[:k]) for k in range(1, len(shape))]
-    split = prefix.index(N) + 1 if N in prefix else None
+    split, prefix = None, 1
+    for k, s in enumerate(shape[:-1], start=1):  # running product: linear in len(shape)
+        prefix *= s
+        if prefix >= N:
+            split = k if prefix == N else None
+            break
     if split is None or math.prod(shape[split:]) != M:
         raise ShapeError(
             f"tt_shape {shape} does not split into input factors multiplying to "
             f"in_features={N} followed by output factors multiplying to out_features={M} "
-            f"(product {math.prod(shape)}, expected {M * N}). List the input factors first, "
-            "e.g. [64, 4, 3, 3, 4, 64] for a 768 x 768 layer, or "
+            f"(product {math.prod(shape)}, expected M * N = {M * N}). List the input factors "
+            "first, e.g. [64, 4, 3, 3, 4, 64] for a 768 x 768 layer, or "
             "tt_shape=[*factorize(in_features), *factorize(out_features)]."
         )
     return (1,) * split + tuple(shape[split:]), tuple(shape[:split]) + (1,) * (len(shape) - split)
+
+
+def check_factor_count(n_factors: int, name: str = "tt_shape") -> None:
+    """Refuse a shape of more than :data:`MAX_FACTORS` factors, before any work on it.
+
+    Examples
+    --------
+    >>> check_factor_count(6)
+    >>> check_factor_count(50_000)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.ShapeError: tt_shape has 50000 factors; at most 64 are allowed ...
+    """
+    if n_factors > MAX_FACTORS:
+        raise ShapeError(
+            f"{name} has {n_factors} factors; at most {MAX_FACTORS} are allowed (64 factors of "
+            "at least 2 already describe more than 2^64 weights). Give a shape with one factor "
+            "per core, e.g. tt_shape=[*factorize(in_features), *factorize(out_features)]."
+        )
 
 
 def check_layout(layout: Any) -> str:
@@ -431,6 +465,7 @@ def _check_pair(
     for name, s in (("row_shape", row_shape), ("col_shape", col_shape)):
         if isinstance(s, (str, bytes)) or not isinstance(s, Sequence):
             raise InvalidInputError(f"{name} must be a sequence of ints, got {s!r}.")
+        check_factor_count(len(s), name)
     rs = tuple(check_int(m, "row_shape entry", minimum=1) for m in row_shape)
     cs = tuple(check_int(n, "col_shape entry", minimum=1) for n in col_shape)
     if len(rs) != len(cs) or not rs:

@@ -22,7 +22,10 @@ torch.Size([2, 8])
 from __future__ import annotations
 
 from .config import (
+    CONFIG_NAME,
     DEFAULT_TARGETS,
+    WEIGHTS_NAME,
+    AdapterFileError,
     LoRETTAConfig,
     TargetModulesError,
     TTAdapterConfig,
@@ -53,7 +56,6 @@ from .quantized import (
     prepare_model_for_kbit_training,
 )
 from .routing import BASE_ADAPTER
-from .serialization import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError
 from .serving import FORWARDED_ATTRIBUTES
 from .status import TTLayerStatus, TTModelStatus
 from .targets import TargetInfo, inspect_targets

@@ -17,23 +17,32 @@ Every value is validated when the config is built, before any model is touched.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 from typing import Any, ClassVar
 
+from .._files import write_files
 from ..errors import InvalidInputError, RankError, ShapeError
-from ..shapes import check_layout, from_tt_shape
-from .patterns import TargetModulesError, check_patterns, check_regex
+from ..nn.selection import TargetModulesError, check_patterns, check_regex
+from ..shapes import check_factor_count, check_layout, from_tt_shape
 
 __all__ = [
+    "CONFIG_NAME",
     "DEFAULT_TARGETS",
+    "WEIGHTS_NAME",
+    "AdapterFileError",
     "LoRETTAConfig",
     "TTAdapterConfig",
     "TTLoRAConfig",
     "TargetModulesError",
     "config_from_dict",
+    "load_config",
+    "save_config",
 ]
 
 
@@ -44,6 +53,7 @@ DEFAULT_TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bert": (("query", "value"), ("attention.output.dense", "output.dense")),
     "roberta": (("query", "value"), ("attention.output.dense", "output.dense")),
     "xlm-roberta": (("query", "value"), ("attention.output.dense", "output.dense")),
+    "mpnet": (("attention.attn.q", "attention.attn.v"), ("attention.attn.o", "output.dense")),
     "distilbert": (("q_lin", "v_lin"), ("attention.out_lin", "ffn.lin2")),
     "gpt2": (("c_attn",), ("attn.c_proj", "mlp.c_proj")),
     "llama": (("q_proj", "v_proj"), ("gate_proj", "up_proj", "down_proj")),
@@ -102,6 +112,7 @@ def _check_shape_spec(spec: Any, name: str) -> None:
     """A shape spec is a flat list of positive ints or a pair ``(row_shape, col_shape)``."""
     if _is_pair(spec):
         rows, cols = spec
+        check_factor_count(max(len(rows), len(cols)), name)
         if len(rows) != len(cols) or not rows:
             raise ShapeError(
                 f"{name}: row_shape {list(rows)} and col_shape {list(cols)} must be non-empty "
@@ -115,6 +126,7 @@ def _check_shape_spec(spec: Any, name: str) -> None:
             f"{name} must be a flat list of positive ints (input factors then output factors, "
             f"e.g. [64, 4, 3, 3, 4, 64]) or a pair (row_shape, col_shape); got {spec!r}."
         )
+    check_factor_count(len(spec), name)
     for s in spec:
         _check_positive_int(s, f"{name} entry", "Use positive integer factors.")
 
@@ -260,8 +272,6 @@ class TTAdapterConfig:
         :meth:`from_pretrained` reads it back, and also reads the config of an adapter folder
         written by ``TTAdapterModel.save_pretrained`` (PEFT's ``LoraConfig`` pair).
         """
-        from .serialization import save_config
-
         save_config(self, save_directory)
 
     @classmethod
@@ -279,8 +289,6 @@ class TTAdapterConfig:
         ...     TTLoRAConfig.from_pretrained(d).tt_rank
         6
         """
-        from .serialization import load_config
-
         return load_config(path, None if cls is TTAdapterConfig else cls)
 
 
@@ -506,3 +514,94 @@ def config_from_dict(data: Mapping[str, Any]) -> TTAdapterConfig:
             f"of {sorted(names)}. It may come from a newer ttdecomp; upgrade to read it."
         )
     return cls(**{k: v for k, v in data.items() if k != "method"})
+
+
+# ---------------------------------------------------------------- the config's JSON file
+CONFIG_NAME = "ttdecomp_config.json"
+WEIGHTS_NAME = "ttdecomp_adapter.safetensors"
+FORMAT_VERSION = 1
+
+
+class AdapterFileError(InvalidInputError):
+    """A saved adapter that is missing, corrupted, truncated, or does not fit the model.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import torch
+    >>> from ttdecomp.adapters import AdapterFileError, TTAdapterModel
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    >>> try:
+    ...     TTAdapterModel.from_pretrained(net, tempfile.mkdtemp())  # an empty folder
+    ... except AdapterFileError:
+    ...     print("refused")
+    refused
+    """
+
+
+def version() -> str:
+    """The installed ttdecomp's version, recorded in every saved file."""
+    try:
+        return metadata.version("ttdecomp")
+    except metadata.PackageNotFoundError:
+        import ttdecomp
+
+        return str(getattr(ttdecomp, "__version__", "unknown"))
+
+
+def save_config(config: TTAdapterConfig, folder: str | Path) -> None:
+    """Write ``config`` alone as :data:`CONFIG_NAME` in ``folder`` (atomically, no links)."""
+    record = {
+        "format_version": FORMAT_VERSION,
+        "ttdecomp_version": version(),
+        "method": config.method,
+        "base_model_name_or_path": config.base_model_name_or_path,
+        "config": config.to_dict(),
+    }
+    data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    write_files([(Path(folder) / CONFIG_NAME, data)], error=AdapterFileError)
+
+
+def load_config(folder: str | Path, expected: type | None = None) -> TTAdapterConfig:
+    """The config recorded in ``folder``'s :data:`CONFIG_NAME` (of a config or adapter save).
+
+    ``expected`` (a config class) refuses a file of another method.
+    """
+    path = Path(folder)
+    if path.is_file() and path.name == CONFIG_NAME:
+        path = path.parent
+    cfg_path = path / CONFIG_NAME
+    if not path.is_dir():
+        raise AdapterFileError(
+            f"{folder} is not a folder; from_pretrained reads a local folder holding "
+            f"{CONFIG_NAME}. For a Hub repository, download it first, e.g. with "
+            "huggingface_hub.snapshot_download(repo_id)."
+        )
+    if not cfg_path.is_file():
+        raise AdapterFileError(
+            f"{cfg_path} does not exist; a folder written by save_pretrained holds {CONFIG_NAME}."
+        )
+    try:
+        record = json.loads(cfg_path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise AdapterFileError(
+            f"{cfg_path} could not be read as JSON ({exc}); the file is corrupted or truncated."
+        ) from None
+    version = record.get("format_version") if isinstance(record, dict) else None
+    if version != FORMAT_VERSION or "config" not in record:
+        raise AdapterFileError(
+            f"{cfg_path} has format_version {version!r} (this ttdecomp reads "
+            f"{FORMAT_VERSION}) or no 'config' entry; is it a {CONFIG_NAME} written by "
+            "ttdecomp.adapters?"
+        )
+    try:
+        config = config_from_dict(record["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AdapterFileError(f"{cfg_path} has an invalid 'config' entry: {exc}") from None
+    if expected is not None and not isinstance(config, expected):
+        raise AdapterFileError(
+            f"{cfg_path} holds a {type(config).__name__} (method {config.method!r}), not a "
+            f"{expected.__name__}; read it with TTAdapterConfig.from_pretrained, or "
+            f"{type(config).__name__}.from_pretrained."
+        )
+    return config

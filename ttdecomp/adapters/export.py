@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError, RankError
+from ..nn.fast import split_bond, split_halves
 from .config import ADP_CANNOT_MERGE, LoRETTAConfig, TTAdapterConfig
-from .fast import split_bond, split_halves
 from .layers import ModulesToSaveWrapper, TTAdapterLayer, TTLoRAAdapter
 from .quantized import reference_weight
 from .serialization import write_files

@@ -29,6 +29,7 @@ from .layers import (
     adapter_dtype,
 )
 from .quantized import guard_4bit_backward, reference_weight, wrap_layer
+from .routing import BASE_ADAPTER
 from .targets import (
     TargetInfo,
     adapter_wrappers,
@@ -56,6 +57,12 @@ def check_adapter_name(adapter_name: Any) -> None:
             f"adapter_name must be a non-empty string of letters, digits, '_' and '-'; got "
             f"{adapter_name!r}. Dots would break parameter names and slashes folder names; use "
             "e.g. 'default' or 'task_a'."
+        )
+    if adapter_name == BASE_ADAPTER:
+        raise InvalidInputError(
+            f"adapter_name {BASE_ADAPTER!r} is reserved: in adapter_names= it routes a row to the "
+            "base model with no adapter, so an adapter of that name could never be used. Pick "
+            "another name, e.g. 'base' or 'default'."
         )
 
 
@@ -350,6 +357,17 @@ def set_adapter_state_dict(
     if not own:
         raise InvalidInputError(
             f"no adapter named {adapter_name!r}; the model has {sorted(adapter_names_in(model))}."
+        )
+    merged = sorted(
+        name
+        for name, m in adapter_wrappers(model)
+        if isinstance(m, TTAdapterLayer) and adapter_name in m.merged_adapters
+    )
+    if merged:
+        raise InvalidInputError(
+            f"adapter {adapter_name!r} is merged into {len(merged)} layer(s) ({merged[0]!r}, ...): "
+            "new tensors would leave its old ΔW in the weights, and unmerging would then subtract "
+            "the new one. Call unmerge_adapter() first, set the tensors, then merge again."
         )
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))

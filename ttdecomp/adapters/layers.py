@@ -10,7 +10,7 @@ keeps it as ``base_layer``, untouched. Each adapter is a small module in ``tt_ad
 * :class:`LoRETTAAdpAdapter`: ``y ← y + up(act(down(y) + b_down)) + b_up`` (applied after the
   base layer; non-linear, so it cannot be merged).
 
-Unmerged forwards run the TT cores through :class:`~ttdecomp.adapters.fast.TTForwardCache`
+Unmerged forwards run the TT cores through :class:`~ttdecomp.nn.fast.TTForwardCache`
 (the planner's contraction, cached per batch size, through the memory-lean autograd Function of
 :func:`ttdecomp.contract.linear`; in inference the merged operands are cached too, so one-token
 decode costs what LoRA costs). Merging forms ΔW in float32 once and adds it to the base weight.
@@ -34,10 +34,11 @@ from torch import nn
 
 from ..counts import max_ranks
 from ..errors import InvalidInputError
+from ..nn.cores import CoreList, gaussian_tt_cores_, make_cores, paper_init_
+from ..nn.fast import TTForwardCache
+from ..nn.kinds import is_conv1d
 from ..tt_matrix import TTMatrix
 from .config import ADP_CANNOT_MERGE
-from .cores import CoreList, gaussian_tt_cores_, make_cores, paper_init_
-from .fast import TTForwardCache
 from .packed import AdapterDict, Packed, PackedSpec, packed_spec
 from .routing import Routing, check_not_merged, route_rows
 from .saved_modules import ModulesToSaveWrapper
@@ -55,11 +56,6 @@ __all__ = [
 ]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """True for transformers' GPT-2 style ``Conv1D`` (weight stored as (in, out))."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:

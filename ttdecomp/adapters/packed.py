@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast import TTForwardCache, split_bond, split_halves
+from ..nn.fast import TTForwardCache, split_bond, split_halves
 
 __all__ = ["AdapterDict", "Packed", "PackedRunner", "PackedSpec", "packed_spec"]
 
@@ -58,7 +58,7 @@ class PackedSpec(NamedTuple):
     core_shapes: tuple[tuple[int, ...], ...]
     n_params: int
     #: The bond between input and output cores of a split layout (``m_k = 1`` before it,
-    #: ``n_k = 1`` after), or None (see :func:`~ttdecomp.adapters.fast.split_bond`).
+    #: ``n_k = 1`` after), or None (see :func:`~ttdecomp.nn.fast.split_bond`).
     split: int | None
 
 
@@ -119,7 +119,7 @@ class PackedRunner:
     two GEMMs on the halves ``A`` (N × r) and ``B`` (r × M) merged for the call (what LoRA of
     rank r costs, plus forming the halves: a few GEMMs of r-sized blocks); anything else
     (gradients, autocast, another layout, an input that does not fit) goes through a
-    :class:`~ttdecomp.adapters.fast.TTForwardCache` of its own, with its checks.
+    :class:`~ttdecomp.nn.fast.TTForwardCache` of its own, with its checks.
     """
 
     __slots__ = ("cores", "spec", "training")

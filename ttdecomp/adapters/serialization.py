@@ -19,20 +19,28 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import struct
-import tempfile
 import uuid
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError, ShapeError
-from .config import TTAdapterConfig, config_from_dict
+from .. import _files
+from ..errors import ShapeError
+from .config import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    AdapterFileError,
+    TTAdapterConfig,
+    config_from_dict,
+    load_config,
+    save_config,
+    version,
+)
 from .inject import (
     build_adapter,
     build_packed,
@@ -57,37 +65,7 @@ __all__ = [
     "save_config",
 ]
 
-CONFIG_NAME = "ttdecomp_config.json"
-WEIGHTS_NAME = "ttdecomp_adapter.safetensors"
-FORMAT_VERSION = 1
-
 _log = logging.getLogger(__name__)
-
-
-class AdapterFileError(InvalidInputError):
-    """A saved adapter that is missing, corrupted, truncated, or does not fit the model.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> import torch
-    >>> from ttdecomp.adapters import AdapterFileError, TTAdapterModel
-    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8))
-    >>> try:
-    ...     TTAdapterModel.from_pretrained(net, tempfile.mkdtemp())  # an empty folder
-    ... except AdapterFileError:
-    ...     print("refused")
-    refused
-    """
-
-
-def _version() -> str:
-    try:
-        return metadata.version("ttdecomp")
-    except metadata.PackageNotFoundError:
-        import ttdecomp
-
-        return str(getattr(ttdecomp, "__version__", "unknown"))
 
 
 def save_adapter(
@@ -138,7 +116,7 @@ def _serialise(model: nn.Module, config: TTAdapterConfig, adapter_name: str) -> 
     save_id = uuid.uuid4().hex
     record = {
         "format_version": FORMAT_VERSION,
-        "ttdecomp_version": _version(),
+        "ttdecomp_version": version(),
         "save_id": save_id,
         "method": config.method,
         "adapter_name": adapter_name,
@@ -164,7 +142,7 @@ def _serialise(model: nn.Module, config: TTAdapterConfig, adapter_name: str) -> 
         {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
         metadata={
             "format": "pt",
-            "ttdecomp_version": _version(),
+            "ttdecomp_version": version(),
             "method": config.method,
             "save_id": save_id,
         },
@@ -172,72 +150,10 @@ def _serialise(model: nn.Module, config: TTAdapterConfig, adapter_name: str) -> 
     return weights, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _check_target(path: Path) -> None:
-    """Refuse a target file or folder that is a symbolic link, or a folder that is a file."""
-    for p in (path.parent, path):
-        if p.is_symlink():
-            raise AdapterFileError(
-                f"{p} is a symbolic link; ttdecomp never writes through a symbolic link (it could "
-                "overwrite a file outside the save folder). Remove the link or save elsewhere."
-            )
-    for p in (path.parent, *path.parent.parents):
-        if p.exists() and not p.is_dir():
-            raise AdapterFileError(
-                f"cannot save into {path.parent}: {p} is a file, not a folder. Choose a folder."
-            )
-    if path.is_dir():
-        raise AdapterFileError(f"cannot write {path}: it is a folder. Remove it or save elsewhere.")
-
-
 def write_files(files: Sequence[tuple[Path, bytes]]) -> None:
-    """Write ``[(path, bytes), ...]`` all-or-nothing: temporaries first, renamed in list order.
-
-    Temporaries are created with ``O_EXCL`` in the target's folder (so the rename stays on one
-    file system and never follows a link); on any failure they are removed, folders this call
-    created are removed again, and :class:`AdapterFileError` names the target and the reason.
-    """
-    for path, _ in files:
-        _check_target(path)
-    created: list[Path] = []
-    temps: list[tuple[str, Path]] = []
-    current: Path | None = None
-    try:
-        for path, data in files:
-            current, folder = path, path.parent
-            missing = [p for p in (folder, *folder.parents) if not p.exists()]
-            folder.mkdir(parents=True, exist_ok=True)
-            created.extend(reversed(missing))
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-            temps.append((tmp, path))
-            if hasattr(os, "fchmod"):  # mkstemp makes 0600; keep the file's mode, else 0644
-                os.fchmod(fd, path.stat().st_mode & 0o777 if path.is_file() else 0o644)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for tmp, path in temps:
-            current = path
-            _check_target(path)
-            os.replace(tmp, path)
-    except OSError as exc:
-        _clean(temps, created)
-        raise AdapterFileError(
-            f"cannot write {current} ({exc.strerror or exc}); the "
-            "previous files there, if any, are unchanged. Check that the folder is writable and "
-            "the disk has space."
-        ) from None
-    except BaseException:
-        _clean(temps, created)
-        raise
-
-
-def _clean(temps: Sequence[tuple[str, Path]], created: Sequence[Path]) -> None:
-    for tmp, _ in temps:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    for folder in reversed(created):
-        with contextlib.suppress(OSError):
-            folder.rmdir()
+    """Write ``[(path, bytes), ...]`` all-or-nothing (:func:`ttdecomp._files.write_files`),
+    raising :class:`AdapterFileError`."""
+    _files.write_files(files, error=AdapterFileError)
 
 
 def remove_stale_adapters(root: Path, keep: Sequence[str]) -> list[str]:
@@ -499,61 +415,3 @@ def load_adapter_weights(model: nn.Module, path: str | Path, adapter_name: str =
     """
     _record, tensors = _read(Path(path))
     set_adapter_state_dict(model, tensors, adapter_name)
-
-
-def save_config(config: TTAdapterConfig, folder: str | Path) -> None:
-    """Write ``config`` alone as :data:`CONFIG_NAME` in ``folder`` (atomically, no links)."""
-    record = {
-        "format_version": FORMAT_VERSION,
-        "ttdecomp_version": _version(),
-        "method": config.method,
-        "base_model_name_or_path": config.base_model_name_or_path,
-        "config": config.to_dict(),
-    }
-    data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
-    write_files([(Path(folder) / CONFIG_NAME, data)])
-
-
-def load_config(folder: str | Path, expected: type | None = None) -> TTAdapterConfig:
-    """The config recorded in ``folder``'s :data:`CONFIG_NAME` (of a config or adapter save).
-
-    ``expected`` (a config class) refuses a file of another method.
-    """
-    path = Path(folder)
-    if path.is_file() and path.name == CONFIG_NAME:
-        path = path.parent
-    cfg_path = path / CONFIG_NAME
-    if not path.is_dir():
-        raise AdapterFileError(
-            f"{folder} is not a folder; from_pretrained reads a local folder holding "
-            f"{CONFIG_NAME}. For a Hub repository, download it first, e.g. with "
-            "huggingface_hub.snapshot_download(repo_id)."
-        )
-    if not cfg_path.is_file():
-        raise AdapterFileError(
-            f"{cfg_path} does not exist; a folder written by save_pretrained holds {CONFIG_NAME}."
-        )
-    try:
-        record = json.loads(cfg_path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise AdapterFileError(
-            f"{cfg_path} could not be read as JSON ({exc}); the file is corrupted or truncated."
-        ) from None
-    version = record.get("format_version") if isinstance(record, dict) else None
-    if version != FORMAT_VERSION or "config" not in record:
-        raise AdapterFileError(
-            f"{cfg_path} has format_version {version!r} (this ttdecomp reads "
-            f"{FORMAT_VERSION}) or no 'config' entry; is it a {CONFIG_NAME} written by "
-            "ttdecomp.adapters?"
-        )
-    try:
-        config = config_from_dict(record["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AdapterFileError(f"{cfg_path} has an invalid 'config' entry: {exc}") from None
-    if expected is not None and not isinstance(config, expected):
-        raise AdapterFileError(
-            f"{cfg_path} holds a {type(config).__name__} (method {config.method!r}), not a "
-            f"{expected.__name__}; read it with TTAdapterConfig.from_pretrained, or "
-            f"{type(config).__name__}.from_pretrained."
-        )
-    return config

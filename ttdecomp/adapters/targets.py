@@ -26,7 +26,9 @@ from torch import nn
 
 from ..counts import tt_matrix_n_params
 from ..errors import RankClippedWarning, ShapeError, TTWarning
-from ..nn.quantized import in_out_features, quantized_kind, unsupported_quantized
+from ..nn.kinds import in_out_features, is_conv1d, is_linear
+from ..nn.quantized import unsupported_quantized
+from ..nn.selection import entry_matches, match_modules, select_modules
 from ..shapes import tensorize
 from .config import (
     LoRETTAConfig,
@@ -35,7 +37,7 @@ from .config import (
     TTLoRAConfig,
     resolve_shape_spec,
 )
-from .layers import ModulesToSaveWrapper, TTAdapterLayer, adapter_ranks, is_conv1d
+from .layers import ModulesToSaveWrapper, TTAdapterLayer, adapter_ranks
 
 __all__ = [
     "TargetInfo",
@@ -160,57 +162,6 @@ def _n_params(row_shape: tuple, col_shape: tuple, ranks: tuple) -> int:
     return tt_matrix_n_params(row_shape, col_shape, ranks)
 
 
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or is_conv1d(module)
-
-
-def _entry_matches(entry: str, name: str) -> bool:
-    if name == entry or name.endswith("." + entry):
-        return True
-    try:
-        return re.fullmatch(entry, name) is not None
-    except re.error:
-        return False
-
-
-def _select(patterns: str | Sequence[str], names: Sequence[str], what: str) -> set[str]:
-    """Names matched by ``patterns``; every entry must match something."""
-    key = patterns if isinstance(patterns, str) else tuple(patterns)
-    return set(_select_memo(key, tuple(names), what))
-
-
-@functools.lru_cache(maxsize=64)
-def _select_memo(patterns: str | tuple[str, ...], names: tuple[str, ...], what: str) -> frozenset:
-    # memoised: loading many adapters matches the same patterns against the same names
-    if isinstance(patterns, str):
-        hit = {n for n in names if re.fullmatch(patterns, n)}
-        if not hit:
-            raise TargetModulesError(
-                f"{what}={patterns!r} (a regex matched against full module names) matches no "
-                f"module. Module names look like {_examples(names)}."
-            )
-        return frozenset(hit)
-    hit: set[str] = set()
-    for entry in patterns:
-        found = {n for n in names if _entry_matches(entry, n)}
-        if not found:
-            raise TargetModulesError(
-                f"{what} entry {entry!r} matches no module (PEFT would ignore this silently). "
-                f"Module name suffixes available here include {_suffixes(names)}; fix or remove "
-                "the entry."
-            )
-        hit |= found
-    return frozenset(hit)
-
-
-def _examples(names: Sequence[str]) -> list[str]:
-    return sorted(names, key=len)[-3:] if names else []
-
-
-def _suffixes(names: Sequence[str]) -> list[str]:
-    return sorted({n.rsplit(".", 1)[-1] for n in names})[:25]
-
-
 def _layer_index(name: str, layers_pattern: str | Sequence[str] | None) -> int | None:
     if layers_pattern is None:
         m = re.search(r"(?:^|\.)(\d+)(?:\.|$)", name)
@@ -221,14 +172,6 @@ def _layer_index(name: str, layers_pattern: str | Sequence[str] | None) -> int |
         if m:
             return int(m.group(1))
     return None
-
-
-def _output_head_ids(model: nn.Module) -> set[int]:
-    getter = getattr(model, "get_output_embeddings", None)
-    head = getter() if callable(getter) else None
-    if isinstance(head, TTAdapterLayer):
-        head = head.base_layer
-    return {id(head)} if head is not None else set()
 
 
 def select_modules_to_save(
@@ -248,7 +191,7 @@ def select_modules_to_save(
     names = list(modules)
     chosen: set[str] = set()
     if config.modules_to_save:
-        chosen |= _select(config.modules_to_save, names, "modules_to_save")
+        chosen |= match_modules(config.modules_to_save, names, "modules_to_save")
     if isinstance(config, LoRETTAConfig):
         if config.train_norms:
             chosen |= {n for n, m in modules.items() if _is_norm(m)}
@@ -268,6 +211,10 @@ def _is_norm(module: nn.Module) -> bool:
     return has_weight and (isinstance(module, nn.LayerNorm) or cls.endswith(("Norm", "RMSNorm")))
 
 
+def _is_linear_or_quantized(module: nn.Module) -> bool:
+    return is_linear(module) or unsupported_quantized(module) is not None
+
+
 def _select_targets(
     model: nn.Module, config: TTAdapterConfig, tree: Mapping[str, nn.Module]
 ) -> list[tuple[str, nn.Module]]:
@@ -282,35 +229,24 @@ def _select_targets(
     if targets is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         targets = list(config.default_targets(model_type))
-    if targets == "all-linear":
-        heads = _output_head_ids(model)
-        chosen = {
-            n
-            for n, m in modules.items()
-            if (_is_linear(m) or unsupported_quantized(m)) and id(m) not in heads
-        }
-        if not chosen:
-            raise TargetModulesError(
-                "target_modules='all-linear' but the model has no nn.Linear or Conv1D layers."
-            )
-    else:
-        chosen = _select(targets, names, "target_modules")
-        wrong = sorted(
-            n
-            for n in chosen
-            if not _is_linear(modules[n]) and not unsupported_quantized(modules[n])
+    chosen = set(
+        select_modules(
+            model,
+            targets,
+            exclude_modules=config.exclude_modules,
+            modules=modules,
+            # quantized layers of unsupported kinds are selected to be named in the error below
+            kind=_is_linear_or_quantized,
+            kind_name="nn.Linear or transformers Conv1D (what TT adapters wrap)",
         )
-        if wrong:
-            kinds = sorted({type(modules[n]).__name__ for n in wrong})
-            raise TargetModulesError(
-                f"target_modules={targets!r} selects {wrong[:5]} of type {kinds}; TT adapters wrap "
-                "nn.Linear or transformers Conv1D only. Name the linear layers inside, e.g. "
-                f"{_suffixes([n for n, m in modules.items() if _is_linear(m)])[:6]}."
-            )
+    )
+    quantized = sorted(n for n in chosen if unsupported_quantized(modules[n]))
+    if quantized:
+        raise TargetModulesError(
+            f"target_modules={targets!r} selects {quantized[:5]}: "
+            f"{unsupported_quantized(modules[quantized[0]])}"
+        )
     chosen = {n for n in chosen if not inside_saved(n)}
-    if config.exclude_modules is not None:
-        excluded = _select(config.exclude_modules, names, "exclude_modules")
-        chosen -= excluded
     if config.layers_to_transform is not None:
         index = {n: _layer_index(n, config.layers_pattern) for n in chosen}
         missing = sorted(set(config.layers_to_transform) - set(index.values()))
@@ -321,12 +257,6 @@ def _select_targets(
                 f"(layer indices found: {found}, layers_pattern={config.layers_pattern!r})."
             )
         chosen = {n for n in chosen if index[n] in set(config.layers_to_transform)}
-    quantized = sorted(n for n in chosen if unsupported_quantized(modules[n]))
-    if quantized:
-        raise TargetModulesError(
-            f"target_modules={targets!r} selects {quantized[:5]}: "
-            f"{unsupported_quantized(modules[quantized[0]])}"
-        )
     if not chosen:
         raise TargetModulesError(
             f"After exclude_modules / layers_to_transform / modules_to_save, no module is left to "
@@ -336,13 +266,9 @@ def _select_targets(
 
 
 def _features(module: nn.Module) -> tuple[int, int]:
-    if quantized_kind(module) is not None:  # a 4-bit weight is stored packed
-        n_in, n_out = in_out_features(module)
-        return n_out, n_in
-    w = module.weight
-    if is_conv1d(module):
-        return int(w.shape[1]), int(w.shape[0])
-    return int(w.shape[0]), int(w.shape[1])
+    """``(out_features, in_features)``."""
+    n_in, n_out = in_out_features(module)
+    return n_out, n_in
 
 
 def _interleaved(rows: int, cols: int, n_cores: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -377,7 +303,7 @@ def _ttlora_shape(
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     spec: Any = config.tt_shape
     if isinstance(spec, Mapping):
-        keys = [k for k in spec if _entry_matches(k, name)]
+        keys = [k for k in spec if entry_matches(k, name)]
         if len(keys) > 1:
             raise TargetModulesError(
                 f"module {name!r} matches several tt_shape keys {keys}; make the keys specific "

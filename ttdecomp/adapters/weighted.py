@@ -32,7 +32,7 @@ from ..errors import InvalidInputError, ShapeError
 from ..rounding import round as tt_round
 from ..tt_matrix import TTMatrix
 from .config import ADP_CANNOT_MERGE, LoRETTAConfig, TTAdapterConfig, TTLoRAConfig
-from .inject import inject_adapter_in_model
+from .inject import check_adapter_name, inject_adapter_in_model
 from .layers import ModulesToSaveWrapper, TTAdapterLayer, TTLoRAAdapter, adapter_ranks
 from .targets import inspect_targets
 
@@ -40,6 +40,7 @@ __all__ = [
     "COMBINATION_TYPES",
     "add_weighted_adapter",
     "check_combination",
+    "check_representable",
     "combine_layer",
     "uniform_cores",
 ]
@@ -173,6 +174,27 @@ def uniform_cores(ttm: TTMatrix, rank: int, dtype: torch.dtype, device: Any) -> 
     return out
 
 
+def check_representable(name: str, cores: Sequence[torch.Tensor], weights: Sequence[float]) -> None:
+    """Refuse combined cores that overflowed when cast to the adapters' dtype.
+
+    Checked before anything is added to the model: every core entry must be finite after the
+    cast, and so must ``ΔW``'s Frobenius norm (computed in float64 from the cast cores) in that
+    dtype, or the adapter's output would overflow on the first forward.
+    """
+    dtype = cores[0].dtype
+    top = torch.finfo(dtype).max
+    norm = None
+    if all(bool(torch.isfinite(c).all()) for c in cores):
+        norm = float(TTMatrix([c.to(torch.float64) for c in cores]).norm())
+    if norm is None or not math.isfinite(norm) or norm > top:
+        found = "non-finite core entries" if norm is None else f"‖ΔW‖_F = {norm:.3g}"
+        raise InvalidInputError(
+            f"module {name!r}: the weighted combination with weights {list(weights)} does not "
+            f"fit the adapters' dtype {dtype} ({found}; the largest {dtype} is {top:.3g}). "
+            "Use smaller weights, or adapters in float32/float64."
+        )
+
+
 def add_weighted_adapter(
     model: nn.Module,
     configs: dict[str, TTAdapterConfig],
@@ -191,6 +213,7 @@ def add_weighted_adapter(
     (see ``TTAdapterModel.add_weighted_adapter``).
     """
     kind = check_combination(configs, adapters, weights, combination_type, tt_rank, eps)
+    check_adapter_name(adapter_name)
     if adapter_name in configs:
         raise InvalidInputError(
             f"the model already has an adapter named {adapter_name!r}; pick a new name for the "
@@ -214,12 +237,18 @@ def add_weighted_adapter(
         if all(ad is not None for ad in ads):
             combined[n], bounds[n] = combine_layer(n, ads, weights, kind, tt_rank, eps)
     rank = max(max(t.ranks) for t in combined.values())
+    cast = {
+        n: uniform_cores(ttm, rank, per_layer[n][0].cores[0].dtype, "cpu")
+        for n, ttm in combined.items()
+    }
+    for n, cores in cast.items():
+        check_representable(n, cores, weights)
     config = _combined_config(model, configs[adapters[0]], combined, rank, saved)
     inject_adapter_in_model(config, model, adapter_name, _init=None, _activate=False)
     with torch.no_grad():
-        for n, ttm in combined.items():
+        for n, cores in cast.items():
             ad = layers[n].tt_adapters[adapter_name]
-            for core, new in zip(ad.cores, uniform_cores(ttm, rank, ad.cores[0].dtype, "cpu")):
+            for core, new in zip(ad.cores, cores):
                 core.copy_(new)
         for module_name, source in saved.items():
             wrapper = model.get_submodule(module_name)

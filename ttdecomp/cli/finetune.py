@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 from typing import Any
 
@@ -103,14 +102,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default="minilm",
-        help="packaged model (minilm, smollm2) or a local Hugging Face folder",
+        help="packaged model (minilm, smollm2, mpnet), a local Hugging Face folder, or a "
+        "Hub id (org/name, from the Hub or its cache)",
     )
     g.add_argument(
         "--data",
         default="tweets",
         help="packaged data (tweets, chatterbot), a CSV/JSONL file with text,label "
-        "columns, or a folder saved by datasets",
+        "columns, a folder saved by datasets, or a Hub dataset id",
     )
+    g.add_argument("--revision", help="a Hub model's branch, tag or commit")
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code a Hub model ships (only for repositories you trust)",
+    )
+    g.add_argument("--data-config", help="a Hub dataset's configuration (e.g. sst2 of glue)")
+    g.add_argument("--text-column", default="text", help="the column holding the text")
+    g.add_argument("--label-column", default="label", help="the column holding the label")
     g.add_argument(
         "--methods",
         type=_name_list,
@@ -226,10 +235,6 @@ def _sizes(args: argparse.Namespace) -> tuple[int | None, int | None, int | None
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ttdecomp finetune`` with parsed ``args``; print the table; return the exit status."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach for a hub
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         importlib.import_module("ttdecomp.finetune.run")  # torch, transformers, peft
         from ..finetune.train import is_main_process
@@ -240,18 +245,28 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from ..runs.pool import stop_on_signals
+
     main = is_main_process()
-    interrupted = []
+    # Ctrl-C and SIGTERM (timeout, a CI cancel, kill) stop the same way: finished rows kept
+    with stop_on_signals() as should_stop:
+        return _run(args, main, should_stop)
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        interrupted.append(signum)  # seen even if Python drops the exception in a finalizer
-        raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+def _saved(output: str) -> str:
+    """What an interrupted run left: its finished rows, or nothing."""
+    from ..finetune.report import load_results
+
     try:
-        return _run(args, main, lambda: bool(interrupted))
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        rows = load_results(output)["rows"]
+    except TTError:
+        rows = []
+    if not rows:
+        return "No run had finished; nothing was saved."
+    return (
+        f"{len(rows)} finished run(s) are saved in {output}/results.json; continue with the "
+        "same options and --resume."
+    )
 
 
 def _run(args: argparse.Namespace, main: bool, should_stop: Any) -> int:
@@ -281,6 +296,11 @@ def _run(args: argparse.Namespace, main: bool, should_stop: Any) -> int:
             sizes=_sizes(args),
             device=args.device,
             quick=args.quick,
+            revision=args.revision,
+            trust_remote_code=args.trust_remote_code,
+            data_config=args.data_config,
+            text_column=args.text_column,
+            label_column=args.label_column,
         )
         result = finetune(
             config,
@@ -296,11 +316,7 @@ def _run(args: argparse.Namespace, main: bool, should_stop: Any) -> int:
         )
     except KeyboardInterrupt:
         if main:
-            print(
-                f"\nttdecomp finetune: interrupted. Every finished run is saved in {args.output}/"
-                "results.json; continue with the same options and --resume.",
-                file=sys.stderr,
-            )
+            print(f"\nttdecomp finetune: interrupted. {_saved(args.output)}", file=sys.stderr)
         return 130
     except (TTError, FileNotFoundError) as exc:
         if main:

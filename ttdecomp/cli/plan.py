@@ -23,14 +23,14 @@ import json
 import re
 import sys
 
-from ..errors import TTError
+from ..errors import InvalidInputError, TTError
+from ..planner import parse_budget as planner_parse_budget
 from ..planner import plan, plan_model
-from ._common import progress_default
+from ._common import progress_default, warnings_as_lines
 
 __all__ = ["add_parser", "parse_budget", "parse_shape", "run"]
 
 _SHAPE = re.compile(r"^\s*(\d+)\s*[x×,]\s*(\d+)\s*$")
-_SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9}
 
 
 def parse_shape(text: str) -> tuple[int, int] | None:
@@ -46,28 +46,17 @@ def parse_shape(text: str) -> tuple[int, int] | None:
 
 
 def parse_budget(text: str) -> int | float:
-    """A budget from the command line: parameters, or a fraction of the dense size.
+    """``--budget``: :func:`ttdecomp.parse_budget`, its error as argparse's.
 
     Examples
     --------
-    >>> parse_budget("50000"), parse_budget("50_000"), parse_budget("1.5M")
-    (50000, 50000, 1500000)
-    >>> parse_budget("1%"), parse_budget("0.25")
-    (0.01, 0.25)
+    >>> parse_budget("50k"), parse_budget("1%")
+    (50000, 0.01)
     """
-    raw = text.strip().replace("_", "").replace(",", "")
     try:
-        if raw.endswith("%"):
-            return float(raw[:-1]) / 100
-        if raw[-1:].lower() in _SUFFIX:
-            return round(float(raw[:-1]) * _SUFFIX[raw[-1].lower()])
-        if re.fullmatch(r"[+-]?\d+", raw):  # a count, also when negative (refused as one)
-            return int(raw)
-        return float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"budget {text!r} is not a number; use e.g. 50000, 50k, 1% or 0.01"
-        ) from None
+        return planner_parse_budget(text)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -136,7 +125,8 @@ def _render(records: list[dict], fmt: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run ``ttdecomp plan`` with parsed ``args``; print the plan; return the exit status."""
     try:
-        out = _run_plan(args)
+        with warnings_as_lines("plan"):
+            out = _run_plan(args)
     except (TTError, FileNotFoundError, ImportError) as exc:
         message = str(exc).replace("pass pad=True", "pass --pad")
         print(f"ttdecomp plan: error: {message}", file=sys.stderr)

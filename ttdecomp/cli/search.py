@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 from typing import Any
 
@@ -149,10 +148,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ttdecomp search`` with parsed ``args``; print the table; return the exit status."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         importlib.import_module("ttdecomp.search.run")
     except ImportError as exc:
@@ -162,17 +157,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    interrupted: list[int] = []
+    from ..runs.pool import stop_on_signals
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        return _run(args, lambda: bool(interrupted))
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    # Ctrl-C and SIGTERM (timeout, a CI cancel, kill) stop the same way: finished trials kept
+    with stop_on_signals() as should_stop:
+        return _run(args, should_stop)
 
 
 def _sizes(args: argparse.Namespace) -> tuple[int, int, int] | None:

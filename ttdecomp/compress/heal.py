@@ -43,8 +43,8 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
+from ..nn.linear import TTLinear
 from .calibration import batches_of
-from .layers import TTLinear
 from .layerwise import RefitReport, refit_layers
 
 __all__ = ["HealReport", "heal"]

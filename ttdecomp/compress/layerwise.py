@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
+from ..nn.kinds import dense_weight
+from ..nn.linear import TTLinear
 from ..tt_matrix import TTMatrix
 from .calibration import batches_of, decompose_whitened
-from .layers import TTLinear, dense_weight
 
 __all__ = ["LayerRefit", "RefitReport", "refit_layers"]
 

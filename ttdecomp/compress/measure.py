@@ -16,8 +16,16 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
+from .inputs import causal_batches
 
-__all__ = ["forward_cost", "mean_cosine", "sentence_embeddings", "tokenize_batches"]
+__all__ = [
+    "forward_cost",
+    "mean_cosine",
+    "measure_causal",
+    "measure_encoder",
+    "sentence_embeddings",
+    "tokenize_batches",
+]
 
 
 def tokenize_batches(
@@ -134,4 +142,68 @@ def forward_cost(model: nn.Module, batch: Any, *, repeats: int = 5) -> dict[str,
         "seconds": times[len(times) // 2],
         "peak_bytes": float(peak),
         "param_bytes": float(params),
+    }
+
+
+# ---------------------------------------------------------------- measurements
+def measure_encoder(
+    original: Any, compressed: Any, tokenizer: Any, texts: list[str]
+) -> dict[str, float]:
+    """Mean cosine of mean-pooled embeddings, and forward time/peak memory ratios (batch 32)."""
+    ref = sentence_embeddings(original, tokenizer, texts)
+    got = sentence_embeddings(compressed, tokenizer, texts)
+    batch = tokenize_batches(tokenizer, texts[:32], batch_size=32)[0]
+    dense, small = forward_cost(original, batch), forward_cost(compressed, batch)
+    return {
+        "cosine": mean_cosine(ref, got),
+        "texts": len(texts),
+        **_ratios(dense, small),
+    }
+
+
+def _ratios(dense: dict[str, float], small: dict[str, float]) -> dict[str, float]:
+    return {
+        "forward_s": small["seconds"],
+        "dense_forward_s": dense["seconds"],
+        "time_ratio": small["seconds"] / dense["seconds"],
+        "peak_bytes": small["peak_bytes"],
+        "dense_peak_bytes": dense["peak_bytes"],
+        "peak_ratio": small["peak_bytes"] / max(dense["peak_bytes"], 1.0),
+        "param_bytes": small["param_bytes"],
+        "dense_param_bytes": dense["param_bytes"],
+    }
+
+
+def measure_causal(
+    original: Any,
+    compressed: Any,
+    tokenizer: Any,
+    dialogues: list,
+    *,
+    dense_ppl: float | None,
+    dense_cost: dict[str, float] | None = None,
+    cost_batch: int = 32,
+    repeats: int = 5,
+) -> dict[str, float]:
+    """Held-out perplexity (reply tokens) of both models, and the forward ratios on a batch
+    of ``cost_batch`` dialogues (median of ``repeats``); ``dense_ppl`` and ``dense_cost``
+    (this function's ``"dense_cost"``) skip measuring the original again."""
+    from ..assets.chat_tokens import CausalDataset, make_collator
+    from ..finetune.lm_eval import evaluate_lm
+
+    data = CausalDataset(dialogues, tokenizer, 128)
+    collate = make_collator(tokenizer)
+    if dense_ppl is None:
+        dense_ppl = evaluate_lm(original, data, collate)["perplexity"]
+    ppl = evaluate_lm(compressed, data, collate)["perplexity"]
+    batch = causal_batches(tokenizer, dialogues[:cost_batch], batch_size=cost_batch)[0]
+    if dense_cost is None:
+        dense_cost = forward_cost(original, batch, repeats=repeats)
+    small = forward_cost(compressed, batch, repeats=repeats)
+    return {
+        "perplexity": ppl,
+        "dense_perplexity": dense_ppl,
+        "dialogues": len(dialogues),
+        "dense_cost": dense_cost,
+        **_ratios(dense_cost, small),
     }

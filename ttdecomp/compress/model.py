@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,10 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
-from ..planner import plan_model
+from ..errors import InvalidInputError, TTWarning
+from ..nn.kinds import dense_weight, in_out_features
+from ..nn.linear import TTLinear
+from ..nn.selection import TargetModulesError, select_modules
+from ..planner import parse_budget, plan_model
 from .calibration import collect_grams, decompose_whitened, output_error, whitened_weight
-from .layers import TTLinear, dense_weight, is_linear_module
 
 __all__ = [
     "DEFAULT_SKIP",
@@ -46,8 +48,9 @@ __all__ = [
 DEFAULT_SKIP = ("lm_head", "classifier", "score", "pooler", "qa_outputs")
 
 
-class CompressionTargetError(InvalidInputError):
-    """``target_modules`` that match nothing or match modules that are not linear layers."""
+#: The error of ``target_modules`` that match nothing or match modules that are not linear
+#: layers (the one of :func:`ttdecomp.nn.select_modules`, under its former name here).
+CompressionTargetError = TargetModulesError
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -56,19 +59,13 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _matches(entry: str, name: str) -> bool:
-    if name == entry or name.endswith("." + entry):
-        return True
-    try:
-        return re.fullmatch(entry, name) is not None
-    except re.error:
-        return False
-
-
 def select_layers(
     model: nn.Module, target_modules: str | Sequence[str] | None = "all-linear"
 ) -> dict[str, nn.Module]:
     """The linear layers ``compress_model`` would replace, by name, in model order.
+
+    :func:`ttdecomp.nn.select_modules` with the heads of :data:`DEFAULT_SKIP` left out of
+    ``"all-linear"``.
 
     Parameters
     ----------
@@ -82,7 +79,8 @@ def select_layers(
     Raises
     ------
     InvalidInputError
-        An entry that matches no module, or a match that is not ``nn.Linear``/``Conv1D``.
+        An entry that matches no module, or a match that is not ``nn.Linear``/``Conv1D``
+        (:class:`~ttdecomp.adapters.TargetModulesError`).
 
     Examples
     --------
@@ -90,52 +88,12 @@ def select_layers(
     >>> list(select_layers(m)), list(select_layers(m, ["2"]))
     (['0', '2'], ['2'])
     """
-    modules = dict(model.named_modules())
-    modules.pop("", None)
-    names = list(modules)
-    linear = {n for n, m in modules.items() if is_linear_module(m)}
-    if target_modules is None or target_modules == "all-linear":
-        getter = getattr(model, "get_output_embeddings", None)
-        head = getter() if callable(getter) else None
-        chosen = {
-            n
-            for n in linear
-            if modules[n] is not head and not any(part in DEFAULT_SKIP for part in n.split("."))
-        }
-        if not chosen:
-            raise CompressionTargetError(
-                "target_modules='all-linear' but the model has no nn.Linear or Conv1D layers "
-                "outside its heads; nothing to compress."
-            )
-    else:
-        entries = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-        if not entries or not all(isinstance(e, str) for e in entries):
-            raise CompressionTargetError(
-                f"target_modules must be 'all-linear', a regex or a list of module names, got "
-                f"{target_modules!r}."
-            )
-        chosen = set()
-        for entry in entries:
-            if isinstance(target_modules, str):
-                found = {n for n in names if re.fullmatch(entry, n)}
-            else:
-                found = {n for n in names if _matches(entry, n)}
-            if not found:
-                suffixes = sorted({n.rsplit(".", 1)[-1] for n in linear})[:20]
-                raise CompressionTargetError(
-                    f"target_modules entry {entry!r} matches no module of the model; linear "
-                    f"layers here end in {suffixes}."
-                )
-            chosen |= found
-        wrong = sorted(n for n in chosen if n not in linear)
-        if wrong:
-            kinds = sorted({type(modules[n]).__name__ for n in wrong})
-            raise CompressionTargetError(
-                f"target_modules={target_modules!r} selects {wrong[:5]} of type {kinds}; only "
-                "nn.Linear and transformers Conv1D layers can be compressed. Name the linear "
-                "layers inside (e.g. 'query', 'dense', 'q_proj')."
-            )
-    return {n: modules[n] for n in names if n in chosen}
+    return select_modules(
+        model,
+        target_modules,
+        skip=DEFAULT_SKIP,
+        kind_name="nn.Linear or transformers Conv1D (what TTLinear replaces)",
+    )
 
 
 @dataclass
@@ -284,6 +242,54 @@ def _progress(items: list[Any], enabled: bool, desc: str) -> Any:
     return tqdm(items, desc=desc, unit="layer")
 
 
+class RefusedSavePretrained:
+    """Stands in for ``save_pretrained`` on a model holding :class:`TTLinear` layers.
+
+    transformers' ``from_pretrained`` rebuilds the base architecture with dense layers and
+    would fill every TT layer's weight with random numbers (only a warning), so the
+    ``save_pretrained`` / ``from_pretrained`` round trip cannot work; the compressed model is
+    saved with :func:`~ttdecomp.compress.save_compressed` and reloaded with
+    :func:`~ttdecomp.compress.load_compressed`. Set on the model's instance by
+    :func:`compress_model` and :func:`~ttdecomp.compress.load_compressed` (nothing global).
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise InvalidInputError(
+            "this model holds TTLinear layers: transformers' save_pretrained/from_pretrained "
+            "would reload them as dense layers with random weights. Save it with "
+            "ttdecomp.compress.save_compressed(model, folder) (and model.config.save_pretrained"
+            "(folder) for the architecture), and reload with load_compressed(fresh_model, "
+            "folder), fresh_model being the base architecture (AutoModel.from_pretrained(base))."
+        )
+
+
+def refuse_save_pretrained(model: nn.Module) -> None:
+    """Make ``model.save_pretrained`` (if it has one) raise, naming the right calls."""
+    if callable(getattr(model, "save_pretrained", None)):
+        object.__setattr__(model, "save_pretrained", RefusedSavePretrained())
+
+
+def _warn_few_rows(layers: dict[str, nn.Module], rows: dict[str, int]) -> None:
+    """Warn when a layer saw fewer calibration rows than its input width: its Gram is then
+    rank-deficient and only the damping keeps the whitening invertible."""
+    short = {
+        n: (rows.get(n, 0), in_out_features(m)[0])
+        for n, m in layers.items()
+        if rows.get(n, 0) < in_out_features(m)[0]
+    }
+    if short:
+        name, (seen, width) = max(short.items(), key=lambda kv: kv[1][1] - kv[1][0])
+        warnings.warn(
+            f"the calibration gives {len(short)} layer(s) fewer input rows (tokens) than their "
+            f"input width, e.g. {name!r}: {seen} rows for {width} inputs. Their whitening is "
+            "rank-deficient (the input directions never seen are kept by the damping alone), "
+            f"so the output-aware decomposition is weaker there; give at least {width} token "
+            "rows (more calibration texts), or method='weight'.",
+            TTWarning,
+            stacklevel=3,
+        )
+
+
 def compress_model(
     model: nn.Module,
     budget: int | float | str | None = None,
@@ -308,8 +314,9 @@ def compress_model(
         ``inplace``.
     budget : int, float or str, optional
         Global TT parameter budget over the targeted layers' weights: a count, or a fraction
-        of their dense size in ``(0, 1)`` (``0.5`` or ``"50%"``). Biases stay dense, outside
-        it.
+        of their dense size in ``(0, 1)`` (``0.5`` or ``"50%"``); a string is read as
+        ``ttdecomp compress --budget`` reads it (``"2k"``, ``"1.5M"``, ``"50%"``:
+        :func:`~ttdecomp.parse_budget`). Biases stay dense, outside it.
     eps : float, optional
         Per-layer relative error target instead of (or within) the budget: weight error
         (weight-only) or damped output error (with calibration).
@@ -374,14 +381,8 @@ def compress_model(
     start = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise InvalidInputError(f"model must be a torch nn.Module, got {type(model).__name__}.")
-    if isinstance(budget, str):  # "50%", as on the command line
-        text = budget.strip()
-        try:
-            budget = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-        except ValueError:
-            raise InvalidInputError(
-                f"budget {text!r} is not a number; give e.g. budget=0.5, '50%' or 2_000_000."
-            ) from None
+    if budget is not None:
+        budget = parse_budget(budget)  # "50%", "2k": as --budget reads them
     if budget is None and eps is None:
         raise InvalidInputError(
             "give a budget (a parameter count, or a fraction such as budget=0.5 for 50% of the "
@@ -401,6 +402,13 @@ def compress_model(
             "calibration=... (model inputs), or method='weight'."
         )
     layers = select_layers(model, target_modules)
+    dense_size = sum(math.prod(in_out_features(m)) for m in layers.values())
+    if isinstance(budget, int) and budget >= dense_size:
+        raise InvalidInputError(
+            f"budget {budget:,} is not below the dense size of the targeted layers' weights "
+            f"({dense_size:,} parameters in {len(layers)} layers): there is nothing to "
+            "compress. Give a smaller count, or a fraction such as budget=0.5."
+        )
     if not inplace:
         memo_model = copy.deepcopy(model)
         layers = {n: memo_model.get_submodule(n) for n in layers}
@@ -408,7 +416,9 @@ def compress_model(
     grams: dict[str, torch.Tensor] = {}
     n_batches = 0
     if calibration is not None:
-        grams, n_batches = collect_grams(model, layers, calibration)
+        rows: dict[str, int] = {}
+        grams, n_batches = collect_grams(model, layers, calibration, rows=rows)
+        _warn_few_rows(layers, rows)
     notes = set()
     weights: dict[str, torch.Tensor] = {}
     for name, module in layers.items():
@@ -427,10 +437,6 @@ def compress_model(
             "(here float64; TT-SVD in half precision loses too much) and the TT cores are "
             "stored in the layers' own dtype."
         )
-        import warnings
-
-        from ..errors import TTWarning
-
         warnings.warn(dtype_note, TTWarning, stacklevel=2)
     targets = (
         {n: whitened_weight(weights[n], grams[n], damping).numpy() for n in layers}
@@ -493,4 +499,5 @@ def compress_model(
             )
         )
     report.seconds = time.perf_counter() - start
+    refuse_save_pretrained(model)
     return model, report

@@ -16,18 +16,19 @@ refused.
 
 from __future__ import annotations
 
-import json
-import uuid
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..adapters.serialization import write_files
+from .._files import load_pair, save_pair
+from ..counts import max_ranks
 from ..errors import InvalidInputError
-from .layers import TTLinear, dense_weight, is_linear_module
-from .model import CompressionReport
+from ..nn.kinds import dense_weight, is_linear
+from ..nn.linear import TTLinear
+from .model import CompressionReport, refuse_save_pretrained
 
 __all__ = [
     "COMPRESSED_CONFIG",
@@ -89,8 +90,6 @@ def save_compressed(
     ...     type(fresh[0]).__name__
     'TTLinear'
     """
-    from safetensors.torch import save
-
     layers = {n: m for n, m in model.named_modules() if isinstance(m, TTLinear)}
     if not layers:
         raise InvalidInputError(
@@ -108,11 +107,9 @@ def save_compressed(
             continue
         seen[ident] = key
         kept[key] = t.detach().to("cpu").contiguous()
-    save_id = uuid.uuid4().hex
     record = {
         "format_version": FORMAT_VERSION,
         "ttdecomp_version": _version(),
-        "save_id": save_id,
         "model_class": type(model).__name__,
         "model_type": _model_type(model),
         "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None),
@@ -132,47 +129,122 @@ def save_compressed(
         "aliases": aliases,
         "report": None if report is None else report.to_dict(),
     }
-    weights = save(kept, metadata={"format": "pt", "save_id": save_id})
     folder = Path(folder)
-    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
-    write_files(
-        [(folder / COMPRESSED_WEIGHTS, weights), (folder / COMPRESSED_CONFIG, text.encode())]
+    save_pair(
+        folder / COMPRESSED_WEIGHTS,
+        folder / COMPRESSED_CONFIG,
+        record,
+        kept,
+        error=CompressedFileError,
     )
     return folder
 
 
-def _read(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+#: The keys of the JSON record, and of each layer's entry.
+RECORD_KEYS = frozenset(
+    {
+        "format_version",
+        "ttdecomp_version",
+        "save_id",
+        "model_class",
+        "model_type",
+        "base_model_name_or_path",
+        "layers",
+        "tensors",
+        "aliases",
+        "report",
+    }
+)
+LAYER_KEYS = frozenset(
+    {"in_features", "out_features", "row_shape", "col_shape", "ranks", "bias", "dtype"}
+)
+#: The dtypes a TT layer may be saved in.
+LAYER_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 
-    cfg_path, w_path = folder / COMPRESSED_CONFIG, folder / COMPRESSED_WEIGHTS
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise CompressedFileError(
-                f"{p} is missing; a compressed model folder holds {COMPRESSED_CONFIG} and "
-                f"{COMPRESSED_WEIGHTS} (written by save_compressed)."
+
+def _is_count(value: Any, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _counts(value: Any, low: int = 1) -> bool:
+    return isinstance(value, list) and bool(value) and all(_is_count(v, low) for v in value)
+
+
+def check_record(record: Any, where: str) -> None:
+    """Refuse a record that :func:`save_compressed` cannot have written: unknown or missing
+    keys, layer sizes that are not positive ints, shapes that do not multiply to the layer's
+    sizes, ranks without boundary ones or above the attainable, a non-bool ``bias``, a dtype
+    outside :data:`LAYER_DTYPES`, tensor shapes that are not lists of ints, dangling aliases."""
+
+    def bad(what: str) -> CompressedFileError:
+        return CompressedFileError(
+            f"{where}: {what}; the file was not written by save_compressed or was edited. "
+            "Save the compressed model again."
+        )
+
+    unknown = sorted(set(record) - RECORD_KEYS)
+    missing = sorted({"save_id", "model_class", "layers", "tensors", "aliases"} - set(record))
+    if unknown or missing:
+        raise bad(f"the record has unknown keys {unknown} or lacks {missing}")
+    layers, tensors, aliases = record["layers"], record["tensors"], record["aliases"]
+    if not isinstance(layers, dict) or not layers:
+        raise bad(f"'layers' is {layers!r}, not a non-empty mapping")
+    for name, spec in layers.items():
+        if not isinstance(spec, dict) or set(spec) != LAYER_KEYS:
+            got = sorted(spec) if isinstance(spec, dict) else spec
+            raise bad(f"layer {name!r} has entries {got!r}, expected {sorted(LAYER_KEYS)}")
+        n_in, n_out = spec["in_features"], spec["out_features"]
+        rows, cols, ranks = spec["row_shape"], spec["col_shape"], spec["ranks"]
+        if not (_is_count(n_in) and _is_count(n_out) and _counts(rows) and _counts(cols)):
+            raise bad(f"layer {name!r}: sizes and shapes must be positive ints, got {spec!r}")
+        if len(rows) != len(cols) or math.prod(rows) != n_out or math.prod(cols) != n_in:
+            raise bad(
+                f"layer {name!r}: row_shape {rows} and col_shape {cols} do not factor its "
+                f"{n_out} x {n_in} weight"
             )
-    try:
-        record = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CompressedFileError(f"{cfg_path} is not valid JSON ({exc}).") from None
-    if not isinstance(record, dict) or record.get("format_version") != FORMAT_VERSION:
-        raise CompressedFileError(
-            f"{cfg_path} is not a ttdecomp compressed-model config of format {FORMAT_VERSION}."
-        )
-    data = w_path.read_bytes()
-    try:
-        tensors = load(data)
-        from safetensors import safe_open  # the metadata, to match the pair
+        top = max_ranks(rows, cols)
+        if (
+            not _counts(ranks)
+            or len(ranks) != len(rows) + 1
+            or ranks[0] != 1
+            or ranks[-1] != 1
+            or any(r > t for r, t in zip(ranks, top))
+        ):
+            raise bad(
+                f"layer {name!r}: ranks {ranks!r} are not {len(rows) + 1} positive ints with "
+                f"boundary ones within the attainable {list(top)}"
+            )
+        if not isinstance(spec["bias"], bool):
+            raise bad(f"layer {name!r}: bias is {spec['bias']!r}, not true or false")
+        if spec["dtype"] not in LAYER_DTYPES:
+            raise bad(
+                f"layer {name!r}: dtype {spec['dtype']!r} is not one of {sorted(LAYER_DTYPES)}"
+            )
+    if not isinstance(tensors, dict) or not all(
+        isinstance(v, list) and all(_is_count(d, 0) for d in v) for v in tensors.values()
+    ):
+        raise bad("'tensors' must map each state name to its shape, a list of ints >= 0")
+    if not isinstance(aliases, dict) or not all(
+        isinstance(v, str) and v in tensors and v not in aliases for v in aliases.values()
+    ):
+        raise bad("'aliases' must map state names to other saved state names")
 
-        with safe_open(str(w_path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CompressedFileError(f"{w_path} is not a readable safetensors file ({exc}).") from None
-    if meta.get("save_id") != record.get("save_id"):
-        raise CompressedFileError(
-            f"{cfg_path} and {w_path} come from different saves (save_id differs); save again."
-        )
+
+def _read(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    cfg_path = folder / COMPRESSED_CONFIG
+    record, tensors = load_pair(
+        cfg_path,
+        folder / COMPRESSED_WEIGHTS,
+        format_version=FORMAT_VERSION,
+        error=CompressedFileError,
+        what="a compressed model written by save_compressed",
+    )
+    check_record(record, str(cfg_path))
     return record, tensors
 
 
@@ -217,7 +289,7 @@ def load_compressed(model: nn.Module, folder: str | Path) -> nn.Module:
         shape = (spec["out_features"], spec["in_features"])
         if isinstance(module, TTLinear):
             have = (module.out_features, module.in_features)
-        elif is_linear_module(module):
+        elif is_linear(module):
             have = tuple(dense_weight(module).shape)
         else:
             raise CompressedFileError(
@@ -248,16 +320,35 @@ def load_compressed(model: nn.Module, folder: str | Path) -> nn.Module:
             f"unknown to the model {extra}, with other shapes {shapes}. Load it into a fresh "
             "copy of the architecture it was compressed from."
         )
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    tt_keys = set()
+    for name, spec in record["layers"].items():
+        for key in [k for k in saved if k.startswith(name + ".")]:
+            dtypes[key] = LAYER_DTYPES[spec["dtype"]]
+            tt_keys.add(key)
+    unknown_tensors = sorted(set(tensors) - set(saved))
+    if unknown_tensors:
+        raise CompressedFileError(
+            f"{where}: the weights file holds tensors the record does not list "
+            f"{unknown_tensors[:5]}; save the compressed model again."
+        )
     for key in saved:
         src = record["aliases"].get(key, key)
         if src not in tensors or tuple(tensors[src].shape) != saved[key]:
             raise CompressedFileError(f"{where}: tensor {key!r} is missing or of another shape.")
+        if tensors[src].dtype != dtypes[key]:
+            raise CompressedFileError(
+                f"{where}: tensor {key!r} is {tensors[src].dtype} in the files but the "
+                f"{'TT layer' if key in tt_keys else 'model'} holds "
+                f"{dtypes[key]}; it would be cast silently. Load into a model of the dtype "
+                f"it was saved from (model.to({tensors[src].dtype})), or save it again."
+            )
         if tensors[src].is_floating_point() and not bool(torch.isfinite(tensors[src]).all()):
             raise CompressedFileError(f"{where}: tensor {key!r} holds NaN or Inf.")
     for name, spec in record["layers"].items():
         module = modules[name]
         ref = next(module.parameters())
-        dtype = getattr(torch, spec["dtype"], ref.dtype)
+        dtype = LAYER_DTYPES[spec["dtype"]]
         layer = TTLinear(
             spec["in_features"],
             spec["out_features"],
@@ -273,4 +364,5 @@ def load_compressed(model: nn.Module, folder: str | Path) -> nn.Module:
         setattr(model.get_submodule(parent) if parent else model, child, layer)
     state = {key: tensors[record["aliases"].get(key, key)] for key in saved}
     model.load_state_dict(state, strict=True)
+    refuse_save_pretrained(model)
     return model

@@ -4,14 +4,14 @@ Sits above :mod:`ttdecomp.adapters` and below the command line. One training fun
 (:func:`~ttdecomp.finetune.train.fit`, on ``transformers.Trainer``) serves every method and
 task; :func:`finetune` runs methods × seeds on one model and data set and writes the report.
 
-* :mod:`~ttdecomp.finetune.assets` — the packaged offline models and data, by name.
+* :mod:`ttdecomp.assets` — the packaged models and data, the one model loader, the readers
+  (``ttdecomp.finetune.assets``, ``.smollm2``, ``.dialogues`` and ``.chat_tokens`` re-export
+  what moved there).
 * :mod:`~ttdecomp.finetune.data` — labelled text: cleaning, balancing, seeded splits.
 * :mod:`~ttdecomp.finetune.methods` — TT-LoRA, LoRA (PEFT), LoRETTA-rep/adp, head-only.
 * :mod:`~ttdecomp.finetune.train` — :func:`fit`: validation-chosen state, timings, memory.
 * :mod:`~ttdecomp.finetune.classify` — one classification run; reloading its adapter.
-* :mod:`~ttdecomp.finetune.smollm2`, :mod:`~ttdecomp.finetune.dialogues`,
-  :mod:`~ttdecomp.finetune.chat_tokens`, :mod:`~ttdecomp.finetune.lm_eval` — SmolLM2 from its
-  GGUF file, the chatterbot dialogues, chat-formatted tokens, held-out loss and replies.
+* :mod:`~ttdecomp.finetune.lm_eval` — held-out loss and replies of a causal LM.
 * :mod:`~ttdecomp.finetune.causal` — one causal-LM run (SmolLM2 on dialogues).
 * :mod:`~ttdecomp.finetune.report` — the table, ``results.json``, the figures.
 * :mod:`~ttdecomp.finetune.config` — :class:`FinetuneConfig`: the options and their defaults.
@@ -27,18 +27,18 @@ Examples
 
 from __future__ import annotations
 
-from .assets import AssetMissingError, asset_status
+from ..assets.dialogues import load_chatterbot, split_dialogues
+from ..assets.registry import AssetMissingError, asset_status
+from ..assets.smollm2 import load_smollm2
 from .batching import LengthGroupedSampler, chunk_by_length, length_chunked, length_grouped
 from .causal import run_causal
 from .classify import load_finetuned
 from .data import Splits, load_classification, unlabelled_texts
-from .dialogues import load_chatterbot, split_dialogues
 from .lm_eval import evaluate_lm, generate_reply
 from .methods import DEFAULT_METHODS, METHODS, MethodSettings, apply_method, default_settings
 from .parallel import plan_jobs
 from .report import load_results
 from .run import FinetuneConfig, FinetuneResult, finetune, prepare_job
-from .smollm2 import load_smollm2
 from .train import FitResult, PeakMemory, TrainSettings, fit
 
 __all__ = [

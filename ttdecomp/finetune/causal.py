@@ -2,7 +2,7 @@
 
 The causal path of ``ttdecomp finetune`` (``--model smollm2 --data chatterbot``): every assistant
 turn of the dialogues is an example whose loss is on the reply tokens only
-(:func:`~ttdecomp.finetune.chat_tokens.tokenize_dialogues`). A row reports the held-out loss
+(:func:`~ttdecomp.assets.chat_tokens.tokenize_dialogues`). A row reports the held-out loss
 (mean negative log-likelihood per reply token, in nats) and perplexity (its exponential) of the
 base model before training and of the validation-chosen state after, on validation and test;
 test is evaluated once after training. The method's adapter is saved, then merged into the
@@ -22,12 +22,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..assets.chat_tokens import CausalDataset, make_collator, tokenize_splits
+from ..assets.dialogues import DialogueSplits, reply_prompt
+from ..assets.loader import load_pretrained
 from ..errors import InvalidInputError
-from .chat_tokens import CausalDataset, make_collator, tokenize_splits
-from .dialogues import DialogueSplits, reply_prompt
 from .lm_eval import evaluate_lm, generate_reply
 from .methods import MethodSettings, apply_method, dry_run, save_adapted
-from .smollm2 import load_causal_lm
 from .train import TrainSettings, fit, is_main_process
 
 __all__ = [
@@ -130,11 +130,11 @@ def run_causal(
     ----------
     model_dir : path
         The base model's folder (for SmolLM2:
-        :func:`~ttdecomp.finetune.smollm2.smollm2_checkpoint`).
+        :func:`~ttdecomp.assets.smollm2.smollm2_checkpoint`).
     tokenizer : transformers tokenizer
         Its chat template formats the examples.
     splits : DialogueSplits
-        From :func:`~ttdecomp.finetune.dialogues.split_dialogues`.
+        From :func:`~ttdecomp.assets.dialogues.split_dialogues`.
     settings : MethodSettings
         The method (``tt-lora``, ``lora``, ``loretta-rep`` or ``loretta-adp``) and its rank,
         alpha, learning rate (``settings.lr`` is used; ``train.lr`` is ignored) and TT shape.
@@ -199,7 +199,7 @@ def run_causal(
     if prompt is None:
         prompt = reply_prompt(splits.test)
     collator = make_collator(tokenizer)
-    model = load_causal_lm(model_dir, train.seed)
+    model = load_pretrained(model_dir, task="causal", seed=train.seed)
     row: dict[str, Any] = {"method": settings.method, "seed": train.seed}
     if not final:
         before = {}
@@ -370,7 +370,7 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
         :data:`CAUSAL_SPLIT`) and ``method_settings()`` are read.
     model_path : path
         SmolLM2's GGUF file (the clean checkpoint is made or found by
-        :func:`~ttdecomp.finetune.smollm2.smollm2_checkpoint`) or a local causal-LM folder.
+        :func:`~ttdecomp.assets.smollm2.smollm2_checkpoint`) or a local causal-LM folder.
     progress : bool
         Loading progress bars.
 
@@ -391,8 +391,8 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
 
     from transformers import AutoConfig, AutoTokenizer
 
-    from .dialogues import load_data, split_dialogues
-    from .smollm2 import smollm2_checkpoint
+    from ..assets.dialogues import load_data, split_dialogues
+    from ..assets.smollm2 import smollm2_checkpoint
 
     settings = config.method_settings()
     for method in settings:

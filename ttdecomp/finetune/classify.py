@@ -9,15 +9,15 @@ be checked against what the run predicted.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._files import write_with
+from ..assets.loader import ModelSource, load_pretrained, load_tokenizer, resolve_model
 from ..errors import InvalidInputError
 from .data import Splits
 from .methods import MethodSettings, apply_method, save_adapted
@@ -99,48 +99,16 @@ def accuracy(eval_pred: Any) -> dict[str, float]:
     return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
 
 
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports (the new head is expected) for one block."""
-    from transformers.utils import logging
-
-    previous = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(previous)
-
-
-def load_classifier(model_dir: str | os.PathLike, labels: list[str], seed: int) -> Any:
+def load_classifier(
+    model_dir: str | os.PathLike | ModelSource, labels: list[str], seed: int
+) -> Any:
     """A sequence classifier from ``model_dir`` with a new head for ``labels``, seeded.
 
-    Raises a clear error for a folder that holds no model, and for a model still carrying the
-    GGUF loader's quantizer state (``Trainer`` refuses to train it).
+    :func:`ttdecomp.assets.load_pretrained` with ``task="classification"``: a clear error for a
+    folder that holds no model, and for a model still carrying the GGUF loader's quantizer
+    state (``Trainer`` refuses to train it).
     """
-    from transformers import AutoModelForSequenceClassification, set_seed
-
-    set_seed(seed)
-    try:
-        with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(model_dir),
-                num_labels=len(labels),
-                id2label=dict(enumerate(labels)),
-                label2id={name: i for i, name in enumerate(labels)},
-                dtype=torch.float32,
-            )
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(
-            f"cannot load a sequence-classification model from {model_dir}: {exc}"
-        ) from None
-    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
-        raise InvalidInputError(
-            f"the model from {model_dir} still carries quantizer state (hf_quantizer/is_quantized, "
-            "as the GGUF loader leaves it) and Trainer refuses to train it; clear it with "
-            "model.hf_quantizer.remove_quantization_config(model) and save a clean copy."
-        )
-    return model
+    return load_pretrained(model_dir, task="classification", labels=list(labels), seed=seed)
 
 
 def predict_logits(model: Any, dataset: TextDataset, collator: Any, batch: int = 64) -> np.ndarray:
@@ -243,9 +211,8 @@ def run_classification(
         from safetensors.numpy import save_file
 
         save_adapted(adapted, run_dir / "adapter")
-        tmp = run_dir / f".{LOGITS_FILE}.tmp"
-        save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32)}, str(tmp))
-        os.replace(tmp, run_dir / LOGITS_FILE)
+        tensors = {"logits": np.ascontiguousarray(logits, dtype=np.float32)}
+        write_with(run_dir / LOGITS_FILE, lambda tmp: save_file(tensors, str(tmp)))
     return {
         "method": settings.method,
         "seed": train.seed,
@@ -264,12 +231,21 @@ def run_classification(
     }
 
 
-def load_finetuned(output: str | os.PathLike, method: str, seed: int = 0) -> tuple[Any, Any]:
+def load_finetuned(
+    output: str | os.PathLike,
+    method: str,
+    seed: int = 0,
+    *,
+    model: str | os.PathLike | None = None,
+) -> tuple[Any, Any]:
     """Reload the model a ``ttdecomp finetune`` run trained: ``(model, tokenizer)``, eval mode.
 
-    The base model is loaded fresh from the path recorded in ``results.json`` and the run's
-    saved adapter (with its head) is put on it; its predictions equal the run's (the run's test
-    logits are in ``runs/<method>-seed<k>/test_logits.safetensors``).
+    The base model is loaded fresh and the run's saved adapter (with its head) is put on it;
+    its predictions equal the run's (the run's test logits are in
+    ``runs/<method>-seed<k>/test_logits.safetensors``). Paths in ``results.json`` are followed
+    only inside ``output``: the adapter must be the run's own ``runs/<method>-seed<k>``, and
+    the base model is the packaged model the run names, or ``model`` (a folder or Hub id you
+    trust) for any other; a recorded base-model path outside ``output`` is never followed.
 
     Examples
     --------
@@ -277,20 +253,50 @@ def load_finetuned(output: str | os.PathLike, method: str, seed: int = 0) -> tup
     >>> batch = tokenizer(["what a ride!"], return_tensors="pt")  # doctest: +SKIP
     >>> model(**batch).logits.argmax(-1)  # doctest: +SKIP
     """
-    from transformers import AutoTokenizer
-
+    from ..assets import registry as assets
     from .methods import load_adapted
-    from .report import load_results
+    from .report import RESULTS_FILE, load_results
 
     results = load_results(output)
-    rows = [r for r in results["rows"] if r["method"] == method and r["seed"] == seed]
+    root = Path(output).resolve()
+    where = Path(output) / RESULTS_FILE
+    rows = [r for r in results["rows"] if r.get("method") == method and r.get("seed") == seed]
     if not rows:
-        have = sorted(f"{r['method']} seed {r['seed']}" for r in results["rows"])
+        have = sorted(f"{r.get('method')} seed {r.get('seed')}" for r in results["rows"])
         raise InvalidInputError(
             f"{output} has no finished run of {method} with seed {seed}; it has {have}."
         )
-    model_dir = results["config"]["model_path"]
+    run_dir = rows[0].get("run_dir")
+    expected = f"runs/{method}-seed{seed}"
+    adapter = (Path(output) / str(run_dir) / "adapter").resolve()
+    if run_dir != expected or not adapter.is_relative_to(root):
+        raise InvalidInputError(
+            f"{where} records run_dir {run_dir!r} for {method} seed {seed}; expected "
+            f"{expected!r} inside {output}. ttdecomp follows no path out of the run folder; the "
+            "file was edited or not written by ttdecomp."
+        )
+    if model is None:
+        name = (results.get("config") or {}).get("identity", {}).get("model")
+        key = assets.canonical_model_name(name) if isinstance(name, str) else None
+        recorded = (results.get("config") or {}).get("model_path")
+        hub_folder = f"models--{name.replace('/', '--')}" if isinstance(name, str) else None
+        if key is not None:
+            model = name  # the packaged model, resolved (and assembled) as the run did
+        elif isinstance(recorded, str) and hub_folder in Path(recorded).parts:
+            # a Hub id at the commit the run used (the snapshot's name), from the Hub cache
+            model = resolve_model(name, revision=Path(recorded).name)
+        else:
+            if not isinstance(recorded, str) or not (
+                (Path(output) / recorded).resolve().is_relative_to(root)
+            ):
+                raise InvalidInputError(
+                    f"{where} records the base model at {recorded!r}, outside the run folder; "
+                    "ttdecomp does not follow paths out of a run folder it reads. Pass the base "
+                    f"model yourself: load_finetuned({str(output)!r}, {method!r}, {seed}, "
+                    f"model={recorded!r})."
+                )
+            model = Path(output) / recorded
     labels = results["data"]["labels"]
-    model = load_classifier(model_dir, labels, seed)
-    model = load_adapted(model, Path(output) / rows[0]["run_dir"] / "adapter")
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    net = load_classifier(model, labels, seed)
+    net = load_adapted(net, adapter)
+    return net, load_tokenizer(model)

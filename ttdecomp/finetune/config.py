@@ -14,12 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..assets import registry as assets
 from ..errors import InvalidInputError
-from . import assets
 from .methods import DEFAULT_METHODS, METHODS, MethodSettings, check_method, default_settings
 from .train import TrainSettings
 
 __all__ = ["DEFAULTS", "QUICK", "FinetuneConfig"]
+
+_SOURCE_DEFAULTS = {
+    "revision": None,
+    "trust_remote_code": False,
+    "data_config": None,
+    "text_column": "text",
+    "label_column": "label",
+}
 
 DEFAULTS = {
     "classification": {"sizes": (1000, 300, 600), "epochs": 4, "max_steps": None,
@@ -55,16 +63,28 @@ class FinetuneConfig:
         dict per method (``{"tt-lora": 5e-3, "lora": 1e-3}``).
     tt_shape : sequence of int, optional
         TT-LoRA's flat shape (input factors then output factors) for every target.
-    epochs, max_steps, batch_size, max_length, eval_every, weight_decay
-        Training (see :class:`~ttdecomp.finetune.train.TrainSettings`); ``max_length`` in tokens.
+    epochs, max_steps, batch_size, max_length, eval_every, weight_decay, lr_schedule, warmup_ratio
+        Training (see :class:`~ttdecomp.finetune.train.TrainSettings`); ``max_length`` in tokens;
+        ``lr_schedule`` and ``warmup_ratio`` take one value for every method or a dict per
+        method (``{"tt-lora": "cosine"}``; a method not named keeps ``"constant"`` and ``0``).
     targets : sequence of str, optional
         Target modules; default: the query and value projections of the model.
-    sizes : (int, int, int)
-        Train / validation / test sizes when the data is split here.
+    sizes : (int, int, int), optional
+        Train / validation / test sizes when the data is split here. Default: the packaged
+        data's own sizes; a user's data is split 70/10/20% of its usable rows per class
+        (``--quick``: of at most 620 rows).
     device : str
         ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
     quick : bool
         The fast end-to-end check: sizes, epochs and length from :data:`QUICK` unless given.
+    revision : str, optional
+        A Hub model's branch, tag or commit.
+    trust_remote_code : bool
+        Run a Hub model's own Python code (off by default).
+    data_config : str, optional
+        A Hub dataset's configuration (e.g. ``sst2`` of ``glue``).
+    text_column, label_column : str
+        The columns of the text and the label in a file or dataset.
 
     Examples
     --------
@@ -86,10 +106,17 @@ class FinetuneConfig:
     max_length: int | None = None
     eval_every: int | None = None
     weight_decay: float = 0.01
+    lr_schedule: Any = "constant"
+    warmup_ratio: Any = 0.0
     targets: Sequence[str] | None = None
     sizes: tuple[int, int, int] | None = None
     device: str = "cpu"
     quick: bool = False
+    revision: str | None = None
+    trust_remote_code: bool = False
+    data_config: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
 
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):
@@ -109,7 +136,10 @@ class FinetuneConfig:
         self.seeds = seeds
         defaults = (QUICK if self.quick else DEFAULTS)[self.task]
         given_steps = self.max_steps is not None or self.epochs is not None
+        own_data = self.task == "classification" and self.data not in assets.DATA
         for name, value in defaults.items():
+            if name == "sizes" and own_data:
+                continue  # a user's data is split in proportion (finetune.data.FRACTIONS)
             if getattr(self, name) is None and not (name == "max_steps" and given_steps):
                 setattr(self, name, value)
         if self.sizes is not None:
@@ -140,7 +170,8 @@ class FinetuneConfig:
         if self.tt_shape is not None:
             self.tt_shape = [int(s) for s in self.tt_shape]
         self.method_settings()  # validates rank/alpha/lr/tt_shape for every method
-        self.train_settings(self.seeds[0])
+        for method in self.methods:  # and the schedule of each
+            self.train_settings(self.seeds[0], method=method)
 
     @property
     def task(self) -> str:
@@ -186,14 +217,24 @@ class FinetuneConfig:
             )
         return out
 
-    def train_settings(self, seed: int, *, progress: bool = False) -> TrainSettings:
-        """Training settings of one run (the learning rate is each method's own)."""
+    def train_settings(
+        self, seed: int, *, progress: bool = False, method: str | None = None
+    ) -> TrainSettings:
+        """Training settings of one run (the learning rate is each method's own); ``method``
+        picks its schedule when ``lr_schedule`` or ``warmup_ratio`` is given per method."""
+        schedule: dict[str, Any] = {}
+        for name, default in (("lr_schedule", "constant"), ("warmup_ratio", 0.0)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                value = self._override(value, method, name) if method is not None else None
+            schedule[name] = default if value is None else value
         return TrainSettings(
             lr=1e-3,
             epochs=self.epochs,
             max_steps=self.max_steps,
             batch_size=self.batch_size,
             weight_decay=self.weight_decay,
+            **schedule,
             seed=seed,
             device=self.device,
             eval_every=self.eval_every,
@@ -214,7 +255,24 @@ class FinetuneConfig:
             "eval_every": self.eval_every,
             "weight_decay": self.weight_decay,
             "targets": list(self.targets) if self.targets is not None else None,
+            # recorded only when set, so that folders written before still resume
+            **{
+                name: getattr(self, name)
+                for name, default in _SOURCE_DEFAULTS.items()
+                if getattr(self, name) != default
+            },
+            # named only when not the constant schedule, so runs saved before it still resume
+            **(
+                {"lr_schedule": _plain(self.lr_schedule), "warmup_ratio": _plain(self.warmup_ratio)}
+                if (self.lr_schedule, self.warmup_ratio) != ("constant", 0.0)
+                else {}
+            ),
         }
+
+
+def _plain(value: Any) -> Any:
+    """A per-method mapping as a plain dict (JSON), other values as they are."""
+    return dict(value) if isinstance(value, Mapping) else value
 
 
 def task_of(data: str, model_task: str) -> str:

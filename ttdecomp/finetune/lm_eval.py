@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from ..assets.chat_tokens import IGNORE_INDEX, CausalDataset, CausalLMCollator, prompt_text
 from ..errors import InvalidInputError
-from .chat_tokens import IGNORE_INDEX, CausalDataset, CausalLMCollator, prompt_text
 
 __all__ = ["evaluate_lm", "generate_reply"]
 

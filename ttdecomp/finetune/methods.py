@@ -21,8 +21,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,8 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._files import replace_folder
 from ..errors import InvalidInputError
-from ..shapes import factorize
+from ..shapes import check_factor_count, factorize
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -137,6 +136,7 @@ class MethodSettings:
                     f"tt_shape is a TT-LoRA setting; {self.method} does not take one."
                 )
             shape = tuple(self.tt_shape)
+            check_factor_count(len(shape), "tt_shape (--tt-shape)")
             if len(shape) < 2 or not all(
                 isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape
             ):
@@ -442,25 +442,6 @@ def dry_run(
             raise InvalidInputError(f"{method}: {exc}") from None
 
 
-def _atomic_folder(folder: Path, write: Any) -> None:
-    """Run ``write(tmp)`` into a fresh temporary folder beside ``folder``, then rename it."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        write(tmp)
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_adapted(adapted: AdaptedModel, folder: str | Path) -> None:
     """Save what ``adapted`` trained into ``folder`` (replaced as a whole, atomically).
 
@@ -483,7 +464,7 @@ def save_adapted(adapted: AdaptedModel, folder: str | Path) -> None:
             save_file(state, str(tmp / _HEAD_FILE))
         (tmp / "ttdecomp_method.json").write_text(json.dumps(adapted.settings.to_dict(), indent=2))
 
-    _atomic_folder(Path(folder), write)
+    replace_folder(Path(folder), write)
 
 
 def load_adapted(model: nn.Module, folder: str | Path) -> nn.Module:

@@ -6,33 +6,28 @@ in every small or serial step of a training step (layer norms, softmaxes, the Py
 kernels, the optimizer), while N one-thread processes keep every core on its own GEMMs.
 :func:`plan_jobs` decides how many processes and threads; :class:`RunPool` runs them.
 
-Each run is a fresh ``python`` process that loads the model folder, data and tokenizer
-(``prepare``, the same function the sequential path uses), trains its (method, seed) and hands
-back its row. Runs do not see Ctrl-C: the parent decides, ends them, and keeps every row that
-finished (the caller saves each row as it arrives). Results are those of the same runs made
-one after another with the same number of threads; only their order of completion differs.
+Each run is a fresh ``python -P`` process of :class:`ttdecomp.runs.WorkerPool` (the one pool
+of ``finetune`` and ``search``): it reads its spec as JSON on stdin, loads the model folder, data
+and tokenizer (:func:`~ttdecomp.finetune.run.prepare_job`, the same function the sequential
+path uses), trains its (method, seed) and hands back its row. Runs do not see Ctrl-C: the
+parent decides, ends them, and keeps every row that finished (the caller saves each row as it
+arrives). A run killed by a signal is reported in one line and its siblings finish.
+Results are those of the same runs made one after another with the same number of threads;
+only their order of completion differs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import sys
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+from ..runs.pool import RunFailedError, WorkerPool, cpu_cores
 
 __all__ = ["RunPool", "cpu_cores", "plan_jobs"]
-
-
-def cpu_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def plan_jobs(
@@ -90,163 +85,110 @@ def plan_jobs(
     return jobs, threads or max(1, cores // jobs)
 
 
-def worker_main(spec_path: str) -> int:
-    """One run in this process: ``python -m ttdecomp.finetune.worker SPEC`` (see RunPool)."""
-    import importlib
-    import json
-    import pickle
-    import traceback
-
-    from .report import write_json_atomic
-
-    spec_file = Path(spec_path)
-    with open(spec_file, "rb") as f:
-        spec = pickle.load(f)  # written by RunPool.submit in the parent, a moment ago
-    out = spec_file.with_name(_ROW_FILE)
-    try:
-        import torch
-
-        if spec["threads"] is not None:
-            torch.set_num_threads(spec["threads"])
-        if not spec["train"].progress:
-            from transformers.utils import logging
-
-            logging.disable_progress_bar()  # the weight-loading bar
-        module, _, name = spec["prepare"].partition(":")
-        prepare = getattr(importlib.import_module(module), name)
-        job = prepare(spec["config"], progress=False)[0]
-        train = replace(spec["train"], bar_position=spec["slot"] + 1)
-        row = job.run(spec["settings"], train, Path(spec["run_dir"]))
-        write_json_atomic(out, {"row": row})
-        return 0
-    except Exception as exc:  # the parent raises it again, with this process's traceback
-        from ..errors import TTError
-
-        error = {
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "user_error": isinstance(exc, TTError),
-            "traceback": traceback.format_exc(),
-        }
-        write_json_atomic(out, {"error": error})
-        print(json.dumps(error["message"]), file=sys.stderr)
-        return 1
+def _to_json(value: Any) -> Any:
+    """A dataclass (FinetuneConfig, MethodSettings, TrainSettings) as JSON fields."""
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
 
 
 class RunPool:
-    """Runs made ``jobs`` at a time, each in a fresh ``python`` process of its own.
+    """Fine-tuning runs made ``jobs`` at a time, each in a fresh ``python -P`` process.
 
-    A run's process loads ``prepare(config)``'s job (model folder, data, tokenizer), trains
-    one (method, seed) with ``threads`` torch threads, writes its row and exits. Fresh
-    interpreters (not ``multiprocessing``) so that the caller's script is never imported
-    again in a worker, whatever it guards. Use it as a context manager: leaving the block
-    (normally, by an error or by Ctrl-C) ends every run still going.
+    A run's process loads :func:`~ttdecomp.finetune.run.prepare_job`'s job (model folder,
+    data, tokenizer) for ``config``, trains one (method, seed) with ``threads`` torch threads,
+    writes its row and exits. Everything it is given travels as JSON on its stdin (no
+    pickle). Fresh interpreters (not ``multiprocessing``) so that the caller's script is never
+    imported again in a worker, whatever it guards. Use it as a context manager: leaving the
+    block (normally, by an error, Ctrl-C or SIGTERM) ends every run still going.
 
     Parameters
     ----------
-    prepare : str
-        ``"module:function"``; ``function(config, progress=False) -> (job, ...)`` and
-        ``job.run(settings, train, run_dir)`` returns the run's row (JSON-serialisable).
-    config : object
-        What ``prepare`` takes (picklable).
+    config : FinetuneConfig
+        What every run loads.
     jobs : int
         Runs at once.
     threads : int or None
         torch threads per run (``None``: torch's default).
+    on_killed : callable, optional
+        Receives the one-line report of a run killed by a signal (its siblings go on);
+        :meth:`results` raises :class:`~ttdecomp.runs.RunFailedError` naming every such
+        run once the others have finished.
 
     Examples
     --------
-    >>> with RunPool("ttdecomp.finetune.run:prepare_job", config, 2, 1) as pool:  # doctest: +SKIP
+    >>> with RunPool(config, 2, 1) as pool:  # doctest: +SKIP
     ...     pool.submit(("lora", 0), settings, train, "out/runs/lora-seed0")
     ...     for key, row in pool.results():
     ...         print(key, row["test_accuracy"])
     """
 
-    def __init__(self, prepare: str, config: Any, jobs: int, threads: int | None) -> None:
-        self.prepare, self.config, self.jobs, self.threads = prepare, config, jobs, threads
-        self._queue: list[tuple[Any, Any, Any, Path]] = []
-        self._running: dict[int, tuple[Any, Path, Any]] = {}  # slot -> (key, run_dir, process)
+    def __init__(
+        self,
+        config: Any,
+        jobs: int,
+        threads: int | None,
+        *,
+        on_killed: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config, self.jobs, self.threads = config, jobs, threads
+        self.on_killed = on_killed
+        self._pool = WorkerPool(jobs)
 
     def __enter__(self) -> RunPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for _key, _run_dir, proc in self._running.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for _key, _run_dir, proc in self._running.values():
-            try:
-                proc.wait(timeout=30)
-            except Exception:
-                proc.kill()
-        self._running.clear()
+        self._pool.stop()
 
     def submit(self, key: Any, settings: Any, train: Any, run_dir: str | os.PathLike) -> None:
         """Queue one run; its row comes back from :meth:`results` under ``key``."""
-        self._queue.append((key, settings, train, Path(run_dir)))
-
-    def _start(self, slot: int) -> None:
-        import pickle
-        import subprocess
-
-        key, settings, train, run_dir = self._queue.pop(0)
+        run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / _ROW_FILE).unlink(missing_ok=True)
         spec = {
-            "prepare": self.prepare,
-            "config": self.config,
-            "settings": settings,
-            "train": train,
+            "config": _to_json(self.config),
+            "settings": settings.to_dict(),
+            "train": _to_json(train),
             "run_dir": str(run_dir),
             "threads": self.threads,
-            "slot": slot,
         }
-        spec_path = run_dir / _SPEC_FILE
-        with open(spec_path, "wb") as f:
-            pickle.dump(spec, f)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        if self.threads is not None:
-            env["OMP_NUM_THREADS"] = str(self.threads)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ttdecomp.finetune.worker", str(spec_path)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            # SIGINT from the terminal reaches the parent only: it decides and ends the runs
-            start_new_session=True,
+        label = (
+            "run (" + ", ".join(str(k) for k in key) + ")"
+            if isinstance(key, tuple)
+            else f"run {key}"
         )
-        self._running[slot] = (key, run_dir, proc)
+        self._pool.submit(
+            key,
+            "ttdecomp.finetune.worker",
+            spec,
+            label=label,
+            result=run_dir / _ROW_FILE,
+            threads=self.threads,
+        )
 
     def results(self, poll: float = 0.2) -> Iterator[tuple[Any, dict[str, Any]]]:
         """``(key, row)`` of each run as it finishes; a run's error is raised here."""
-        import json
-        import time
-
-        while self._queue or self._running:
-            for slot in range(self.jobs):
-                if slot not in self._running and self._queue:
-                    self._start(slot)
-            finished = [s for s, (_k, _d, p) in self._running.items() if p.poll() is not None]
-            if not finished:
-                time.sleep(poll)
+        killed = []
+        for done in self._pool.results(poll):
+            result = done.result or {}
+            if "row" in result and done.returncode == 0:
+                yield done.key, result["row"]
                 continue
-            for slot in finished:
-                key, run_dir, proc = self._running.pop(slot)
-                (run_dir / _SPEC_FILE).unlink(missing_ok=True)
-                result_file = run_dir / _ROW_FILE
-                result = json.loads(result_file.read_text()) if result_file.exists() else {}
-                result_file.unlink(missing_ok=True)
-                if "row" in result and proc.returncode == 0:
-                    yield key, result["row"]
-                    continue
-                error = result.get("error")
-                if error and error["user_error"]:
-                    raise InvalidInputError(error["message"])
-                detail = error["traceback"] if error else "it wrote no result"
+            error = result.get("error")
+            if error and error["user_error"]:
+                raise InvalidInputError(error["message"])
+            if error:
                 raise RuntimeError(
-                    f"the run {key} failed in its process (exit status {proc.returncode}):\n"
-                    f"{detail}"
+                    f"the {done.label} failed in its process (exit status {done.returncode}):\n"
+                    f"{error['traceback']}"
                 )
+            killed.append(done.describe())
+            if self.on_killed is not None:
+                self.on_killed(killed[-1])
+        if killed:
+            raise RunFailedError(
+                "; ".join(killed)
+                + ". The other runs finished and their rows are kept; run the same command "
+                "with --resume to finish the rest."
+            )
 
 
-_SPEC_FILE = ".run_spec.pkl"
 _ROW_FILE = ".run_result.json"

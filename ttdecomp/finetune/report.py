@@ -2,23 +2,21 @@
 
 Rows are ``(method, seed)`` runs; the table has one line per method with the mean ± standard
 deviation over seeds (sample standard deviation, ``ddof=1``; a single seed shows no ±).
-``results.json`` is rewritten atomically (a temporary file in the same folder, then
-``os.replace``) after every finished row, so an interrupt never leaves it half-written and
-never loses a finished row.
+``results.json`` is rewritten atomically (:mod:`ttdecomp._files`: a temporary file in the same
+folder, then ``os.replace``) after every finished row, so an interrupt never leaves it
+half-written and never loses a finished row.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 import statistics
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._files import read_json, write_json, write_with
 from ..errors import InvalidInputError
 
 __all__ = ["format_table", "load_results", "summarize", "write_figures", "write_json_atomic"]
@@ -36,19 +34,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     >>> write_json_atomic(p, {"a": 1}); json.load(open(p))
     {'a': 1}
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json(path, data)
 
 
 def load_results(output: str | Path) -> dict[str, Any]:
@@ -70,16 +56,11 @@ def load_results(output: str | Path) -> dict[str, Any]:
     (True, ['tt-lora'])
     """
     path = Path(output) / RESULTS_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         raise InvalidInputError(
             f"{path} does not exist: {output} holds no ttdecomp finetune results."
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(
-            f"{path} is not valid JSON ({exc}); it was not written by ttdecomp finetune."
-        ) from None
+        )
+    data = read_json(path, what="a results.json written by ttdecomp finetune")
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise InvalidInputError(f"{path} has no 'rows' list; it was not written by ttdecomp.")
     return data
@@ -274,6 +255,4 @@ def write_figures(
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import json
-import shutil
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,15 +26,15 @@ from typing import Any
 
 import torch
 
+from ..assets.loader import resolve_model
 from ..errors import InvalidInputError
-from . import assets
+from ..runs.folder import OutputFolder
 from .config import FinetuneConfig, task_of
 from .methods import MethodSettings
 from .parallel import RunPool, plan_jobs
 from .report import (
     RESULTS_FILE,
     format_table,
-    load_results,
     summarize,
     write_figures,
     write_json_atomic,
@@ -45,10 +43,12 @@ from .train import TrainSettings, is_main_process, resolve_device, world_size
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 
-#: Defaults per task, and those of ``--quick`` (an end-to-end check in about a minute on 2
-#: cores). Causal LMs: ``sizes`` None splits the dialogues 80/10/10%, one epoch of batch 8.
-_OWN_FILES = (RESULTS_FILE, "runs", "accuracy_vs_params.png", "validation_curves.png")
-_DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"]}
+_FIGURES = ("accuracy_vs_params.png", "validation_curves.png")
+_DEFAULT_TARGETS = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "mpnet": ["attention.attn.q", "attention.attn.v"],
+}
 
 
 @dataclass
@@ -87,26 +87,52 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _prepare_output(output: Path, resume: bool, overwrite: bool) -> list[dict[str, Any]] | None:
-    """Check the output folder; return the previous results when resuming."""
-    if resume and overwrite:
-        raise InvalidInputError("--resume and --overwrite contradict each other; choose one.")
-    if output.exists() and not output.is_dir():
-        raise InvalidInputError(f"--output {output} is a file; give a folder.")
-    if resume:
-        if not (output / RESULTS_FILE).exists():
-            raise InvalidInputError(
-                f"--resume: {output} holds no {RESULTS_FILE}; nothing to resume. Drop --resume "
-                "to start a new run there."
-            )
-        return [load_results(output)]
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise InvalidInputError(
-                f"--output {output} exists and is not empty; pass --overwrite to replace its "
-                "results, --resume to continue the run in it, or choose another folder."
-            )
-    return None
+def _run_dir(method: str, seed: int) -> str:
+    return f"runs/{method}-seed{seed}"
+
+
+def _legacy_files(document: dict[str, Any]) -> list[str]:
+    """What a ``results.json`` written before ``"files"`` was recorded owns: the document,
+    the run folders of its plan, and the figures of a complete run."""
+    config = document.get("config") or {}
+    plan = [_run_dir(m, s) for m in config.get("methods") or [] for s in config.get("seeds") or []]
+    done = [r["run_dir"] for r in document.get("rows") or [] if isinstance(r, dict)]
+    figures = list(_FIGURES) if document.get("complete") else []
+    return [RESULTS_FILE, *sorted(set(plan) | {d for d in done if isinstance(d, str)}), *figures]
+
+
+def _validate_results(document: dict[str, Any], path: Path) -> None:
+    """Refuse a ``results.json`` whose structure ``--resume`` cannot continue, saying what is
+    wrong."""
+
+    def fail(what: str) -> None:
+        raise InvalidInputError(
+            f"--resume: {path}: {what}; it was not written by ttdecomp finetune or was edited. "
+            "Start a new run in another --output (or with --overwrite)."
+        )
+
+    config = document.get("config")
+    if not isinstance(config, dict):
+        fail("'config' is missing or not an object")
+    for key in ("identity", "settings"):
+        if not isinstance(config.get(key), dict):
+            fail(f"'config.{key}' is missing or not an object")
+    rows = document.get("rows")
+    if not isinstance(rows, list):
+        fail("'rows' is missing or not a list")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            fail(f"rows[{i}] is a {type(row).__name__}, not an object")
+        if not isinstance(row.get("method"), str):
+            fail(f"rows[{i}] has no method name")
+        seed = row.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            fail(f"rows[{i}] has seed {seed!r}; expected a non-negative integer")
+        run_dir = row.get("run_dir")
+        if run_dir is not None and run_dir != _run_dir(row["method"], seed):
+            fail(f"rows[{i}] has run_dir {run_dir!r}; expected {_run_dir(row['method'], seed)!r}")
+    if len({(r["method"], r["seed"]) for r in rows}) != len(rows):
+        fail("a (method, seed) row appears twice")
 
 
 def _check_resumable(
@@ -130,25 +156,6 @@ def _check_resumable(
         )
 
 
-def _resolve_model(name: str) -> tuple[Path, str]:
-    """The model folder (or GGUF file) and its task: ``classification`` or ``causal``."""
-    key = assets.canonical_model_name(name)
-    if key is not None:
-        return assets.model_path(key), assets.MODELS[key].task
-    path = Path(name)
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise InvalidInputError(
-            f"unknown model {name!r}: not a packaged model ({', '.join(assets.MODELS)}) and not "
-            "a local Hugging Face folder with a config.json (--model)."
-        )
-    try:
-        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise InvalidInputError(f"{path / 'config.json'} is not a valid JSON config.") from None
-    causal = any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
-    return path, "causal" if causal else "classification"
-
-
 def prepare_job(config: FinetuneConfig, *, progress: bool = False) -> tuple[Any, str, Path]:
     """Load and check the model, data and targets of ``config`` once: ``(job, task, model_path)``.
 
@@ -164,9 +171,15 @@ def prepare_job(config: FinetuneConfig, *, progress: bool = False) -> tuple[Any,
     >>> task, job.targets  # doctest: +SKIP
     ('classification', ['query', 'value'])
     """
-    model_path, model_task = _resolve_model(config.model)
+    source = resolve_model(
+        config.model,
+        revision=config.revision,
+        trust_remote_code=config.trust_remote_code,
+        progress=progress,
+    )
+    model_path, model_task = source.path, source.task
     task = task_of(config.data, model_task)
-    packaged = assets.canonical_model_name(config.model) is not None
+    packaged = source.kind == "packaged"
     # a local causal LM can still be loaded as a sequence classifier (a new head); the
     # packaged models, and a classifier asked to generate, cannot switch
     if model_task != task and (packaged or task == "causal"):
@@ -240,7 +253,12 @@ def finetune(
     config = config or FinetuneConfig()
     say = echo or (lambda _line: None)
     output = Path(output)
-    previous = _prepare_output(output, resume, overwrite)
+    folder = OutputFolder(
+        output, RESULTS_FILE, validate=_validate_results, legacy_files=_legacy_files
+    )
+    main = is_main_process()
+    folder.prepare(resume=resume, overwrite=overwrite, probe=main)
+    previous = folder.previous if resume else None
     resolve_device(config.device)
     if figures:
         try:
@@ -262,18 +280,13 @@ def finetune(
     settings_dict = {m: s.to_dict() for m, s in settings.items()}
     rows: list[dict[str, Any]] = []
     if previous is not None:
-        _check_resumable(previous[0], identity, settings_dict, output)
+        _check_resumable(previous, identity, settings_dict, output)
         # every finished row is kept, also those of methods or seeds not asked for this time
-        rows = list(previous[0]["rows"])
-        settings_dict = {**previous[0]["config"].get("settings", {}), **settings_dict}
-    elif is_main_process() and output.exists():
-        for name in _OWN_FILES:
-            target = output / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    if is_main_process():
+        rows = list(previous["rows"])
+        settings_dict = {**previous["config"].get("settings", {}), **settings_dict}
+    elif main:
+        folder.clear_previous()  # --overwrite: what the previous run recorded, nothing else
+    if main:
         output.mkdir(parents=True, exist_ok=True)
     methods = list(config.methods) + sorted({r["method"] for r in rows} - set(config.methods))
     document = {
@@ -296,6 +309,15 @@ def finetune(
     if done:
         say(f"resuming: {len(done)} finished run(s) kept, {len(plan)} to go")
     order = {key: i for i, key in enumerate(plan)}
+    if main:
+        # recorded before any is written, so that an interrupted run's folder is ours too
+        folder.record(RESULTS_FILE)
+        if plan:
+            folder.mkdir("runs")
+        for method, seed in plan:
+            folder.claim(_run_dir(method, seed) + "/")
+        document["files"] = folder.files
+        write_json_atomic(output / RESULTS_FILE, document)
 
     def record(method: str, seed: int, row: dict[str, Any], run_dir: Path) -> None:
         row["run_dir"] = str(run_dir.relative_to(output))
@@ -308,14 +330,13 @@ def finetune(
         rows[:] = kept + new
         document["rows"] = rows
         document["summary"] = summarize(rows, methods)
-        if is_main_process():
+        if main:
             write_json_atomic(output / RESULTS_FILE, document)
 
     def fresh_run_dir(method: str, seed: int) -> Path:
-        run_dir = output / "runs" / f"{method}-seed{seed}"
-        if is_main_process() and run_dir.exists():
-            shutil.rmtree(run_dir)  # a run interrupted earlier starts over
-        return run_dir
+        if main:  # a run interrupted earlier starts over
+            return folder.fresh(_run_dir(method, seed))
+        return output / _run_dir(method, seed)
 
     jobs, threads = plan_jobs(
         len(plan), jobs=jobs, threads=threads, device=config.device, world_size=world_size()
@@ -326,19 +347,19 @@ def finetune(
         for i, (method, seed) in enumerate(plan, 1):
             run_dir = fresh_run_dir(method, seed)
             say(f"run {i}/{len(plan)}: {method}, seed {seed}")
-            train = config.train_settings(seed, progress=progress)
+            train = config.train_settings(seed, progress=progress, method=method)
             record(method, seed, job.run(settings[method], train, run_dir), run_dir)
             if should_stop is not None and should_stop() and i < len(plan):
                 raise KeyboardInterrupt
     else:
         say(f"{len(plan)} runs, {jobs} at a time ({threads} torch thread(s) each)")
-        with RunPool("ttdecomp.finetune.run:prepare_job", config, jobs, threads) as pool:
+        with RunPool(config, jobs, threads, on_killed=say) as pool:
             for method, seed in plan:
                 run_dir = fresh_run_dir(method, seed)
                 pool.submit(
                     (method, seed),
                     settings[method],
-                    config.train_settings(seed, progress=progress),
+                    config.train_settings(seed, progress=progress, method=method),
                     run_dir,
                 )
             bar = None
@@ -361,9 +382,12 @@ def finetune(
     document["summary"] = summary
     document["complete"] = True
     figure_paths: list[Path] = []
-    if is_main_process():
+    if main:
         if figures:
             figure_paths = write_figures(rows, summary, output, task)
+            for path in figure_paths:
+                folder.record(path.name)
+            document["files"] = folder.files
         if task == "causal" and hasattr(job, "finalize"):
             job.finalize(document)
         write_json_atomic(output / RESULTS_FILE, document)
@@ -432,20 +456,31 @@ def _prepare_classification(
     config: FinetuneConfig, model_path: Path, *, progress: bool
 ) -> _ClassificationJob:
     """Load and check everything a classification comparison needs, before any training."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
+    from ..assets.loader import check_tokenizer, load_tokenizer
     from .classify import TextDataset
+    from .config import QUICK
     from .data import load_classification
     from .methods import dry_run
 
-    splits = load_classification(config.data, sizes=config.sizes)
+    quick_rows = sum(QUICK["classification"]["sizes"]) if config.quick else None
+    splits = load_classification(
+        config.data,
+        sizes=config.sizes,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        config=config.data_config,
+        max_examples=quick_rows,
+    )
     try:
-        model_config = AutoConfig.from_pretrained(str(model_path))
-        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        model_config = AutoConfig.from_pretrained(
+            str(model_path), trust_remote_code=config.trust_remote_code
+        )
     except (OSError, ValueError) as exc:
-        raise InvalidInputError(
-            f"cannot load the model or tokenizer in {model_path}: {exc}"
-        ) from None
+        raise InvalidInputError(f"cannot load the model config in {model_path}: {exc}") from None
+    tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
+    check_tokenizer(tokenizer, [t for t, _ in splits.train], source=splits.source)
     targets = list(config.targets or _DEFAULT_TARGETS.get(model_config.model_type, []))
     if not targets:
         raise InvalidInputError(

@@ -1,7 +1,8 @@
 """The one training function every method and task shares: :func:`fit`, on ``transformers.Trainer``.
 
 :func:`fit` trains an :class:`~ttdecomp.finetune.methods.AdaptedModel` with AdamW at a constant
-learning rate, evaluates the validation split after every epoch (or every ``eval_every``
+learning rate (or a warm-up then a linear or cosine decay, :class:`TrainSettings`'s
+``lr_schedule``), evaluates the validation split after every epoch (or every ``eval_every``
 steps), keeps the trainable state of the best evaluation in memory, and puts it back at the end:
 the model it leaves behind is the one validation chose, so the caller evaluates test once on
 it. Because it is a ``Trainer`` (``TTAdapterTrainer`` for TT adapters), ``torchrun
@@ -32,10 +33,13 @@ from torch import nn
 from ..errors import InvalidInputError
 from .batching import length_chunked, length_grouped
 
-__all__ = ["FitResult", "PeakMemory", "TrainSettings", "fit", "world_size"]
+__all__ = ["LR_SCHEDULES", "FitResult", "PeakMemory", "TrainSettings", "fit", "world_size"]
 
 # what chooses the best evaluation, and whether a larger value is better
 _SELECTIONS = {"accuracy": True, "loss": False}
+#: The learning-rate schedules of :class:`TrainSettings`: after ``warmup_ratio`` of the steps
+#: (a linear ramp from 0), constant, or a linear or cosine decay to 0 at the last step.
+LR_SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine")
 
 
 def world_size() -> int:
@@ -55,7 +59,7 @@ class TrainSettings:
     Parameters
     ----------
     lr : float
-        AdamW learning rate, constant (no warm-up, no decay).
+        AdamW's peak learning rate.
     epochs : int
         Passes over the training split (ignored when ``max_steps`` is set).
     max_steps : int or None
@@ -64,6 +68,12 @@ class TrainSettings:
         Global batch: ``batch_size / world_size()`` rows per process.
     weight_decay : float
         AdamW weight decay.
+    lr_schedule : {"constant", "linear", "cosine"}
+        After the warm-up, the learning rate stays at ``lr`` or decays linearly or along a
+        cosine to 0 at the last step (:data:`LR_SCHEDULES`).
+    warmup_ratio : float
+        Fraction of the steps in ``[0, 1)`` over which the learning rate ramps linearly from 0
+        to ``lr`` (rounded up to whole steps); ``0``: no warm-up.
     seed : int
         Seeds the head's initialisation (by the caller), the data order and dropout.
     device : str
@@ -103,6 +113,8 @@ class TrainSettings:
     max_steps: int | None = None
     batch_size: int = 32
     weight_decay: float = 0.01
+    lr_schedule: str = "constant"
+    warmup_ratio: float = 0.0
     seed: int = 0
     device: str = "cpu"
     eval_every: int | None = None
@@ -140,7 +152,39 @@ class TrainSettings:
             raise InvalidInputError(f"seed must be a non-negative integer; got {self.seed!r}.")
         if not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < 1:
             raise InvalidInputError(f"weight_decay must be in [0, 1); got {self.weight_decay!r}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InvalidInputError(
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r} "
+                "(--lr-schedule)."
+            )
+        if (
+            isinstance(self.warmup_ratio, bool)
+            or not isinstance(self.warmup_ratio, (int, float))
+            or not 0 <= self.warmup_ratio < 1
+        ):
+            raise InvalidInputError(
+                f"warmup_ratio must be a fraction of the steps in [0, 1), e.g. 0.1; got "
+                f"{self.warmup_ratio!r} (--warmup-ratio)."
+            )
         resolve_device(self.device)
+
+
+def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
+    """Whole warm-up steps: ``warmup_ratio`` of ``total_steps``, rounded up.
+
+    Examples
+    --------
+    >>> warmup_steps(0.1, 128), warmup_steps(0.0, 128)
+    (13, 0)
+    """
+    return math.ceil(warmup_ratio * total_steps - 1e-9)
+
+
+def _scheduler_type(lr_schedule: str, warmup_ratio: float) -> str:
+    """The ``transformers`` scheduler name (its ``constant`` ignores the warm-up)."""
+    if lr_schedule == "constant":
+        return "constant_with_warmup" if warmup_ratio > 0 else "constant"
+    return lr_schedule
 
 
 def resolve_device(device: str) -> str:
@@ -490,8 +534,8 @@ def fit(
         average_tokens_across_devices=token_level_loss,
         learning_rate=settings.lr,
         weight_decay=settings.weight_decay,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
+        lr_scheduler_type=_scheduler_type(settings.lr_schedule, settings.warmup_ratio),
+        warmup_steps=warmup_steps(settings.warmup_ratio, total),
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps or -1,
         eval_strategy="steps" if by_steps else "epoch",

@@ -28,10 +28,15 @@ trains with the same number of bonds, so without a weight the core count is
 fewer cores are searched too (for the split layout down to the two-core train, which is
 the truncated SVD, i.e. LoRA-shaped). The bound is exact for two cores and pessimistic by
 up to ``sqrt(d − 1)`` for ``d`` cores, so with a weight the planner leans towards few
-cores; fix ``n_cores`` to compare like with like.
+cores; fix ``n_cores`` to compare like with like. With a weight the interleaved candidates
+also hold every two-core shape ``(a, c) × (b, d)`` under which the weight is exactly
+``kron(A, B)`` with ``A`` (a × b) and ``B`` (c × d), rectangular or not: each divisor pair is
+screened by a few random 2 × 2 minors of the rearranged weight (microseconds), and a shape
+that passes is planned at rank 1, ``a·b + c·d`` parameters, with round-off error.
 
 Layout: :mod:`._records` (:class:`Plan`, :class:`ModelPlan`), :mod:`._checks` (argument
-checks), :mod:`._candidates` (factorisations), :mod:`._ranks` (the rank greedies),
+checks), :mod:`._budget` (:func:`parse_budget`), :mod:`._candidates` (factorisations),
+:mod:`._ranks` (the rank greedies),
 :mod:`._spectra` (unfolding spectra), :mod:`._plan` (:func:`plan`), :mod:`._checkpoint`
 (reading checkpoints) and :mod:`._model_plan` (:func:`plan_model`).
 
@@ -42,9 +47,10 @@ unfolding, ``O(p · M · N)`` for an unfolding with ``p`` rows (its smaller side
 
 from __future__ import annotations
 
+from ._budget import parse_budget
 from ._checkpoint import DEFAULT_EXCLUDE
 from ._model_plan import plan_model
 from ._plan import plan
 from ._records import ModelPlan, Plan
 
-__all__ = ["DEFAULT_EXCLUDE", "ModelPlan", "Plan", "plan", "plan_model"]
+__all__ = ["DEFAULT_EXCLUDE", "ModelPlan", "Plan", "parse_budget", "plan", "plan_model"]

@@ -22,7 +22,7 @@ from ..shapes import (
 )
 from ._records import format_shape
 
-__all__ = ["Candidate", "budget_error", "candidates", "min_tt"]
+__all__ = ["Candidate", "budget_error", "candidates", "extra_candidates", "min_tt"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,18 @@ def _interleaved(
         cs = balanced_factors(n, min(d, on)) + (1,) * (d - min(d, on))
         shapes.append((valley_order(rs), valley_order(cs)))
     return _unique(shapes, max_rank, "interleaved")
+
+
+def extra_candidates(
+    cands: list[Candidate],
+    shapes: list[tuple[tuple[int, ...], tuple[int, ...]]],
+    max_rank: int | None,
+) -> list[Candidate]:
+    """``cands`` followed by the interleaved candidates of ``shapes`` not already among them
+    (the weight-specific shapes, e.g. an exact Kronecker factorisation found in the weight)."""
+    seen = {(c.row_shape, c.col_shape) for c in cands}
+    new = [(rs, cs) for rs, cs in shapes if (rs, cs) not in seen]
+    return cands + _unique(new, max_rank, "interleaved")
 
 
 def min_tt(cands: list[Candidate]) -> Candidate:

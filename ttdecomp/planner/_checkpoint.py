@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, TTWarning
 from ._checks import check_shape
 from ._spectra import as_numpy
 
@@ -90,14 +91,28 @@ class Source:
         else:
             floating = {"F16", "BF16", "F32", "F64", "C64", "C128"}
             exclude = re.compile(DEFAULT_EXCLUDE, re.IGNORECASE)
+            skipped: dict[str, list[str]] = {}
             for name, (shape, dtype) in sorted(self.headers.items()):  # shard-independent
-                if len(shape) != 2 or dtype not in floating:
+                if len(shape) != 2:
                     continue
                 if regex is None and exclude.search(name):
                     continue
                 if regex is not None and not regex.search(name):
                     continue
+                if dtype not in floating:
+                    skipped.setdefault(dtype, []).append(name)
+                    continue
                 out.append((name, (shape, True)))
+            if skipped:
+                kinds = ", ".join(f"{len(v)} in {k}" for k, v in sorted(skipped.items()))
+                first = next(iter(sorted(skipped.items())))[1][0]
+                warnings.warn(
+                    f"skipped the 2-D tensors stored in a dtype that cannot be planned ({kinds}; "
+                    f"e.g. {first!r}): float8 and integer (quantized) weights are not read. "
+                    "Dequantize the checkpoint to bfloat16 or float32 to plan those layers.",
+                    TTWarning,
+                    stacklevel=4,
+                )
         if not out:
             what = "all entries" if pattern is None else f"pattern {pattern!r}"
             raise InvalidInputError(

@@ -13,13 +13,13 @@ from .. import counts
 from .._validation import check_eps
 from ..errors import InvalidInputError, ShapeError, TTError
 from ..shapes import MAX_PRIME
-from ._candidates import Candidate, candidates, min_tt
+from ._candidates import Candidate, candidates, extra_candidates, min_tt
 from ._checkpoint import Source
 from ._checks import check_budget, check_opt_int, check_plan_layout, check_shape
 from ._plan import Choice, build_plan, choose, with_achieved
 from ._ranks import global_greedy
 from ._records import ModelPlan, Plan
-from ._spectra import Spectra
+from ._spectra import Spectra, kronecker_shapes
 
 __all__ = ["plan_model"]
 
@@ -189,10 +189,13 @@ def plan_model(
         _check_weight(w, name, shapes[name])
         c0 = cands[name][0]
         padded = (math.prod(c0.row_shape), math.prod(c0.col_shape))
+        layer_cands = cands[name]
         if padded != shapes[name]:
             w = np.pad(w, ((0, padded[0] - w.shape[0]), (0, padded[1] - w.shape[1])))
+        elif layout != "split" and n_cores in (None, 2):  # exact Kronecker factors, as in plan
+            layer_cands = extra_candidates(layer_cands, kronecker_shapes(w), max_rank)
         spectra = Spectra(w)
-        chosen[name] = choose(cands[name], share(name), eps, spectra, batch_n)
+        chosen[name] = choose(layer_cands, share(name), eps, spectra, batch_n)
         gains[name] = spectra.gains(chosen[name].cand)
         del w, spectra
     if budget_n is not None and eps is None and allocation == "global":

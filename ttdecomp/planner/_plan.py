@@ -17,11 +17,11 @@ from .._validation import check_eps
 from ..cost_model import DEFAULT_MEMORY_BUDGET, MachineModel, cached_plan
 from ..errors import InvalidInputError, ShapeError, TTWarning
 from ..shapes import MAX_PRIME
-from ._candidates import Candidate, budget_error, candidates
+from ._candidates import Candidate, budget_error, candidates, extra_candidates
 from ._checks import check_budget, check_opt_int, check_plan_layout, check_shape
 from ._ranks import capacity_ranks, error_ranks
 from ._records import Plan
-from ._spectra import Spectra, as_numpy
+from ._spectra import Spectra, as_numpy, kronecker_shapes
 
 __all__ = ["Choice", "build_plan", "choose", "plan", "ranked", "with_achieved"]
 
@@ -214,12 +214,15 @@ def plan(
         raise InvalidInputError(f"n_cores must be an integer or None, got {n_cores!r}.")
 
     cands = candidates(m, n, layout, n_cores, weight is not None, max_rank, pad, max_prime)
+    padded = (math.prod(cands[0].row_shape), math.prod(cands[0].col_shape))
+    w = None if weight is None else as_numpy(weight)
+    if w is not None and layout != "split" and n_cores in (None, 2) and padded == (m, n):
+        # an exact Kronecker product of any (a x b) and (c x d) factors, found in the weight
+        cands = extra_candidates(cands, kronecker_shapes(w), max_rank)
     if budget_n is not None and all(c.min_params > budget_n for c in cands):
         raise InvalidInputError(budget_error((m, n), budget_n, cands))
     spectra = None
-    if weight is not None:
-        w = as_numpy(weight)
-        padded = (math.prod(cands[0].row_shape), math.prod(cands[0].col_shape))
+    if w is not None:
         if padded != (m, n):
             w = np.pad(w, ((0, padded[0] - m), (0, padded[1] - n)))
         spectra = Spectra(w)

@@ -9,11 +9,11 @@ hollow, at their last validation value), one colour per method, and the front as
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._files import write_with
 from ..finetune.report import write_json_atomic
 
 __all__ = ["SEARCH_FILE", "format_table", "pareto_front", "retrain_targets", "write_report"]
@@ -236,9 +236,7 @@ def write_figure(document: dict[str, Any], path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
 
 

@@ -23,17 +23,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._files import write_json
 from ..errors import InvalidInputError
 from ..finetune.train import resolve_device
+from ..runs.folder import OutputFolder, check_output
 from .config import SearchConfig
 from .context import SearchContext, run_trials
-from .report import SEARCH_FILE, build_report, write_report
+from .report import FIGURE_FILE, SEARCH_FILE, build_report, write_report
 from .study import open_storage, quiet_training, redact, trial_counts
 from .workers import ProgressBar, release_workers, spawn_workers, stop_workers, wait_workers
 
 __all__ = ["SearchConfig", "SearchResult", "search"]
 
-_OWN_FILES = ("study.db", SEARCH_FILE, "search_front.png", "best", ".scratch", ".workers")
+
+def _legacy_files(document: dict[str, Any]) -> list[str]:
+    """What a ``search.json`` written before ``"files"`` was recorded owns."""
+    storage = document.get("storage")
+    own = isinstance(storage, str) and storage.startswith("sqlite:") and "/study.db" in storage
+    best = [
+        b["run_dir"]
+        for b in document.get("best") or []
+        if isinstance(b, dict) and isinstance(b.get("run_dir"), str)
+    ]
+    return [SEARCH_FILE, FIGURE_FILE, ".scratch", ".workers", *best, *(["study.db"] if own else [])]
 
 
 @dataclass
@@ -65,30 +77,36 @@ class SearchResult:
     interrupted: bool = False
 
 
-def _prepare_output(output: Path, resume: bool, overwrite: bool, own_storage: bool) -> None:
-    if resume and overwrite:
-        raise InvalidInputError("--resume and --overwrite contradict each other; choose one.")
-    if output.exists() and not output.is_dir():
-        raise InvalidInputError(f"--output {output} is a file; give a folder.")
+def _prepare_output(output: Path, resume: bool, overwrite: bool, own_storage: bool) -> OutputFolder:
+    folder = OutputFolder(output, SEARCH_FILE, legacy_files=_legacy_files)
     if resume:
+        if overwrite:
+            raise InvalidInputError("--resume and --overwrite contradict each other; choose one.")
+        if output.exists() and not output.is_dir():
+            raise InvalidInputError(f"--output {output} is a file; give a folder.")
+        check_output(output)
         if own_storage and not (output / "study.db").exists():
             raise InvalidInputError(
                 f"--resume: {output} holds no study.db; nothing to resume. Drop --resume to "
                 "start a new search there."
             )
-        return
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise InvalidInputError(
-                f"--output {output} exists and is not empty; pass --resume to continue the "
-                "search in it, --overwrite to start again, or choose another folder."
-            )
-        for name in _OWN_FILES:
-            target = output / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        folder.adopt()  # the study is the record of a search; search.json may be missing
+        return folder
+    folder.prepare(resume=False, overwrite=overwrite)
+    return folder
+
+
+def _record(folder: OutputFolder, resume: bool) -> None:
+    """Record what a search writes before writing it, in a first ``search.json``."""
+    folder.path.mkdir(parents=True, exist_ok=True)
+    for entry in (SEARCH_FILE, ".scratch/"):
+        (folder.record if resume else folder.claim)(entry)
+    if (folder.path / ".workers").exists():
+        folder.record(".workers/")  # made a moment ago by spawn_workers
+    if folder.previous is None or not folder.document.is_file():
+        write_json(folder.document, {"files": folder.files, "complete": False})
+    else:
+        write_json(folder.document, {**folder.previous, "files": folder.files})
 
 
 def search(
@@ -179,28 +197,33 @@ def search(
             ) from None
     resolve_device(config.device)
     own_storage = storage is None
-    _prepare_output(output, resume, overwrite, own_storage)
+    folder = _prepare_output(output, resume, overwrite, own_storage)
     if storage is None:
-        output.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{(output / 'study.db').resolve()}"
-    # an unreachable server fails here, before any loading; Optuna's tables are made here,
-    # before the workers open the storage
-    open_storage(storage)
+    else:  # an unreachable server fails here, before the folder is touched
+        open_storage(storage)
+    folder.clear_previous()  # --overwrite: what the previous search recorded, nothing else
+    if own_storage:
+        # a resumed search continues its study.db; a new one claims it first
+        (folder.record if resume else folder.claim)("study.db")
+        output.mkdir(parents=True, exist_ok=True)
+        # Optuna's tables are made here, before the workers open the storage
+        open_storage(storage)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
     # the other workers start now and load the job while this process does
-    procs = spawn_workers(config, output, storage, study_name, workers - 1, threads)
+    pool = spawn_workers(config, output, storage, study_name, workers - 1, threads)
     try:
-        context = SearchContext(config, output, storage, progress)
-        output.mkdir(parents=True, exist_ok=True)
+        context = SearchContext(config, output, storage, progress)  # checks everything
+        _record(folder, resume)
         study = context.study(resume=resume, name=study_name)
     except BaseException:
-        stop_workers(procs)
+        stop_workers(pool)
         raise
     n_trials = context.n_trials()
-    if procs:
+    if pool.jobs:
         release_workers(output, n_trials)
     counts = trial_counts(study)
     goal = f"{n_trials} trials" if n_trials is not None else "trials"
@@ -221,10 +244,10 @@ def search(
                 context, study, n_trials, should_stop=should_stop, on_trial=bar.refresh
             )
         except BaseException:
-            stop_workers(procs)
+            stop_workers(pool)
             raise
-        if procs:  # this process has finished its trials; the others finish theirs
-            interrupted = wait_workers(procs, bar, should_stop, output, interrupted=interrupted)
+        if pool.jobs:  # this process has finished its trials; the others finish theirs
+            interrupted = wait_workers(pool, bar, should_stop, output, interrupted=interrupted)
     finally:
         bar.close()
     wall = time.perf_counter() - start
@@ -232,12 +255,15 @@ def search(
     document["wall_seconds_this_process"] = wall
     document["workers"] = workers
     document["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if figures:
+        folder.claim(FIGURE_FILE)
+    document["files"] = folder.files
     if interrupted:
         document["interrupted"] = True
         write_report(document, output, figures=figures)
         raise KeyboardInterrupt
     if retrain:
-        _retrain(context, document, output, say, should_stop, jobs=workers, threads=threads)
+        _retrain(context, document, folder, say, should_stop, jobs=workers, threads=threads)
     figure = write_report(document, output, figures=figures)
     shutil.rmtree(output / ".scratch", ignore_errors=True)
     return SearchResult(
@@ -254,7 +280,7 @@ def search(
 def _retrain(
     context: SearchContext,
     document: dict[str, Any],
-    output: Path,
+    folder: OutputFolder,
     say: Callable[[str], None],
     should_stop: Callable[[], bool] | None,
     *,
@@ -269,7 +295,12 @@ def _retrain(
     """
     from .report import format_table, retrain_targets
 
+    output = folder.path
     chosen = retrain_targets(document)
+    folder.mkdir("best")
+    for number in chosen:  # recorded before any is written
+        folder.claim(f"best/trial-{number}/")
+    document["files"] = folder.files
     trials = {t["number"]: t for t in document["trials"]}
     best: dict[int, dict[str, Any]] = {}
     train = context.fconfig.train_settings(context.config.seed)
@@ -296,7 +327,7 @@ def _retrain(
 
         n = min(jobs, len(chosen))
         say(f"re-training {len(chosen)} configuration(s), {n} at once, test once each")
-        with RunPool("ttdecomp.finetune.run:prepare_job", context.fconfig, n, threads) as pool:
+        with RunPool(context.fconfig, n, threads, on_killed=say) as pool:
             for number in chosen:
                 settings = context.space.settings(trials[number]["config"])
                 pool.submit(number, settings, train, output / "best" / f"trial-{number}")

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, ShapeError
 from ..finetune.methods import METHODS, MethodSettings, check_method, default_tt_shape
-from ..shapes import tensorize, to_tt_shape
+from ..shapes import check_factor_count, tensorize, to_tt_shape
 
 __all__ = [
     "PARAMETERS",
@@ -72,6 +72,11 @@ def _parse_shape(value: Any, where: str) -> str:
         shape = [int(p) for p in parts] if parts is not None else None
     except (TypeError, ValueError):
         shape = None
+    if shape is not None:
+        try:
+            check_factor_count(len(shape), f"{where}: tt_shape choice")
+        except ShapeError as exc:  # a space's errors are all InvalidInputError
+            raise InvalidInputError(str(exc)) from None
     if (
         shape is None
         or len(shape) < 2

@@ -1,21 +1,20 @@
-"""One worker process of ``ttdecomp search --workers N``: ``python -m ttdecomp.search.worker SPEC``.
+"""One worker process of ``ttdecomp search --workers N``: ``python -P -m ttdecomp.search.worker``.
 
-``SPEC`` is the JSON file the parent wrote (the search configuration, output folder, storage
-URL, study name, threads, the parent's pid). The worker loads the data once, while the parent
-does the same; it then waits for the parent's go-ahead (the study is created and checked; it
-names the number of trials), joins the study and runs trials until the study holds that many
-finished ones (Optuna's ``MaxTrialsCallback``) or its epoch budget is spent. If the parent
-goes first, the worker exits (status 1) without running a trial. Ctrl-C (SIGINT, passed on by
-the parent) marks its running trial failed and exits with status 130. Everything it prints
-goes to ``.workers/worker-<i>.log``.
+Its spec is the JSON the parent wrote on its stdin (the search configuration, output folder,
+storage URL, study name, threads, the parent's pid); it dies with its parent. The worker loads
+the data once, while the parent does the same; it then waits for the parent's go-ahead (the
+study is created and checked; it names the number of trials), joins the study and runs trials
+until the study holds that many finished ones (Optuna's ``MaxTrialsCallback``) or its epoch
+budget is spent. If the parent goes first, the worker exits (status 1) without running a trial.
+Ctrl-C (SIGINT, passed on by the parent) marks its running trial failed and exits with status
+130. Everything it prints goes to ``.workers/worker-<i>.log``.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
+from ..runs.pool import read_spec
 from .config import SearchConfig
 from .context import SearchContext, run_trials
 from .workers import wait_until_released
@@ -23,10 +22,9 @@ from .workers import wait_until_released
 __all__ = ["main"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the worker described by the spec file ``argv[0]``; return the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(argv[0]).read_text())
+def main() -> int:
+    """Run the worker described by the JSON spec on stdin; return the exit status."""
+    spec = read_spec()
     if spec.get("threads"):
         import torch
 

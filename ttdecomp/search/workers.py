@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._files import write_json
+from ..runs.pool import RunFailedError, WorkerPool
 from .config import SearchConfig
 from .study import finished_states, trial_counts
 
@@ -76,15 +76,18 @@ def spawn_workers(
     study_name: str,
     workers: int,
     threads: int | None,
-) -> list[subprocess.Popen]:
+) -> WorkerPool:
     """Start ``workers`` worker processes now; they load the job while this process does.
 
-    Each worker builds its own :class:`~ttdecomp.search.context.SearchContext`, then waits
-    for :func:`release_workers` (this process has created or checked the study) before it
-    runs a trial; a worker whose parent has gone exits without running any.
+    Each worker (of :class:`ttdecomp.runs.WorkerPool`, the pool ``finetune --jobs`` uses too)
+    builds its own :class:`~ttdecomp.search.context.SearchContext`, then waits for
+    :func:`release_workers` (this process has created or checked the study) before it runs a
+    trial; a worker whose parent has gone exits without running any. Stopping the pool passes
+    Ctrl-C (SIGINT) on, so each worker marks its running trial failed (killed after 120 s).
     """
+    pool = WorkerPool(workers, stop_signal=signal.SIGINT, grace=120.0)
     if workers < 1:
-        return []
+        return pool
     folder = output / ".workers"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / READY_FILE).unlink(missing_ok=True)
@@ -94,35 +97,24 @@ def spawn_workers(
         "storage": storage_url,
         "study_name": study_name,
         "threads": threads,
-        "parent": os.getpid(),
         "ready": str(folder / READY_FILE),
     }
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-    procs = []
     for i in range(workers):
-        path = folder / f"spec-{i}.json"
-        path.write_text(json.dumps({**spec, "process": i + 1}, indent=2))
-        log = open(folder / f"worker-{i}.log", "w")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "ttdecomp.search.worker", str(path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        pool.submit(
+            i,
+            "ttdecomp.search.worker",
+            {**spec, "process": i + 1},
+            label=f"search worker {i}",
+            threads=threads,
+            log=folder / f"worker-{i}.log",
         )
-        log.close()
-    return procs
+    pool.start_all()
+    return pool
 
 
 def release_workers(output: Path, n_trials: int | None) -> None:
     """Let the waiting workers run trials, until the study holds ``n_trials`` finished ones."""
-    folder = output / ".workers"
-    tmp = folder / f".{READY_FILE}.tmp"
-    tmp.write_text(json.dumps({"n_trials": n_trials}))
-    os.replace(tmp, folder / READY_FILE)
+    write_json(output / ".workers" / READY_FILE, {"n_trials": n_trials})
 
 
 def wait_until_released(spec: dict[str, Any], poll: float = 0.2) -> dict[str, Any] | None:
@@ -135,22 +127,13 @@ def wait_until_released(spec: dict[str, Any], poll: float = 0.2) -> dict[str, An
     return json.loads(ready.read_text())
 
 
-def stop_workers(procs: list[subprocess.Popen], timeout: float = 120.0) -> None:
+def stop_workers(pool: WorkerPool) -> None:
     """Pass Ctrl-C (SIGINT) on to the running workers and wait for them (then kill)."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        try:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    pool.stop()
 
 
 def wait_workers(
-    procs: list[subprocess.Popen],
+    pool: WorkerPool,
     bar: ProgressBar,
     should_stop: Callable[[], bool] | None,
     output: Path,
@@ -159,21 +142,34 @@ def wait_workers(
 ) -> bool:
     """Wait for the workers (refreshing the bar); on Ctrl-C pass it on and wait for them.
 
-    ``interrupted``: this process was stopped already; the workers are stopped at once.
+    ``interrupted``: this process was stopped already; the workers are stopped at once. A
+    worker killed by a signal is reported in one line (the others finish first); one that
+    failed otherwise, with the end of its log.
     """
+    exits = []
+
+    def idle() -> None:
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt
+        bar.refresh()
+
     try:
         if interrupted:
             raise KeyboardInterrupt
-        while any(p.poll() is None for p in procs):
-            if should_stop is not None and should_stop():
-                raise KeyboardInterrupt
-            bar.refresh()
-            time.sleep(1.0)
+        for done in pool.results(poll=1.0, on_idle=idle):
+            exits.append(done)
     except KeyboardInterrupt:
         interrupted = True
-        stop_workers(procs)
-    failed = [i for i, p in enumerate(procs) if p.returncode not in (0, 130, -signal.SIGINT)]
+        pool.stop()
+    failed = [e for e in exits if e.returncode not in (0, 130, -signal.SIGINT)]
     if failed and not interrupted:
-        log = (output / ".workers" / f"worker-{failed[0]}.log").read_text()[-2000:]
-        raise RuntimeError(f"search worker {failed[0]} failed; the end of its log:\n{log}")
+        killed = [e for e in failed if e.returncode < 0]
+        if killed:  # their finished trials are in the study; --resume runs the rest
+            raise RunFailedError(
+                "; ".join(e.describe() for e in killed)
+                + ". Every finished trial is kept in the study; run the same command with "
+                "--resume to finish the rest."
+            )
+        log = (output / ".workers" / f"worker-{failed[0].key}.log").read_text()[-2000:]
+        raise RuntimeError(f"search worker {failed[0].key} failed; the end of its log:\n{log}")
     return interrupted

@@ -7,68 +7,29 @@ order chosen by the cost model for each batch size, memory-lean autograd that sa
 transformers GPT-2 ``Conv1D`` (weight stored ``(in, out)``) by TT-SVD with given ranks, a
 tolerance, a :class:`~ttdecomp.Plan` or a parameter budget (planned by
 :func:`~ttdecomp.plan`), or, given calibration inputs, by the output-aware decomposition of
-:mod:`ttdecomp.compress.calibration`.
+:mod:`ttdecomp.nn.whitened`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._validation import clip_ranks, normalize_ranks
 from ..contract import linear as tt_linear
 from ..decompose import tt_svd
-from ..errors import InvalidInputError, ShapeError, TTWarning
+from ..errors import InvalidInputError, ShapeError
 from ..planner import Plan, plan
 from ..tt_matrix import TTMatrix
+from .kinds import check_weight_dtype, dense_weight
+from .whitened import decompose_whitened, gram_of, whitened_weight
 
-__all__ = ["TTLinear", "dense_weight", "is_linear_module"]
-
-
-def is_linear_module(module: nn.Module) -> bool:
-    """``nn.Linear`` or transformers' GPT-2 ``Conv1D`` (the layers :class:`TTLinear` replaces)."""
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
-
-
-def dense_weight(module: nn.Module) -> torch.Tensor:
-    """The ``(out_features, in_features)`` weight of an ``nn.Linear`` or ``Conv1D`` (a view).
-
-    Examples
-    --------
-    >>> dense_weight(torch.nn.Linear(3, 5)).shape
-    torch.Size([5, 3])
-    """
-    if isinstance(module, nn.Linear):
-        return module.weight
-    if _is_conv1d(module):
-        return module.weight.T  # Conv1D stores (in, out)
-    raise InvalidInputError(
-        f"expected an nn.Linear or a transformers Conv1D, got {type(module).__name__}; "
-        "TTLinear replaces linear layers only."
-    )
-
-
-def check_weight_dtype(weight: torch.Tensor, what: str) -> torch.Tensor:
-    """The weight as a floating tensor to decompose in (float32 at least, with a warning)."""
-    if not weight.is_floating_point():
-        raise InvalidInputError(f"{what} has dtype {weight.dtype}; expected a floating weight.")
-    if weight.dtype in (torch.float16, torch.bfloat16):
-        warnings.warn(
-            f"{what} is in {weight.dtype}: decomposing in float32 (TT-SVD in half precision "
-            f"loses too much) and storing the cores in {weight.dtype}.",
-            TTWarning,
-            stacklevel=3,
-        )
-        return weight.detach().float()
-    return weight.detach()
+__all__ = ["TTLinear"]
 
 
 class TTLinear(nn.Module):
@@ -80,8 +41,10 @@ class TTLinear(nn.Module):
         ``N`` and ``M``; ``∏ col_shape == N`` and ``∏ row_shape == M``.
     row_shape, col_shape : sequence of int
         Per-core output and input factors ``m_k`` and ``n_k`` (one entry per core).
-    ranks : sequence of int
-        ``d + 1`` TT ranks with boundary ones.
+    ranks : int or sequence of int
+        ``d + 1`` TT ranks with boundary ones (or ``d - 1`` interior ranks, or one int for
+        every bond). Ranks above the attainable ``min(∏ left m_k n_k, ∏ right m_k n_k)`` are
+        clipped to it with a :class:`~ttdecomp.errors.RankClippedWarning`.
     bias : bool
         Whether the layer has a (dense) bias.
     dtype, device : optional
@@ -119,12 +82,25 @@ class TTLinear(nn.Module):
         device: Any = None,
     ) -> None:
         super().__init__()
-        rows, cols, rk = tuple(map(int, row_shape)), tuple(map(int, col_shape)), tuple(ranks)
-        if len(rows) != len(cols) or len(rk) != len(rows) + 1 or rk[0] != 1 or rk[-1] != 1:
-            raise ShapeError(
-                f"row_shape {rows}, col_shape {cols} and ranks {rk} do not describe a "
-                "TT-matrix: give d factors each and d + 1 ranks with boundary ones."
+        if not isinstance(bias, bool):
+            raise InvalidInputError(
+                f"bias must be True or False, got {bias!r} ({type(bias).__name__}); a TTLinear "
+                "has a dense bias or none."
             )
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise InvalidInputError(f"{name} must be a positive int, got {value!r}.")
+        rows, cols = _factors(row_shape, "row_shape"), _factors(col_shape, "col_shape")
+        if len(rows) != len(cols):
+            raise ShapeError(
+                f"row_shape {rows} and col_shape {cols} do not describe a TT-matrix: give d "
+                "factors each."
+            )
+        rk = normalize_ranks(ranks, len(rows))
+        if rk is None:
+            raise InvalidInputError("ranks are required: an int, or d + 1 ints with boundary ones.")
+        # ranks above min(prod left, prod right) cannot be reached: clip them, with a warning
+        rk = clip_ranks(rk, [m * n for m, n in zip(rows, cols)], warn=True, stacklevel=3)
         if math.prod(rows) != out_features or math.prod(cols) != in_features:
             raise ShapeError(
                 f"row_shape {rows} multiplies to {math.prod(rows)} and col_shape {cols} to "
@@ -225,7 +201,7 @@ class TTLinear(nn.Module):
             Inputs ``X`` of shape ``(..., in_features)`` the layer sees (rows of
             activations). With them the decomposition minimises the output error
             ``‖X (W − Ŵ)ᵀ‖`` instead of ``‖W − Ŵ‖`` (see
-            :func:`~ttdecomp.compress.calibration.decompose_whitened`), and a ``budget``
+            :func:`~ttdecomp.nn.whitened.decompose_whitened`), and a ``budget``
             is planned on the whitened weight.
         damping : float
             Relative ridge added to ``XᵀX`` before its Cholesky factor (with
@@ -252,8 +228,6 @@ class TTLinear(nn.Module):
         >>> layer.tt_n_params <= 0.25 * 256 * 256
         True
         """
-        from .calibration import decompose_whitened, gram_of, whitened_weight
-
         w_view = dense_weight(linear)
         w = check_weight_dtype(w_view, f"the weight of {type(linear).__name__}")
         bias = linear.bias.detach() if getattr(linear, "bias", None) is not None else None
@@ -426,6 +400,15 @@ class TTLinear(nn.Module):
             f"row_shape={self.row_shape}, col_shape={self.col_shape}, ranks={self.ranks}, "
             f"bias={self.bias is not None}"
         )
+
+
+def _factors(shape: Any, name: str) -> tuple[int, ...]:
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or not shape:
+        raise ShapeError(f"{name} must be a non-empty sequence of positive ints, got {shape!r}.")
+    bad = [f for f in shape if isinstance(f, bool) or not isinstance(f, numbers.Integral) or f < 1]
+    if bad:
+        raise ShapeError(f"{name} {list(shape)!r} holds {bad!r}; every factor is a positive int.")
+    return tuple(int(f) for f in shape)
 
 
 def _balancing_scales(cores: Sequence[torch.Tensor]) -> list[float]:

@@ -1,0 +1,142 @@
+"""scripts/claim_table.py: the claim table's statistics on synthetic results.json files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "scripts" / "claim_table.py"
+_spec = importlib.util.spec_from_file_location("claim_table", _PATH)
+claim = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(claim)
+
+IDENTITY = {
+    "model": "minilm", "data": "tweets", "sizes": [1000, 300, 600], "epochs": 4,
+    "max_steps": None, "batch_size": 32, "max_length": 48, "eval_every": None,
+    "weight_decay": 0.01, "targets": ["query", "value"], "task": "classification",
+    "data_fingerprint": "abc",
+}  # fmt: skip
+TT = [0.90, 0.92, 0.91, 0.93, 0.89]
+LORA8 = [0.91, 0.93, 0.90, 0.93, 0.92]
+LORA1 = [0.88, 0.90, 0.91, 0.90, 0.87]
+
+
+def rows(method, rank, params, tests, shape=None):
+    settings = {"method": method, "lr": 1e-3, "rank": rank, "alpha": 16.0, "tt_shape": shape}
+    return [
+        {"method": method, "seed": s, "adapter_params": params, "val_accuracy": t - 0.01,
+         "test_accuracy": t, "settings": settings}
+        for s, t in enumerate(tests)
+    ]  # fmt: skip
+
+
+def write(path, row_list, **identity):
+    path.mkdir(parents=True)
+    doc = {"config": {"identity": {**IDENTITY, **identity}, "settings": {}}, "rows": row_list}
+    (path / "results.json").write_text(json.dumps(doc))
+    return path / "results.json"
+
+
+@pytest.fixture
+def files(tmp_path):
+    return [
+        write(tmp_path / "a", rows("tt-lora", 4, 6144, TT) + rows("lora", 8, 73728, LORA8)),
+        write(tmp_path / "b", rows("lora", 1, 9216, LORA1)),
+    ]
+
+
+def test_statistics_are_the_paired_t_interval(files):
+    stats, table = claim.claim_table(files)
+    by = {s["label"]: s for s in stats}
+    assert list(by) == ["TT-LoRA r=4", "LoRA r=1", "LoRA r=8"]  # ordered by parameters
+    tt = by["TT-LoRA r=4"]
+    assert tt["fraction"] == pytest.approx(6144 / 73728)
+    assert tt["test_mean"] == pytest.approx(statistics.fmean(TT))
+    assert tt["test_std"] == pytest.approx(statistics.stdev(TT))
+    assert tt["val_mean"] == pytest.approx(statistics.fmean(TT) - 0.01)
+    diffs = [a - b for a, b in zip(TT, LORA8)]
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = 2.776 * sd / math.sqrt(5)  # t(0.975, 4)
+    d = tt["paired"]["LoRA r=8"]
+    assert d["n"] == 5 and d["mean"] == pytest.approx(mean)
+    assert d["ci"] == pytest.approx([mean - half, mean + half])
+    # paired, not pooled: the interval is that of the differences, narrower than the pooled one
+    pooled = 2.306 * math.sqrt(statistics.variance(TT) / 5 + statistics.variance(LORA8) / 5)
+    assert half != pytest.approx(pooled)
+    assert "LoRA r=1" in tt["paired"] and "LoRA r=8" not in by["LoRA r=8"]["paired"]
+    assert "| TT-LoRA r=4 | lr 0.001, α 16, constant | 6,144 | 8.3% | 5 |" in table
+    assert f"{100 * mean:+.1f} [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}]" in table
+
+
+def test_only_common_seeds_are_paired(tmp_path):
+    a = write(tmp_path / "a", rows("tt-lora", 4, 6144, TT) + rows("lora", 8, 73728, LORA8[:2]))
+    stats, table = claim.claim_table([a])
+    d = stats[0]["paired"]["LoRA r=8"]
+    assert d["seeds"] == [0, 1]
+    assert d["mean"] == pytest.approx((TT[0] - LORA8[0] + TT[1] - LORA8[1]) / 2)
+    one = write(tmp_path / "b", rows("tt-lora", 4, 6144, TT[:1]) + rows("lora", 8, 73728, [0.9]))
+    stats, table = claim.claim_table([one])
+    assert stats[0]["paired"]["LoRA r=8"]["ci"] is None and "(1 seed)" in table
+
+
+def test_t_quantiles():
+    assert claim.t975(1) == 12.706 and claim.t975(30) == 2.042
+    assert claim.t975(31) == pytest.approx(2.040, abs=2e-3)  # the expansion meets the table
+    assert claim.t975(10**6) == pytest.approx(1.96, abs=1e-3)
+
+
+def test_mixed_protocols_and_duplicates_are_refused(tmp_path):
+    a = write(tmp_path / "a", rows("tt-lora", 4, 6144, TT) + rows("lora", 8, 73728, LORA8))
+    b = write(tmp_path / "b", rows("lora", 1, 9216, LORA1), epochs=8)
+    with pytest.raises(claim.ClaimTableError, match=r"another protocol.*epochs"):
+        claim.claim_table([a, b])
+    c = write(tmp_path / "c", rows("lora", 8, 73728, LORA8))
+    with pytest.raises(claim.ClaimTableError, match="LoRA r=8 seed 0 appears twice"):
+        claim.claim_table([a, c])
+    d = write(tmp_path / "d", rows("lora", 8, 73728, LORA8), lr_schedule="cosine")
+    with pytest.raises(claim.ClaimTableError, match="not one configuration"):
+        claim.claim_table([a, d])
+    with pytest.raises(claim.ClaimTableError, match="reference 'LoRA r=16'"):
+        claim.claim_table([a], reference="LoRA r=16")
+
+
+def test_targets_beyond_query_value_are_named(tmp_path):
+    a = write(
+        tmp_path / "a",
+        rows("tt-lora", 3, 7200, TT, shape=[8, 6, 8, 8, 6, 8]),
+        targets=["query", "key", "value", "attention.output.dense"],
+    )
+    b = write(tmp_path / "b", rows("lora", 8, 73728, LORA8))
+    _, table = claim.claim_table([a, b])
+    assert "TT-LoRA `[8,6,8,8,6,8]` r=3 (query,key,value,attention.output.dense)" in table
+
+
+def test_write_replaces_only_the_block(files, tmp_path):
+    doc = tmp_path / "bench.md"
+    doc.write_text(
+        "intro\n<!-- claim-table:minilm:begin -->\nold\n<!-- claim-table:minilm:end -->\nend\n"
+    )
+    assert claim.main([str(f) for f in files] + ["--write", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("intro\n<!-- claim-table:minilm:begin -->\n| method |")
+    assert "old" not in text and text.endswith("<!-- claim-table:minilm:end -->\nend\n")
+    doc.write_text("no markers\n")
+    assert claim.main([str(f) for f in files] + ["--write", str(doc)]) == 2
+    assert doc.read_text() == "no markers\n"
+
+
+def test_each_method_shows_its_own_schedule(tmp_path):
+    a = write(
+        tmp_path / "a",
+        rows("tt-lora", 4, 6144, TT) + rows("lora", 8, 73728, LORA8),
+        lr_schedule={"tt-lora": "cosine"},
+        warmup_ratio={"tt-lora": 0.1},
+    )
+    _, table = claim.claim_table([a])
+    assert "| TT-LoRA r=4 | lr 0.001, α 16, cosine, warm-up 0.1 |" in table
+    assert "| LoRA r=8 | lr 0.001, α 16, constant |" in table
