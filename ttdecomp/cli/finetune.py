@@ -9,6 +9,7 @@ and LoRA on the query and value projections, one seed::
     ttdecomp finetune --methods tt-lora,lora,loretta-rep,loretta-adp,head-only
     ttdecomp finetune --data reviews.csv --model path/to/hf-model --targets query,value
     ttdecomp finetune --model smollm2 --data chatterbot  # causal LM: loss, perplexity, a reply
+    ttdecomp finetune --quantize 4bit                  # QTT-LoRA next to QLoRA on a 4-bit base
     torchrun --nproc_per_node 2 -m ttdecomp finetune   # same results, two processes
 
 Per-method settings take one value (every method that has the setting) or ``method=value``
@@ -134,6 +135,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=_name_list,
         default=None,
         help="target modules (default: the query and value projections)",
+    )
+    g = p.add_argument_group("quantized base (QLoRA's setting; needs ttdecomp[quantized])")
+    g.add_argument(
+        "--quantize",
+        default=None,
+        help="load the base model quantized and frozen: 4bit (bitsandbytes NF4/FP4), 8bit "
+        "(bitsandbytes) or int8 (torchao weight-only); every method trains beside it, LoRA "
+        "through PEFT (QLoRA on 4bit)",
+    )
+    g.add_argument(
+        "--bnb-4bit-quant-type", default="nf4", help="4-bit data type (--quantize 4bit): nf4, fp4"
+    )
+    g.add_argument(
+        "--bnb-4bit-compute-dtype",
+        default="float32",
+        help="what the 4-bit matmuls compute in (--quantize 4bit): float32, bfloat16, float16",
     )
     g = p.add_argument_group("method settings (VALUE or METHOD=VALUE,...)")
     g.add_argument(
@@ -301,6 +318,9 @@ def _run(args: argparse.Namespace, main: bool, should_stop: Any) -> int:
             data_config=args.data_config,
             text_column=args.text_column,
             label_column=args.label_column,
+            quantize=args.quantize,
+            bnb_4bit_quant_type=args.bnb_4bit_quant_type,
+            bnb_4bit_compute_dtype=args.bnb_4bit_compute_dtype,
         )
         result = finetune(
             config,

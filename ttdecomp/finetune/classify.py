@@ -21,7 +21,7 @@ from ..assets.loader import ModelSource, load_pretrained, load_tokenizer, resolv
 from ..errors import InvalidInputError
 from .data import Splits
 from .methods import MethodSettings, apply_method, save_adapted
-from .train import TrainSettings, fit, is_main_process
+from .train import TrainSettings, fit, is_main_process, resolve_device
 
 __all__ = ["TextDataset", "accuracy", "load_classifier", "predict_logits", "run_classification"]
 
@@ -100,15 +100,28 @@ def accuracy(eval_pred: Any) -> dict[str, float]:
 
 
 def load_classifier(
-    model_dir: str | os.PathLike | ModelSource, labels: list[str], seed: int
+    model_dir: str | os.PathLike | ModelSource,
+    labels: list[str],
+    seed: int,
+    *,
+    quantization_config: Any = None,
+    device: str | None = None,
 ) -> Any:
     """A sequence classifier from ``model_dir`` with a new head for ``labels``, seeded.
 
     :func:`ttdecomp.assets.load_pretrained` with ``task="classification"``: a clear error for a
     folder that holds no model, and for a model still carrying the GGUF loader's quantizer
-    state (``Trainer`` refuses to train it).
+    state (``Trainer`` refuses to train it). ``quantization_config`` loads the base quantized
+    (``--quantize``), on ``device``.
     """
-    return load_pretrained(model_dir, task="classification", labels=list(labels), seed=seed)
+    return load_pretrained(
+        model_dir,
+        task="classification",
+        labels=list(labels),
+        seed=seed,
+        quantization_config=quantization_config,
+        device=device if quantization_config is not None else None,
+    )
 
 
 def predict_logits(model: Any, dataset: TextDataset, collator: Any, batch: int = 64) -> np.ndarray:
@@ -139,6 +152,7 @@ def run_classification(
     datasets: dict[str, TextDataset] | None = None,
     on_evaluate: Any = None,
     final: bool = True,
+    quantization_config: Any = None,
 ) -> dict[str, Any]:
     """Fine-tune one method with one seed and return its row.
 
@@ -165,6 +179,9 @@ def run_classification(
     final : bool
         ``False`` for a search trial: test is not evaluated (``test_accuracy`` is ``None``)
         and nothing is saved; the row's validation figures are complete.
+    quantization_config : transformers quantization config, optional
+        Load the base quantized (``FinetuneConfig.quantization_config()``); the method trains
+        beside the frozen quantized base.
 
     Returns
     -------
@@ -186,7 +203,13 @@ def run_classification(
             for name in ("train", "validation", "test")
         }
     collator = DataCollatorWithPadding(tokenizer)
-    model = load_classifier(model_dir, splits.labels, train.seed)
+    model = load_classifier(
+        model_dir,
+        splits.labels,
+        train.seed,
+        quantization_config=quantization_config,
+        device=resolve_device(train.device),
+    )
     adapted = apply_method(model, settings, targets=targets, task="classification")
     trainer, result = fit(
         adapted,

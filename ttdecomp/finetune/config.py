@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from ..errors import InvalidInputError
 from .methods import DEFAULT_METHODS, METHODS, MethodSettings, check_method, default_settings
 from .train import TrainSettings
 
-__all__ = ["DEFAULTS", "QUICK", "FinetuneConfig"]
+__all__ = ["DEFAULTS", "QUANTIZE", "QUICK", "FinetuneConfig"]
 
 _SOURCE_DEFAULTS = {
     "revision": None,
@@ -27,7 +27,19 @@ _SOURCE_DEFAULTS = {
     "data_config": None,
     "text_column": "text",
     "label_column": "label",
+    "quantize": None,
+    "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_compute_dtype": "float32",
 }
+
+#: ``--quantize`` choices: what each loads the base model as (every method trains beside it).
+QUANTIZE = {
+    "4bit": "bitsandbytes 4-bit (QLoRA's base): BitsAndBytesConfig(load_in_4bit=True)",
+    "8bit": "bitsandbytes 8-bit: BitsAndBytesConfig(load_in_8bit=True)",
+    "int8": "torchao int8 weight-only: TorchAoConfig(Int8WeightOnlyConfig())",
+}
+_QUANT_TYPES = ("nf4", "fp4")
+_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 DEFAULTS = {
     "classification": {"sizes": (1000, 300, 600), "epochs": 4, "max_steps": None,
@@ -85,6 +97,13 @@ class FinetuneConfig:
         A Hub dataset's configuration (e.g. ``sst2`` of ``glue``).
     text_column, label_column : str
         The columns of the text and the label in a file or dataset.
+    quantize : {"4bit", "8bit", "int8"}, optional
+        Load the base model quantized (:data:`QUANTIZE`); every method trains beside the frozen
+        quantized base (LoRA through PEFT: QLoRA on ``4bit``). Needs ``ttdecomp[quantized]``.
+    bnb_4bit_quant_type : {"nf4", "fp4"}
+        The 4-bit data type (``--quantize 4bit`` only), as transformers names it.
+    bnb_4bit_compute_dtype : {"float32", "bfloat16", "float16"}
+        What the 4-bit matmuls compute in (``--quantize 4bit`` only).
 
     Examples
     --------
@@ -117,6 +136,16 @@ class FinetuneConfig:
     data_config: str | None = None
     text_column: str = "text"
     label_column: str = "label"
+    quantize: str | None = field(
+        default=None, metadata={"help": "load the base model quantized: 4bit, 8bit or int8"}
+    )
+    bnb_4bit_quant_type: str = field(
+        default="nf4", metadata={"help": "4-bit data type (--quantize 4bit): nf4 or fp4"}
+    )
+    bnb_4bit_compute_dtype: str = field(
+        default="float32",
+        metadata={"help": "4-bit compute dtype (--quantize 4bit): float32, bfloat16, float16"},
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):
@@ -169,9 +198,77 @@ class FinetuneConfig:
                 raise InvalidInputError("targets is empty; give module names (--targets).")
         if self.tt_shape is not None:
             self.tt_shape = [int(s) for s in self.tt_shape]
+        self._check_quantize()
         self.method_settings()  # validates rank/alpha/lr/tt_shape for every method
         for method in self.methods:  # and the schedule of each
             self.train_settings(self.seeds[0], method=method)
+
+    def _check_quantize(self) -> None:
+        if self.quantize is not None and self.quantize not in QUANTIZE:
+            raise InvalidInputError(
+                f"quantize must be one of {', '.join(QUANTIZE)}; got {self.quantize!r} "
+                "(--quantize)."
+            )
+        if self.bnb_4bit_quant_type not in _QUANT_TYPES:
+            raise InvalidInputError(
+                f"bnb_4bit_quant_type must be nf4 or fp4; got {self.bnb_4bit_quant_type!r} "
+                "(--bnb-4bit-quant-type)."
+            )
+        if self.bnb_4bit_compute_dtype not in _COMPUTE_DTYPES:
+            raise InvalidInputError(
+                f"bnb_4bit_compute_dtype must be one of {', '.join(_COMPUTE_DTYPES)}; got "
+                f"{self.bnb_4bit_compute_dtype!r} (--bnb-4bit-compute-dtype)."
+            )
+        set_4bit = [
+            f"--{name.replace('_', '-')}"
+            for name in ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype")
+            if getattr(self, name) != _SOURCE_DEFAULTS[name]
+        ]
+        if set_4bit and self.quantize != "4bit":
+            raise InvalidInputError(
+                f"{' and '.join(set_4bit)} set the 4-bit quantization, but the base is "
+                f"{'not quantized' if self.quantize is None else self.quantize} (--quantize "
+                f"{self.quantize}); add --quantize 4bit or drop them."
+            )
+
+        if self.quantize is not None and "head-only" in self.methods:
+            raise InvalidInputError(
+                "head-only has no adapter, and transformers' Trainer refuses to train a quantized "
+                "model without one; drop head-only from --methods or the --quantize option."
+            )
+
+    def quantization_config(self) -> Any:
+        """The transformers quantization config of ``quantize`` (None for a full-precision base).
+
+        A classifier's new head (``classifier`` / ``score``) stays in full precision: it is
+        trained in full by every method; a causal LM keeps transformers' own exclusions (the
+        output head).
+
+        Examples
+        --------
+        >>> FinetuneConfig().quantization_config() is None
+        True
+        >>> FinetuneConfig(quantize="8bit").quantization_config().load_in_8bit
+        True
+        """
+        if self.quantize is None:
+            return None
+        import torch
+        from transformers import BitsAndBytesConfig, TorchAoConfig
+
+        heads = ["classifier", "score"] if self.task == "classification" else None
+        if self.quantize == "4bit":
+            return BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=self.bnb_4bit_quant_type,
+                bnb_4bit_compute_dtype=getattr(torch, self.bnb_4bit_compute_dtype),
+                llm_int8_skip_modules=heads,
+            )
+        if self.quantize == "8bit":
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=heads)
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return TorchAoConfig(quant_type=Int8WeightOnlyConfig(), modules_to_not_convert=heads)
 
     @property
     def task(self) -> str:

@@ -448,6 +448,7 @@ class _ClassificationJob:
             max_length=self.config.max_length,
             run_dir=run_dir,
             datasets=self.datasets,
+            quantization_config=self.config.quantization_config(),
             **options,
         )
 
