@@ -66,8 +66,8 @@ def _batches(count: int):
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
     from ttdecomp.assets.registry import model_path
-    from ttdecomp.finetune.classify import TextDataset
     from ttdecomp.finetune.data import load_classification
+    from ttdecomp.finetune.tasks.classification import TextDataset
 
     splits = load_classification("tweets")
     tokenizer = AutoTokenizer.from_pretrained(str(model_path("minilm")))
@@ -96,8 +96,8 @@ def _optimizer(model, lr: float):
 def _build(method: str, labels: list[str]):
     """The default model with ``method``'s default adapters, train mode, and its optimizer."""
     from ttdecomp.assets.registry import model_path
-    from ttdecomp.finetune.classify import load_classifier
     from ttdecomp.finetune.methods import apply_method, default_settings
+    from ttdecomp.finetune.tasks.classification import load_classifier
 
     settings = default_settings(method)
     model = load_classifier(model_path("minilm"), labels, SEED)
@@ -184,8 +184,8 @@ def _inference_part(rounds: int, batches: list, labels: list[str], tt_model) -> 
     import torch
 
     from ttdecomp.assets.registry import model_path
-    from ttdecomp.finetune.classify import load_classifier
     from ttdecomp.finetune.methods import head_modules
+    from ttdecomp.finetune.tasks.classification import load_classifier
 
     merged = copy.deepcopy(tt_model).merge_and_unload()
     base = load_classifier(model_path("minilm"), labels, SEED)

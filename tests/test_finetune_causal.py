@@ -52,6 +52,7 @@ def smollm2(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------- the model
+@pytest.mark.integration  # the packaged SmolLM2 (a minute or more to load)
 @needs_smollm2
 def test_cached_checkpoint_reloads_clean_with_the_same_logits(smollm2):
     from transformers.trainer_utils import validate_quantization_for_training
@@ -131,6 +132,7 @@ def test_split_is_by_dialogue_deduplicated_and_shares_no_text(dialogues):
     assert counts["validation"] <= 20 and counts["test"] <= 30
 
 
+@pytest.mark.integration  # the packaged SmolLM2 (a minute or more to load)
 @needs_smollm2
 @needs_chatterbot
 def test_prompt_tokens_are_masked_and_the_reply_is_the_label(smollm2, dialogues):
@@ -156,6 +158,7 @@ def test_prompt_tokens_are_masked_and_the_reply_is_the_label(smollm2, dialogues)
     )
 
 
+@pytest.mark.integration  # the packaged SmolLM2 (a minute or more to load)
 @needs_smollm2
 @needs_chatterbot
 def test_long_examples_are_cut_to_max_length_and_counted(smollm2, dialogues):
@@ -225,8 +228,8 @@ def test_unknown_language_lists_the_known_ones():
 
 
 def test_head_only_is_refused_before_anything_loads(tmp_path):
-    from ttdecomp.finetune.causal import run_causal
     from ttdecomp.finetune.methods import default_settings
+    from ttdecomp.finetune.tasks.causal_lm import run_causal
     from ttdecomp.finetune.train import TrainSettings
 
     with pytest.raises(InvalidInputError, match="no separate head"):
@@ -250,7 +253,7 @@ def tiny(smollm2, dialogues):
     """
     from ttdecomp.assets.chat_tokens import tokenize_splits
     from ttdecomp.assets.dialogues import DialogueSplits, reply_prompt, split_dialogues
-    from ttdecomp.finetune.causal import evaluate_base
+    from ttdecomp.finetune.tasks.causal_lm import evaluate_base
 
     model, tokenizer, _ = smollm2
     full = split_dialogues(dialogues, seed=0)
@@ -272,8 +275,8 @@ def tiny(smollm2, dialogues):
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["tt-lora", "lora"])
 def test_two_steps_lower_the_held_out_loss(method, smollm2, tiny, tmp_path):
-    from ttdecomp.finetune.causal import run_causal
     from ttdecomp.finetune.methods import default_settings
+    from ttdecomp.finetune.tasks.causal_lm import run_causal
     from ttdecomp.finetune.train import TrainSettings
 
     _, tokenizer, folder = smollm2
@@ -303,11 +306,12 @@ def test_two_steps_lower_the_held_out_loss(method, smollm2, tiny, tmp_path):
     assert os.path.isdir(tmp_path / "adapter")
 
 
+@pytest.mark.integration  # the packaged SmolLM2 (a minute or more to load)
 @needs_smollm2
 @needs_chatterbot
 def test_prepare_causal_builds_the_shared_job_and_refuses_head_only(smollm2):
-    from ttdecomp.finetune.causal import prepare_causal
     from ttdecomp.finetune.run import FinetuneConfig
+    from ttdecomp.finetune.tasks.causal_lm import prepare_causal
 
     _, _, folder = smollm2
     config = FinetuneConfig(model=str(folder), data="chatterbot", sizes=(32, 8, 8), max_length=32)
@@ -318,9 +322,8 @@ def test_prepare_causal_builds_the_shared_job_and_refuses_head_only(smollm2):
     assert described["train_left_out"] > 0 and described["targets"] == ["q_proj", "v_proj"]
     json.dumps(described, allow_nan=False)
     assert len(job.fingerprint) == 16
-    bad = FinetuneConfig(model=str(folder), data="chatterbot", methods=["head-only"])
-    with pytest.raises(InvalidInputError, match="no separate head"):
-        prepare_causal(bad, folder, progress=False)
+    with pytest.raises(InvalidInputError, match="no separate head"):  # before any loading
+        FinetuneConfig(model=str(folder), data="chatterbot", methods=["head-only"])
     missing = FinetuneConfig(model=str(folder), data="chatterbot", targets=["nope"])
     with pytest.warns(TTWarning), pytest.raises(InvalidInputError, match="nope"):
         prepare_causal(missing, folder, progress=False)

@@ -84,8 +84,8 @@ def test_saved_adapters_reload_to_identical_predictions(quick_run, method):
     from safetensors.numpy import load_file
     from transformers import DataCollatorWithPadding
 
-    from ttdecomp.finetune.classify import TextDataset, predict_logits
     from ttdecomp.finetune.data import load_classification
+    from ttdecomp.finetune.tasks.classification import TextDataset, predict_logits
 
     results = load_results(quick_run)
     row = next(r for r in results["rows"] if r["method"] == method)

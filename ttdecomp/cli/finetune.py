@@ -25,11 +25,9 @@ import sys
 from typing import Any
 
 from ..errors import TTError
-from ._common import progress_default
+from ._common import RegistryHelpFormatter, method_help, progress_default
 
 __all__ = ["add_parser", "parse_per_method", "run"]
-
-_METHOD_NAMES = ("tt-lora", "lora", "loretta-rep", "loretta-adp", "head-only")
 
 
 def parse_per_method(kind: type) -> Any:
@@ -57,10 +55,10 @@ def parse_per_method(kind: type) -> Any:
         out = {}
         for part in text.split(","):
             method, sep, value = part.partition("=")
-            method = method.strip()
-            if not sep or method not in _METHOD_NAMES:
+            method = method.strip()  # a registered method: FinetuneConfig checks it
+            if not sep or not method:
                 raise argparse.ArgumentTypeError(
-                    f"{part!r}: expected METHOD=VALUE with METHOD one of {', '.join(_METHOD_NAMES)}"
+                    f"{part!r}: expected METHOD=VALUE, e.g. tt-lora=5e-3,lora=1e-3"
                 )
             out[method] = one(value.strip())
         return out
@@ -97,7 +95,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "one labelled data set; report validation-chosen test accuracy (mean ± std over "
             "seeds) against adapter parameters, with results.json, saved adapters and figures."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=RegistryHelpFormatter,
     )
     g = p.add_argument_group("what to compare")
     g.add_argument(
@@ -125,7 +123,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--methods",
         type=_name_list,
         default="tt-lora,lora",
-        help=f"comma-separated, from {', '.join(_METHOD_NAMES)}",
+        help=method_help("comma-separated, from the registered methods"),
     )
     g.add_argument(
         "--seeds", type=_int_list, default="0", help="one run per seed and method, e.g. 0,1,2"
@@ -157,19 +155,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--rank",
         type=parse_per_method(int),
         default=None,
-        help="TT-LoRA tt_rank (4), LoRA r (8), LoRETTA tensor_rank (5)",
+        help=method_help("TT-LoRA tt_rank, LoRA r, LoRETTA tensor_rank", "rank"),
     )
     g.add_argument(
         "--alpha",
         type=parse_per_method(float),
         default=None,
-        help="TT-LoRA alpha (32), LoRA lora_alpha (16), LoRETTA-rep alpha (16)",
+        help=method_help("TT-LoRA alpha, LoRA lora_alpha, LoRETTA-rep alpha", "alpha"),
     )
     g.add_argument(
         "--lr",
         type=parse_per_method(float),
         default=None,
-        help="learning rate (tt-lora 5e-3, lora 1e-3, loretta 5e-3, head-only 1e-2)",
+        help=method_help("learning rate", "lr"),
     )
     g.add_argument(
         "--tt-shape",

@@ -189,7 +189,7 @@ def measure_causal(
     of ``cost_batch`` dialogues (median of ``repeats``); ``dense_ppl`` and ``dense_cost``
     (this function's ``"dense_cost"``) skip measuring the original again."""
     from ..assets.chat_tokens import CausalDataset, make_collator
-    from ..finetune.lm_eval import evaluate_lm
+    from ..finetune.tasks.lm_eval import evaluate_lm
 
     data = CausalDataset(dialogues, tokenizer, 128)
     collate = make_collator(tokenizer)
