@@ -132,7 +132,12 @@ def _serialise(model: nn.Module, config: TTAdapterConfig, adapter_name: str) -> 
                     k: {kk: list(vv) for kk, vv in v.items()} for k, v in i.tt_matrices.items()
                 },
                 "n_params": i.n_params,
-                "base_quantization": base_quantization(tree[i.name]),
+                # only for a quantized base: full-precision records stay as they were
+                **(
+                    {"base_quantization": base_quantization(tree[i.name])}
+                    if base_quantization(tree[i.name]) != "none"
+                    else {}
+                ),
             }
             for i in infos
         },
