@@ -255,6 +255,7 @@ def test_hub_dataset_without_validation_takes_it_from_train(hub_home):
     assert sizes["validation"] == int(rest.rsplit(" ", 1)[1]) > 0
 
 
+@pytest.mark.slow  # end to end (minutes on 2 cores): CI runs it, the dev loop does not
 def test_finetune_from_the_hub_cache_end_to_end(hub_home, tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-P", "-m", "ttdecomp", "finetune", "--model", "org/tiny-bert"]
@@ -291,6 +292,7 @@ def test_finetune_with_a_missing_hub_model_names_it_and_the_cache(hub_home, tmp_
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # end to end (minutes on 2 cores): CI runs it, the dev loop does not
 def test_compress_and_search_take_hub_ids_offline(hub_home, tmp_path):
     env = _offline_env(hub_home)
     texts = tmp_path / "texts.txt"

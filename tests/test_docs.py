@@ -56,6 +56,7 @@ def test_every_finetune_name_is_documented():
     assert not missing, f"add to docs/api.rst: {sorted(missing)}"
 
 
+@pytest.mark.slow  # end to end (minutes on 2 cores): CI runs it, the dev loop does not
 def test_sphinx_builds(tmp_path):
     """The site builds offline with warnings as errors (-W), as CI builds it."""
     for ext in (
@@ -121,6 +122,7 @@ def need_assets() -> None:
             pytest.skip(f"asset {asset} not installed (bash scripts/setup.sh installs it)")
 
 
+@pytest.mark.slow  # end to end (minutes on 2 cores): CI runs it, the dev loop does not
 def test_readme_use_examples_run(tmp_path, monkeypatch):
     """The README's Use section runs as printed (on a low-rank TT, MiniLM, a trained adapter)."""
     need_assets()
