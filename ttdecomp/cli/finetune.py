@@ -30,6 +30,8 @@ examples:
   ttdecomp finetune --lr tt-lora=5e-3,lora=1e-3 --rank tt-lora=8
   ttdecomp finetune --model smollm2 --data chatterbot  # causal LM: loss, perplexity, a reply
   ttdecomp finetune --config run.yaml --seeds 3      # options from a file, a flag wins
+  ttdecomp finetune --quantize 4bit                  # QTT-LoRA next to QLoRA on a 4-bit base
+  ttdecomp finetune --model org/name --data org/dataset --revision main  # from the Hub
   torchrun --nproc_per_node 2 -m ttdecomp finetune   # one GPU (or CPU process) each
 
 """

@@ -48,6 +48,9 @@ _SOURCE_DEFAULTS = {
     "data_config": None,
     "text_column": "text",
     "label_column": "label",
+    "quantize": "none",
+    "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_compute_dtype": "float32",
 }
 
 #: The built-in tasks' training defaults (each registered task's ``defaults``, a copy).
@@ -59,10 +62,18 @@ QUICK = {name: dict(get_task(name).quick) for name in ("classification", "causal
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: ``report_to``: where the ``Trainer`` also logs.
 REPORT_TO = ("none", "tensorboard", "wandb")
-#: ``quantize``: the frozen base model's storage (bitsandbytes 4/8-bit, torchao int8).
-QUANTIZE = ("none", "4bit", "8bit", "int8")
+#: ``quantize``: the frozen base model's storage ("none": full precision), and what each loads
+#: the base model as (every method trains beside it).
+QUANTIZE = {
+    "none": "full precision (no quantization)",
+    "4bit": "bitsandbytes 4-bit (QLoRA's base): BitsAndBytesConfig(load_in_4bit=True)",
+    "8bit": "bitsandbytes 8-bit: BitsAndBytesConfig(load_in_8bit=True)",
+    "int8": "torchao int8 weight-only: TorchAoConfig(Int8WeightOnlyConfig())",
+}
 #: ``bnb_4bit_quant_type``: bitsandbytes' 4-bit data types.
 BNB_4BIT_TYPES = ("nf4", "fp4")
+#: ``bnb_4bit_compute_dtype``: the dtype of the 4-bit matmuls, as transformers names it.
+BNB_4BIT_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 # option groups of the command line (the fields' "group")
 _WHAT = "what to compare"
@@ -171,6 +182,13 @@ class FinetuneConfig:
         A Hub dataset's configuration (e.g. ``sst2`` of ``glue``).
     text_column, label_column : str
         The columns of the text and the label in a file or dataset.
+    quantize : {"none", "4bit", "8bit", "int8"}
+        Load the base model quantized (:data:`QUANTIZE`); every method trains beside the frozen
+        quantized base (LoRA through PEFT: QLoRA on ``4bit``). Needs ``ttdecomp[quantized]``.
+    bnb_4bit_quant_type : {"nf4", "fp4"}
+        The 4-bit data type (``--quantize 4bit`` only), as transformers names it.
+    bnb_4bit_compute_dtype : {"float32", "bfloat16", "float16"}
+        What the 4-bit matmuls compute in (``--quantize 4bit`` only).
     task : str, optional
         A registered task (:func:`~ttdecomp.finetune.tasks.task_names`); default: chosen from
         the data and the model (:func:`~ttdecomp.finetune.tasks.detect_task`).
@@ -379,12 +397,12 @@ class FinetuneConfig:
         },
     )
     quantize: str = field(
-        default="none",
+        default="none",  # None is accepted from Python and read as "none"
         metadata={
             "help": "load the base model quantized: bitsandbytes 4bit or 8bit, or torchao int8 "
             "weight-only",
             "group": _QUANT,
-            "choices": QUANTIZE,
+            "choices": tuple(QUANTIZE),
         },
     )
     bnb_4bit_quant_type: str = field(
@@ -393,11 +411,11 @@ class FinetuneConfig:
                   "choices": BNB_4BIT_TYPES},
     )  # fmt: skip
     bnb_4bit_compute_dtype: str = field(
-        default="auto",
+        default="float32",
         metadata={
-            "help": "dtype of 4-bit matmuls (--quantize 4bit); auto: the training precision's",
+            "help": "dtype of the 4-bit matmuls (--quantize 4bit), as transformers names it",
             "group": _QUANT,
-            "choices": PRECISIONS,
+            "choices": BNB_4BIT_COMPUTE_DTYPES,
         },
     )
     quick: bool = field(
@@ -479,9 +497,11 @@ class FinetuneConfig:
         check_bool(self.gradient_checkpointing, "gradient_checkpointing")
         check_choice(self.precision, "precision", PRECISIONS)
         check_choice(self.report_to, "report_to", REPORT_TO)
-        check_choice(self.quantize, "quantize", QUANTIZE)
+        if self.quantize is None:  # the Python API's "no quantization"
+            self.quantize = "none"
+        check_choice(self.quantize, "quantize", tuple(QUANTIZE))
         check_choice(self.bnb_4bit_quant_type, "bnb_4bit_quant_type", BNB_4BIT_TYPES)
-        check_choice(self.bnb_4bit_compute_dtype, "bnb_4bit_compute_dtype", PRECISIONS)
+        check_choice(self.bnb_4bit_compute_dtype, "bnb_4bit_compute_dtype", BNB_4BIT_COMPUTE_DTYPES)
         self._check_quantize()
         check_real(self.weight_decay, "weight_decay", low=0, high=1, high_open=True)
         for name, high in _INT_LIMITS.items():
@@ -523,23 +543,57 @@ class FinetuneConfig:
             self.train_settings(self.seeds[0], method=method)
 
     def _check_quantize(self) -> None:
-        if self.quantize != "4bit":
-            for name, default in (
-                ("bnb_4bit_quant_type", "nf4"),
-                ("bnb_4bit_compute_dtype", "auto"),
-            ):
-                if getattr(self, name) != default:
-                    raise InvalidOptionError(
-                        f"{name} applies to quantize='4bit' only; got {name}="
-                        f"{getattr(self, name)!r} with quantize={self.quantize!r}.",
-                        option=name,
-                    )
-        if self.quantize != "none":
+        set_4bit = [
+            name
+            for name in ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype")
+            if getattr(self, name) != _SOURCE_DEFAULTS[name]
+        ]
+        if set_4bit and self.quantize != "4bit":
+            base = "not quantized" if self.quantize == "none" else self.quantize
             raise InvalidOptionError(
-                f"quantize {self.quantize!r} is not supported yet by the fine-tuning job "
-                "(the base model is loaded unquantized); use quantize='none'.",
-                option="quantize",
+                f"{' and '.join(set_4bit)} set the 4-bit quantization, but the base is {base} "
+                f"(quantize={self.quantize!r}); add quantize='4bit' or drop them.",
+                option=set_4bit[0],
             )
+        if self.quantize != "none" and "head-only" in self.methods:
+            raise InvalidOptionError(
+                "head-only has no adapter, and transformers' Trainer refuses to train a quantized "
+                "model without one; drop head-only from methods or the quantize option.",
+                option="methods",
+            )
+
+    def quantization_config(self) -> Any:
+        """The transformers quantization config of ``quantize`` (None for a full-precision base).
+
+        A classifier's new head (``classifier`` / ``score``) stays in full precision: it is
+        trained in full by every method; a causal LM keeps transformers' own exclusions (the
+        output head).
+
+        Examples
+        --------
+        >>> FinetuneConfig().quantization_config() is None
+        True
+        >>> FinetuneConfig(quantize="8bit").quantization_config().load_in_8bit
+        True
+        """
+        if self.quantize == "none":
+            return None
+        import torch
+        from transformers import BitsAndBytesConfig, TorchAoConfig
+
+        heads = ["classifier", "score"] if self.task == "classification" else None
+        if self.quantize == "4bit":
+            return BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=self.bnb_4bit_quant_type,
+                bnb_4bit_compute_dtype=getattr(torch, self.bnb_4bit_compute_dtype),
+                llm_int8_skip_modules=heads,
+            )
+        if self.quantize == "8bit":
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=heads)
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return TorchAoConfig(quant_type=Int8WeightOnlyConfig(), modules_to_not_convert=heads)
 
     @property
     def task_spec(self) -> Task:
