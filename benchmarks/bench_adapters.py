@@ -177,10 +177,10 @@ def generate_prepare(folder: str) -> dict:
     import torch
 
     from ttdecomp.adapters import TTLoRAConfig, get_tt_model
-    from ttdecomp.finetune.smollm2 import load_causal_lm, smollm2_checkpoint
+    from ttdecomp.assets import load_pretrained, smollm2_checkpoint
 
     torch.set_num_threads(1)
-    base = load_causal_lm(smollm2_checkpoint(progress=False))
+    base = load_pretrained(smollm2_checkpoint(progress=False), task="causal", seed=0)
     torch.manual_seed(0)
     cfg = TTLoRAConfig(tt_rank=4, alpha=8.0, target_modules=["q_proj", "v_proj"], init="paper")
     model = get_tt_model(base, cfg)
@@ -197,11 +197,11 @@ def generate_child(lib: str, threads: int, folder: str, repeats: int) -> dict:
     """Median seconds of a 20-token greedy generation, and the tokens."""
     import torch
 
-    from ttdecomp.finetune.smollm2 import load_causal_lm, smollm2_checkpoint
+    from ttdecomp.assets import load_pretrained, smollm2_checkpoint
 
     torch.set_num_threads(threads)
     path = smollm2_checkpoint(progress=False)
-    base = load_causal_lm(path)
+    base = load_pretrained(path, task="causal", seed=0)
     if lib == "peft-lora":
         from peft import PeftModel
 

@@ -65,9 +65,9 @@ def _batches(count: int):
     """``count`` padded batches of 32 training tweets (cycling over the split), and the labels."""
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
-    from ttdecomp.finetune.assets import model_path
-    from ttdecomp.finetune.classify import TextDataset
+    from ttdecomp.assets.registry import model_path
     from ttdecomp.finetune.data import load_classification
+    from ttdecomp.finetune.tasks.classification import TextDataset
 
     splits = load_classification("tweets")
     tokenizer = AutoTokenizer.from_pretrained(str(model_path("minilm")))
@@ -95,9 +95,9 @@ def _optimizer(model, lr: float):
 
 def _build(method: str, labels: list[str]):
     """The default model with ``method``'s default adapters, train mode, and its optimizer."""
-    from ttdecomp.finetune.assets import model_path
-    from ttdecomp.finetune.classify import load_classifier
+    from ttdecomp.assets.registry import model_path
     from ttdecomp.finetune.methods import apply_method, default_settings
+    from ttdecomp.finetune.tasks.classification import load_classifier
 
     settings = default_settings(method)
     model = load_classifier(model_path("minilm"), labels, SEED)
@@ -183,9 +183,9 @@ def _inference_part(rounds: int, batches: list, labels: list[str], tt_model) -> 
 
     import torch
 
-    from ttdecomp.finetune.assets import model_path
-    from ttdecomp.finetune.classify import load_classifier
+    from ttdecomp.assets.registry import model_path
     from ttdecomp.finetune.methods import head_modules
+    from ttdecomp.finetune.tasks.classification import load_classifier
 
     merged = copy.deepcopy(tt_model).merge_and_unload()
     base = load_classifier(model_path("minilm"), labels, SEED)

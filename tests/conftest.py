@@ -41,3 +41,33 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: one core per worker,
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """``integration`` tests (real packaged weights) are ``slow`` too: ``pytest -m "not slow"``
+    is the development loop (a few minutes on 2 cores), the full suite is CI's."""
+    for item in items:
+        if item.get_closest_marker("integration") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory):
+    """A tiny BERT sequence classifier folder with its tokenizer (no packaged asset), shared by
+    the finetune and search tests of one session; treat it as read-only."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from ttdecomp.finetune.testing import tiny_classifier_folder
+
+    return tiny_classifier_folder(tmp_path_factory.mktemp("tiny-classifier") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def toy_csv(tmp_path_factory):
+    """A toy two-class sentiment CSV of 200 rows (read-only, shared by one session)."""
+    from ttdecomp.finetune.testing import toy_sentiment_csv
+
+    return toy_sentiment_csv(tmp_path_factory.mktemp("toy-data") / "toy.csv", n=200)

@@ -34,6 +34,9 @@ METHODS = ("tt-lora", "loretta-rep", "loretta-adp")
 CAPABILITIES = {
     "nn.Linear": ("yes", "yes", "yes"),
     "transformers Conv1D (GPT-2)": ("yes", "yes", "yes"),
+    "bitsandbytes 4-bit base (NF4, FP4)": ("yes", "yes", "yes"),
+    "bitsandbytes 8-bit base": ("yes", "yes", "yes"),
+    "torchao int8 weight-only base": ("yes", "yes", "yes"),
     "multiple adapters": ("yes", "yes", "yes"),
     "mixed-adapter batches": ("yes", "yes", "yes"),
     "merging": ("yes", "yes", "no"),
@@ -115,6 +118,72 @@ def test_target_layer_kinds(method, kind, row):
     model(**batch).loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
     assert grads and all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+
+
+# ------------------------------------------------------------------ quantized bases
+QUANTIZED_ROWS = {
+    "nf4": "bitsandbytes 4-bit base (NF4, FP4)",
+    "fp4": "bitsandbytes 4-bit base (NF4, FP4)",
+    "8bit": "bitsandbytes 8-bit base",
+    "torchao": "torchao int8 weight-only base",
+}
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama")
+    tiny_model("llama").save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("quant", list(QUANTIZED_ROWS))
+def test_quantized_bases(method, quant, llama_folder):
+    """The base stays quantized and frozen, the TT branch acts and trains (the quantized-bases
+    guide and tests/test_adapters_quantized.py go through every kind and method in depth)."""
+    import ttdecomp.adapters
+
+    layer_type = getattr(ttdecomp.adapters, "QuantizedTTAdapterLayer", None)
+    if layer_type is None:
+        pytest.skip("this checkout has no quantized-base adapters (QuantizedTTAdapterLayer)")
+    pytest.importorskip("bitsandbytes")
+    pytest.importorskip("torchao")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    assert supported(QUANTIZED_ROWS[quant], method)
+    if quant == "torchao":
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        base = AutoModelForCausalLM.from_pretrained(llama_folder, dtype=torch.float32)
+        quantize_(base.model, Int8WeightOnlyConfig())
+    else:
+        bnb = {"8bit": {"load_in_8bit": True}}.get(quant) or {
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": quant,
+            "bnb_4bit_compute_dtype": torch.float32,
+        }
+        base = AutoModelForCausalLM.from_pretrained(
+            llama_folder,
+            quantization_config=BitsAndBytesConfig(**bnb),
+            device_map="cpu",
+            dtype=torch.float32,
+        )
+    torch.manual_seed(0)
+    model = get_tt_model(base, config(method))
+    randomize(model, 0)
+    layers = [m for m in model.modules() if isinstance(m, TTAdapterLayer)]
+    assert layers and all(isinstance(m, layer_type) for m in layers)
+    assert all(not p.requires_grad for m in layers for p in m.base_layer.parameters())
+    batch = tiny_batch("llama", 2)
+    model.eval()
+    with model.disable_adapter():
+        plain = logits(model, batch)
+    assert not torch.allclose(logits(model, batch), plain)
+    model.train()
+    model(**batch).loss.backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert any("tt_adapters" in n for n in trained)  # the cores train, the base does not
+    assert all("tt_adapters" in n or "modules_to_save" in n for n in trained), trained
 
 
 # ------------------------------------------------------------------ several adapters

@@ -15,7 +15,7 @@ from ttdecomp.cli import main  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
     try:
-        from ttdecomp.finetune.assets import model_path
+        from ttdecomp.assets.registry import model_path
 
         tok_path = model_path("minilm")
     except Exception as exc:  # the packaged tokenizer is an optional asset
@@ -126,7 +126,7 @@ def test_healing_texts_never_include_held_out_ones(tmp_path):
 
 
 def test_tweet_healing_texts_go_beyond_the_training_split():
-    pytest.importorskip("ttdecomp.finetune.assets").data_path("tweets")
+    pytest.importorskip("ttdecomp.assets.registry").data_path("tweets")
     from ttdecomp.compress.inputs import encoder_texts
     from ttdecomp.finetune.data import load_classification
 

@@ -35,7 +35,7 @@ def _texts(dialogues):
 
 @pytest.fixture(scope="module")
 def dialogues():
-    from ttdecomp.finetune.dialogues import load_chatterbot
+    from ttdecomp.assets.dialogues import load_chatterbot
 
     with pytest.warns(TTWarning, match="1 malformed"):
         return load_chatterbot()
@@ -44,7 +44,7 @@ def dialogues():
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     """(GGUF-loaded model, tokenizer, cache folder): the 15-40 s GGUF read, once per module."""
-    from ttdecomp.finetune.smollm2 import load_smollm2
+    from ttdecomp.assets.smollm2 import load_smollm2
 
     folder = tmp_path_factory.mktemp("cache") / "smollm2"
     model, tokenizer = load_smollm2(cache_dir=folder, progress=False)
@@ -52,11 +52,12 @@ def smollm2(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------- the model
+@pytest.mark.integration  # the packaged SmolLM2 (a minute or more to load)
 @needs_smollm2
 def test_cached_checkpoint_reloads_clean_with_the_same_logits(smollm2):
     from transformers.trainer_utils import validate_quantization_for_training
 
-    from ttdecomp.finetune.smollm2 import load_smollm2
+    from ttdecomp.assets.smollm2 import load_smollm2
 
     model, tokenizer, folder = smollm2
     again, tokenizer2 = load_smollm2(cache_dir=folder, progress=False)
@@ -74,7 +75,7 @@ def test_cached_checkpoint_reloads_clean_with_the_same_logits(smollm2):
 
 
 def test_missing_package_prints_the_install_line(monkeypatch):
-    from ttdecomp.finetune import smollm2
+    from ttdecomp.assets import smollm2
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -89,7 +90,7 @@ def test_missing_package_prints_the_install_line(monkeypatch):
 
 @needs_smollm2
 def test_cache_dir_holding_something_else_is_refused(tmp_path):
-    from ttdecomp.finetune.smollm2 import load_smollm2
+    from ttdecomp.assets.smollm2 import load_smollm2
 
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(InvalidInputError, match="not empty"):
@@ -98,7 +99,7 @@ def test_cache_dir_holding_something_else_is_refused(tmp_path):
 
 
 def test_quantizer_message_names_the_fix():
-    from ttdecomp.finetune.smollm2 import clear_quantizer, quantized_model_message
+    from ttdecomp.assets.smollm2 import clear_quantizer, quantized_model_message
 
     assert "model.hf_quantizer.remove_quantization_config(model)" in quantized_model_message(1)
 
@@ -116,7 +117,7 @@ def test_quantizer_message_names_the_fix():
 # ---------------------------------------------------------------------------- the data
 @needs_chatterbot
 def test_split_is_by_dialogue_deduplicated_and_shares_no_text(dialogues):
-    from ttdecomp.finetune.dialogues import split_dialogues
+    from ttdecomp.assets.dialogues import split_dialogues
 
     splits = split_dialogues(dialogues, seed=0)
     assert splits.n_duplicates == 1127  # tech_support.yml repeats 10 dialogues 1,050 times
@@ -131,10 +132,11 @@ def test_split_is_by_dialogue_deduplicated_and_shares_no_text(dialogues):
     assert counts["validation"] <= 20 and counts["test"] <= 30
 
 
+@pytest.mark.integration  # the packaged SmolLM2 (a minute or more to load)
 @needs_smollm2
 @needs_chatterbot
 def test_prompt_tokens_are_masked_and_the_reply_is_the_label(smollm2, dialogues):
-    from ttdecomp.finetune.chat_tokens import IGNORE_INDEX, prompt_text, tokenize_dialogues
+    from ttdecomp.assets.chat_tokens import IGNORE_INDEX, prompt_text, tokenize_dialogues
 
     _, tokenizer, _ = smollm2
     multi = next(d for d in dialogues if len(d) >= 4)
@@ -156,10 +158,11 @@ def test_prompt_tokens_are_masked_and_the_reply_is_the_label(smollm2, dialogues)
     )
 
 
+@pytest.mark.integration  # the packaged SmolLM2 (a minute or more to load)
 @needs_smollm2
 @needs_chatterbot
 def test_long_examples_are_cut_to_max_length_and_counted(smollm2, dialogues):
-    from ttdecomp.finetune.chat_tokens import IGNORE_INDEX, tokenize_dialogues
+    from ttdecomp.assets.chat_tokens import IGNORE_INDEX, tokenize_dialogues
 
     _, tokenizer, _ = smollm2
     longest = max(dialogues, key=lambda d: sum(len(m["content"]) for m in d))
@@ -171,7 +174,7 @@ def test_long_examples_are_cut_to_max_length_and_counted(smollm2, dialogues):
 
 
 def test_jsonl_dialogues_load_and_bad_files_are_refused(tmp_path):
-    from ttdecomp.finetune.dialogues import load_dialogues_jsonl
+    from ttdecomp.assets.dialogues import load_dialogues_jsonl
 
     good = tmp_path / "good.jsonl"
     messages = [
@@ -202,7 +205,7 @@ def test_jsonl_dialogues_load_and_bad_files_are_refused(tmp_path):
 
 
 def test_bad_sizes_and_data_names_are_refused():
-    from ttdecomp.finetune.dialogues import load_data, split_dialogues
+    from ttdecomp.assets.dialogues import load_data, split_dialogues
 
     pairs = [
         ({"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"})
@@ -218,15 +221,15 @@ def test_bad_sizes_and_data_names_are_refused():
 
 @needs_chatterbot
 def test_unknown_language_lists_the_known_ones():
-    from ttdecomp.finetune.dialogues import load_chatterbot
+    from ttdecomp.assets.dialogues import load_chatterbot
 
     with pytest.raises(InvalidInputError, match="english"):
         load_chatterbot("klingon")
 
 
 def test_head_only_is_refused_before_anything_loads(tmp_path):
-    from ttdecomp.finetune.causal import run_causal
     from ttdecomp.finetune.methods import default_settings
+    from ttdecomp.finetune.tasks.causal_lm import run_causal
     from ttdecomp.finetune.train import TrainSettings
 
     with pytest.raises(InvalidInputError, match="no separate head"):
@@ -248,9 +251,9 @@ def tiny(smollm2, dialogues):
     A short system message replaces the template's default one (20 tokens), so 32 tokens per
     example leave room for the reply.
     """
-    from ttdecomp.finetune.causal import evaluate_base
-    from ttdecomp.finetune.chat_tokens import tokenize_splits
-    from ttdecomp.finetune.dialogues import DialogueSplits, reply_prompt, split_dialogues
+    from ttdecomp.assets.chat_tokens import tokenize_splits
+    from ttdecomp.assets.dialogues import DialogueSplits, reply_prompt, split_dialogues
+    from ttdecomp.finetune.tasks.causal_lm import evaluate_base
 
     model, tokenizer, _ = smollm2
     full = split_dialogues(dialogues, seed=0)
@@ -272,8 +275,8 @@ def tiny(smollm2, dialogues):
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["tt-lora", "lora"])
 def test_two_steps_lower_the_held_out_loss(method, smollm2, tiny, tmp_path):
-    from ttdecomp.finetune.causal import run_causal
     from ttdecomp.finetune.methods import default_settings
+    from ttdecomp.finetune.tasks.causal_lm import run_causal
     from ttdecomp.finetune.train import TrainSettings
 
     _, tokenizer, folder = smollm2
@@ -303,11 +306,12 @@ def test_two_steps_lower_the_held_out_loss(method, smollm2, tiny, tmp_path):
     assert os.path.isdir(tmp_path / "adapter")
 
 
+@pytest.mark.integration  # the packaged SmolLM2 (a minute or more to load)
 @needs_smollm2
 @needs_chatterbot
 def test_prepare_causal_builds_the_shared_job_and_refuses_head_only(smollm2):
-    from ttdecomp.finetune.causal import prepare_causal
     from ttdecomp.finetune.run import FinetuneConfig
+    from ttdecomp.finetune.tasks.causal_lm import prepare_causal
 
     _, _, folder = smollm2
     config = FinetuneConfig(model=str(folder), data="chatterbot", sizes=(32, 8, 8), max_length=32)
@@ -318,9 +322,19 @@ def test_prepare_causal_builds_the_shared_job_and_refuses_head_only(smollm2):
     assert described["train_left_out"] > 0 and described["targets"] == ["q_proj", "v_proj"]
     json.dumps(described, allow_nan=False)
     assert len(job.fingerprint) == 16
-    bad = FinetuneConfig(model=str(folder), data="chatterbot", methods=["head-only"])
-    with pytest.raises(InvalidInputError, match="no separate head"):
-        prepare_causal(bad, folder, progress=False)
+    with pytest.raises(InvalidInputError, match="no separate head"):  # before any loading
+        FinetuneConfig(model=str(folder), data="chatterbot", methods=["head-only"])
     missing = FinetuneConfig(model=str(folder), data="chatterbot", targets=["nope"])
     with pytest.warns(TTWarning), pytest.raises(InvalidInputError, match="nope"):
         prepare_causal(missing, folder, progress=False)
+
+
+def test_a_latin1_dialogue_file_is_refused_naming_line_and_byte(tmp_path):
+    from ttdecomp.assets.dialogues import load_dialogues_jsonl
+
+    lines = [json.dumps({"prompt": "Hi", "reply": "Hello"}),
+             json.dumps({"prompt": "Un café ?", "reply": "Oui"}, ensure_ascii=False)]  # fmt: skip
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(InvalidInputError, match=r"d\.jsonl, line 2, byte \d+ .*0xe9"):
+        load_dialogues_jsonl(path)

@@ -25,7 +25,6 @@ pytest.importorskip("peft")
 
 from ttdecomp.cli import main  # noqa: E402
 from ttdecomp.finetune import load_finetuned, load_results  # noqa: E402
-from ttdecomp.finetune.testing import tiny_classifier_folder, toy_sentiment_csv  # noqa: E402
 
 SMALL = [
     "--train-size",
@@ -48,9 +47,8 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("finetune-assets")
-    return tiny_classifier_folder(root / "tiny"), toy_sentiment_csv(root / "toy.csv", n=200)
+def assets(tiny_classifier, toy_csv):
+    return tiny_classifier, toy_csv
 
 
 def args(assets, out, *extra):
@@ -87,6 +85,7 @@ def fails(argv, capsys, message):
         (["--targets", "query,nonexistent_proj"], "nonexistent_proj"),
         (["--seeds", "0,0"], "lists a seed twice"),
         (["--tt-shape", "4,4,4,4", "--methods", "tt-lora"], "tt_shape"),
+        (["--tt-shape", ",".join(["2"] * 50_000)], "has 50000 factors; at most 64"),
         (["--batch-size", "0"], "batch_size must be an integer"),
         (["--lr", "head-only=1e-2"], "not among the methods run"),
     ],
@@ -131,7 +130,7 @@ def test_bad_data_files_fail_before_training(assets, tmp_path, capsys):
         )
         assert not out.exists()
     empty = tmp_path / "split.csv"
-    rows = [f"t{i},{i % 2},train" for i in range(30)] + [
+    rows = [f"t{i},{i % 2},test" for i in range(30)] + [
         f"v{i},{i % 2},validation" for i in range(8)
     ]
     empty.write_text("text,label,split\n" + "\n".join(rows) + "\n")
@@ -147,7 +146,7 @@ def test_bad_data_files_fail_before_training(assets, tmp_path, capsys):
             *SMALL,
         ],
         capsys,
-        "test split is missing or empty",
+        "but no train split",
     )
 
 
@@ -180,8 +179,8 @@ def test_run_writes_results_reloads_and_refuses_to_overwrite(assets, tmp_path, c
     from safetensors.numpy import load_file
     from transformers import DataCollatorWithPadding
 
-    from ttdecomp.finetune.classify import TextDataset, predict_logits
     from ttdecomp.finetune.data import load_classification
+    from ttdecomp.finetune.tasks.classification import TextDataset, predict_logits
 
     splits = load_classification(assets[1], sizes=(40, 20, 20))
     for row in results["rows"]:
@@ -211,6 +210,7 @@ def test_run_writes_results_reloads_and_refuses_to_overwrite(assets, tmp_path, c
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.slow
 def test_interrupt_keeps_finished_rows_and_resume_finishes(assets, tmp_path, jobs):
     out = tmp_path / "run"
     argv = [
@@ -269,6 +269,7 @@ def test_interrupt_keeps_finished_rows_and_resume_finishes(assets, tmp_path, job
     assert final["rows"][0] == first  # the finished row was kept, not redone
 
 
+@pytest.mark.slow
 def test_parallel_runs_equal_sequential_ones(assets, tmp_path, capsys):
     """--jobs 2 (a process per run) gives the rows and test logits of --jobs 1, bit for bit."""
     from safetensors.numpy import load_file
@@ -316,6 +317,7 @@ def test_plan_jobs_shares_the_cores():
         plan_jobs(4, jobs=0)
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_weights_as_one(assets, tmp_path):
     """torchrun / accelerate launch, 2 processes (gloo, CPU), same global batch: same adapter."""
     from safetensors.torch import load_file

@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("matplotlib")
 
-from ttdecomp.finetune import assets as finetune_assets
+from ttdecomp.assets import registry as finetune_assets
 
 try:
     finetune_assets.model_path("minilm")
@@ -84,8 +84,8 @@ def test_saved_adapters_reload_to_identical_predictions(quick_run, method):
     from safetensors.numpy import load_file
     from transformers import DataCollatorWithPadding
 
-    from ttdecomp.finetune.classify import TextDataset, predict_logits
     from ttdecomp.finetune.data import load_classification
+    from ttdecomp.finetune.tasks.classification import TextDataset, predict_logits
 
     results = load_results(quick_run)
     row = next(r for r in results["rows"] if r["method"] == method)

@@ -34,6 +34,7 @@ def test_notebook_is_stored_executed(path):
     assert sum(bool(c.outputs) for c in code) >= len(code) // 2, f"{path.name}: outputs missing"
 
 
+@pytest.mark.slow  # end to end (minutes on 2 cores): CI runs it, the dev loop does not
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_under_a_kernel(path, tmp_path):
     """Run a copy top to bottom with nbclient and the ipykernel of this interpreter."""

@@ -145,3 +145,16 @@ def test_the_wheel_holds_the_license_and_builds_without_a_license_warning(tmp_pa
     assert "License-Expression: Apache-2.0" in meta
     assert "License-File: LICENSE" in meta
     assert f"Version: {_pyproject()['project']['version']}" in meta
+    # and installing it says nothing about the license either
+    target = tmp_path / "site"
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target"]
+        + [str(target), "--disable-pip-version-check", str(wheel)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    assert not re.search(r"licen[sc]e", pip.stdout + pip.stderr, re.I), pip.stdout + pip.stderr
+    assert (target / "ttdecomp" / "__init__.py").is_file()

@@ -394,3 +394,23 @@ def test_search_overwrite_deletes_only_what_the_previous_search_recorded(assets,
     assert main([*argv[:6], str(other), *argv[7:], "--overwrite"]) == 2
     assert "holds no search.json" in capsys.readouterr().err
     assert (other / "study.db").read_text() == "someone else's database"
+
+
+def test_a_results_json_of_the_previous_version_is_overwritten_by_its_plan(tmp_path):
+    from ttdecomp.finetune.run import _legacy_files
+
+    out = tmp_path / "out"
+    _previous_run(out, [])
+    document = {  # written before "files" was recorded: its plan says what it owns
+        "config": {"methods": ["lora"], "seeds": [0], "identity": {}, "settings": {}},
+        "rows": [{"method": "lora", "seed": 0, "run_dir": "runs/lora-seed0"}],
+        "complete": True,
+    }
+    (out / "results.json").write_text(json.dumps(document))
+    (out / "validation_curves.png").write_bytes(b"png")
+    (out / "runs" / "events").mkdir()  # TensorBoard's
+    folder = OutputFolder(out, "results.json", legacy_files=_legacy_files)
+    folder.prepare(resume=False, overwrite=True)
+    removed = folder.clear_previous()
+    assert sorted(removed) == ["results.json", "runs/lora-seed0", "validation_curves.png"]
+    assert sorted(p.name for p in out.rglob("*")) == ["events", "runs"]

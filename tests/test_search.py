@@ -1,6 +1,9 @@
 """``ttdecomp search`` end to end on a tiny model: outputs, grid, resume, Ctrl-C, bad input,
 two workers on one SQLite file, two processes on a real PostgreSQL server.
 
+The runs that train are marked ``slow``: the same search logic (pruning, grids, budgets,
+repeats, resume) is tested without training in ``test_search_logic.py``.
+
 The tiny BERT and the toy CSV come from :mod:`ttdecomp.finetune.testing` (no packaged asset);
 ``test_search_quick_on_minilm`` runs ``--quick`` on the real MiniLM and tweets.
 
@@ -27,7 +30,6 @@ pytest.importorskip("peft")
 optuna = pytest.importorskip("optuna")
 
 from ttdecomp.cli import main  # noqa: E402
-from ttdecomp.finetune.testing import tiny_classifier_folder, toy_sentiment_csv  # noqa: E402
 from ttdecomp.search import SearchConfig, search  # noqa: E402
 from ttdecomp.search.study import Objective  # noqa: E402
 
@@ -56,9 +58,8 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("search-assets")
-    return tiny_classifier_folder(root / "tiny"), toy_sentiment_csv(root / "toy.csv", n=120)
+def assets(tiny_classifier, toy_csv):
+    return tiny_classifier, toy_csv
 
 
 def args(assets, out, *extra):
@@ -79,6 +80,7 @@ def finished(trials):
     return [t for t in trials if t["state"] in ("complete", "pruned")]
 
 
+@pytest.mark.slow
 def test_search_writes_table_json_figure_and_tests_the_best(assets, tmp_path, capsys):
     out = tmp_path / "s"
     assert main(args(assets, out, "--n-trials", "3", "--pareto", *TINY_SPACE)) == 0
@@ -112,6 +114,7 @@ def test_search_writes_table_json_figure_and_tests_the_best(assets, tmp_path, ca
     assert "--resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_grid_runs_every_configuration_once_without_pruning(assets, tmp_path):
     out = tmp_path / "g"
     result = search(
@@ -137,6 +140,7 @@ def test_grid_runs_every_configuration_once_without_pruning(assets, tmp_path):
     assert load(out)["best"] == [] and not (out / "best").exists()
 
 
+@pytest.mark.slow
 def test_hyperband_prunes_by_reported_epochs(assets, tmp_path):
     out = tmp_path / "h"
     assert (
@@ -156,6 +160,7 @@ def test_hyperband_prunes_by_reported_epochs(assets, tmp_path):
             assert len(history) == 2
 
 
+@pytest.mark.slow
 def test_an_epoch_budget_is_spent_and_never_overspent(assets, tmp_path):
     out = tmp_path / "b"
 
@@ -178,6 +183,7 @@ def test_an_epoch_budget_is_spent_and_never_overspent(assets, tmp_path):
     assert again["epochs_total"] == 7.0 and len(again["trials"]) == 4
 
 
+@pytest.mark.slow
 def test_a_configuration_drawn_again_is_scored_without_training(assets, tmp_path):
     def run(out, **options):
         config = SearchConfig(model=str(assets[0]), data=str(assets[1]), sizes=(32, 16, 16),
@@ -197,6 +203,7 @@ def test_a_configuration_drawn_again_is_scored_without_training(assets, tmp_path
     assert load(tmp_path / "rb")["epochs_total"] == 2.0
 
 
+@pytest.mark.slow
 def test_hyperband_with_a_budget_never_prunes_a_trial_that_has_run_every_epoch(assets, tmp_path):
     out = tmp_path / "hb"
     argv = args(assets, out, "--epoch-budget", "9", "--startup-trials", "2",
@@ -237,6 +244,7 @@ def test_bad_input_fails_before_training(assets, tmp_path, capsys, extra, messag
     assert not (out / "search.json").exists()
 
 
+@pytest.mark.slow
 def test_a_study_with_another_space_is_refused_unless_resumed(assets, tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'shared.db'}"
     common = ["--storage", db, "--study-name", "s", "--n-trials", "1", "--no-retrain",
@@ -252,6 +260,7 @@ def test_a_study_with_another_space_is_refused_unless_resumed(assets, tmp_path, 
     assert sorted(t["config"]["r"] for t in doc["trials"]) == [2, 4]
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_trials_and_resume_continues(assets, tmp_path):
     out = tmp_path / "i"
     argv = args(assets, out, "--n-trials", "4", "--no-retrain", "--no-figures",
@@ -314,6 +323,7 @@ def test_processes_opening_a_new_sqlite_study_together_all_succeed(tmp_path):
         assert outcomes == ["ok"] * 4, outcomes
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_sqlite_file(assets, tmp_path):
     out = tmp_path / "w"
     argv = args(assets, out, "--n-trials", "4", "--workers", "2", "--no-figures", "--pruner",
@@ -334,6 +344,7 @@ def test_two_workers_share_one_sqlite_file(assets, tmp_path):
         assert (out / b["run_dir"] / "adapter" / "ttdecomp_method.json").is_file()
 
 
+@pytest.mark.slow
 def test_two_workers_on_a_grid_train_every_point_once(assets, tmp_path):
     out = tmp_path / "wg"
     space = tmp_path / "grid.json"
@@ -362,6 +373,7 @@ def _postgres_reachable() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_postgresql_study(assets, tmp_path):
     reason = _postgres_reachable()
     if reason:

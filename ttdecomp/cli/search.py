@@ -23,7 +23,7 @@ import sys
 from typing import Any
 
 from ..errors import TTError
-from ._common import progress_default
+from ._common import RegistryHelpFormatter, method_help, progress_default
 
 __all__ = ["add_parser", "run"]
 
@@ -47,12 +47,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "Writes search.json, a Pareto table and figure, and re-trains the best "
             "configurations to evaluate them once on test."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=RegistryHelpFormatter,
     )
     g = p.add_argument_group("what to search")
     g.add_argument("--model", default="minilm", help="packaged model or a local HF folder")
     g.add_argument("--data", default="tweets", help="packaged data, a CSV/JSONL file or folder")
-    g.add_argument("--methods", type=_name_list, default="tt-lora,lora", help="methods searched")
+    g.add_argument(
+        "--methods",
+        type=_name_list,
+        default="tt-lora,lora",
+        help=method_help("methods searched, from the registered methods"),
+    )
     g.add_argument("--targets", type=_name_list, default=None, help="target modules")
     g.add_argument(
         "--space", default=None, help="a YAML or JSON file: {method: {param: values or range}}"
@@ -148,10 +153,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ttdecomp search`` with parsed ``args``; print the table; return the exit status."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         importlib.import_module("ttdecomp.search.run")
     except ImportError as exc:

@@ -1,15 +1,14 @@
 """The inputs of ``ttdecomp compress``: the model, its texts, and the output folder.
 
-A model is a packaged name or a local Hugging Face folder (:func:`load_model`); calibration,
-healing and held-out texts come from the packaged data or a ``.txt``/``.csv``/``.jsonl`` file
-(:func:`encoder_texts`), dialogues for causal LMs (:func:`causal_data`,
-:func:`causal_batches`); :func:`check_output` checks the folder to write before any work.
+A model is a packaged name, a local Hugging Face folder or a Hub id (:func:`load_model`);
+calibration, healing and held-out texts come from the packaged data or a
+``.txt``/``.csv``/``.jsonl`` file (:func:`encoder_texts`), dialogues for causal LMs
+(:func:`causal_data`, :func:`causal_batches`); :func:`check_output` checks the folder to
+write before any work.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,15 @@ __all__ = [
 
 # ---------------------------------------------------------------- files, before any work
 def model_folder(name: str) -> Path | None:
-    """The local folder ``name`` names, or ``None`` (a packaged name, or not a folder here:
-    :func:`load_model` says what it accepts)."""
-    from ..finetune.assets import canonical_model_name
+    """The local folder ``name`` names (checked: config, weights, tokenizer), or ``None`` for a
+    packaged name or a Hub id (:func:`ttdecomp.assets.resolve_model`)."""
+    from ..assets.loader import resolve_model
+    from ..assets.registry import canonical_model_name
 
-    if canonical_model_name(name) is not None or not Path(name).is_dir():
+    if canonical_model_name(name) is not None and not Path(name).exists():
         return None
-    return Path(name)
+    source = resolve_model(name)
+    return source.path if source.kind == "folder" else None
 
 
 def check_output(output: str | Path, model: str | Path | None = None) -> Path:
@@ -64,38 +65,14 @@ def check_output(output: str | Path, model: str | Path | None = None) -> Path:
 
 # ---------------------------------------------------------------- models and data
 def load_model(name: str) -> tuple[Any, Any, str]:
-    """``(model, tokenizer, kind)`` for a packaged name or a local folder; kind is
-    ``"encoder"`` or ``"causal"``. Float32, eval mode."""
-    import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    """``(model, tokenizer, kind)`` for a packaged name, a local folder or a Hub id; kind is
+    ``"encoder"`` or ``"causal"`` (:func:`ttdecomp.assets.model_task`). Float32, eval mode."""
+    from ..assets.loader import load_pretrained, load_tokenizer, resolve_model
 
-    from ..finetune.assets import canonical_model_name, model_path
-
-    key = canonical_model_name(name)
-    if key == "smollm2":
-        from ..finetune.smollm2 import smollm2_checkpoint
-
-        folder = smollm2_checkpoint(progress=False)
-    elif key is not None:
-        folder = model_path(key)
-    else:
-        folder = Path(name)
-        if not folder.is_dir():
-            raise InvalidInputError(
-                f"unknown model {name!r}: not a packaged model (minilm, smollm2) and no such "
-                "folder. Give a packaged name or a local Hugging Face model folder."
-            )
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"cannot read a model config in {folder}: {exc}") from None
-    causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
-    loader = AutoModelForCausalLM if causal else AutoModel
-    model = loader.from_pretrained(folder, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, "causal" if causal else "encoder"
+    source = resolve_model(name)
+    kind = "causal" if source.task == "causal" else "encoder"
+    model = load_pretrained(source, task=kind)
+    return model, load_tokenizer(source, pad_with_eos=True), kind
 
 
 def read_texts(path: str | Path) -> list[str]:
@@ -106,29 +83,18 @@ def read_texts(path: str | Path) -> list[str]:
             f"calibration {str(path)!r} is neither a packaged data set (tweets, chatterbot) nor "
             "a file; give --calibration tweets or a .txt/.csv/.jsonl file."
         )
-    suffix = p.suffix.lower()
-    if suffix == ".txt":
-        texts = [t.strip() for t in p.read_text(errors="replace").splitlines()]
-    elif suffix in (".csv", ".tsv"):
-        with p.open(newline="", errors="replace") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-        if rows and "text" not in rows[0]:
-            raise InvalidInputError(f"{p} has no 'text' column (columns: {list(rows[0])}).")
-        texts = [str(r["text"]).strip() for r in rows]
-    elif suffix == ".jsonl":
-        texts = []
-        for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{p}, line {i}: not JSON ({exc.msg}).") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                raise InvalidInputError(f"{p}, line {i}: expected an object with a 'text' string.")
-            texts.append(rec["text"].strip())
+    if p.suffix.lower() == ".txt":
+        texts = [t.strip() for t in p.read_text(encoding="utf-8-sig").splitlines()]
     else:
-        raise InvalidInputError(f"calibration file {p} must be .txt, .csv, .tsv or .jsonl.")
+        from ..assets.text_files import read_records
+
+        texts = []
+        for line, rec in read_records(p):  # strict UTF-8, ragged rows refused
+            if not isinstance(rec.get("text"), str):
+                raise InvalidInputError(
+                    f"{p}, line {line}: expected a 'text' column holding a string."
+                )
+            texts.append(rec["text"].strip())
     texts = [t for t in texts if t]
     if not texts:
         raise InvalidInputError(f"{p} holds no text.")
@@ -169,7 +135,7 @@ def encoder_texts(data: str, sizes: tuple[int, int, int]) -> tuple[list[str], li
 
 def causal_batches(tokenizer: Any, dialogues: list, batch_size: int = 8) -> list[dict]:
     """Chat-formatted, padded batches of dialogues (model inputs, no labels)."""
-    from ..finetune.chat_tokens import CausalDataset, make_collator
+    from ..assets.chat_tokens import CausalDataset, make_collator
 
     data = CausalDataset(dialogues, tokenizer, 128)
     collate = make_collator(tokenizer)
@@ -184,7 +150,7 @@ def causal_batches(tokenizer: Any, dialogues: list, batch_size: int = 8) -> list
 
 def causal_data(data: str) -> tuple[Any, str]:
     """The dialogue splits of ``data`` (``chatterbot`` or a dialogue ``.jsonl``)."""
-    from ..finetune.dialogues import load_data, split_dialogues
+    from ..assets.dialogues import load_data, split_dialogues
 
     dialogues, source = load_data(data)
     return split_dialogues(dialogues, validation=0.1, test=0.1, seed=0), source

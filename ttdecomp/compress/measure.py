@@ -188,8 +188,8 @@ def measure_causal(
     """Held-out perplexity (reply tokens) of both models, and the forward ratios on a batch
     of ``cost_batch`` dialogues (median of ``repeats``); ``dense_ppl`` and ``dense_cost``
     (this function's ``"dense_cost"``) skip measuring the original again."""
-    from ..finetune.chat_tokens import CausalDataset, make_collator
-    from ..finetune.lm_eval import evaluate_lm
+    from ..assets.chat_tokens import CausalDataset, make_collator
+    from ..finetune.tasks.lm_eval import evaluate_lm
 
     data = CausalDataset(dialogues, tokenizer, 128)
     collate = make_collator(tokenizer)

@@ -4,15 +4,16 @@ Sits above :mod:`ttdecomp.adapters` and below the command line. One training fun
 (:func:`~ttdecomp.finetune.train.fit`, on ``transformers.Trainer``) serves every method and
 task; :func:`finetune` runs methods × seeds on one model and data set and writes the report.
 
-* :mod:`~ttdecomp.finetune.assets` — the packaged offline models and data, by name.
+* :mod:`ttdecomp.assets` — the packaged models and data, the one model loader, the readers
+  (``ttdecomp.finetune.assets``, ``.smollm2``, ``.dialogues`` and ``.chat_tokens`` re-export
+  what moved there).
 * :mod:`~ttdecomp.finetune.data` — labelled text: cleaning, balancing, seeded splits.
-* :mod:`~ttdecomp.finetune.methods` — TT-LoRA, LoRA (PEFT), LoRETTA-rep/adp, head-only.
+* :mod:`~ttdecomp.finetune.methods` — the Method registry: TT-LoRA, LoRA (PEFT),
+  LoRETTA-rep/adp, head-only; a new method is one class and one registration.
+* :mod:`~ttdecomp.finetune.tasks` — the Task registry and the Job protocol: sequence
+  classification, causal-LM fine-tuning on dialogues.
 * :mod:`~ttdecomp.finetune.train` — :func:`fit`: validation-chosen state, timings, memory.
-* :mod:`~ttdecomp.finetune.classify` — one classification run; reloading its adapter.
-* :mod:`~ttdecomp.finetune.smollm2`, :mod:`~ttdecomp.finetune.dialogues`,
-  :mod:`~ttdecomp.finetune.chat_tokens`, :mod:`~ttdecomp.finetune.lm_eval` — SmolLM2 from its
-  GGUF file, the chatterbot dialogues, chat-formatted tokens, held-out loss and replies.
-* :mod:`~ttdecomp.finetune.causal` — one causal-LM run (SmolLM2 on dialogues).
+* :mod:`~ttdecomp.finetune.tasks.lm_eval` — held-out loss and replies of a causal LM.
 * :mod:`~ttdecomp.finetune.report` — the table, ``results.json``, the figures.
 * :mod:`~ttdecomp.finetune.config` — :class:`FinetuneConfig`: the options and their defaults.
 * :mod:`~ttdecomp.finetune.parallel` — runs side by side, a process each (:func:`plan_jobs`).
@@ -27,18 +28,27 @@ Examples
 
 from __future__ import annotations
 
-from .assets import AssetMissingError, asset_status
+from ..assets.dialogues import load_chatterbot, split_dialogues
+from ..assets.registry import AssetMissingError, asset_status
+from ..assets.smollm2 import load_smollm2
 from .batching import LengthGroupedSampler, chunk_by_length, length_chunked, length_grouped
-from .causal import run_causal
-from .classify import load_finetuned
 from .data import Splits, load_classification, unlabelled_texts
-from .dialogues import load_chatterbot, split_dialogues
-from .lm_eval import evaluate_lm, generate_reply
-from .methods import DEFAULT_METHODS, METHODS, MethodSettings, apply_method, default_settings
+from .methods import (
+    DEFAULT_METHODS,
+    METHODS,
+    Method,
+    MethodSettings,
+    apply_method,
+    default_settings,
+    get_method,
+    method_names,
+    register_method,
+)
 from .parallel import plan_jobs
 from .report import load_results
-from .run import FinetuneConfig, FinetuneResult, finetune, prepare_job
-from .smollm2 import load_smollm2
+from .run import FinetuneConfig, FinetuneResult, finetune, load_finetuned, prepare_job
+from .tasks import Job, Task, get_task, register_task, run_causal, task_names
+from .tasks.lm_eval import evaluate_lm, generate_reply
 from .train import FitResult, PeakMemory, TrainSettings, fit
 
 __all__ = [
@@ -48,10 +58,13 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneResult",
     "FitResult",
+    "Job",
     "LengthGroupedSampler",
+    "Method",
     "MethodSettings",
     "PeakMemory",
     "Splits",
+    "Task",
     "TrainSettings",
     "apply_method",
     "asset_status",
@@ -61,6 +74,8 @@ __all__ = [
     "finetune",
     "fit",
     "generate_reply",
+    "get_method",
+    "get_task",
     "length_chunked",
     "length_grouped",
     "load_chatterbot",
@@ -68,9 +83,13 @@ __all__ = [
     "load_finetuned",
     "load_results",
     "load_smollm2",
+    "method_names",
     "plan_jobs",
     "prepare_job",
+    "register_method",
+    "register_task",
     "run_causal",
     "split_dialogues",
+    "task_names",
     "unlabelled_texts",
 ]

@@ -1,38 +1,42 @@
 """What defines a fine-tuning comparison: :class:`FinetuneConfig` and its defaults.
 
-:data:`DEFAULTS` and :data:`QUICK` hold the protocol per task (classification, causal LM);
-:class:`FinetuneConfig` fills in what is not given from them, checks every option before any
-work, and derives each method's settings and each run's training settings. :func:`task_of`
-tells the task from the data (and the model).
+The protocol per task (sizes, epochs, length, batch; and their ``--quick`` versions) is each
+registered task's (:mod:`ttdecomp.finetune.tasks`), the methods' settings each registered
+method's (:mod:`ttdecomp.finetune.methods`). :class:`FinetuneConfig` fills in what is not given
+from them, checks every option before any work, and derives each method's settings and each
+run's training settings.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from ..assets import registry as assets
 from ..errors import InvalidInputError
-from . import assets
-from .methods import DEFAULT_METHODS, METHODS, MethodSettings, check_method, default_settings
+from .methods import (
+    DEFAULT_METHODS,
+    MethodSettings,
+    check_method,
+    default_settings,
+    get_method,
+    methods_for,
+)
+from .methods import method_names as _method_names
+from .tasks import Task, detect_task, get_task
 from .train import TrainSettings
 
-__all__ = ["DEFAULTS", "QUICK", "FinetuneConfig"]
+__all__ = ["FinetuneConfig"]
 
-DEFAULTS = {
-    "classification": {"sizes": (1000, 300, 600), "epochs": 4, "max_steps": None,
-                       "max_length": 48, "batch_size": 32},
-    "causal": {"sizes": None, "epochs": 1, "max_steps": None, "max_length": 128,
-               "batch_size": 8},
-}  # fmt: skip
-QUICK = {
-    "classification": {"sizes": (320, 100, 200), "epochs": 3, "max_steps": None,
-                       "max_length": 32, "batch_size": 32},
-    "causal": {"sizes": (64, 16, 16), "epochs": 1, "max_steps": 8, "max_length": 64,
-               "batch_size": 8},
-}  # fmt: skip
+_SOURCE_DEFAULTS = {
+    "revision": None,
+    "trust_remote_code": False,
+    "data_config": None,
+    "text_column": "text",
+    "label_column": "label",
+}
 
 
 @dataclass
@@ -47,12 +51,14 @@ class FinetuneConfig:
         A packaged data set (``tweets``, ``chatterbot``), a CSV/JSONL file with ``text`` and
         ``label`` columns, or a folder saved by 🤗 ``datasets``.
     methods : sequence of str
-        From :data:`~ttdecomp.finetune.methods.METHODS`; default ``tt-lora`` and ``lora``.
+        Registered methods (:func:`~ttdecomp.finetune.methods.method_names`); default
+        ``tt-lora`` and ``lora``.
     seeds : sequence of int
         One run per seed and method; the table shows mean ± std over seeds.
     rank, alpha, lr : value or dict of method to value, optional
-        Override the methods' defaults: one value for every method that has the setting, or a
-        dict per method (``{"tt-lora": 5e-3, "lora": 1e-3}``).
+        Override the methods' recommended settings (``Method.defaults``: TT-LoRA rank 4,
+        α 32, lr 5e-3; LoRA r 8, α 16, lr 1e-3): one value for every method that has the
+        setting, or a dict per method (``{"tt-lora": 5e-3, "lora": 1e-3}``).
     tt_shape : sequence of int, optional
         TT-LoRA's flat shape (input factors then output factors) for every target.
     epochs, max_steps, batch_size, max_length, eval_every, weight_decay, lr_schedule, warmup_ratio
@@ -61,12 +67,26 @@ class FinetuneConfig:
         method (``{"tt-lora": "cosine"}``; a method not named keeps ``"constant"`` and ``0``).
     targets : sequence of str, optional
         Target modules; default: the query and value projections of the model.
-    sizes : (int, int, int)
-        Train / validation / test sizes when the data is split here.
+    sizes : (int, int, int), optional
+        Train / validation / test sizes when the data is split here. Default: the packaged
+        data's own sizes; a user's data is split 70/10/20% of its usable rows per class
+        (``--quick``: of at most 620 rows).
     device : str
         ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
     quick : bool
+        The fast end-to-end check: the task's ``quick`` sizes, epochs and length unless given.
+    task : str, optional
+        A registered task (:func:`~ttdecomp.finetune.tasks.task_names`); default: chosen from
+        the data and the model (:func:`~ttdecomp.finetune.tasks.detect_task`).
         The fast end-to-end check: sizes, epochs and length from :data:`QUICK` unless given.
+    revision : str, optional
+        A Hub model's branch, tag or commit.
+    trust_remote_code : bool
+        Run a Hub model's own Python code (off by default).
+    data_config : str, optional
+        A Hub dataset's configuration (e.g. ``sst2`` of ``glue``).
+    text_column, label_column : str
+        The columns of the text and the label in a file or dataset.
 
     Examples
     --------
@@ -94,11 +114,26 @@ class FinetuneConfig:
     sizes: tuple[int, int, int] | None = None
     device: str = "cpu"
     quick: bool = False
+    revision: str | None = None
+    trust_remote_code: bool = False
+    data_config: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    task: str | None = None
 
     def __post_init__(self) -> None:
+        if self.task is None:
+            self.task = detect_task(self.model, self.data).name
+        task = get_task(self.task)
         if isinstance(self.methods, str):
             self.methods = [m for m in self.methods.split(",") if m]
         self.methods = [check_method(m) for m in self.methods]
+        for m in self.methods:
+            if not get_method(m).supports(task.name):
+                raise InvalidInputError(
+                    f"{get_method(m).why_not(task.name)}; choose among "
+                    f"{', '.join(methods_for(task.name))} (--methods)."
+                )
         if not self.methods:
             raise InvalidInputError("no methods given; expected e.g. tt-lora,lora (--methods).")
         if len(set(self.methods)) != len(self.methods):
@@ -111,9 +146,13 @@ class FinetuneConfig:
         if len(set(seeds)) != len(seeds):
             raise InvalidInputError(f"seeds {seeds} lists a seed twice (--seeds).")
         self.seeds = seeds
-        defaults = (QUICK if self.quick else DEFAULTS)[self.task]
+        defaults = task.quick if self.quick else task.defaults
         given_steps = self.max_steps is not None or self.epochs is not None
+        # a user's data is split in proportion where the task says so (not the packaged sizes)
+        own_data = task.split_own_data and self.data.partition(":")[0] not in assets.DATA
         for name, value in defaults.items():
+            if name == "sizes" and own_data:
+                continue  # a user's data is split in proportion (finetune.data.FRACTIONS)
             if getattr(self, name) is None and not (name == "max_steps" and given_steps):
                 setattr(self, name, value)
         if self.sizes is not None:
@@ -148,18 +187,18 @@ class FinetuneConfig:
             self.train_settings(self.seeds[0], method=method)
 
     @property
-    def task(self) -> str:
-        """``"causal"`` for dialogue data (``chatterbot``, a JSONL of prompt/reply or messages
-        lines) or the packaged SmolLM2 on data of its own, else ``"classification"``."""
-        return task_hint(self.model, self.data)
+    def task_spec(self) -> Task:
+        """The registered :class:`~ttdecomp.finetune.tasks.Task` of :attr:`task`."""
+        return get_task(self.task)
 
     def _override(self, value: Any, method: str, name: str) -> Any:
         if not isinstance(value, Mapping):
             return value
-        unknown = sorted(set(value) - set(METHODS))
+        known = _method_names()
+        unknown = sorted(set(value) - set(known))
         if unknown:
             raise InvalidInputError(
-                f"{name} names unknown methods {unknown}; expected some of {', '.join(METHODS)}."
+                f"{name} names unknown methods {unknown}; expected some of {', '.join(known)}."
             )
         not_run = sorted(set(value) - set(self.methods))
         if not_run:
@@ -173,7 +212,7 @@ class FinetuneConfig:
         """The validated settings of every method (defaults with the overrides applied)."""
         out = {}
         for method in self.methods:
-            base = default_settings(method)
+            base = default_settings(method, task=self.task)
             overrides: dict[str, Any] = {}
             for name in ("rank", "alpha", "lr"):
                 value = self._override(getattr(self, name), method, name)
@@ -182,10 +221,12 @@ class FinetuneConfig:
                 if getattr(base, name) is None and not isinstance(getattr(self, name), Mapping):
                     continue  # one value for all: only the methods that have the setting
                 overrides[name] = value
-            if self.tt_shape is not None and method == "tt-lora":
+            if self.tt_shape is not None and get_method(method).takes_tt_shape:
                 overrides["tt_shape"] = tuple(self.tt_shape)
-            out[method] = default_settings(method, **overrides)
-        if self.tt_shape is not None and "tt-lora" not in self.methods:
+            out[method] = default_settings(method, task=self.task, **overrides)
+        if self.tt_shape is not None and not any(
+            get_method(m).takes_tt_shape for m in self.methods
+        ):
             raise InvalidInputError(
                 "--tt-shape is a TT-LoRA setting, but tt-lora is not among the methods run."
             )
@@ -212,9 +253,42 @@ class FinetuneConfig:
             seed=seed,
             device=self.device,
             eval_every=self.eval_every,
-            eval_batch_size=self.batch_size if self.task == "causal" else None,
+            eval_batch_size=self.batch_size if self.task_spec.shared_eval_batch else None,
             progress=progress,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready; :meth:`from_dict` gives the same configuration back.
+
+        Examples
+        --------
+        >>> c = FinetuneConfig(quick=True)
+        >>> FinetuneConfig.from_dict(c.to_dict()) == c
+        True
+        """
+        out = dataclasses.asdict(self)
+        for name in ("methods", "seeds", "tt_shape", "targets", "sizes"):
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
+        """The configuration :meth:`to_dict` wrote (unknown keys are an error)."""
+        if not isinstance(data, Mapping):
+            raise InvalidInputError(
+                f"a fine-tuning configuration must be a mapping; got {type(data).__name__}."
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown fine-tuning options {unknown}; expected some of {sorted(known)}."
+            )
+        values = dict(data)
+        if values.get("sizes") is not None:
+            values["sizes"] = tuple(values["sizes"])
+        return cls(**values)
 
     def identity(self) -> dict[str, Any]:
         """What must match for ``--resume`` to reuse finished rows (not methods or seeds)."""
@@ -229,6 +303,12 @@ class FinetuneConfig:
             "eval_every": self.eval_every,
             "weight_decay": self.weight_decay,
             "targets": list(self.targets) if self.targets is not None else None,
+            # recorded only when set, so that folders written before still resume
+            **{
+                name: getattr(self, name)
+                for name, default in _SOURCE_DEFAULTS.items()
+                if getattr(self, name) != default
+            },
             # named only when not the constant schedule, so runs saved before it still resume
             **(
                 {"lr_schedule": _plain(self.lr_schedule), "warmup_ratio": _plain(self.warmup_ratio)}
@@ -241,37 +321,3 @@ class FinetuneConfig:
 def _plain(value: Any) -> Any:
     """A per-method mapping as a plain dict (JSON), other values as they are."""
     return dict(value) if isinstance(value, Mapping) else value
-
-
-def task_of(data: str, model_task: str) -> str:
-    """A packaged data set has its task; dialogue files are causal; other data takes the
-    model's."""
-    if data in assets.DATA or data.startswith("chatterbot:"):
-        return assets.DATA[data.partition(":")[0]].task
-    if is_dialogue_file(data):
-        return "causal"
-    return model_task
-
-
-def is_dialogue_file(data: str) -> bool:
-    """A ``.jsonl`` file whose first record has ``messages`` or ``prompt`` (not ``text``)."""
-    path = Path(data)
-    if path.suffix.lower() != ".jsonl" or not path.is_file():
-        return False
-    try:
-        with open(path, encoding="utf-8") as f:
-            first = next((line for line in f if line.strip()), "")
-        record = json.loads(first) if first else {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(record, dict) and ("messages" in record or "prompt" in record)
-
-
-def task_hint(model: str, data: str) -> str:
-    """The task before anything is loaded (for the defaults of :class:`FinetuneConfig`)."""
-    task = task_of(data, "classification")
-    if task == "classification" and data not in assets.DATA:
-        key = assets.canonical_model_name(model)
-        if key is not None and assets.MODELS[key].task == "causal":
-            return "causal"
-    return task

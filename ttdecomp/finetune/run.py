@@ -18,34 +18,36 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import json
+import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..assets.loader import load_tokenizer, resolve_model
 from ..errors import InvalidInputError
 from ..runs.folder import OutputFolder
-from . import assets
-from .config import FinetuneConfig, task_of
-from .methods import MethodSettings
+from .config import FinetuneConfig
+from .methods import load_adapted
 from .parallel import RunPool, plan_jobs
 from .report import (
     RESULTS_FILE,
     format_table,
+    load_results,
     summarize,
     write_figures,
     write_json_atomic,
 )
-from .train import TrainSettings, is_main_process, resolve_device, world_size
+from .tasks import check_pairing, get_task
+from .tasks.classification import load_classifier
+from .train import is_main_process, resolve_device, world_size
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_finetuned", "prepare_job"]
 
 _FIGURES = ("accuracy_vs_params.png", "validation_curves.png")
-_DEFAULT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"]}
 
 
 @dataclass
@@ -153,33 +155,15 @@ def _check_resumable(
         )
 
 
-def _resolve_model(name: str) -> tuple[Path, str]:
-    """The model folder (or GGUF file) and its task: ``classification`` or ``causal``."""
-    key = assets.canonical_model_name(name)
-    if key is not None:
-        return assets.model_path(key), assets.MODELS[key].task
-    path = Path(name)
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise InvalidInputError(
-            f"unknown model {name!r}: not a packaged model ({', '.join(assets.MODELS)}) and not "
-            "a local Hugging Face folder with a config.json (--model)."
-        )
-    try:
-        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise InvalidInputError(f"{path / 'config.json'} is not a valid JSON config.") from None
-    causal = any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
-    return path, "causal" if causal else "classification"
-
-
 def prepare_job(config: FinetuneConfig, *, progress: bool = False) -> tuple[Any, str, Path]:
     """Load and check the model, data and targets of ``config`` once: ``(job, task, model_path)``.
 
+    ``job`` follows the :class:`~ttdecomp.finetune.tasks.Job` protocol:
     ``job.run(settings, train, run_dir)`` is one (method, seed) run on the shared data (what
     :func:`finetune` loops over, in this process or in the worker processes of
     :class:`~ttdecomp.finetune.parallel.RunPool`, and what every trial of ``ttdecomp search``
     calls with ``on_evaluate=`` and ``final=False``); ``job.targets`` are the adapted layers,
-    ``task`` is ``"classification"`` or ``"causal"``. Nothing is trained here.
+    ``task`` is the registered task's name (``config.task``). Nothing is trained here.
 
     Examples
     --------
@@ -187,24 +171,16 @@ def prepare_job(config: FinetuneConfig, *, progress: bool = False) -> tuple[Any,
     >>> task, job.targets  # doctest: +SKIP
     ('classification', ['query', 'value'])
     """
-    model_path, model_task = _resolve_model(config.model)
-    task = task_of(config.data, model_task)
-    packaged = assets.canonical_model_name(config.model) is not None
-    # a local causal LM can still be loaded as a sequence classifier (a new head); the
-    # packaged models, and a classifier asked to generate, cannot switch
-    if model_task != task and (packaged or task == "causal"):
-        raise InvalidInputError(
-            f"--model {config.model} is a {model_task} model but --data {config.data} is "
-            f"{task} data; use --model minilm with classification data or --model smollm2 "
-            "with --data chatterbot."
-        )
-    if task == "causal":
-        from .causal import prepare_causal
-
-        job = prepare_causal(config, model_path, progress=progress)
-    else:
-        job = _prepare_classification(config, model_path, progress=progress)
-    return job, task, model_path
+    source = resolve_model(
+        config.model,
+        revision=config.revision,
+        trust_remote_code=config.trust_remote_code,
+        progress=progress,
+    )
+    task = get_task(config.task)
+    check_pairing(config.model, config.data, get_task(source.task), task, source.kind == "packaged")
+    job = task.prepare(config, source.path, progress=progress)
+    return job, task.name, source.path
 
 
 def finetune(
@@ -382,7 +358,8 @@ def finetune(
                     record(method, seed, row, output / "runs" / f"{method}-seed{seed}")
                     if bar is not None:
                         bar.update()
-                    say(f"run {i}/{len(plan)} finished: {method}, seed {seed}{_scores(row)}")
+                    scores = get_task(task).scores(row)
+                    say(f"run {i}/{len(plan)} finished: {method}, seed {seed}{scores}")
                     if should_stop is not None and should_stop() and i < len(plan):
                         raise KeyboardInterrupt
             finally:
@@ -398,105 +375,76 @@ def finetune(
             for path in figure_paths:
                 folder.record(path.name)
             document["files"] = folder.files
-        if task == "causal" and hasattr(job, "finalize"):
-            job.finalize(document)
+        get_task(task).finalize(job, document)
         write_json_atomic(output / RESULTS_FILE, document)
     table = format_table(summary, task)
     return FinetuneResult(rows, summary, table, output, figure_paths)
 
 
-def _scores(row: Mapping[str, Any]) -> str:
-    """`` (validation 91.0%, test 90.5%)`` for a finished row, or its losses (causal LMs)."""
-    parts = []
-    for name, label in (("val_accuracy", "validation"), ("test_accuracy", "test")):
-        if isinstance(row.get(name), (int, float)):
-            parts.append(f"{label} {100 * row[name]:.1f}%")
-    for name, label in (("val_loss", "validation loss"), ("test_loss", "test loss")):
-        if not parts and isinstance(row.get(name), (int, float)):
-            parts.append(f"{label} {row[name]:.3f}")
-    return f" ({', '.join(parts)})" if parts else ""
+def load_finetuned(
+    output: str | os.PathLike,
+    method: str,
+    seed: int = 0,
+    *,
+    model: str | os.PathLike | None = None,
+) -> tuple[Any, Any]:
+    """Reload the model a ``ttdecomp finetune`` run trained: ``(model, tokenizer)``, eval mode.
 
+    The base model is loaded fresh and the run's saved adapter (with its head) is put on it;
+    its predictions equal the run's (the run's test logits are in
+    ``runs/<method>-seed<k>/test_logits.safetensors``). Paths in ``results.json`` are followed
+    only inside ``output``: the adapter must be the run's own ``runs/<method>-seed<k>``, and
+    the base model is the packaged model the run names, or ``model`` (a folder or Hub id you
+    trust) for any other; a recorded base-model path outside ``output`` is never followed.
 
-@dataclass
-class _ClassificationJob:
-    """Data and tokenizer loaded once, shared by every run of a classification comparison."""
+    Examples
+    --------
+    >>> model, tokenizer = load_finetuned("ttdecomp-finetune", "tt-lora")  # doctest: +SKIP
+    >>> batch = tokenizer(["what a ride!"], return_tensors="pt")  # doctest: +SKIP
+    >>> model(**batch).logits.argmax(-1)  # doctest: +SKIP
+    """
+    from ..assets import registry as assets
 
-    config: FinetuneConfig
-    model_path: Path
-    splits: Any
-    tokenizer: Any
-    datasets: dict[str, Any]
-    targets: list[str]
-
-    @property
-    def fingerprint(self) -> str:
-        return self.splits.fingerprint()
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "source": self.splits.source,
-            "labels": self.splits.labels,
-            "sizes": self.splits.sizes(),
-            "cleaning": self.splits.stats,
-            "fingerprint": self.fingerprint,
-            "targets": self.targets,
-        }
-
-    def run(
-        self, settings: MethodSettings, train: TrainSettings, run_dir: Path, **options: Any
-    ) -> dict:
-        """One (method, seed) row (``options``: ``on_evaluate``, ``final``)."""
-        from .classify import run_classification
-
-        return run_classification(
-            model_dir=self.model_path,
-            tokenizer=self.tokenizer,
-            splits=self.splits,
-            settings=settings,
-            train=train,
-            targets=self.targets,
-            max_length=self.config.max_length,
-            run_dir=run_dir,
-            datasets=self.datasets,
-            **options,
-        )
-
-
-def _prepare_classification(
-    config: FinetuneConfig, model_path: Path, *, progress: bool
-) -> _ClassificationJob:
-    """Load and check everything a classification comparison needs, before any training."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from .classify import TextDataset
-    from .data import load_classification
-    from .methods import dry_run
-
-    splits = load_classification(config.data, sizes=config.sizes)
-    try:
-        model_config = AutoConfig.from_pretrained(str(model_path))
-        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    except (OSError, ValueError) as exc:
+    results = load_results(output)
+    root = Path(output).resolve()
+    where = Path(output) / RESULTS_FILE
+    rows = [r for r in results["rows"] if r.get("method") == method and r.get("seed") == seed]
+    if not rows:
+        have = sorted(f"{r.get('method')} seed {r.get('seed')}" for r in results["rows"])
         raise InvalidInputError(
-            f"cannot load the model or tokenizer in {model_path}: {exc}"
-        ) from None
-    targets = list(config.targets or _DEFAULT_TARGETS.get(model_config.model_type, []))
-    if not targets:
-        raise InvalidInputError(
-            f"no default targets for model type {model_config.model_type!r}; name the query and "
-            "value projections with --targets (e.g. q_proj,v_proj)."
+            f"{output} has no finished run of {method} with seed {seed}; it has {have}."
         )
-    model_config.num_labels = len(splits.labels)
-    dry_run(model_config, config.method_settings(), targets=targets)
-    iterator = [("train", splits.train), ("validation", splits.validation), ("test", splits.test)]
-    if progress and is_main_process():
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc="tokenizing", unit="split", leave=False)
-    # evaluation splits longest first (little padding per batch); test logits are saved in
-    # row order all the same (TextDataset.in_row_order)
-    datasets = {
-        name: TextDataset(rows, tokenizer, config.max_length, sort_by_length=name != "train")
-        for name, rows in iterator
-    }
-    return _ClassificationJob(config, model_path, splits, tokenizer, datasets, targets)
+    run_dir = rows[0].get("run_dir")
+    expected = f"runs/{method}-seed{seed}"
+    adapter = (Path(output) / str(run_dir) / "adapter").resolve()
+    if run_dir != expected or not adapter.is_relative_to(root):
+        raise InvalidInputError(
+            f"{where} records run_dir {run_dir!r} for {method} seed {seed}; expected "
+            f"{expected!r} inside {output}. ttdecomp follows no path out of the run folder; the "
+            "file was edited or not written by ttdecomp."
+        )
+    if model is None:
+        name = (results.get("config") or {}).get("identity", {}).get("model")
+        key = assets.canonical_model_name(name) if isinstance(name, str) else None
+        recorded = (results.get("config") or {}).get("model_path")
+        hub_folder = f"models--{name.replace('/', '--')}" if isinstance(name, str) else None
+        if key is not None:
+            model = name  # the packaged model, resolved (and assembled) as the run did
+        elif isinstance(recorded, str) and hub_folder in Path(recorded).parts:
+            # a Hub id at the commit the run used (the snapshot's name), from the Hub cache
+            model = resolve_model(name, revision=Path(recorded).name)
+        else:
+            if not isinstance(recorded, str) or not (
+                (Path(output) / recorded).resolve().is_relative_to(root)
+            ):
+                raise InvalidInputError(
+                    f"{where} records the base model at {recorded!r}, outside the run folder; "
+                    "ttdecomp does not follow paths out of a run folder it reads. Pass the base "
+                    f"model yourself: load_finetuned({str(output)!r}, {method!r}, {seed}, "
+                    f"model={recorded!r})."
+                )
+            model = Path(output) / recorded
+    labels = results["data"]["labels"]
+    net = load_classifier(model, labels, seed)
+    net = load_adapted(net, adapter)
+    return net, load_tokenizer(model)

@@ -482,7 +482,7 @@ def fit(
     ...                           DataCollatorWithPadding)
     >>> from ttdecomp.finetune import (TrainSettings, apply_method, default_settings, fit,
     ...                                load_classification)
-    >>> from ttdecomp.finetune.classify import TextDataset, accuracy
+    >>> from ttdecomp.finetune.tasks.classification import TextDataset, accuracy
     >>> from ttdecomp.finetune.testing import tiny_classifier_folder, toy_sentiment_csv
     >>> tmp = tempfile.mkdtemp()
     >>> folder = tiny_classifier_folder(tmp + "/model")

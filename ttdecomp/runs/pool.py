@@ -48,11 +48,24 @@ __all__ = [
 
 
 class RunFailedError(TTError, RuntimeError):
-    """Runs that ended without a result (killed by a signal); their siblings' rows are kept."""
+    """Runs that ended without a result (killed by a signal); their siblings' rows are kept.
+
+    Examples
+    --------
+    >>> from ttdecomp.errors import TTError
+    >>> isinstance(RunFailedError("run (lora, 0) was killed by signal 9"), TTError)
+    True
+    """
 
 
 def cpu_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    """CPU cores this process may run on (its affinity mask where the OS has one).
+
+    Examples
+    --------
+    >>> cpu_cores() >= 1
+    True
+    """
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
@@ -84,6 +97,15 @@ def start_worker(
     ``OMP_NUM_THREADS`` set to ``threads`` when given. ``new_session``: the terminal's Ctrl-C
     reaches this process only, which decides and stops the workers. ``stdout``: where the
     worker's output goes (stderr follows it when given).
+
+    Examples
+    --------
+    A worker module reads its spec with :func:`read_spec` and answers with
+    :func:`write_result`:
+
+    >>> proc = start_worker("my_package.my_worker", {"x": 1, "result": "r.json"})  # doctest: +SKIP
+    >>> proc.wait()  # doctest: +SKIP
+    0
     """
     env = dict(os.environ)
     if threads is not None:
@@ -134,7 +156,13 @@ def die_with_parent(parent: int, poll: float = 1.0) -> None:
 
 
 def read_spec(stream: IO[bytes] | None = None) -> dict[str, Any]:
-    """In a worker: the JSON spec on stdin; from now on the worker dies with its parent."""
+    """In a worker: the JSON spec on stdin; from now on the worker dies with its parent.
+
+    Examples
+    --------
+    >>> spec = read_spec()  # doctest: +SKIP
+    >>> write_result(spec, {"answer": spec["x"] + 1})  # doctest: +SKIP
+    """
     data = (stream or sys.stdin.buffer).read()
     spec = json.loads(data.decode())
     if not isinstance(spec, dict) or not isinstance(spec.get("parent"), int):
@@ -167,7 +195,13 @@ def describe_exit(label: str, returncode: int) -> str:
 @dataclass
 class WorkerExit:
     """A finished worker: its key and label, exit status, and the JSON result it wrote
-    (``None`` when it wrote none)."""
+    (``None`` when it wrote none).
+
+    Examples
+    --------
+    >>> WorkerExit(("lora", 0), "run (lora, 0)", -9, None).describe()
+    'run (lora, 0) was killed by signal 9 (SIGKILL) — out of memory?'
+    """
 
     key: Any
     label: str
@@ -311,7 +345,16 @@ class WorkerPool:
 
 
 def write_result(spec: Mapping[str, Any], result: Any) -> None:
-    """In a worker: hand ``result`` (JSON) back to the pool, atomically."""
+    """In a worker: hand ``result`` (JSON) back to the pool, atomically.
+
+    Examples
+    --------
+    >>> import tempfile, json
+    >>> spec = {"result": Path(tempfile.mkdtemp()) / "result.json"}
+    >>> write_result(spec, {"row": {"acc": 0.9}})
+    >>> json.loads(spec["result"].read_text())
+    {'row': {'acc': 0.9}}
+    """
     write_json(spec["result"], result)
 
 
@@ -322,6 +365,12 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
     ``should_stop()`` stays true after the first signal, so a loop that Python kept running
     (a ``KeyboardInterrupt`` raised inside a finalizer is dropped) still stops at its next
     check. The previous handlers are restored on leaving. Main thread only.
+
+    Examples
+    --------
+    >>> with stop_on_signals() as should_stop:
+    ...     should_stop()
+    False
     """
     seen: list[int] = []
 

@@ -2,44 +2,45 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidInputError
+from ..finetune.config import FinetuneConfig
 from ..finetune.methods import DEFAULT_METHODS, check_method
-from ..finetune.run import FinetuneConfig
+from ..finetune.tasks import detect_task, get_task
 from .space import SearchSpace, default_space, load_space, parse_param
 from .study import SAMPLERS
 
-__all__ = ["DEFAULT_TRIALS", "QUICK", "SearchConfig"]
+__all__ = ["DEFAULT_TRIALS", "QUICK", "QUICK_TRIALS", "SearchConfig"]
 
-#: ``quick``: a tiny space, a few trials of a few steps (tests and a first look): 4 trials of
-#: 2 epochs of 8 steps (128 training tweets, batch 16), then the front re-trained; about 1.5
-#: minutes of one core's time.
-QUICK = {
-    "sizes": (128, 64, 64),
-    "epochs": 2,
-    "max_length": 32,
-    "batch_size": 16,
-    "n_trials": 4,
-}
+#: Trials of a ``quick`` search when ``n_trials`` is not given.
+QUICK_TRIALS = 4
+#: ``quick`` on classification: a tiny space, 4 trials of 2 epochs of 8 steps (128 training
+#: tweets, batch 16), then the front re-trained; about 1.5 minutes of one core's time. Each
+#: task declares its own (:attr:`~ttdecomp.finetune.tasks.Task.search_quick`).
+QUICK = {**get_task("classification").search_quick, "n_trials": QUICK_TRIALS}
 #: Trials of a TPE or random search when ``n_trials`` is not given.
 DEFAULT_TRIALS = 20
+_SEARCH_FIELDS = ("sampler", "pruner", "n_trials", "epoch_budget", "startup_trials",
+                  "reduction_factor", "pareto", "seed", "grid_points", "quick")  # fmt: skip
 
 
-@dataclass
+@dataclass(init=False)
 class SearchConfig:
     """What a search explores and on what (``ttdecomp search``'s options).
 
     Parameters
     ----------
-    model, data, targets, sizes, epochs, max_steps, batch_size, max_length, eval_every,
-    device
-        As in :class:`~ttdecomp.finetune.run.FinetuneConfig`: every trial is one fine-tuning
-        run with these settings (validation after every epoch, or every ``eval_every`` steps,
-        is what the pruner sees).
+    finetune : FinetuneConfig, optional
+        What every trial runs: one fine-tuning run with these settings (validation after
+        every epoch, or every ``eval_every`` steps, is what the pruner sees); its ``rank``,
+        ``alpha``, ``lr`` and ``tt_shape`` are the settings a space does not search. Its
+        methods and seeds are replaced by the search's. Instead of it, its options
+        (``model``, ``data``, ``sizes``, ``epochs``, ...) may be given as keywords.
     methods : sequence of str
         Methods searched (default ``tt-lora`` and ``lora``); a ``method`` choice is the first
         parameter when there are several.
@@ -74,20 +75,22 @@ class SearchConfig:
     grid_points : int
         Values a range takes on the grid.
     quick : bool
-        :data:`QUICK` sizes, epochs and trials unless given, and a tiny default space.
+        The task's ``search_quick`` sizes, epochs and length (``ttdecomp finetune --quick``'s
+        for a causal LM) unless given, :data:`QUICK_TRIALS` trials and a tiny default space.
 
     Examples
     --------
     >>> SearchConfig(sampler="grid", params=["lora.r=4,8"], methods=["lora"]).n_trials is None
     True
+    >>> SearchConfig(epochs=2, quick=True).finetune.epochs
+    2
     >>> SearchConfig(sampler="annealing")
     Traceback (most recent call last):
     ...
     ttdecomp.errors.InvalidInputError: unknown sampler 'annealing'; expected one of tpe, grid, random (--sampler).
     """  # noqa: E501
 
-    model: str = "minilm"
-    data: str = "tweets"
+    finetune: FinetuneConfig
     methods: Sequence[str] = DEFAULT_METHODS
     space: Any = None
     params: Sequence[str] = ()
@@ -100,16 +103,36 @@ class SearchConfig:
     pareto: bool = False
     seed: int = 0
     grid_points: int = 3
-    epochs: int | None = None
-    max_steps: int | None = None
-    batch_size: int | None = None
-    max_length: int | None = None
-    eval_every: int | None = None
-    targets: Sequence[str] | None = None
-    sizes: tuple[int, int, int] | None = None
-    device: str = "cpu"
     quick: bool = False
     overrides: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __init__(
+        self,
+        finetune: FinetuneConfig | None = None,
+        *,
+        methods: Sequence[str] = DEFAULT_METHODS,
+        space: Any = None,
+        params: Sequence[str] = (),
+        sampler: str = "tpe",
+        pruner: str | None = None,
+        n_trials: int | None = None,
+        epoch_budget: float | None = None,
+        startup_trials: int | None = None,
+        reduction_factor: int = 3,
+        pareto: bool = False,
+        seed: int = 0,
+        grid_points: int = 3,
+        quick: bool = False,
+        **finetune_options: Any,
+    ) -> None:
+        self.methods, self.space, self.params = methods, space, params
+        self.sampler, self.pruner, self.n_trials = sampler, pruner, n_trials
+        self.epoch_budget, self.startup_trials = epoch_budget, startup_trials
+        self.reduction_factor, self.pareto, self.seed = reduction_factor, pareto, seed
+        self.grid_points, self.quick = grid_points, quick
+        self.overrides = {}
+        self.__post_init__()
+        self.finetune = self._finetune(finetune, finetune_options)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -175,32 +198,49 @@ class SearchConfig:
                 f"--param names {unknown}, which are not searched ({', '.join(self.methods)}); "
                 "add them to --methods or to the space."
             )
-        self.finetune_config()  # checks the training options
+
+    def _finetune(self, given: FinetuneConfig | None, options: Mapping[str, Any]) -> FinetuneConfig:
+        """The fine-tuning configuration of every trial: ``given`` or built from ``options``,
+        with the searched methods and the search's seed."""
+        if given is not None:
+            if options:
+                raise InvalidInputError(
+                    f"give the fine-tuning options either as finetune=FinetuneConfig(...) or "
+                    f"as keywords, not both; got both finetune= and {sorted(options)}."
+                )
+            if not isinstance(given, FinetuneConfig):
+                raise InvalidInputError(
+                    f"finetune must be a FinetuneConfig; got {type(given).__name__}."
+                )
+            values = given.to_dict()
+        else:
+            known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+            unknown = sorted(set(options) - known - {"methods", "seeds"})
+            if unknown or "seeds" in options:
+                bad = unknown or ["seeds (the search's is seed)"]
+                raise InvalidInputError(
+                    f"unknown search options {bad}; expected the search's own "
+                    f"({', '.join(_SEARCH_FIELDS)}, methods, space, params) or fine-tuning "
+                    f"options ({', '.join(sorted(known - {'methods', 'seeds', 'quick'}))})."
+                )
+            values = dict(options)
+            if self.quick:
+                model = values.get("model", "minilm")
+                data = values.get("data", "tweets")
+                task = get_task(values.get("task") or detect_task(model, data).name)
+                quick = dict(task.search_quick)
+                given_steps = values.get("epochs") is not None or values.get("max_steps")
+                for name, value in quick.items():
+                    if values.get(name) is None and not (name == "epochs" and given_steps):
+                        values[name] = value
+            values["quick"] = self.quick
+        values["methods"] = list(self.methods)
+        values["seeds"] = [self.seed]
+        return FinetuneConfig.from_dict(values)
 
     def finetune_config(self) -> FinetuneConfig:
-        """The fine-tuning configuration every trial runs (its methods are the searched ones).
-
-        ``quick`` takes :data:`QUICK`'s sizes, epochs, length and batch size for
-        classification, and ``ttdecomp finetune --quick``'s settings for a causal LM.
-        """
-        task = FinetuneConfig(model=self.model, data=self.data, methods=self.methods).task
-        quick = QUICK if self.quick and task == "classification" else {}
-        given_steps = self.epochs is not None or self.max_steps is not None
-        return FinetuneConfig(
-            model=self.model,
-            data=self.data,
-            methods=self.methods,
-            seeds=(self.seed,),
-            epochs=self.epochs if given_steps else quick.get("epochs"),
-            max_steps=self.max_steps,
-            batch_size=self.batch_size or quick.get("batch_size"),
-            max_length=self.max_length or quick.get("max_length"),
-            eval_every=self.eval_every,
-            targets=self.targets,
-            sizes=self.sizes or quick.get("sizes"),
-            device=self.device,
-            quick=self.quick,
-        )
+        """The fine-tuning configuration every trial runs (:attr:`finetune`)."""
+        return self.finetune
 
     def search_space(self, layer: tuple[int, int] | None) -> SearchSpace:
         """The space searched: the given or default one, with ``params`` applied."""
@@ -209,16 +249,16 @@ class SearchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the worker processes are started from it)."""
-        out = asdict(self)
-        out.pop("overrides")
-        out["space"] = self.space.to_dict() if self.space is not None else None
+        out = {name: getattr(self, name) for name in _SEARCH_FIELDS}
+        out["finetune"] = self.finetune.to_dict()
         out["methods"] = list(self.methods)
-        out["sizes"] = list(self.sizes) if self.sizes is not None else None
+        out["params"] = list(self.params)
+        out["space"] = self.space.to_dict() if self.space is not None else None
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchConfig:
+        """The configuration :meth:`to_dict` wrote."""
         data = dict(data)
-        if data.get("sizes") is not None:
-            data["sizes"] = tuple(data["sizes"])
-        return cls(**data)
+        finetune = FinetuneConfig.from_dict(data.pop("finetune"))
+        return cls(finetune, **data)

@@ -8,6 +8,7 @@ asked number of finished ones.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, TTError
+from ..finetune.methods import apply_method
 from ..finetune.run import prepare_job
-from .config import DEFAULT_TRIALS, QUICK, SearchConfig
+from ..finetune.tasks import get_task
+from .config import DEFAULT_TRIALS, QUICK_TRIALS, SearchConfig
 from .study import (
     Objective,
     finished_states,
@@ -41,29 +44,21 @@ class SearchContext:
         self.config, self.output = config, output
         self.fconfig = config.finetune_config()
         self.job, self.task, self.model_path = prepare_job(self.fconfig, progress=progress)
-        self.metric = "val_loss" if self.task == "causal" else "val_accuracy"
-        self.model_config = self._model_config()
+        self.task_spec = get_task(self.task)
+        self.metric = self.task_spec.metric
+        self.model_config = self.job.model_config()
+        self.base_settings = self.fconfig.method_settings()
+        self._counts: dict[str, int] = {}
         self.space = config.search_space(self._layer())
         self._check_space()
         self.storage_url = storage_url
         self.storage = open_storage(storage_url)
 
-    def _model_config(self) -> Any:
-        from transformers import AutoConfig
-
-        folder = self.job.model_dir if self.task == "causal" else self.model_path
-        model_config = AutoConfig.from_pretrained(str(folder))
-        if self.task == "classification":
-            model_config.num_labels = len(self.job.splits.labels)
-        return model_config
-
     def _skeleton(self) -> Any:
         import torch
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-        auto = AutoModelForCausalLM if self.task == "causal" else AutoModelForSequenceClassification
         with torch.device("meta"):
-            return auto.from_config(self.model_config)
+            return self.task_spec.auto_model_class().from_config(self.model_config)
 
     def _layer(self) -> tuple[int, int] | None:
         """``(out, in)`` of the targeted layers when they all share one shape."""
@@ -76,13 +71,17 @@ class SearchContext:
         return next(iter(shapes)) if len(shapes) == 1 else None
 
     def count_params(self, settings: Any) -> int:
-        """Adapter parameters of ``settings`` (applied to a weightless copy of the model)."""
-        from ..finetune.methods import apply_method
+        """Adapter parameters of ``settings`` (applied to a weightless copy of the model;
+        remembered per settings)."""
+        import json
 
-        adapted = apply_method(
-            self._skeleton(), settings, targets=list(self.job.targets), task=self.task
-        )
-        return int(adapted.adapter_params)
+        key = json.dumps(settings.to_dict(), sort_keys=True)
+        if key not in self._counts:
+            adapted = apply_method(
+                self._skeleton(), settings, targets=list(self.job.targets), task=self.task_spec
+            )
+            self._counts[key] = int(adapted.adapter_params)
+        return self._counts[key]
 
     def _check_space(self) -> None:
         """Every TT shape (and method) of the space fits the targeted layers."""
@@ -92,11 +91,16 @@ class SearchContext:
             if shapes:
                 values = [{"method": method, "tt_shape": s} for s in shapes[0].choices]
             for value in values:
-                settings = self.space.settings(value)
+                settings = self.settings(value)
                 try:
                     self.count_params(settings)
                 except TTError as exc:
                     raise InvalidInputError(f"search space, {method}: {exc}") from None
+
+    def settings(self, config: dict[str, Any]) -> Any:
+        """The :class:`~ttdecomp.finetune.methods.MethodSettings` of a sampled configuration
+        (what the space does not set is the fine-tuning configuration's)."""
+        return self.space.settings(config, self.base_settings)
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -111,7 +115,7 @@ class SearchContext:
         }
 
     def directions(self) -> list[str]:
-        first = "minimize" if self.metric == "val_loss" else "maximize"
+        first = "maximize" if self.task_spec.larger_is_better else "minimize"
         return [first, "minimize"] if self.config.pareto else [first]
 
     def n_trials(self) -> int | None:
@@ -122,7 +126,7 @@ class SearchContext:
             return len(self.space.grid(self.config.grid_points))
         if self.config.epoch_budget is not None:
             return None
-        return QUICK["n_trials"] if self.config.quick else DEFAULT_TRIALS
+        return QUICK_TRIALS if self.config.quick else DEFAULT_TRIALS
 
     def epochs_per_evaluation(self) -> float:
         """Training epochs between two validation evaluations of a trial."""
@@ -196,6 +200,7 @@ class SearchContext:
             evaluations=self.evaluations(),
             epoch_budget=self.config.epoch_budget,
             epochs_per_evaluation=self.epochs_per_evaluation(),
+            settings=self.settings,
         )
         return objective
 
@@ -234,6 +239,10 @@ def run_trials(
         callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=taken_states))
 
     def tag_and_count(study: Any, trial: Any) -> None:
+        if trial.user_attrs.get("evaluations"):
+            # what a trained model left in reference cycles (a full collection costs about a
+            # second with torch and transformers loaded: not after a trial that trained nothing)
+            gc.collect()
         if on_trial is not None:
             on_trial()
         if should_stop is not None and should_stop():
@@ -269,7 +278,7 @@ def run_trials(
                     objective_tagged,
                     n_trials=None if n_trials is None else max(1, n_trials - taken),
                     callbacks=[*callbacks, tag_and_count],
-                    gc_after_trial=True,
+                    gc_after_trial=False,
                 )
             except KeyboardInterrupt:  # Optuna has marked the running trial failed
                 return True

@@ -14,19 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from .._files import write_with
+from ..finetune.methods import get_method, method_names
 from ..finetune.report import write_json_atomic
+from ..finetune.tasks import get_task
 
 __all__ = ["SEARCH_FILE", "format_table", "pareto_front", "retrain_targets", "write_report"]
 
 SEARCH_FILE = "search.json"
 FIGURE_FILE = "search_front.png"
-_COLOURS = {
-    "tt-lora": "tab:blue",
-    "lora": "tab:orange",
-    "loretta-rep": "tab:green",
-    "loretta-adp": "tab:purple",
-    "head-only": "tab:grey",
-}
+
+
+def _colour(method: str) -> str:
+    """The registered method's colour (black for one not registered in this process)."""
+    return get_method(method).colour if method in method_names() else "black"
 
 
 def pareto_front(points: Sequence[tuple[float, float]], larger_is_better: bool = True) -> list[int]:
@@ -57,14 +57,16 @@ def label(config: dict[str, Any]) -> str:
     >>> label({"method": "lora", "r": 8, "lora_alpha": 16.0, "lr": 0.001})
     'lora r8 α16 lr1e-03'
     """
-    parts = [config["method"]]
+    method = config["method"]
+    fields = get_method(method).search_parameters if method in method_names() else {}
+    parts = [method]
     if "tt_shape" in config:
         parts.append(f"[{config['tt_shape']}]")
-    for key in ("tt_rank", "r", "tensor_rank"):
-        if key in config:
+    for key, field in fields.items():
+        if key in config and field == "rank":
             parts.append(f"r{config[key]}")
-    for key in ("alpha", "lora_alpha"):
-        if key in config:
+    for key, field in fields.items():
+        if key in config and field == "alpha":
             parts.append(f"α{config[key]:.3g}")
     if "lr" in config:
         parts.append(f"lr{config['lr']:.0e}")
@@ -104,7 +106,7 @@ def build_report(context: Any, study: Any, *, storage_url: str, study_name: str)
     from .study import trial_counts
 
     metric = context.metric
-    larger = metric != "val_loss"
+    larger = context.task_spec.larger_is_better
     trials = [_trial_record(t, metric) for t in study.get_trials(deepcopy=False)]
     complete = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
     front_idx = pareto_front([(t["value"], t["adapter_params"]) for t in complete], larger)
@@ -156,9 +158,10 @@ def retrain_targets(document: dict[str, Any]) -> list[int]:
 
 def format_table(document: dict[str, Any]) -> str:
     """The front (and each method's best) as a text table, with test once re-trained."""
-    metric = document["metric"]
-    scale, unit = (100.0, "%") if metric == "val_accuracy" else (1.0, "")
-    name = "acc" if metric == "val_accuracy" else "loss"
+    task = get_task(document["task"])
+    scale = task.figure_scale
+    unit = "%" if scale == 100 else ""
+    name = task.metric.removeprefix("val_").replace("accuracy", "acc")
     tested = {b["trial"]: b for b in document.get("best", [])}
     trials = {t["number"]: t for t in document["trials"]}
     front = {f["number"] for f in document["front"]}
@@ -195,13 +198,13 @@ def write_figure(document: dict[str, Any], path: Path) -> Path:
     """Validation metric against adapter parameters (log axis): all trials, the front."""
     from matplotlib.figure import Figure
 
-    metric = document["metric"]
-    scale = 100.0 if metric == "val_accuracy" else 1.0
+    task = get_task(document["task"])
+    scale = task.figure_scale
     fig = Figure(figsize=(6.8, 4.4), dpi=120)
     ax = fig.subplots()
     methods = sorted({t["config"]["method"] for t in document["trials"] if t["config"]})
     for method in methods:
-        colour = _COLOURS.get(method, "black")
+        colour = _colour(method)
         for state, filled in (("complete", True), ("pruned", False)):
             pts = [
                 (t["adapter_params"], t["last_value"] * scale)
@@ -231,7 +234,7 @@ def write_figure(document: dict[str, Any], path: Path) -> Path:
         ax.scatter(xs, ys, s=70, facecolors="none", edgecolors="black", zorder=4)
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters (log scale)")
-    ax.set_ylabel("validation accuracy (%)" if scale == 100 else "validation loss")
+    ax.set_ylabel(task.figure_label.replace("test", "validation"))
     ax.set_title(f"search {document['study_name']!r}: every trial and the front")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)

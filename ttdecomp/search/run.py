@@ -195,7 +195,7 @@ def search(
             raise InvalidInputError(
                 "the figure needs matplotlib; run `pip install matplotlib` or pass --no-figures."
             ) from None
-    resolve_device(config.device)
+    resolve_device(config.finetune.device)
     own_storage = storage is None
     folder = _prepare_output(output, resume, overwrite, own_storage)
     if storage is None:
@@ -237,7 +237,7 @@ def search(
     say(f"storage: {redact(storage)}; {goal}; sampler {config.sampler}, "
         f"pruner {config.pruner}; {workers} process(es)")  # fmt: skip
     start = time.perf_counter()
-    bar = ProgressBar(progress, n_trials, study, context.metric != "val_loss")
+    bar = ProgressBar(progress, n_trials, study, context.task_spec.larger_is_better)
     try:
         try:
             interrupted = run_trials(
@@ -304,7 +304,7 @@ def _retrain(
     trials = {t["number"]: t for t in document["trials"]}
     best: dict[int, dict[str, Any]] = {}
     train = context.fconfig.train_settings(context.config.seed)
-    test_key = "test_loss" if context.metric == "val_loss" else "test_accuracy"
+    test_key = context.task_spec.test_metric
 
     def record(number: int, row: dict[str, Any]) -> None:
         trial = trials[number]
@@ -329,7 +329,7 @@ def _retrain(
         say(f"re-training {len(chosen)} configuration(s), {n} at once, test once each")
         with RunPool(context.fconfig, n, threads, on_killed=say) as pool:
             for number in chosen:
-                settings = context.space.settings(trials[number]["config"])
+                settings = context.settings(trials[number]["config"])
                 pool.submit(number, settings, train, output / "best" / f"trial-{number}")
             for number, row in pool.results():
                 record(number, row)
@@ -338,7 +338,7 @@ def _retrain(
         return
     for i, number in enumerate(chosen, 1):
         trial = trials[number]
-        settings = context.space.settings(trial["config"])
+        settings = context.settings(trial["config"])
         say(f"re-training {i}/{len(chosen)}: trial {number} ({trial['label']}), test once")
         with quiet_training():
             row = context.job.run(settings, train, output / "best" / f"trial-{number}")

@@ -8,12 +8,14 @@ A space maps each method to its parameters, each given as
   (log-spaced on a log range);
 * a single value — fixed.
 
-Parameter names are the methods' own: TT-LoRA ``tt_shape``, ``tt_rank``, ``alpha``, ``lr``;
-LoRA ``r``, ``lora_alpha``, ``lr``; LoRETTA ``tensor_rank`` (and ``alpha`` for ``loretta-rep``),
-``lr``; head-only ``lr``. A ``tt_shape`` value is a flat shape, input factors then output
-factors, written as a list or as ``"8,6,8,8,6,8"``.
+Parameter names are the methods' own, declared by each registered method
+(:attr:`~ttdecomp.finetune.methods.Method.search_parameters`): TT-LoRA ``tt_shape``,
+``tt_rank``, ``alpha``, ``lr``; LoRA ``r``, ``lora_alpha``, ``lr``; LoRETTA ``tensor_rank`` (and
+``alpha`` for ``loretta-rep``), ``lr``; head-only ``lr``. A ``tt_shape`` value is a flat shape,
+input factors then output factors, written as a list or as ``"8,6,8,8,6,8"``.
 
-:func:`default_space` is the space searched when none is given: TT-LoRA over the shapes
+:func:`default_space` is the space searched when none is given, each method's own
+(:meth:`~ttdecomp.finetune.methods.Method.search_space`): TT-LoRA over the shapes
 :func:`tt_shape_candidates` gives for the targeted layer (the planner's factorisations with
 4, 6 and 8 cores and the default balanced shape), ranks 2-8, α 4-64 and lr 1e-3-2e-2; LoRA over
 r 4-16, ``lora_alpha`` 8-32 and lr 1e-4-5e-3. :func:`load_space` reads a YAML or JSON file and
@@ -30,9 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
-from ..finetune.methods import METHODS, MethodSettings, check_method, default_tt_shape
-from ..shapes import tensorize, to_tt_shape
+from ..errors import InvalidInputError, ShapeError
+from ..finetune.methods import (
+    DEFAULT_METHODS,
+    MethodSettings,
+    check_method,
+    default_settings,
+    get_method,
+    method_names,
+)
+from ..finetune.methods.tt import tt_shape_candidates
+from ..shapes import check_factor_count
 
 __all__ = [
     "PARAMETERS",
@@ -44,16 +54,36 @@ __all__ = [
     "tt_shape_candidates",
 ]
 
-#: The parameters each method can search, and the :class:`MethodSettings` field each sets.
-PARAMETERS: dict[str, dict[str, str]] = {
-    "tt-lora": {"tt_shape": "tt_shape", "tt_rank": "rank", "alpha": "alpha", "lr": "lr"},
-    "lora": {"r": "rank", "lora_alpha": "alpha", "lr": "lr"},
-    "loretta-rep": {"tensor_rank": "rank", "alpha": "alpha", "lr": "lr"},
-    "loretta-adp": {"tensor_rank": "rank", "lr": "lr"},
-    "head-only": {"lr": "lr"},
-}
-_INTEGER = {"tt_rank", "r", "tensor_rank"}
-_LOG_BY_DEFAULT = {"lr", "alpha", "lora_alpha"}
+
+class _Parameters(Mapping):
+    """Per registered method, its searchable parameters and the setting each sets (live)."""
+
+    def __getitem__(self, method: str) -> dict[str, str]:
+        if method not in method_names():
+            raise KeyError(method)
+        return dict(get_method(method).search_parameters)
+
+    def __iter__(self) -> Any:
+        return iter(method_names())
+
+    def __len__(self) -> int:
+        return len(method_names())
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+#: The parameters each registered method can search, and the :class:`MethodSettings` field
+#: each sets (read from the Method registry, so a registered method appears here).
+PARAMETERS: Mapping[str, dict[str, str]] = _Parameters()
+
+
+def _is_integer(method: str, name: str) -> bool:
+    return name in get_method(method).integer_parameters
+
+
+def _log_by_default(method: str, name: str) -> bool:
+    return name in get_method(method).log_parameters
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -72,6 +102,11 @@ def _parse_shape(value: Any, where: str) -> str:
         shape = [int(p) for p in parts] if parts is not None else None
     except (TypeError, ValueError):
         shape = None
+    if shape is not None:
+        try:
+            check_factor_count(len(shape), f"{where}: tt_shape choice")
+        except ShapeError as exc:  # a space's errors are all InvalidInputError
+            raise InvalidInputError(str(exc)) from None
     if (
         shape is None
         or len(shape) < 2
@@ -95,6 +130,8 @@ class Param:
     [0.0001, 0.001, 0.01]
     >>> Param("tt_rank", choices=(2, 4)).grid(3)
     [2, 4]
+    >>> Param("r", low=2, high=16, integer=True).grid(3)
+    [2, 9, 16]
     """
 
     name: str
@@ -102,10 +139,7 @@ class Param:
     low: float | None = None
     high: float | None = None
     log: bool = False
-
-    @property
-    def integer(self) -> bool:
-        return self.name in _INTEGER
+    integer: bool = False
 
     def grid(self, points: int) -> list[Any]:
         """The values the grid sampler runs: the choices, or ``points`` across the range."""
@@ -133,13 +167,18 @@ def _check_value(method: str, name: str, value: Any, where: str) -> Any:
     """One value of parameter ``name`` of ``method``, checked (an error names ``where``)."""
     if name == "tt_shape":
         return _parse_shape(value, where)
-    if name in _INTEGER:
+    if _is_integer(method, name):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
             raise InvalidInputError(
                 f"{where}: {method} {name} {value!r} is out of range; expected an integer in "
                 "[1, 256], e.g. 4."
             )
         return value
+    if isinstance(value, str):
+        raise InvalidInputError(
+            f"{where}: {method} {name} {value!r} is a string, not a number; write it without "
+            "quotes, e.g. lr: 1e-3."
+        )
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidInputError(f"{where}: {method} {name} {value!r} is not a finite number.")
     if name == "lr" and not 0 < value < 1:
@@ -189,10 +228,10 @@ def make_param(method: str, name: str, spec: Any, where: str = "search space") -
                 f"{where}: {method} {name} has low {low} > high {high}; swap them "
                 "(the range is low..high)."
             )
-        log = spec.get("log", name in _LOG_BY_DEFAULT)
+        log = spec.get("log", _log_by_default(method, name))
         if not isinstance(log, bool):
             raise InvalidInputError(f"{where}: {method} {name} log must be true or false.")
-        return Param(name, low=low, high=high, log=log)
+        return Param(name, low=low, high=high, log=log, integer=_is_integer(method, name))
     values = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     if name == "tt_shape" and isinstance(spec, (list, tuple)) and spec:
         if all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
@@ -200,78 +239,7 @@ def make_param(method: str, name: str, spec: Any, where: str = "search space") -
     if not values:
         raise InvalidInputError(f"{where}: {method} {name} has no values; give at least one.")
     checked = [_check_value(method, name, v, where) for v in values]
-    return Param(name, choices=tuple(dict.fromkeys(checked)))
-
-
-def tt_shape_candidates(
-    out_features: int, in_features: int, n_cores: Sequence[int] = (4, 6, 8)
-) -> list[list[int]]:
-    """TT-LoRA shapes to search for an ``(out, in)`` layer: several core counts.
-
-    For each core count, the planner's split factorisation
-    (:func:`~ttdecomp.shapes.tensorize`: a factor near 16 at each end) and, for six cores, the
-    balanced shape :func:`~ttdecomp.finetune.methods.default_tt_shape`; core counts the layer's
-    prime factors cannot reach are left out. Deterministic order, no duplicates.
-
-    Examples
-    --------
-    >>> tt_shape_candidates(384, 384)
-    [[24, 16, 16, 24], [16, 6, 4, 4, 6, 16], [8, 6, 8, 8, 6, 8], [16, 4, 3, 2, 2, 3, 4, 16]]
-    """
-    out: list[list[int]] = []
-    for d in n_cores:
-        try:
-            rows, cols = tensorize(out_features, in_features, d, "split")
-        except ValueError:
-            continue
-        shapes = [list(to_tt_shape(rows, cols))]
-        if d == 6:
-            shapes.append(default_tt_shape(out_features, in_features))
-        for shape in shapes:
-            if shape not in out:
-                out.append(shape)
-    if not out:  # too few prime factors for four cores: the default shape alone
-        out.append(default_tt_shape(out_features, in_features))
-    return out
-
-
-def _defaults(method: str, layer: tuple[int, int] | None, quick: bool) -> dict[str, Any]:
-    shapes = None
-    if layer is not None:
-        shapes = [_shape_text(s) for s in tt_shape_candidates(*layer)]
-    if quick:
-        small = {
-            "tt-lora": {"tt_rank": [2, 4], "alpha": 32.0, "lr": [5e-3, 1e-2]},
-            "lora": {"r": [4, 8], "lora_alpha": 16.0, "lr": 1e-3},
-            "loretta-rep": {"tensor_rank": [5], "alpha": 16.0, "lr": 5e-3},
-            "loretta-adp": {"tensor_rank": [5], "lr": 5e-3},
-            "head-only": {"lr": [1e-2]},
-        }[method]
-        if method == "tt-lora" and shapes:
-            small["tt_shape"] = shapes[:2]
-        return small
-    full = {
-        "tt-lora": {
-            "tt_rank": [2, 4, 8],
-            "alpha": {"low": 4.0, "high": 64.0, "log": True},
-            "lr": {"low": 1e-3, "high": 2e-2, "log": True},
-        },
-        "lora": {
-            "r": [4, 8, 16],
-            "lora_alpha": [8.0, 16.0, 32.0],
-            "lr": {"low": 1e-4, "high": 5e-3, "log": True},
-        },
-        "loretta-rep": {
-            "tensor_rank": [2, 5, 8],
-            "alpha": {"low": 4.0, "high": 64.0, "log": True},
-            "lr": {"low": 1e-3, "high": 2e-2, "log": True},
-        },
-        "loretta-adp": {"tensor_rank": [2, 5, 8], "lr": {"low": 1e-3, "high": 2e-2, "log": True}},
-        "head-only": {"lr": {"low": 1e-3, "high": 5e-2, "log": True}},
-    }[method]
-    if method == "tt-lora" and shapes:
-        full = {"tt_shape": shapes, **full}
-    return full
+    return Param(name, choices=tuple(dict.fromkeys(checked)), integer=_is_integer(method, name))
 
 
 @dataclass(frozen=True)
@@ -306,13 +274,15 @@ class SearchSpace:
         if not isinstance(spec, Mapping) or not spec:
             raise InvalidInputError(
                 f"{where} must map methods to their parameters, e.g. "
-                "{tt-lora: {tt_rank: [2, 4]}, lora: {r: [8]}}; got {spec!r}."
+                "{tt-lora: {tt_rank: [2, 4]}, lora: {r: [8]}}; "
+                f"got {spec!r}."
             )
         out = []
         for method, params in spec.items():
-            if method not in METHODS:
+            if method not in method_names():
                 raise InvalidInputError(
-                    f"{where}: unknown method {method!r}; expected one of {', '.join(METHODS)}."
+                    f"{where}: unknown method {method!r}; expected one of "
+                    f"{', '.join(method_names())}."
                 )
             if params is None:
                 params = {}
@@ -351,10 +321,14 @@ class SearchSpace:
                 out.append({"method": method, **{p.name: v for p, v in zip(params, combo)}})
         return out
 
-    def settings(self, values: Mapping[str, Any]) -> MethodSettings:
-        """The :class:`MethodSettings` of one configuration ``{"method": ..., name: value}``."""
-        from ..finetune.methods import default_settings
+    def settings(
+        self, values: Mapping[str, Any], base: Mapping[str, MethodSettings] | None = None
+    ) -> MethodSettings:
+        """The :class:`MethodSettings` of one configuration ``{"method": ..., name: value}``.
 
+        What the configuration does not set is ``base[method]``'s (the fine-tuning
+        configuration's settings), else the method's recommended setting.
+        """
         method = values["method"]
         fields = PARAMETERS[method]
         overrides: dict[str, Any] = {}
@@ -364,11 +338,16 @@ class SearchSpace:
             if name == "tt_shape":
                 value = tuple(int(s) for s in str(value).split(","))
             overrides[fields[name]] = value
+        if base is not None and method in base:
+            given = {k: v for k, v in base[method].to_dict().items() if k != "method"}
+            if given.get("tt_shape") is not None:
+                given["tt_shape"] = tuple(given["tt_shape"])
+            return default_settings(method, **{**given, **overrides})
         return default_settings(method, **overrides)
 
 
 def default_space(
-    methods: Sequence[str] = ("tt-lora", "lora"),
+    methods: Sequence[str] = DEFAULT_METHODS,
     layer: tuple[int, int] | None = None,
     *,
     quick: bool = False,
@@ -378,7 +357,7 @@ def default_space(
     Parameters
     ----------
     methods : sequence of str
-        Methods from :data:`~ttdecomp.finetune.methods.METHODS`.
+        Registered methods (:func:`~ttdecomp.finetune.methods.method_names`).
     layer : (int, int), optional
         ``(out_features, in_features)`` of the targeted layers: TT-LoRA then searches
         :func:`tt_shape_candidates` of it; without it, its default shape per layer.
@@ -393,12 +372,65 @@ def default_space(
     >>> len(space.to_dict()["tt-lora"]["tt_shape"])
     4
     """
-    spec = {check_method(m): _defaults(m, layer, quick) for m in methods}
+    spec = {check_method(m): get_method(m).search_space(layer, quick=quick) for m in methods}
     return SearchSpace.from_dict(spec, "default search space")
+
+
+def _no_duplicates(where: str) -> Any:
+    """A JSON ``object_pairs_hook`` refusing a key given twice in one object."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise InvalidInputError(
+                    f"{where}: key {key!r} is given twice in one mapping; keep one (a later "
+                    "value would silently replace the first)."
+                )
+            out[key] = value
+        return out
+
+    return hook
+
+
+# YAML 1.2's floats: PyYAML follows YAML 1.1, which reads 1e-3 (no dot) as a string
+_YAML12_FLOAT = (
+    r"^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)"
+    r"|[-+]?(?:[0-9][0-9_]*)?\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+
+
+def _space_loader(yaml: Any, where: str) -> type:
+    """A ``SafeLoader`` that refuses duplicate keys and reads YAML 1.2 floats (``1e-3``)."""
+    import re
+
+    class SpaceLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    mark = key_node.start_mark
+                    raise InvalidInputError(
+                        f"{where}, line {mark.line + 1}: key {key!r} is given twice "
+                        "in one mapping; keep one (a later value would silently replace the "
+                        "first)."
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    SpaceLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(_YAML12_FLOAT), list("-+0123456789.")
+    )
+    return SpaceLoader
 
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read a space from a YAML (``.yaml``/``.yml``, needs PyYAML) or JSON file.
+
+    A key given twice in one mapping is refused; YAML numbers follow YAML 1.2 (``1e-3`` is a
+    number, as in JSON, where YAML 1.1 reads a string).
 
     Examples
     --------
@@ -422,12 +454,12 @@ def load_space(path: str | Path) -> SearchSpace:
                 "the space as JSON."
             ) from None
         try:
-            spec = yaml.safe_load(text)
+            spec = yaml.load(text, Loader=_space_loader(yaml, f"--space {path}"))  # a SafeLoader
         except yaml.YAMLError as exc:
             raise InvalidInputError(f"--space {path} is not valid YAML: {exc}") from None
     elif suffix == ".json":
         try:
-            spec = json.loads(text)
+            spec = json.loads(text, object_pairs_hook=_no_duplicates(f"--space {path}"))
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"--space {path} is not valid JSON: {exc}") from None
     else:
@@ -457,7 +489,7 @@ def parse_param(text: str) -> tuple[str, Param]:
     Examples
     --------
     >>> parse_param("tt-lora.lr=1e-3:1e-2")
-    ('tt-lora', Param(name='lr', choices=None, low=0.001, high=0.01, log=True))
+    ('tt-lora', Param(name='lr', choices=None, low=0.001, high=0.01, log=True, integer=False))
     >>> parse_param("lora.r=4,8,16")[1].choices
     (4, 8, 16)
     >>> parse_param("tt-lora.tt_shape=8,6,8,8,6,8/24,16,16,24")[1].choices
@@ -470,9 +502,9 @@ def parse_param(text: str) -> tuple[str, Param]:
         raise InvalidInputError(
             f"{where}: expected METHOD.NAME=SPEC, e.g. tt-lora.lr=1e-3:1e-2 or lora.r=4,8,16."
         )
-    if method not in METHODS:
+    if method not in method_names():
         raise InvalidInputError(
-            f"{where}: unknown method {method!r}; expected one of {', '.join(METHODS)}."
+            f"{where}: unknown method {method!r}; expected one of {', '.join(method_names())}."
         )
     spec = spec.strip()
     if name == "tt_shape":
@@ -480,7 +512,7 @@ def parse_param(text: str) -> tuple[str, Param]:
     try:
         if ":" in spec:
             parts = spec.split(":")
-            log = name in _LOG_BY_DEFAULT
+            log = _log_by_default(method, name)
             if len(parts) == 3 and parts[2] in ("log", "linear"):
                 log = parts[2] == "log"
                 parts = parts[:2]
@@ -489,7 +521,7 @@ def parse_param(text: str) -> tuple[str, Param]:
                     "a range is LOW:HIGH, optionally followed by :log or :linear"
                 )
             low, high = _number(parts[0]), _number(parts[1])
-            if name not in _INTEGER:
+            if not _is_integer(method, name):
                 low, high = float(low), float(high)
             return method, make_param(method, name, {"low": low, "high": high, "log": log}, where)
         values = [_number(v.strip()) for v in spec.split(",") if v.strip()]

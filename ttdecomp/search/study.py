@@ -26,6 +26,7 @@ import contextlib
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
@@ -33,6 +34,7 @@ from .space import SearchSpace
 
 __all__ = [
     "SAMPLERS",
+    "check_sqlite_file",
     "make_pruner",
     "make_sampler",
     "open_storage",
@@ -88,6 +90,7 @@ def open_storage(url: str) -> Any:
         )
     scheme = url.split("://", 1)[0].split("+")[0]
     if scheme == "sqlite":
+        check_sqlite_file(url)
         connect: dict[str, Any] = {"timeout": 60}
     elif scheme == "postgresql":
         connect = {"connect_timeout": 5}
@@ -134,11 +137,87 @@ def open_storage(url: str) -> Any:
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        if scheme == "sqlite":
+            raise InvalidInputError(
+                f"cannot open the SQLite study file of --storage {redact(url)}: "
+                f"{reason[0] if reason else exc}. Check that its folder exists and is writable "
+                "and that the file is an Optuna study (or does not exist yet)."
+            ) from None
         raise InvalidInputError(
             f"cannot reach the study storage {redact(url)}: {reason[0] if reason else exc}. "
             "Check that the database server is running and the URL (host, port, user, "
             "database) is right, or drop --storage to use a SQLite file in --output."
         ) from None
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+#: Tables of an Optuna RDB storage (any one: another process may be creating the rest).
+_OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
+
+
+def check_sqlite_file(url: str) -> None:
+    """Refuse a SQLite storage Optuna must not write to: a file that is not SQLite, a database
+    of another application (tables, none of Optuna's), or a folder that does not exist.
+
+    Optuna creates its tables in any SQLite file it is given; in a database that holds other
+    tables it would mix them in. An empty or missing file is a new study.
+
+    Examples
+    --------
+    >>> import sqlite3, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "app.db")
+    >>> with sqlite3.connect(path) as db:
+    ...     _ = db.execute("CREATE TABLE users (name TEXT)")
+    >>> check_sqlite_file(f"sqlite:///{path}")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.InvalidInputError: --storage ...app.db holds another application's tables (users) ...
+    """  # noqa: E501
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception as exc:  # sqlalchemy's ArgumentError: an unparseable URL
+        raise InvalidInputError(f"--storage {redact(url)} is not a database URL: {exc}") from None
+    if not database or database == ":memory:":
+        return
+    path = Path(database)
+    if not path.parent.is_dir():
+        raise InvalidInputError(
+            f"--storage {redact(url)}: the folder {path.parent} does not exist; create it or "
+            "give a SQLite file in an existing folder."
+        )
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise InvalidInputError(f"--storage {redact(url)}: {path} is not a file.")
+    with open(path, "rb") as f:
+        header = f.read(len(_SQLITE_HEADER))
+    if not header:
+        return
+    if header != _SQLITE_HEADER:
+        raise InvalidInputError(
+            f"--storage {redact(url)}: {path} is not a SQLite database; give a new file name "
+            "(Optuna creates it) or an Optuna study file."
+        )
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {
+                row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+    except sqlite3.Error as exc:
+        raise InvalidInputError(
+            f"--storage {redact(url)}: cannot read the SQLite file {path}: {exc}."
+        ) from None
+    if tables and not tables & _OPTUNA_TABLES:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise InvalidInputError(
+            f"--storage {path} holds another application's tables ({shown}) and no Optuna "
+            "study; Optuna would add its own tables to it. Give a new file name, e.g. "
+            "sqlite:///study.db, or an Optuna study file."
+        )
 
 
 def _is_creation_race(exc: Any) -> bool:
@@ -305,7 +384,7 @@ class Objective:
     count_params : callable
         ``count_params(settings)`` → adapter parameters (on a weightless model).
     metric : str
-        ``val_accuracy`` (maximised) or ``val_loss`` (minimised).
+        The row's validation metric (the task's: ``val_accuracy``, ``val_loss``).
     pareto : bool
         Also return the adapter parameters (a second objective, minimised); Optuna cannot
         prune multi-objective trials, so every trial then runs all its epochs.
@@ -321,6 +400,9 @@ class Objective:
         it stops there, pruned, with ``stopped: "epoch budget"``.
     epochs_per_evaluation : float
         Training epochs between two evaluations.
+    settings : callable, optional
+        ``settings(config)`` → the :class:`~ttdecomp.finetune.methods.MethodSettings` a
+        sampled configuration trains with; default ``space.settings``.
     """
 
     def __init__(
@@ -339,6 +421,7 @@ class Objective:
         evaluations: int | None = None,
         epoch_budget: float | None = None,
         epochs_per_evaluation: float = 1.0,
+        settings: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         self.job, self.space, self.sampler_name = job, space, sampler_name
         self.grid = space.grid(grid_points) if sampler_name == "grid" else None
@@ -347,6 +430,7 @@ class Objective:
         self.should_stop = should_stop
         self.evaluations, self.epoch_budget = evaluations, epoch_budget
         self.epochs_per_evaluation = epochs_per_evaluation
+        self.settings = settings or space.settings
         self.repeats_in_a_row, self.exhausted = 0, False
 
     #: Repeated configurations in a row after which the space counts as exhausted.
@@ -418,8 +502,12 @@ class Objective:
         import optuna
 
         config = self.sample(trial)
-        settings = self.space.settings(config)
-        n_params = self.count_params(settings)
+        settings = self.settings(config)
+        twin = self.complete_twin(trial, config)
+        if twin is not None and "adapter_params" in twin.user_attrs:
+            n_params = twin.user_attrs["adapter_params"]  # counted already
+        else:
+            n_params = self.count_params(settings)
         trial.set_user_attr("config", config)
         trial.set_user_attr("settings", settings.to_dict())
         trial.set_user_attr("adapter_params", int(n_params))
@@ -428,7 +516,6 @@ class Objective:
             # another worker spent the budget while this trial was being sampled
             trial.set_user_attr("stopped", "epoch budget")
             raise optuna.TrialPruned("the epoch budget is spent")
-        twin = self.complete_twin(trial, config)
         if twin is not None:
             return self.repeat(trial, twin)
         self.repeats_in_a_row = 0

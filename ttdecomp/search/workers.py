@@ -167,7 +167,7 @@ def wait_workers(
         if killed:  # their finished trials are in the study; --resume runs the rest
             raise RunFailedError(
                 "; ".join(e.describe() for e in killed)
-                + ". Every finished trial is kept in the study; run the same command with "
+                + "; every finished trial is kept in the study. Run the same command with "
                 "--resume to finish the rest."
             )
         log = (output / ".workers" / f"worker-{failed[0].key}.log").read_text()[-2000:]

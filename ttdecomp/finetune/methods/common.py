@@ -1,0 +1,220 @@
+"""What every method shares: applying one to a model, counting, saving and loading.
+
+:func:`apply_method` freezes the model, asks the registered :class:`~.registry.Method` to
+make it trainable and counts what it trains, split into the **adapter** (what the method
+adds: TT cores, LoRA factors) and the **extras** every method shares or keeps beside it (the
+classification head; LoRETTA's norm layers). The head is trained in every method and counted
+apart, so "fraction of LoRA's" compares adapters with adapters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..._files import replace_folder
+from ...errors import InvalidInputError
+from .registry import Method, MethodSettings, get_method, methods_for
+
+__all__ = [
+    "METHOD_FILE",
+    "AdaptedModel",
+    "apply_method",
+    "dry_run",
+    "head_modules",
+    "load_adapted",
+    "save_adapted",
+]
+
+#: The file beside every saved adapter naming its method and settings.
+METHOD_FILE = "ttdecomp_method.json"
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """Names of the classification head(s) of a Hugging Face model (``classifier``, ``score``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> head_modules(torch.nn.Module())
+    []
+    """
+    return [name for name in ("classifier", "score") if hasattr(model, name)]
+
+
+@dataclass
+class AdaptedModel:
+    """A model made trainable by one method, with its parameter counts.
+
+    Attributes
+    ----------
+    model : nn.Module
+        What to train: a :class:`~ttdecomp.adapters.TTAdapterModel`, a ``peft.PeftModel`` or
+        the base model with only its head trainable.
+    settings : MethodSettings
+    kind : str
+        The method's :attr:`~.registry.Method.kind` (``"tt"``, ``"peft"``, ``"head"``).
+    adapter_params : int
+        Trainable parameters the method adds.
+    extra_params : int
+        Other trainable parameters (the head, LoRETTA's norms), counted apart.
+    """
+
+    model: nn.Module
+    settings: MethodSettings
+    kind: str
+    adapter_params: int
+    extra_params: int
+
+    @property
+    def method(self) -> Method:
+        """The registered method that made it."""
+        return get_method(self.settings.method)
+
+    @property
+    def trainer_class(self) -> type:
+        """The method's ``Trainer`` class (``TTAdapterTrainer`` for TT adapters)."""
+        return self.method.trainer_class()
+
+
+def _task(task: Any) -> Any:
+    """A task name or object → the task object (its ``trains_head`` and ``peft_task_type``)."""
+    if not isinstance(task, str):
+        return task
+    from ..tasks.registry import get_task
+
+    return get_task(task)
+
+
+def apply_method(
+    model: nn.Module,
+    settings: MethodSettings,
+    *,
+    targets: Sequence[str],
+    task: Any = "classification",
+) -> AdaptedModel:
+    """Make ``model`` trainable with ``settings.method`` (in place) and count what it trains.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A freshly loaded Hugging Face model; its weights are frozen.
+    settings : MethodSettings
+    targets : sequence of str
+        Module names (suffixes) the adapter wraps, e.g. ``["query", "value"]``; every entry
+        must match a layer. LoRETTA-adp is placed after these layers.
+    task : str or Task
+        A registered task (:func:`~ttdecomp.finetune.tasks.task_names`): classification
+        trains and saves the head in every method; a causal LM has no separate head.
+
+    Returns
+    -------
+    AdaptedModel
+
+    Examples
+    --------
+    >>> from ttdecomp.adapters.testing import tiny_model
+    >>> from ttdecomp.finetune.methods import default_settings
+    >>> adapted = apply_method(tiny_model("bert"), default_settings("tt-lora", rank=2),
+    ...                        targets=["query", "value"])
+    >>> adapted.kind, adapted.adapter_params > 0, adapted.extra_params > 0
+    ('tt', True, True)
+    """
+    task = _task(task)
+    method = get_method(settings.method)
+    if not method.supports(task.name):
+        raise InvalidInputError(
+            f"{method.why_not(task.name)}; choose among {', '.join(methods_for(task.name))} "
+            "(--methods)."
+        )
+    heads = head_modules(model) if task.trains_head else []
+    if task.trains_head and not heads:
+        raise InvalidInputError(
+            f"{type(model).__name__} has no classification head ('classifier' or 'score'); "
+            "load it with AutoModelForSequenceClassification."
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model = method.apply(
+        model, settings, targets=list(targets), heads=heads, peft_task_type=task.peft_task_type
+    )
+    adapter = extra = 0
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            if method.is_adapter_parameter(name):
+                adapter += p.numel()
+            else:
+                extra += p.numel()
+    return AdaptedModel(model, settings, method.kind, adapter, extra)
+
+
+def dry_run(
+    model_config: Any,
+    settings: Mapping[str, MethodSettings],
+    *,
+    targets: Sequence[str],
+    task: Any = "classification",
+) -> None:
+    """Check every method's targets and shapes on a weightless copy of the model (no weights read).
+
+    Each method is applied to a fresh ``meta``-device model built from ``model_config`` (the
+    task's model class), so a target that matches nothing or a ``tt_shape`` that does not fit
+    fails before any training, with the method named in the message.
+    """
+    import torch
+
+    task = _task(task)
+    auto = task.auto_model_class()
+    for method, method_settings in settings.items():
+        with torch.device("meta"):
+            skeleton = auto.from_config(model_config)
+        try:
+            apply_method(skeleton, method_settings, targets=targets, task=task)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{method}: {exc}") from None
+
+
+def save_adapted(adapted: AdaptedModel, folder: str | Path) -> None:
+    """Save what ``adapted`` trained into ``folder`` (replaced as a whole, atomically).
+
+    The method's own format (TT adapters with
+    :meth:`~ttdecomp.adapters.TTAdapterModel.save_pretrained`, LoRA in PEFT's format,
+    ``head-only`` as ``head.safetensors``), the head included, and ``ttdecomp_method.json``
+    naming the method and its settings. :func:`load_adapted` reads it back.
+    """
+    method = adapted.method
+
+    def write(tmp: Path) -> None:
+        method.save(adapted.model, tmp)
+        (tmp / METHOD_FILE).write_text(json.dumps(adapted.settings.to_dict(), indent=2))
+
+    replace_folder(Path(folder), write)
+
+
+def load_adapted(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Put the adapter saved by :func:`save_adapted` in ``folder`` onto a fresh ``model``.
+
+    Returns the model to predict with, in eval mode (a ``TTAdapterModel``, a ``PeftModel`` or
+    ``model`` with its head replaced).
+    """
+    folder = Path(folder)
+    meta = folder / METHOD_FILE
+    if not meta.is_file():
+        raise InvalidInputError(
+            f"{folder} holds no {METHOD_FILE}; expected a folder written by "
+            "ttdecomp finetune (runs/<method>-seed<k>/adapter)."
+        )
+    try:
+        settings = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{meta} is not valid JSON ({exc}).") from None
+    if not isinstance(settings, dict):
+        raise InvalidInputError(f"{meta} must hold a JSON object naming the method.")
+    out = get_method(settings.get("method")).load(model, folder)
+    out.eval()
+    return out
