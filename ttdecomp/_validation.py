@@ -26,17 +26,22 @@ from .errors import (
 
 __all__ = [
     "attainable_ranks",
+    "check_bool",
+    "check_choice",
     "check_cores",
     "check_eps",
     "check_error_bound",
     "check_finite_cores",
+    "check_int",
     "check_lapack_dtype",
     "check_matrix_shape",
     "check_operands",
+    "check_real",
     "clip_ranks",
     "matrix_cores",
     "matrix_shapes",
     "normalize_ranks",
+    "require_packages",
     "warn_unmet_eps",
 ]
 
@@ -393,3 +398,159 @@ def _device(a: Any) -> Any:
     if dev is None:
         return None
     return array_api_compat.device(a)
+
+
+def _range_text(low: Any, high: Any, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high}"
+    return ""
+
+
+def check_int(
+    value: Any,
+    name: str,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    optional: bool = False,
+) -> int | None:
+    """An integer option in ``[low, high]`` (either bound may be ``None``); bools are refused.
+
+    Raises :class:`~ttdecomp.errors.InvalidOptionError` naming the option ``name``.
+
+    Examples
+    --------
+    >>> check_int(4, "epochs", low=1, high=1000)
+    4
+    >>> check_int(0, "epochs", low=1, high=1000)
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.InvalidOptionError: epochs must be an integer in [1, 1000]; got 0.
+    >>> check_int(True, "epochs", low=1)
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.InvalidOptionError: epochs must be an integer >= 1; got True.
+    """
+    from .errors import InvalidOptionError
+
+    if value is None and optional:
+        return None
+    bad = not _is_int(value)
+    if not bad:
+        bad = (low is not None and value < low) or (high is not None and value > high)
+    if bad:
+        wanted = " ".join(["an integer", _range_text(low, high, False, False)]).strip()
+        raise InvalidOptionError(f"{name} must be {wanted}; got {value!r}.", option=name)
+    return int(value)
+
+
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> float | None:
+    """A finite real option in the range given (open or closed ends); bools are refused.
+
+    Examples
+    --------
+    >>> check_real(0.01, "weight_decay", low=0, high=1, high_open=True)
+    0.01
+    >>> check_real(float("nan"), "epoch_budget", low=0, low_open=True)
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.InvalidOptionError: epoch_budget must be a finite number > 0; got nan.
+    """
+    from .errors import InvalidOptionError
+
+    if value is None and optional:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        wanted = " ".join(["a finite number", _range_text(low, high, low_open, high_open)]).strip()
+        raise InvalidOptionError(f"{name} must be {wanted}; got {value!r}.", option=name)
+    return float(value)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any], *, optional: bool = False) -> Any:
+    """One of ``choices`` (compared by equality; a bool never stands for 0 or 1).
+
+    Examples
+    --------
+    >>> check_choice("bf16", "precision", ("auto", "fp32", "bf16", "fp16"))
+    'bf16'
+    >>> check_choice("fp8", "precision", ("auto", "fp32", "bf16", "fp16"))
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.InvalidOptionError: precision must be one of auto, fp32, bf16, fp16; got 'fp8'.
+    """
+    from .errors import InvalidOptionError
+
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not any(value == c and type(value) is type(c) for c in choices):
+        listed = ", ".join(str(c) for c in choices)
+        raise InvalidOptionError(f"{name} must be one of {listed}; got {value!r}.", option=name)
+    return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``True`` or ``False`` exactly (not 0, 1, ``"yes"`` or ``None``).
+
+    Examples
+    --------
+    >>> check_bool(1, "quick")
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.InvalidOptionError: quick must be True or False; got 1.
+    """
+    from .errors import InvalidOptionError
+
+    if not isinstance(value, bool):
+        raise InvalidOptionError(f"{name} must be True or False; got {value!r}.", option=name)
+    return value
+
+
+def require_packages(packages: Sequence[str], extra: str, what: str) -> None:
+    """Raise an ``ImportError`` naming the ``pip install`` when one of ``packages`` is missing.
+
+    Only looks the packages up (``importlib.util.find_spec``): nothing is imported, so a
+    package that is slow to import costs nothing here. ``extra`` is the ttdecomp extra
+    (``"torch"``, ``"finetune"``, ``"search"``); ``what`` is what needs them
+    (``"ttdecomp.adapters"``). The error's ``name`` is the missing package.
+
+    Examples
+    --------
+    >>> require_packages(["numpy"], "torch", "this example")
+    >>> require_packages(["no_such_package_here"], "torch", "this example")
+    Traceback (most recent call last):
+    ...
+    ImportError: this example needs no_such_package_here, which is not installed; install it with
+        pip install "ttdecomp[torch]"
+    """
+    import importlib.util
+
+    for package in packages:
+        try:
+            found = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):  # a finder that refuses it; a half-imported module
+            found = False
+        if not found:
+            raise ImportError(
+                f"{what} needs {package}, which is not installed; install it with\n"
+                f'    pip install "ttdecomp[{extra}]"',
+                name=package,
+            )

@@ -21,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "BackendMismatchError",
     "InvalidInputError",
+    "InvalidOptionError",
     "RankClippedWarning",
     "RankError",
     "ShapeError",
@@ -43,6 +44,25 @@ class RankError(TTError, ValueError):
 
 class InvalidInputError(TTError, ValueError):
     """An array or argument with invalid content: NaN/Inf, a tolerance out of range, ..."""
+
+
+class InvalidOptionError(InvalidInputError):
+    """A configuration option with an invalid value; ``option`` is the field's name.
+
+    Messages name the option as a Python user spells it (``epochs``); the command line
+    rewrites that name to its flag (``--epochs``) in one place
+    (:func:`ttdecomp.cli._options.error_message`).
+
+    Examples
+    --------
+    >>> err = InvalidOptionError("epochs must be an integer >= 1; got 0.", option="epochs")
+    >>> err.option, isinstance(err, ValueError)
+    ('epochs', True)
+    """
+
+    def __init__(self, message: str, *, option: str) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class BackendMismatchError(TTError, TypeError):

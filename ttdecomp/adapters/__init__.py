@@ -4,7 +4,8 @@ PEFT cannot register new methods, so this package mirrors its API: a config data
 :func:`get_tt_model` returning a wrapper whose layers keep ``base_layer``, merging, saving and
 loading, several named adapters, mixed-adapter batches (``adapter_names=``), weighted
 combinations (``add_weighted_adapter``), status reports, and an export to a standard PEFT LoRA
-checkpoint.
+checkpoint. Quantized bases (bitsandbytes 4-bit and 8-bit, torchao int8 weight-only) stay
+quantized under the adapters (:mod:`ttdecomp.adapters.quantized`).
 :class:`TTAdapterTrainer` (imported on first use, it pulls in ``transformers.Trainer``) is a
 ``Trainer`` whose checkpoints hold only the adapters.
 
@@ -20,6 +21,7 @@ torch.Size([2, 8])
 
 from __future__ import annotations
 
+from . import _requires  # noqa: F401 (first: a missing package names its pip install)
 from .config import (
     CONFIG_NAME,
     DEFAULT_TARGETS,
@@ -47,6 +49,13 @@ from .layers import (
     TTLoRAAdapter,
 )
 from .model import TTAdapterModel, get_tt_model
+from .quantized import (
+    MergeRounding,
+    QuantizedMergeWarning,
+    QuantizedTTAdapterLayer,
+    guard_4bit_backward,
+    prepare_model_for_kbit_training,
+)
 from .routing import BASE_ADAPTER
 from .serving import FORWARDED_ATTRIBUTES
 from .status import TTLayerStatus, TTModelStatus
@@ -65,7 +74,10 @@ __all__ = [
     "LoRETTAAdpAdapter",
     "LoRETTAConfig",
     "LoRETTARepAdapter",
+    "MergeRounding",
     "ModulesToSaveWrapper",
+    "QuantizedMergeWarning",
+    "QuantizedTTAdapterLayer",
     "TTAdapterConfig",
     "TTAdapterLayer",
     "TTAdapterModel",
@@ -80,9 +92,11 @@ __all__ = [
     "export_peft_lora",
     "get_adapter_state_dict",
     "get_tt_model",
+    "guard_4bit_backward",
     "inject_adapter_in_model",
     "inspect_targets",
     "mark_only_adapters_as_trainable",
+    "prepare_model_for_kbit_training",
     "set_adapter_state_dict",
 ]
 

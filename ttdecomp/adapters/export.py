@@ -29,6 +29,7 @@ from ..errors import InvalidInputError, RankError
 from ..nn.fast import split_bond, split_halves
 from .config import ADP_CANNOT_MERGE, LoRETTAConfig, TTAdapterConfig
 from .layers import ModulesToSaveWrapper, TTAdapterLayer, TTLoRAAdapter
+from .quantized import reference_weight
 from .serialization import write_files
 
 __all__ = ["export_peft_lora"]
@@ -99,7 +100,7 @@ def export_peft_lora(
     for name, m in model.named_modules():
         if isinstance(m, TTAdapterLayer) and adapter_name in m.tt_adapters:
             a, b, errors[name] = _lora_pair(m.tt_adapters[adapter_name], rank)
-            dtype = m.weight.dtype
+            dtype = reference_weight(m).dtype  # a quantized base: its compute dtype
             tensors[f"base_model.model.{name}.lora_A.weight"] = a.to(dtype).contiguous()
             tensors[f"base_model.model.{name}.lora_B.weight"] = b.to(dtype).contiguous()
             targets.append(name)

@@ -28,6 +28,7 @@ from .layers import (
     TTLoRAAdapter,
     adapter_dtype,
 )
+from .quantized import guard_4bit_backward, reference_weight, wrap_layer
 from .routing import BASE_ADAPTER
 from .targets import (
     TargetInfo,
@@ -220,9 +221,9 @@ def inject_adapter_in_model(
     init = config.init if _init == "config" else _init
     for info in infos:
         current = tree[info.name]
-        layer = current if isinstance(current, TTAdapterLayer) else TTAdapterLayer(current)
+        layer = wrap_layer(current)  # quantized bases get their own wrapper (adapters.quantized)
         if _prebuilt is None:
-            adapter = build_adapter(config, info, layer.weight, init=init)
+            adapter = build_adapter(config, info, reference_weight(layer), init=init)
         else:
             adapter = _prebuilt[1][info.name]
         if isinstance(adapter, Packed):
@@ -247,6 +248,7 @@ def inject_adapter_in_model(
             wrapper.modules_to_save[adapter_name].requires_grad_(False)
         if wrapper is not current:
             set_submodule(model, name, wrapper)
+    guard_4bit_backward(model)  # bitsandbytes' CPU inference kernel has no backward
     if _activate:
         mark_only_adapters_as_trainable(model, [adapter_name])
     return model

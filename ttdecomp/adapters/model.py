@@ -38,6 +38,7 @@ from .inject import (
     set_submodule,
 )
 from .layers import ModulesToSaveWrapper, TTAdapterLayer
+from .quantized import MergeRounding, QuantizedTTAdapterLayer
 from .serialization import load_adapter, remove_stale_adapters, save_adapters
 from .serving import FORWARDED_ATTRIBUTES, ServingMixin, batch_rows
 
@@ -102,6 +103,7 @@ class TTAdapterModel(ServingMixin, nn.Module):
         self.tt_config: dict[str, TTAdapterConfig] = {adapter_name: config}
         self.active_adapters: list[str] = [adapter_name]
         self.inference_mode = inference_mode
+        self.merge_rounding: dict[str, dict[str, MergeRounding]] = {}
         self.forward = functools.wraps(model.forward)(functools.partial(_call_base, self))
 
     def __getattr__(self, name: str) -> Any:
@@ -246,15 +248,26 @@ class TTAdapterModel(ServingMixin, nn.Module):
         kept so :meth:`unmerge_adapter` restores them bit-for-bit. Merged and unmerged outputs
         agree to about ``1e-5`` relative in float32 and ``1e-2`` in bfloat16 (bf16 rounds the
         merged weight once).
+
+        On a quantized base (:mod:`ttdecomp.adapters.quantized`) W is dequantized, ΔW added and
+        the sum quantized again: the rounding that adds is recorded per layer in
+        :attr:`merge_rounding` (``{module name: {adapter: MergeRounding}}``) and a
+        :class:`~ttdecomp.adapters.quantized.QuantizedMergeWarning` is raised where it exceeds
+        ‖ΔW‖.
         """
         names = list(adapter_names or self.active_adapters)
         self._check_known(names)
         self._check_mergeable(names)
-        for layer in self._layers():
+        for name, layer in list(self.base_model.named_modules()):
             if isinstance(layer, TTAdapterLayer):
                 layer.merge(
                     [n for n in names if n in layer.tt_adapters], keep_original=keep_original
                 )
+                self._record_rounding(name, layer)
+
+    def _record_rounding(self, name: str, layer: TTAdapterLayer) -> None:
+        if isinstance(layer, QuantizedTTAdapterLayer) and layer.merge_rounding:
+            self.merge_rounding[name] = dict(layer.merge_rounding)
 
     def unmerge_adapter(self) -> None:
         """Undo :meth:`merge_adapter` everywhere."""
@@ -271,6 +284,7 @@ class TTAdapterModel(ServingMixin, nn.Module):
             if isinstance(layer, TTAdapterLayer):
                 if merge:
                     layer.merge([n for n in names if n in layer.tt_adapters], keep_original=False)
+                    self._record_rounding(name, layer)
                 else:
                     layer.unmerge()
                 set_submodule(self.base_model, name, layer.base_layer)
@@ -283,7 +297,9 @@ class TTAdapterModel(ServingMixin, nn.Module):
     def merge_and_unload(self, adapter_names: Sequence[str] | None = None) -> nn.Module:
         """Merge adapters into the weights and return the plain base model (no wrappers).
 
-        Modules-to-save are replaced by the active adapter's trained copy.
+        Modules-to-save are replaced by the active adapter's trained copy. On a quantized base
+        the merged weights are quantized again; the rounding is recorded in
+        :attr:`merge_rounding` (see :meth:`merge_adapter`).
         """
         return self._unwrap(True, adapter_names)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import struct
 import uuid
 from collections.abc import Sequence
@@ -49,6 +50,7 @@ from .inject import (
     set_adapter_state_dict,
 )
 from .packed import Packed
+from .quantized import base_quantization, reference_weight
 from .targets import inspect_targets, logical_modules, module_tree, select_modules_to_save
 
 __all__ = [
@@ -62,6 +64,8 @@ __all__ = [
     "save_adapters",
     "save_config",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 def save_adapter(
@@ -106,7 +110,8 @@ def _serialise(model: nn.Module, config: TTAdapterConfig, adapter_name: str) -> 
     from safetensors.torch import save
 
     tensors = get_adapter_state_dict(model, adapter_name)
-    infos = inspect_targets(model, config)
+    tree = module_tree(model)
+    infos = inspect_targets(model, config, modules=tree)
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
     save_id = uuid.uuid4().hex
     record = {
@@ -127,6 +132,12 @@ def _serialise(model: nn.Module, config: TTAdapterConfig, adapter_name: str) -> 
                     k: {kk: list(vv) for kk, vv in v.items()} for k, v in i.tt_matrices.items()
                 },
                 "n_params": i.n_params,
+                # only for a quantized base: full-precision records stay as they were
+                **(
+                    {"base_quantization": base_quantization(tree[i.name])}
+                    if base_quantization(tree[i.name]) != "none"
+                    else {}
+                ),
             }
             for i in infos
         },
@@ -296,7 +307,7 @@ def load_adapter(
     # adapters are held packed (one flat parameter per layer, no modules; see packed.py)
     built: dict[str, nn.Module | Packed] = {}
     for name, info in infos.items():
-        weight = tree[name].weight
+        weight = reference_weight(tree[name])
         packed = None if activate else build_packed(config, info, weight)
         built[name] = (
             packed if packed is not None else build_adapter(config, info, weight, init=None)
@@ -347,7 +358,33 @@ def load_adapter(
             copy_ = model.get_submodule(name).modules_to_save[adapter_name]
             for pname, t in [*copy_.named_parameters(), *copy_.named_buffers()]:
                 t.copy_(tensors[f"{name}.{pname}"])
+    _note_base_quantization(folder, saved_modules, tree)
     return config
+
+
+def _note_base_quantization(
+    folder: Path, saved_modules: dict[str, Any], tree: dict[str, nn.Module]
+) -> None:
+    """Log when the adapter was trained on a base quantized otherwise than this model's.
+
+    It still loads (the cores do not depend on how the base is stored); what it learned partly
+    corrects the quantization error of the base it was trained on. Files saved before this was
+    recorded say nothing and are taken as trained on a full-precision base.
+    """
+    pairs = {
+        (saved.get("base_quantization", "none"), base_quantization(tree[name]))
+        for name, saved in saved_modules.items()
+    }
+    for trained, here in sorted(p for p in pairs if p[0] != p[1]):
+        _log.info(
+            "adapter %s was trained on a base with %s weights and is loaded on a base with %s "
+            "weights: it loads and runs as saved, but it learned beside the weights it was "
+            "trained on, so outputs differ from the trained model's by the difference between "
+            "the two bases (the quantization error), not by anything in the adapter.",
+            folder,
+            "full-precision" if trained == "none" else trained,
+            "full-precision" if here == "none" else here,
+        )
 
 
 def _expected_tensors(

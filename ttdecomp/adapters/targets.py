@@ -7,7 +7,9 @@ is raised before any layer is replaced. :func:`inspect_targets` exposes it to us
 Matching rules (as PEFT's, but strict): a list entry matches a module whose name equals it, ends
 with ``"." + entry``, or fully matches it as a regular expression; a plain string is a regular
 expression against full module names; ``"all-linear"`` is every ``nn.Linear`` / ``Conv1D`` except
-the output head. **Every list entry, exclusion, per-module shape key and layer index must select
+the output head, quantized linears included (:mod:`ttdecomp.adapters.quantized`; a quantized kind
+that is not supported is an error naming it, never skipped).
+**Every list entry, exclusion, per-module shape key and layer index must select
 at least one module**, otherwise :class:`~ttdecomp.adapters.TargetModulesError` is raised.
 """
 
@@ -24,7 +26,8 @@ from torch import nn
 
 from ..counts import tt_matrix_n_params
 from ..errors import RankClippedWarning, ShapeError, TTWarning
-from ..nn.kinds import in_out_features, is_conv1d
+from ..nn.kinds import in_out_features, is_conv1d, is_linear
+from ..nn.quantized import unsupported_quantized
 from ..nn.selection import entry_matches, match_modules, select_modules
 from ..shapes import tensorize
 from .config import (
@@ -208,6 +211,10 @@ def _is_norm(module: nn.Module) -> bool:
     return has_weight and (isinstance(module, nn.LayerNorm) or cls.endswith(("Norm", "RMSNorm")))
 
 
+def _is_linear_or_quantized(module: nn.Module) -> bool:
+    return is_linear(module) or unsupported_quantized(module) is not None
+
+
 def _select_targets(
     model: nn.Module, config: TTAdapterConfig, tree: Mapping[str, nn.Module]
 ) -> list[tuple[str, nn.Module]]:
@@ -228,9 +235,17 @@ def _select_targets(
             targets,
             exclude_modules=config.exclude_modules,
             modules=modules,
+            # quantized layers of unsupported kinds are selected to be named in the error below
+            kind=_is_linear_or_quantized,
             kind_name="nn.Linear or transformers Conv1D (what TT adapters wrap)",
         )
     )
+    quantized = sorted(n for n in chosen if unsupported_quantized(modules[n]))
+    if quantized:
+        raise TargetModulesError(
+            f"target_modules={targets!r} selects {quantized[:5]}: "
+            f"{unsupported_quantized(modules[quantized[0]])}"
+        )
     chosen = {n for n in chosen if not inside_saved(n)}
     if config.layers_to_transform is not None:
         index = {n: _layer_index(n, config.layers_pattern) for n in chosen}

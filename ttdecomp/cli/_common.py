@@ -1,4 +1,4 @@
-"""What the sub-commands of ``ttdecomp`` share."""
+"""What the sub-commands of ``ttdecomp`` share: progress default, Ctrl-C and error handling."""
 
 from __future__ import annotations
 
@@ -6,53 +6,12 @@ import argparse
 import contextlib
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-__all__ = [
-    "RegistryHelp",
-    "RegistryHelpFormatter",
-    "method_help",
-    "progress_default",
-    "warnings_as_lines",
-]
+from ..errors import TTError
+from ._options import error_message
 
-
-class RegistryHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Help texts that name the registered methods, rendered when ``--help`` is printed.
-
-    Options whose text names the registered methods or their recommended settings read the
-    Method registry only then (it imports torch), so it lists what is registered at run time;
-    anything else reading the parser (the docs' CLI reference) sees the plain text.
-    """
-
-    def _format_action(self, action: argparse.Action) -> str:
-        if isinstance(action.help, RegistryHelp):
-            action.help = action.help.render()
-        return super()._format_action(action)
-
-
-class RegistryHelp(str):
-    """A help text (its plain value) that :class:`RegistryHelpFormatter` completes from the
-    Method registry."""
-
-    setting: str | None = None
-
-    def render(self) -> str:
-        try:
-            from ..finetune.methods import format_defaults, method_names
-        except ImportError:  # no torch: the command says so when it runs
-            return str(self)
-        if self.setting is None:
-            return f"{self}: {', '.join(method_names())}"
-        return f"{self} ({format_defaults(setting=self.setting)})"
-
-
-def method_help(text: str, setting: str | None = None) -> RegistryHelp:
-    """``text`` followed, in ``--help``, by the registered methods or their recommended
-    ``setting``."""
-    out = RegistryHelp(text)
-    out.setting = setting
-    return out
+__all__ = ["progress_default", "run_job", "warnings_as_lines"]
 
 
 def progress_default(flag: bool | None) -> bool:
@@ -65,6 +24,37 @@ def progress_default(flag: bool | None) -> bool:
     except ImportError:
         return False
     return sys.stderr.isatty()
+
+
+def run_job(
+    command: str,
+    parser: argparse.ArgumentParser,
+    body: Callable[[Callable[[], bool]], int],
+    *,
+    interrupted: Callable[[], str],
+    speak: bool = True,
+) -> int:
+    """Run ``body(should_stop)``; Ctrl-C and SIGTERM stop it cleanly; return the exit status.
+
+    ``should_stop()`` is true once a signal came (:func:`ttdecomp.runs.pool.stop_on_signals`).
+    An interrupt prints ``interrupted()`` (what was kept) and returns 130; a
+    :class:`~ttdecomp.errors.TTError` is one line on stderr, with the option it names written
+    as its flag, and returns 2. ``speak=False`` (a torchrun process other than rank 0) prints
+    nothing.
+    """
+    from ..runs.pool import stop_on_signals
+
+    try:
+        with stop_on_signals() as should_stop:
+            return body(should_stop)
+    except KeyboardInterrupt:
+        if speak:
+            print(f"\nttdecomp {command}: interrupted. {interrupted()}", file=sys.stderr)
+        return 130
+    except (TTError, FileNotFoundError) as exc:
+        if speak:
+            print(f"ttdecomp {command}: error: {error_message(exc, parser)}", file=sys.stderr)
+        return 2
 
 
 @contextlib.contextmanager

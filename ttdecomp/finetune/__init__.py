@@ -31,6 +31,7 @@ from __future__ import annotations
 from ..assets.dialogues import load_chatterbot, split_dialogues
 from ..assets.registry import AssetMissingError, asset_status
 from ..assets.smollm2 import load_smollm2
+from . import _requires  # noqa: F401 (first: a missing package names its pip install)
 from .batching import LengthGroupedSampler, chunk_by_length, length_chunked, length_grouped
 from .data import Splits, load_classification, unlabelled_texts
 from .methods import (

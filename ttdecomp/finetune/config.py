@@ -10,25 +10,37 @@ run's training settings.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from .._validation import check_bool, check_choice, check_int, check_real
 from ..assets import registry as assets
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, InvalidOptionError
+from .data import FRACTIONS
 from .methods import (
     DEFAULT_METHODS,
     MethodSettings,
     check_method,
     default_settings,
+    format_defaults,
     get_method,
     methods_for,
 )
 from .methods import method_names as _method_names
-from .tasks import Task, detect_task, get_task
-from .train import TrainSettings
+from .tasks import Task, detect_task, get_task, task_names
+from .train import LR_SCHEDULES, TrainSettings
 
-__all__ = ["FinetuneConfig"]
+__all__ = [
+    "BNB_4BIT_TYPES",
+    "DEFAULTS",
+    "PRECISIONS",
+    "QUANTIZE",
+    "QUICK",
+    "REPORT_TO",
+    "FinetuneConfig",
+]
 
 _SOURCE_DEFAULTS = {
     "revision": None,
@@ -36,7 +48,79 @@ _SOURCE_DEFAULTS = {
     "data_config": None,
     "text_column": "text",
     "label_column": "label",
+    "quantize": "none",
+    "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_compute_dtype": "float32",
 }
+
+#: The built-in tasks' training defaults (each registered task's ``defaults``, a copy).
+DEFAULTS = {name: dict(get_task(name).defaults) for name in ("classification", "causal")}
+#: Their ``--quick`` versions (each registered task's ``quick``, a copy).
+QUICK = {name: dict(get_task(name).quick) for name in ("classification", "causal")}
+
+#: ``precision``: ``auto`` is bf16 on a GPU that supports it, else fp32.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: ``report_to``: where the ``Trainer`` also logs.
+REPORT_TO = ("none", "tensorboard", "wandb")
+#: ``quantize``: the frozen base model's storage ("none": full precision), and what each loads
+#: the base model as (every method trains beside it).
+QUANTIZE = {
+    "none": "full precision (no quantization)",
+    "4bit": "bitsandbytes 4-bit (QLoRA's base): BitsAndBytesConfig(load_in_4bit=True)",
+    "8bit": "bitsandbytes 8-bit: BitsAndBytesConfig(load_in_8bit=True)",
+    "int8": "torchao int8 weight-only: TorchAoConfig(Int8WeightOnlyConfig())",
+}
+#: ``bnb_4bit_quant_type``: bitsandbytes' 4-bit data types.
+BNB_4BIT_TYPES = ("nf4", "fp4")
+#: ``bnb_4bit_compute_dtype``: the dtype of the 4-bit matmuls, as transformers names it.
+BNB_4BIT_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+# option groups of the command line (the fields' "group")
+_WHAT = "what to compare"
+_METHOD = "method settings (VALUE for every method that has it, or METHOD=VALUE,...)"
+_TRAINING = "training"
+_DEVICE = "device and logging"
+_QUANT = "quantized base model"
+_SOURCE = "Hub model and data"
+# upper bounds of the integer training options (all at least 1)
+_INT_LIMITS = {
+    "epochs": 1000,
+    "max_steps": 10**7,
+    "batch_size": 65536,
+    "eval_every": 10**7,
+}
+
+
+def _method_defaults(name: str) -> Callable[[], str]:
+    """``"tt-lora 4, lora 8, ..."``: each registered method's recommended ``name``, read from
+    the Method registry when the command line is built (methods registered at run time too)."""
+    return functools.partial(format_defaults, setting=name)
+
+
+def _registered_methods() -> str:
+    return f"from the registered methods: {', '.join(_method_names())}"
+
+
+def _registered_tasks() -> str:
+    return f"a registered task: {', '.join(task_names())}"
+
+
+def _task_defaults(name: str, index: int | None = None) -> str:
+    """``"4; --quick 3; causal LMs 1, --quick 1"``: a training default per task (for the help)."""
+
+    def value(table: dict, task: str) -> Any:
+        v = table[task][name]
+        return v[index] if v is not None and index is not None else v
+
+    parts = []
+    for task, label in (("classification", ""), ("causal", "causal LMs ")):
+        normal, quick = value(DEFAULTS, task), value(QUICK, task)
+        text = [] if normal is None else [f"{label}{normal}"]
+        if quick is not None:
+            text.append(f"{'' if text or not label else label}--quick {quick}")
+        if text:
+            parts.append(", ".join(text))
+    return "; ".join(parts) if parts else "none"
 
 
 @dataclass
@@ -72,13 +156,24 @@ class FinetuneConfig:
         data's own sizes; a user's data is split 70/10/20% of its usable rows per class
         (``--quick``: of at most 620 rows).
     device : str
-        ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
+        ``auto`` (the default): CUDA, then MPS, then CPU; under ``torchrun`` each process
+        takes the GPU of its ``LOCAL_RANK``.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Mixed precision of training; ``auto`` is bf16 on a GPU that supports it, else fp32.
+    gradient_checkpointing : bool
+        Recompute activations in the backward pass: less memory, more time.
+    report_to : {"none", "tensorboard", "wandb"}
+        Where the ``Trainer`` also logs (the run's own ``train_log.jsonl`` is always written).
+    quantize : {"none", "4bit", "8bit", "int8"}
+        The frozen base model's storage (bitsandbytes 4- or 8-bit, torchao int8 weight-only).
+        Not supported yet: a value other than ``none`` raises.
+    bnb_4bit_quant_type : {"nf4", "fp4"}
+        bitsandbytes' 4-bit data type (``quantize="4bit"`` only).
+    bnb_4bit_compute_dtype : {"auto", "fp32", "bf16", "fp16"}
+        The dtype of the 4-bit layers' matmuls (``quantize="4bit"`` only); ``auto``: the
+        training precision's.
     quick : bool
         The fast end-to-end check: the task's ``quick`` sizes, epochs and length unless given.
-    task : str, optional
-        A registered task (:func:`~ttdecomp.finetune.tasks.task_names`); default: chosen from
-        the data and the model (:func:`~ttdecomp.finetune.tasks.detect_task`).
-        The fast end-to-end check: sizes, epochs and length from :data:`QUICK` unless given.
     revision : str, optional
         A Hub model's branch, tag or commit.
     trust_remote_code : bool
@@ -87,6 +182,20 @@ class FinetuneConfig:
         A Hub dataset's configuration (e.g. ``sst2`` of ``glue``).
     text_column, label_column : str
         The columns of the text and the label in a file or dataset.
+    quantize : {"none", "4bit", "8bit", "int8"}
+        Load the base model quantized (:data:`QUANTIZE`); every method trains beside the frozen
+        quantized base (LoRA through PEFT: QLoRA on ``4bit``). Needs ``ttdecomp[quantized]``.
+    bnb_4bit_quant_type : {"nf4", "fp4"}
+        The 4-bit data type (``--quantize 4bit`` only), as transformers names it.
+    bnb_4bit_compute_dtype : {"float32", "bfloat16", "float16"}
+        What the 4-bit matmuls compute in (``--quantize 4bit`` only).
+    task : str, optional
+        A registered task (:func:`~ttdecomp.finetune.tasks.task_names`); default: chosen from
+        the data and the model (:func:`~ttdecomp.finetune.tasks.detect_task`).
+
+    Every field is also a ``ttdecomp finetune`` option (``batch_size`` is ``--batch-size``;
+    ``sizes`` is ``--train-size``, ``--val-size`` and ``--test-size``). An invalid value
+    raises :class:`~ttdecomp.errors.InvalidOptionError` naming the field.
 
     Examples
     --------
@@ -94,32 +203,263 @@ class FinetuneConfig:
     0.01
     """
 
-    model: str = "minilm"
-    data: str = "tweets"
-    methods: Sequence[str] = DEFAULT_METHODS
-    seeds: Sequence[int] = (0,)
-    rank: Any = None
-    alpha: Any = None
-    lr: Any = None
-    tt_shape: Sequence[int] | None = None
-    epochs: int | None = None
-    max_steps: int | None = None
-    batch_size: int | None = None
-    max_length: int | None = None
-    eval_every: int | None = None
-    weight_decay: float = 0.01
-    lr_schedule: Any = "constant"
-    warmup_ratio: Any = 0.0
-    targets: Sequence[str] | None = None
-    sizes: tuple[int, int, int] | None = None
-    device: str = "cpu"
-    quick: bool = False
-    revision: str | None = None
-    trust_remote_code: bool = False
-    data_config: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    task: str | None = None
+    model: str = field(
+        default="minilm",
+        metadata={
+            "help": "a packaged model (minilm, smollm2, mpnet), a local Hugging Face folder, "
+            "or a Hub id (org/name, from the Hub or its cache)",
+            "group": _WHAT,
+        },
+    )
+    data: str = field(
+        default="tweets",
+        metadata={
+            "help": "packaged data (tweets, chatterbot), a CSV/JSONL file with text,label "
+            "columns, a folder saved by datasets, or a Hub dataset id",
+            "group": _WHAT,
+        },
+    )
+    methods: Sequence[str] = field(
+        default=DEFAULT_METHODS,
+        metadata={"help": _registered_methods, "group": _WHAT, "list": True},
+    )
+    seeds: Sequence[int] = field(
+        default=(0,),
+        metadata={"help": "one run per seed and method", "group": _WHAT, "list": True, "type": int},
+    )
+    rank: Any = field(
+        default=None,
+        metadata={
+            "help": "TT-LoRA tt_rank, LoRA r, LoRETTA tensor_rank",
+            "default_text": _method_defaults("rank"),
+            "group": _METHOD,
+            "per_method": True,
+            "type": int,
+        },
+    )
+    alpha: Any = field(
+        default=None,
+        metadata={
+            "help": "TT-LoRA alpha, LoRA lora_alpha, LoRETTA-rep alpha",
+            "default_text": _method_defaults("alpha"),
+            "group": _METHOD,
+            "per_method": True,
+            "type": float,
+        },
+    )
+    lr: Any = field(
+        default=None,
+        metadata={
+            "help": "learning rate",
+            "default_text": _method_defaults("lr"),
+            "group": _METHOD,
+            "per_method": True,
+            "type": float,
+        },
+    )
+    tt_shape: Sequence[int] | None = field(
+        default=None,
+        metadata={
+            "help": "TT-LoRA's flat shape, input then output factors, for every target",
+            "default_text": "per layer, three balanced factors a side, e.g. 8,6,8,8,6,8",
+            "group": _METHOD,
+            "list": True,
+            "type": int,
+        },
+    )
+    epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "passes over the training split",
+            "default_text": _task_defaults("epochs"),
+            "group": _TRAINING,
+            "type": int,
+        },
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "optimizer steps instead of epochs",
+            "default_text": _task_defaults("max_steps"),
+            "group": _TRAINING,
+            "type": int,
+        },
+    )
+    batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "global batch size",
+            "default_text": _task_defaults("batch_size"),
+            "group": _TRAINING,
+            "type": int,
+        },
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "tokens per text",
+            "default_text": _task_defaults("max_length"),
+            "group": _TRAINING,
+            "type": int,
+        },
+    )
+    eval_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "validate every N steps",
+            "default_text": "every epoch",
+            "group": _TRAINING,
+            "type": int,
+        },
+    )
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay", "group": _TRAINING}
+    )
+    lr_schedule: Any = field(
+        default="constant",
+        metadata={
+            "help": f"learning-rate schedule after the warm-up, one of {', '.join(LR_SCHEDULES)}",
+            "group": _TRAINING,
+            "per_method": True,
+            "type": str,
+        },
+    )
+    warmup_ratio: Any = field(
+        default=0.0,
+        metadata={
+            "help": "fraction of the steps spent warming the learning rate up from 0",
+            "group": _TRAINING,
+            "per_method": True,
+            "type": float,
+        },
+    )
+    targets: Sequence[str] | None = field(
+        default=None,
+        metadata={
+            "help": "target modules",
+            "default_text": "the model's query and value projections",
+            "group": _WHAT,
+            "list": True,
+            "type": str,
+        },
+    )
+    sizes: tuple[int, int, int] | None = field(
+        default=None,
+        metadata={
+            "help": "train, validation and test examples",
+            "group": _TRAINING,
+            "type": int,
+            "parts": tuple(
+                (
+                    flag,
+                    f"{what} ({_task_defaults('sizes', i)}; data of your own: "
+                    f"{100 * FRACTIONS[i]:.0f}% of its rows)",
+                )
+                for i, (flag, what) in enumerate(
+                    (
+                        ("--train-size", "training examples"),
+                        ("--val-size", "validation examples"),
+                        ("--test-size", "test examples"),
+                    )
+                )
+            ),
+        },
+    )
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (CUDA, then MPS, then CPU; under torchrun each process takes its "
+            "LOCAL_RANK's GPU), cpu, cuda, cuda:N or mps",
+            "group": _DEVICE,
+        },
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: bf16 on a GPU that supports it, else fp32",
+            "group": _DEVICE,
+            "choices": PRECISIONS,
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute activations in the backward pass (less memory, more time)",
+            "group": _DEVICE,
+        },
+    )
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "where the Trainer also logs (needs that package)",
+            "group": _DEVICE,
+            "choices": REPORT_TO,
+        },
+    )
+    quantize: str = field(
+        default="none",  # None is accepted from Python and read as "none"
+        metadata={
+            "help": "load the base model quantized: bitsandbytes 4bit or 8bit, or torchao int8 "
+            "weight-only",
+            "group": _QUANT,
+            "choices": tuple(QUANTIZE),
+        },
+    )
+    bnb_4bit_quant_type: str = field(
+        default="nf4",
+        metadata={"help": "4-bit data type (--quantize 4bit)", "group": _QUANT,
+                  "choices": BNB_4BIT_TYPES},
+    )  # fmt: skip
+    bnb_4bit_compute_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype of the 4-bit matmuls (--quantize 4bit), as transformers names it",
+            "group": _QUANT,
+            "choices": BNB_4BIT_COMPUTE_DTYPES,
+        },
+    )
+    quick: bool = field(
+        default=False,
+        metadata={
+            "help": "small end-to-end check: "
+            + ", ".join(f"{k} {v}" for k, v in QUICK["classification"].items() if v),
+            "group": _TRAINING,
+        },
+    )
+    revision: str | None = field(
+        default=None,
+        metadata={"help": "a Hub model's branch, tag or commit", "group": _SOURCE, "type": str},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "run the Python code a Hub model ships (only for repositories you trust)",
+            "group": _SOURCE,
+        },
+    )
+    data_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "a Hub dataset's configuration (e.g. sst2 of glue)",
+            "group": _SOURCE,
+            "type": str,
+        },
+    )
+    text_column: str = field(
+        default="text", metadata={"help": "the text column of the data", "group": _SOURCE}
+    )
+    label_column: str = field(
+        default="label", metadata={"help": "the label column of the data", "group": _SOURCE}
+    )
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": _registered_tasks,
+            "default_text": "chosen from the data, then the model",
+            "group": _WHAT,
+            "type": str,
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.task is None:
@@ -135,17 +475,37 @@ class FinetuneConfig:
                     f"{', '.join(methods_for(task.name))} (--methods)."
                 )
         if not self.methods:
-            raise InvalidInputError("no methods given; expected e.g. tt-lora,lora (--methods).")
-        if len(set(self.methods)) != len(self.methods):
-            raise InvalidInputError(f"methods {self.methods} lists a method twice (--methods).")
-        seeds = list(self.seeds)
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-            raise InvalidInputError(
-                f"seeds must be non-negative integers, e.g. 0,1,2; got {self.seeds!r} (--seeds)."
+            raise InvalidOptionError(
+                "methods is empty; expected e.g. tt-lora,lora.", option="methods"
             )
+        if len(set(self.methods)) != len(self.methods):
+            raise InvalidOptionError(
+                f"methods {self.methods} lists a method twice.", option="methods"
+            )
+        if isinstance(self.seeds, (str, bytes)) or not isinstance(self.seeds, Sequence):
+            raise InvalidOptionError(
+                f"seeds must be a list of non-negative integers, e.g. 0,1,2; got {self.seeds!r}.",
+                option="seeds",
+            )
+        seeds = [check_int(s, "seeds", low=0) for s in self.seeds]
+        if not seeds:
+            raise InvalidOptionError("seeds is empty; expected e.g. 0,1,2.", option="seeds")
         if len(set(seeds)) != len(seeds):
-            raise InvalidInputError(f"seeds {seeds} lists a seed twice (--seeds).")
+            raise InvalidOptionError(f"seeds {seeds} lists a seed twice.", option="seeds")
         self.seeds = seeds
+        check_bool(self.quick, "quick")
+        check_bool(self.gradient_checkpointing, "gradient_checkpointing")
+        check_choice(self.precision, "precision", PRECISIONS)
+        check_choice(self.report_to, "report_to", REPORT_TO)
+        if self.quantize is None:  # the Python API's "no quantization"
+            self.quantize = "none"
+        check_choice(self.quantize, "quantize", tuple(QUANTIZE))
+        check_choice(self.bnb_4bit_quant_type, "bnb_4bit_quant_type", BNB_4BIT_TYPES)
+        check_choice(self.bnb_4bit_compute_dtype, "bnb_4bit_compute_dtype", BNB_4BIT_COMPUTE_DTYPES)
+        self._check_quantize()
+        check_real(self.weight_decay, "weight_decay", low=0, high=1, high_open=True)
+        for name, high in _INT_LIMITS.items():
+            check_int(getattr(self, name), name, low=1, high=high, optional=True)
         defaults = task.quick if self.quick else task.defaults
         given_steps = self.max_steps is not None or self.epochs is not None
         # a user's data is split in proportion where the task says so (not the packaged sizes)
@@ -158,7 +518,11 @@ class FinetuneConfig:
         if self.sizes is not None:
             sizes = tuple(self.sizes)
             if len(sizes) != 3:
-                raise InvalidInputError(f"sizes must be (train, validation, test); got {sizes}.")
+                raise InvalidOptionError(
+                    f"sizes must be (train, validation, test); got {sizes}.", option="sizes"
+                )
+            for v in sizes:
+                check_int(v, "sizes", low=1, optional=True)
             if any(v is None for v in sizes):
                 if defaults["sizes"] is None:
                     raise InvalidInputError(
@@ -167,24 +531,69 @@ class FinetuneConfig:
                     )
                 sizes = tuple(d if v is None else v for v, d in zip(sizes, defaults["sizes"]))
             self.sizes = sizes
-        if (
-            isinstance(self.max_length, bool)
-            or not isinstance(self.max_length, int)
-            or not 2 <= self.max_length <= 8192
-        ):
-            raise InvalidInputError(
-                f"max_length must be an integer in [2, 8192] tokens; got {self.max_length!r} "
-                "(--max-length)."
-            )
+        check_int(self.max_length, "max_length", low=2, high=8192)
         if self.targets is not None:
             self.targets = [t for t in self.targets if t]
             if not self.targets:
-                raise InvalidInputError("targets is empty; give module names (--targets).")
+                raise InvalidOptionError("targets is empty; give module names.", option="targets")
         if self.tt_shape is not None:
-            self.tt_shape = [int(s) for s in self.tt_shape]
+            self.tt_shape = [check_int(s, "tt_shape", low=1) for s in self.tt_shape]
         self.method_settings()  # validates rank/alpha/lr/tt_shape for every method
         for method in self.methods:  # and the schedule of each
             self.train_settings(self.seeds[0], method=method)
+
+    def _check_quantize(self) -> None:
+        set_4bit = [
+            name
+            for name in ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype")
+            if getattr(self, name) != _SOURCE_DEFAULTS[name]
+        ]
+        if set_4bit and self.quantize != "4bit":
+            base = "not quantized" if self.quantize == "none" else self.quantize
+            raise InvalidOptionError(
+                f"{' and '.join(set_4bit)} set the 4-bit quantization, but the base is {base} "
+                f"(quantize={self.quantize!r}); add quantize='4bit' or drop them.",
+                option=set_4bit[0],
+            )
+        if self.quantize != "none" and "head-only" in self.methods:
+            raise InvalidOptionError(
+                "head-only has no adapter, and transformers' Trainer refuses to train a quantized "
+                "model without one; drop head-only from methods or the quantize option.",
+                option="methods",
+            )
+
+    def quantization_config(self) -> Any:
+        """The transformers quantization config of ``quantize`` (None for a full-precision base).
+
+        A classifier's new head (``classifier`` / ``score``) stays in full precision: it is
+        trained in full by every method; a causal LM keeps transformers' own exclusions (the
+        output head).
+
+        Examples
+        --------
+        >>> FinetuneConfig().quantization_config() is None
+        True
+        >>> FinetuneConfig(quantize="8bit").quantization_config().load_in_8bit
+        True
+        """
+        if self.quantize == "none":
+            return None
+        import torch
+        from transformers import BitsAndBytesConfig, TorchAoConfig
+
+        heads = ["classifier", "score"] if self.task == "classification" else None
+        if self.quantize == "4bit":
+            return BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=self.bnb_4bit_quant_type,
+                bnb_4bit_compute_dtype=getattr(torch, self.bnb_4bit_compute_dtype),
+                llm_int8_skip_modules=heads,
+            )
+        if self.quantize == "8bit":
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=heads)
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return TorchAoConfig(quant_type=Int8WeightOnlyConfig(), modules_to_not_convert=heads)
 
     @property
     def task_spec(self) -> Task:
@@ -252,17 +661,23 @@ class FinetuneConfig:
             **schedule,
             seed=seed,
             device=self.device,
+            precision=self.precision,
+            gradient_checkpointing=self.gradient_checkpointing,
+            report_to=self.report_to,
             eval_every=self.eval_every,
             eval_batch_size=self.batch_size if self.task_spec.shared_eval_batch else None,
             progress=progress,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, JSON-ready; :meth:`from_dict` gives the same configuration back.
+        """Every option as resolved (defaults filled in), JSON-ready: what ``results.json``
+        records under ``config.options``; :meth:`from_dict` gives the same configuration back.
 
         Examples
         --------
         >>> c = FinetuneConfig(quick=True)
+        >>> c.to_dict()["epochs"]
+        3
         >>> FinetuneConfig.from_dict(c.to_dict()) == c
         True
         """

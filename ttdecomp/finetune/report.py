@@ -9,6 +9,7 @@ half-written and never loses a finished row.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -21,7 +22,15 @@ from ..errors import InvalidInputError
 from .methods import get_method, method_names
 from .tasks import get_task
 
-__all__ = ["format_table", "load_results", "summarize", "write_figures", "write_json_atomic"]
+__all__ = [
+    "format_table",
+    "load_results",
+    "read_train_log",
+    "summarize",
+    "write_figures",
+    "write_json_atomic",
+    "write_loss_figure",
+]
 
 RESULTS_FILE = "results.json"
 #: The method every other's adapter size is compared with ("of LoRA" in the table).
@@ -259,7 +268,59 @@ def write_figures(
     fig.tight_layout()
     paths.append(folder / "validation_curves.png")
     _save_figure(fig, paths[-1])
+    loss = write_loss_figure(rows, folder)
+    if loss is not None:
+        paths.append(loss)
     return paths
+
+
+def read_train_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a run's ``train_log.jsonl`` (one per optimizer step)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_loss_figure(rows: Sequence[dict[str, Any]], folder: str | os.PathLike) -> Path | None:
+    """``loss_curves.png``: each run's training loss per step, one colour per method.
+
+    Drawn from the rows' ``train_log`` files (relative to ``folder``); ``None`` when no row
+    has one (results written before the logs existed).
+    """
+    from matplotlib.figure import Figure
+
+    folder = Path(folder)
+    logs = [
+        (r["method"], folder / r["train_log"])
+        for r in rows
+        if r.get("train_log") and (folder / r["train_log"]).is_file()
+    ]
+    if not logs:
+        return None
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.subplots()
+    colours: dict[str, Any] = {}
+    for method, path in logs:
+        records = [r for r in read_train_log(path) if r.get("loss") is not None]
+        if not records:
+            continue
+        (line,) = ax.plot(
+            [r["step"] for r in records],
+            [r["loss"] for r in records],
+            color=colours.get(method),
+            alpha=0.8,
+            linewidth=1,
+            label=method if method not in colours else None,
+        )
+        colours.setdefault(method, line.get_color())
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("training loss per step (one line per seed)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = folder / "loss_curves.png"
+    _save_figure(fig, path)
+    return path
 
 
 def _save_figure(fig: Any, path: Path) -> None:

@@ -10,14 +10,23 @@ Output folder::
 
     results.json                 config, package versions, data statistics, rows, summary
     runs/<method>-seed<k>/       adapter/ (reloadable), test_logits.safetensors
+    runs/<method>-seed<k>/trainer/train_log.jsonl   the run's loss, learning rate and step
+                                 time at every step
     accuracy_vs_params.png       test accuracy against adapter parameters (log axis)
     validation_curves.png        validation accuracy per epoch per method
+    loss_curves.png              training loss per step per method
+
+Before any training, a start banner (through ``echo``) says the device and dtype, the model,
+the examples per split, epochs, steps and global batch, and each method's trainable
+parameters. ``results.json``'s ``config.options`` holds every option as resolved
+(:meth:`FinetuneConfig.to_dict`).
 """
 
 from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -43,7 +52,13 @@ from .report import (
 )
 from .tasks import check_pairing, get_task
 from .tasks.classification import load_classifier
-from .train import is_main_process, resolve_device, world_size
+from .train import (
+    TRAIN_LOG,
+    is_main_process,
+    resolve_device,
+    resolve_precision,
+    world_size,
+)
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_finetuned", "prepare_job"]
 
@@ -245,7 +260,8 @@ def finetune(
     main = is_main_process()
     folder.prepare(resume=resume, overwrite=overwrite, probe=main)
     previous = folder.previous if resume else None
-    resolve_device(config.device)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     if figures:
         try:
             import matplotlib  # noqa: F401
@@ -257,6 +273,8 @@ def finetune(
             ) from None
     settings = config.method_settings()
     job, task, model_path = prepare_job(config, progress=progress)
+    for line in start_banner(config, job, task, device, precision):
+        say(line)
     identity = {
         **config.identity(),
         "targets": list(job.targets),
@@ -281,9 +299,11 @@ def finetune(
             "settings": settings_dict,
             "methods": methods,
             "seeds": sorted({r["seed"] for r in rows} | set(config.seeds)),
-            "device": config.device,
+            "device": device,
+            "precision": precision,
             "quick": config.quick,
             "model_path": str(model_path),
+            "options": config.to_dict(),
         },
         "versions": _versions(),
         "data": job.describe(),
@@ -307,6 +327,8 @@ def finetune(
 
     def record(method: str, seed: int, row: dict[str, Any], run_dir: Path) -> None:
         row["run_dir"] = str(run_dir.relative_to(output))
+        if (run_dir / "trainer" / TRAIN_LOG).is_file():
+            row["train_log"] = str((run_dir / "trainer" / TRAIN_LOG).relative_to(output))
         # finished rows first, the new ones in the order of the plan, however they finish
         kept = [r for r in rows if (r["method"], r["seed"]) not in order]
         new = sorted(
@@ -325,7 +347,7 @@ def finetune(
         return output / _run_dir(method, seed)
 
     jobs, threads = plan_jobs(
-        len(plan), jobs=jobs, threads=threads, device=config.device, world_size=world_size()
+        len(plan), jobs=jobs, threads=threads, device=device, world_size=world_size()
     )
     if jobs == 1:
         if threads is not None:
@@ -379,6 +401,53 @@ def finetune(
         write_json_atomic(output / RESULTS_FILE, document)
     table = format_table(summary, task)
     return FinetuneResult(rows, summary, table, output, figure_paths)
+
+
+def start_banner(
+    config: FinetuneConfig, job: Any, task: str, device: str, precision: str
+) -> list[str]:
+    """The lines said before any training: where it runs, on what, how long, how many weights.
+
+    Examples
+    --------
+    >>> job = type("Job", (), {"describe": lambda self: {"sizes": {"train": 64, "validation": 8,
+    ...     "test": 8}}, "targets": ["query"], "trainable": {"lora": {"adapter": 96,
+    ...     "extra": 10}}})()
+    >>> config = FinetuneConfig(methods=["lora"], epochs=2, batch_size=16)
+    >>> for line in start_banner(config, job, "classification", "cpu", "fp32"):
+    ...     print(line)
+    device cpu, dtype fp32, 1 process(es); model minilm (classification)
+    data tweets: 64 train / 8 validation / 8 test examples; targets query
+    training: 2 epoch(s) x 4 steps = 8 steps per run, global batch 16; 1 run(s): lora x seeds 0
+    trainable parameters: lora 96 adapter + 10 other
+    """
+    sizes = job.describe().get("sizes") or {}
+    lines = [
+        f"device {device}, dtype {precision}, {world_size()} process(es); model {config.model} "
+        f"({task})",
+        f"data {config.data}: "
+        + " / ".join(f"{n} {name}" for name, n in sizes.items())
+        + f" examples; targets {', '.join(job.targets)}",
+    ]
+    per_epoch = math.ceil(sizes.get("train", 0) / config.batch_size)
+    if config.max_steps:
+        length = f"{config.max_steps} steps"
+    else:
+        length = f"{config.epochs} epoch(s) x {per_epoch} steps = {config.epochs * per_epoch} steps"
+    lines.append(
+        f"training: {length} per run, global batch {config.batch_size}; "
+        f"{len(config.methods) * len(config.seeds)} run(s): {', '.join(config.methods)} x "
+        f"seeds {','.join(map(str, config.seeds))}"
+    )
+    trainable = getattr(job, "trainable", None)
+    if trainable:
+        lines.append(
+            "trainable parameters: "
+            + "; ".join(
+                f"{m} {c['adapter']:,} adapter + {c['extra']:,} other" for m, c in trainable.items()
+            )
+        )
+    return lines
 
 
 def load_finetuned(

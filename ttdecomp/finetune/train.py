@@ -9,6 +9,12 @@ it. Because it is a ``Trainer`` (``TTAdapterTrainer`` for TT adapters), ``torchr
 --nproc_per_node N`` and ``accelerate launch`` run it on N processes unchanged; ``batch_size`` is
 the global batch, split evenly across processes.
 
+Each run writes ``train_log.jsonl`` into its ``output_dir``: one JSON line per optimizer step
+(``step``, ``epoch``, ``loss``, ``learning_rate``, ``grad_norm``, ``step_seconds``), on the main
+process. ``settings.device`` ``"auto"`` takes CUDA, then MPS, then the CPU
+(:func:`resolve_device`); ``settings.precision`` ``"auto"`` trains in bf16 on a GPU that
+supports it, else in fp32 (:func:`resolve_precision`).
+
 Measured on the way (and returned in :class:`FitResult`): wall time, the median time of a
 training step, and the peak bytes of tensors allocated during one training step (activations
 saved for backward, gradients, temporaries; the weights themselves are not counted), tracked
@@ -18,6 +24,7 @@ exactly on the CPU by following every storage the step creates, and with
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -30,10 +37,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
+from .._validation import check_bool, check_choice, check_int, check_real
+from ..errors import InvalidInputError, InvalidOptionError
 from .batching import length_chunked, length_grouped
 
-__all__ = ["LR_SCHEDULES", "FitResult", "PeakMemory", "TrainSettings", "fit", "world_size"]
+__all__ = [
+    "LR_SCHEDULES",
+    "FitResult",
+    "PeakMemory",
+    "TrainSettings",
+    "fit",
+    "resolve_device",
+    "resolve_precision",
+    "world_size",
+]
+
+#: The training log :func:`fit` writes into its ``output_dir``.
+TRAIN_LOG = "train_log.jsonl"
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_REPORT_TO = ("none", "tensorboard", "wandb")
 
 # what chooses the best evaluation, and whether a larger value is better
 _SELECTIONS = {"accuracy": True, "loss": False}
@@ -77,7 +99,14 @@ class TrainSettings:
     seed : int
         Seeds the head's initialisation (by the caller), the data order and dropout.
     device : str
-        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"`` (a GPU when there is one).
+        ``"auto"`` (CUDA, then MPS, then the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or
+        ``"mps"``; see :func:`resolve_device`.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Mixed precision (``auto``: bf16 on a GPU that supports it, else fp32).
+    gradient_checkpointing : bool
+        Recompute activations in the backward pass (the Trainer's switch).
+    report_to : {"none", "tensorboard", "wandb"}
+        The Trainer's ``report_to``.
     eval_every : int or None
         Evaluate every this many steps; ``None``: after every epoch.
     eval_batch_size : int or None
@@ -116,7 +145,10 @@ class TrainSettings:
     lr_schedule: str = "constant"
     warmup_ratio: float = 0.0
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    report_to: str = "none"
     eval_every: int | None = None
     eval_batch_size: int | None = None
     progress: bool = True
@@ -125,12 +157,6 @@ class TrainSettings:
     bar_position: int = 0
 
     def __post_init__(self) -> None:
-        def positive_int(value: Any, name: str, flag: str, upper: int) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
-                raise InvalidInputError(
-                    f"{name} must be an integer in [1, {upper}]; got {value!r} ({flag})."
-                )
-
         if (
             isinstance(self.lr, bool)
             or not isinstance(self.lr, (int, float))
@@ -139,34 +165,29 @@ class TrainSettings:
             raise InvalidInputError(
                 f"learning rate must be a number in (0, 1); got {self.lr!r} (--lr)."
             )
-        positive_int(self.epochs, "epochs", "--epochs", 1000)
-        if self.max_steps is not None:
-            positive_int(self.max_steps, "max_steps", "--max-steps", 10**7)
-        positive_int(self.batch_size, "batch_size", "--batch-size", 65536)
-        positive_int(self.length_chunks, "length_chunks", "length_chunks", 1024)
-        if self.eval_every is not None:
-            positive_int(self.eval_every, "eval_every", "--eval-every", 10**7)
-        if self.eval_batch_size is not None:
-            positive_int(self.eval_batch_size, "eval_batch_size", "eval_batch_size", 65536)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise InvalidInputError(f"seed must be a non-negative integer; got {self.seed!r}.")
-        if not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < 1:
-            raise InvalidInputError(f"weight_decay must be in [0, 1); got {self.weight_decay!r}.")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise InvalidInputError(
-                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r} "
-                "(--lr-schedule)."
-            )
-        if (
-            isinstance(self.warmup_ratio, bool)
-            or not isinstance(self.warmup_ratio, (int, float))
-            or not 0 <= self.warmup_ratio < 1
-        ):
-            raise InvalidInputError(
-                f"warmup_ratio must be a fraction of the steps in [0, 1), e.g. 0.1; got "
-                f"{self.warmup_ratio!r} (--warmup-ratio)."
-            )
-        resolve_device(self.device)
+        check_int(self.epochs, "epochs", low=1, high=1000)
+        check_int(self.max_steps, "max_steps", low=1, high=10**7, optional=True)
+        check_int(self.batch_size, "batch_size", low=1, high=65536)
+        check_int(self.length_chunks, "length_chunks", low=1, high=1024)
+        check_int(self.eval_every, "eval_every", low=1, high=10**7, optional=True)
+        check_int(self.eval_batch_size, "eval_batch_size", low=1, high=65536, optional=True)
+        check_int(self.seed, "seed", low=0)
+        check_real(self.weight_decay, "weight_decay", low=0, high=1, high_open=True)
+        check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
+        check_real(self.warmup_ratio, "warmup_ratio", low=0, high=1, high_open=True)
+        check_choice(self.precision, "precision", _PRECISIONS)
+        check_choice(self.report_to, "report_to", _REPORT_TO)
+        if self.report_to != "none":
+            import importlib.util
+
+            if importlib.util.find_spec(self.report_to) is None:
+                raise InvalidOptionError(
+                    f"report_to {self.report_to} needs the {self.report_to} package, which is "
+                    f"not installed: pip install {self.report_to} (or report to none).",
+                    option="report_to",
+                )
+        check_bool(self.gradient_checkpointing, "gradient_checkpointing")
+        resolve_precision(self.precision, resolve_device(self.device))
 
 
 def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
@@ -187,8 +208,12 @@ def _scheduler_type(lr_schedule: str, warmup_ratio: float) -> str:
     return lr_schedule
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; other names are checked.
+def resolve_device(device: str = "auto") -> str:
+    """The torch device a run trains on.
+
+    ``"auto"``: CUDA when torch sees a GPU, else MPS (Apple silicon), else the CPU. Under
+    ``torchrun`` (``WORLD_SIZE`` > 1), ``"auto"`` and ``"cuda"`` become ``cuda:LOCAL_RANK``:
+    each process takes its own GPU. Other names are checked against what this machine has.
 
     Examples
     --------
@@ -198,19 +223,55 @@ def resolve_device(device: str) -> str:
     if not isinstance(device, str):
         raise InvalidInputError(f"device must be a string such as 'cpu'; got {device!r}.")
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif torch.backends.mps.is_available():
+            return "mps"
+        else:
+            return "cpu"
     kind = device.split(":")[0]
     if kind not in ("cpu", "cuda", "mps"):
         raise InvalidInputError(
-            f"unknown device {device!r}; expected cpu, cuda, cuda:N, mps or auto (--device)."
+            f"unknown device {device!r}; expected auto, cpu, cuda, cuda:N or mps (--device)."
         )
     if kind == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(
-            f"--device {device}: this machine has no CUDA GPU torch can use; use --device cpu."
+            f"--device {device}: this machine has no CUDA GPU torch can use; use --device auto "
+            "or cpu."
         )
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise InvalidInputError(f"--device {device}: MPS is not available; use --device cpu.")
+        raise InvalidInputError(f"--device {device}: MPS is not available; use --device auto.")
+    if device == "cuda" and world_size() > 1 and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``"fp32"``, ``"bf16"`` or ``"fp16"``: the mixed precision a run on ``device`` uses.
+
+    ``"auto"`` is bf16 on a CUDA GPU that supports it (Ampere and later), else fp32. fp16
+    needs a GPU; bf16 asked for on a GPU without it is an error.
+
+    Examples
+    --------
+    >>> resolve_precision("auto", "cpu")
+    'fp32'
+    """
+    check_choice(precision, "precision", _PRECISIONS)
+    cuda = device.startswith("cuda")
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not (cuda or device == "mps"):
+        raise InvalidInputError(
+            f"--precision fp16 needs a GPU; the run is on {device}. Use --precision bf16 or "
+            "fp32 there."
+        )
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise InvalidInputError(
+            f"--precision bf16: the GPU of {device} does not support bf16; use --precision "
+            "fp16 or fp32."
+        )
+    return precision
 
 
 @dataclass
@@ -297,6 +358,7 @@ def _callbacks(
     progress: bool,
     on_evaluate: Callable[[dict[str, float]], None] | None,
     position: int = 0,
+    log_path: str | os.PathLike | None = None,
 ) -> list:
     from transformers import TrainerCallback
 
@@ -310,7 +372,9 @@ def _callbacks(
             self.best_value: float | None = None
             self.best_state: dict[str, torch.Tensor] | None = None
             self.step_times: list[float] = []
-            self.train_loss: float | None = None
+            self.losses: list[float] = []  # of the steps since the last evaluation
+            self.last_step_seconds: float | None = None
+            self.log = None
             self.bar = None
             self.eval_bar = None
             self.memory: PeakMemory | None = None
@@ -318,6 +382,9 @@ def _callbacks(
             self.t0 = 0.0
 
         def on_train_begin(self, args, state, control, **kw):
+            if log_path is not None and state.is_world_process_zero:
+                os.makedirs(os.path.dirname(os.fspath(log_path)) or ".", exist_ok=True)
+                self.log = open(log_path, "w", encoding="utf-8")  # closed at the end
             if progress and state.is_world_process_zero:
                 from tqdm.auto import tqdm
 
@@ -344,6 +411,7 @@ def _callbacks(
             if args.device.type == "cuda":
                 torch.cuda.synchronize(args.device)
             elapsed = time.perf_counter() - self.t0
+            self.last_step_seconds = elapsed
             if state.global_step == 2:  # the step measured for memory (global_step is now 2)
                 if self.memory is not None:
                     self.memory.__exit__(None, None, None)
@@ -358,8 +426,20 @@ def _callbacks(
                 self.bar.update(1)
 
         def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                self.train_loss = float(logs["loss"])
+            if not logs or "loss" not in logs:
+                return
+            self.losses.append(float(logs["loss"]))  # one step's (logging_steps=1)
+            if self.log is not None:
+                record = {
+                    "step": state.global_step,
+                    "epoch": round(float(state.epoch or 0.0), 4),
+                    "loss": float(logs["loss"]),
+                    "learning_rate": logs.get("learning_rate"),
+                    "grad_norm": logs.get("grad_norm"),
+                    "step_seconds": self.last_step_seconds,
+                }
+                self.log.write(json.dumps(record) + "\n")
+                self.log.flush()
 
         def on_prediction_step(self, args, state, control, eval_dataloader=None, **kw):
             if progress and state.is_world_process_zero and eval_dataloader is not None:
@@ -386,7 +466,8 @@ def _callbacks(
         def on_evaluate(self, args, state, control, metrics=None, **kw):
             self._close_eval_bar()
             entry = {"epoch": round(float(state.epoch or 0.0), 4), "step": state.global_step}
-            entry["train_loss"] = self.train_loss
+            entry["train_loss"] = math.fsum(self.losses) / len(self.losses) if self.losses else None
+            self.losses = []
             for key, value in (metrics or {}).items():
                 if key.startswith("eval_") and isinstance(value, (int, float)):
                     name = key[len("eval_") :]
@@ -412,7 +493,13 @@ def _callbacks(
             if on_evaluate is not None:
                 on_evaluate(entry)
 
+        def close_log(self) -> None:
+            if self.log is not None:
+                self.log.close()
+                self.log = None
+
         def on_train_end(self, args, state, control, **kw):
+            self.close_log()
             if self.bar is not None:
                 self.bar.close()
             if self.memory is not None:  # training ended before step 2
@@ -428,6 +515,22 @@ def _callbacks(
                     p.copy_(self.best_state[n])
 
     return [Tracker()]
+
+
+def _checkpointing(on: bool) -> dict[str, Any]:
+    """TrainingArguments' checkpointing switch, by the name this transformers uses."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else "gradient_checkpointing"
+    )
+    # non-reentrant: the frozen base's inputs need no requires_grad for the adapters' grads
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False}} if on else {name: False}
 
 
 def fit(
@@ -459,7 +562,7 @@ def fit(
         What chooses the best evaluation: the highest validation accuracy (needs
         ``compute_metrics`` returning ``"accuracy"``) or the lowest validation loss.
     output_dir : path
-        Scratch folder for the Trainer (nothing is checkpointed there).
+        The Trainer's folder: ``train_log.jsonl`` is written there (nothing is checkpointed).
     compute_metrics : callable, optional
         ``Trainer``'s ``compute_metrics``.
     on_evaluate : callable, optional
@@ -518,6 +621,7 @@ def fit(
             f"across {procs} processes; use a multiple of {procs}."
         )
     device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
     steps_per_epoch = math.ceil(len(train_dataset) / settings.batch_size)
     total = settings.max_steps or steps_per_epoch * settings.epochs
     by_steps = settings.eval_every is not None
@@ -540,10 +644,15 @@ def fit(
         max_steps=settings.max_steps or -1,
         eval_strategy="steps" if by_steps else "epoch",
         eval_steps=settings.eval_every,
-        logging_strategy="steps" if by_steps else "epoch",
-        logging_steps=settings.eval_every or 500,
+        # every step is logged: train_log.jsonl, and a history entry's train_loss is the mean
+        # of the steps since the previous evaluation
+        logging_strategy="steps",
+        logging_steps=1,
         save_strategy="no",
-        report_to=[],
+        report_to=[] if settings.report_to == "none" else [settings.report_to],
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        **_checkpointing(settings.gradient_checkpointing),
         seed=settings.seed,
         data_seed=settings.seed,
         use_cpu=device == "cpu",
@@ -557,14 +666,19 @@ def fit(
         # fewer steps than one epoch: evaluate once, at the end
         args.eval_strategy = "steps"
         args.eval_steps = settings.max_steps
-        args.logging_strategy = "steps"
-        args.logging_steps = settings.max_steps
     model = adapted.model
     if device != "cpu":
         model.to(device)
     result = FitResult()
     (tracker,) = _callbacks(
-        model, selection, result, total, settings.progress, on_evaluate, settings.bar_position
+        model,
+        selection,
+        result,
+        total,
+        settings.progress,
+        on_evaluate,
+        settings.bar_position,
+        log_path=os.path.join(os.fspath(output_dir), TRAIN_LOG),
     )
     trainer_class = adapted.trainer_class
     if settings.group_by_length:
@@ -583,7 +697,10 @@ def fit(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     start = time.perf_counter()
-    output = trainer.train()
+    try:
+        output = trainer.train()
+    finally:
+        tracker.close_log()
     result.train_seconds = time.perf_counter() - start
     result.steps = int(output.global_step)
     result.step_seconds = statistics.median(tracker.step_times) if tracker.step_times else 0.0

@@ -10,6 +10,9 @@
   forward fast path.
 * :mod:`~ttdecomp.nn.whitened` — the output-aware (whitened) TT decomposition of a weight.
 * :mod:`~ttdecomp.nn.linear` — :class:`TTLinear`, a linear layer whose weight is a TT-matrix.
+* :mod:`~ttdecomp.nn.quantized` — quantized linear layers (bitsandbytes 4-bit / 8-bit, torchao
+  int8 weight-only): their kind, dequantized weight, re-quantization; other quantized kinds
+  named for clear errors.
 
 Examples
 --------

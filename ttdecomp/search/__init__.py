@@ -22,6 +22,7 @@ Examples
 
 from __future__ import annotations
 
+from . import _requires  # noqa: F401 (first: a missing package names its pip install)
 from .report import pareto_front
 from .run import SearchConfig, SearchResult, search
 from .space import PARAMETERS, Param, SearchSpace, default_space, load_space, tt_shape_candidates

@@ -8,14 +8,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInputError
-from ..finetune.config import FinetuneConfig
+from .._validation import check_bool, check_choice, check_int, check_real
+from ..errors import InvalidInputError, InvalidOptionError
+from ..finetune.config import DEFAULTS, FinetuneConfig
 from ..finetune.methods import DEFAULT_METHODS, check_method
 from ..finetune.tasks import detect_task, get_task
 from .space import SearchSpace, default_space, load_space, parse_param
-from .study import SAMPLERS
+from .study import PRUNERS, SAMPLERS
 
-__all__ = ["DEFAULT_TRIALS", "QUICK", "QUICK_TRIALS", "SearchConfig"]
+__all__ = ["DEFAULT_TRIALS", "QUICK", "QUICK_TRIALS", "TRIAL_OPTIONS", "SearchConfig"]
 
 #: Trials of a ``quick`` search when ``n_trials`` is not given.
 QUICK_TRIALS = 4
@@ -27,6 +28,56 @@ QUICK = {**get_task("classification").search_quick, "n_trials": QUICK_TRIALS}
 DEFAULT_TRIALS = 20
 _SEARCH_FIELDS = ("sampler", "pruner", "n_trials", "epoch_budget", "startup_trials",
                   "reduction_factor", "pareto", "seed", "grid_points", "quick")  # fmt: skip
+
+_WHAT = "what to search"
+
+
+def _as_in_finetune(name: str, **metadata: Any) -> Any:
+    """The field ``name`` declared as :class:`FinetuneConfig` declares it (default, help,
+    flag), with ``metadata`` changed: one declaration for both commands."""
+    (original,) = [f for f in dataclasses.fields(FinetuneConfig) if f.name == name]
+    meta = {**original.metadata, "group": "training (each trial)", **metadata}
+    return field(default=original.default, metadata=meta)
+
+
+def _quick(name: str) -> str:
+    """``"4; --quick 2"``: the classification default and this search's ``quick`` value."""
+    return f"{DEFAULTS['classification'][name]}; --quick {QUICK[name]}"
+
+
+_TRIAL = "training (each trial)"
+#: The :class:`~ttdecomp.finetune.FinetuneConfig` options ``ttdecomp search`` takes (what
+#: every trial trains on and how), each with the metadata that differs from ``finetune``'s.
+TRIAL_OPTIONS: dict[str, dict[str, Any]] = {
+    "model": {"group": _WHAT},
+    "data": {"group": _WHAT},
+    "targets": {"group": _WHAT},
+    "epochs": {"group": _TRIAL, "default_text": _quick("epochs")},
+    "max_steps": {"group": _TRIAL},
+    "batch_size": {"group": _TRIAL, "default_text": _quick("batch_size")},
+    "max_length": {"group": _TRIAL, "default_text": _quick("max_length")},
+    "eval_every": {"group": _TRIAL},
+    "sizes": {
+        "group": _TRIAL,
+        "parts": tuple(
+            (flag, f"{text} ({default}; --quick {quick})")
+            for (flag, text), default, quick in zip(
+                (("--train-size", "training examples"), ("--val-size", "validation examples"),
+                 ("--test-size", "test examples")),
+                DEFAULTS["classification"]["sizes"],
+                QUICK["sizes"],
+            )
+        ),
+    },
+    "device": {"group": _TRIAL},
+    "precision": {"group": _TRIAL},
+    "gradient_checkpointing": {"group": _TRIAL},
+    "revision": {},
+    "trust_remote_code": {},
+    "data_config": {},
+    "text_column": {},
+    "label_column": {},
+}  # fmt: skip
 
 
 @dataclass(init=False)
@@ -87,23 +138,100 @@ class SearchConfig:
     >>> SearchConfig(sampler="annealing")
     Traceback (most recent call last):
     ...
-    ttdecomp.errors.InvalidInputError: unknown sampler 'annealing'; expected one of tpe, grid, random (--sampler).
-    """  # noqa: E501
+    ttdecomp.errors.InvalidOptionError: sampler must be one of tpe, grid, random; got 'annealing'.
+
+    Every field but ``finetune`` and ``overrides`` is also a ``ttdecomp search`` option
+    (``n_trials`` is ``--n-trials``, ``params`` is ``--param``), as are the fine-tuning
+    options of :data:`TRIAL_OPTIONS`; an invalid value raises
+    :class:`~ttdecomp.errors.InvalidOptionError` naming the field.
+    """
 
     finetune: FinetuneConfig
-    methods: Sequence[str] = DEFAULT_METHODS
-    space: Any = None
-    params: Sequence[str] = ()
-    sampler: str = "tpe"
-    pruner: str | None = None
-    n_trials: int | None = None
-    epoch_budget: float | None = None
-    startup_trials: int | None = None
-    reduction_factor: int = 3
-    pareto: bool = False
-    seed: int = 0
-    grid_points: int = 3
-    quick: bool = False
+    methods: Sequence[str] = _as_in_finetune("methods", group=_WHAT, help="methods searched")
+    space: Any = field(
+        default=None,
+        metadata={
+            "help": "a YAML or JSON file: {method: {param: values or range}}",
+            "default_text": "each method's default space",
+            "group": _WHAT,
+            "type": str,
+        },
+    )
+    params: Sequence[str] = field(
+        default=(),
+        metadata={
+            "help": "override one parameter: LOW:HIGH[:log|:linear], V1,V2,... or one value; "
+            "tt_shape choices separated by / (give --param once per parameter)",
+            "group": _WHAT,
+            "flag": "--param",
+            "repeat": True,
+            "metavar": "METHOD.NAME=SPEC",
+        },
+    )
+    sampler: str = field(
+        default="tpe",
+        metadata={
+            "help": "grid runs every configuration of the space",
+            "group": _WHAT,
+            "choices": SAMPLERS,
+        },
+    )
+    pruner: str | None = field(
+        default=None,
+        metadata={
+            "help": "HyperBand stops unpromising trials",
+            "default_text": "hyperband; none for grid and --pareto",
+            "group": _WHAT,
+            "choices": PRUNERS,
+            "type": str,
+        },
+    )
+    n_trials: int | None = field(
+        default=None,
+        metadata={
+            "help": "finished trials",
+            "default_text": f"{DEFAULT_TRIALS}; --quick {QUICK['n_trials']}; grid: all; "
+            "no limit with --epoch-budget",
+            "group": _WHAT,
+            "type": int,
+        },
+    )
+    epoch_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "training epochs the search may spend over all its trials: trials are "
+            "sampled until it is spent (pruned trials count the epochs they ran)",
+            "group": _WHAT,
+            "type": float,
+        },
+    )
+    startup_trials: int | None = field(
+        default=None,
+        metadata={
+            "help": "TPE's random trials before it models the results",
+            "default_text": "Optuna's, 10",
+            "group": _WHAT,
+            "type": int,
+        },
+    )
+    reduction_factor: int = field(
+        default=3,
+        metadata={
+            "help": "HyperBand keeps the best 1/N of a bracket's trials at each rung",
+            "group": _WHAT,
+        },
+    )
+    pareto: bool = field(
+        default=False,
+        metadata={"help": "also minimise adapter parameters (no pruning)", "group": _WHAT},
+    )
+    seed: int = field(default=0, metadata={"help": "sampler and training seed", "group": _WHAT})
+    grid_points: int = field(
+        default=3, metadata={"help": "values a range takes on the grid", "group": _WHAT}
+    )
+    quick: bool = _as_in_finetune(
+        "quick", help="a tiny space, 4 trials of 2 epochs on 128 examples (under 2 minutes)"
+    )
     overrides: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __init__(
@@ -135,52 +263,33 @@ class SearchConfig:
         self.finetune = self._finetune(finetune, finetune_options)
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise InvalidInputError(
-                f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)} "
-                "(--sampler)."
-            )
+        check_choice(self.sampler, "sampler", SAMPLERS)
+        check_bool(self.pareto, "pareto")
+        check_bool(self.quick, "quick")
         if self.pruner is None:
             self.pruner = "none" if self.sampler == "grid" or self.pareto else "hyperband"
-        if self.pruner not in ("hyperband", "none"):
-            raise InvalidInputError(
-                f"unknown pruner {self.pruner!r}; expected hyperband or none (--pruner)."
-            )
+        check_choice(self.pruner, "pruner", PRUNERS)
         if self.pruner == "hyperband" and self.pareto:
-            raise InvalidInputError(
-                "--pareto has two objectives and Optuna cannot prune multi-objective trials; "
-                "drop --pruner hyperband (every trial then runs all its epochs)."
+            raise InvalidOptionError(
+                "pareto has two objectives and Optuna cannot prune multi-objective trials; "
+                "use the pruner none (every trial then runs all its epochs).",
+                option="pareto",
             )
         if isinstance(self.methods, str):
             self.methods = [m for m in self.methods.split(",") if m]
         self.methods = [check_method(m) for m in self.methods]
-        for name, value, low in (
-            ("n_trials", self.n_trials, 1),
-            ("grid_points", self.grid_points, 1),
-            ("startup_trials", self.startup_trials, 0),
-            ("reduction_factor", self.reduction_factor, 2),
-        ):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < low
-            ):
-                flag = "--" + name.replace("_", "-")
-                raise InvalidInputError(
-                    f"{name} must be an integer >= {low}; got {value!r} ({flag})."
-                )
-        budget = self.epoch_budget
-        if budget is not None and (
-            isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0
-        ):
-            raise InvalidInputError(
-                f"epoch_budget must be a number of epochs > 0; got {budget!r} (--epoch-budget)."
-            )
+        check_int(self.n_trials, "n_trials", low=1, optional=True)
+        check_int(self.grid_points, "grid_points", low=1)
+        check_int(self.startup_trials, "startup_trials", low=0, optional=True)
+        check_int(self.reduction_factor, "reduction_factor", low=2)
+        check_real(self.epoch_budget, "epoch_budget", low=0, low_open=True, optional=True)
         if self.startup_trials is not None and self.sampler != "tpe":
-            raise InvalidInputError(
-                f"--startup-trials sets TPE's random start; the {self.sampler} sampler has "
-                "none. Drop it or use --sampler tpe."
+            raise InvalidOptionError(
+                f"startup_trials sets TPE's random start; the {self.sampler} sampler has "
+                "none. Drop it or use the tpe sampler.",
+                option="startup_trials",
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise InvalidInputError(f"seed must be a non-negative integer; got {self.seed!r}.")
+        check_int(self.seed, "seed", low=0)
         self.params = list(self.params)
         self.overrides = {}
         for text in self.params:
@@ -194,9 +303,10 @@ class SearchConfig:
             self.methods = self.space.methods
         unknown = sorted(set(self.overrides) - set(self.methods))
         if unknown:
-            raise InvalidInputError(
-                f"--param names {unknown}, which are not searched ({', '.join(self.methods)}); "
-                "add them to --methods or to the space."
+            raise InvalidOptionError(
+                f"params name {unknown}, which are not searched ({', '.join(self.methods)}); "
+                "add them to methods or to the space.",
+                option="params",
             )
 
     def _finetune(self, given: FinetuneConfig | None, options: Mapping[str, Any]) -> FinetuneConfig:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._files import write_json
+from .._validation import check_int
 from ..errors import InvalidInputError
 from ..finetune.train import resolve_device
 from ..runs.folder import OutputFolder, check_output
@@ -173,12 +174,8 @@ def search(
     config = config or SearchConfig()
     say = echo or (lambda _line: None)
     output = Path(output)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InvalidInputError(f"workers must be an integer >= 1; got {workers!r} (--workers).")
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-    ):
-        raise InvalidInputError(f"threads must be an integer >= 1; got {threads!r} (--threads).")
+    check_int(workers, "workers", low=1)
+    check_int(threads, "threads", low=1, optional=True)
     if not isinstance(study_name, str) or not study_name.strip():
         raise InvalidInputError(f"study name must be a non-empty string; got {study_name!r}.")
     try:

@@ -159,24 +159,29 @@ def dry_run(
     *,
     targets: Sequence[str],
     task: Any = "classification",
-) -> None:
+) -> dict[str, dict[str, int]]:
     """Check every method's targets and shapes on a weightless copy of the model (no weights read).
 
     Each method is applied to a fresh ``meta``-device model built from ``model_config`` (the
     task's model class), so a target that matches nothing or a ``tt_shape`` that does not fit
-    fails before any training, with the method named in the message.
+    fails before any training, with the method named in the message. Returns each method's
+    trainable parameters: ``{method: {"adapter": n, "extra": m}}`` (``extra``: the head and other
+    trained modules).
     """
     import torch
 
     task = _task(task)
     auto = task.auto_model_class()
+    counts = {}
     for method, method_settings in settings.items():
         with torch.device("meta"):
             skeleton = auto.from_config(model_config)
         try:
-            apply_method(skeleton, method_settings, targets=targets, task=task)
+            adapted = apply_method(skeleton, method_settings, targets=targets, task=task)
         except InvalidInputError as exc:
             raise InvalidInputError(f"{method}: {exc}") from None
+        counts[method] = {"adapter": adapted.adapter_params, "extra": adapted.extra_params}
+    return counts
 
 
 def save_adapted(adapted: AdaptedModel, folder: str | Path) -> None:

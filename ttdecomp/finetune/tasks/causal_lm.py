@@ -30,7 +30,7 @@ from ...assets.dialogues import DialogueSplits, reply_prompt
 from ...assets.loader import load_pretrained
 from ...errors import InvalidInputError
 from ..methods import MethodSettings, apply_method, dry_run, get_method, methods_for, save_adapted
-from ..train import TrainSettings, fit, is_main_process
+from ..train import TrainSettings, fit, is_main_process, resolve_device
 from .lm_eval import evaluate_lm, generate_reply
 from .registry import Task
 
@@ -114,6 +114,7 @@ def run_causal(
     eval_batch_size: int = 8,
     on_evaluate: Any = None,
     final: bool = True,
+    quantization_config: Any = None,
 ) -> dict[str, Any]:
     """Fine-tune a causal LM with one method and one seed and return its row.
 
@@ -160,6 +161,9 @@ def run_causal(
     final : bool
         ``False`` for a search trial: no base-model evaluation, no test evaluation, nothing
         saved, no reply; the row has the validation loss of the chosen state.
+    quantization_config : transformers quantization config, optional
+        Load the base quantized (``FinetuneConfig.quantization_config()``); the method trains
+        beside the frozen quantized base (and ``before`` is the quantized base's).
 
     Returns
     -------
@@ -197,7 +201,13 @@ def run_causal(
     if prompt is None:
         prompt = reply_prompt(splits.test)
     collator = make_collator(tokenizer)
-    model = load_pretrained(model_dir, task=TASK.name, seed=train.seed)
+    model = load_pretrained(
+        model_dir,
+        task=TASK.name,
+        seed=train.seed,
+        quantization_config=quantization_config,
+        device=resolve_device(train.device) if quantization_config is not None else None,
+    )
     row: dict[str, Any] = {"method": settings.method, "seed": train.seed}
     if not final:
         before = {}
@@ -293,12 +303,15 @@ class CausalJob:
         targets: list[str],
         max_length: int,
         n_left_out: int,
+        quantization_config: Any = None,
     ) -> None:
         self.model_dir, self.tokenizer, self.splits = model_dir, tokenizer, splits
+        self.quantization_config = quantization_config
         self.source, self.datasets, self.targets = source, datasets, targets
         self.max_length, self.n_left_out = max_length, n_left_out
         self.prompt = reply_prompt(splits.test)
         self.before: dict[str, Any] | None = None
+        self.trainable: dict[str, dict[str, int]] | None = None  # set by prepare_causal
 
     @property
     def fingerprint(self) -> str:
@@ -347,6 +360,7 @@ class CausalJob:
             datasets=self.datasets,
             before=self.before,
             prompt=self.prompt,
+            quantization_config=self.quantization_config,
             **options,
         )
         if self.before is None and options.get("final", True):
@@ -430,11 +444,21 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
             f"cannot load the model or tokenizer in {model_path}: {exc}"
         ) from None
     targets = list(config.targets or TASK.default_targets(model_config))
-    dry_run(model_config, settings, targets=targets, task=TASK)  # no weights read
+    trainable = dry_run(model_config, settings, targets=targets, task=TASK)  # no weights read
     datasets = tokenize_splits(tokenizer, splits, max_length=config.max_length)
-    return CausalJob(
-        model_path, tokenizer, splits, source, datasets, targets, config.max_length, n_left_out
+    job = CausalJob(
+        model_path,
+        tokenizer,
+        splits,
+        source,
+        datasets,
+        targets,
+        config.max_length,
+        n_left_out,
+        quantization_config=config.quantization_config(),
     )
+    job.trainable = trainable  # for the start banner
+    return job
 
 
 def _is_dialogue_file(data: str) -> bool:

@@ -25,7 +25,7 @@ from ...assets.loader import ModelSource, check_tokenizer, load_pretrained, load
 from ...errors import InvalidInputError
 from ..data import Splits
 from ..methods import MethodSettings, apply_method, dry_run, save_adapted
-from ..train import TrainSettings, fit, is_main_process
+from ..train import TrainSettings, fit, is_main_process, resolve_device
 from .registry import Task
 
 __all__ = [
@@ -113,15 +113,28 @@ def accuracy(eval_pred: Any) -> dict[str, float]:
 
 
 def load_classifier(
-    model_dir: str | os.PathLike | ModelSource, labels: list[str], seed: int
+    model_dir: str | os.PathLike | ModelSource,
+    labels: list[str],
+    seed: int,
+    *,
+    quantization_config: Any = None,
+    device: str | None = None,
 ) -> Any:
     """A sequence classifier from ``model_dir`` with a new head for ``labels``, seeded.
 
     :func:`ttdecomp.assets.load_pretrained` with ``task="classification"``: a clear error for a
     folder that holds no model, and for a model still carrying the GGUF loader's quantizer
-    state (``Trainer`` refuses to train it).
+    state (``Trainer`` refuses to train it). ``quantization_config`` loads the base quantized
+    (``--quantize``), on ``device``.
     """
-    return load_pretrained(model_dir, task=TASK.name, labels=list(labels), seed=seed)
+    return load_pretrained(
+        model_dir,
+        task=TASK.name,
+        labels=list(labels),
+        seed=seed,
+        quantization_config=quantization_config,
+        device=device if quantization_config is not None else None,
+    )
 
 
 def predict_logits(model: Any, dataset: TextDataset, collator: Any, batch: int = 64) -> np.ndarray:
@@ -152,6 +165,7 @@ def run_classification(
     datasets: dict[str, TextDataset] | None = None,
     on_evaluate: Any = None,
     final: bool = True,
+    quantization_config: Any = None,
 ) -> dict[str, Any]:
     """Fine-tune one method with one seed and return its row.
 
@@ -178,6 +192,9 @@ def run_classification(
     final : bool
         ``False`` for a search trial: test is not evaluated (``test_accuracy`` is ``None``)
         and nothing is saved; the row's validation figures are complete.
+    quantization_config : transformers quantization config, optional
+        Load the base quantized (``FinetuneConfig.quantization_config()``); the method trains
+        beside the frozen quantized base.
 
     Returns
     -------
@@ -199,7 +216,13 @@ def run_classification(
             for name in ("train", "validation", "test")
         }
     collator = DataCollatorWithPadding(tokenizer)
-    model = load_classifier(model_dir, splits.labels, train.seed)
+    model = load_classifier(
+        model_dir,
+        splits.labels,
+        train.seed,
+        quantization_config=quantization_config,
+        device=resolve_device(train.device),
+    )
     adapted = apply_method(model, settings, targets=targets, task=TASK)
     trainer, result = fit(
         adapted,
@@ -254,6 +277,9 @@ class ClassificationJob:
     datasets: dict[str, Any]
     targets: list[str]
     max_length: int
+    #: each method's trainable parameters, ``{method: {"adapter": n, "extra": m}}`` (the banner)
+    trainable: dict[str, dict[str, int]] | None = None
+    quantization_config: Any = None
 
     @property
     def fingerprint(self) -> str:
@@ -291,6 +317,7 @@ class ClassificationJob:
             max_length=self.max_length,
             run_dir=run_dir,
             datasets=self.datasets,
+            quantization_config=self.quantization_config,
             **options,
         )
 
@@ -372,7 +399,7 @@ class ClassificationTask(Task):
         check_tokenizer(tokenizer, [t for t, _ in splits.train], source=splits.source)
         targets = list(config.targets or self.default_targets(model_config))
         model_config.num_labels = len(splits.labels)
-        dry_run(model_config, config.method_settings(), targets=targets, task=self)
+        trainable = dry_run(model_config, config.method_settings(), targets=targets, task=self)
         iterator = [
             ("train", splits.train),
             ("validation", splits.validation),
@@ -389,7 +416,14 @@ class ClassificationTask(Task):
             for name, rows in iterator
         }
         return ClassificationJob(
-            Path(model_path), splits, tokenizer, datasets, targets, config.max_length
+            Path(model_path),
+            splits,
+            tokenizer,
+            datasets,
+            targets,
+            config.max_length,
+            trainable,
+            config.quantization_config(),
         )
 
 

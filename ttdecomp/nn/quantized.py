@@ -1,0 +1,314 @@
+"""Quantized linear layers: which kinds there are, their dense weight, and re-quantizing them.
+
+The layer kinds a TT adapter can wrap while the base stays quantized (as PEFT's LoRA does):
+
+* ``"bnb_4bit"``: bitsandbytes ``Linear4bit`` (NF4 or FP4, with or without double
+  quantization), what ``BitsAndBytesConfig(load_in_4bit=True)`` puts in a model;
+* ``"bnb_8bit"``: bitsandbytes ``Linear8bitLt`` with int8 weights
+  (``BitsAndBytesConfig(load_in_8bit=True)``);
+* ``"torchao_int8"``: an ``nn.Linear`` whose weight torchao's ``Int8WeightOnlyConfig`` made an
+  int8 tensor (``quantize_(model, Int8WeightOnlyConfig())`` or transformers' ``TorchAoConfig``).
+
+Every function dispatches on the layer's type; nothing here imports bitsandbytes or torchao
+unless the layer is one of theirs. Other quantized layers (HQQ, GPTQ, AWQ, EETQ, quanto, torchao
+int4 / float8 / dynamic-activation weights ...) are recognised by :func:`unsupported_quantized`
+so that callers can refuse them with an error naming the type instead of treating them as plain
+linears (or skipping them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError
+
+__all__ = [
+    "SUPPORTED_QUANTIZED",
+    "compute_dtype",
+    "dequantized_weight",
+    "in_out_features",
+    "quantization_note",
+    "quantized_kind",
+    "requantize_",
+    "unpack_cpu_4bit_",
+    "unsupported_quantized",
+]
+
+#: The supported kinds and what they are, for error messages and docs.
+SUPPORTED_QUANTIZED = {
+    "bnb_4bit": "bitsandbytes Linear4bit (NF4/FP4, with or without double quantization)",
+    "bnb_8bit": "bitsandbytes Linear8bitLt (int8 weights)",
+    "torchao_int8": "torchao int8 weight-only (Int8WeightOnlyConfig) nn.Linear",
+}
+
+# Class names of quantized linear layers from other libraries (what each library calls them).
+_OTHER_QUANTIZED_CLASSES = {
+    "HQQLinear": "HQQ",
+    "HQQLinearLoRA": "HQQ",
+    "QuantLinear": "GPTQ (auto-gptq / gptqmodel)",
+    "TritonV2QuantLinear": "GPTQ (gptqmodel)",
+    "ExllamaQuantLinear": "GPTQ (exllama)",
+    "ExllamaV2QuantLinear": "GPTQ (exllama v2)",
+    "MarlinQuantLinear": "GPTQ (marlin)",
+    "WQLinear_GEMM": "AWQ",
+    "WQLinear_GEMV": "AWQ",
+    "WQLinear_Exllama": "AWQ",
+    "WQLinear_ExllamaV2": "AWQ",
+    "WQLinear_IPEX": "AWQ",
+    "EetqLinear": "EETQ",
+    "QLinear": "optimum-quanto",
+    "FP8Linear": "FP8 (fbgemm / finegrained)",
+    "FbgemmFp8Linear": "FP8 (fbgemm)",
+    "AqlmLinear": "AQLM",
+    "QuantizedLinear": "AQLM / HIGGS",
+    "BitLinear": "BitNet",
+}
+
+_SUPPORTED_LIST = "; ".join(SUPPORTED_QUANTIZED.values())
+
+
+def _weight(module: nn.Module) -> Any:
+    return module.__dict__.get("_parameters", {}).get("weight")
+
+
+def _is_torchao_int8_weight_only(weight: Any) -> bool:
+    cls = type(weight)
+    return (
+        cls.__module__.startswith("torchao")
+        and cls.__name__ == "Int8Tensor"
+        and getattr(weight, "act_quant_kwargs", None) is None
+    )
+
+
+def quantized_kind(module: nn.Module) -> str | None:
+    """The supported quantized kind of ``module``, or None (a plain or unsupported layer).
+
+    Returns ``"bnb_4bit"``, ``"bnb_8bit"``, ``"torchao_int8"`` (see :data:`SUPPORTED_QUANTIZED`)
+    or None. Use :func:`unsupported_quantized` to tell an unsupported quantized layer from a
+    plain one.
+
+    Examples
+    --------
+    >>> import torch
+    >>> quantized_kind(torch.nn.Linear(4, 4)) is None
+    True
+    """
+    cls = type(module).__name__
+    weight = _weight(module)
+    if cls == "Linear4bit" and type(weight).__name__ == "Params4bit":
+        return "bnb_4bit"
+    if cls == "Linear8bitLt" and weight is not None and weight.dtype == torch.int8:
+        return "bnb_8bit"
+    if isinstance(module, nn.Linear) and _is_torchao_int8_weight_only(weight):
+        return "torchao_int8"
+    return None
+
+
+def unsupported_quantized(module: nn.Module) -> str | None:
+    """A sentence naming ``module``'s quantization when it is quantized but not supported.
+
+    None for plain layers and for the supported kinds (:func:`quantized_kind`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> class HQQLinear(torch.nn.Module):
+    ...     pass
+    >>> print(unsupported_quantized(HQQLinear()))  # doctest: +ELLIPSIS
+    HQQLinear (HQQ) is a quantized layer TT adapters cannot wrap; supported: bitsandbytes ...
+    >>> unsupported_quantized(torch.nn.Linear(4, 4)) is None
+    True
+    """
+    if quantized_kind(module) is not None:
+        return None
+    cls = type(module).__name__
+    weight = _weight(module)
+    what = None
+    if cls in _OTHER_QUANTIZED_CLASSES:
+        what = _OTHER_QUANTIZED_CLASSES[cls]
+    elif weight is not None and type(weight).__module__.startswith("torchao"):
+        what = f"torchao {type(weight).__name__} weight, not int8 weight-only"
+    elif cls == "Linear4bit":
+        what = "bitsandbytes 4-bit, not quantized yet (move it to a device first)"
+    if what is None:
+        return None
+    return (
+        f"{cls} ({what}) is a quantized layer TT adapters cannot wrap; supported: "
+        f"{_SUPPORTED_LIST}. Load the model with BitsAndBytesConfig(load_in_4bit=True) or "
+        "(load_in_8bit=True), or torchao's Int8WeightOnlyConfig, or exclude this module."
+    )
+
+
+def _kind_or_raise(module: nn.Module) -> str:
+    kind = quantized_kind(module)
+    if kind is None:
+        raise InvalidInputError(
+            unsupported_quantized(module)
+            or f"{type(module).__name__} is not a quantized layer; supported: {_SUPPORTED_LIST}."
+        )
+    return kind
+
+
+def in_out_features(module: nn.Module) -> tuple[int, int]:
+    """``(in_features, out_features)`` of a supported quantized linear layer (PEFT's order).
+
+    A bitsandbytes 4-bit weight is stored packed, (out · in / 2, 1), so its shape says nothing;
+    the layer's own sizes (or the quantization state's shape) do.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    >>> quantize_(net, Int8WeightOnlyConfig())
+    >>> in_out_features(net[0])
+    (64, 32)
+    """
+    kind = _kind_or_raise(module)
+    weight = _weight(module)
+    if kind == "bnb_4bit":
+        state = getattr(weight, "quant_state", None)
+        if state is not None:
+            out_f, in_f = state.shape
+            return int(in_f), int(out_f)
+        return int(module.in_features), int(module.out_features)
+    return int(weight.shape[1]), int(weight.shape[0])
+
+
+def compute_dtype(module: nn.Module) -> torch.dtype:
+    """The floating dtype a supported quantized layer computes in (the dtype of its output).
+
+    bitsandbytes 4-bit: its ``compute_dtype`` (or the bias dtype when unset, else float32);
+    8-bit: the bias dtype, else float32 (it computes in its input's dtype); torchao: the weight's
+    logical dtype.
+    """
+    kind = _kind_or_raise(module)
+    if kind == "torchao_int8":
+        return _weight(module).dtype
+    if kind == "bnb_4bit" and getattr(module, "compute_dtype", None) is not None:
+        return module.compute_dtype
+    bias = getattr(module, "bias", None)
+    return bias.dtype if bias is not None and bias.dtype.is_floating_point else torch.float32
+
+
+def dequantized_weight(module: nn.Module) -> torch.Tensor:
+    """The layer's weight dequantized to a dense float32 (out, in) tensor (a new tensor).
+
+    A bitsandbytes 4-bit weight that its CPU kernel repacked is first unpacked in place, as
+    ``Linear4bit`` does before saving (same values; the next inference call repacks it).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    >>> torch.manual_seed(0) and None
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    >>> w = net[0].weight.detach().clone()
+    >>> quantize_(net, Int8WeightOnlyConfig())
+    >>> d = dequantized_weight(net[0])
+    >>> d.dtype, bool((d - w).abs().max() < 0.01)
+    (torch.float32, True)
+    """
+    kind = _kind_or_raise(module)
+    weight = _weight(module)
+    with torch.no_grad():
+        if kind == "torchao_int8":
+            return weight.dequantize().float()
+        import bitsandbytes as bnb
+
+        if kind == "bnb_4bit":
+            unpack_cpu_4bit_(module)
+            weight = _weight(module)
+            return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
+        scb = weight.SCB if getattr(weight, "SCB", None) is not None else module.state.SCB
+        return bnb.functional.int8_vectorwise_dequant(weight.data, scb.to(weight.device)).float()
+
+
+def unpack_cpu_4bit_(module: nn.Module) -> bool:
+    """Undo bitsandbytes' CPU repacking of a 4-bit weight, in place, as bitsandbytes does itself.
+
+    On CPUs with AVX512-BF16, ``Linear4bit.forward`` in inference (eval mode, an input that
+    does not require grad) repacks the weight for its CPU kernel (absmax rounded to bfloat16)
+    and marks ``quant_state.packing_format_for_cpu``. In that format ``dequantize_4bit`` reads
+    garbage, and the matmul has no backward: no gradient reaches the layer's input, silently
+    (bitsandbytes 0.50). ``Linear4bit._save_to_state_dict`` converts back with the same
+    function before saving, which leaves the block scales scrambled unless they were
+    double-quantized; this also puts them back in order. The values are the packed ones (block
+    scales rounded to bfloat16 by the packing); the next inference forward repacks. Returns
+    whether it unpacked. A no-op for any other layer.
+    """
+    if quantized_kind(module) != "bnb_4bit":
+        return False
+    weight = _weight(module)
+    if getattr(weight.quant_state, "packing_format_for_cpu", False):
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+        state = weight.quant_state
+        nested = state.original_nested
+        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+        if not nested:
+            # bitsandbytes 0.50's inverse restores the block scales' order only when they were
+            # double-quantized; otherwise they stay as packing left them, (blocks per row, out)
+            # in bfloat16: back to one scale per block in row-major order
+            state = weight.quant_state
+            state.absmax = state.absmax.T.contiguous().reshape(-1).float()
+        return True
+    return False
+
+
+def requantize_(module: nn.Module, weight: torch.Tensor) -> None:
+    """Replace the layer's weight by ``weight`` (dense, (out, in)) quantized the same way.
+
+    The quantization settings (4-bit type, block size, double quantization, storage dtype; the
+    8-bit flags; torchao's block size) are the layer's own. The old weight is dropped.
+    """
+    kind = _kind_or_raise(module)
+    old = _weight(module)
+    device = old.device
+    if kind == "torchao_int8":
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        dtype = old.dtype
+        del module.weight
+        module.weight = nn.Parameter(weight.to(device=device, dtype=dtype), requires_grad=False)
+        quantize_(module, Int8WeightOnlyConfig())
+        return
+    import bitsandbytes as bnb
+
+    if kind == "bnb_4bit":
+        unpack_cpu_4bit_(module)
+        old = _weight(module)
+        kwargs = {
+            "blocksize": old.blocksize,
+            "compress_statistics": old.compress_statistics,
+            "quant_type": old.quant_type,
+            "quant_storage": old.quant_storage,
+            "module": module,
+        }
+        dense = weight.to(old.quant_state.dtype).to("cpu")
+        module.weight = bnb.nn.Params4bit(dense, requires_grad=False, **kwargs).to(device)
+        return
+    dense = weight.to(torch.float32).to("cpu")
+    module.weight = bnb.nn.Int8Params(dense, requires_grad=False, has_fp16_weights=False).to(device)
+    module.state.reset_grads()
+    module.state.CB = module.state.SCB = None
+
+
+def quantization_note(module: nn.Module) -> str:
+    """A short description of the layer's quantization, e.g. ``"bitsandbytes 4-bit nf4"``.
+
+    ``"none"`` for a layer that is not a supported quantized kind.
+    """
+    kind = quantized_kind(module)
+    if kind is None:
+        return "none"
+    if kind == "bnb_4bit":
+        weight = _weight(module)
+        double = " with double quantization" if weight.compress_statistics else ""
+        return f"bitsandbytes 4-bit {weight.quant_type}{double}"
+    if kind == "bnb_8bit":
+        return "bitsandbytes 8-bit"
+    return "torchao int8 weight-only"
