@@ -140,3 +140,26 @@ def test_each_method_shows_its_own_schedule(tmp_path):
     _, table = claim.claim_table([a])
     assert "| TT-LoRA r=4 | lr 0.001, α 16, cosine, warm-up 0.1 |" in table
     assert "| LoRA r=8 | lr 0.001, α 16, constant |" in table
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/benchmarks.md"])
+def test_the_published_claim_tables_are_what_the_committed_results_give(tmp_path, document):
+    """The claim tables in the README and the benchmarks page are generated, not typed: running
+    the script on the committed results.json files rewrites each block to what it already is."""
+    import subprocess
+    import sys
+
+    copy = tmp_path / Path(document).name
+    copy.write_text((ROOT / document).read_text(encoding="utf-8"), encoding="utf-8")
+    results = sorted(str(p) for p in (ROOT / "docs" / "results" / "minilm-claim").glob("*.json"))
+    assert len(results) == 9  # three methods x three seeds
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "claim_table.py"), *results,
+         "--write", str(copy), "--block", "minilm"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert copy.read_text(encoding="utf-8") == (ROOT / document).read_text(encoding="utf-8")
+    assert "<!-- claim-table:minilm:begin -->\n| method |" in copy.read_text(encoding="utf-8")

@@ -164,7 +164,7 @@ def test_run_writes_results_reloads_and_refuses_to_overwrite(assets, tmp_path, c
     ]
     assert results["complete"] is True
     assert set(results["versions"]) >= {"torch", "transformers", "peft", "ttdecomp"}
-    assert results["config"]["settings"]["tt-lora"]["lr"] == 5e-3
+    assert results["config"]["settings"]["tt-lora"]["lr"] == 1e-2
     assert results["data"]["sizes"] == {"train": 40, "validation": 20, "test": 20}
     for row in results["rows"]:
         assert row["steps"] == 3 and 0.0 <= row["test_accuracy"] <= 1.0

@@ -141,7 +141,7 @@ class FinetuneConfig:
         One run per seed and method; the table shows mean ± std over seeds.
     rank, alpha, lr : value or dict of method to value, optional
         Override the methods' recommended settings (``Method.defaults``: TT-LoRA rank 4,
-        α 32, lr 5e-3; LoRA r 8, α 16, lr 1e-3): one value for every method that has the
+        α 32, lr 1e-2; LoRA r 8, α 16, lr 1e-3): one value for every method that has the
         setting, or a dict per method (``{"tt-lora": 5e-3, "lora": 1e-3}``).
     tt_shape : sequence of int, optional
         TT-LoRA's flat shape (input factors then output factors) for every target.

@@ -316,7 +316,7 @@ class MethodSettings:
     Examples
     --------
     >>> default_settings("tt-lora")
-    MethodSettings(method='tt-lora', lr=0.005, rank=4, alpha=32.0, tt_shape=None)
+    MethodSettings(method='tt-lora', lr=0.01, rank=4, alpha=32.0, tt_shape=None)
     """
 
     method: str
@@ -410,7 +410,7 @@ def format_defaults(names: Sequence[str] | None = None, *, setting: str) -> str:
     Examples
     --------
     >>> format_defaults(["tt-lora", "lora"], setting="lr")
-    'tt-lora 0.005, lora 0.001'
+    'tt-lora 0.01, lora 0.001'
     """
     parts = []
     for name in names if names is not None else method_names():

@@ -158,7 +158,7 @@ class TTLoRAMethod(_TTMethod):
     display_name = "TT-LoRA"
     colour = "tab:blue"
     summary = "TT-LoRA: ΔW is one TT-matrix"
-    defaults: ClassVar = {"rank": 4, "alpha": 32.0, "lr": 5e-3}
+    defaults: ClassVar = {"rank": 4, "alpha": 32.0, "lr": 1e-2}
     mergeable = True
     takes_tt_shape = True
     search_parameters: ClassVar = {"tt_shape": "tt_shape", "tt_rank": "rank", "alpha": "alpha",
