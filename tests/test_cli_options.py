@@ -365,3 +365,16 @@ def test_positional_and_required_fields():
     assert Job(**values(args, Job)) == Job("minilm", "out", ["q", "v"])
     with pytest.raises(SystemExit):
         parser.parse_args(["minilm"])  # --output is required
+
+
+def test_a_deeply_nested_config_file_is_one_line_naming_it(tmp_path, capsys):
+    for depth in (100, 5000):  # over the limit; deep enough to exhaust Python's recursion
+        path = tmp_path / f"run{depth}.yaml"
+        path.write_text("seeds: " + "[" * depth + "]" * depth + "\n")
+        assert main(["finetune", "--config", str(path)]) == 2
+        assert f"--config {path} nests" in capsys.readouterr().err
+
+
+def test_an_infinite_epoch_budget_is_refused():
+    with pytest.raises(InvalidOptionError, match="epoch_budget must be a finite number"):
+        SearchConfig(epoch_budget=float("inf"))

@@ -88,6 +88,8 @@ def fails(argv, capsys, message):
         (["--tt-shape", ",".join(["2"] * 50_000)], "has 50000 factors; at most 64"),
         (["--batch-size", "0"], "--batch-size must be an integer in [1, 65536]; got 0."),
         (["--lr", "head-only=1e-2"], "not among the methods run"),
+        # more tokens than the model's 128 positions: refused before training, not mid-way
+        (["--max-length", "4096"], "max-length 4096 is more tokens than"),
     ],
 )
 def test_bad_options_fail_before_training(assets, tmp_path, capsys, extra, message):

@@ -326,3 +326,24 @@ def test_a_bad_sqlite_path_is_not_called_a_server_problem(tmp_path):
     folder.mkdir()
     with pytest.raises(InvalidInputError, match="is not a file"):
         open_storage(f"sqlite:///{folder}")
+
+
+def test_a_grid_too_large_to_run_is_refused_before_it_is_built():
+    from ttdecomp.search.space import MAX_GRID, default_space
+
+    space = default_space(["tt-lora", "lora"], layer=(384, 384), quick=False)
+    assert len(space.grid(3)) <= MAX_GRID
+    with pytest.raises(InvalidInputError, match=r"configurations .* at most 100,000"):
+        space.grid(10**9)  # would be 10^18 configurations: refused by counting, not by memory
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_deeply_nested_space_files_are_refused_with_the_file_named(tmp_path, suffix):
+    from ttdecomp.search.space import load_space
+
+    for depth in (100, 5000):  # above the limit; deep enough to exhaust Python's recursion
+        path = tmp_path / f"space{depth}{suffix}"
+        body = "[" * depth + "]" * depth
+        path.write_text(f"tt-lora: {body}\n" if suffix == ".yaml" else f'{{"tt-lora": {body}}}')
+        with pytest.raises(InvalidInputError, match=f"--space {path} nests"):
+            load_space(path)

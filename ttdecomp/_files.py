@@ -39,6 +39,7 @@ from .errors import InvalidInputError
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "check_nesting",
     "check_target",
     "load_pair",
     "read_json",
@@ -279,6 +280,27 @@ class _DuplicateKey(Exception):
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def check_nesting(value: Any, source: str) -> Any:
+    """Return ``value`` (a parsed JSON or YAML document) if it nests at most
+    :data:`MAX_JSON_DEPTH` deep; else raise :class:`~ttdecomp.errors.InvalidInputError` naming
+    ``source``.
+
+    Examples
+    --------
+    >>> check_nesting({"a": [1, 2]}, "run.yaml")
+    {'a': [1, 2]}
+    >>> check_nesting([[[]]] * 1, "x.json") == [[[]]]
+    True
+    """
+    depth = _depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidInputError(
+            f"{source} nests {depth} levels deep; ttdecomp's files nest at most "
+            f"{MAX_JSON_DEPTH}. Is it the right file?"
+        )
+    return value
 
 
 def _depth(value: Any) -> int:

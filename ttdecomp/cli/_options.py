@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._files import MAX_JSON_DEPTH, check_nesting
 from ..errors import InvalidInputError
 
 __all__ = [
@@ -352,9 +353,15 @@ class _UniqueKeyLoader:
 
         Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
         try:
-            return yaml.load(text, Loader=Loader)  # a SafeLoader subclass
+            document = yaml.load(text, Loader=Loader)  # a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise InvalidInputError(f"{source} is not valid YAML: {exc}") from None
+        except RecursionError:
+            raise InvalidInputError(
+                f"{source} nests too deep to read; ttdecomp's files nest at most "
+                f"{MAX_JSON_DEPTH} levels. Is it the right file?"
+            ) from None
+        return check_nesting(document, source)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._files import MAX_JSON_DEPTH, check_nesting
 from ..errors import InvalidInputError, ShapeError
 from ..finetune.methods import (
     DEFAULT_METHODS,
@@ -53,6 +54,9 @@ __all__ = [
     "parse_param",
     "tt_shape_candidates",
 ]
+
+#: The most configurations a grid search may hold (each one is a training run).
+MAX_GRID = 100_000
 
 
 class _Parameters(Mapping):
@@ -313,7 +317,20 @@ class SearchSpace:
         return SearchSpace(tuple(out))
 
     def grid(self, points: int = 3) -> list[dict[str, Any]]:
-        """Every configuration of the grid: per method, the product of its parameters' values."""
+        """Every configuration of the grid: per method, the product of its parameters' values.
+
+        Raises :class:`~ttdecomp.errors.InvalidInputError` when the grid would hold more than
+        ``MAX_GRID`` configurations (counted before any is built).
+        """
+        size = 0
+        for _, params in self.params:
+            size += math.prod(len(p.choices) if p.choices is not None else points for p in params)
+        if size > MAX_GRID:
+            raise InvalidInputError(
+                f"the grid has {size:,} configurations (grid_points {points:,} across the ranges "
+                f"of the space); at most {MAX_GRID:,} can be run. Give fewer grid_points "
+                "(--grid-points) or fewer values per parameter."
+            )
         out = []
         for method, params in self.params:
             values = [p.grid(points) for p in params]
@@ -457,16 +474,26 @@ def load_space(path: str | Path) -> SearchSpace:
             spec = yaml.load(text, Loader=_space_loader(yaml, f"--space {path}"))  # a SafeLoader
         except yaml.YAMLError as exc:
             raise InvalidInputError(f"--space {path} is not valid YAML: {exc}") from None
+        except RecursionError:
+            raise InvalidInputError(
+                f"--space {path} nests too deep to read; a space nests at most "
+                f"{MAX_JSON_DEPTH} levels."
+            ) from None
     elif suffix == ".json":
         try:
             spec = json.loads(text, object_pairs_hook=_no_duplicates(f"--space {path}"))
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"--space {path} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidInputError(
+                f"--space {path} nests too deep to read; a space nests at most "
+                f"{MAX_JSON_DEPTH} levels."
+            ) from None
     else:
         raise InvalidInputError(
             f"--space {path}: unknown file type {suffix!r}; expected .yaml, .yml or .json."
         )
-    return SearchSpace.from_dict(spec, f"--space {path}")
+    return SearchSpace.from_dict(check_nesting(spec, f"--space {path}"), f"--space {path}")
 
 
 def _number(text: str) -> Any:

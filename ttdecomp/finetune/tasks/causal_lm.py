@@ -32,7 +32,7 @@ from ...errors import InvalidInputError
 from ..methods import MethodSettings, apply_method, dry_run, get_method, methods_for, save_adapted
 from ..train import TrainSettings, fit, is_main_process, resolve_device
 from .lm_eval import evaluate_lm, generate_reply
-from .registry import Task
+from .registry import Task, check_max_length
 
 __all__ = [
     "CAUSAL_SPLIT",
@@ -443,6 +443,7 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
         raise InvalidInputError(
             f"cannot load the model or tokenizer in {model_path}: {exc}"
         ) from None
+    check_max_length(config.max_length, model_config, config.model)
     targets = list(config.targets or TASK.default_targets(model_config))
     trainable = dry_run(model_config, settings, targets=targets, task=TASK)  # no weights read
     datasets = tokenize_splits(tokenizer, splits, max_length=config.max_length)

@@ -26,7 +26,7 @@ from ...errors import InvalidInputError
 from ..data import Splits
 from ..methods import MethodSettings, apply_method, dry_run, save_adapted
 from ..train import TrainSettings, fit, is_main_process, resolve_device
-from .registry import Task
+from .registry import Task, check_max_length
 
 __all__ = [
     "ClassificationJob",
@@ -397,6 +397,7 @@ class ClassificationTask(Task):
             ) from None
         tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
         check_tokenizer(tokenizer, [t for t, _ in splits.train], source=splits.source)
+        check_max_length(config.max_length, model_config, config.model)
         targets = list(config.targets or self.default_targets(model_config))
         model_config.num_labels = len(splits.labels)
         trainable = dry_run(model_config, config.method_settings(), targets=targets, task=self)

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from ...assets import registry as assets
-from ...errors import InvalidInputError
+from ...errors import InvalidInputError, InvalidOptionError
 
 __all__ = [
     "Job",
     "Task",
+    "check_max_length",
     "detect_task",
     "get_task",
     "register_task",
@@ -35,6 +36,37 @@ __all__ = [
 ]
 
 _REGISTRY: dict[str, Task] = {}
+
+# where Hugging Face configs keep the longest input a model's position embeddings cover
+_POSITION_LIMITS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
+
+
+def check_max_length(max_length: int, model_config: Any, model: str) -> None:
+    """Refuse ``max_length`` above the positions the model can embed, before any training.
+
+    A longer input fails deep inside the first forward pass (an index error in the position
+    embedding) or, for models with relative positions, silently runs out of what the model was
+    trained on. Models that declare no limit pass.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> check_max_length(128, SimpleNamespace(max_position_embeddings=512), "m")
+    >>> too_long = SimpleNamespace(max_position_embeddings=512)
+    >>> check_max_length(1024, too_long, "m")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ttdecomp.errors.InvalidOptionError: max_length 1024 is more tokens than m can take ...
+    """
+    for name in _POSITION_LIMITS:
+        limit = getattr(model_config, name, None)
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            if max_length > limit:
+                raise InvalidOptionError(
+                    f"max_length {max_length} is more tokens than {model} can take (its {name} "
+                    f"is {limit}); give max_length {limit} or less.",
+                    option="max_length",
+                )
+            return
 
 
 class Job(Protocol):
