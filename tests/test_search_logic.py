@@ -270,3 +270,26 @@ def test_finetune_options_and_a_finetune_config_together_are_refused(tiny_classi
         SearchConfig(FinetuneConfig(), epochs=2)
     with pytest.raises(InvalidInputError, match=r"unknown search options \['epoch'\]"):
         SearchConfig(epoch=2)
+
+
+def test_a_trial_numbered_beyond_the_count_is_surplus_and_left_out_of_the_counts():
+    """Two processes can pass the 'fewer than n trials' check at the same moment and each start
+    a trial; trial numbers are handed out one at a time, so the later one must train nothing."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from ttdecomp.search.study import SURPLUS, Objective, trial_counts
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study()
+    trials = [study.ask() for _ in range(3)]  # numbers 0, 1, 2, all running
+    gate = SimpleNamespace(max_trials=2)
+    assert [Objective.is_surplus(gate, t) for t in trials] == [False, False, True]
+    assert not Objective.is_surplus(SimpleNamespace(max_trials=None), trials[2])
+    study.tell(trials[0], state=optuna.trial.TrialState.FAIL)  # a failed slot is run again
+    assert not Objective.is_surplus(gate, trials[2])
+    trials[2].set_user_attr(SURPLUS, True)
+    study.tell(trials[2], state=optuna.trial.TrialState.FAIL)
+    assert trial_counts(study) == {"complete": 0, "pruned": 0, "running": 1, "failed": 1,
+                                   "waiting": 0}  # fmt: skip

@@ -22,7 +22,9 @@ from ..finetune.run import prepare_job
 from ..finetune.tasks import get_task
 from .config import DEFAULT_TRIALS, QUICK_TRIALS, SearchConfig
 from .study import (
+    SURPLUS,
     Objective,
+    SurplusTrial,
     finished_states,
     make_pruner,
     make_sampler,
@@ -233,12 +235,16 @@ def run_trials(
 
     worker = f"{socket.gethostname()}:{os.getpid()}"
     objective = context.objective(should_stop)
+    objective.max_trials = n_trials
     stopped = []
     callbacks = []
     if n_trials is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=taken_states))
 
     def tag_and_count(study: Any, trial: Any) -> None:
+        if trial.user_attrs.get(SURPLUS):  # another process took the last slot first
+            study.stop()
+            return
         if trial.user_attrs.get("evaluations"):
             # what a trained model left in reference cycles (a full collection costs about a
             # second with torch and transformers loaded: not after a trial that trained nothing)
@@ -279,6 +285,7 @@ def run_trials(
                     n_trials=None if n_trials is None else max(1, n_trials - taken),
                     callbacks=[*callbacks, tag_and_count],
                     gc_after_trial=False,
+                    catch=(SurplusTrial,),  # marked failed, left out of the report
                 )
             except KeyboardInterrupt:  # Optuna has marked the running trial failed
                 return True

@@ -103,11 +103,15 @@ def _trial_record(t: Any, metric: str) -> dict[str, Any]:
 
 def build_report(context: Any, study: Any, *, storage_url: str, study_name: str) -> dict:
     """The ``search.json`` document of ``study`` (the re-trained rows are added later)."""
-    from .study import trial_counts
+    from .study import SURPLUS, trial_counts
 
     metric = context.metric
     larger = context.task_spec.larger_is_better
-    trials = [_trial_record(t, metric) for t in study.get_trials(deepcopy=False)]
+    trials = [
+        _trial_record(t, metric)
+        for t in study.get_trials(deepcopy=False)
+        if not t.user_attrs.get(SURPLUS)  # started beyond the trial count, trained nothing
+    ]
     complete = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
     front_idx = pareto_front([(t["value"], t["adapter_params"]) for t in complete], larger)
     front = [complete[i] for i in front_idx]

@@ -34,6 +34,8 @@ from .space import SearchSpace
 
 __all__ = [
     "SAMPLERS",
+    "SURPLUS",
+    "SurplusTrial",
     "check_sqlite_file",
     "make_pruner",
     "make_sampler",
@@ -341,11 +343,13 @@ def grid_key(grid: list[dict[str, Any]]) -> str:
 
 
 def trial_counts(study: Any) -> dict[str, int]:
-    """Trials by state: ``complete``, ``pruned``, ``running``, ``failed``, ``waiting``."""
+    """Trials by state: ``complete``, ``pruned``, ``running``, ``failed``, ``waiting`` (a
+    surplus trial, started beyond the trial count and never run, is not counted)."""
     counts = {"complete": 0, "pruned": 0, "running": 0, "failed": 0, "waiting": 0}
     names = {"COMPLETE": "complete", "PRUNED": "pruned", "RUNNING": "running", "FAIL": "failed"}
     for t in study.get_trials(deepcopy=False):
-        counts[names.get(t.state.name, "waiting")] += 1
+        if not t.user_attrs.get(SURPLUS):
+            counts[names.get(t.state.name, "waiting")] += 1
     return counts
 
 
@@ -366,6 +370,15 @@ def finished_states() -> tuple[Any, ...]:
     import optuna
 
     return tuple(getattr(optuna.trial.TrialState, s) for s in _FINISHED)
+
+
+#: The user attribute of a trial started beyond the study's trial count (it trains nothing,
+#: is marked failed, and is left out of the report).
+SURPLUS = "surplus"
+
+
+class SurplusTrial(Exception):
+    """Raised by :class:`Objective` for a trial beyond the study's trial count."""
 
 
 class Objective:
@@ -432,6 +445,8 @@ class Objective:
         self.epochs_per_evaluation = epochs_per_evaluation
         self.settings = settings or space.settings
         self.repeats_in_a_row, self.exhausted = 0, False
+        #: the study's trial count (``run_trials`` sets it): a trial beyond it is a surplus
+        self.max_trials: int | None = None
 
     #: Repeated configurations in a row after which the space counts as exhausted.
     MAX_REPEATS = 50
@@ -496,11 +511,27 @@ class Objective:
                 values[p.name] = trial.suggest_float(key, p.low, p.high, log=p.log)
         return values
 
+    def is_surplus(self, trial: Any) -> bool:
+        """Whether ``trial`` is beyond the study's trial count: as many trials numbered before it
+        are finished or running as the study asks for. Two processes that checked the count at
+        the same moment can each start a trial; trial numbers are given out one at a time by the
+        storage, so the later-numbered of the two is the surplus (and trains nothing)."""
+        if self.max_trials is None:
+            return False
+        import optuna
+
+        states = (*finished_states(), optuna.trial.TrialState.RUNNING)
+        earlier = trial.study.get_trials(deepcopy=False, states=states)
+        return sum(t.number < trial.number for t in earlier) >= self.max_trials
+
     def __call__(self, trial: Any) -> Any:
         import shutil
 
         import optuna
 
+        if self.is_surplus(trial):
+            trial.set_user_attr(SURPLUS, True)
+            raise SurplusTrial(f"trial {trial.number} is beyond the {self.max_trials} asked for")
         config = self.sample(trial)
         settings = self.settings(config)
         twin = self.complete_twin(trial, config)
