@@ -246,12 +246,15 @@ def add_options(
             field.metadata = types.MappingProxyType({**field.metadata, **only[field.name]})
         meta = field.metadata
         title = meta.get("group", "options")
-        if title not in groups:
-            groups[title] = parser.add_argument_group(title)
+        if title not in groups:  # argparse's own "options" group is reused, not repeated
+            known = [g for g in parser._action_groups if g.title == title]
+            groups[title] = known[0] if known else parser.add_argument_group(title)
         group = groups[title]
         default = field.default
         if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
+        if default is dataclasses.MISSING:  # a required field: argparse asks for it
+            default = None
         kind = meta.get("type") or (
             type(default) if default is not None and not meta.get("list") else str
         )

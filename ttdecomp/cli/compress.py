@@ -35,16 +35,25 @@ import argparse
 import dataclasses
 import re
 import sys
-from typing import Any
 
 from ..compress.job import CompressConfig, run_compress
 from ..errors import TTError
 from ._common import progress_default, warnings_as_lines
-from .plan import parse_budget
+from ._options import HelpFormatter, add_options, error_message
+from ._options import values as options
 
 __all__ = ["add_parser", "run"]
 
 _FIELDS = {f.name: f for f in dataclasses.fields(CompressConfig)}
+
+EXAMPLES = """\
+examples:
+  ttdecomp compress minilm --budget 50% --output minilm-50
+  ttdecomp compress minilm --budget 25% --heal --output minilm-25h   # + 5 minutes of healing
+  ttdecomp compress smollm2 --budget 50% --calibration chatterbot --output smollm2-50
+  ttdecomp compress path/to/hf-model --budget 2M --calibration texts.txt --output out
+  ttdecomp compress minilm --budget 0.5 --targets query,value --output qv-50
+"""
 
 
 def _flag(name: str) -> str:
@@ -58,56 +67,32 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="compress a model's linear layers into TT-matrices under one budget",
         description="Replace linear layers by TT-matrix layers (TTLinear) under one global "
         "parameter budget, report per layer and at the model's output, save the result.",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
     )
-    groups: dict[str, Any] = {}
-    for f in _FIELDS.values():
-        meta = dict(f.metadata)
-        text = meta["help"].replace("%", "%%")
-        shown = meta.get("default_text")
-        if shown is None and f.default not in (None, dataclasses.MISSING, False, True):
-            shown = f.default
-        if shown is not None:
-            text += f" (default: {shown})"
-        if meta.get("positional"):
-            p.add_argument(f.name, help=text)
-            continue
-        group = p
-        if meta.get("group"):
-            group = groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
-        kwargs: dict[str, Any] = {"help": text, "dest": f.name}
-        kind = meta.get("type", type(f.default) if f.default is not dataclasses.MISSING else str)
-        if f.name == "budget":
-            kind = parse_budget
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-            kwargs["default"] = None if f.default is None else f.default
-        else:
-            kwargs["type"] = kind
-            kwargs["default"] = None if f.default is dataclasses.MISSING else f.default
-            for key in ("choices", "nargs", "metavar", "required"):
-                if key in meta:
-                    kwargs[key] = meta[key]
-        group.add_argument(_flag(f.name), **kwargs)
-    p.set_defaults(run=run)
+    add_options(p, CompressConfig)
+    p.set_defaults(run=run, parser=p)
     return p
 
 
-def _message(exc: BaseException) -> str:
+def _message(exc: BaseException, parser: argparse.ArgumentParser) -> str:
     """The library's message with each ``field=`` written as its flag (``--heal-steps 5``)."""
     names = "|".join(sorted(_FIELDS, key=len, reverse=True))
     text = str(exc).replace("heal=True", "--heal").replace("(pattern=...)", "(--targets)")
+    if isinstance(exc, TTError) and getattr(exc, "option", None):
+        text = error_message(exc, parser)
     return re.sub(rf"\b({names})=", lambda m: _flag(m.group(1)) + " ", text)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ttdecomp compress`` with parsed ``args``; return the exit status."""
-    values = {name: getattr(args, name) for name in _FIELDS}
+    values = options(args, CompressConfig)
     values["progress"] = progress_default(values["progress"])
     try:
         with warnings_as_lines("compress"):
             run_compress(CompressConfig(**values))
     except (TTError, FileNotFoundError, ImportError) as exc:
-        print(f"ttdecomp compress: error: {_message(exc)}", file=sys.stderr)
+        print(f"ttdecomp compress: error: {_message(exc, args.parser)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ttdecomp compress: interrupted", file=sys.stderr)

@@ -138,9 +138,9 @@ class CompressConfig:
     targets: list[str] | None = field(
         default=None,
         metadata={
-            "help": "module names or suffixes to compress (default: all linear layers but heads)",
-            "nargs": "+",
-            "metavar": "NAME",
+            "help": "module names or suffixes to compress",
+            "default_text": "all linear layers but heads",
+            "list": True,
             "type": str,
         },
     )
