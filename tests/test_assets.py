@@ -299,7 +299,15 @@ def test_compress_and_search_take_hub_ids_offline(hub_home, tmp_path):
     texts.write_text("\n".join(f"the ride was great {i}" for i in range(40)))
     compress = [sys.executable, "-P", "-m", "ttdecomp", "compress", "org/tiny-bert"]
     compress += ["--budget", "50%", "--calibration", str(texts), "--calibration-size", "16"]
-    compress += ["--eval-size", "16", "--no-progress", "--output", str(tmp_path / "c")]
+    compress += [
+        "--eval-size",
+        "16",
+        "--no-progress",
+        "--revision",
+        "main",
+        "--output",
+        str(tmp_path / "c"),
+    ]
     done = subprocess.run(compress, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "c").is_dir() and any((tmp_path / "c").iterdir())

@@ -64,15 +64,19 @@ def check_output(output: str | Path, model: str | Path | None = None) -> Path:
 
 
 # ---------------------------------------------------------------- models and data
-def load_model(name: str) -> tuple[Any, Any, str]:
-    """``(model, tokenizer, kind)`` for a packaged name, a local folder or a Hub id; kind is
-    ``"encoder"`` or ``"causal"`` (:func:`ttdecomp.assets.model_task`). Float32, eval mode."""
+def load_model(
+    name: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> tuple[Any, Any, str]:
+    """``(model, tokenizer, kind)`` for a packaged name, a local folder or a Hub id (at
+    ``revision``; its own code only with ``trust_remote_code``); kind is ``"encoder"`` or
+    ``"causal"`` (:func:`ttdecomp.assets.model_task`). Float32, eval mode."""
     from ..assets.loader import load_pretrained, load_tokenizer, resolve_model
 
-    source = resolve_model(name)
+    remote = {"revision": revision, "trust_remote_code": trust_remote_code}
+    source = resolve_model(name, **remote)
     kind = "causal" if source.task == "causal" else "encoder"
-    model = load_pretrained(source, task=kind)
-    return model, load_tokenizer(source, pad_with_eos=True), kind
+    model = load_pretrained(source, task=kind, **remote)
+    return model, load_tokenizer(source, pad_with_eos=True, **remote), kind
 
 
 def read_texts(path: str | Path) -> list[str]:

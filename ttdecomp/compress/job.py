@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .._files import write_files
+from .._validation import check_bool
 from ..errors import InvalidInputError
 from ..planner import parse_budget
 from .inputs import (
@@ -178,6 +179,17 @@ class CompressConfig:
         type=float,
     )
     eval_size: int = field(default=600, metadata={"help": "held-out examples measured"})
+    revision: str | None = field(
+        default=None,
+        metadata={"help": "a Hub model's branch, tag or commit", "type": str, "group": "Hub"},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "run the Python code a Hub model ships (only for repositories you trust)",
+            "group": "Hub",
+        },
+    )
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads", "type": int})
     progress: bool | None = field(
         default=None,
@@ -188,6 +200,11 @@ class CompressConfig:
     )
 
     def __post_init__(self) -> None:
+        check_bool(self.trust_remote_code, "trust_remote_code")
+        if self.revision is not None and (not isinstance(self.revision, str) or not self.revision):
+            raise InvalidInputError(
+                f"revision={self.revision!r} must be a branch, tag or commit name, or None."
+            )
         for name in ("model", "output"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
@@ -303,7 +320,9 @@ def run_compress(config: CompressConfig, *, echo: Callable[[str], Any] = print) 
     out = check_output(config.output, model_folder(config.model))
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    model, tokenizer, kind = load_model(config.model)
+    model, tokenizer, kind = load_model(
+        config.model, revision=config.revision, trust_remote_code=config.trust_remote_code
+    )
     data = config.calibration or ("chatterbot" if kind == "causal" else "tweets")
     heal_size = config.healing("heal_size")
     sizes = (config.calibration_size, heal_size, config.eval_size)
