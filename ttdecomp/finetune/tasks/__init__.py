@@ -18,6 +18,7 @@ from .classification import ClassificationJob, ClassificationTask
 from .registry import (
     Job,
     Task,
+    check_max_length,
     check_pairing,
     detect_task,
     get_task,
@@ -33,6 +34,7 @@ __all__ = [
     "ClassificationTask",
     "Job",
     "Task",
+    "check_max_length",
     "check_pairing",
     "detect_task",
     "get_task",
