@@ -193,10 +193,10 @@ def write_figures(
     """Two PNG figures (matplotlib, Agg backend, no global style change); returns their paths.
 
     ``accuracy_vs_params.png``: the task's test metric (accuracy for classification, loss
-    for a causal LM) against adapter parameters on a log axis, mean ± std per method, in the
-    method's registered colour; a method without adapter parameters (``head-only``) is drawn
-    as a horizontal line. ``validation_curves.png``: the validation metric at every
-    evaluation, mean over seeds with a ±std band, per method.
+    for a causal LM) against adapter parameters on a log axis, every seed as a point and the
+    mean ± std per method on top, in the method's registered colour; a method without adapter
+    parameters (``head-only``) is drawn as a horizontal line. ``validation_curves.png``: the
+    validation metric at every evaluation, mean over seeds with a ±std band, per method.
     """
     from matplotlib.figure import Figure
 
@@ -215,6 +215,15 @@ def write_figures(
         std = s.get(f"{key}_std") or 0.0
         colour = method_colour(s["method"])
         if s["adapter_params"] > 0:
+            seeds = [
+                r[key] * scale
+                for r in rows
+                if r["method"] == s["method"] and r.get(key) is not None
+            ]
+            if len(seeds) > 1:  # every seed as a point, the mean ± std over them on top
+                ax.scatter(
+                    [s["adapter_params"]] * len(seeds), seeds, s=14, alpha=0.45, color=colour
+                )
             ax.errorbar(
                 [s["adapter_params"]],
                 [mean * scale],
