@@ -118,8 +118,8 @@ def _saved(output: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run ``ttdecomp finetune`` with parsed ``args``; print the table; return the exit status."""
     from ..finetune.config import FinetuneConfig
+    from ..finetune.device import is_main_process
     from ..finetune.run import finetune
-    from ..finetune.train import is_main_process
 
     main = is_main_process()
     echo = (lambda line: print(line, file=sys.stderr, flush=True)) if main else None
