@@ -10,13 +10,17 @@ tokens only in the loss). Bases:
 * ``4bit``: ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
   bnb_4bit_compute_dtype=float32)`` (QLoRA's NF4; float32 compute, as on a CPU without fast bf16).
 
-Methods, on ``q_proj`` and ``v_proj`` with ``ttdecomp finetune``'s default settings: TT-LoRA
-(rank 4, alpha 32, lr 5e-3, :func:`ttdecomp.adapters.get_tt_model`) and LoRA (r 8, alpha 16,
-lr 1e-3, through PEFT: on a quantized base that is QLoRA). No gradient checkpointing in either
-(the same for all six), AdamW, constant learning rate, the same batches in the same order.
-Both get :func:`ttdecomp.adapters.guard_4bit_backward` (``get_tt_model`` applies it; PEFT's
-model gets it here): bitsandbytes 0.50's CPU inference kernel, used after the first
-evaluation, has no backward, and without it QLoRA would silently not train.
+Methods, on ``q_proj`` and ``v_proj`` with ``ttdecomp finetune``'s default settings
+(:func:`ttdecomp.finetune.methods.default_settings`; today TT-LoRA rank 4, alpha 32, lr 1e-2,
+:func:`ttdecomp.adapters.get_tt_model`, and LoRA r 8, alpha 16, lr 1e-3, through PEFT: on a
+quantized base that is QLoRA). Every variant, fp32 included, is prepared the same way before
+its adapter is added: :func:`ttdecomp.adapters.prepare_model_for_kbit_training` (freeze;
+norms to float32; activation checkpointing, non-re-entrant, which is the QLoRA recipe: PEFT's
+function of that name turns it on by default; ``--gradient-checkpointing off`` leaves it off
+for all six). AdamW, constant learning rate, the same batches in the same order. Both methods
+get :func:`ttdecomp.adapters.guard_4bit_backward` (the prepare step applies it):
+bitsandbytes 0.50's CPU inference kernel, used after the first evaluation, has no backward,
+and without it QLoRA would silently not train.
 
 Each of the six variants runs in its own process per thread count (``--threads 1 2`` by
 default), one process at a time, so the peak resident memory of the process is the variant's
@@ -38,11 +42,17 @@ Ratios printed: TT-LoRA / QLoRA step time and peak memory on the 4-bit base (tar
 ≤ 1.0), 4-bit / fp32 peak memory (target ≤ 0.6), and TT-LoRA's held-out loss on the 4-bit base
 against the fp32 base (target within 2%). No timed assertion anywhere.
 
+``--json FILE`` writes the settings and one row per (threads, base, method) to FILE, keeping
+the rows of other thread counts (or bases, methods) already there when they were measured with
+the same settings (different settings are refused: write to another file). The docs table is
+generated from that file by ``scripts/quantized_table.py`` (``--write docs/quantized.md``);
+the committed results are ``docs/results/quantized/smollm2.json``.
+
 Usage::
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_quantized.py [--steps 10] [--threads 1 2]
         [--batch-size 4] [--max-length 64] [--eval-examples 32] [--bases fp32 8bit 4bit]
-        [--methods tt-lora lora]
+        [--methods tt-lora lora] [--gradient-checkpointing on|off] [--json FILE]
 """
 
 from __future__ import annotations
@@ -146,8 +156,35 @@ def _adapt(model, method: str):
 
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=TARGETS)
     model = get_peft_model(model, config)
-    guard_4bit_backward(model)  # the same bitsandbytes workaround get_tt_model applies
+    guard_4bit_backward(model)  # idempotent: prepare_model_for_kbit_training applied it
     return model, settings.lr
+
+
+def _weight_mib(model) -> dict:
+    """MiB of the model's weights: quantized linears (packed data and their scales), the rest."""
+
+    def nbytes(t) -> int:
+        return t.numel() * t.element_size()
+
+    quantized = other = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        name = type(t).__name__
+        if name == "Params4bit":
+            quantized += nbytes(t.data)
+            state = t.quant_state
+            while state is not None:  # the block scales, double-quantized or not
+                quantized += nbytes(state.absmax)
+                state = getattr(state, "state2", None)
+        elif name == "Int8Params":
+            quantized += nbytes(t.data)
+        else:
+            other += nbytes(t)
+    embedding = model.get_input_embeddings().weight
+    return {
+        "quantized": quantized / 2**20,
+        "other": other / 2**20,
+        "embedding": nbytes(embedding) / 2**20,
+    }
 
 
 def _data(tokenizer, batch_size: int, max_length: int, eval_examples: int, n_batches: int):
@@ -188,9 +225,15 @@ def child(base: str, method: str, threads: int, args: argparse.Namespace) -> dic
     t0 = time.perf_counter()
     model, tokenizer = _load(base)
     _materialize(model)
+    from ttdecomp.adapters import prepare_model_for_kbit_training
+
+    prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=args.gradient_checkpointing == "on"
+    )
     batches, held_out, collator = _data(
         tokenizer, args.batch_size, args.max_length, args.eval_examples, args.steps + 1
     )
+    weights = _weight_mib(model)
     model, lr = _adapt(model, method)
     load_s = time.perf_counter() - t0
     rss_loaded = _status_kib("VmRSS")
@@ -223,6 +266,9 @@ def child(base: str, method: str, threads: int, args: argparse.Namespace) -> dic
         "rss_imports_mib": rss_imports / 1024,
         "rss_loaded_mib": rss_loaded / 1024,
         "rss_loaded_file_mib": rss_loaded_file / 1024,
+        # the base's weights: quantized linears (packed, with their scales), the rest (float:
+        # embeddings tied to the head, norms, unquantized linears), the embedding table alone
+        "weights_mib": weights,
         "peak_load_mib": peak_load / 1024,
         # with the reset, VmHWM after training is the fine-tuning's own peak (evaluation included)
         "peak_train_mib": train_peak / 1024 if peak_reset else None,
@@ -236,7 +282,12 @@ def child(base: str, method: str, threads: int, args: argparse.Namespace) -> dic
         "ppl_before": before["perplexity"],
         "ppl_after": after["perplexity"],
         "eval_tokens": before["tokens"],
+        # transformers marks the modules it checkpoints
+        "gradient_checkpointing": any(
+            getattr(m, "gradient_checkpointing", False) is True for m in model.modules()
+        ),
         "load_avg": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
 
 
@@ -249,6 +300,7 @@ def _run_child(base: str, method: str, threads: int, args: argparse.Namespace) -
     cmd = [sys.executable, "-P", __file__, "--child", base, method, "--threads", str(threads)]
     cmd += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
     cmd += ["--max-length", str(args.max_length), "--eval-examples", str(args.eval_examples)]
+    cmd += ["--gradient-checkpointing", args.gradient_checkpointing]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"child {shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -318,7 +370,17 @@ def main() -> None:
     parser.add_argument("--eval-examples", type=int, default=32)
     parser.add_argument("--bases", nargs="+", choices=BASES, default=list(BASES))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        choices=("on", "off"),
+        default="on",
+        help="activation checkpointing for every variant (default on: the QLoRA recipe)",
+    )
+    parser.add_argument(
+        "--json",
+        help="write the settings and results to this JSON file (rows of other thread counts "
+        "already there are kept when their settings agree)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("BASE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     for name in ("steps", "batch_size", "max_length", "eval_examples"):
@@ -334,6 +396,8 @@ def main() -> None:
             )
         print(json.dumps(child(base, method, args.threads[0], args)))
         return
+    settings = _settings(args)
+    previous = _previous_rows(args.json, settings) if args.json else []
     results = []
     for threads in args.threads:
         for base in args.bases:
@@ -348,8 +412,70 @@ def main() -> None:
                 )
     _report(results, args)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        _write_json(args.json, settings, previous, results)
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """What must agree between rows that share a results file."""
+    return {
+        "model": "SmolLM2-135M-Instruct",
+        "data": "chatterbot",
+        "steps": args.steps + 1,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "eval_examples": args.eval_examples,
+        "targets": TARGETS,
+        "gradient_checkpointing": args.gradient_checkpointing == "on",
+        "seed": SEED,
+    }
+
+
+def _previous_rows(path: str, settings: dict) -> list[dict]:
+    """The rows already in ``path`` (none when it does not exist); refused on other settings."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    if not isinstance(doc, dict) or "settings" not in doc or "results" not in doc:
+        sys.exit(f"--json {path}: not a bench_quantized results file (no settings/results).")
+    if doc["settings"] != settings:
+        diff = sorted(k for k in settings.keys() | doc["settings"].keys()
+                      if settings.get(k) != doc["settings"].get(k))  # fmt: skip
+        sys.exit(
+            f"--json {path} holds results measured with other settings ({', '.join(diff)}: "
+            f"{ {k: doc['settings'].get(k) for k in diff} } there, "
+            f"{ {k: settings.get(k) for k in diff} } now); pass the same options, or write to "
+            "another file."
+        )
+    return doc["results"]
+
+
+def _write_json(path: str, settings: dict, previous: list[dict], results: list[dict]) -> None:
+    """Write settings and rows (this run's replace earlier ones of the same key), atomically."""
+    import platform
+    import tempfile
+
+    key = lambda r: (r["threads"], r["base"], r["method"])  # noqa: E731
+    new = {key(r) for r in results}
+    rows = [r for r in previous if key(r) not in new] + results
+    order = {b: i for i, b in enumerate(BASES)} | {m: i for i, m in enumerate(METHODS)}
+    rows.sort(key=lambda r: (r["threads"], order[r["base"]], order[r["method"]]))
+    doc = {
+        "settings": settings,
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or None},
+        "results": rows,
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench_quantized.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 if __name__ == "__main__":

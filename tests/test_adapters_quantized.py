@@ -376,7 +376,7 @@ def test_save_load_on_quantized_and_across_bases(folders, tmp_path, caplog):
     assert "full-precision weights and is loaded on a base with bitsandbytes 8-bit" in caplog.text
 
 
-@pytest.mark.parametrize("quant", ["nf4", "8bit"])
+@pytest.mark.parametrize("quant", ["nf4", "8bit", "torchao"])
 def test_export_peft_lora_parity_on_the_same_quantized_base(folders, tmp_path, quant):
     from peft import PeftModel
 
@@ -388,9 +388,9 @@ def test_export_peft_lora_parity_on_the_same_quantized_base(folders, tmp_path, q
     errors = model.export_peft_lora(tmp_path, rank=2)
     assert max(errors.values()) < 1e-6  # split layout, bond rank 2: exported exactly
     peft_model = PeftModel.from_pretrained(load(folders, quant), tmp_path).eval()
-    assert type(peft_model.base_model.model.model.layers[0].self_attn.q_proj).__module__.endswith(
-        "bnb"
-    )  # PEFT's own bitsandbytes LoRA layer
+    # PEFT's own LoRA layer for the quantized kind (bitsandbytes', torchao's)
+    layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    assert type(layer).__module__.endswith("torchao" if quant == "torchao" else "bnb")
     with torch.no_grad():
         theirs = peft_model(**batch).logits
     with torch.no_grad():

@@ -1,0 +1,119 @@
+"""scripts/quantized_table.py: the quantized-bases docs table is generated from the committed
+results of benchmarks/bench_quantized.py (no model runs here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    "quantized_table", _ROOT / "scripts" / "quantized_table.py"
+)
+table = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(table)
+
+RESULTS = _ROOT / "docs" / "results" / "quantized" / "smollm2.json"
+DOCS = _ROOT / "docs" / "quantized.md"
+SETTINGS = {"steps": 11, "batch_size": 4, "max_length": 64, "eval_examples": 32,
+            "gradient_checkpointing": True}  # fmt: skip
+
+
+def row(base, method, *, step, peak, loss_after, threads=1):
+    return {"threads": threads, "base": base, "method": method, "trainable": 25440,
+            "peak_train_mib": peak, "peak_process_mib": peak + 100, "step_cpu_s": step,
+            "loss_before": 2.0, "loss_after": loss_after, "ppl_before": 7.39,
+            "ppl_after": 6.0}  # fmt: skip
+
+
+def test_the_committed_docs_table_is_the_one_rendered_from_the_committed_results():
+    want = table.render(table.load_results(RESULTS))
+    assert table.read_block(DOCS, "smollm2") == want, (
+        "docs/quantized.md's table is stale: run "
+        "python scripts/quantized_table.py docs/results/quantized/smollm2.json "
+        "--write docs/quantized.md --block smollm2"
+    )
+
+
+def test_targets_are_computed_from_the_rows():
+    doc = {
+        "settings": SETTINGS,
+        "results": [
+            row("fp32", "tt-lora", step=2.0, peak=1000.0, loss_after=1.90),
+            row("fp32", "lora", step=2.0, peak=1000.0, loss_after=1.90),
+            row("4bit", "tt-lora", step=2.3, peak=500.0, loss_after=1.95),
+            row("4bit", "lora", step=2.0, peak=550.0, loss_after=1.90),
+        ],
+    }
+    text = table.render(doc)
+    assert "| 4-bit: TT-LoRA / QLoRA step CPU time | 1.150 | ≤ 1.1 | missed |" in text
+    assert "| 4-bit: TT-LoRA / QLoRA fine-tuning peak RSS | 0.909 | ≤ 1.0 | met |" in text
+    assert "| TT-LoRA: 4-bit / fp32 fine-tuning peak RSS | 0.500 | ≤ 0.6 | met |" in text
+    assert "| LoRA: 4-bit / fp32 fine-tuning peak RSS | 0.550 | ≤ 0.6 | met |" in text
+    assert "| TT-LoRA: held-out loss after, 4-bit / fp32 | 1.026 |" in text
+    assert "| 1 | 4-bit | QLoRA | 25,440 | 550 MiB | 650 MiB | 2.00 |" in text
+
+
+def test_write_replaces_only_the_block(tmp_path):
+    doc = tmp_path / "page.md"
+    doc.write_text(
+        "head\n<!-- quantized-table:x:begin -->\nold\n<!-- quantized-table:x:end -->\ntail\n",
+        encoding="utf-8",
+    )
+    table.write_block(doc, "x", "new\ntable")
+    assert doc.read_text(encoding="utf-8") == (
+        "head\n<!-- quantized-table:x:begin -->\nnew\ntable\n<!-- quantized-table:x:end -->\ntail\n"
+    )
+    assert table.read_block(doc, "x") == "new\ntable"
+    with pytest.raises(table.QuantizedTableError, match="must hold"):
+        table.write_block(doc, "y", "t")
+
+
+def test_a_file_that_is_not_bench_results_is_refused(tmp_path):
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps([{"base": "4bit"}]), encoding="utf-8")
+    with pytest.raises(table.QuantizedTableError, match="settings, results"):
+        table.load_results(bad)
+    bad.write_text(json.dumps({"settings": SETTINGS, "results": [{"base": "4bit"}]}))
+    with pytest.raises(table.QuantizedTableError, match="lacks"):
+        table.load_results(bad)
+    assert table.main([str(bad)]) == 2
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_quantized", _ROOT / "benchmarks" / "bench_quantized.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_json_keeps_other_thread_counts_and_refuses_other_settings(tmp_path):
+    bench = _bench()
+    args = bench.argparse.Namespace(
+        steps=10, batch_size=4, max_length=64, eval_examples=32, gradient_checkpointing="on"
+    )
+    settings = bench._settings(args)
+    path = str(tmp_path / "r.json")
+    one = [row("4bit", "lora", step=2.0, peak=500.0, loss_after=2.0, threads=1)]
+    bench._write_json(path, settings, bench._previous_rows(path, settings), one)
+    two = [
+        row("4bit", "lora", step=1.2, peak=520.0, loss_after=2.0, threads=2),
+        row("4bit", "tt-lora", step=1.1, peak=510.0, loss_after=2.0, threads=2),
+    ]
+    bench._write_json(path, settings, bench._previous_rows(path, settings), two)
+    doc = table.load_results(path)
+    assert [(r["threads"], r["method"]) for r in doc["results"]] == [
+        (1, "lora"), (2, "tt-lora"), (2, "lora")
+    ]  # fmt: skip
+    # a rerun of a key replaces its row
+    again = [row("4bit", "lora", step=3.0, peak=500.0, loss_after=2.0, threads=1)]
+    bench._write_json(path, settings, bench._previous_rows(path, settings), again)
+    assert table.load_results(path)["results"][0]["step_cpu_s"] == 3.0
+    args.steps = 50
+    with pytest.raises(SystemExit, match=r"other settings \(steps"):
+        bench._previous_rows(path, bench._settings(args))
