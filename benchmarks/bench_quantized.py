@@ -27,11 +27,12 @@ default), one process at a time, so the peak resident memory of the process is t
 own. Reported per variant:
 
 * peak RSS of the whole process (``VmHWM``: loading included) and of the fine-tuning alone
-  (the high-water mark reset after loading: evaluations and training steps). Loading a 4-bit
-  base from an fp32 checkpoint reads the fp32 weights first, so the loading peak is a property
-  of the checkpoint, not of fine-tuning on the base. After loading, weights that are still views
-  of the checkpoint's memory map are copied out (every base alike, see ``_materialize``);
-  otherwise that map keeps the whole fp32 file resident beside the 4-bit weights;
+  (the high-water mark reset after loading: the first evaluation and the training steps).
+  Loading a 4-bit base from an fp32 checkpoint reads the fp32 weights first, so the loading
+  peak is a property of the checkpoint, not of fine-tuning on the base. After loading, weights
+  that are still views of the checkpoint's memory map are copied out (every base alike, see
+  ``_materialize``); otherwise that map keeps the whole fp32 file resident beside the 4-bit
+  weights;
 * step time: median wall time of ``--steps`` training steps after one warm-up step, and
   their median CPU time (``time.process_time``; at one thread, unaffected by other processes
   competing for the cores: the ratios use it);
@@ -270,7 +271,8 @@ def child(base: str, method: str, threads: int, args: argparse.Namespace) -> dic
         # embeddings tied to the head, norms, unquantized linears), the embedding table alone
         "weights_mib": weights,
         "peak_load_mib": peak_load / 1024,
-        # with the reset, VmHWM after training is the fine-tuning's own peak (evaluation included)
+        # with the reset, VmHWM after training is the fine-tuning's own peak (first evaluation
+        # included)
         "peak_train_mib": train_peak / 1024 if peak_reset else None,
         "peak_process_mib": max(peak_load, train_peak) / 1024,
         "step_s": statistics.median(times[1:]),
@@ -333,7 +335,8 @@ def _report(results: list[dict], args: argparse.Namespace) -> None:
     print(
         "libs: RSS after importing torch/transformers (+bitsandbytes, peft) before any weight; "
         "loaded: after loading and adapting; peak: the process's VmHWM (loading included); "
-        "train pk: VmHWM after loading (evaluations and training); cpu s: median CPU time per step"
+        "train pk: VmHWM after loading (first evaluation and training); "
+        "cpu s: median CPU time per step"
     )
     by = {(r["threads"], r["base"], r["method"]): r for r in results}
     for threads in sorted({r["threads"] for r in results}):
