@@ -6,6 +6,8 @@ the **paired** test difference to every LoRA row: the mean over the seeds both r
 ``this - that``, with its 95% t-interval (``t(0.975, n-1) * sd / sqrt(n)``; none for one seed).
 The files must share one protocol (data, split sizes, epochs, batch, length): a table that
 mixes protocols is refused. Each method's own settings (lr, α, schedule) are shown beside it.
+The LoRA row at the smallest rank with at least TT-LoRA's adapter parameters is named
+"(TT-LoRA's budget)"; the default run's ``lora-matched`` rows are LoRA's rows at that rank.
 
 Usage::
 
@@ -41,6 +43,10 @@ _NAMES = {"tt-lora": "TT-LoRA", "lora": "LoRA", "loretta-rep": "LoRETTA-rep",
 _PROTOCOL = ("model", "data", "sizes", "epochs", "max_steps", "batch_size", "max_length",
              "eval_every", "weight_decay", "task", "data_fingerprint")  # fmt: skip
 _DEFAULT_TARGETS = ["query", "value"]
+# methods that are another at a derived setting: lora-matched is LoRA at TT-LoRA's budget
+_SAME_AS = {"lora-matched": "lora"}
+#: how the LoRA row at the smallest rank with at least TT-LoRA's adapter parameters is named
+BUDGET = "(TT-LoRA's budget)"
 
 
 class ClaimTableError(ValueError):
@@ -124,16 +130,18 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
             if row.get("test_accuracy") is None:
                 raise ClaimTableError(f"{path}: {row['method']} seed {row['seed']} has no test.")
             settings = dict(row.get("settings") or doc["config"]["settings"][row["method"]])
+            method = _SAME_AS.get(row["method"], row["method"])
+            settings["method"] = method  # lora-matched's rows are LoRA's at that rank
             # per method or for all; files written before schedules existed ran at a constant
             # rate without warm-up
             for name, default in (("lr_schedule", "constant"), ("warmup_ratio", 0.0)):
                 value = identity.get(name, default)
                 value = value.get(row["method"], default) if isinstance(value, dict) else value
                 settings[name] = value
-            label = _label(row["method"], settings.get("rank"), targets, settings.get("tt_shape"))
+            label = _label(method, settings.get("rank"), targets, settings.get("tt_shape"))
             group = groups.setdefault(
                 label,
-                {"label": label, "method": row["method"], "rank": settings.get("rank"),
+                {"label": label, "method": method, "rank": settings.get("rank"),
                  "adapter_params": row["adapter_params"], "settings": settings,
                  "val": {}, "test": {}},
             )  # fmt: skip
@@ -153,7 +161,26 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
                 )
             group["val"][row["seed"]] = float(row["val_accuracy"])
             group["test"][row["seed"]] = float(row["test_accuracy"])
-    return groups
+    return _name_budget_row(groups)
+
+
+def _name_budget_row(groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Name the LoRA row at TT-LoRA's budget: the smallest rank with at least its parameters.
+
+    LoRA's adapter is linear in its rank, so a row of rank ``r`` with ``p`` parameters is that
+    row when ``p >= budget > p - p / r``. With more than one TT-LoRA row nothing is named.
+    """
+    tt = [g for g in groups.values() if g["method"] == "tt-lora"]
+    if len(tt) != 1:
+        return groups
+    budget = tt[0]["adapter_params"]
+    out = {}
+    for label, g in groups.items():
+        p, r = g["adapter_params"], g["rank"]
+        if g["method"] == "lora" and isinstance(r, int) and r > 0 and p >= budget > p - p // r:
+            label = g["label"] = f"{label} {BUDGET}"
+        out[label] = g
+    return out
 
 
 def _describe(settings: dict[str, Any]) -> str:
@@ -180,6 +207,8 @@ def claim_table(
     LoRA row other than itself.
     """
     groups = collect(paths)
+    named = {g["label"].removesuffix(f" {BUDGET}"): g["label"] for g in groups.values()}
+    reference = named.get(reference, reference)
     if reference not in groups:
         raise ClaimTableError(
             f"reference {reference!r} is not among the rows {sorted(groups)}; pass --reference."

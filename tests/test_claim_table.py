@@ -26,12 +26,12 @@ LORA8 = [0.91, 0.93, 0.90, 0.93, 0.92]
 LORA1 = [0.88, 0.90, 0.91, 0.90, 0.87]
 
 
-def rows(method, rank, params, tests, shape=None):
+def rows(method, rank, params, tests, shape=None, first_seed=0):
     settings = {"method": method, "lr": 1e-3, "rank": rank, "alpha": 16.0, "tt_shape": shape}
     return [
         {"method": method, "seed": s, "adapter_params": params, "val_accuracy": t - 0.01,
          "test_accuracy": t, "settings": settings}
-        for s, t in enumerate(tests)
+        for s, t in enumerate(tests, first_seed)
     ]  # fmt: skip
 
 
@@ -53,7 +53,8 @@ def files(tmp_path):
 def test_statistics_are_the_paired_t_interval(files):
     stats, table = claim.claim_table(files)
     by = {s["label"]: s for s in stats}
-    assert list(by) == ["TT-LoRA r=4", "LoRA r=1", "LoRA r=8"]  # ordered by parameters
+    budget = "LoRA r=1 (TT-LoRA's budget)"  # the smallest LoRA with >= TT-LoRA's 6,144
+    assert list(by) == ["TT-LoRA r=4", budget, "LoRA r=8"]  # ordered by parameters
     tt = by["TT-LoRA r=4"]
     assert tt["fraction"] == pytest.approx(6144 / 73728)
     assert tt["test_mean"] == pytest.approx(statistics.fmean(TT))
@@ -68,9 +69,30 @@ def test_statistics_are_the_paired_t_interval(files):
     # paired, not pooled: the interval is that of the differences, narrower than the pooled one
     pooled = 2.306 * math.sqrt(statistics.variance(TT) / 5 + statistics.variance(LORA8) / 5)
     assert half != pytest.approx(pooled)
-    assert "LoRA r=1" in tt["paired"] and "LoRA r=8" not in by["LoRA r=8"]["paired"]
+    assert budget in tt["paired"] and "LoRA r=8" not in by["LoRA r=8"]["paired"]
     assert "| TT-LoRA r=4 | lr 0.001, α 16, constant | 6,144 | 8.3% | 5 |" in table
     assert f"{100 * mean:+.1f} [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}]" in table
+
+
+def test_lora_matched_rows_are_lora_at_tt_loras_budget(tmp_path):
+    """The default run's lora-matched rows join LoRA's rows of that rank (one configuration),
+    and only the smallest rank with at least TT-LoRA's parameters is named as its budget."""
+    a = write(
+        tmp_path / "a", rows("tt-lora", 4, 6144, TT[:3]) + rows("lora-matched", 1, 9216, LORA1[:3])
+    )
+    b = write(
+        tmp_path / "b", rows("lora", 1, 9216, LORA1[3:], first_seed=3) + rows("lora", 2, 18432, TT)
+    )
+    c = write(tmp_path / "c", rows("lora", 8, 73728, LORA8))
+    stats, table = claim.claim_table([a, b, c])
+    by = {s["label"]: s for s in stats}
+    assert list(by) == ["TT-LoRA r=4", "LoRA r=1 (TT-LoRA's budget)", "LoRA r=2", "LoRA r=8"]
+    assert by["LoRA r=1 (TT-LoRA's budget)"]["seeds"] == [0, 1, 2, 3, 4]
+    assert by["LoRA r=1 (TT-LoRA's budget)"]["test_mean"] == pytest.approx(statistics.fmean(LORA1))
+    assert "| Δ test vs LoRA r=1 (TT-LoRA's budget) (95% CI) |" in table
+    # with two TT-LoRA rows there is no one budget: nothing is named
+    d = write(tmp_path / "d", rows("tt-lora", 2, 3072, TT))
+    assert "budget" not in claim.claim_table([a, b, c, d])[1]
 
 
 def test_only_common_seeds_are_paired(tmp_path):

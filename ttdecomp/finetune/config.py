@@ -623,7 +623,19 @@ class FinetuneConfig:
         for method in self.methods:
             base = default_settings(method, task=self.task)
             overrides: dict[str, Any] = {}
+            matches = get_method(method).matches
+            if matches is not None and isinstance(self.rank, Mapping) and method in self.rank:
+                raise InvalidOptionError(
+                    f"{method}'s rank is derived from {matches}'s adapter parameters (the "
+                    f"smallest rank with at least as many); got rank {self.rank[method]!r} for "
+                    f"it. For a rank of your choice run {get_method(method).family_name} "
+                    f"instead (--methods {get_method(method).family_name} --rank "
+                    f"{get_method(method).family_name}=N).",
+                    option="rank",
+                )
             for name in ("rank", "alpha", "lr"):
+                if name == "rank" and matches is not None:
+                    continue  # derived when the model is known (resolve_settings)
                 value = self._override(getattr(self, name), method, name)
                 if value is None:
                     continue

@@ -49,7 +49,7 @@ class SearchContext:
         self.task_spec = get_task(self.task)
         self.metric = self.task_spec.metric
         self.model_config = self.job.model_config()
-        self.base_settings = self.fconfig.method_settings()
+        self.base_settings = self.job.settings or self.fconfig.method_settings()
         self._counts: dict[str, int] = {}
         self.space = config.search_space(self._layer())
         self._check_space()
