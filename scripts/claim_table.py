@@ -12,7 +12,7 @@ The LoRA row at the smallest rank with at least TT-LoRA's adapter parameters is 
 Usage::
 
     python scripts/claim_table.py RUN/results.json [RUN2/results.json ...]
-        [--reference "LoRA r=8"] [--write docs/benchmarks.md --block minilm]
+        [--reference "LoRA r=8"] [--write docs/benchmarks.md --block minilm] [--costs]
 
 ``--write`` replaces the text between ``<!-- claim-table:NAME:begin -->`` and
 ``<!-- claim-table:NAME:end -->`` in the file (atomically); the markers must be there.
@@ -143,7 +143,7 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
                 label,
                 {"label": label, "method": method, "rank": settings.get("rank"),
                  "adapter_params": row["adapter_params"], "settings": settings,
-                 "val": {}, "test": {}},
+                 "val": {}, "test": {}, "train_s": {}, "peak": {}},
             )  # fmt: skip
             if settings != group["settings"]:
                 raise ClaimTableError(
@@ -161,6 +161,9 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
                 )
             group["val"][row["seed"]] = float(row["val_accuracy"])
             group["test"][row["seed"]] = float(row["test_accuracy"])
+            for key, name in (("train_s", "train_seconds"), ("peak", "peak_step_bytes")):
+                if row.get(name) is not None:
+                    group[key][row["seed"]] = float(row[name])
     return _name_budget_row(groups)
 
 
@@ -199,12 +202,14 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def claim_table(
-    paths: Sequence[str | os.PathLike], reference: str = "LoRA r=8"
+    paths: Sequence[str | os.PathLike], reference: str = "LoRA r=8", *, costs: bool = False
 ) -> tuple[list[dict[str, Any]], str]:
     """Per-row statistics and the markdown table (percent, mean ± std over seeds).
 
     Rows are ordered by adapter parameters; every row is compared (paired, on test) with every
-    LoRA row other than itself.
+    LoRA row other than itself. ``costs`` adds each row's training time (seconds, mean over
+    seeds) and the peak memory of a training step (MiB, the largest over seeds), as the runs
+    recorded them (``train_seconds``, ``peak_step_bytes``).
     """
     groups = collect(paths)
     named = {g["label"].removesuffix(f" {BUDGET}"): g["label"] for g in groups.values()}
@@ -232,6 +237,8 @@ def claim_table(
                 "test_mean": test_mean,
                 "test_std": test_std,
                 "settings": g["settings"],
+                "train_seconds": statistics.fmean(g["train_s"].values()) if g["train_s"] else None,
+                "peak_step_bytes": max(g["peak"].values()) if g["peak"] else None,
                 "paired": {
                     other["label"]: paired_difference(g["test"], other["test"])
                     for other in lora
@@ -249,6 +256,8 @@ def claim_table(
         "test acc %",
     ]
     header += [f"Δ test vs {g['label']} (95% CI)" for g in lora]
+    if costs:
+        header += ["train s", "peak step MiB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in stats:
         cells = [
@@ -269,6 +278,10 @@ def claim_table(
             else:
                 lo, hi = (100 * x for x in d["ci"])
                 cells.append(f"{100 * d['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        if costs:
+            t, m = s["train_seconds"], s["peak_step_bytes"]
+            cells.append("—" if t is None else f"{t:,.0f}")
+            cells.append("—" if m is None else f"{m / 2**20:,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return stats, "\n".join(lines)
 
@@ -306,9 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write", help="a markdown file holding the block's markers")
     p.add_argument("--block", default="minilm", help="the block's name in --write's markers")
     p.add_argument("--json", help="also write the statistics to this JSON file")
+    p.add_argument(
+        "--costs", action="store_true", help="add training seconds and peak step memory columns"
+    )
     args = p.parse_args(argv)
     try:
-        stats, table = claim_table(args.results, args.reference)
+        stats, table = claim_table(args.results, args.reference, costs=args.costs)
         if args.write:
             write_block(args.write, args.block, table)
     except (ClaimTableError, OSError, KeyError, json.JSONDecodeError) as exc:

@@ -185,3 +185,17 @@ def test_the_published_claim_tables_are_what_the_committed_results_give(tmp_path
     )  # fmt: skip
     assert copy.read_text(encoding="utf-8") == (ROOT / document).read_text(encoding="utf-8")
     assert "<!-- claim-table:minilm:begin -->\n| method |" in copy.read_text(encoding="utf-8")
+
+
+def test_costs_are_the_runs_own_time_and_peak_memory(tmp_path):
+    tt = rows("tt-lora", 4, 6144, TT[:2])
+    lora = rows("lora", 8, 73728, LORA8[:2])
+    for row, seconds, peak in zip(tt + lora, (100, 120, 300, 340), (1, 3, 5, 4)):
+        row["train_seconds"], row["peak_step_bytes"] = seconds, peak * 2**20
+    stats, table = claim.claim_table([write(tmp_path / "a", tt + lora)], costs=True)
+    by = {s["label"]: s for s in stats}
+    assert by["TT-LoRA r=4"]["train_seconds"] == 110 and by["LoRA r=8"]["train_seconds"] == 320
+    assert by["TT-LoRA r=4"]["peak_step_bytes"] == 3 * 2**20  # the largest over seeds
+    assert table.splitlines()[0].endswith("| train s | peak step MiB |")
+    assert table.splitlines()[2].endswith("| 110 | 3 |")
+    assert "train s" not in claim.claim_table([tmp_path / "a"])[1]

@@ -609,7 +609,7 @@ class FinetuneConfig:
             raise InvalidInputError(
                 f"{name} names unknown methods {unknown}; expected some of {', '.join(known)}."
             )
-        not_run = sorted(set(value) - set(self.methods))
+        not_run = sorted(set(value) - set(self.methods) - set(self._matched()))
         if not_run:
             raise InvalidInputError(
                 f"{name} is given for {not_run}, which are not among the methods run "
@@ -617,41 +617,63 @@ class FinetuneConfig:
             )
         return value.get(method)
 
+    def _matched(self) -> list[str]:
+        """Methods not run whose adapter size a run method's rank is derived from."""
+        out = []
+        for method in self.methods:
+            other = get_method(method).matches
+            if other is not None and other not in self.methods and other not in out:
+                out.append(other)
+        return out
+
+    def _settings_for(self, method: str) -> MethodSettings:
+        base = default_settings(method, task=self.task)
+        overrides: dict[str, Any] = {}
+        matches = get_method(method).matches
+        if matches is not None and isinstance(self.rank, Mapping) and method in self.rank:
+            family = get_method(method).family_name
+            raise InvalidOptionError(
+                f"{method}'s rank is derived from {matches}'s adapter parameters (the "
+                f"smallest rank with at least as many); got rank {self.rank[method]!r} for "
+                f"it. For a rank of your choice run {family} instead (--methods {family} "
+                f"--rank {family}=N).",
+                option="rank",
+            )
+        for name in ("rank", "alpha", "lr"):
+            if name == "rank" and matches is not None:
+                continue  # derived when the model is known (resolve_settings)
+            value = self._override(getattr(self, name), method, name)
+            if value is None:
+                continue
+            if getattr(base, name) is None and not isinstance(getattr(self, name), Mapping):
+                continue  # one value for all: only the methods that have the setting
+            overrides[name] = value
+        if self.tt_shape is not None and get_method(method).takes_tt_shape:
+            overrides["tt_shape"] = tuple(self.tt_shape)
+        return default_settings(method, task=self.task, **overrides)
+
     def method_settings(self) -> dict[str, MethodSettings]:
         """The validated settings of every method (defaults with the overrides applied)."""
-        out = {}
-        for method in self.methods:
-            base = default_settings(method, task=self.task)
-            overrides: dict[str, Any] = {}
-            matches = get_method(method).matches
-            if matches is not None and isinstance(self.rank, Mapping) and method in self.rank:
-                raise InvalidOptionError(
-                    f"{method}'s rank is derived from {matches}'s adapter parameters (the "
-                    f"smallest rank with at least as many); got rank {self.rank[method]!r} for "
-                    f"it. For a rank of your choice run {get_method(method).family_name} "
-                    f"instead (--methods {get_method(method).family_name} --rank "
-                    f"{get_method(method).family_name}=N).",
-                    option="rank",
-                )
-            for name in ("rank", "alpha", "lr"):
-                if name == "rank" and matches is not None:
-                    continue  # derived when the model is known (resolve_settings)
-                value = self._override(getattr(self, name), method, name)
-                if value is None:
-                    continue
-                if getattr(base, name) is None and not isinstance(getattr(self, name), Mapping):
-                    continue  # one value for all: only the methods that have the setting
-                overrides[name] = value
-            if self.tt_shape is not None and get_method(method).takes_tt_shape:
-                overrides["tt_shape"] = tuple(self.tt_shape)
-            out[method] = default_settings(method, task=self.task, **overrides)
+        out = {method: self._settings_for(method) for method in self.methods}
         if self.tt_shape is not None and not any(
-            get_method(m).takes_tt_shape for m in self.methods
+            get_method(m).takes_tt_shape for m in [*self.methods, *self._matched()]
         ):
             raise InvalidInputError(
                 "--tt-shape is a TT-LoRA setting, but tt-lora is not among the methods run."
             )
         return out
+
+    def budget_settings(self) -> dict[str, MethodSettings]:
+        """The settings of the methods a run method's rank is matched to, when they do not run
+        themselves (``--methods lora-matched`` alone: TT-LoRA's, with ``--rank tt-lora=N`` and
+        ``--tt-shape`` applied), for :func:`~ttdecomp.finetune.resolve_settings`.
+
+        Examples
+        --------
+        >>> FinetuneConfig(methods=["lora-matched"], rank={"tt-lora": 2}).budget_settings()
+        {'tt-lora': MethodSettings(method='tt-lora', lr=0.01, rank=2, alpha=32.0, tt_shape=None)}
+        """
+        return {method: self._settings_for(method) for method in self._matched()}
 
     def train_settings(
         self, seed: int, *, progress: bool = False, method: str | None = None

@@ -201,14 +201,17 @@ def resolve_settings(
     *,
     targets: Sequence[str],
     task: Any = "classification",
+    budget: Mapping[str, MethodSettings] | None = None,
 ) -> dict[str, MethodSettings]:
     """``settings`` with the rank of every matching method derived (no weights read).
 
     A method that declares ``matches`` (``lora-matched`` matches ``tt-lora``) gets the
     smallest rank whose adapter has at least as many parameters as the matched method's on
-    the same targets: the matched method's settings in ``settings`` when it runs too, its
-    recommended settings otherwise. Counting is :func:`dry_run`'s (a weightless copy of the
-    model). Other methods' settings are returned as they are.
+    the same targets: the matched method's settings in ``settings`` when it runs too, else in
+    ``budget`` (:meth:`FinetuneConfig.budget_settings
+    <ttdecomp.finetune.FinetuneConfig.budget_settings>`), else its recommended settings.
+    Counting is :func:`dry_run`'s (a weightless copy of the model). Other methods' settings
+    are returned as they are.
 
     Examples
     --------
@@ -227,7 +230,8 @@ def resolve_settings(
         other = get_method(name).matches
         if other is None:
             continue
-        theirs = settings.get(other) or default_settings(other, task=task_name)
+        theirs = settings.get(other) or (budget or {}).get(other)
+        theirs = theirs or default_settings(other, task=task_name)
         budget = _adapter_count(model_config, theirs, targets, task)
         fields = mine.to_dict()
         fields.pop("method")

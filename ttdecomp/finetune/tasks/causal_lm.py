@@ -454,7 +454,9 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
         ) from None
     check_max_length(config.max_length, model_config, config.model)
     targets = list(config.targets or TASK.default_targets(model_config))
-    settings = resolve_settings(model_config, settings, targets=targets, task=TASK)
+    settings = resolve_settings(
+        model_config, settings, targets=targets, task=TASK, budget=config.budget_settings()
+    )
     trainable = dry_run(model_config, settings, targets=targets, task=TASK)  # no weights read
     datasets = tokenize_splits(tokenizer, splits, max_length=config.max_length)
     job = CausalJob(

@@ -404,7 +404,11 @@ class ClassificationTask(Task):
         targets = list(config.targets or self.default_targets(model_config))
         model_config.num_labels = len(splits.labels)
         settings = resolve_settings(
-            model_config, config.method_settings(), targets=targets, task=self
+            model_config,
+            config.method_settings(),
+            targets=targets,
+            task=self,
+            budget=config.budget_settings(),
         )
         trainable = dry_run(model_config, settings, targets=targets, task=self)
         iterator = [
