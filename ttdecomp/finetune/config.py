@@ -464,7 +464,10 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.task is None:
             self.task = detect_task(self.model, self.data).name
-        task = get_task(self.task)
+        try:
+            task = get_task(self.task)
+        except InvalidInputError as exc:
+            raise InvalidOptionError(str(exc), option="task") from None
         if isinstance(self.methods, str):
             self.methods = [m for m in self.methods.split(",") if m]
         self.methods = [check_method(m) for m in self.methods]
