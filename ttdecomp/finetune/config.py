@@ -29,6 +29,13 @@ from .methods import (
     methods_for,
 )
 from .methods import method_names as _method_names
+from .quantization import (
+    BNB_4BIT_COMPUTE_DTYPES,
+    BNB_4BIT_TYPES,
+    QUANTIZE,
+    check_quantize,
+    quantization_config,
+)
 from .tasks import Task, detect_task, get_task, task_names
 from .train import LR_SCHEDULES, TrainSettings
 
@@ -62,19 +69,6 @@ QUICK = {name: dict(get_task(name).quick) for name in ("classification", "causal
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: ``report_to``: where the ``Trainer`` also logs.
 REPORT_TO = ("none", "tensorboard", "wandb")
-#: ``quantize``: the frozen base model's storage ("none": full precision), and what each loads
-#: the base model as (every method trains beside it).
-QUANTIZE = {
-    "none": "full precision (no quantization)",
-    "4bit": "bitsandbytes 4-bit (QLoRA's base): BitsAndBytesConfig(load_in_4bit=True)",
-    "8bit": "bitsandbytes 8-bit: BitsAndBytesConfig(load_in_8bit=True)",
-    "int8": "torchao int8 weight-only: TorchAoConfig(Int8WeightOnlyConfig())",
-}
-#: ``bnb_4bit_quant_type``: bitsandbytes' 4-bit data types.
-BNB_4BIT_TYPES = ("nf4", "fp4")
-#: ``bnb_4bit_compute_dtype``: the dtype of the 4-bit matmuls, as transformers names it.
-BNB_4BIT_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-
 # option groups of the command line (the fields' "group")
 _WHAT = "what to compare"
 _METHOD = "method settings (VALUE for every method that has it, or METHOD=VALUE,...)"
@@ -546,31 +540,16 @@ class FinetuneConfig:
             self.train_settings(self.seeds[0], method=method)
 
     def _check_quantize(self) -> None:
-        set_4bit = [
-            name
-            for name in ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype")
-            if getattr(self, name) != _SOURCE_DEFAULTS[name]
-        ]
-        if set_4bit and self.quantize != "4bit":
-            base = "not quantized" if self.quantize == "none" else self.quantize
-            raise InvalidOptionError(
-                f"{' and '.join(set_4bit)} set the 4-bit quantization, but the base is {base} "
-                f"(quantize={self.quantize!r}); add quantize='4bit' or drop them.",
-                option=set_4bit[0],
-            )
-        if self.quantize != "none" and "head-only" in self.methods:
-            raise InvalidOptionError(
-                "head-only has no adapter, and transformers' Trainer refuses to train a quantized "
-                "model without one; drop head-only from methods or the quantize option.",
-                option="methods",
-            )
+        check_quantize(
+            self.quantize,
+            self.methods,
+            bnb_4bit_quant_type=self.bnb_4bit_quant_type,
+            bnb_4bit_compute_dtype=self.bnb_4bit_compute_dtype,
+        )
 
     def quantization_config(self) -> Any:
-        """The transformers quantization config of ``quantize`` (None for a full-precision base).
-
-        A classifier's new head (``classifier`` / ``score``) stays in full precision: it is
-        trained in full by every method; a causal LM keeps transformers' own exclusions (the
-        output head).
+        """The transformers quantization config of ``quantize`` (None for a full-precision base):
+        ``ttdecomp.finetune.quantization.quantization_config`` of these options.
 
         Examples
         --------
@@ -579,24 +558,12 @@ class FinetuneConfig:
         >>> FinetuneConfig(quantize="8bit").quantization_config().load_in_8bit
         True
         """
-        if self.quantize == "none":
-            return None
-        import torch
-        from transformers import BitsAndBytesConfig, TorchAoConfig
-
-        heads = ["classifier", "score"] if self.task == "classification" else None
-        if self.quantize == "4bit":
-            return BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type=self.bnb_4bit_quant_type,
-                bnb_4bit_compute_dtype=getattr(torch, self.bnb_4bit_compute_dtype),
-                llm_int8_skip_modules=heads,
-            )
-        if self.quantize == "8bit":
-            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=heads)
-        from torchao.quantization import Int8WeightOnlyConfig
-
-        return TorchAoConfig(quant_type=Int8WeightOnlyConfig(), modules_to_not_convert=heads)
+        return quantization_config(
+            self.quantize,
+            task=self.task,
+            bnb_4bit_quant_type=self.bnb_4bit_quant_type,
+            bnb_4bit_compute_dtype=self.bnb_4bit_compute_dtype,
+        )
 
     @property
     def task_spec(self) -> Task:
