@@ -109,12 +109,16 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
     groups: dict[str, dict[str, Any]] = {}
     protocol: dict[str, Any] | None = None
     first = None
+    docs = []
     for path in paths:
         path = Path(path)
         if path.is_dir():
             path = path / "results.json"
         with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+            docs.append((path, json.load(f)))
+    # targets are named in a row's label only where the files' targets differ
+    shared = {tuple(d["config"]["identity"].get("targets") or _DEFAULT_TARGETS) for _, d in docs}
+    for path, doc in docs:
         identity = doc["config"]["identity"]
         mine = {k: identity.get(k) for k in _PROTOCOL}
         if protocol is None:
@@ -126,6 +130,8 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
                 "a claim table compares runs of one protocol only."
             )
         targets = identity.get("targets") or _DEFAULT_TARGETS
+        if len(shared) == 1:
+            targets = _DEFAULT_TARGETS  # one set of targets for every row: the label omits it
         for row in doc["rows"]:
             if row.get("test_accuracy") is None:
                 raise ClaimTableError(f"{path}: {row['method']} seed {row['seed']} has no test.")
@@ -214,6 +220,9 @@ def claim_table(
     groups = collect(paths)
     named = {g["label"].removesuffix(f" {BUDGET}"): g["label"] for g in groups.values()}
     reference = named.get(reference, reference)
+    if reference not in groups:  # "LoRA r=8" for "LoRA r=8 (attention.attn.q,...)"
+        near = [label for label in groups if label.startswith(f"{reference} (")]
+        reference = near[0] if len(near) == 1 else reference
     if reference not in groups:
         raise ClaimTableError(
             f"reference {reference!r} is not among the rows {sorted(groups)}; pass --reference."
