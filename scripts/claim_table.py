@@ -37,7 +37,7 @@ _T975 = (
     2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
-_NAMES = {"tt-lora": "TT-LoRA", "lora": "LoRA", "loretta-rep": "LoRETTA-rep",
+NAMES = {"tt-lora": "TT-LoRA", "lora": "LoRA", "loretta-rep": "LoRETTA-rep",
           "loretta-adp": "LoRETTA-adp", "head-only": "head only"}  # fmt: skip
 # what must agree between files for their rows to share a table
 _PROTOCOL = ("model", "data", "sizes", "epochs", "max_steps", "batch_size", "max_length",
@@ -91,7 +91,7 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict[str, Any
 
 
 def _label(method: str, rank: Any, targets: Sequence[str], tt_shape: Any) -> str:
-    name = _NAMES.get(method, method)
+    name = NAMES.get(method, method)
     if method == "tt-lora":
         shape = f" `[{','.join(map(str, tt_shape))}]`" if tt_shape else ""
         name += f"{shape} r={rank}"

@@ -199,3 +199,48 @@ def test_costs_are_the_runs_own_time_and_peak_memory(tmp_path):
     assert table.splitlines()[0].endswith("| train s | peak step MiB |")
     assert table.splitlines()[2].endswith("| 110 | 3 |")
     assert "train s" not in claim.claim_table([tmp_path / "a"])[1]
+
+
+_SEL_PATH = Path(__file__).resolve().parents[1] / "scripts" / "selection_table.py"
+_sel_spec = importlib.util.spec_from_file_location("selection_table", _SEL_PATH)
+selection = importlib.util.module_from_spec(_sel_spec)
+_sel_spec.loader.exec_module(selection)
+
+
+def _selection_run(path, method, curve, **identity):
+    row = rows(method, 4, 6144, [max(curve)])[0]
+    row["val_accuracy"] = max(curve)
+    row["history"] = [{"epoch": float(i + 1), "val_accuracy": v} for i, v in enumerate(curve)]
+    return write(path, [row], **identity)
+
+
+def test_selection_chooses_on_validation_and_breaks_a_tie_by_the_mean_over_epochs(tmp_path):
+    a = _selection_run(tmp_path / "a", "tt-lora", [0.80, 0.88, 0.90])
+    b = _selection_run(tmp_path / "b", "tt-lora", [0.86, 0.89, 0.92], lr_schedule="cosine")
+    c = _selection_run(tmp_path / "c", "tt-lora", [0.83, 0.87, 0.92], warmup_ratio=0.1)
+    found, table = selection.selection_table([a, b, c])
+    assert [r["chosen"] for r in found] == [False, True, False]
+    assert "| **chosen** (tie at 92.0: higher mean over epochs) |" in table
+    assert "cosine" in table.splitlines()[3] and "warm-up 0.1" in table.splitlines()[4]
+    # the test split may differ between selection runs; training and validation may not
+    d = _selection_run(tmp_path / "d", "tt-lora", [0.9], sizes=[1000, 300, 2000])
+    assert len(selection.selection_table([a, d])[0]) == 2
+    e = _selection_run(tmp_path / "e", "tt-lora", [0.9], sizes=[500, 300, 600])
+    with pytest.raises(selection.claim_table.ClaimTableError, match="another protocol"):
+        selection.selection_table([a, e])
+
+
+def test_the_published_selection_table_is_what_the_committed_runs_give(tmp_path):
+    import subprocess
+    import sys
+
+    copy = tmp_path / "benchmarks.md"
+    copy.write_text((ROOT / "docs/benchmarks.md").read_text(encoding="utf-8"), encoding="utf-8")
+    runs = sorted(str(p) for p in (ROOT / "docs/results/minilm-selection").glob("*.json"))
+    assert runs
+    subprocess.run(
+        [sys.executable, str(_SEL_PATH), *runs, "--write", str(copy),
+         "--block", "minilm-selection"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert copy.read_text(encoding="utf-8") == (ROOT / "docs/benchmarks.md").read_text("utf-8")
