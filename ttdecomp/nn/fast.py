@@ -108,7 +108,7 @@ class TTForwardCache:
     'halves'
     """
 
-    __slots__ = ("_key", "_operands", "_plans", "_shapes", "kind", "scale")
+    __slots__ = ("_bond", "_bond_rank", "_key", "_operands", "_plans", "_shapes", "kind", "scale")
 
     def __init__(self, scale: float = 1.0) -> None:
         self.scale = float(scale)
@@ -116,6 +116,8 @@ class TTForwardCache:
         self._shapes: tuple | None = None
         self._key: tuple | None = None
         self._operands: Any = None
+        self._bond: int | None = None  # split_bond of the cores, with _shapes
+        self._bond_rank = 0
         #: What the inference cache holds: ``"halves"``, ``"dense"``, ``"steps"`` or ``None``.
         self.kind: str | None = None
 
@@ -123,6 +125,7 @@ class TTForwardCache:
         """Drop the cached plans and operands (they are rebuilt on the next call)."""
         self._plans.clear()
         self._shapes = None
+        self._bond, self._bond_rank = None, 0
         self._key = self._operands = self.kind = None
 
     @property
@@ -146,6 +149,8 @@ class TTForwardCache:
         if shapes != self._shapes:  # the cores changed shape, dtype or device
             self.clear()
             self._shapes = shapes
+            self._bond = split_bond(cores)
+            self._bond_rank = 0 if self._bond is None else int(cores[self._bond].shape[0])
         plan = self._plans.get(batch)
         if plan is None:
             if len(self._plans) >= _MAX_PLANS:
@@ -241,8 +246,15 @@ class TTForwardCache:
         if grad or batch > CACHE_MAX_ROWS:
             if self._key is not None and grad:
                 self._key = self._operands = self.kind = None  # training: values will change
-            scaled = [*cores[:-1], cores[-1] * self.scale] if self.scale != 1.0 else list(cores)
-            y2 = tt_apply(scaled, x2, plan)
+            s = self._bond
+            if s is not None and batch >= self._bond_rank:
+                # split layout: (x A) B with the halves merged under autograd, LoRA's two GEMMs
+                # (and four in backward) plus merges of the tiny cores; saves x and x A (B × r)
+                a, b = split_halves(cores, s)
+                y2 = (x2 @ a) @ (b * self.scale if self.scale != 1.0 else b)
+            else:
+                scaled = [*cores[:-1], cores[-1] * self.scale] if self.scale != 1.0 else list(cores)
+                y2 = tt_apply(scaled, x2, plan)
         else:
             ops = self._inference_operands(cores, plan)
             if self.kind == "halves":
