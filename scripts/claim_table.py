@@ -6,11 +6,13 @@ the **paired** test difference to every LoRA row: the mean over the seeds both r
 ``this - that``, with its 95% t-interval (``t(0.975, n-1) * sd / sqrt(n)``; none for one seed).
 The files must share one protocol (data, split sizes, epochs, batch, length): a table that
 mixes protocols is refused. Each method's own settings (lr, α, schedule) are shown beside it.
+The LoRA row at the smallest rank with at least TT-LoRA's adapter parameters is named
+"(TT-LoRA's budget)"; the default run's ``lora-matched`` rows are LoRA's rows at that rank.
 
 Usage::
 
     python scripts/claim_table.py RUN/results.json [RUN2/results.json ...]
-        [--reference "LoRA r=8"] [--write docs/benchmarks.md --block minilm]
+        [--reference "LoRA r=8"] [--write docs/benchmarks.md --block minilm] [--costs]
 
 ``--write`` replaces the text between ``<!-- claim-table:NAME:begin -->`` and
 ``<!-- claim-table:NAME:end -->`` in the file (atomically); the markers must be there.
@@ -35,12 +37,16 @@ _T975 = (
     2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
-_NAMES = {"tt-lora": "TT-LoRA", "lora": "LoRA", "loretta-rep": "LoRETTA-rep",
+NAMES = {"tt-lora": "TT-LoRA", "lora": "LoRA", "loretta-rep": "LoRETTA-rep",
           "loretta-adp": "LoRETTA-adp", "head-only": "head only"}  # fmt: skip
 # what must agree between files for their rows to share a table
 _PROTOCOL = ("model", "data", "sizes", "epochs", "max_steps", "batch_size", "max_length",
              "eval_every", "weight_decay", "task", "data_fingerprint")  # fmt: skip
 _DEFAULT_TARGETS = ["query", "value"]
+# methods that are another at a derived setting: lora-matched is LoRA at TT-LoRA's budget
+_SAME_AS = {"lora-matched": "lora"}
+#: how the LoRA row at the smallest rank with at least TT-LoRA's adapter parameters is named
+BUDGET = "(TT-LoRA's budget)"
 
 
 class ClaimTableError(ValueError):
@@ -85,7 +91,7 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict[str, Any
 
 
 def _label(method: str, rank: Any, targets: Sequence[str], tt_shape: Any) -> str:
-    name = _NAMES.get(method, method)
+    name = NAMES.get(method, method)
     if method == "tt-lora":
         shape = f" `[{','.join(map(str, tt_shape))}]`" if tt_shape else ""
         name += f"{shape} r={rank}"
@@ -103,12 +109,16 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
     groups: dict[str, dict[str, Any]] = {}
     protocol: dict[str, Any] | None = None
     first = None
+    docs = []
     for path in paths:
         path = Path(path)
         if path.is_dir():
             path = path / "results.json"
         with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+            docs.append((path, json.load(f)))
+    # targets are named in a row's label only where the files' targets differ
+    shared = {tuple(d["config"]["identity"].get("targets") or _DEFAULT_TARGETS) for _, d in docs}
+    for path, doc in docs:
         identity = doc["config"]["identity"]
         mine = {k: identity.get(k) for k in _PROTOCOL}
         if protocol is None:
@@ -120,22 +130,26 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
                 "a claim table compares runs of one protocol only."
             )
         targets = identity.get("targets") or _DEFAULT_TARGETS
+        if len(shared) == 1:
+            targets = _DEFAULT_TARGETS  # one set of targets for every row: the label omits it
         for row in doc["rows"]:
             if row.get("test_accuracy") is None:
                 raise ClaimTableError(f"{path}: {row['method']} seed {row['seed']} has no test.")
             settings = dict(row.get("settings") or doc["config"]["settings"][row["method"]])
+            method = _SAME_AS.get(row["method"], row["method"])
+            settings["method"] = method  # lora-matched's rows are LoRA's at that rank
             # per method or for all; files written before schedules existed ran at a constant
             # rate without warm-up
             for name, default in (("lr_schedule", "constant"), ("warmup_ratio", 0.0)):
                 value = identity.get(name, default)
                 value = value.get(row["method"], default) if isinstance(value, dict) else value
                 settings[name] = value
-            label = _label(row["method"], settings.get("rank"), targets, settings.get("tt_shape"))
+            label = _label(method, settings.get("rank"), targets, settings.get("tt_shape"))
             group = groups.setdefault(
                 label,
-                {"label": label, "method": row["method"], "rank": settings.get("rank"),
+                {"label": label, "method": method, "rank": settings.get("rank"),
                  "adapter_params": row["adapter_params"], "settings": settings,
-                 "val": {}, "test": {}},
+                 "val": {}, "test": {}, "train_s": {}, "peak": {}},
             )  # fmt: skip
             if settings != group["settings"]:
                 raise ClaimTableError(
@@ -153,7 +167,29 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
                 )
             group["val"][row["seed"]] = float(row["val_accuracy"])
             group["test"][row["seed"]] = float(row["test_accuracy"])
-    return groups
+            for key, name in (("train_s", "train_seconds"), ("peak", "peak_step_bytes")):
+                if row.get(name) is not None:
+                    group[key][row["seed"]] = float(row[name])
+    return _name_budget_row(groups)
+
+
+def _name_budget_row(groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Name the LoRA row at TT-LoRA's budget: the smallest rank with at least its parameters.
+
+    LoRA's adapter is linear in its rank, so a row of rank ``r`` with ``p`` parameters is that
+    row when ``p >= budget > p - p / r``. With more than one TT-LoRA row nothing is named.
+    """
+    tt = [g for g in groups.values() if g["method"] == "tt-lora"]
+    if len(tt) != 1:
+        return groups
+    budget = tt[0]["adapter_params"]
+    out = {}
+    for label, g in groups.items():
+        p, r = g["adapter_params"], g["rank"]
+        if g["method"] == "lora" and isinstance(r, int) and r > 0 and p >= budget > p - p // r:
+            label = g["label"] = f"{label} {BUDGET}"
+        out[label] = g
+    return out
 
 
 def _describe(settings: dict[str, Any]) -> str:
@@ -172,14 +208,21 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def claim_table(
-    paths: Sequence[str | os.PathLike], reference: str = "LoRA r=8"
+    paths: Sequence[str | os.PathLike], reference: str = "LoRA r=8", *, costs: bool = False
 ) -> tuple[list[dict[str, Any]], str]:
     """Per-row statistics and the markdown table (percent, mean ± std over seeds).
 
     Rows are ordered by adapter parameters; every row is compared (paired, on test) with every
-    LoRA row other than itself.
+    LoRA row other than itself. ``costs`` adds each row's training time (seconds, mean over
+    seeds) and the peak memory of a training step (MiB, the largest over seeds), as the runs
+    recorded them (``train_seconds``, ``peak_step_bytes``).
     """
     groups = collect(paths)
+    named = {g["label"].removesuffix(f" {BUDGET}"): g["label"] for g in groups.values()}
+    reference = named.get(reference, reference)
+    if reference not in groups:  # "LoRA r=8" for "LoRA r=8 (attention.attn.q,...)"
+        near = [label for label in groups if label.startswith(f"{reference} (")]
+        reference = near[0] if len(near) == 1 else reference
     if reference not in groups:
         raise ClaimTableError(
             f"reference {reference!r} is not among the rows {sorted(groups)}; pass --reference."
@@ -203,6 +246,8 @@ def claim_table(
                 "test_mean": test_mean,
                 "test_std": test_std,
                 "settings": g["settings"],
+                "train_seconds": statistics.fmean(g["train_s"].values()) if g["train_s"] else None,
+                "peak_step_bytes": max(g["peak"].values()) if g["peak"] else None,
                 "paired": {
                     other["label"]: paired_difference(g["test"], other["test"])
                     for other in lora
@@ -220,6 +265,8 @@ def claim_table(
         "test acc %",
     ]
     header += [f"Δ test vs {g['label']} (95% CI)" for g in lora]
+    if costs:
+        header += ["train s", "peak step MiB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in stats:
         cells = [
@@ -240,6 +287,10 @@ def claim_table(
             else:
                 lo, hi = (100 * x for x in d["ci"])
                 cells.append(f"{100 * d['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        if costs:
+            t, m = s["train_seconds"], s["peak_step_bytes"]
+            cells.append("—" if t is None else f"{t:,.0f}")
+            cells.append("—" if m is None else f"{m / 2**20:,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return stats, "\n".join(lines)
 
@@ -277,9 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write", help="a markdown file holding the block's markers")
     p.add_argument("--block", default="minilm", help="the block's name in --write's markers")
     p.add_argument("--json", help="also write the statistics to this JSON file")
+    p.add_argument(
+        "--costs", action="store_true", help="add training seconds and peak step memory columns"
+    )
     args = p.parse_args(argv)
     try:
-        stats, table = claim_table(args.results, args.reference)
+        stats, table = claim_table(args.results, args.reference, costs=args.costs)
         if args.write:
             write_block(args.write, args.block, table)
     except (ClaimTableError, OSError, KeyError, json.JSONDecodeError) as exc:

@@ -26,12 +26,12 @@ LORA8 = [0.91, 0.93, 0.90, 0.93, 0.92]
 LORA1 = [0.88, 0.90, 0.91, 0.90, 0.87]
 
 
-def rows(method, rank, params, tests, shape=None):
+def rows(method, rank, params, tests, shape=None, first_seed=0):
     settings = {"method": method, "lr": 1e-3, "rank": rank, "alpha": 16.0, "tt_shape": shape}
     return [
         {"method": method, "seed": s, "adapter_params": params, "val_accuracy": t - 0.01,
          "test_accuracy": t, "settings": settings}
-        for s, t in enumerate(tests)
+        for s, t in enumerate(tests, first_seed)
     ]  # fmt: skip
 
 
@@ -53,7 +53,8 @@ def files(tmp_path):
 def test_statistics_are_the_paired_t_interval(files):
     stats, table = claim.claim_table(files)
     by = {s["label"]: s for s in stats}
-    assert list(by) == ["TT-LoRA r=4", "LoRA r=1", "LoRA r=8"]  # ordered by parameters
+    budget = "LoRA r=1 (TT-LoRA's budget)"  # the smallest LoRA with >= TT-LoRA's 6,144
+    assert list(by) == ["TT-LoRA r=4", budget, "LoRA r=8"]  # ordered by parameters
     tt = by["TT-LoRA r=4"]
     assert tt["fraction"] == pytest.approx(6144 / 73728)
     assert tt["test_mean"] == pytest.approx(statistics.fmean(TT))
@@ -68,9 +69,30 @@ def test_statistics_are_the_paired_t_interval(files):
     # paired, not pooled: the interval is that of the differences, narrower than the pooled one
     pooled = 2.306 * math.sqrt(statistics.variance(TT) / 5 + statistics.variance(LORA8) / 5)
     assert half != pytest.approx(pooled)
-    assert "LoRA r=1" in tt["paired"] and "LoRA r=8" not in by["LoRA r=8"]["paired"]
+    assert budget in tt["paired"] and "LoRA r=8" not in by["LoRA r=8"]["paired"]
     assert "| TT-LoRA r=4 | lr 0.001, α 16, constant | 6,144 | 8.3% | 5 |" in table
     assert f"{100 * mean:+.1f} [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}]" in table
+
+
+def test_lora_matched_rows_are_lora_at_tt_loras_budget(tmp_path):
+    """The default run's lora-matched rows join LoRA's rows of that rank (one configuration),
+    and only the smallest rank with at least TT-LoRA's parameters is named as its budget."""
+    a = write(
+        tmp_path / "a", rows("tt-lora", 4, 6144, TT[:3]) + rows("lora-matched", 1, 9216, LORA1[:3])
+    )
+    b = write(
+        tmp_path / "b", rows("lora", 1, 9216, LORA1[3:], first_seed=3) + rows("lora", 2, 18432, TT)
+    )
+    c = write(tmp_path / "c", rows("lora", 8, 73728, LORA8))
+    stats, table = claim.claim_table([a, b, c])
+    by = {s["label"]: s for s in stats}
+    assert list(by) == ["TT-LoRA r=4", "LoRA r=1 (TT-LoRA's budget)", "LoRA r=2", "LoRA r=8"]
+    assert by["LoRA r=1 (TT-LoRA's budget)"]["seeds"] == [0, 1, 2, 3, 4]
+    assert by["LoRA r=1 (TT-LoRA's budget)"]["test_mean"] == pytest.approx(statistics.fmean(LORA1))
+    assert "| Δ test vs LoRA r=1 (TT-LoRA's budget) (95% CI) |" in table
+    # with two TT-LoRA rows there is no one budget: nothing is named
+    d = write(tmp_path / "d", rows("tt-lora", 2, 3072, TT))
+    assert "budget" not in claim.claim_table([a, b, c, d])[1]
 
 
 def test_only_common_seeds_are_paired(tmp_path):
@@ -163,3 +185,62 @@ def test_the_published_claim_tables_are_what_the_committed_results_give(tmp_path
     )  # fmt: skip
     assert copy.read_text(encoding="utf-8") == (ROOT / document).read_text(encoding="utf-8")
     assert "<!-- claim-table:minilm:begin -->\n| method |" in copy.read_text(encoding="utf-8")
+
+
+def test_costs_are_the_runs_own_time_and_peak_memory(tmp_path):
+    tt = rows("tt-lora", 4, 6144, TT[:2])
+    lora = rows("lora", 8, 73728, LORA8[:2])
+    for row, seconds, peak in zip(tt + lora, (100, 120, 300, 340), (1, 3, 5, 4)):
+        row["train_seconds"], row["peak_step_bytes"] = seconds, peak * 2**20
+    stats, table = claim.claim_table([write(tmp_path / "a", tt + lora)], costs=True)
+    by = {s["label"]: s for s in stats}
+    assert by["TT-LoRA r=4"]["train_seconds"] == 110 and by["LoRA r=8"]["train_seconds"] == 320
+    assert by["TT-LoRA r=4"]["peak_step_bytes"] == 3 * 2**20  # the largest over seeds
+    assert table.splitlines()[0].endswith("| train s | peak step MiB |")
+    assert table.splitlines()[2].endswith("| 110 | 3 |")
+    assert "train s" not in claim.claim_table([tmp_path / "a"])[1]
+
+
+_SEL_PATH = Path(__file__).resolve().parents[1] / "scripts" / "selection_table.py"
+_sel_spec = importlib.util.spec_from_file_location("selection_table", _SEL_PATH)
+selection = importlib.util.module_from_spec(_sel_spec)
+_sel_spec.loader.exec_module(selection)
+
+
+def _selection_run(path, method, curve, **identity):
+    row = rows(method, 4, 6144, [max(curve)])[0]
+    row["val_accuracy"] = max(curve)
+    row["history"] = [{"epoch": float(i + 1), "val_accuracy": v} for i, v in enumerate(curve)]
+    return write(path, [row], **identity)
+
+
+def test_selection_chooses_on_validation_and_breaks_a_tie_by_the_mean_over_epochs(tmp_path):
+    a = _selection_run(tmp_path / "a", "tt-lora", [0.80, 0.88, 0.90])
+    b = _selection_run(tmp_path / "b", "tt-lora", [0.86, 0.89, 0.92], lr_schedule="cosine")
+    c = _selection_run(tmp_path / "c", "tt-lora", [0.83, 0.87, 0.92], warmup_ratio=0.1)
+    found, table = selection.selection_table([a, b, c])
+    assert [r["chosen"] for r in found] == [False, True, False]
+    assert "| **chosen** (tie at 92.0: higher mean over epochs) |" in table
+    assert "cosine" in table.splitlines()[3] and "warm-up 0.1" in table.splitlines()[4]
+    # the test split may differ between selection runs; training and validation may not
+    d = _selection_run(tmp_path / "d", "tt-lora", [0.9], sizes=[1000, 300, 2000])
+    assert len(selection.selection_table([a, d])[0]) == 2
+    e = _selection_run(tmp_path / "e", "tt-lora", [0.9], sizes=[500, 300, 600])
+    with pytest.raises(selection.claim_table.ClaimTableError, match="another protocol"):
+        selection.selection_table([a, e])
+
+
+def test_the_published_selection_table_is_what_the_committed_runs_give(tmp_path):
+    import subprocess
+    import sys
+
+    copy = tmp_path / "benchmarks.md"
+    copy.write_text((ROOT / "docs/benchmarks.md").read_text(encoding="utf-8"), encoding="utf-8")
+    runs = sorted(str(p) for p in (ROOT / "docs/results/minilm-selection").glob("*.json"))
+    assert runs
+    subprocess.run(
+        [sys.executable, str(_SEL_PATH), *runs, "--write", str(copy),
+         "--block", "minilm-selection"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert copy.read_text(encoding="utf-8") == (ROOT / "docs/benchmarks.md").read_text("utf-8")

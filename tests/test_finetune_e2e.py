@@ -24,7 +24,7 @@ from ttdecomp.cli import main
 from ttdecomp.finetune import load_finetuned, load_results
 
 pytestmark = pytest.mark.integration
-ALL = ("tt-lora", "lora", "loretta-rep", "loretta-adp", "head-only")
+ALL = ("tt-lora", "lora", "loretta-rep", "loretta-adp", "head-only", "lora-matched")
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,9 @@ def test_every_method_learns_above_chance(quick_run):
     assert rows["head-only"]["adapter_params"] == 0
     assert rows["tt-lora"]["adapter_params"] == 6144  # [8,6,8 | 8,6,8], r=4, q+v x 6 layers
     assert rows["lora"]["adapter_params"] == 73728  # r=8, q+v x 6 layers
+    # LoRA at TT-LoRA's budget: r=1 is the smallest with >= 6,144 (9,216)
+    assert rows["lora-matched"]["settings"]["rank"] == 1
+    assert rows["lora-matched"]["adapter_params"] == 9216
     for row in rows.values():
         assert row["extra_params"] >= 384 * 2 + 2  # the head, counted apart
 

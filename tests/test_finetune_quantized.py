@@ -86,6 +86,7 @@ def test_quick_causal_lm_on_a_4bit_base(tmp_path):
     argv += ["4bit", "--max-steps", "2", "--no-progress", "--no-figures", "--jobs", "1"]
     assert main([*argv, "--output", str(out)]) == 0
     results = load_results(out)
-    assert [r["method"] for r in results["rows"]] == ["tt-lora", "lora"]
+    # the default methods: TT-LoRA, QLoRA at r=8 and QLoRA at TT-LoRA's budget
+    assert [r["method"] for r in results["rows"]] == ["tt-lora", "lora", "lora-matched"]
     for row in results["rows"]:  # evaluated on the 4-bit base, before and after
         assert row["test_loss"] > 0 and row["test_loss_before"] > 0

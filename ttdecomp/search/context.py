@@ -49,12 +49,19 @@ class SearchContext:
         self.task_spec = get_task(self.task)
         self.metric = self.task_spec.metric
         self.model_config = self.job.model_config()
-        self.base_settings = self.fconfig.method_settings()
+        self.base_settings = self.job.settings or self.fconfig.method_settings()
         self._counts: dict[str, int] = {}
         self.space = config.search_space(self._layer())
         self._check_space()
         self.storage_url = storage_url
-        self.storage = open_storage(storage_url)
+        self._storage: Any = None
+
+    @property
+    def storage(self) -> Any:
+        """The Optuna storage, opened on first use (checking the search touches nothing)."""
+        if self._storage is None:
+            self._storage = open_storage(self.storage_url)
+        return self._storage
 
     def _skeleton(self) -> Any:
         import torch

@@ -35,7 +35,6 @@ from typing import Any
 from .._files import MAX_JSON_DEPTH, check_nesting
 from ..errors import InvalidInputError, ShapeError
 from ..finetune.methods import (
-    DEFAULT_METHODS,
     MethodSettings,
     check_method,
     default_settings,
@@ -47,6 +46,7 @@ from ..shapes import check_factor_count
 
 __all__ = [
     "PARAMETERS",
+    "SEARCH_METHODS",
     "Param",
     "SearchSpace",
     "default_space",
@@ -363,8 +363,13 @@ class SearchSpace:
         return default_settings(method, **overrides)
 
 
+#: What ``ttdecomp search`` searches when no methods are given: TT-LoRA and LoRA (LoRA's rank
+#: is searched, so LoRA at TT-LoRA's budget, ``lora-matched``, is a point of LoRA's own space).
+SEARCH_METHODS: tuple[str, ...] = ("tt-lora", "lora")
+
+
 def default_space(
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] = SEARCH_METHODS,
     layer: tuple[int, int] | None = None,
     *,
     quick: bool = False,

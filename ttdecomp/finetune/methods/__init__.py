@@ -6,6 +6,7 @@
 ``loretta-rep``           LoRETTA-rep: a LoRA pair whose factors are TT-matrices
 ``loretta-adp``           LoRETTA-adp: a TT bottleneck adapter after the targeted layers
 ``head-only``             only the classification head (no adapter): the floor to beat
+``lora-matched``          LoRA at the smallest rank with at least TT-LoRA's adapter parameters
 ========================  ===================================================================
 
 A method is a :class:`Method` subclass in a file of its own plus one :func:`register_method`
@@ -33,10 +34,12 @@ from .common import (
     dry_run,
     head_modules,
     load_adapted,
+    resolve_settings,
     save_adapted,
 )
 from .head_only import HeadOnlyMethod
 from .lora import LoRAMethod
+from .lora_matched import MatchedLoRAMethod
 from .registry import (
     Method,
     MethodSettings,
@@ -61,6 +64,7 @@ __all__ = [
     "LoRAMethod",
     "LoRETTAAdpMethod",
     "LoRETTARepMethod",
+    "MatchedLoRAMethod",
     "Method",
     "MethodSettings",
     "TTLoRAMethod",
@@ -76,6 +80,7 @@ __all__ = [
     "method_names",
     "methods_for",
     "register_method",
+    "resolve_settings",
     "save_adapted",
     "settings_from_mapping",
     "unregister_method",
@@ -87,9 +92,11 @@ register_method(LoRAMethod())
 register_method(LoRETTARepMethod())
 register_method(LoRETTAAdpMethod())
 register_method(HeadOnlyMethod())
+register_method(MatchedLoRAMethod())
 
 #: The built-in methods, in the order tables list them (:func:`method_names` also lists the
 #: methods registered since).
 METHODS: tuple[str, ...] = method_names()
-#: What ``ttdecomp finetune`` runs when ``--methods`` is not given.
-DEFAULT_METHODS: tuple[str, ...] = ("tt-lora", "lora")
+#: What ``ttdecomp finetune`` runs when ``--methods`` is not given: TT-LoRA against LoRA at
+#: LoRA's recommended rank and at TT-LoRA's budget.
+DEFAULT_METHODS: tuple[str, ...] = ("tt-lora", "lora", "lora-matched")

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..._files import replace_folder
 from ...errors import InvalidInputError
-from .registry import Method, MethodSettings, get_method, methods_for
+from .registry import Method, MethodSettings, default_settings, get_method, methods_for
 
 __all__ = [
     "METHOD_FILE",
@@ -28,6 +28,7 @@ __all__ = [
     "dry_run",
     "head_modules",
     "load_adapted",
+    "resolve_settings",
     "save_adapted",
 ]
 
@@ -182,6 +183,79 @@ def dry_run(
             raise InvalidInputError(f"{method}: {exc}") from None
         counts[method] = {"adapter": adapted.adapter_params, "extra": adapted.extra_params}
     return counts
+
+
+#: the largest rank :func:`resolve_settings` tries before giving up
+MAX_MATCHED_RANK = 256
+
+
+def _adapter_count(model_config: Any, settings: MethodSettings, targets, task) -> int:
+    return dry_run(model_config, {settings.method: settings}, targets=targets, task=task)[
+        settings.method
+    ]["adapter"]
+
+
+def resolve_settings(
+    model_config: Any,
+    settings: Mapping[str, MethodSettings],
+    *,
+    targets: Sequence[str],
+    task: Any = "classification",
+    budget: Mapping[str, MethodSettings] | None = None,
+) -> dict[str, MethodSettings]:
+    """``settings`` with the rank of every matching method derived (no weights read).
+
+    A method that declares ``matches`` (``lora-matched`` matches ``tt-lora``) gets the
+    smallest rank whose adapter has at least as many parameters as the matched method's on
+    the same targets: the matched method's settings in ``settings`` when it runs too, else in
+    ``budget`` (:meth:`FinetuneConfig.budget_settings
+    <ttdecomp.finetune.FinetuneConfig.budget_settings>`), else its recommended settings.
+    Counting is :func:`dry_run`'s (a weightless copy of the model). Other methods' settings
+    are returned as they are.
+
+    Examples
+    --------
+    >>> from ttdecomp.adapters.testing import tiny_model
+    >>> from ttdecomp.finetune.methods import default_settings
+    >>> config = tiny_model("bert").config
+    >>> settings = {m: default_settings(m) for m in ("tt-lora", "lora-matched")}
+    >>> out = resolve_settings(config, settings, targets=["query", "value"])
+    >>> counts = dry_run(config, out, targets=["query", "value"])
+    >>> out["lora-matched"].rank, counts["tt-lora"]["adapter"], counts["lora-matched"]["adapter"]
+    (4, 896, 1024)
+    """
+    task_name = _task(task).name
+    out = dict(settings)
+    for name, mine in settings.items():
+        other = get_method(name).matches
+        if other is None:
+            continue
+        theirs = settings.get(other) or (budget or {}).get(other)
+        theirs = theirs or default_settings(other, task=task_name)
+        budget = _adapter_count(model_config, theirs, targets, task)
+        fields = mine.to_dict()
+        fields.pop("method")
+        one = _adapter_count(model_config, default_settings(name, **{**fields, "rank": 1}),
+                             targets, task)  # fmt: skip
+        rank = max(1, -(-budget // one))  # a rank-linear guess, then checked by counting
+
+        def count(r: int, fields: dict = fields, name: str = name) -> int:
+            return _adapter_count(
+                model_config, default_settings(name, **{**fields, "rank": r}), targets, task
+            )
+
+        while rank <= MAX_MATCHED_RANK and count(rank) < budget:
+            rank += 1
+        while rank > 1 and count(rank - 1) >= budget:
+            rank -= 1
+        if rank > MAX_MATCHED_RANK:
+            raise InvalidInputError(
+                f"{name}: no rank up to {MAX_MATCHED_RANK} reaches {other}'s {budget:,} adapter "
+                f"parameters on {list(targets)}; run --methods {get_method(name).family_name} "
+                "with a --rank of your choice instead."
+            )
+        out[name] = default_settings(name, **{**fields, "rank": rank})
+    return out
 
 
 def save_adapted(adapted: AdaptedModel, folder: str | Path) -> None:

@@ -18,6 +18,11 @@ What a method declares (class attributes) and does (methods to override):
 ``tasks``                  task names it applies to (``None``: every task)
 ``mergeable``              whether its update can be merged into the weights
 ``takes_tt_shape``         whether ``tt_shape`` (TT-LoRA's flat shape) applies
+``family``                 methods of one family are joined by a line in the figure
+                           (default: the method's own name)
+``matches``                another method whose adapter parameters this one's rank matches:
+                           the smallest rank with at least as many (``None``: a rank of its own;
+                           :func:`~ttdecomp.finetune.resolve_settings` derives it)
 ``search_parameters``      searched name → :class:`MethodSettings` field
 ``integer_parameters``     searched names that are integers
 ``log_parameters``         searched names whose ranges are log-scaled by default
@@ -84,6 +89,10 @@ class Method:
     tasks: ClassVar[tuple[str, ...] | None] = None
     mergeable: ClassVar[bool] = False
     takes_tt_shape: ClassVar[bool] = False
+    #: the figure joins the means of one family's methods (LoRA at two ranks) by a line
+    family: ClassVar[str | None] = None
+    #: the method whose adapter parameter count this rank is derived from (resolve_settings)
+    matches: ClassVar[str | None] = None
     search_parameters: ClassVar[Mapping[str, str]] = {"lr": "lr"}
     integer_parameters: ClassVar[frozenset[str]] = frozenset()
     log_parameters: ClassVar[frozenset[str]] = frozenset({"lr"})
@@ -97,6 +106,11 @@ class Method:
         if task is not None:
             out.update(self.task_defaults.get(task, {}))
         return out
+
+    @property
+    def family_name(self) -> str:
+        """The family the figure joins this method's mean with (its own name by default)."""
+        return self.family or self.name
 
     @property
     def has_rank(self) -> bool:
@@ -226,6 +240,11 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
                 f"method {name!r}: search parameter field {field!r} is not a setting "
                 f"({', '.join(_SETTINGS)})."
             )
+    if method.matches is not None and (method.matches == name or not method.has_rank):
+        raise InvalidInputError(
+            f"method {name!r}: matches={method.matches!r} needs a method with a rank whose "
+            "rank is derived from another method's parameter count."
+        )
     previous = _REGISTRY.get(name)
     _REGISTRY[name] = method
     try:
@@ -316,7 +335,7 @@ class MethodSettings:
     Examples
     --------
     >>> default_settings("tt-lora")
-    MethodSettings(method='tt-lora', lr=0.01, rank=4, alpha=32.0, tt_shape=None)
+    MethodSettings(method='tt-lora', lr=0.01, rank=4, alpha=64.0, tt_shape=None)
     """
 
     method: str

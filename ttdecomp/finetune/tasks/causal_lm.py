@@ -29,7 +29,15 @@ from ...assets.chat_tokens import CausalDataset, make_collator, tokenize_splits
 from ...assets.dialogues import DialogueSplits, reply_prompt
 from ...assets.loader import load_pretrained
 from ...errors import InvalidInputError
-from ..methods import MethodSettings, apply_method, dry_run, get_method, methods_for, save_adapted
+from ..methods import (
+    MethodSettings,
+    apply_method,
+    dry_run,
+    get_method,
+    methods_for,
+    resolve_settings,
+    save_adapted,
+)
 from ..train import TrainSettings, fit, is_main_process, resolve_device
 from .lm_eval import evaluate_lm, generate_reply
 from .registry import Task, check_max_length
@@ -310,6 +318,7 @@ class CausalJob:
         self.source, self.datasets, self.targets = source, datasets, targets
         self.max_length, self.n_left_out = max_length, n_left_out
         self.prompt = reply_prompt(splits.test)
+        self.settings: dict[str, MethodSettings] | None = None
         self.before: dict[str, Any] | None = None
         self.trainable: dict[str, dict[str, int]] | None = None  # set by prepare_causal
 
@@ -445,6 +454,9 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
         ) from None
     check_max_length(config.max_length, model_config, config.model)
     targets = list(config.targets or TASK.default_targets(model_config))
+    settings = resolve_settings(
+        model_config, settings, targets=targets, task=TASK, budget=config.budget_settings()
+    )
     trainable = dry_run(model_config, settings, targets=targets, task=TASK)  # no weights read
     datasets = tokenize_splits(tokenizer, splits, max_length=config.max_length)
     job = CausalJob(
@@ -459,6 +471,7 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
         quantization_config=config.quantization_config(),
     )
     job.trainable = trainable  # for the start banner
+    job.settings = settings  # a matched rank derived (resolve_settings)
     return job
 
 

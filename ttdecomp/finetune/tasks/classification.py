@@ -24,7 +24,7 @@ from ..._files import write_with
 from ...assets.loader import ModelSource, check_tokenizer, load_pretrained, load_tokenizer
 from ...errors import InvalidInputError
 from ..data import Splits
-from ..methods import MethodSettings, apply_method, dry_run, save_adapted
+from ..methods import MethodSettings, apply_method, dry_run, resolve_settings, save_adapted
 from ..train import TrainSettings, fit, is_main_process, resolve_device
 from .registry import Task, check_max_length
 
@@ -280,6 +280,9 @@ class ClassificationJob:
     #: each method's trainable parameters, ``{method: {"adapter": n, "extra": m}}`` (the banner)
     trainable: dict[str, dict[str, int]] | None = None
     quantization_config: Any = None
+    #: every method's settings as the runs use them (a matched rank derived:
+    #: :func:`~ttdecomp.finetune.resolve_settings`)
+    settings: dict[str, MethodSettings] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -359,7 +362,7 @@ class ClassificationTask(Task):
     peft_task_type = "SEQ_CLS"
     split_own_data = True  # 70/10/20% of the usable rows per class (finetune.data.FRACTIONS)
     fallback = True
-    defaults: ClassVar = {"sizes": (1000, 300, 600), "epochs": 4, "max_steps": None,
+    defaults: ClassVar = {"sizes": (1000, 300, 2000), "epochs": 4, "max_steps": None,
                           "max_length": 48, "batch_size": 32}  # fmt: skip
     quick: ClassVar = {"sizes": (320, 100, 200), "epochs": 3, "max_steps": None,
                        "max_length": 32, "batch_size": 32}  # fmt: skip
@@ -400,7 +403,14 @@ class ClassificationTask(Task):
         check_max_length(config.max_length, model_config, config.model)
         targets = list(config.targets or self.default_targets(model_config))
         model_config.num_labels = len(splits.labels)
-        trainable = dry_run(model_config, config.method_settings(), targets=targets, task=self)
+        settings = resolve_settings(
+            model_config,
+            config.method_settings(),
+            targets=targets,
+            task=self,
+            budget=config.budget_settings(),
+        )
+        trainable = dry_run(model_config, settings, targets=targets, task=self)
         iterator = [
             ("train", splits.train),
             ("validation", splits.validation),
@@ -425,6 +435,7 @@ class ClassificationTask(Task):
             config.max_length,
             trainable,
             config.quantization_config(),
+            settings,
         )
 
 

@@ -82,11 +82,16 @@ class Job(Protocol):
         ``train``/``validation``/``test`` datasets (``len()`` gives examples).
     fingerprint : str
         A hash of the splits (``--resume`` checks it).
+    settings : dict
+        Every method's :class:`~ttdecomp.finetune.methods.MethodSettings` as the runs use them:
+        the configuration's, with a matched rank derived
+        (:func:`~ttdecomp.finetune.resolve_settings`).
     """
 
     model_dir: Path
     targets: list[str]
     datasets: dict[str, Any]
+    settings: dict[str, Any] | None
 
     @property
     def fingerprint(self) -> str: ...
