@@ -21,12 +21,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import statistics
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,20 @@ _SAME_AS = {"lora-matched": "lora"}
 BUDGET = "(TT-LoRA's budget)"
 
 
-class ClaimTableError(ValueError):
+def load_script(name: str):
+    """A script beside this one, loaded by path (the scripts folder is not a package)."""
+    path = Path(__file__).resolve().parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: the generated-block helpers the table scripts share
+blocks = load_script("doc_blocks")
+
+
+class ClaimTableError(blocks.BlockError):
     """The files cannot make one table (what was given, what was expected)."""
 
 
@@ -296,29 +309,8 @@ def claim_table(
 
 
 def write_block(path: str | os.PathLike, block: str, text: str) -> None:
-    """Replace the text between the block's markers in ``path`` (atomic)."""
-    path = Path(path)
-    begin, end = f"<!-- claim-table:{block}:begin -->", f"<!-- claim-table:{block}:end -->"
-    content = path.read_text(encoding="utf-8")
-    if (
-        content.count(begin) != 1
-        or content.count(end) != 1
-        or content.index(begin) > content.index(end)
-    ):
-        raise ClaimTableError(
-            f"{path} must hold {begin} and then {end} once each; add them where the table goes."
-        )
-    head, rest = content.split(begin)
-    _, tail = rest.split(end)
-    new = f"{head}{begin}\n{text}\n{end}{tail}"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(new)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Replace the text between the block's claim-table markers in ``path`` (atomic)."""
+    blocks.write_block(path, block, text, kind="claim-table", error=ClaimTableError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

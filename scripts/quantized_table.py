@@ -18,10 +18,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,15 @@ _ROW_KEYS = (
 )  # fmt: skip
 
 
-class QuantizedTableError(ValueError):
+_spec = importlib.util.spec_from_file_location(
+    "claim_table", Path(__file__).resolve().parent / "claim_table.py"
+)
+claim_table = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(claim_table)
+_blocks = claim_table.blocks
+
+
+class QuantizedTableError(_blocks.BlockError):
     """A results file the table cannot be made from (what is wrong and how to fix it)."""
 
 
@@ -176,37 +184,13 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def write_block(path: str | os.PathLike, block: str, text: str) -> None:
-    """Replace the text between the block's markers in ``path`` (atomic)."""
-    path = Path(path)
-    begin, end = f"<!-- quantized-table:{block}:begin -->", f"<!-- quantized-table:{block}:end -->"
-    content = path.read_text(encoding="utf-8")
-    if (
-        content.count(begin) != 1
-        or content.count(end) != 1
-        or content.index(begin) > content.index(end)
-    ):
-        raise QuantizedTableError(
-            f"{path} must hold {begin} and then {end} once each; add them where the table goes."
-        )
-    head, rest = content.split(begin)
-    _, tail = rest.split(end)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f"{head}{begin}\n{text}\n{end}{tail}")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Replace the text between the block's quantized-table markers in ``path`` (atomic)."""
+    _blocks.write_block(path, block, text, kind="quantized-table", error=QuantizedTableError)
 
 
 def read_block(path: str | os.PathLike, block: str) -> str:
     """The text between the block's markers in ``path`` (what :func:`write_block` wrote)."""
-    content = Path(path).read_text(encoding="utf-8")
-    begin, end = f"<!-- quantized-table:{block}:begin -->", f"<!-- quantized-table:{block}:end -->"
-    if begin not in content or end not in content:
-        raise QuantizedTableError(f"{path} has no {begin} ... {end} block.")
-    return content.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+    return _blocks.read_block(path, block, kind="quantized-table", error=QuantizedTableError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -215,15 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write", help="a markdown file holding the block's markers")
     p.add_argument("--block", default="smollm2", help="the block's name in --write's markers")
     args = p.parse_args(argv)
-    try:
-        text = render(load_results(args.results))
-        if args.write:
-            write_block(args.write, args.block, text)
-    except (QuantizedTableError, OSError, json.JSONDecodeError) as exc:
-        print(f"quantized_table: error: {exc}", file=sys.stderr)
-        return 2
-    print(text)
-    return 0
+    write = (lambda text: write_block(args.write, args.block, text)) if args.write else None
+    return _blocks.run("quantized_table", lambda: render(load_results(args.results)), write)
 
 
 if __name__ == "__main__":

@@ -134,15 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write", help="a markdown file holding the block's markers")
     p.add_argument("--block", default="minilm-selection", help="the block's name in the markers")
     args = p.parse_args(argv)
-    try:
-        _, table = selection_table(args.results)
-        if args.write:
-            claim_table.write_block(args.write, args.block, table)
-    except (claim_table.ClaimTableError, OSError, KeyError, json.JSONDecodeError) as exc:
-        print(f"selection_table: error: {exc}", file=sys.stderr)
-        return 2
-    print(table)
-    return 0
+    write = (lambda t: claim_table.write_block(args.write, args.block, t)) if args.write else None
+    return claim_table.blocks.run(
+        "selection_table", lambda: selection_table(args.results)[1], write
+    )
 
 
 if __name__ == "__main__":
