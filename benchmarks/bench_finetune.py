@@ -2,7 +2,7 @@
 
 Model, data and methods are the defaults of ``ttdecomp finetune``: the packaged all-MiniLM-L6-v2
 (BERT, 6 layers, hidden 384) with a new two-class head, adapters on query and value, each method
-with ``default_settings``: TT-LoRA shape [8,6,8,8,6,8], r=4, alpha 64 (6,144 adapter parameters)
+with ``default_settings``: TT-LoRA shape [8,6,8,8,6,8], r=4, alpha 32 (6,144 adapter parameters)
 and LoRA r=8, alpha 16 through PEFT (73,728); the head is trained in both. Batches of 32 real
 tweets (``load_classification("tweets")``, the first 32*k training rows in order), tokenised to
 at most 48 tokens and padded to the longest text of the batch, as the command's collator does.

@@ -131,6 +131,13 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
             docs.append((path, json.load(f)))
     # targets are named in a row's label only where the files' targets differ
     shared = {tuple(d["config"]["identity"].get("targets") or _DEFAULT_TARGETS) for _, d in docs}
+    # a method run with more than one α or lr: those are named in its rows' labels
+    varied: dict[str, set[str]] = {}
+    for _, d in docs:
+        for row in d["rows"]:
+            st = row.get("settings") or d["config"]["settings"][row["method"]]
+            for key in ("alpha", "lr"):
+                varied.setdefault(f"{row['method']}:{key}", set()).add(repr(st.get(key)))
     for path, doc in docs:
         identity = doc["config"]["identity"]
         mine = {k: identity.get(k) for k in _PROTOCOL}
@@ -158,6 +165,9 @@ def collect(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, Any]]:
                 value = value.get(row["method"], default) if isinstance(value, dict) else value
                 settings[name] = value
             label = _label(method, settings.get("rank"), targets, settings.get("tt_shape"))
+            for key, sign in (("alpha", "α"), ("lr", "lr ")):
+                if len(varied[f"{row['method']}:{key}"]) > 1:
+                    label += f" {sign}{'=' if key == 'alpha' else ''}{settings[key]:g}"
             group = groups.setdefault(
                 label,
                 {"label": label, "method": method, "rank": settings.get("rank"),

@@ -335,7 +335,7 @@ class MethodSettings:
     Examples
     --------
     >>> default_settings("tt-lora")
-    MethodSettings(method='tt-lora', lr=0.01, rank=4, alpha=64.0, tt_shape=None)
+    MethodSettings(method='tt-lora', lr=0.01, rank=4, alpha=32.0, tt_shape=None)
     """
 
     method: str

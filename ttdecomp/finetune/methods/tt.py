@@ -158,7 +158,7 @@ class TTLoRAMethod(_TTMethod):
     display_name = "TT-LoRA"
     colour = "tab:blue"
     summary = "TT-LoRA: ΔW is one TT-matrix"
-    defaults: ClassVar = {"rank": 4, "alpha": 64.0, "lr": 1e-2}
+    defaults: ClassVar = {"rank": 4, "alpha": 32.0, "lr": 1e-2}
     mergeable = True
     takes_tt_shape = True
     search_parameters: ClassVar = {"tt_shape": "tt_shape", "tt_rank": "rank", "alpha": "alpha",
@@ -168,13 +168,13 @@ class TTLoRAMethod(_TTMethod):
     def search_space(self, layer: tuple[int, int] | None, *, quick: bool) -> dict[str, Any]:
         shapes = _shape_choices(layer)
         if quick:
-            space: dict[str, Any] = {"tt_rank": [2, 4], "alpha": 64.0, "lr": [5e-3, 1e-2]}
+            space: dict[str, Any] = {"tt_rank": [2, 4], "alpha": 32.0, "lr": [5e-3, 1e-2]}
             if shapes:
                 space["tt_shape"] = shapes[:2]
             return space
         space = {
             "tt_rank": [2, 4, 8],
-            "alpha": {"low": 4.0, "high": 128.0, "log": True},
+            "alpha": {"low": 4.0, "high": 64.0, "log": True},
             "lr": {"low": 1e-3, "high": 2e-2, "log": True},
         }
         return {"tt_shape": shapes, **space} if shapes else space
