@@ -433,7 +433,11 @@ def format_defaults(names: Sequence[str] | None = None, *, setting: str) -> str:
     """
     parts = []
     for name in names if names is not None else method_names():
-        value = get_method(name).recommended().get(setting)
+        method = get_method(name)
+        if setting == "rank" and method.matches is not None:
+            parts.append(f"{name} derived from {method.matches}'s parameters")
+            continue
+        value = method.recommended().get(setting)
         if value is not None:
             parts.append(f"{name} {value:g}")
     return ", ".join(parts)
