@@ -255,7 +255,7 @@ def claim_table(
         (g for g in groups.values() if g["method"] == "lora"), key=lambda g: -g["adapter_params"]
     )
     stats = []
-    for g in sorted(groups.values(), key=lambda g: g["adapter_params"]):
+    for g in sorted(groups.values(), key=lambda g: (g["adapter_params"], g["label"])):
         val_mean, val_std = _mean_std(list(g["val"].values()))
         test_mean, test_std = _mean_std(list(g["test"].values()))
         stats.append(
