@@ -293,22 +293,3 @@ def test_a_trial_numbered_beyond_the_count_is_surplus_and_left_out_of_the_counts
     study.tell(trials[2], state=optuna.trial.TrialState.FAIL)
     assert trial_counts(study) == {"complete": 0, "pruned": 0, "running": 1, "failed": 1,
                                    "waiting": 0}  # fmt: skip
-
-
-def test_overwrite_with_a_bad_configuration_leaves_the_previous_search(
-    tiny_classifier, toy_csv, tmp_path
-):
-    """--overwrite deletes the previous search's files only once the new search has been
-    checked (model, data, targets, space): a typo in the new one loses nothing."""
-    from ttdecomp.errors import InvalidInputError
-
-    out = tmp_path / "s"
-    run(tiny_classifier, toy_csv, out, sampler="grid", space={"lora": {"r": [2], "lr": [1e-3]}})
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert (out / "search.json").is_file() and (out / "study.db").is_file()
-    bad = config(tiny_classifier, toy_csv, sampler="grid", targets=["no_such_layer"],
-                 space={"lora": {"r": [2], "lr": [1e-3]}})  # fmt: skip
-    with pytest.raises(InvalidInputError, match="no_such_layer"):
-        search(bad, output=out, overwrite=True, progress=False, retrain=False, figures=False)
-    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert after == before

@@ -32,12 +32,14 @@ _SEARCH_FIELDS = ("sampler", "pruner", "n_trials", "epoch_budget", "startup_tria
 _WHAT = "what to search"
 
 
-def _as_in_finetune(name: str, **metadata: Any) -> Any:
+def _as_in_finetune(name: str, default: Any = dataclasses.MISSING, **metadata: Any) -> Any:
     """The field ``name`` declared as :class:`FinetuneConfig` declares it (default, help,
-    flag), with ``metadata`` changed: one declaration for both commands."""
+    flag), with ``metadata`` (and ``default``, where given) changed: one declaration for both
+    commands."""
     (original,) = [f for f in dataclasses.fields(FinetuneConfig) if f.name == name]
     meta = {**original.metadata, "group": "training (each trial)", **metadata}
-    return field(default=original.default, metadata=meta)
+    default = original.default if default is dataclasses.MISSING else default
+    return field(default=default, metadata=meta)
 
 
 def _quick(name: str) -> str:
@@ -147,7 +149,9 @@ class SearchConfig:
     """
 
     finetune: FinetuneConfig
-    methods: Sequence[str] = _as_in_finetune("methods", group=_WHAT, help="methods searched")
+    methods: Sequence[str] = _as_in_finetune(
+        "methods", default=SEARCH_METHODS, group=_WHAT, help="methods searched"
+    )
     space: Any = field(
         default=None,
         metadata={

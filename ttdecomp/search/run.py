@@ -199,8 +199,6 @@ def search(
         storage = f"sqlite:///{(output / 'study.db').resolve()}"
     else:  # an unreachable server fails here, before the folder is touched
         open_storage(storage)
-    # everything is checked (model, data, targets, space) before a previous search is touched
-    context = SearchContext(config, output, storage, progress)
     folder.clear_previous()  # --overwrite: what the previous search recorded, nothing else
     if own_storage:
         # a resumed search continues its study.db; a new one claims it first
@@ -212,8 +210,10 @@ def search(
         import torch
 
         torch.set_num_threads(threads)
+    # the other workers start now and load the job while this process does
     pool = spawn_workers(config, output, storage, study_name, workers - 1, threads)
     try:
+        context = SearchContext(config, output, storage, progress)  # checks everything
         _record(folder, resume)
         study = context.study(resume=resume, name=study_name)
     except BaseException:
