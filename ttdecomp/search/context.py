@@ -54,14 +54,7 @@ class SearchContext:
         self.space = config.search_space(self._layer())
         self._check_space()
         self.storage_url = storage_url
-        self._storage: Any = None
-
-    @property
-    def storage(self) -> Any:
-        """The Optuna storage, opened on first use (checking the search touches nothing)."""
-        if self._storage is None:
-            self._storage = open_storage(self.storage_url)
-        return self._storage
+        self.storage = open_storage(storage_url)
 
     def _skeleton(self) -> Any:
         import torch
