@@ -235,15 +235,15 @@ def resolve_settings(
         budget = _adapter_count(model_config, theirs, targets, task)
         fields = mine.to_dict()
         fields.pop("method")
-        one = _adapter_count(model_config, default_settings(name, **{**fields, "rank": 1}),
-                             targets, task)  # fmt: skip
-        rank = max(1, -(-budget // one))  # a rank-linear guess, then checked by counting
+        counts: dict[int, int] = {}  # rank -> adapter parameters, each counted once
 
-        def count(r: int, fields: dict = fields, name: str = name) -> int:
-            return _adapter_count(
-                model_config, default_settings(name, **{**fields, "rank": r}), targets, task
-            )
+        def count(r: int, fields: dict = fields, name: str = name, counts: dict = counts) -> int:
+            if r not in counts:
+                settings_r = default_settings(name, **{**fields, "rank": r})
+                counts[r] = _adapter_count(model_config, settings_r, targets, task)
+            return counts[r]
 
+        rank = max(1, -(-budget // count(1)))  # a rank-linear guess, then checked by counting
         while rank <= MAX_MATCHED_RANK and count(rank) < budget:
             rank += 1
         while rank > 1 and count(rank - 1) >= budget:
