@@ -74,6 +74,39 @@ def test_overwrite_deletes_only_what_the_previous_run_recorded(tmp_path):
     assert not (out / "results.json").exists() and not (out / "runs" / "lora-seed0").exists()
 
 
+def test_set_aside_previous_then_restore_or_drop_keeps_what_is_not_recorded(tmp_path):
+    def previous_run(root):
+        (root / "runs" / "a").mkdir(parents=True)
+        (root / "runs" / "a" / "w.bin").write_text("old")
+        (root / "runs" / "tensorboard.log").write_text("the user's")  # not recorded
+        (root / "results.json").write_text(
+            json.dumps({"files": ["results.json", "runs/", "runs/a/"]})
+        )
+        folder = OutputFolder(root, "results.json")
+        folder.prepare(resume=False, overwrite=True)
+        return folder
+
+    root = tmp_path / "restore"
+    folder = previous_run(root)
+    folder.set_aside_previous()
+    assert not (root / "results.json").exists() and not (root / "runs" / "a").exists()
+    assert (root / "runs" / "tensorboard.log").read_text() == "the user's"
+    folder.claim("results.json").write_text("new, failed")  # what the new run wrote
+    folder.mkdir("runs/b")
+    folder.restore_previous()
+    assert json.loads((root / "results.json").read_text())["files"][0] == "results.json"
+    assert (root / "runs" / "a" / "w.bin").read_text() == "old"
+    assert not (root / "runs" / "b").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["results.json", "runs"]
+
+    root = tmp_path / "drop"
+    folder = previous_run(root)
+    folder.set_aside_previous()
+    assert sorted(folder.drop_previous()) == ["results.json", "runs/a"]
+    assert sorted(p.name for p in root.iterdir()) == ["runs"]  # the user's log keeps runs/
+    assert [p.name for p in (root / "runs").iterdir()] == ["tensorboard.log"]
+
+
 def test_overwrite_refuses_a_folder_without_results_and_paths_outside(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -176,6 +209,31 @@ def test_workers_die_with_their_parent(worker_module, tmp_path):
         assert not alive, alive
     finally:
         parent.kill()
+
+
+def test_defer_signals_holds_a_signal_until_allow_and_hands_it_to_the_previous_handler():
+    from ttdecomp.runs import defer_signals, stop_on_signals
+
+    before = signal.getsignal(signal.SIGINT)
+    with stop_on_signals() as should_stop:
+        with defer_signals() as allow:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # Python runs handlers between bytecodes: it has run by now
+            assert not should_stop()  # held back, not lost
+            with pytest.raises(KeyboardInterrupt):
+                with allow():
+                    raise AssertionError("the held signal is raised on entering allow()")
+            assert should_stop()  # stop_on_signals' handler got it
+            with pytest.raises(KeyboardInterrupt):  # inside allow(): at once
+                with allow():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(5)
+        assert signal.getsignal(signal.SIGINT) not in (before, signal.SIG_DFL)  # restored
+    with pytest.raises(KeyboardInterrupt):  # one held to the end is handed on on leaving
+        with stop_on_signals(), defer_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_the_worker_path_has_no_pickle():
@@ -388,6 +446,16 @@ def test_search_overwrite_deletes_only_what_the_previous_search_recorded(assets,
     (out / "best" / "model.bin").write_text("mine")
     assert main([*argv, "--overwrite"]) == 0
     assert (out / "best" / "model.bin").read_text() == "mine"
+    # an --overwrite that fails while loading (data without a label column, found only when
+    # the data is read, after the workers' database is made) keeps the previous search whole
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("words,stars\nfine,5\nbad,1\n")
+    capsys.readouterr()
+    assert main([*argv[:4], str(bad), *argv[5:], "--overwrite"]) == 2
+    assert "bad.csv" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in out.iterdir()) == ["best", "search.json", "study.db"]
     other = tmp_path / "other"
     other.mkdir()
     (other / "study.db").write_text("someone else's database")

@@ -302,6 +302,51 @@ def test_ctrl_c_keeps_finished_trials_and_resume_continues(assets, tmp_path):
         assert next(t for t in final["trials"] if t["number"] == number)["value"] == value
 
 
+class _SignalsInAsk:
+    """A sampler that sends this process ``signum`` while Optuna asks for trial ``at``: the
+    trial is already in the storage as running, and no ``try`` of Optuna's covers the moment."""
+
+    def __init__(self, inner, at: int, signum: int):
+        self.inner, self.at, self.signum = inner, at, signum
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def before_trial(self, study, trial):
+        self.inner.before_trial(study, trial)
+        if trial.number == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_inside_optunas_bookkeeping_stops_cleanly(assets, tmp_path, signum):
+    # Ctrl-C or SIGTERM landing between trials (inside study.ask, or while the next trial's
+    # heartbeat thread starts) must neither leave a trial "running" for good (a resumed
+    # search waits for it) nor leave the heartbeat thread running (the process never exits)
+    import threading
+
+    from ttdecomp.runs import stop_on_signals
+    from ttdecomp.search.context import SearchContext, run_trials
+
+    config = SearchConfig(model=str(assets[0]), data=str(assets[1]), sizes=(32, 16, 16),
+                          space={"lora": {"r": [2, 4]}}, batch_size=8, max_length=12,
+                          epochs=1, pruner="none")  # fmt: skip
+    out = tmp_path / "s"
+    out.mkdir()
+    storage = f"sqlite:///{out}/study.db"
+    context = SearchContext(config, out, storage, progress=False)
+    study = context.study(resume=False, name="signals")
+    study.sampler = _SignalsInAsk(study.sampler, at=1, signum=signum)
+    with stop_on_signals() as should_stop:
+        stopped = run_trials(context, study, 3, should_stop=should_stop)
+        assert should_stop()
+    assert stopped is True
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    assert states == ["COMPLETE", "FAIL"], states  # trial 1 never trained: failed, not running
+    lingering = [t.name for t in threading.enumerate() if t.is_alive() and not t.daemon]
+    assert lingering == [threading.main_thread().name], lingering
+
+
 def _open_storage_in_child(url: str, results) -> None:
     from ttdecomp.search.study import open_storage
 

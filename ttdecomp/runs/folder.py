@@ -127,6 +127,8 @@ class OutputFolder:
         self.previous: dict[str, Any] | None = None
         self._previous_files: list[PurePosixPath] = []
         self._files: set[str] = set()
+        self._aside: tuple[Path | None, list[PurePosixPath]] = (None, [])
+        self._shared: list[PurePosixPath] = []
 
     @property
     def document(self) -> Path:
@@ -244,6 +246,82 @@ class OutputFolder:
             removed.append(str(rel))
         self._previous_files = []
         return removed
+
+    def set_aside_previous(self) -> None:
+        """Move what the previous run recorded into a hidden folder of the output folder
+        (after :meth:`prepare` with ``overwrite``), out of the new run's way but not lost.
+
+        For a command that must start writing (a study's database that worker processes open
+        while this one loads the model) before it has checked everything: if the new run
+        fails before it has anything, :meth:`restore_previous` puts the previous run back;
+        once it is under way, :meth:`drop_previous` deletes it as :meth:`clear_previous`
+        would. A process killed in between leaves it in ``.ttdecomp-previous-*``.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = (root / "results.json").write_text('{"files": ["results.json", "model/"]}')
+        >>> (root / "model").mkdir()
+        >>> folder = OutputFolder(root, "results.json")
+        >>> folder.prepare(resume=False, overwrite=True)
+        >>> folder.set_aside_previous()
+        >>> sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+        []
+        >>> folder.restore_previous()  # the new run failed: the previous one is back
+        >>> sorted(p.name for p in root.iterdir())
+        ['model', 'results.json']
+        """
+        entries = [
+            rel
+            for rel in self._previous_files
+            if (self.path / rel).exists() or (self.path / rel).is_symlink()
+        ]
+        # what a recorded folder holding other recorded entries (``runs/``) holds is moved;
+        # the folder itself stays (others may use it), and goes with drop_previous if empty
+        leaves = [rel for rel in entries if not any(rel in r.parents for r in entries)]
+        self._shared = [rel for rel in entries if rel not in leaves]
+        self._previous_files = []
+        if not leaves:
+            return
+        aside = Path(tempfile.mkdtemp(prefix=".ttdecomp-previous-", dir=self.path))
+        self._aside = (aside, [])
+        for rel in leaves:
+            (aside / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.path / rel, aside / rel)
+            self._aside[1].append(rel)
+
+    def restore_previous(self) -> None:
+        """Undo a new run that failed before it had anything: delete every entry it recorded,
+        then put back what :meth:`set_aside_previous` moved."""
+        for entry in sorted(self._files, key=lambda e: e.count("/") - e.endswith("/"))[::-1]:
+            target = self.path / entry.rstrip("/")
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+            elif target.is_dir():
+                shutil.rmtree(target)
+        self._files = set()
+        aside, moved = self._aside
+        for rel in moved:
+            target = self.path / rel
+            if target.exists() or target.is_symlink():
+                continue  # not this run's: the previous entry stays aside, not lost
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(aside / rel, target)
+        if aside is not None and all(p.is_dir() and not p.is_symlink() for p in aside.rglob("*")):
+            shutil.rmtree(aside)  # only the emptied folders are left
+        self._aside = (None, [])
+
+    def drop_previous(self) -> list[str]:
+        """Delete what :meth:`set_aside_previous` moved; returns the entries removed."""
+        aside, moved = self._aside
+        if aside is not None:
+            shutil.rmtree(aside)
+        for rel in sorted(self._shared, key=lambda r: len(r.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                (self.path / rel).rmdir()  # a shared folder left empty
+        self._aside, self._shared = (None, []), []
+        return [str(rel) for rel in moved]
 
     def record(self, entry: str) -> Path:
         """Record ``entry`` (a path relative to the folder) as written by this run."""

@@ -37,6 +37,7 @@ __all__ = [
     "WorkerExit",
     "WorkerPool",
     "cpu_cores",
+    "defer_signals",
     "describe_exit",
     "die_with_parent",
     "read_spec",
@@ -384,3 +385,67 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def defer_signals() -> Iterator[Callable[[], contextlib.AbstractContextManager[None]]]:
+    """Hold SIGINT and SIGTERM back here, except inside the ``allow()`` blocks it yields.
+
+    Code that must not be cut in the middle (a library's bookkeeping that starts a thread and
+    stops it in a ``with`` block: Optuna's trial heartbeat, whose thread outlives a
+    ``KeyboardInterrupt`` raised between its start and the block's entry and keeps the
+    process from exiting) runs with the signals held; the work that may stop at any point
+    runs inside ``with allow():``. A signal held back is handed to the handler it would have
+    reached (the previous Python handler: :func:`stop_on_signals`' or Python's own
+    ``KeyboardInterrupt``) on entering the next ``allow()`` block, or on leaving this one
+    normally. Signals whose handler is not a Python function (the system default, ignored)
+    are left as they are; outside the main thread nothing is changed.
+
+    Examples
+    --------
+    >>> import os, signal
+    >>> with defer_signals() as allow:
+    ...     os.kill(os.getpid(), signal.SIGINT)  # held back: no KeyboardInterrupt here
+    ...     try:
+    ...         with allow():  # handed on at the block's entry
+    ...             pass
+    ...     except KeyboardInterrupt:
+    ...         print("stopped inside allow()")
+    stopped inside allow()
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield contextlib.nullcontext
+        return
+    previous = {s: h for s in (signal.SIGINT, signal.SIGTERM) if callable(h := signal.getsignal(s))}
+    pending: list[int] = []
+    inside = [0]
+
+    def hand_on() -> None:
+        if pending:
+            signum = pending[0]
+            pending.clear()
+            previous[signum](signum, None)
+
+    def handler(signum: int, frame: Any) -> None:
+        if inside[0]:
+            previous[signum](signum, frame)
+        else:
+            pending.append(signum)
+
+    @contextlib.contextmanager
+    def allow() -> Iterator[None]:
+        inside[0] += 1
+        try:
+            hand_on()
+            yield
+        finally:
+            inside[0] -= 1
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield allow
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    hand_on()

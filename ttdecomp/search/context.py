@@ -8,6 +8,7 @@ asked number of finished ones.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import socket
@@ -20,6 +21,7 @@ from ..errors import InvalidInputError, TTError
 from ..finetune.methods import apply_method
 from ..finetune.run import prepare_job
 from ..finetune.tasks import get_task
+from ..runs.pool import defer_signals
 from .config import DEFAULT_TRIALS, QUICK_TRIALS, SearchConfig
 from .study import (
     SURPLUS,
@@ -241,7 +243,11 @@ def run_trials(
     if n_trials is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=taken_states))
 
+    allow: Callable[[], Any] = contextlib.nullcontext  # set while Optuna runs trials
+
     def tag_and_count(study: Any, trial: Any) -> None:
+        with allow():  # a Ctrl-C held back during the trial's bookkeeping stops here
+            pass
         if trial.user_attrs.get(SURPLUS):  # another process took the last slot first
             study.stop()
             return
@@ -259,7 +265,8 @@ def run_trials(
 
     def objective_tagged(trial: Any) -> Any:
         trial.set_user_attr("worker", worker)
-        return objective(trial)
+        with allow():  # Ctrl-C stops the training at once (Optuna marks the trial failed)
+            return objective(trial)
 
     with quiet_optuna(), quiet_training():
         while not stopped:
@@ -280,13 +287,18 @@ def run_trials(
                 optuna.storages.fail_stale_trials(study)
                 continue
             try:
-                study.optimize(
-                    objective_tagged,
-                    n_trials=None if n_trials is None else max(1, n_trials - taken),
-                    callbacks=[*callbacks, tag_and_count],
-                    gc_after_trial=False,
-                    catch=(SurplusTrial,),  # marked failed, left out of the report
-                )
+                # Ctrl-C and SIGTERM are held back outside the objective: cut inside Optuna's
+                # bookkeeping they leave a trial "running" for good, or the heartbeat thread
+                # of the next trial started and never stopped (the process then never exits)
+                with defer_signals() as allow:
+                    study.optimize(
+                        objective_tagged,
+                        n_trials=None if n_trials is None else max(1, n_trials - taken),
+                        callbacks=[*callbacks, tag_and_count],
+                        gc_after_trial=False,
+                        catch=(SurplusTrial,),  # marked failed, left out of the report
+                    )
+                allow = contextlib.nullcontext
             except KeyboardInterrupt:  # Optuna has marked the running trial failed
                 return True
             if n_trials is None or context.config.sampler == "grid" or objective.exhausted:

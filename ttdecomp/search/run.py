@@ -199,26 +199,37 @@ def search(
         storage = f"sqlite:///{(output / 'study.db').resolve()}"
     else:  # an unreachable server fails here, before the folder is touched
         open_storage(storage)
-    folder.clear_previous()  # --overwrite: what the previous search recorded, nothing else
-    if own_storage:
-        # a resumed search continues its study.db; a new one claims it first
-        (folder.record if resume else folder.claim)("study.db")
-        output.mkdir(parents=True, exist_ok=True)
-        # Optuna's tables are made here, before the workers open the storage
-        open_storage(storage)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    # the other workers start now and load the job while this process does
-    pool = spawn_workers(config, output, storage, study_name, workers - 1, threads)
+    # --overwrite: what the previous search recorded (nothing else) is moved aside, and
+    # deleted only once the new search has loaded and checked everything; until then a
+    # failure or Ctrl-C removes what this one wrote and puts the previous one back
+    folder.set_aside_previous()
+    had_workers_log = (output / ".workers").exists()
+    pool = None
     try:
+        if own_storage:
+            # a resumed search continues its study.db; a new one claims it first
+            (folder.record if resume else folder.claim)("study.db")
+            output.mkdir(parents=True, exist_ok=True)
+            # Optuna's tables are made here, before the workers open the storage
+            open_storage(storage)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        # the other workers start now and load the job while this process does
+        pool = spawn_workers(config, output, storage, study_name, workers - 1, threads)
+        if not had_workers_log and (output / ".workers").exists():
+            folder.record(".workers/")
         context = SearchContext(config, output, storage, progress)  # checks everything
         _record(folder, resume)
         study = context.study(resume=resume, name=study_name)
     except BaseException:
-        stop_workers(pool)
+        if pool is not None:
+            stop_workers(pool)
+        if not resume:
+            folder.restore_previous()
         raise
+    folder.drop_previous()
     n_trials = context.n_trials()
     if pool.jobs:
         release_workers(output, n_trials)
