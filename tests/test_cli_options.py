@@ -137,6 +137,14 @@ def test_an_error_names_the_field_in_python_and_the_flag_on_the_command_line():
     assert error_message(err.value, subparser("finetune")).startswith(
         "--train-size/--val-size/--test-size must be an integer >= 1"
     )
+    # every option the message names, as Python spells it, is written as the command's flag
+    with pytest.raises(InvalidOptionError) as err:
+        FinetuneConfig(bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype="bfloat16")
+    assert "quantize='4bit'" in str(err.value)
+    cli = error_message(err.value, subparser("finetune"))
+    assert cli.startswith("--bnb-4bit-quant-type and --bnb-4bit-compute-dtype set")
+    assert "(--quantize none); add --quantize 4bit or" in cli
+    assert "bnb_4bit" not in cli and "quantize=" not in cli
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -84,7 +84,7 @@ def fails(argv, capsys, message):
         (["--epochs", "0"], "--epochs must be an integer in [1, 1000]; got 0."),
         (["--targets", "query,nonexistent_proj"], "nonexistent_proj"),
         (["--seeds", "0,0"], "lists a seed twice"),
-        (["--tt-shape", "4,4,4,4", "--methods", "tt-lora"], "tt_shape"),
+        (["--tt-shape", "4,4,4,4", "--methods", "tt-lora"], "--tt-shape [4, 4, 4, 4]"),
         (["--tt-shape", ",".join(["2"] * 50_000)], "has 50000 factors; at most 64"),
         (["--batch-size", "0"], "--batch-size must be an integer in [1, 65536]; got 0."),
         (["--lr", "head-only=1e-2"], "not among the methods run"),

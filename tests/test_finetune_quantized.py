@@ -58,7 +58,7 @@ def test_quick_run_on_a_quantized_base(assets, tmp_path, capsys, quantize):
     ("extra", "message"),
     [
         (["--quantize", "3bit"], "choose from 'none', '4bit', '8bit', 'int8'"),
-        (["--bnb-4bit-quant-type", "fp4"], "add quantize='4bit' or drop them"),
+        (["--bnb-4bit-quant-type", "fp4"], "add --quantize 4bit or drop them"),
         (["--quantize", "8bit", "--bnb-4bit-compute-dtype", "bfloat16"], "the base is 8bit"),
         (["--quantize", "4bit", "--bnb-4bit-quant-type", "int4"], "choose from 'nf4', 'fp4'"),
         (["--quantize", "4bit", "--methods", "head-only"], "head-only has no adapter"),

@@ -319,17 +319,43 @@ def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def error_message(exc: BaseException, parser: argparse.ArgumentParser) -> str:
-    """``exc``'s message with the option it names written as the parser's flag.
+    """``exc``'s message with the options it names written as the parser's flags.
 
     An :class:`~ttdecomp.errors.InvalidOptionError` names its field (``batch_size must be an
-    integer >= 1``); here that word becomes ``--batch-size``. Other messages are unchanged.
-    """
+    integer >= 1``); here that word becomes ``--batch-size``. Any option spelled as Python
+    spells it, ``name=value`` (``quantize='4bit'``), becomes ``--flag value``
+    (``--quantize 4bit``), and a field name with an underscore becomes its flag wherever it
+    stands unquoted (no English word has one; a quoted one is a ``--config`` file's key).
+    Other words are unchanged.
+
+    Examples
+    --------
+    >>> p = argparse.ArgumentParser()
+    >>> _ = p.add_argument("--quantize"); _ = p.add_argument("--bnb-4bit-quant-type")
+    >>> error_message(ValueError("bnb_4bit_quant_type needs quantize='4bit'; got quantize='none'"), p)
+    '--bnb-4bit-quant-type needs --quantize 4bit; got --quantize none'
+    """  # noqa: E501
     message = str(exc)
+    flags = _flags(parser)
+    quotes = "'\""
+
+    def as_flag(match: re.Match) -> str:
+        flag = flags.get(match.group(1))
+        if flag is None or "/" in flag:  # not an option here, or one flag per value part
+            return match.group(0)
+        value = match.group(2)
+        return f"{flag} {value[1:-1] if value[0] in quotes else value}"
+
+    message = re.sub(
+        r"(?<![\w.-])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|-?[0-9][\w.+-]*)", as_flag, message
+    )
     option = getattr(exc, "option", None)
-    flag = _flags(parser).get(option) if option else None
-    if flag is None:
-        return message
-    return re.sub(rf"(?<![\w-]){re.escape(option)}(?![\w-])", flag, message, count=1)
+    for name, flag in flags.items():
+        if "_" in name:  # not a quoted one: a key of a --config file
+            message = re.sub(rf"(?<![\w'\"-]){re.escape(name)}(?![\w'\"-])", flag, message)
+        elif name == option:
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message, count=1)
+    return message
 
 
 class _UniqueKeyLoader:
