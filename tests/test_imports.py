@@ -91,7 +91,8 @@ ORDER = {
         ["__init__"],
     ],
     "ttdecomp.adapters": [
-        ["_requires", "config"],  # a missing package named first; the config owns its JSON
+        # a missing package named first; the config, its value checks and its JSON file
+        ["_requires", "config_checks", "config_file", "config"],
         ["routing", "status", "saved_modules", "packed"],  # what the layers hold
         ["layers", "quantized"],  # adapter layers, and their wrappers of quantized bases
         ["targets"],

@@ -11,25 +11,43 @@ accepts an entry that matches nothing when another entry matches).
   B are TT-matrices, scaled by ``alpha / r``) or ``variant="adp"`` (a bottleneck adapter whose down
   and up projections are TT-matrices).
 
-Every value is validated when the config is built, before any model is touched.
+Every value is validated when the config is built, before any model is touched (the checks
+and the TT shape specs: :mod:`~ttdecomp.adapters.config_checks`). The config's JSON file
+(:data:`CONFIG_NAME`, :class:`AdapterFileError`) is :mod:`~ttdecomp.adapters.config_file`'s;
+its names are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .._files import write_files
-from ..errors import InvalidInputError, RankError, ShapeError
+from ..errors import InvalidInputError, ShapeError
 from ..nn.selection import TargetModulesError, check_patterns, check_regex
-from ..shapes import check_factor_count, check_layout, from_tt_shape
+from ..shapes import check_layout
+from .config_checks import (
+    check_positive_int,
+    check_shape_spec,
+    check_type,
+    is_int,
+    is_pair,
+    jsonable,
+)
+from .config_checks import resolve_shape_spec as resolve_shape_spec  # re-exported
+from .config_file import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterFileError,
+    read_config_file,
+    write_config_file,
+)
+from .config_file import FORMAT_VERSION as FORMAT_VERSION  # re-exported
+from .config_file import version as version  # re-exported
 
 __all__ = [
     "CONFIG_NAME",
@@ -74,93 +92,6 @@ _TTLORA_INITS = ("paper", "zero", "ttsvd")
 _LORETTA_INITS = ("gaussian", "zero")
 _VARIANTS = ("rep", "adp")
 _NON_LINEARITIES = ("relu", "gelu", "silu", "tanh")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_positive_int(value: Any, name: str, fix: str) -> None:
-    if not _is_int(value) or value < 1:
-        raise RankError(f"{name} must be a positive int; got {value!r}. {fix}")
-
-
-def _check_type(value: Any, name: str, kind: str) -> None:
-    """``kind``: ``"bool"``, ``"str"``, ``"str or None"`` or ``"real"`` (a bool is not a number)."""
-    ok = {
-        "bool": isinstance(value, bool),
-        "str": isinstance(value, str),
-        "str or None": value is None or isinstance(value, str),
-        "real": isinstance(value, numbers.Real) and not isinstance(value, bool),
-    }[kind]
-    if not ok:
-        raise InvalidInputError(
-            f"{name} must be a {kind}; got {value!r} ({type(value).__name__}). Configs take "
-            "values of their declared type only (a string such as 'no' would read as true)."
-        )
-
-
-def _is_pair(spec: Any) -> bool:
-    return (
-        isinstance(spec, Sequence)
-        and len(spec) == 2
-        and all(isinstance(s, Sequence) and not isinstance(s, str) for s in spec)
-    )
-
-
-def _check_shape_spec(spec: Any, name: str) -> None:
-    """A shape spec is a flat list of positive ints or a pair ``(row_shape, col_shape)``."""
-    if _is_pair(spec):
-        rows, cols = spec
-        check_factor_count(max(len(rows), len(cols)), name)
-        if len(rows) != len(cols) or not rows:
-            raise ShapeError(
-                f"{name}: row_shape {list(rows)} and col_shape {list(cols)} must be non-empty "
-                "and of equal length (one (m_k, n_k) per core)."
-            )
-        for s in (*rows, *cols):
-            _check_positive_int(s, f"{name} entry", "Use positive integer mode sizes.")
-        return
-    if isinstance(spec, str) or not isinstance(spec, Sequence) or len(spec) < 2:
-        raise ShapeError(
-            f"{name} must be a flat list of positive ints (input factors then output factors, "
-            f"e.g. [64, 4, 3, 3, 4, 64]) or a pair (row_shape, col_shape); got {spec!r}."
-        )
-    check_factor_count(len(spec), name)
-    for s in spec:
-        _check_positive_int(s, f"{name} entry", "Use positive integer factors.")
-
-
-def resolve_shape_spec(spec: Any, out_features: int, in_features: int) -> tuple:
-    """Turn a validated shape spec into ``(row_shape, col_shape)`` for an (out × in) matrix.
-
-    Parameters
-    ----------
-    spec : sequence
-        A flat list (input factors, then output factors) or a pair ``(row_shape, col_shape)``.
-    out_features, in_features : int
-        The matrix the shape must cover.
-
-    Returns
-    -------
-    tuple
-        ``(row_shape, col_shape)``, two tuples of length d.
-
-    Examples
-    --------
-    >>> resolve_shape_spec([64, 4, 3, 3, 4, 64], 768, 768)
-    ((1, 1, 1, 3, 4, 64), (64, 4, 3, 1, 1, 1))
-    """
-    if _is_pair(spec):
-        rows, cols = tuple(int(s) for s in spec[0]), tuple(int(s) for s in spec[1])
-        if math.prod(rows) != out_features or math.prod(cols) != in_features:
-            raise ShapeError(
-                f"tt_shape rows {list(rows)} (product {math.prod(rows)}) and cols {list(cols)} "
-                f"(product {math.prod(cols)}) do not cover a {out_features} x {in_features} "
-                "(out x in) weight; the products must equal out_features and in_features."
-            )
-        return rows, cols
-    return from_tt_shape(spec, out_features, in_features)
 
 
 @dataclass
@@ -220,14 +151,14 @@ class TTAdapterConfig:
             check_patterns(self.modules_to_save, "modules_to_save")
         if self.layers_pattern is not None:
             check_patterns(self.layers_pattern, "layers_pattern", regex=False)
-        _check_type(self.base_model_name_or_path, "base_model_name_or_path", "str or None")
+        check_type(self.base_model_name_or_path, "base_model_name_or_path", "str or None")
         if self.layers_to_transform is not None:
             layers = self.layers_to_transform
-            layers = [layers] if _is_int(layers) else layers
+            layers = [layers] if is_int(layers) else layers
             if (
                 not isinstance(layers, Sequence)
                 or not layers
-                or not all(_is_int(i) and i >= 0 for i in layers)
+                or not all(is_int(i) and i >= 0 for i in layers)
             ):
                 raise TargetModulesError(
                     "layers_to_transform must be a non-negative int or a non-empty list of them; "
@@ -356,20 +287,20 @@ class TTLoRAConfig(TTAdapterConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_positive_int(self.tt_rank, "tt_rank", "The paper uses tt_rank between 4 and 10.")
-        _check_type(self.alpha, "alpha", "real")
-        _check_type(self.layout, "layout", "str")
-        _check_type(self.init, "init", "str")
+        check_positive_int(self.tt_rank, "tt_rank", "The paper uses tt_rank between 4 and 10.")
+        check_type(self.alpha, "alpha", "real")
+        check_type(self.layout, "layout", "str")
+        check_type(self.init, "init", "str")
         if not math.isfinite(float(self.alpha)):
             raise InvalidInputError(f"alpha must be finite; got {self.alpha!r}.")
         check_layout(self.layout)
         flat = (
             self.tt_shape is not None
             and not isinstance(self.tt_shape, Mapping)
-            and not _is_pair(self.tt_shape)
+            and not is_pair(self.tt_shape)
         ) or (
             isinstance(self.tt_shape, Mapping)
-            and any(not _is_pair(v) for v in self.tt_shape.values())
+            and any(not is_pair(v) for v in self.tt_shape.values())
         )
         if self.layout == "interleaved" and flat:
             raise ShapeError(
@@ -379,7 +310,7 @@ class TTLoRAConfig(TTAdapterConfig):
         if self.init not in _TTLORA_INITS:
             raise InvalidInputError(f"init must be one of {_TTLORA_INITS}; got {self.init!r}.")
         if self.n_cores is not None:
-            _check_positive_int(self.n_cores, "n_cores", "Use 2 or more cores, or None.")
+            check_positive_int(self.n_cores, "n_cores", "Use 2 or more cores, or None.")
             if self.n_cores < 2:
                 raise ShapeError(
                     f"n_cores must be at least 2 for a split layout; got {self.n_cores}."
@@ -391,11 +322,11 @@ class TTLoRAConfig(TTAdapterConfig):
                 if not isinstance(key, str) or not key:
                     raise ShapeError(f"tt_shape dict keys must be module patterns; got {key!r}.")
                 check_regex(key, "tt_shape key")
-                _check_shape_spec(spec, f"tt_shape[{key!r}]")
-            self.tt_shape = {k: _jsonable(v) for k, v in self.tt_shape.items()}
+                check_shape_spec(spec, f"tt_shape[{key!r}]")
+            self.tt_shape = {k: jsonable(v) for k, v in self.tt_shape.items()}
         elif self.tt_shape is not None:
-            _check_shape_spec(self.tt_shape, "tt_shape")
-            self.tt_shape = _jsonable(self.tt_shape)
+            check_shape_spec(self.tt_shape, "tt_shape")
+            self.tt_shape = jsonable(self.tt_shape)
 
 
 @dataclass
@@ -453,16 +384,16 @@ class LoRETTAConfig(TTAdapterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for field in ("variant", "non_linearity", "init"):
-            _check_type(getattr(self, field), field, "str")
+            check_type(getattr(self, field), field, "str")
         for field in ("train_norms", "train_head"):
-            _check_type(getattr(self, field), field, "bool")
-        _check_type(self.alpha, "alpha", "real")
+            check_type(getattr(self, field), field, "bool")
+        check_type(self.alpha, "alpha", "real")
         if self.variant not in _VARIANTS:
             raise InvalidInputError(f"variant must be one of {_VARIANTS}; got {self.variant!r}.")
-        _check_positive_int(self.tensor_rank, "tensor_rank", "The paper uses tensor_rank=5.")
-        _check_positive_int(self.r, "r", "The paper uses r=8.")
-        _check_positive_int(self.bottleneck_size, "bottleneck_size", "The paper uses 64.")
-        _check_positive_int(self.n_cores, "n_cores", "Use 2 to 4 cores.")
+        check_positive_int(self.tensor_rank, "tensor_rank", "The paper uses tensor_rank=5.")
+        check_positive_int(self.r, "r", "The paper uses r=8.")
+        check_positive_int(self.bottleneck_size, "bottleneck_size", "The paper uses 64.")
+        check_positive_int(self.n_cores, "n_cores", "Use 2 to 4 cores.")
         if not isinstance(self.alpha, numbers.Real) or not math.isfinite(float(self.alpha)):
             raise InvalidInputError(f"alpha must be a finite real number; got {self.alpha!r}.")
         if self.non_linearity not in _NON_LINEARITIES:
@@ -483,15 +414,6 @@ class LoRETTAConfig(TTAdapterConfig):
                 "target_modules, e.g. ['attention.output.dense', 'output.dense']."
             )
         return DEFAULT_TARGETS[model_type][1]
-
-
-def _jsonable(value: Any) -> Any:
-    """Tuples to lists, recursively, so a config survives a JSON round trip unchanged."""
-    if isinstance(value, Mapping):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return int(value) if _is_int(value) else value
 
 
 _CONFIG_CLASSES: dict[str, type[TTAdapterConfig]] = {
@@ -528,50 +450,10 @@ def config_from_dict(data: Mapping[str, Any]) -> TTAdapterConfig:
     return cls(**{k: v for k, v in data.items() if k != "method"})
 
 
-# ---------------------------------------------------------------- the config's JSON file
-CONFIG_NAME = "ttdecomp_config.json"
-WEIGHTS_NAME = "ttdecomp_adapter.safetensors"
-FORMAT_VERSION = 1
-
-
-class AdapterFileError(InvalidInputError):
-    """A saved adapter that is missing, corrupted, truncated, or does not fit the model.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> import torch
-    >>> from ttdecomp.adapters import AdapterFileError, TTAdapterModel
-    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8))
-    >>> try:
-    ...     TTAdapterModel.from_pretrained(net, tempfile.mkdtemp())  # an empty folder
-    ... except AdapterFileError:
-    ...     print("refused")
-    refused
-    """
-
-
-def version() -> str:
-    """The installed ttdecomp's version, recorded in every saved file."""
-    try:
-        return metadata.version("ttdecomp")
-    except metadata.PackageNotFoundError:
-        import ttdecomp
-
-        return str(getattr(ttdecomp, "__version__", "unknown"))
-
-
 def save_config(config: TTAdapterConfig, folder: str | Path) -> None:
-    """Write ``config`` alone as :data:`CONFIG_NAME` in ``folder`` (atomically, no links)."""
-    record = {
-        "format_version": FORMAT_VERSION,
-        "ttdecomp_version": version(),
-        "method": config.method,
-        "base_model_name_or_path": config.base_model_name_or_path,
-        "config": config.to_dict(),
-    }
-    data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
-    write_files([(Path(folder) / CONFIG_NAME, data)], error=AdapterFileError)
+    """Write ``config`` alone as :data:`CONFIG_NAME` in ``folder`` (atomically, no links):
+    :func:`~ttdecomp.adapters.config_file.write_config_file` of its ``to_dict()``."""
+    write_config_file(folder, config.to_dict())
 
 
 def load_config(folder: str | Path, expected: type | None = None) -> TTAdapterConfig:
@@ -579,35 +461,9 @@ def load_config(folder: str | Path, expected: type | None = None) -> TTAdapterCo
 
     ``expected`` (a config class) refuses a file of another method.
     """
-    path = Path(folder)
-    if path.is_file() and path.name == CONFIG_NAME:
-        path = path.parent
-    cfg_path = path / CONFIG_NAME
-    if not path.is_dir():
-        raise AdapterFileError(
-            f"{folder} is not a folder; from_pretrained reads a local folder holding "
-            f"{CONFIG_NAME}. For a Hub repository, download it first, e.g. with "
-            "huggingface_hub.snapshot_download(repo_id)."
-        )
-    if not cfg_path.is_file():
-        raise AdapterFileError(
-            f"{cfg_path} does not exist; a folder written by save_pretrained holds {CONFIG_NAME}."
-        )
+    cfg_path, entry = read_config_file(folder)
     try:
-        record = json.loads(cfg_path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise AdapterFileError(
-            f"{cfg_path} could not be read as JSON ({exc}); the file is corrupted or truncated."
-        ) from None
-    version = record.get("format_version") if isinstance(record, dict) else None
-    if version != FORMAT_VERSION or "config" not in record:
-        raise AdapterFileError(
-            f"{cfg_path} has format_version {version!r} (this ttdecomp reads "
-            f"{FORMAT_VERSION}) or no 'config' entry; is it a {CONFIG_NAME} written by "
-            "ttdecomp.adapters?"
-        )
-    try:
-        config = config_from_dict(record["config"])
+        config = config_from_dict(entry)
     except (KeyError, TypeError, ValueError) as exc:
         raise AdapterFileError(f"{cfg_path} has an invalid 'config' entry: {exc}") from None
     if expected is not None and not isinstance(config, expected):

@@ -30,17 +30,8 @@ from torch import nn
 
 from .. import _files
 from ..errors import ShapeError
-from .config import (
-    CONFIG_NAME,
-    FORMAT_VERSION,
-    WEIGHTS_NAME,
-    AdapterFileError,
-    TTAdapterConfig,
-    config_from_dict,
-    load_config,
-    save_config,
-    version,
-)
+from .config import TTAdapterConfig, config_from_dict, load_config, save_config
+from .config_file import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, AdapterFileError, version
 from .inject import (
     build_adapter,
     build_packed,

@@ -30,13 +30,8 @@ from ..nn.kinds import in_out_features, is_conv1d, is_linear
 from ..nn.quantized import unsupported_quantized
 from ..nn.selection import entry_matches, match_modules, select_modules
 from ..shapes import tensorize
-from .config import (
-    LoRETTAConfig,
-    TargetModulesError,
-    TTAdapterConfig,
-    TTLoRAConfig,
-    resolve_shape_spec,
-)
+from .config import LoRETTAConfig, TargetModulesError, TTAdapterConfig, TTLoRAConfig
+from .config_checks import resolve_shape_spec
 from .layers import ModulesToSaveWrapper, TTAdapterLayer, adapter_ranks
 
 __all__ = [

@@ -16,6 +16,10 @@ task; :func:`finetune` runs methods × seeds on one model and data set and write
 * :mod:`~ttdecomp.finetune.tasks.lm_eval` — held-out loss and replies of a causal LM.
 * :mod:`~ttdecomp.finetune.report` — the table, ``results.json``, the figures.
 * :mod:`~ttdecomp.finetune.config` — :class:`FinetuneConfig`: the options and their defaults.
+* :mod:`~ttdecomp.finetune.options` — each option's help, group and the tasks' default
+  tables, as the command line shows them.
+* :mod:`~ttdecomp.finetune.overrides` — per-method options resolved into each method's
+  settings and each run's schedule.
 * :mod:`~ttdecomp.finetune.parallel` — runs side by side, a process each (:func:`plan_jobs`).
 * :mod:`~ttdecomp.finetune.run` — :func:`finetune`: every run, resumable.
 

@@ -5,30 +5,34 @@ registered task's (:mod:`ttdecomp.finetune.tasks`), the methods' settings each r
 method's (:mod:`ttdecomp.finetune.methods`). :class:`FinetuneConfig` fills in what is not given
 from them, checks every option before any work, and derives each method's settings and each
 run's training settings.
+
+Each field's command-line help and the default tables live in
+:mod:`~ttdecomp.finetune.options` (:data:`DEFAULTS`, :data:`QUICK`, :data:`PRECISIONS` and
+:data:`REPORT_TO` are re-exported here); the per-method options (one value for every method
+or ``{method: value}``) are resolved by :mod:`~ttdecomp.finetune.overrides`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._validation import check_bool, check_choice, check_int, check_real
 from ..assets import registry as assets
 from ..errors import InvalidInputError, InvalidOptionError
-from .data import FRACTIONS
-from .methods import (
-    DEFAULT_METHODS,
-    MethodSettings,
-    check_method,
-    default_settings,
-    format_defaults,
-    get_method,
-    methods_for,
+from . import overrides
+from .methods import DEFAULT_METHODS, MethodSettings, check_method, get_method, methods_for
+from .options import (
+    DEFAULTS,
+    INT_LIMITS,
+    OPTIONS,
+    PRECISIONS,
+    QUICK,
+    REPORT_TO,
+    SOURCE_DEFAULTS,
 )
-from .methods import method_names as _method_names
 from .quantization import (
     BNB_4BIT_COMPUTE_DTYPES,
     BNB_4BIT_TYPES,
@@ -36,8 +40,8 @@ from .quantization import (
     check_quantize,
     quantization_config,
 )
-from .tasks import Task, detect_task, get_task, task_names
-from .train import LR_SCHEDULES, TrainSettings
+from .tasks import Task, detect_task, get_task
+from .train import TrainSettings
 
 __all__ = [
     "BNB_4BIT_TYPES",
@@ -48,73 +52,6 @@ __all__ = [
     "REPORT_TO",
     "FinetuneConfig",
 ]
-
-_SOURCE_DEFAULTS = {
-    "revision": None,
-    "trust_remote_code": False,
-    "data_config": None,
-    "text_column": "text",
-    "label_column": "label",
-    "quantize": "none",
-    "bnb_4bit_quant_type": "nf4",
-    "bnb_4bit_compute_dtype": "float32",
-}
-
-#: The built-in tasks' training defaults (each registered task's ``defaults``, a copy).
-DEFAULTS = {name: dict(get_task(name).defaults) for name in ("classification", "causal")}
-#: Their ``--quick`` versions (each registered task's ``quick``, a copy).
-QUICK = {name: dict(get_task(name).quick) for name in ("classification", "causal")}
-
-#: ``precision``: ``auto`` is bf16 on a GPU that supports it, else fp32.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-#: ``report_to``: where the ``Trainer`` also logs.
-REPORT_TO = ("none", "tensorboard", "wandb")
-# option groups of the command line (the fields' "group")
-_WHAT = "what to compare"
-_METHOD = "method settings (VALUE for every method that has it, or METHOD=VALUE,...)"
-_TRAINING = "training"
-_DEVICE = "device and logging"
-_QUANT = "quantized base model"
-_SOURCE = "Hub model and data"
-# upper bounds of the integer training options (all at least 1)
-_INT_LIMITS = {
-    "epochs": 1000,
-    "max_steps": 10**7,
-    "batch_size": 65536,
-    "eval_every": 10**7,
-}
-
-
-def _method_defaults(name: str) -> Callable[[], str]:
-    """``"tt-lora 4, lora 8, ..."``: each registered method's recommended ``name``, read from
-    the Method registry when the command line is built (methods registered at run time too)."""
-    return functools.partial(format_defaults, setting=name)
-
-
-def _registered_methods() -> str:
-    return f"from the registered methods: {', '.join(_method_names())}"
-
-
-def _registered_tasks() -> str:
-    return f"a registered task: {', '.join(task_names())}"
-
-
-def _task_defaults(name: str, index: int | None = None) -> str:
-    """``"4; --quick 3; causal LMs 1, --quick 1"``: a training default per task (for the help)."""
-
-    def value(table: dict, task: str) -> Any:
-        v = table[task][name]
-        return v[index] if v is not None and index is not None else v
-
-    parts = []
-    for task, label in (("classification", ""), ("causal", "causal LMs ")):
-        normal, quick = value(DEFAULTS, task), value(QUICK, task)
-        text = [] if normal is None else [f"{label}{normal}"]
-        if quick is not None:
-            text.append(f"{'' if text or not label else label}--quick {quick}")
-        if text:
-            parts.append(", ".join(text))
-    return "; ".join(parts) if parts else "none"
 
 
 @dataclass
@@ -197,263 +134,41 @@ class FinetuneConfig:
     0.01
     """
 
-    model: str = field(
-        default="minilm",
-        metadata={
-            "help": "a packaged model (minilm, smollm2, mpnet), a local Hugging Face folder, "
-            "or a Hub id (org/name, from the Hub or its cache)",
-            "group": _WHAT,
-        },
-    )
-    data: str = field(
-        default="tweets",
-        metadata={
-            "help": "packaged data (tweets, chatterbot), a CSV/JSONL file with text,label "
-            "columns, a folder saved by datasets, or a Hub dataset id",
-            "group": _WHAT,
-        },
-    )
-    methods: Sequence[str] = field(
-        default=DEFAULT_METHODS,
-        metadata={"help": _registered_methods, "group": _WHAT, "list": True},
-    )
-    seeds: Sequence[int] = field(
-        default=(0,),
-        metadata={"help": "one run per seed and method", "group": _WHAT, "list": True, "type": int},
-    )
-    rank: Any = field(
-        default=None,
-        metadata={
-            "help": "TT-LoRA tt_rank, LoRA r, LoRETTA tensor_rank",
-            "default_text": _method_defaults("rank"),
-            "group": _METHOD,
-            "per_method": True,
-            "type": int,
-        },
-    )
-    alpha: Any = field(
-        default=None,
-        metadata={
-            "help": "TT-LoRA alpha, LoRA lora_alpha, LoRETTA-rep alpha",
-            "default_text": _method_defaults("alpha"),
-            "group": _METHOD,
-            "per_method": True,
-            "type": float,
-        },
-    )
-    lr: Any = field(
-        default=None,
-        metadata={
-            "help": "learning rate",
-            "default_text": _method_defaults("lr"),
-            "group": _METHOD,
-            "per_method": True,
-            "type": float,
-        },
-    )
-    tt_shape: Sequence[int] | None = field(
-        default=None,
-        metadata={
-            "help": "TT-LoRA's flat shape, input then output factors, for every target",
-            "default_text": "per layer, three balanced factors a side, e.g. 8,6,8,8,6,8",
-            "group": _METHOD,
-            "list": True,
-            "type": int,
-        },
-    )
-    epochs: int | None = field(
-        default=None,
-        metadata={
-            "help": "passes over the training split",
-            "default_text": _task_defaults("epochs"),
-            "group": _TRAINING,
-            "type": int,
-        },
-    )
-    max_steps: int | None = field(
-        default=None,
-        metadata={
-            "help": "optimizer steps instead of epochs",
-            "default_text": _task_defaults("max_steps"),
-            "group": _TRAINING,
-            "type": int,
-        },
-    )
-    batch_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "global batch size",
-            "default_text": _task_defaults("batch_size"),
-            "group": _TRAINING,
-            "type": int,
-        },
-    )
-    max_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "tokens per text",
-            "default_text": _task_defaults("max_length"),
-            "group": _TRAINING,
-            "type": int,
-        },
-    )
-    eval_every: int | None = field(
-        default=None,
-        metadata={
-            "help": "validate every N steps",
-            "default_text": "every epoch",
-            "group": _TRAINING,
-            "type": int,
-        },
-    )
-    weight_decay: float = field(
-        default=0.01, metadata={"help": "AdamW weight decay", "group": _TRAINING}
-    )
-    lr_schedule: Any = field(
-        default="constant",
-        metadata={
-            "help": f"learning-rate schedule after the warm-up, one of {', '.join(LR_SCHEDULES)}",
-            "group": _TRAINING,
-            "per_method": True,
-            "type": str,
-        },
-    )
-    warmup_ratio: Any = field(
-        default=0.0,
-        metadata={
-            "help": "fraction of the steps spent warming the learning rate up from 0",
-            "group": _TRAINING,
-            "per_method": True,
-            "type": float,
-        },
-    )
-    targets: Sequence[str] | None = field(
-        default=None,
-        metadata={
-            "help": "target modules",
-            "default_text": "the model's query and value projections",
-            "group": _WHAT,
-            "list": True,
-            "type": str,
-        },
-    )
-    sizes: tuple[int, int, int] | None = field(
-        default=None,
-        metadata={
-            "help": "train, validation and test examples",
-            "group": _TRAINING,
-            "type": int,
-            "parts": tuple(
-                (
-                    flag,
-                    f"{what} ({_task_defaults('sizes', i)}; data of your own: "
-                    f"{100 * FRACTIONS[i]:.0f}% of its rows)",
-                )
-                for i, (flag, what) in enumerate(
-                    (
-                        ("--train-size", "training examples"),
-                        ("--val-size", "validation examples"),
-                        ("--test-size", "test examples"),
-                    )
-                )
-            ),
-        },
-    )
-    device: str = field(
-        default="auto",
-        metadata={
-            "help": "auto (CUDA, then MPS, then CPU; under torchrun each process takes its "
-            "LOCAL_RANK's GPU), cpu, cuda, cuda:N or mps",
-            "group": _DEVICE,
-        },
-    )
-    precision: str = field(
-        default="auto",
-        metadata={
-            "help": "auto: bf16 on a GPU that supports it, else fp32",
-            "group": _DEVICE,
-            "choices": PRECISIONS,
-        },
-    )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={
-            "help": "recompute activations in the backward pass (less memory, more time)",
-            "group": _DEVICE,
-        },
-    )
-    report_to: str = field(
-        default="none",
-        metadata={
-            "help": "where the Trainer also logs (needs that package)",
-            "group": _DEVICE,
-            "choices": REPORT_TO,
-        },
-    )
-    quantize: str = field(
-        default="none",  # None is accepted from Python and read as "none"
-        metadata={
-            "help": "load the base model quantized: bitsandbytes 4bit or 8bit, or torchao int8 "
-            "weight-only",
-            "group": _QUANT,
-            "choices": tuple(QUANTIZE),
-        },
-    )
-    bnb_4bit_quant_type: str = field(
-        default="nf4",
-        metadata={"help": "4-bit data type (--quantize 4bit)", "group": _QUANT,
-                  "choices": BNB_4BIT_TYPES},
-    )  # fmt: skip
+    model: str = field(default="minilm", metadata=OPTIONS["model"])
+    data: str = field(default="tweets", metadata=OPTIONS["data"])
+    methods: Sequence[str] = field(default=DEFAULT_METHODS, metadata=OPTIONS["methods"])
+    seeds: Sequence[int] = field(default=(0,), metadata=OPTIONS["seeds"])
+    rank: Any = field(default=None, metadata=OPTIONS["rank"])
+    alpha: Any = field(default=None, metadata=OPTIONS["alpha"])
+    lr: Any = field(default=None, metadata=OPTIONS["lr"])
+    tt_shape: Sequence[int] | None = field(default=None, metadata=OPTIONS["tt_shape"])
+    epochs: int | None = field(default=None, metadata=OPTIONS["epochs"])
+    max_steps: int | None = field(default=None, metadata=OPTIONS["max_steps"])
+    batch_size: int | None = field(default=None, metadata=OPTIONS["batch_size"])
+    max_length: int | None = field(default=None, metadata=OPTIONS["max_length"])
+    eval_every: int | None = field(default=None, metadata=OPTIONS["eval_every"])
+    weight_decay: float = field(default=0.01, metadata=OPTIONS["weight_decay"])
+    lr_schedule: Any = field(default="constant", metadata=OPTIONS["lr_schedule"])
+    warmup_ratio: Any = field(default=0.0, metadata=OPTIONS["warmup_ratio"])
+    targets: Sequence[str] | None = field(default=None, metadata=OPTIONS["targets"])
+    sizes: tuple[int, int, int] | None = field(default=None, metadata=OPTIONS["sizes"])
+    device: str = field(default="auto", metadata=OPTIONS["device"])
+    precision: str = field(default="auto", metadata=OPTIONS["precision"])
+    gradient_checkpointing: bool = field(default=False, metadata=OPTIONS["gradient_checkpointing"])
+    report_to: str = field(default="none", metadata=OPTIONS["report_to"])
+    # None is accepted from Python and read as "none"
+    quantize: str = field(default="none", metadata=OPTIONS["quantize"])
+    bnb_4bit_quant_type: str = field(default="nf4", metadata=OPTIONS["bnb_4bit_quant_type"])
     bnb_4bit_compute_dtype: str = field(
-        default="float32",
-        metadata={
-            "help": "dtype of the 4-bit matmuls (--quantize 4bit), as transformers names it",
-            "group": _QUANT,
-            "choices": BNB_4BIT_COMPUTE_DTYPES,
-        },
+        default="float32", metadata=OPTIONS["bnb_4bit_compute_dtype"]
     )
-    quick: bool = field(
-        default=False,
-        metadata={
-            "help": "small end-to-end check: "
-            + ", ".join(f"{k} {v}" for k, v in QUICK["classification"].items() if v),
-            "group": _TRAINING,
-        },
-    )
-    revision: str | None = field(
-        default=None,
-        metadata={"help": "a Hub model's branch, tag or commit", "group": _SOURCE, "type": str},
-    )
-    trust_remote_code: bool = field(
-        default=False,
-        metadata={
-            "help": "run the Python code a Hub model ships (only for repositories you trust)",
-            "group": _SOURCE,
-        },
-    )
-    data_config: str | None = field(
-        default=None,
-        metadata={
-            "help": "a Hub dataset's configuration (e.g. sst2 of glue)",
-            "group": _SOURCE,
-            "type": str,
-        },
-    )
-    text_column: str = field(
-        default="text", metadata={"help": "the text column of the data", "group": _SOURCE}
-    )
-    label_column: str = field(
-        default="label", metadata={"help": "the label column of the data", "group": _SOURCE}
-    )
-    task: str | None = field(
-        default=None,
-        metadata={
-            "help": _registered_tasks,
-            "default_text": "chosen from the data, then the model",
-            "group": _WHAT,
-            "type": str,
-        },
-    )
+    quick: bool = field(default=False, metadata=OPTIONS["quick"])
+    revision: str | None = field(default=None, metadata=OPTIONS["revision"])
+    trust_remote_code: bool = field(default=False, metadata=OPTIONS["trust_remote_code"])
+    data_config: str | None = field(default=None, metadata=OPTIONS["data_config"])
+    text_column: str = field(default="text", metadata=OPTIONS["text_column"])
+    label_column: str = field(default="label", metadata=OPTIONS["label_column"])
+    task: str | None = field(default=None, metadata=OPTIONS["task"])
 
     def __post_init__(self) -> None:
         if self.task is None:
@@ -501,7 +216,7 @@ class FinetuneConfig:
         check_choice(self.bnb_4bit_compute_dtype, "bnb_4bit_compute_dtype", BNB_4BIT_COMPUTE_DTYPES)
         self._check_quantize()
         check_real(self.weight_decay, "weight_decay", low=0, high=1, high_open=True)
-        for name, high in _INT_LIMITS.items():
+        for name, high in INT_LIMITS.items():
             check_int(getattr(self, name), name, low=1, high=high, optional=True)
         defaults = task.quick if self.quick else task.defaults
         given_steps = self.max_steps is not None or self.epochs is not None
@@ -570,68 +285,10 @@ class FinetuneConfig:
         """The registered :class:`~ttdecomp.finetune.tasks.Task` of :attr:`task`."""
         return get_task(self.task)
 
-    def _override(self, value: Any, method: str, name: str) -> Any:
-        if not isinstance(value, Mapping):
-            return value
-        known = _method_names()
-        unknown = sorted(set(value) - set(known))
-        if unknown:
-            raise InvalidInputError(
-                f"{name} names unknown methods {unknown}; expected some of {', '.join(known)}."
-            )
-        not_run = sorted(set(value) - set(self.methods) - set(self._matched()))
-        if not_run:
-            raise InvalidInputError(
-                f"{name} is given for {not_run}, which are not among the methods run "
-                f"({', '.join(self.methods)}); add them to --methods or drop the setting."
-            )
-        return value.get(method)
-
-    def _matched(self) -> list[str]:
-        """Methods not run whose adapter size a run method's rank is derived from."""
-        out = []
-        for method in self.methods:
-            other = get_method(method).matches
-            if other is not None and other not in self.methods and other not in out:
-                out.append(other)
-        return out
-
-    def _settings_for(self, method: str) -> MethodSettings:
-        base = default_settings(method, task=self.task)
-        overrides: dict[str, Any] = {}
-        matches = get_method(method).matches
-        if matches is not None and isinstance(self.rank, Mapping) and method in self.rank:
-            family = get_method(method).family_name
-            raise InvalidOptionError(
-                f"{method}'s rank is derived from {matches}'s adapter parameters (the "
-                f"smallest rank with at least as many); got rank {self.rank[method]!r} for "
-                f"it. For a rank of your choice run {family} instead (--methods {family} "
-                f"--rank {family}=N).",
-                option="rank",
-            )
-        for name in ("rank", "alpha", "lr"):
-            if name == "rank" and matches is not None:
-                continue  # derived when the model is known (resolve_settings)
-            value = self._override(getattr(self, name), method, name)
-            if value is None:
-                continue
-            if getattr(base, name) is None and not isinstance(getattr(self, name), Mapping):
-                continue  # one value for all: only the methods that have the setting
-            overrides[name] = value
-        if self.tt_shape is not None and get_method(method).takes_tt_shape:
-            overrides["tt_shape"] = tuple(self.tt_shape)
-        return default_settings(method, task=self.task, **overrides)
-
     def method_settings(self) -> dict[str, MethodSettings]:
-        """The validated settings of every method (defaults with the overrides applied)."""
-        out = {method: self._settings_for(method) for method in self.methods}
-        if self.tt_shape is not None and not any(
-            get_method(m).takes_tt_shape for m in [*self.methods, *self._matched()]
-        ):
-            raise InvalidInputError(
-                "--tt-shape is a TT-LoRA setting, but tt-lora is not among the methods run."
-            )
-        return out
+        """The validated settings of every method (defaults with the overrides applied):
+        :func:`ttdecomp.finetune.overrides.method_settings`."""
+        return overrides.method_settings(self)
 
     def budget_settings(self) -> dict[str, MethodSettings]:
         """The settings of the methods a run method's rank is matched to, when they do not run
@@ -643,19 +300,14 @@ class FinetuneConfig:
         >>> FinetuneConfig(methods=["lora-matched"], rank={"tt-lora": 2}).budget_settings()
         {'tt-lora': MethodSettings(method='tt-lora', lr=0.01, rank=2, alpha=32.0, tt_shape=None)}
         """
-        return {method: self._settings_for(method) for method in self._matched()}
+        return overrides.budget_settings(self)
 
     def train_settings(
         self, seed: int, *, progress: bool = False, method: str | None = None
     ) -> TrainSettings:
         """Training settings of one run (the learning rate is each method's own); ``method``
         picks its schedule when ``lr_schedule`` or ``warmup_ratio`` is given per method."""
-        schedule: dict[str, Any] = {}
-        for name, default in (("lr_schedule", "constant"), ("warmup_ratio", 0.0)):
-            value = getattr(self, name)
-            if isinstance(value, Mapping):
-                value = self._override(value, method, name) if method is not None else None
-            schedule[name] = default if value is None else value
+        schedule = overrides.schedule_for(self, method)
         return TrainSettings(
             lr=1e-3,
             epochs=self.epochs,
@@ -725,18 +377,16 @@ class FinetuneConfig:
             # recorded only when set, so that folders written before still resume
             **{
                 name: getattr(self, name)
-                for name, default in _SOURCE_DEFAULTS.items()
+                for name, default in SOURCE_DEFAULTS.items()
                 if getattr(self, name) != default
             },
             # named only when not the constant schedule, so runs saved before it still resume
             **(
-                {"lr_schedule": _plain(self.lr_schedule), "warmup_ratio": _plain(self.warmup_ratio)}
+                {
+                    "lr_schedule": overrides.plain(self.lr_schedule),
+                    "warmup_ratio": overrides.plain(self.warmup_ratio),
+                }
                 if (self.lr_schedule, self.warmup_ratio) != ("constant", 0.0)
                 else {}
             ),
         }
-
-
-def _plain(value: Any) -> Any:
-    """A per-method mapping as a plain dict (JSON), other values as they are."""
-    return dict(value) if isinstance(value, Mapping) else value

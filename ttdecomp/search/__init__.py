@@ -8,7 +8,8 @@ ranks, α and learning rates (and LoRA's r, ``lora_alpha``, lr), reports validat
 folder, or any Optuna RDB URL (PostgreSQL) shared by workers on many machines.
 
 * :mod:`~ttdecomp.search.space` — the search space: defaults, YAML/JSON files, overrides.
-* :mod:`~ttdecomp.search.study` — storage, samplers, the pruner, the trial objective.
+* :mod:`~ttdecomp.search.storage` — the study's storage: SQLite or PostgreSQL, checked.
+* :mod:`~ttdecomp.search.study` — samplers, the pruner, the study, the trial objective.
 * :mod:`~ttdecomp.search.report` — the Pareto front, ``search.json``, the figure.
 * :mod:`~ttdecomp.search.run` — :func:`search`: the study, workers, re-training the best.
 * :mod:`~ttdecomp.search.worker` — one worker process of ``--workers N``.

@@ -23,6 +23,7 @@ from ..finetune.run import prepare_job
 from ..finetune.tasks import get_task
 from ..runs.pool import defer_signals
 from .config import DEFAULT_TRIALS, QUICK_TRIALS, SearchConfig
+from .storage import open_storage
 from .study import (
     SURPLUS,
     Objective,
@@ -30,7 +31,6 @@ from .study import (
     finished_states,
     make_pruner,
     make_sampler,
-    open_storage,
     open_study,
     quiet_optuna,
     quiet_training,

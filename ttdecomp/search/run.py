@@ -31,7 +31,8 @@ from ..runs.folder import OutputFolder, check_output
 from .config import SearchConfig
 from .context import SearchContext, run_trials
 from .report import FIGURE_FILE, SEARCH_FILE, build_report, write_report
-from .study import open_storage, quiet_training, redact, trial_counts
+from .storage import open_storage, redact
+from .study import quiet_training, trial_counts
 from .workers import ProgressBar, release_workers, spawn_workers, stop_workers, wait_workers
 
 __all__ = ["SearchConfig", "SearchResult", "search"]
