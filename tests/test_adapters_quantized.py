@@ -281,8 +281,10 @@ def test_merge_records_rounding_and_unmerge_restores(folders, quant):
         unmerged = model(**batch).logits
         with model.disable_adapter():
             base = model(**batch).logits
-    model.merge_adapter()
+    returned = model.merge_adapter()
     assert len(model.merge_rounding) == 14
+    assert returned == model.merge_rounding  # what this merge cost, per layer
+    assert model.merge_adapter() == {}  # nothing is merged twice, nothing rounds again
     for rounding in model.merge_rounding.values():
         r = rounding["default"]
         assert 0 < r.rounding_error < r.delta_norm  # it rounds, less than the adapter adds
@@ -311,6 +313,7 @@ def test_merge_and_unload_keeps_the_base_quantized(folders, quant):
     plain = model.merge_and_unload()
     assert quantized_kind(q_proj(plain)) == EXPECTED_KIND[quant]
     assert set(model.merge_rounding) == {n for n, m in plain.named_modules() if quantized_kind(m)}
+    assert plain.merge_rounding == model.merge_rounding  # the merged model carries its cost
     with torch.no_grad():
         merged = plain(**batch).logits
     assert 0 < (merged - unmerged).norm() < 0.5 * (base - unmerged).norm()

@@ -241,7 +241,7 @@ class TTAdapterModel(ServingMixin, nn.Module):
 
     def merge_adapter(
         self, adapter_names: Sequence[str] | None = None, *, keep_original: bool = True
-    ) -> None:
+    ) -> dict[str, dict[str, MergeRounding]]:
         """Fold adapters (default: the active ones) into the base weights.
 
         ΔW is formed in float32 and added once. With ``keep_original`` the pre-merge weights are
@@ -254,20 +254,39 @@ class TTAdapterModel(ServingMixin, nn.Module):
         :attr:`merge_rounding` (``{module name: {adapter: MergeRounding}}``) and a
         :class:`~ttdecomp.adapters.quantized.QuantizedMergeWarning` is raised where it exceeds
         ‖ΔW‖.
+
+        Returns
+        -------
+        dict of str to dict of str to MergeRounding
+            The rounding this call introduced, ``{module name: {adapter: MergeRounding}}``, for
+            the quantized layers it merged into; empty on a full-precision base, whose merge
+            adds no rounding beyond float round-off.
         """
         names = list(adapter_names or self.active_adapters)
         self._check_known(names)
         self._check_mergeable(names)
+        added: dict[str, dict[str, MergeRounding]] = {}
         for name, layer in list(self.base_model.named_modules()):
             if isinstance(layer, TTAdapterLayer):
-                layer.merge(
-                    [n for n in names if n in layer.tt_adapters], keep_original=keep_original
-                )
-                self._record_rounding(name, layer)
+                todo = [n for n in names if n in layer.tt_adapters]
+                todo = [n for n in todo if n not in layer.merged_adapters]
+                if todo:  # an empty list would mean "the active adapters" to the layer
+                    layer.merge(todo, keep_original=keep_original)
+                    self._record_rounding(name, layer, todo, added)
+        return added
 
-    def _record_rounding(self, name: str, layer: TTAdapterLayer) -> None:
+    def _record_rounding(
+        self,
+        name: str,
+        layer: TTAdapterLayer,
+        merged: Sequence[str],
+        added: dict[str, dict[str, MergeRounding]],
+    ) -> None:
         if isinstance(layer, QuantizedTTAdapterLayer) and layer.merge_rounding:
             self.merge_rounding[name] = dict(layer.merge_rounding)
+            now = {n: layer.merge_rounding[n] for n in merged if n in layer.merge_rounding}
+            if now:
+                added[name] = now
 
     def unmerge_adapter(self) -> None:
         """Undo :meth:`merge_adapter` everywhere."""
@@ -280,11 +299,15 @@ class TTAdapterModel(ServingMixin, nn.Module):
         if merge:
             self._check_known(names)
             self._check_mergeable(names)
+        added: dict[str, dict[str, MergeRounding]] = {}
         for name, layer in list(self.base_model.named_modules()):
             if isinstance(layer, TTAdapterLayer):
                 if merge:
-                    layer.merge([n for n in names if n in layer.tt_adapters], keep_original=False)
-                    self._record_rounding(name, layer)
+                    todo = [n for n in names if n in layer.tt_adapters]
+                    todo = [n for n in todo if n not in layer.merged_adapters]
+                    if todo:
+                        layer.merge(todo, keep_original=False)
+                        self._record_rounding(name, layer, todo, added)
                 else:
                     layer.unmerge()
                 set_submodule(self.base_model, name, layer.base_layer)
@@ -292,14 +315,19 @@ class TTAdapterModel(ServingMixin, nn.Module):
                 keep = layer._current() if merge else layer.original_module
                 keep.requires_grad_(False)
                 set_submodule(self.base_model, name, keep)
+        if merge and added:
+            # the merged model carries what its merge cost (the wrapper may be dropped)
+            self.base_model.merge_rounding = added
         return self.base_model
 
     def merge_and_unload(self, adapter_names: Sequence[str] | None = None) -> nn.Module:
         """Merge adapters into the weights and return the plain base model (no wrappers).
 
         Modules-to-save are replaced by the active adapter's trained copy. On a quantized base
-        the merged weights are quantized again; the rounding is recorded in
-        :attr:`merge_rounding` (see :meth:`merge_adapter`).
+        the merged weights are quantized again; the rounding each layer took is recorded in
+        :attr:`merge_rounding` (see :meth:`merge_adapter`) and also set as the returned model's
+        ``merge_rounding`` attribute, ``{module name: {adapter: MergeRounding}}``, so it stays
+        with the merged model once the wrapper is gone (not set on a full-precision base).
         """
         return self._unwrap(True, adapter_names)
 
