@@ -186,6 +186,20 @@ def test_the_task_is_chosen_from_the_data_then_the_model(tmp_path, tiny_classifi
     assert FinetuneConfig(model=str(gpt2), data=str(dialogues)).task == "causal"
 
 
+def test_a_task_that_neither_the_model_nor_the_data_has_names_task_in_the_error():
+    from ttdecomp.finetune.tasks import check_pairing, get_task
+
+    classification, causal = get_task("classification"), get_task("causal")
+    with pytest.raises(InvalidInputError) as info:  # --task causal over MiniLM and tweets
+        check_pairing("minilm", "tweets", classification, causal, True)
+    message = str(info.value)
+    assert "--task causal was given" in message and "tweets is classification data" in message
+    assert "drop --task" in message and "--model smollm2 --data chatterbot" in message
+    with pytest.raises(InvalidInputError, match="smollm2 is a causal model but --data tweets"):
+        check_pairing("smollm2", "tweets", causal, classification, True)  # no --task: the data's
+    check_pairing("minilm", "tweets", classification, classification, True)  # a pair that fits
+
+
 def test_default_targets_are_the_adapters_per_model_ones(tmp_path, tiny_classifier):
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 

@@ -319,6 +319,13 @@ def detect_task(model: str, data: str) -> Task:
     return _fallback()
 
 
+# a packaged pair per built-in task, for messages
+_EXAMPLE_PAIR = {
+    "classification": "--model minilm --data tweets",
+    "causal": "--model smollm2 --data chatterbot",
+}
+
+
 def check_pairing(model: str, data: str, model_task: Task, data_task: Task, packaged: bool) -> None:
     """A model made for one task given data of another: refuse where it cannot switch.
 
@@ -329,6 +336,14 @@ def check_pairing(model: str, data: str, model_task: Task, data_task: Task, pack
     if model_task is data_task:
         return
     if packaged or not data_task.trains_head:
+        own = _data_task(data)
+        if own is not None and own is not data_task:  # the task came from --task
+            raise InvalidInputError(
+                f"--task {data_task.name} was given, but --model {model} is a "
+                f"{model_task.name} model and --data {data} is {own.name} data; drop --task "
+                f"(the data's task is {own.name}), or give a {data_task.name} model and data "
+                f"(e.g. {_EXAMPLE_PAIR.get(data_task.name, '--model and --data')})."
+            )
         raise InvalidInputError(
             f"--model {model} is a {model_task.name} model but --data {data} is "
             f"{data_task.name} data; use --model minilm with classification data or --model "
