@@ -7,6 +7,12 @@ with the highest chosen-epoch validation accuracy; a tie is broken by the mean v
 accuracy over the epochs (the configuration that learns faster), and the table says so. Test
 accuracy is not read.
 
+Runs of several seeds (the later stages) are compared on their mean: one row per (method,
+rank, configuration) with the chosen-epoch validation accuracy of every seed and their mean ±
+std; per method and rank the configuration with the highest mean wins (ranks are not
+compared: LoRA at TT-LoRA's budget is its own row and takes LoRA's settings). Every
+configuration of a method must have run the same seeds.
+
 Usage::
 
     python scripts/selection_table.py docs/results/minilm-selection/*.json
@@ -97,10 +103,8 @@ def selection_table(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], 
                 "file": path.parent.name,
             })  # fmt: skip
     seeds = {r["seed"] for r in rows}
-    if len(seeds) != 1:
-        raise claim_table.ClaimTableError(
-            f"selection runs of one seed are compared; these have seeds {sorted(seeds)}."
-        )
+    if len(seeds) > 1:
+        return rows, _seeds_table(rows)
     by_method: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_method.setdefault(r["method"], []).append(r)
@@ -126,6 +130,61 @@ def selection_table(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], 
                 f"{100 * r['best']:.1f} | {mark} |"
             )
     return rows, "\n".join(lines)
+
+
+def _seeds_table(rows: list[dict[str, Any]]) -> str:
+    """Configurations run over several seeds, compared on their mean chosen-epoch validation."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        key = (r["method"], r["config"]["rank"], tuple(sorted(r["config"].items())))
+        group = groups.setdefault(key, {"rows": [], **{k: r[k] for k in ("method", "config")}})
+        group["rows"].append(r)
+        group["adapter_params"] = r["adapter_params"]
+    for group in groups.values():
+        seeds = [r["seed"] for r in group["rows"]]
+        if len(set(seeds)) != len(seeds):
+            raise claim_table.ClaimTableError(
+                f"{claim_table.NAMES.get(group['method'], group['method'])} "
+                f"{_describe(group['config'])} has seed(s) run twice: {sorted(seeds)} (files "
+                f"{sorted(r['file'] for r in group['rows'])}); give each run once."
+            )
+        group["rows"].sort(key=lambda r: r["seed"])
+        group["seeds"] = [r["seed"] for r in group["rows"]]
+        group["vals"] = [r["best"] for r in group["rows"]]
+        group["mean"] = statistics.fmean(group["vals"])
+    by_pick: dict[tuple, list[dict[str, Any]]] = {}
+    for (method, rank, _), group in groups.items():
+        by_pick.setdefault((method, rank), []).append(group)
+    lines = [
+        "| method | configuration | adapter params | seeds | val % chosen, per seed | "
+        "val % mean ± std | chosen |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    # rows ordered by adapter parameters, as in the claim table (not by the files' order)
+    order = sorted(by_pick, key=lambda k: (by_pick[k][0]["adapter_params"], k[0], k[1]))
+    for method, rank in order:
+        mine = by_pick[(method, rank)]
+        if len({tuple(g["seeds"]) for g in mine}) != 1:
+            seen = {_describe(g["config"]): g["seeds"] for g in mine}
+            raise claim_table.ClaimTableError(
+                f"the configurations of {method} r={rank} ran different seeds: {seen}; "
+                "compare configurations over the same seeds."
+            )
+        top = max(g["mean"] for g in mine)
+        tied = [g for g in mine if g["mean"] == top]
+        for g in sorted(mine, key=lambda g: (-g["mean"], _describe(g["config"]))):
+            mark = "**chosen**" if g["mean"] == top else ""
+            if mark and len(tied) > 1:
+                mark += " (tied)"
+            vals = ", ".join(f"{100 * v:.1f}" for v in g["vals"])
+            std = statistics.stdev(g["vals"]) if len(g["vals"]) > 1 else 0.0
+            seeds = f"{g['seeds'][0]}–{g['seeds'][-1]}" if len(g["seeds"]) > 1 else g["seeds"][0]
+            name = claim_table.NAMES.get(method, method)
+            lines.append(
+                f"| {name} | {_describe(g['config'])} | {g['adapter_params']:,} | {seeds} | "
+                f"{vals} | {100 * g['mean']:.1f} ± {100 * std:.1f} | {mark} |"
+            )
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

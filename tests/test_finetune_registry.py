@@ -147,7 +147,7 @@ def test_a_method_declaration_is_checked_when_registered():
 # ---------------------------------------------------------------- one source of truth (#28)
 def test_the_command_uses_the_registry_recommended_tt_lora_settings_and_the_docs_say_so(capsys):
     recommended = get_method("tt-lora").recommended()
-    assert recommended == {"rank": 4, "alpha": 32.0, "lr": 1e-2}
+    assert recommended == {"rank": 4, "alpha": 16.0, "lr": 1e-2}
     assert FinetuneConfig().method_settings()["tt-lora"] == default_settings("tt-lora")
     doc = " ".join(TTLoRAConfig.__doc__.split())
     for text in (f"tt_rank={recommended['rank']}", f"alpha={recommended['alpha']}",
@@ -157,7 +157,10 @@ def test_the_command_uses_the_registry_recommended_tt_lora_settings_and_the_docs
     with contextlib.redirect_stdout(help_text), pytest.raises(SystemExit):
         main(["finetune", "--help"])
     shown = "".join(help_text.getvalue().split())  # argparse wraps lines at hyphens
-    assert "tt-lora0.01,lora0.001" in shown and "tt-lora32,lora16" in shown
+    assert "tt-lora0.01,lora0.002" in shown and "tt-lora16,lora16" in shown
+    # LoRA at TT-LoRA's budget is LoRA with a derived rank: its other settings are LoRA's own
+    matched, lora = get_method("lora-matched").recommended(), get_method("lora").recommended()
+    assert {**matched, "rank": 8} == lora
 
 
 # ---------------------------------------------------------------- tasks

@@ -62,7 +62,7 @@ def test_grid_is_the_product_per_method_and_settings_map_names():
     lora_lrs = sorted({g["lr"] for g in grid if g["method"] == "lora"})
     assert lora_lrs == [1e-4, 1e-3, 1e-2]  # log-spaced across the range
     s = space.settings({"method": "tt-lora", "tt_shape": "24,16,16,24", "tt_rank": 2, "lr": 5e-3})
-    assert (s.rank, s.tt_shape, s.lr, s.alpha) == (2, (24, 16, 16, 24), 5e-3, 32.0)
+    assert (s.rank, s.tt_shape, s.lr, s.alpha) == (2, (24, 16, 16, 24), 5e-3, 16.0)
     s = space.settings({"method": "lora", "r": 8, "lora_alpha": 8.0, "lr": 1e-3})
     assert (s.rank, s.alpha) == (8, 8.0)
 

@@ -72,7 +72,7 @@ class FinetuneConfig:
         One run per seed and method; the table shows mean ± std over seeds.
     rank, alpha, lr : value or dict of method to value, optional
         Override the methods' recommended settings (``Method.defaults``: TT-LoRA rank 4,
-        α 32, lr 1e-2; LoRA r 8, α 16, lr 1e-3): one value for every method that has the
+        α 16, lr 1e-2; LoRA r 8, α 16, lr 2e-3): one value for every method that has the
         setting, or a dict per method (``{"tt-lora": 5e-3, "lora": 1e-3}``).
     tt_shape : sequence of int, optional
         TT-LoRA's flat shape (input factors then output factors) for every target.
@@ -298,7 +298,7 @@ class FinetuneConfig:
         Examples
         --------
         >>> FinetuneConfig(methods=["lora-matched"], rank={"tt-lora": 2}).budget_settings()
-        {'tt-lora': MethodSettings(method='tt-lora', lr=0.01, rank=2, alpha=32.0, tt_shape=None)}
+        {'tt-lora': MethodSettings(method='tt-lora', lr=0.01, rank=2, alpha=16.0, tt_shape=None)}
         """
         return overrides.budget_settings(self)
 

@@ -171,7 +171,7 @@ def budget_settings(options: MethodOptions) -> dict[str, MethodSettings]:
     --------
     >>> from ttdecomp.finetune.config import FinetuneConfig
     >>> budget_settings(FinetuneConfig(methods=["lora-matched"], rank={"tt-lora": 2}))
-    {'tt-lora': MethodSettings(method='tt-lora', lr=0.01, rank=2, alpha=32.0, tt_shape=None)}
+    {'tt-lora': MethodSettings(method='tt-lora', lr=0.01, rank=2, alpha=16.0, tt_shape=None)}
     """
     return {method: settings_for(options, method) for method in matched_methods(options.methods)}
 

@@ -36,7 +36,7 @@ class MatchedLoRAMethod(LoRAMethod):
     family = "lora"
     matches = "tt-lora"
     # rank 1 is a placeholder the run replaces (resolve_settings); alpha and lr are LoRA's
-    defaults: ClassVar = {"rank": 1, "alpha": 16.0, "lr": 1e-3}
+    defaults: ClassVar = {**LoRAMethod.defaults, "rank": 1}
     search_parameters: ClassVar = {"lora_alpha": "alpha", "lr": "lr"}
     integer_parameters = frozenset()
 

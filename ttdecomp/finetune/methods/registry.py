@@ -77,7 +77,7 @@ class Method:
     >>> get_method("tt-lora").display_name, get_method("tt-lora").mergeable
     ('TT-LoRA', True)
     >>> get_method("lora").recommended()
-    {'rank': 8, 'alpha': 16.0, 'lr': 0.001}
+    {'rank': 8, 'alpha': 16.0, 'lr': 0.002}
     """
 
     name: ClassVar[str] = ""
@@ -335,7 +335,7 @@ class MethodSettings:
     Examples
     --------
     >>> default_settings("tt-lora")
-    MethodSettings(method='tt-lora', lr=0.01, rank=4, alpha=32.0, tt_shape=None)
+    MethodSettings(method='tt-lora', lr=0.01, rank=4, alpha=16.0, tt_shape=None)
     """
 
     method: str
@@ -429,7 +429,7 @@ def format_defaults(names: Sequence[str] | None = None, *, setting: str) -> str:
     Examples
     --------
     >>> format_defaults(["tt-lora", "lora"], setting="lr")
-    'tt-lora 0.01, lora 0.001'
+    'tt-lora 0.01, lora 0.002'
     """
     parts = []
     for name in names if names is not None else method_names():

