@@ -189,6 +189,17 @@ def test_the_task_is_chosen_from_the_data_then_the_model(tmp_path, tiny_classifi
     assert FinetuneConfig(model=str(gpt2), data=str(dialogues)).task == "causal"
 
 
+def test_without_data_the_packaged_data_of_the_task_is_used(tmp_path):
+    assert FinetuneConfig().data == "tweets"
+    smollm2 = FinetuneConfig(model="smollm2")  # a causal LM alone: its packaged dialogues
+    assert (smollm2.data, smollm2.task) == ("chatterbot", "causal")
+    assert FinetuneConfig(model="smollm2", data="chatterbot").data == "chatterbot"
+    gpt2 = _gpt2_folder(tmp_path / "gpt2")  # a causal LM of the user's: the same
+    assert FinetuneConfig(model=str(gpt2)).data == "chatterbot"
+    given = FinetuneConfig(model=str(gpt2), task="classification")  # a head on a causal LM
+    assert (given.data, given.task) == ("tweets", "classification")
+
+
 def test_a_task_that_neither_the_model_nor_the_data_has_names_task_in_the_error():
     from ttdecomp.finetune.tasks import check_pairing, get_task
 

@@ -40,7 +40,7 @@ from .quantization import (
     check_quantize,
     quantization_config,
 )
-from .tasks import Task, detect_task, get_task
+from .tasks import Task, default_data, detect_task, get_task
 from .train import TrainSettings
 
 __all__ = [
@@ -62,9 +62,11 @@ class FinetuneConfig:
     ----------
     model : str
         A packaged model (``minilm``, ``smollm2``) or the path of a local Hugging Face folder.
-    data : str
+    data : str, optional
         A packaged data set (``tweets``, ``chatterbot``), a CSV/JSONL file with ``text`` and
-        ``label`` columns, or a folder saved by 🤗 ``datasets``.
+        ``label`` columns, or a folder saved by 🤗 ``datasets``. Default: the packaged data of
+        ``task``, else of the model's task (``tweets``; ``chatterbot`` for a causal LM such as
+        ``smollm2``): :func:`~ttdecomp.finetune.tasks.default_data`.
     methods : sequence of str
         Registered methods (:func:`~ttdecomp.finetune.methods.method_names`); default
         ``tt-lora`` and ``lora``.
@@ -135,7 +137,7 @@ class FinetuneConfig:
     """
 
     model: str = field(default="minilm", metadata=OPTIONS["model"])
-    data: str = field(default="tweets", metadata=OPTIONS["data"])
+    data: str | None = field(default=None, metadata=OPTIONS["data"])
     methods: Sequence[str] = field(default=DEFAULT_METHODS, metadata=OPTIONS["methods"])
     seeds: Sequence[int] = field(default=(0,), metadata=OPTIONS["seeds"])
     rank: Any = field(default=None, metadata=OPTIONS["rank"])
@@ -171,6 +173,8 @@ class FinetuneConfig:
     task: str | None = field(default=None, metadata=OPTIONS["task"])
 
     def __post_init__(self) -> None:
+        if self.data is None:  # the packaged data of the task (or the model's task)
+            self.data = default_data(self.model, self.task)
         if self.task is None:
             self.task = detect_task(self.model, self.data).name
         try:

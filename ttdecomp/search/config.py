@@ -12,7 +12,7 @@ from .._validation import check_bool, check_choice, check_int, check_real
 from ..errors import InvalidInputError, InvalidOptionError
 from ..finetune.config import DEFAULTS, FinetuneConfig
 from ..finetune.methods import check_method
-from ..finetune.tasks import detect_task, get_task
+from ..finetune.tasks import default_data, detect_task, get_task
 from .space import SEARCH_METHODS, SearchSpace, default_space, load_space, parse_param
 from .study import PRUNERS, SAMPLERS
 
@@ -339,8 +339,8 @@ class SearchConfig:
                 )
             values = dict(options)
             if self.quick:
-                model = values.get("model", "minilm")
-                data = values.get("data", "tweets")
+                model = values.get("model") or "minilm"
+                data = values.get("data") or default_data(model, values.get("task"))
                 task = get_task(values.get("task") or detect_task(model, data).name)
                 quick = dict(task.search_quick)
                 given_steps = values.get("epochs") is not None or values.get("max_steps")

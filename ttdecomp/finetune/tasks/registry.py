@@ -326,6 +326,37 @@ _EXAMPLE_PAIR = {
 }
 
 
+def default_data(model: str, task: str | None = None) -> str:
+    """The packaged data a comparison trains on when ``--data`` is not given.
+
+    The packaged data of the task asked for, else of the model's task: a packaged model's, or a
+    local folder's (its ``config.json``); a Hub id or an unknown model gets the fallback task's
+    (loading reports a mismatch with a fix).
+
+    Examples
+    --------
+    >>> default_data("minilm"), default_data("smollm2"), default_data("minilm", task="causal")
+    ('tweets', 'chatterbot', 'chatterbot')
+    """
+    if task is not None:
+        wanted = get_task(task)
+    else:
+        key = assets.canonical_model_name(model)
+        if key is not None:
+            wanted = get_task(assets.MODELS[key].task)
+        elif (Path(model) / "config.json").is_file():
+            wanted = _folder_task(Path(model))
+        else:
+            wanted = _fallback()
+    for name, asset in assets.DATA.items():
+        if asset.task == wanted.name:
+            return name
+    raise InvalidInputError(
+        f"no packaged data for the {wanted.name} task; give --data (a file of your own, a "
+        "folder saved by datasets, or a Hub dataset id)."
+    )
+
+
 def check_pairing(model: str, data: str, model_task: Task, data_task: Task, packaged: bool) -> None:
     """A model made for one task given data of another: refuse where it cannot switch.
 
