@@ -137,9 +137,8 @@ def _seeds_table(rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple, dict[str, Any]] = {}
     for r in rows:
         key = (r["method"], r["config"]["rank"], tuple(sorted(r["config"].items())))
-        group = groups.setdefault(key, {"rows": [], **{k: r[k] for k in ("method", "config")}})
-        group["rows"].append(r)
-        group["adapter_params"] = r["adapter_params"]
+        fields = ("method", "config", "adapter_params")
+        groups.setdefault(key, {"rows": [], **{k: r[k] for k in fields}})["rows"].append(r)
     for group in groups.values():
         seeds = [r["seed"] for r in group["rows"]]
         if len(set(seeds)) != len(seeds):

@@ -53,6 +53,11 @@ __all__ = [
 ]
 
 
+def _unmerged(layer: TTAdapterLayer, names: Sequence[str]) -> list[str]:
+    """The adapters of ``names`` this layer holds and has not merged yet."""
+    return [n for n in names if n in layer.tt_adapters and n not in layer.merged_adapters]
+
+
 class TTAdapterModel(ServingMixin, nn.Module):
     """A model with tensor-train adapters, shaped like ``peft.PeftModel``.
 
@@ -268,8 +273,7 @@ class TTAdapterModel(ServingMixin, nn.Module):
         added: dict[str, dict[str, MergeRounding]] = {}
         for name, layer in list(self.base_model.named_modules()):
             if isinstance(layer, TTAdapterLayer):
-                todo = [n for n in names if n in layer.tt_adapters]
-                todo = [n for n in todo if n not in layer.merged_adapters]
+                todo = _unmerged(layer, names)
                 if todo:  # an empty list would mean "the active adapters" to the layer
                     layer.merge(todo, keep_original=keep_original)
                     self._record_rounding(name, layer, todo, added)
@@ -303,8 +307,7 @@ class TTAdapterModel(ServingMixin, nn.Module):
         for name, layer in list(self.base_model.named_modules()):
             if isinstance(layer, TTAdapterLayer):
                 if merge:
-                    todo = [n for n in names if n in layer.tt_adapters]
-                    todo = [n for n in todo if n not in layer.merged_adapters]
+                    todo = _unmerged(layer, names)
                     if todo:
                         layer.merge(todo, keep_original=False)
                         self._record_rounding(name, layer, todo, added)

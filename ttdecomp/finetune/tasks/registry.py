@@ -309,8 +309,11 @@ def detect_task(model: str, data: str) -> Task:
     ('classification', 'causal')
     """
     task = _data_task(data)
-    if task is not None:
-        return task
+    return task if task is not None else _model_task(model)
+
+
+def _model_task(model: str) -> Task:
+    """A packaged model's task, a local folder's (its ``config.json``), else the fallback."""
     key = assets.canonical_model_name(model)
     if key is not None:
         return get_task(assets.MODELS[key].task)
@@ -338,16 +341,7 @@ def default_data(model: str, task: str | None = None) -> str:
     >>> default_data("minilm"), default_data("smollm2"), default_data("minilm", task="causal")
     ('tweets', 'chatterbot', 'chatterbot')
     """
-    if task is not None:
-        wanted = get_task(task)
-    else:
-        key = assets.canonical_model_name(model)
-        if key is not None:
-            wanted = get_task(assets.MODELS[key].task)
-        elif (Path(model) / "config.json").is_file():
-            wanted = _folder_task(Path(model))
-        else:
-            wanted = _fallback()
+    wanted = get_task(task) if task is not None else _model_task(model)
     for name, asset in assets.DATA.items():
         if asset.task == wanted.name:
             return name
