@@ -7,6 +7,8 @@ load a model); nothing here sets an environment variable.
 * :mod:`~ttdecomp.assets.registry` — the packaged offline models and data, by name.
 * :mod:`~ttdecomp.assets.loader` — :func:`load_pretrained`, :func:`load_tokenizer`,
   :func:`resolve_model`: a packaged name, a local folder or a Hugging Face Hub id.
+* :mod:`~ttdecomp.assets.quantized` — checkpoints saved quantized (bitsandbytes 4-/8-bit,
+  torchao int8): their kind, refusing another quantization on top, counting quantized layers.
 * :mod:`~ttdecomp.assets.text_files` — :func:`read_labelled`: CSV/TSV/JSONL/JSON files, saved 🤗
   datasets folders and Hub datasets, read strictly.
 * :mod:`~ttdecomp.assets.smollm2`, :mod:`~ttdecomp.assets.mpnet` — SmolLM2-135M from its GGUF
@@ -35,6 +37,12 @@ from .loader import (
     resolve_model,
 )
 from .mpnet import mpnet_checkpoint
+from .quantized import (
+    check_same_quantization,
+    count_quantized_layers,
+    describe_quantization,
+    saved_kind,
+)
 from .registry import DATA, MODELS, AssetMissingError, asset_status, data_path, model_path
 from .smollm2 import load_smollm2, smollm2_checkpoint
 from .text_files import LabelledRecords, read_labelled, read_records
@@ -48,8 +56,11 @@ __all__ = [
     "ModelSource",
     "asset_status",
     "check_model_folder",
+    "check_same_quantization",
     "check_tokenizer",
+    "count_quantized_layers",
     "data_path",
+    "describe_quantization",
     "load_chatterbot",
     "load_pretrained",
     "load_smollm2",
@@ -61,6 +72,7 @@ __all__ = [
     "read_labelled",
     "read_records",
     "resolve_model",
+    "saved_kind",
     "smollm2_checkpoint",
     "split_dialogues",
     "tokenize_dialogues",

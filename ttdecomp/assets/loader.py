@@ -24,6 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+from .quantized import (
+    apply_compute_dtype_,
+    check_same_quantization,
+    count_quantized_layers,
+    describe_quantization,
+    saved_kind,
+)
 from .registry import MODELS, canonical_model_name, model_path
 
 __all__ = [
@@ -376,8 +383,17 @@ def load_pretrained(
         Default ``torch.float32``.
     quantization_config : transformers quantization config, optional
         Passed to ``from_pretrained`` (e.g. ``BitsAndBytesConfig``); the model then keeps its
-        quantizer, and ``device`` becomes its ``device_map``. Without one, a model that still
-        carries a quantizer (a GGUF load) is refused: ``Trainer`` would not train it.
+        quantizer, and ``device`` becomes its ``device_map``. A load that quantized no layer
+        is refused (torchao converts ``nn.Linear`` only, not GPT-2's ``Conv1D``).
+
+        A checkpoint saved quantized (its ``config.json`` has a ``quantization_config``: a
+        ``save_pretrained`` of a bitsandbytes 4-bit/8-bit or torchao int8 weight-only model,
+        such as the Hub's ``*-bnb-4bit`` repositories) loads as saved, with or without this
+        argument; given, it must store the weights the same way (a 4-bit compute dtype is
+        applied), else :class:`InvalidInputError`. A checkpoint saved with a quantization the
+        adapters cannot wrap (GPTQ, AWQ, HQQ, FP8 ...) is refused before any weight is read.
+        A model that still carries a quantizer otherwise (a GGUF load) is refused:
+        ``Trainer`` would not train it.
     labels : sequence of str, optional
         ``classification`` only, required there: the class names of the new head.
     seed : int, optional
@@ -431,10 +447,19 @@ def load_pretrained(
         )
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
-    if quantization_config is not None:
-        kwargs["quantization_config"] = quantization_config
-        if device is not None:
-            kwargs["device_map"] = {"": str(device)}
+    # a checkpoint saved quantized (config.json's quantization_config) loads as saved, and
+    # transformers would silently ignore another quantization config: checked here
+    saved = _read_config(Path(source.path)).get("quantization_config")
+    requested = quantization_config
+    if saved is not None:
+        saved_kind(saved)  # refuses, before reading a weight, what the adapters cannot wrap
+        if requested is not None:
+            check_same_quantization(saved, requested, name=source.name)
+    quantized = saved is not None or requested is not None
+    if requested is not None and saved is None:
+        kwargs["quantization_config"] = requested
+    if quantized and device is not None:
+        kwargs["device_map"] = {"": str(device)}
     if seed is not None:
         transformers.set_seed(seed)
     from transformers.utils import logging as hf_logging
@@ -456,15 +481,38 @@ def load_pretrained(
         ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    if quantization_config is None and (
-        getattr(net, "hf_quantizer", None) is not None or getattr(net, "is_quantized", False)
-    ):
+    if quantized:
+        _check_quantized(net, requested if saved is None else saved, source.name)
+        compute = getattr(requested, "bnb_4bit_compute_dtype", None)
+        if saved is not None and compute is not None:
+            apply_compute_dtype_(net, compute)  # not stored: transformers keeps the saved one
+    elif getattr(net, "hf_quantizer", None) is not None or getattr(net, "is_quantized", False):
         from .smollm2 import quantized_model_message
 
         raise InvalidInputError(quantized_model_message(net))
-    if device is not None and quantization_config is None:
+    if device is not None and not quantized:
         net = net.to(device)
     return net.eval()
+
+
+def _check_quantized(net: Any, config: Any, name: str) -> None:
+    """Refuse a quantized load that quantized no layer (torchao leaves GPT-2's Conv1D as is)."""
+    if count_quantized_layers(net) > 0:
+        return
+    kinds = sorted(
+        {
+            type(m).__name__
+            for m in net.modules()
+            if getattr(m.__dict__.get("_parameters", {}).get("weight"), "ndim", 0) == 2
+        }
+    )
+    raise InvalidInputError(
+        f"{describe_quantization(config)} quantized no layer of {type(net).__name__} "
+        f"({name!r}), whose layers with a matrix weight are {', '.join(kinds) or 'none'}: "
+        "training would run on the full-precision model as if it were quantized. torchao "
+        "converts torch.nn.Linear layers only; bitsandbytes (--quantize 4bit or 8bit) also "
+        "converts transformers' Conv1D (GPT-2). Choose one of those, or drop --quantize."
+    )
 
 
 def load_tokenizer(

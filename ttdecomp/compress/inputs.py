@@ -70,10 +70,17 @@ def load_model(
     """``(model, tokenizer, kind)`` for a packaged name, a local folder or a Hub id (at
     ``revision``; its own code only with ``trust_remote_code``); kind is ``"encoder"`` or
     ``"causal"`` (:func:`ttdecomp.assets.model_task`). Float32, eval mode."""
-    from ..assets.loader import load_pretrained, load_tokenizer, resolve_model
+    from ..assets.loader import check_model_folder, load_pretrained, load_tokenizer, resolve_model
+    from ..assets.quantized import describe_quantization
 
     remote = {"revision": revision, "trust_remote_code": trust_remote_code}
     source = resolve_model(name, **remote)
+    saved = check_model_folder(source.path, weights=False).get("quantization_config")
+    if saved is not None:
+        raise InvalidInputError(
+            f"{name!r} is saved quantized ({describe_quantization(saved)}); compress factorises "
+            "full-precision weights into TT-matrices. Give the model's full-precision checkpoint."
+        )
     kind = "causal" if source.task == "causal" else "encoder"
     model = load_pretrained(source, task=kind, **remote)
     return model, load_tokenizer(source, pad_with_eos=True, **remote), kind

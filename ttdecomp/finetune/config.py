@@ -97,14 +97,6 @@ class FinetuneConfig:
         Recompute activations in the backward pass: less memory, more time.
     report_to : {"none", "tensorboard", "wandb"}
         Where the ``Trainer`` also logs (the run's own ``train_log.jsonl`` is always written).
-    quantize : {"none", "4bit", "8bit", "int8"}
-        The frozen base model's storage (bitsandbytes 4- or 8-bit, torchao int8 weight-only).
-        Not supported yet: a value other than ``none`` raises.
-    bnb_4bit_quant_type : {"nf4", "fp4"}
-        bitsandbytes' 4-bit data type (``quantize="4bit"`` only).
-    bnb_4bit_compute_dtype : {"auto", "fp32", "bf16", "fp16"}
-        The dtype of the 4-bit layers' matmuls (``quantize="4bit"`` only); ``auto``: the
-        training precision's.
     quick : bool
         The fast end-to-end check: the task's ``quick`` sizes, epochs and length unless given.
     revision : str, optional

@@ -12,13 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..assets.quantized import check_same_quantization, describe_quantization, saved_kind
 from ..errors import InvalidOptionError
 
 __all__ = [
     "BNB_4BIT_COMPUTE_DTYPES",
     "BNB_4BIT_TYPES",
     "QUANTIZE",
+    "base_description",
     "check_quantize",
+    "check_saved_quantization",
     "quantization_config",
 ]
 
@@ -111,3 +114,87 @@ def quantization_config(
     from torchao.quantization import Int8WeightOnlyConfig
 
     return TorchAoConfig(quant_type=Int8WeightOnlyConfig(), modules_to_not_convert=heads)
+
+
+def check_saved_quantization(
+    model_config: Any,
+    quantize: str,
+    methods: Sequence[str],
+    *,
+    model: str = "the model",
+    requested: Any = None,
+) -> str | None:
+    """The kind (``"4bit"``, ``"8bit"``, ``"int8"``) of a model saved quantized; None if not.
+
+    A checkpoint saved quantized (``config.json`` holds a ``quantization_config``, as
+    ``save_pretrained`` of a bitsandbytes or torchao model writes, and the Hub's ``*-bnb-4bit``
+    repositories have) is fine-tuned as the frozen quantized base it is, with or without
+    ``quantize``; every method trains beside it (LoRA through PEFT: QLoRA on a 4-bit one).
+    ``requested`` (the quantization config of the options, if any) must store the weights as
+    the checkpoint does (:func:`ttdecomp.assets.quantized.check_same_quantization`).
+
+    Raises
+    ------
+    InvalidOptionError
+        ``quantize`` asks for another kind (transformers would load the checkpoint as saved
+        and ignore it), or ``head-only`` is among the methods (``Trainer`` refuses to train a
+        quantized model without an adapter).
+    InvalidInputError
+        The checkpoint's quantization is one the adapters cannot wrap (GPTQ, AWQ, HQQ ...).
+
+    Examples
+    --------
+    >>> class Config:
+    ...     quantization_config = {"quant_method": "bitsandbytes", "load_in_4bit": True,
+    ...                            "bnb_4bit_quant_type": "nf4"}
+    >>> check_saved_quantization(Config(), "none", ["tt-lora", "lora"])
+    '4bit'
+    >>> check_saved_quantization(Config(), "8bit", ["tt-lora"], model="org/m-bnb-4bit")
+    Traceback (most recent call last):
+    ...
+    ttdecomp.errors.InvalidOptionError: quantize='8bit' asks for an 8bit base, but 'org/m-bnb-4bit' is saved quantized as 4bit (bitsandbytes 4-bit nf4) and loads only as saved; drop quantize (the saved 4bit base is used), or start from the model's full-precision checkpoint to quantize it another way.
+    """  # noqa: E501
+    saved = getattr(model_config, "quantization_config", None)
+    if saved is None:
+        return None
+    kind = saved_kind(saved)
+    what = f"{kind} ({describe_quantization(saved)})"
+    if quantize not in ("none", kind):
+        raise InvalidOptionError(
+            f"quantize={quantize!r} asks for an {quantize} base, but {model!r} is saved "
+            f"quantized as {what} and loads only as saved; drop quantize (the saved {kind} base "
+            "is used), or start from the model's full-precision checkpoint to quantize it "
+            "another way.",
+            option="quantize",
+        )
+    if "head-only" in methods:
+        raise InvalidOptionError(
+            f"head-only has no adapter, and {model!r} is saved quantized as {what}: "
+            "transformers' Trainer refuses to train a quantized model without one; drop "
+            "head-only from methods, or use the model's full-precision checkpoint.",
+            option="methods",
+        )
+    if requested is not None:
+        check_same_quantization(saved, requested, name=model)
+    return kind
+
+
+def base_description(model_config: Any, quantization: Any) -> str | None:
+    """How the frozen base is stored, for the start banner; None for full precision.
+
+    Examples
+    --------
+    >>> base_description(object(), quantization_config("8bit"))
+    'bitsandbytes 8-bit, quantized on load'
+    >>> class Config:
+    ...     quantization_config = {"quant_method": "bitsandbytes", "load_in_4bit": True,
+    ...                            "bnb_4bit_quant_type": "nf4"}
+    >>> base_description(Config(), None)
+    'bitsandbytes 4-bit nf4, saved quantized'
+    """
+    saved = getattr(model_config, "quantization_config", None)
+    if saved is not None:
+        return f"{describe_quantization(saved)}, saved quantized"
+    if quantization is not None:
+        return f"{describe_quantization(quantization)}, quantized on load"
+    return None

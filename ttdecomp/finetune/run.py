@@ -36,12 +36,13 @@ from typing import Any
 
 import torch
 
-from ..assets.loader import load_tokenizer, resolve_model
+from ..assets.loader import load_pretrained, load_tokenizer, resolve_model
 from ..errors import InvalidInputError
 from ..runs.folder import OutputFolder
 from .config import FinetuneConfig
 from .methods import load_adapted
 from .parallel import RunPool, plan_jobs
+from .quantization import QUANTIZE, quantization_config
 from .report import (
     RESULTS_FILE,
     format_table,
@@ -303,6 +304,8 @@ def finetune(
             "precision": precision,
             "quick": config.quick,
             "model_path": str(model_path),
+            # how the frozen base is stored (quantized on load or saved quantized); None: full
+            "base": getattr(job, "base", None),
             "options": config.to_dict(),
         },
         "versions": _versions(),
@@ -422,9 +425,10 @@ def start_banner(
     trainable parameters: lora 96 adapter + 10 other
     """
     sizes = job.describe().get("sizes") or {}
+    base = getattr(job, "base", None)  # how the frozen base is stored, when quantized
     lines = [
         f"device {device}, dtype {precision}, {world_size()} process(es); model {config.model} "
-        f"({task})",
+        f"({task})" + (f"; base {base}" if base else ""),
         f"data {config.data}: "
         + " / ".join(f"{n} {name}" for name, n in sizes.items())
         + f" examples; targets {', '.join(job.targets)}",
@@ -459,12 +463,15 @@ def load_finetuned(
 ) -> tuple[Any, Any]:
     """Reload the model a ``ttdecomp finetune`` run trained: ``(model, tokenizer)``, eval mode.
 
-    The base model is loaded fresh and the run's saved adapter (with its head) is put on it;
-    its predictions equal the run's (the run's test logits are in
-    ``runs/<method>-seed<k>/test_logits.safetensors``). Paths in ``results.json`` are followed
-    only inside ``output``: the adapter must be the run's own ``runs/<method>-seed<k>``, and
-    the base model is the packaged model the run names, or ``model`` (a folder or Hub id you
-    trust) for any other; a recorded base-model path outside ``output`` is never followed.
+    The base model is loaded fresh, as the run loaded it (a classifier with the run's labels
+    or a causal LM; quantized as ``--quantize`` said, or as saved), and the run's saved adapter
+    (with its head) is put on it; its predictions equal the run's (a classification run's test
+    logits are in ``runs/<method>-seed<k>/test_logits.safetensors``). A causal LM's tokenizer
+    comes with a pad token (its end-of-sequence token where it has none). Paths in
+    ``results.json`` are followed only inside ``output``: the adapter must be the run's own
+    ``runs/<method>-seed<k>``, and the base model is the packaged model the run names, or
+    ``model`` (a folder or Hub id you trust) for any other; a recorded base-model path outside
+    ``output`` is never followed.
 
     Examples
     --------
@@ -513,7 +520,29 @@ def load_finetuned(
                     f"model={recorded!r})."
                 )
             model = Path(output) / recorded
-    labels = results["data"]["labels"]
-    net = load_classifier(model, labels, seed)
+    config = results.get("config") or {}
+    options = config.get("options") or {}
+    task = (config.get("identity") or {}).get("task") or options.get("task") or "classification"
+    quantize = options.get("quantize") or "none"
+    if task not in ("classification", "causal") or quantize not in QUANTIZE:
+        raise InvalidInputError(
+            f"{where} records task {task!r} and quantize {quantize!r}; expected a task of "
+            f"classification, causal and a quantize of {', '.join(QUANTIZE)}. The file was "
+            "edited or not written by ttdecomp."
+        )
+    # the base as the run loaded it: quantized the same way (a base saved quantized loads as
+    # saved whatever this says)
+    quantization = quantization_config(
+        quantize,
+        task=task,
+        bnb_4bit_quant_type=options.get("bnb_4bit_quant_type") or "nf4",
+        bnb_4bit_compute_dtype=options.get("bnb_4bit_compute_dtype") or "float32",
+    )
+    if task == "classification":
+        net = load_classifier(
+            model, results["data"]["labels"], seed, quantization_config=quantization
+        )
+    else:
+        net = load_pretrained(model, task="causal", seed=seed, quantization_config=quantization)
     net = load_adapted(net, adapter)
-    return net, load_tokenizer(model)
+    return net, load_tokenizer(model, pad_with_eos=task == "causal")

@@ -38,6 +38,7 @@ from ..methods import (
     resolve_settings,
     save_adapted,
 )
+from ..quantization import base_description, check_saved_quantization
 from ..train import TrainSettings, fit, is_main_process, resolve_device
 from .lm_eval import evaluate_lm, generate_reply
 from .registry import Task, check_max_length
@@ -321,6 +322,8 @@ class CausalJob:
         self.settings: dict[str, MethodSettings] | None = None
         self.before: dict[str, Any] | None = None
         self.trainable: dict[str, dict[str, int]] | None = None  # set by prepare_causal
+        #: how the frozen base is stored when quantized (the banner): ``base_description``
+        self.base: str | None = None  # set by prepare_causal
 
     @property
     def fingerprint(self) -> str:
@@ -453,6 +456,13 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
             f"cannot load the model or tokenizer in {model_path}: {exc}"
         ) from None
     check_max_length(config.max_length, model_config, config.model)
+    check_saved_quantization(
+        model_config,
+        config.quantize,
+        config.methods,
+        model=config.model,
+        requested=config.quantization_config(),
+    )
     targets = list(config.targets or TASK.default_targets(model_config))
     settings = resolve_settings(
         model_config, settings, targets=targets, task=TASK, budget=config.budget_settings()
@@ -471,6 +481,7 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
         quantization_config=config.quantization_config(),
     )
     job.trainable = trainable  # for the start banner
+    job.base = base_description(model_config, job.quantization_config)
     job.settings = settings  # a matched rank derived (resolve_settings)
     return job
 

@@ -25,6 +25,7 @@ from ...assets.loader import ModelSource, check_tokenizer, load_pretrained, load
 from ...errors import InvalidInputError
 from ..data import Splits
 from ..methods import MethodSettings, apply_method, dry_run, resolve_settings, save_adapted
+from ..quantization import base_description, check_saved_quantization
 from ..train import TrainSettings, fit, is_main_process, resolve_device
 from .registry import Task, check_max_length
 
@@ -283,6 +284,8 @@ class ClassificationJob:
     #: every method's settings as the runs use them (a matched rank derived:
     #: :func:`~ttdecomp.finetune.resolve_settings`)
     settings: dict[str, MethodSettings] | None = None
+    #: how the frozen base is stored when quantized (the banner): ``base_description``
+    base: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -398,6 +401,13 @@ class ClassificationTask(Task):
             raise InvalidInputError(
                 f"cannot load the model config in {model_path}: {exc}"
             ) from None
+        check_saved_quantization(
+            model_config,
+            config.quantize,
+            config.methods,
+            model=config.model,
+            requested=config.quantization_config(),
+        )
         tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
         check_tokenizer(tokenizer, [t for t, _ in splits.train], source=splits.source)
         check_max_length(config.max_length, model_config, config.model)
@@ -426,6 +436,7 @@ class ClassificationTask(Task):
             name: TextDataset(rows, tokenizer, config.max_length, sort_by_length=name != "train")
             for name, rows in iterator
         }
+        quantization = config.quantization_config()
         return ClassificationJob(
             Path(model_path),
             splits,
@@ -434,8 +445,9 @@ class ClassificationTask(Task):
             targets,
             config.max_length,
             trainable,
-            config.quantization_config(),
+            quantization,
             settings,
+            base_description(model_config, quantization),
         )
 
 

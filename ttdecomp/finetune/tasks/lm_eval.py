@@ -145,7 +145,11 @@ def generate_reply(
     templated = bool(getattr(tokenizer, "chat_template", None))
     text = prompt_text(tokenizer, messages)
     inputs = tokenizer(text, add_special_tokens=not templated, return_tensors="pt")
-    inputs = {k: v.to(_device(model)) for k, v in inputs.items()}
+    # the ids and the mask only: a tokenizer may add token_type_ids, which a decoder such as
+    # Llama refuses in generate
+    inputs = {
+        k: inputs[k].to(_device(model)) for k in ("input_ids", "attention_mask") if k in inputs
+    }
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
