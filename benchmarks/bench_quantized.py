@@ -9,10 +9,14 @@ tokens only in the loss). Bases:
 * ``8bit``: ``BitsAndBytesConfig(load_in_8bit=True)``;
 * ``4bit``: ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
   bnb_4bit_compute_dtype=float32)`` (QLoRA's NF4; float32 compute, as on a CPU without fast bf16).
+* ``4bit-saved`` (only when ``--bases`` names it): the same NF4 weights read from a checkpoint
+  saved 4-bit (``save_pretrained`` of the ``4bit`` base, written first by a process of its own
+  into a temporary folder, removed at the end), as the Hub's ``*-bnb-4bit`` repositories are
+  loaded: no fp32 weight is ever read, so the loading peak is the 4-bit model's.
 
 Methods, on ``q_proj`` and ``v_proj`` with ``ttdecomp finetune``'s default settings
-(:func:`ttdecomp.finetune.methods.default_settings`; today TT-LoRA rank 4, alpha 32, lr 1e-2,
-:func:`ttdecomp.adapters.get_tt_model`, and LoRA r 8, alpha 16, lr 1e-3, through PEFT: on a
+(:func:`ttdecomp.finetune.methods.default_settings`; today TT-LoRA rank 4, alpha 16, lr 1e-2,
+:func:`ttdecomp.adapters.get_tt_model`, and LoRA r 8, alpha 16, lr 2e-3, through PEFT: on a
 quantized base that is QLoRA). Every variant, fp32 included, is prepared the same way before
 its adapter is added: :func:`ttdecomp.adapters.prepare_model_for_kbit_training` (freeze;
 norms to float32; activation checkpointing, non-re-entrant, which is the QLoRA recipe: PEFT's
@@ -29,10 +33,12 @@ own. Reported per variant:
 * peak RSS of the whole process (``VmHWM``: loading included) and of the fine-tuning alone
   (the high-water mark reset after loading: the first evaluation and the training steps).
   Loading a 4-bit base from an fp32 checkpoint reads the fp32 weights first, so the loading
-  peak is a property of the checkpoint, not of fine-tuning on the base. After loading, weights
-  that are still views of the checkpoint's memory map are copied out (every base alike, see
-  ``_materialize``); otherwise that map keeps the whole fp32 file resident beside the 4-bit
-  weights;
+  peak is a property of the checkpoint, not of fine-tuning on the base (``4bit-saved`` shows
+  the other case). On a quantized base, the float weights that are still views of the
+  checkpoint's memory map are copied out after loading (``_materialize``); otherwise that
+  map keeps the whole file resident beside the quantized weights. The fp32 base's weights
+  stay in the map, as transformers leaves them: the mapped pages are the weights (copying
+  them out, as results before ``copy_out`` was recorded did, doubled its loading peak);
 * step time: median wall time of ``--steps`` training steps after one warm-up step, and
   their median CPU time (``time.process_time``; at one thread, unaffected by other processes
   competing for the cores: the ratios use it);
@@ -65,9 +71,13 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
-BASES = ("fp32", "8bit", "4bit")
+BASES = ("fp32", "8bit", "4bit", "4bit-saved")
+#: measured unless --bases says otherwise (4bit-saved: the same NF4 weights, read from a
+#: checkpoint saved 4-bit, which this script writes first into a temporary folder)
+DEFAULT_BASES = ("fp32", "8bit", "4bit")
 METHODS = ("tt-lora", "lora")
 TARGETS = ["q_proj", "v_proj"]
 SEED = 0
@@ -91,7 +101,7 @@ def _reset_peak() -> bool:
     return True
 
 
-def _load(base: str):
+def _load(base: str, saved: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -99,7 +109,11 @@ def _load(base: str):
 
     folder = smollm2_checkpoint(progress=False)
     kwargs: dict = {"dtype": torch.float32}
-    if base == "8bit":
+    if base == "4bit-saved":  # the 4-bit checkpoint _save_4bit wrote: loads as saved
+        if saved is None:
+            raise SystemExit("the 4bit-saved base needs --saved-dir (the parent makes it)")
+        folder = saved
+    elif base == "8bit":
         kwargs |= {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
     elif base == "4bit":
         kwargs |= {
@@ -114,6 +128,14 @@ def _load(base: str):
     torch.manual_seed(SEED)
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     return model, AutoTokenizer.from_pretrained(folder)
+
+
+def _save_4bit(folder: str) -> None:
+    """Write SmolLM2 quantized as the ``4bit`` base is (NF4) into ``folder``, as a user would
+    save it (``save_pretrained``): what the ``4bit-saved`` base loads."""
+    model, tokenizer = _load("4bit")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def _materialize(model) -> None:
@@ -224,8 +246,9 @@ def child(base: str, method: str, threads: int, args: argparse.Namespace) -> dic
         import peft  # noqa: F401
     rss_imports = _status_kib("VmRSS")
     t0 = time.perf_counter()
-    model, tokenizer = _load(base)
-    _materialize(model)
+    model, tokenizer = _load(base, args.saved_dir)
+    if base != "fp32":  # fp32: the mapped pages are the weights themselves; a copy would
+        _materialize(model)  # double them while loading
     from ttdecomp.adapters import prepare_model_for_kbit_training
 
     prepare_model_for_kbit_training(
@@ -303,6 +326,8 @@ def _run_child(base: str, method: str, threads: int, args: argparse.Namespace) -
     cmd += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
     cmd += ["--max-length", str(args.max_length), "--eval-examples", str(args.eval_examples)]
     cmd += ["--gradient-checkpointing", args.gradient_checkpointing]
+    if args.saved_dir:
+        cmd += ["--saved-dir", args.saved_dir]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"child {shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -350,13 +375,13 @@ def _report(results: list[dict], args: argparse.Namespace) -> None:
                 f"{_ratio(tt4['peak_process_mib'], lo4['peak_process_mib'])}, fine-tuning peak "
                 f"{_ratio(tt4['peak_train_mib'], lo4['peak_train_mib'])} (target <= 1.0)"
             )
-        for method in METHODS:
-            q, f = by.get((threads, "4bit", method)), by.get((threads, "fp32", method))
+        for method, quantized in [(m, b) for b in ("4bit", "4bit-saved") for m in METHODS]:
+            q, f = by.get((threads, quantized, method)), by.get((threads, "fp32", method))
             if q and f:
                 above_q = q["peak_process_mib"] - q["rss_imports_mib"]
                 above_f = f["peak_process_mib"] - f["rss_imports_mib"]
                 print(
-                    f"  {method} 4-bit / fp32: peak RSS "
+                    f"  {method} {quantized} / fp32: peak RSS "
                     f"{_ratio(q['peak_process_mib'], f['peak_process_mib'])}, fine-tuning peak "
                     f"{_ratio(q['peak_train_mib'], f['peak_train_mib'])}, above the libraries "
                     f"{_ratio(above_q, above_f)} (target <= 0.6); held-out loss after "
@@ -371,7 +396,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--eval-examples", type=int, default=32)
-    parser.add_argument("--bases", nargs="+", choices=BASES, default=list(BASES))
+    parser.add_argument("--bases", nargs="+", choices=BASES, default=list(DEFAULT_BASES))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument(
         "--gradient-checkpointing",
@@ -385,6 +410,8 @@ def main() -> None:
         "already there are kept when their settings agree)",
     )
     parser.add_argument("--child", nargs=2, metavar=("BASE", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--saved-dir", help=argparse.SUPPRESS)  # the 4bit-saved checkpoint
+    parser.add_argument("--save-4bit", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     for name in ("steps", "batch_size", "max_length", "eval_examples"):
         if getattr(args, name) < 1:
@@ -399,20 +426,31 @@ def main() -> None:
             )
         print(json.dumps(child(base, method, args.threads[0], args)))
         return
+    if args.save_4bit:  # in its own process, so that no variant's memory counts it
+        _save_4bit(args.save_4bit)
+        return
     settings = _settings(args)
     previous = _previous_rows(args.json, settings) if args.json else []
     results = []
-    for threads in args.threads:
-        for base in args.bases:
-            for method in args.methods:
-                results.append(_run_child(base, method, threads, args))
-                r = results[-1]
-                print(
-                    f"  done: {threads} thread(s) {base} {method}: {r['step_s']:.3f} s/step, "
-                    f"peak {r['peak_process_mib']:.0f} MiB",
-                    file=sys.stderr,
-                    flush=True,
-                )
+    with tempfile.TemporaryDirectory(prefix="bench_quantized.") as tmp:
+        if "4bit-saved" in args.bases:
+            args.saved_dir = os.path.join(tmp, "smollm2-nf4")
+            env = dict(os.environ, HF_HUB_OFFLINE="1")
+            cmd = [sys.executable, "-P", __file__, "--save-4bit", args.saved_dir]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                sys.exit(f"saving the 4-bit checkpoint failed:\n{proc.stderr[-4000:]}")
+        for threads in args.threads:
+            for base in args.bases:
+                for method in args.methods:
+                    results.append(_run_child(base, method, threads, args))
+                    r = results[-1]
+                    print(
+                        f"  done: {threads} thread(s) {base} {method}: {r['step_s']:.3f} "
+                        f"s/step, peak {r['peak_process_mib']:.0f} MiB",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     _report(results, args)
     if args.json:
         _write_json(args.json, settings, previous, results)
@@ -430,6 +468,10 @@ def _settings(args: argparse.Namespace) -> dict:
         "targets": TARGETS,
         "gradient_checkpointing": args.gradient_checkpointing == "on",
         "seed": SEED,
+        # the fp32 base keeps its weights in the checkpoint's memory map (before 2026-12-07
+        # late: copied out as the quantized bases' float weights are, which doubled its
+        # loading peak)
+        "copy_out": "quantized bases",
     }
 
 
@@ -456,7 +498,6 @@ def _previous_rows(path: str, settings: dict) -> list[dict]:
 def _write_json(path: str, settings: dict, previous: list[dict], results: list[dict]) -> None:
     """Write settings and rows (this run's replace earlier ones of the same key), atomically."""
     import platform
-    import tempfile
 
     key = lambda r: (r["threads"], r["base"], r["method"])  # noqa: E731
     new = {key(r) for r in results}

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-_BASES = {"fp32": "fp32", "8bit": "8-bit", "4bit": "4-bit"}
+_BASES = {"fp32": "fp32", "8bit": "8-bit", "4bit": "4-bit", "4bit-saved": "4-bit, saved"}
 _METHODS = {"tt-lora": "TT-LoRA", "lora": "LoRA"}
 _ROW_KEYS = (
     "threads", "base", "method", "trainable", "peak_train_mib", "peak_process_mib",
@@ -83,7 +83,7 @@ def _status(value: float | None, target: float) -> str:
 
 
 def _name(row: dict[str, Any]) -> str:
-    if row["method"] == "lora" and row["base"] == "4bit":
+    if row["method"] == "lora" and row["base"] in ("4bit", "4bit-saved"):
         return "QLoRA"
     return _METHODS[row["method"]]
 
@@ -152,12 +152,18 @@ def render(doc: dict[str, Any]) -> str:
             rows.append(("4-bit: TT-LoRA / QLoRA fine-tuning peak RSS", peak, 1.0, "≤ 1.0"))
             process = _ratio(tt4["peak_process_mib"], q4["peak_process_mib"])
             rows.append(("4-bit: TT-LoRA / QLoRA process peak RSS", process, 1.0, "≤ 1.0"))
-        for q, f in ((tt4, tt32), (q4, lo32)):
+        saved = [by.get((threads, "4bit-saved", m)) for m in ("tt-lora", "lora")]
+        for q, f, what in (
+            (tt4, tt32, "4-bit"),
+            (q4, lo32, "4-bit"),
+            (saved[0], tt32, "4-bit saved"),
+            (saved[1], lo32, "4-bit saved"),
+        ):
             if q and f:
                 name = _METHODS[q["method"]]
                 rows.append(
                     (
-                        f"{name}: 4-bit / fp32 fine-tuning peak RSS",
+                        f"{name}: {what} / fp32 fine-tuning peak RSS",
                         _ratio(q["peak_train_mib"], f["peak_train_mib"]),
                         0.6,
                         "≤ 0.6",
@@ -165,7 +171,7 @@ def render(doc: dict[str, Any]) -> str:
                 )
                 rows.append(
                     (
-                        f"{name}: 4-bit / fp32 process peak RSS",
+                        f"{name}: {what} / fp32 process peak RSS",
                         _ratio(q["peak_process_mib"], f["peak_process_mib"]),
                         0.6,
                         "≤ 0.6",

@@ -55,6 +55,23 @@ def test_targets_are_computed_from_the_rows():
     assert "| LoRA: 4-bit / fp32 fine-tuning peak RSS | 0.550 | ≤ 0.6 | met |" in text
     assert "| TT-LoRA: held-out loss after, 4-bit / fp32 | 1.026 |" in text
     assert "| 1 | 4-bit | QLoRA | 25,440 | 550 MiB | 650 MiB | 2.00 |" in text
+    assert "saved" not in text  # no 4bit-saved rows, no 4bit-saved ratios
+
+
+def test_the_saved_4bit_base_gets_its_own_rows_and_ratios():
+    doc = {
+        "settings": SETTINGS,
+        "results": [
+            row("fp32", "tt-lora", step=2.0, peak=1000.0, loss_after=1.90),
+            row("fp32", "lora", step=2.0, peak=1000.0, loss_after=1.90),
+            row("4bit-saved", "tt-lora", step=2.3, peak=700.0, loss_after=1.95),
+            row("4bit-saved", "lora", step=2.0, peak=550.0, loss_after=1.90),
+        ],
+    }
+    text = table.render(doc)
+    assert "| 1 | 4-bit, saved | QLoRA | 25,440 | 550 MiB | 650 MiB | 2.00 |" in text
+    assert "| TT-LoRA: 4-bit saved / fp32 fine-tuning peak RSS | 0.700 | ≤ 0.6 | missed |" in text
+    assert "| LoRA: 4-bit saved / fp32 process peak RSS | 0.591 | ≤ 0.6 | met |" in text
 
 
 def test_write_replaces_only_the_block(tmp_path):
