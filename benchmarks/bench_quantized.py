@@ -60,6 +60,7 @@ Usage::
     HF_HUB_OFFLINE=1 python benchmarks/bench_quantized.py [--steps 10] [--threads 1 2]
         [--batch-size 4] [--max-length 64] [--eval-examples 32] [--bases fp32 8bit 4bit]
         [--methods tt-lora lora] [--gradient-checkpointing on|off] [--json FILE]
+        [--malloc-mmap-threshold BYTES]
 """
 
 from __future__ import annotations
@@ -322,6 +323,8 @@ def _run_child(base: str, method: str, threads: int, args: argparse.Namespace) -
     env["TOKENIZERS_PARALLELISM"] = "false"
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)
+    if args.malloc_mmap_threshold is not None:  # glibc: a fixed threshold, no dynamic one
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
     cmd = [sys.executable, "-P", __file__, "--child", base, method, "--threads", str(threads)]
     cmd += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
     cmd += ["--max-length", str(args.max_length), "--eval-examples", str(args.eval_examples)]
@@ -409,6 +412,15 @@ def main() -> None:
         help="write the settings and results to this JSON file (rows of other thread counts "
         "already there are kept when their settings agree)",
     )
+    parser.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        metavar="BYTES",
+        help="run every variant with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (e.g. 65536): "
+        "allocations above it are mapped and handed back when freed, instead of the dynamic "
+        "threshold that, after the first large free, serves them from a heap that keeps "
+        "freed memory (default: glibc's own behaviour)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("BASE", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--saved-dir", help=argparse.SUPPRESS)  # the 4bit-saved checkpoint
     parser.add_argument("--save-4bit", metavar="DIR", help=argparse.SUPPRESS)
@@ -416,6 +428,8 @@ def main() -> None:
     for name in ("steps", "batch_size", "max_length", "eval_examples"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
+    if args.malloc_mmap_threshold is not None and args.malloc_mmap_threshold < 0:
+        parser.error(f"--malloc-mmap-threshold {args.malloc_mmap_threshold} must be >= 0")
     if any(t < 1 for t in args.threads):
         parser.error(f"--threads {args.threads} must all be >= 1")
     if args.child:
@@ -472,7 +486,11 @@ def _settings(args: argparse.Namespace) -> dict:
         # late: copied out as the quantized bases' float weights are, which doubled its
         # loading peak)
         "copy_out": "quantized bases",
-    }
+    } | (
+        {"malloc_mmap_threshold": args.malloc_mmap_threshold}
+        if args.malloc_mmap_threshold is not None
+        else {}
+    )
 
 
 def _previous_rows(path: str, settings: dict) -> list[dict]:

@@ -96,7 +96,13 @@ def render(doc: dict[str, Any]) -> str:
     lines = [
         f"{s['steps']} steps of batch {s['batch_size']} (at most {s['max_length']} tokens), "
         f"held-out = {s['eval_examples']} validation dialogues, activation checkpointing "
-        f"{checkpointing} for every variant; measured {dates} on "
+        f"{checkpointing} for every variant"
+        + (
+            f", glibc's `MALLOC_MMAP_THRESHOLD_={s['malloc_mmap_threshold']}` (a fixed threshold)"
+            if s.get("malloc_mmap_threshold") is not None
+            else ""
+        )
+        + f"; measured {dates} on "
         f"{doc.get('machine', {}).get('cpus', '?')} CPUs (`bench_quantized.py --json`).",
         "",
         "| threads | base | method | trainable | fine-tuning peak RSS | process peak RSS "

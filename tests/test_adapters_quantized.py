@@ -446,3 +446,40 @@ def test_unpacking_a_cpu_packed_4bit_weight_keeps_its_values(double):
     after = dequantized_weight(layer)
     assert float((after - before).norm() / before.norm()) < 1e-2  # block scales in bfloat16
     assert torch.allclose(x @ after.T, packed_out, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_guarded_4bit_layers_stay_the_loaded_base_over_evaluate_train_cycles(double):
+    # the guard keeps the state before bitsandbytes repacks and restores it on unpacking: no
+    # bfloat16 rounding of the block scales, no re-quantized double-quantized scales (which
+    # bitsandbytes' own inverse gives, a new drift on every cycle)
+    import bitsandbytes as bnb
+
+    from ttdecomp.adapters import guard_4bit_backward
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(192, 128, bias=False)
+    layer = bnb.nn.Linear4bit(
+        192, 128, bias=False, compute_dtype=torch.float32, compress_statistics=double
+    )
+    layer.weight = bnb.nn.Params4bit(
+        dense.weight.data.clone(), requires_grad=False, quant_type="nf4", compress_statistics=double
+    )
+    layer = torch.nn.Sequential(layer.to("cpu"))
+    assert guard_4bit_backward(layer) == 1
+    loaded = dequantized_weight(layer[0]).clone()
+    x = torch.randn(4, 192, requires_grad=True)
+    packed = 0
+    for _ in range(3):
+        layer.eval()
+        with torch.no_grad():
+            layer(x.detach())  # an input without grad: what bitsandbytes repacks for
+        packed += bool(getattr(layer[0].weight.quant_state, "packing_format_for_cpu", False))
+        layer.train()
+        y = layer(x)  # the guard unpacks: gradients flow
+        y.sum().backward()
+        assert x.grad is not None and float(x.grad.abs().sum()) > 0
+        x.grad = None
+        assert torch.equal(dequantized_weight(layer[0]), loaded)
+    if not packed:
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes does not repack")

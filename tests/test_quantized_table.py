@@ -72,6 +72,9 @@ def test_the_saved_4bit_base_gets_its_own_rows_and_ratios():
     assert "| 1 | 4-bit, saved | QLoRA | 25,440 | 550 MiB | 650 MiB | 2.00 |" in text
     assert "| TT-LoRA: 4-bit saved / fp32 fine-tuning peak RSS | 0.700 | ≤ 0.6 | missed |" in text
     assert "| LoRA: 4-bit saved / fp32 process peak RSS | 0.591 | ≤ 0.6 | met |" in text
+    assert "MALLOC_MMAP_THRESHOLD_" not in text
+    doc["settings"] = dict(SETTINGS, malloc_mmap_threshold=65536)
+    assert "glibc's `MALLOC_MMAP_THRESHOLD_=65536` (a fixed threshold)" in table.render(doc)
 
 
 def test_write_replaces_only_the_block(tmp_path):
@@ -112,8 +115,9 @@ def _bench():
 def test_bench_json_keeps_other_thread_counts_and_refuses_other_settings(tmp_path):
     bench = _bench()
     args = bench.argparse.Namespace(
-        steps=10, batch_size=4, max_length=64, eval_examples=32, gradient_checkpointing="on"
-    )
+        steps=10, batch_size=4, max_length=64, eval_examples=32, gradient_checkpointing="on",
+        malloc_mmap_threshold=None,
+    )  # fmt: skip
     settings = bench._settings(args)
     path = str(tmp_path / "r.json")
     one = [row("4bit", "lora", step=2.0, peak=500.0, loss_after=2.0, threads=1)]
@@ -133,4 +137,7 @@ def test_bench_json_keeps_other_thread_counts_and_refuses_other_settings(tmp_pat
     assert table.load_results(path)["results"][0]["step_cpu_s"] == 3.0
     args.steps = 50
     with pytest.raises(SystemExit, match=r"other settings \(steps"):
+        bench._previous_rows(path, bench._settings(args))
+    args.steps, args.malloc_mmap_threshold = 10, 65536  # another allocator: other settings
+    with pytest.raises(SystemExit, match=r"other settings \(malloc_mmap_threshold"):
         bench._previous_rows(path, bench._settings(args))

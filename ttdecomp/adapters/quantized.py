@@ -36,6 +36,7 @@ from ..nn.quantized import (
     in_out_features,
     quantization_note,
     quantized_kind,
+    remember_4bit_state_,
     requantize_,
     unpack_cpu_4bit_,
     unsupported_quantized,
@@ -295,6 +296,7 @@ def base_quantization(module: nn.Module) -> str:
 def _unpack_for_backward(module: nn.Module, args: Any) -> None:
     if torch.is_grad_enabled():
         unpack_cpu_4bit_(module)
+    remember_4bit_state_(module)  # unpacked: the state an inference forward would round
 
 
 def guard_4bit_backward(model: nn.Module) -> int:
@@ -305,7 +307,12 @@ def guard_4bit_backward(model: nn.Module) -> int:
     evaluation then silently gives no gradient through that layer (see
     :func:`ttdecomp.nn.quantized.unpack_cpu_4bit_`). A forward pre-hook on each layer unpacks
     the weight when gradients are enabled; inference under ``torch.no_grad()`` keeps the fast
-    kernel. Idempotent; :func:`~ttdecomp.adapters.get_tt_model` calls it. Returns the number of
+    kernel. The hook also keeps the layer's quantization state before a repack
+    (:func:`~ttdecomp.nn.quantized.remember_4bit_state_`) and unpacking restores it exactly:
+    the base trained beside is the base that was loaded, however many evaluations came
+    between (bitsandbytes' own inverse rounds the block scales to bfloat16 and re-quantizes
+    double-quantized ones, a drift on every evaluate-then-train cycle). Idempotent;
+    :func:`~ttdecomp.adapters.get_tt_model` calls it. Returns the number of
     layers guarded now.
 
     Examples

@@ -18,6 +18,7 @@ linears (or skipping them).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "in_out_features",
     "quantization_note",
     "quantized_kind",
+    "remember_4bit_state_",
     "requantize_",
     "unpack_cpu_4bit_",
     "unsupported_quantized",
@@ -249,6 +251,13 @@ def unpack_cpu_4bit_(module: nn.Module) -> bool:
         state = weight.quant_state
         nested = state.original_nested
         weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+        kept = getattr(weight, _KEPT_STATE, None)
+        if kept is not None and tuple(kept.shape) == tuple(weight.quant_state.shape):
+            # the 4-bit codes come back exactly; the scales as they were before the packing
+            # (remember_4bit_state_), not rounded to bfloat16 (nor re-quantized: double
+            # quantization drifted on every evaluate-then-train cycle)
+            weight.quant_state = copy.copy(kept)
+            return True
         if not nested:
             # bitsandbytes 0.50's inverse restores the block scales' order only when they were
             # double-quantized; otherwise they stay as packing left them, (blocks per row, out)
@@ -257,6 +266,37 @@ def unpack_cpu_4bit_(module: nn.Module) -> bool:
             state.absmax = state.absmax.T.contiguous().reshape(-1).float()
         return True
     return False
+
+
+#: where :func:`remember_4bit_state_` keeps a 4-bit weight's state (on the weight itself, so
+#: a weight replaced by :func:`requantize_` starts without one)
+_KEPT_STATE = "_ttdecomp_unpacked_quant_state"
+
+
+def remember_4bit_state_(module: nn.Module) -> bool:
+    """Keep a bitsandbytes 4-bit layer's quantization state, so that unpacking is exact.
+
+    bitsandbytes 0.50's CPU repacking (:func:`unpack_cpu_4bit_`) rounds the block scales to
+    bfloat16, and its inverse re-quantizes double-quantized scales: a layer evaluated, then
+    trained, would no longer be the layer that was loaded, and would drift further on every
+    evaluation. Called while the layer is unpacked (before an inference forward repacks it),
+    this keeps the state as it is (a shallow copy: packing rebinds the state's fields, it does
+    not write into its tensors), and :func:`unpack_cpu_4bit_` puts it back. A no-op (False) on
+    any other layer or on a packed one.
+
+    Examples
+    --------
+    >>> remember_4bit_state_(nn.Linear(2, 2))
+    False
+    """
+    if quantized_kind(module) != "bnb_4bit":
+        return False
+    weight = _weight(module)
+    state = weight.quant_state
+    if state is None or getattr(state, "packing_format_for_cpu", False):
+        return False
+    setattr(weight, _KEPT_STATE, copy.copy(state))
+    return True
 
 
 def requantize_(module: nn.Module, weight: torch.Tensor) -> None:

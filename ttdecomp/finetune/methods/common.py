@@ -144,6 +144,11 @@ def apply_method(
     model = method.apply(
         model, settings, targets=list(targets), heads=heads, peft_task_type=task.peft_task_type
     )
+    # every method on a bitsandbytes 4-bit base (PEFT's LoRA too): its CPU inference kernel,
+    # used after any evaluation, has no backward (no-op without 4-bit layers)
+    from ...adapters.quantized import guard_4bit_backward
+
+    guard_4bit_backward(model)
     adapter = extra = 0
     for name, p in model.named_parameters():
         if p.requires_grad:
