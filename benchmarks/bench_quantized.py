@@ -102,13 +102,47 @@ def _reset_peak() -> bool:
     return True
 
 
-def _load(base: str, saved: str | None = None):
+#: ``--model``: SmolLM2-135M-Instruct (the packaged weights), or SmolLM2-360M's architecture
+#: with random weights (memory and time do not depend on the values; its losses mean nothing)
+MODELS = {
+    "smollm2-135m": "SmolLM2-135M-Instruct",
+    "smollm2-360m-random": "SmolLM2-360M architecture, random weights",
+}
+#: SmolLM2-360M's sizes (its config.json on the Hub); the rest is SmolLM2-135M's config
+_SMOLLM2_360M = {
+    "hidden_size": 960,
+    "intermediate_size": 2560,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 15,
+    "num_key_value_heads": 5,
+}
+
+
+def _save_random_360m(folder: str) -> None:
+    """Write a float32 checkpoint of SmolLM2-360M's architecture, random (seeded), with
+    SmolLM2's tokenizer (the family shares it) into ``folder``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ttdecomp.finetune.smollm2 import smollm2_checkpoint
+
+    source = smollm2_checkpoint(progress=False)
+    config = AutoConfig.from_pretrained(source)
+    for name, value in _SMOLLM2_360M.items():
+        setattr(config, name, value)
+    torch.manual_seed(SEED)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+
+
+def _load(base: str, saved: str | None = None, source: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     from ttdecomp.finetune.smollm2 import smollm2_checkpoint
 
-    folder = smollm2_checkpoint(progress=False)
+    folder = source or smollm2_checkpoint(progress=False)
     kwargs: dict = {"dtype": torch.float32}
     if base == "4bit-saved":  # the 4-bit checkpoint _save_4bit wrote: loads as saved
         if saved is None:
@@ -131,10 +165,10 @@ def _load(base: str, saved: str | None = None):
     return model, AutoTokenizer.from_pretrained(folder)
 
 
-def _save_4bit(folder: str) -> None:
+def _save_4bit(folder: str, source: str | None = None) -> None:
     """Write SmolLM2 quantized as the ``4bit`` base is (NF4) into ``folder``, as a user would
     save it (``save_pretrained``): what the ``4bit-saved`` base loads."""
-    model, tokenizer = _load("4bit")
+    model, tokenizer = _load("4bit", source=source)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
@@ -247,7 +281,7 @@ def child(base: str, method: str, threads: int, args: argparse.Namespace) -> dic
         import peft  # noqa: F401
     rss_imports = _status_kib("VmRSS")
     t0 = time.perf_counter()
-    model, tokenizer = _load(base, args.saved_dir)
+    model, tokenizer = _load(base, args.saved_dir, args.source_dir)
     if base != "fp32":  # fp32: the mapped pages are the weights themselves; a copy would
         _materialize(model)  # double them while loading
     from ttdecomp.adapters import prepare_model_for_kbit_training
@@ -331,6 +365,8 @@ def _run_child(base: str, method: str, threads: int, args: argparse.Namespace) -
     cmd += ["--gradient-checkpointing", args.gradient_checkpointing]
     if args.saved_dir:
         cmd += ["--saved-dir", args.saved_dir]
+    if args.source_dir:
+        cmd += ["--source-dir", args.source_dir]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"child {shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -343,8 +379,9 @@ def _ratio(num: float | None, den: float | None) -> str:
 
 def _report(results: list[dict], args: argparse.Namespace) -> None:
     print(
-        f"SmolLM2-135M, chatterbot dialogues: {args.steps + 1} steps of batch {args.batch_size} "
-        f"(max {args.max_length} tokens), held-out = {args.eval_examples} validation dialogues"
+        f"{MODELS[args.model]}, chatterbot dialogues: {args.steps + 1} steps of batch "
+        f"{args.batch_size} (max {args.max_length} tokens), held-out = {args.eval_examples} "
+        "validation dialogues"
     )
     print(
         f"{'threads':>7} {'base':>5} {'method':>8} {'trainable':>10} {'libs MiB':>8} "
@@ -424,6 +461,16 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("BASE", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--saved-dir", help=argparse.SUPPRESS)  # the 4bit-saved checkpoint
     parser.add_argument("--save-4bit", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--source-dir", help=argparse.SUPPRESS)  # the --model checkpoint
+    parser.add_argument("--save-360m", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--model",
+        choices=tuple(MODELS),
+        default="smollm2-135m",
+        help="smollm2-135m: the packaged SmolLM2-135M-Instruct (default); smollm2-360m-random: "
+        "SmolLM2-360M's architecture with random weights, written first into a temporary "
+        "folder (memory and time only: its losses mean nothing)",
+    )
     args = parser.parse_args()
     for name in ("steps", "batch_size", "max_length", "eval_examples"):
         if getattr(args, name) < 1:
@@ -441,16 +488,27 @@ def main() -> None:
         print(json.dumps(child(base, method, args.threads[0], args)))
         return
     if args.save_4bit:  # in its own process, so that no variant's memory counts it
-        _save_4bit(args.save_4bit)
+        _save_4bit(args.save_4bit, args.source_dir)
+        return
+    if args.save_360m:
+        _save_random_360m(args.save_360m)
         return
     settings = _settings(args)
     previous = _previous_rows(args.json, settings) if args.json else []
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_quantized.") as tmp:
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        if args.model == "smollm2-360m-random":
+            args.source_dir = os.path.join(tmp, "smollm2-360m-random")
+            cmd = [sys.executable, "-P", __file__, "--save-360m", args.source_dir]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                sys.exit(f"writing the 360M checkpoint failed:\n{proc.stderr[-4000:]}")
         if "4bit-saved" in args.bases:
             args.saved_dir = os.path.join(tmp, "smollm2-nf4")
-            env = dict(os.environ, HF_HUB_OFFLINE="1")
             cmd = [sys.executable, "-P", __file__, "--save-4bit", args.saved_dir]
+            if args.source_dir:
+                cmd += ["--source-dir", args.source_dir]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 sys.exit(f"saving the 4-bit checkpoint failed:\n{proc.stderr[-4000:]}")
@@ -473,7 +531,7 @@ def main() -> None:
 def _settings(args: argparse.Namespace) -> dict:
     """What must agree between rows that share a results file."""
     return {
-        "model": "SmolLM2-135M-Instruct",
+        "model": MODELS[args.model],
         "data": "chatterbot",
         "steps": args.steps + 1,
         "batch_size": args.batch_size,

@@ -93,8 +93,11 @@ def render(doc: dict[str, Any]) -> str:
     s = doc["settings"]
     checkpointing = "on" if s.get("gradient_checkpointing") else "off"
     dates = ", ".join(sorted({r.get("date", "n/a") for r in doc["results"]}))
+    random = "random weights" in str(s.get("model", ""))
     lines = [
-        f"{s['steps']} steps of batch {s['batch_size']} (at most {s['max_length']} tokens), "
+        f"{s.get('model', 'SmolLM2-135M-Instruct')}"
+        + (" (its losses mean nothing: memory and time only)" if random else "")
+        + f": {s['steps']} steps of batch {s['batch_size']} (at most {s['max_length']} tokens), "
         f"held-out = {s['eval_examples']} validation dialogues, activation checkpointing "
         f"{checkpointing} for every variant"
         + (
@@ -119,27 +122,27 @@ def render(doc: dict[str, Any]) -> str:
     lines += [
         "",
         "Where the fine-tuning peak goes (MiB; libraries: RSS after importing torch, "
-        "transformers and, where used, bitsandbytes and PEFT; weights as stored; rest of "
-        "loading: loaded RSS less both, i.e. tokenizer, data and what the loader left on the "
-        "heap; above loaded: activations, logits and their gradients, the allocator's "
-        "retained free memory):",
+        "transformers and, where used, bitsandbytes and PEFT; weights at their stored size, "
+        "all resident at the peak (the fp32 base's stay in the checkpoint's memory map, "
+        "counted in RSS once read); everything else: the fine-tuning peak less both, i.e. "
+        "tokenizer, data, what the loader left on the heap, activations, logits and their "
+        "gradients, optimizer state, the allocator's retained free memory):",
         "",
         "| threads | base | method | libraries | quantized weights | float weights "
-        "(embedding) | rest of loading | above loaded | fine-tuning peak |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(embedding) | everything else | fine-tuning peak |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["results"]:
         w = r.get("weights_mib")
-        libs, loaded, peak = r.get("rss_imports_mib"), r.get("rss_loaded_mib"), r["peak_train_mib"]
-        if w is None or libs is None or loaded is None or peak is None:
-            cells = ["n/a"] * 6
+        libs, peak = r.get("rss_imports_mib"), r["peak_train_mib"]
+        if w is None or libs is None or peak is None:
+            cells = ["n/a"] * 5
         else:
             cells = [
                 f"{libs:,.0f}",
                 f"{w['quantized']:,.0f}",
                 f"{w['other']:,.0f} ({w['embedding']:,.0f})",
-                f"{loaded - libs - w['quantized'] - w['other']:,.0f}",
-                f"{peak - loaded:,.0f}",
+                f"{peak - libs - w['quantized'] - w['other']:,.0f}",
                 f"{peak:,.0f}",
             ]
         lines.append(
@@ -183,7 +186,7 @@ def render(doc: dict[str, Any]) -> str:
                         "≤ 0.6",
                     )
                 )
-        if tt4 and tt32:
+        if tt4 and tt32 and not random:
             gap = _ratio(tt4["loss_after"], tt32["loss_after"])
             rows.append(
                 ("TT-LoRA: held-out loss after, 4-bit / fp32", gap, 1.02, "within 2% (≤ 1.02)")

@@ -56,6 +56,11 @@ def test_targets_are_computed_from_the_rows():
     assert "| TT-LoRA: held-out loss after, 4-bit / fp32 | 1.026 |" in text
     assert "| 1 | 4-bit | QLoRA | 25,440 | 550 MiB | 650 MiB | 2.00 |" in text
     assert "saved" not in text  # no 4bit-saved rows, no 4bit-saved ratios
+    random = dict(doc, settings=dict(SETTINGS, model="SmolLM2-360M architecture, random weights"))
+    text = table.render(random)
+    assert "(its losses mean nothing: memory and time only)" in text
+    assert "held-out loss after" not in text  # no loss target on random weights
+    assert "| TT-LoRA: 4-bit / fp32 fine-tuning peak RSS | 0.500 | ≤ 0.6 | met |" in text
 
 
 def test_the_saved_4bit_base_gets_its_own_rows_and_ratios():
@@ -73,6 +78,7 @@ def test_the_saved_4bit_base_gets_its_own_rows_and_ratios():
     assert "| TT-LoRA: 4-bit saved / fp32 fine-tuning peak RSS | 0.700 | ≤ 0.6 | missed |" in text
     assert "| LoRA: 4-bit saved / fp32 process peak RSS | 0.591 | ≤ 0.6 | met |" in text
     assert "MALLOC_MMAP_THRESHOLD_" not in text
+    assert text.startswith("SmolLM2-135M-Instruct: 11 steps")
     doc["settings"] = dict(SETTINGS, malloc_mmap_threshold=65536)
     assert "glibc's `MALLOC_MMAP_THRESHOLD_=65536` (a fixed threshold)" in table.render(doc)
 
@@ -116,7 +122,7 @@ def test_bench_json_keeps_other_thread_counts_and_refuses_other_settings(tmp_pat
     bench = _bench()
     args = bench.argparse.Namespace(
         steps=10, batch_size=4, max_length=64, eval_examples=32, gradient_checkpointing="on",
-        malloc_mmap_threshold=None,
+        malloc_mmap_threshold=None, model="smollm2-135m",
     )  # fmt: skip
     settings = bench._settings(args)
     path = str(tmp_path / "r.json")
