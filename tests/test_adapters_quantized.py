@@ -419,13 +419,9 @@ def test_save_load_on_torchao_int8(folders, tmp_path, caplog):
     )
 
 
-@pytest.mark.parametrize("double", [False, True])
-def test_unpacking_a_cpu_packed_4bit_weight_keeps_its_values(double):
-    # bitsandbytes repacks on an inference call (AVX512-BF16 CPUs) and its own inverse leaves
-    # single-quantized block scales out of order when a row has several blocks (192 = 3 x 64)
+def _nf4_layer(double: bool):
+    """A bitsandbytes NF4 layer 192 -> 128 (three 64-value blocks per row), seeded."""
     import bitsandbytes as bnb
-
-    from ttdecomp.nn.quantized import unpack_cpu_4bit_
 
     torch.manual_seed(0)
     dense = torch.nn.Linear(192, 128, bias=False)
@@ -435,7 +431,16 @@ def test_unpacking_a_cpu_packed_4bit_weight_keeps_its_values(double):
     layer.weight = bnb.nn.Params4bit(
         dense.weight.data.clone(), requires_grad=False, quant_type="nf4", compress_statistics=double
     )
-    layer = layer.to("cpu").eval()
+    return layer.to("cpu")
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_unpacking_a_cpu_packed_4bit_weight_keeps_its_values(double):
+    # bitsandbytes repacks on an inference call (AVX512-BF16 CPUs) and its own inverse leaves
+    # single-quantized block scales out of order when a row has several blocks (192 = 3 x 64)
+    from ttdecomp.nn.quantized import unpack_cpu_4bit_
+
+    layer = _nf4_layer(double).eval()
     before = dequantized_weight(layer)
     x = torch.randn(4, 192)
     with torch.no_grad():
@@ -453,19 +458,9 @@ def test_guarded_4bit_layers_stay_the_loaded_base_over_evaluate_train_cycles(dou
     # the guard keeps the state before bitsandbytes repacks and restores it on unpacking: no
     # bfloat16 rounding of the block scales, no re-quantized double-quantized scales (which
     # bitsandbytes' own inverse gives, a new drift on every cycle)
-    import bitsandbytes as bnb
-
     from ttdecomp.adapters import guard_4bit_backward
 
-    torch.manual_seed(0)
-    dense = torch.nn.Linear(192, 128, bias=False)
-    layer = bnb.nn.Linear4bit(
-        192, 128, bias=False, compute_dtype=torch.float32, compress_statistics=double
-    )
-    layer.weight = bnb.nn.Params4bit(
-        dense.weight.data.clone(), requires_grad=False, quant_type="nf4", compress_statistics=double
-    )
-    layer = torch.nn.Sequential(layer.to("cpu"))
+    layer = torch.nn.Sequential(_nf4_layer(double))
     assert guard_4bit_backward(layer) == 1
     loaded = dequantized_weight(layer[0]).clone()
     x = torch.randn(4, 192, requires_grad=True)

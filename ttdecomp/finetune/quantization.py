@@ -20,6 +20,7 @@ __all__ = [
     "BNB_4BIT_TYPES",
     "QUANTIZE",
     "base_description",
+    "check_job_base",
     "check_quantize",
     "check_saved_quantization",
     "quantization_config",
@@ -198,3 +199,21 @@ def base_description(model_config: Any, quantization: Any) -> str | None:
     if quantization is not None:
         return f"{describe_quantization(quantization)}, quantized on load"
     return None
+
+
+def check_job_base(config: Any, model_config: Any) -> str | None:
+    """:func:`check_saved_quantization` of a fine-tuning run's options (a ``FinetuneConfig``).
+
+    Examples
+    --------
+    >>> from ttdecomp.finetune import FinetuneConfig
+    >>> check_job_base(FinetuneConfig(), object()) is None  # not saved quantized
+    True
+    """
+    return check_saved_quantization(
+        model_config,
+        config.quantize,
+        config.methods,
+        model=config.model,
+        requested=config.quantization_config(),
+    )

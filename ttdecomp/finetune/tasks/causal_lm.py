@@ -38,7 +38,7 @@ from ..methods import (
     resolve_settings,
     save_adapted,
 )
-from ..quantization import base_description, check_saved_quantization
+from ..quantization import base_description, check_job_base
 from ..train import TrainSettings, fit, is_main_process, resolve_device
 from .lm_eval import evaluate_lm, generate_reply
 from .registry import Task, check_max_length
@@ -456,13 +456,7 @@ def prepare_causal(config: Any, model_path: Path, *, progress: bool = True) -> C
             f"cannot load the model or tokenizer in {model_path}: {exc}"
         ) from None
     check_max_length(config.max_length, model_config, config.model)
-    check_saved_quantization(
-        model_config,
-        config.quantize,
-        config.methods,
-        model=config.model,
-        requested=config.quantization_config(),
-    )
+    check_job_base(config, model_config)
     targets = list(config.targets or TASK.default_targets(model_config))
     settings = resolve_settings(
         model_config, settings, targets=targets, task=TASK, budget=config.budget_settings()

@@ -25,7 +25,7 @@ from ...assets.loader import ModelSource, check_tokenizer, load_pretrained, load
 from ...errors import InvalidInputError
 from ..data import Splits
 from ..methods import MethodSettings, apply_method, dry_run, resolve_settings, save_adapted
-from ..quantization import base_description, check_saved_quantization
+from ..quantization import base_description, check_job_base
 from ..train import TrainSettings, fit, is_main_process, resolve_device
 from .registry import Task, check_max_length
 
@@ -401,13 +401,7 @@ class ClassificationTask(Task):
             raise InvalidInputError(
                 f"cannot load the model config in {model_path}: {exc}"
             ) from None
-        check_saved_quantization(
-            model_config,
-            config.quantize,
-            config.methods,
-            model=config.model,
-            requested=config.quantization_config(),
-        )
+        check_job_base(config, model_config)
         tokenizer = load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
         check_tokenizer(tokenizer, [t for t, _ in splits.train], source=splits.source)
         check_max_length(config.max_length, model_config, config.model)
