@@ -34,11 +34,12 @@ own. Reported per variant:
   (the high-water mark reset after loading: the first evaluation and the training steps).
   Loading a 4-bit base from an fp32 checkpoint reads the fp32 weights first, so the loading
   peak is a property of the checkpoint, not of fine-tuning on the base (``4bit-saved`` shows
-  the other case). On a quantized base, the float weights that are still views of the
-  checkpoint's memory map are copied out after loading (``_materialize``); otherwise that
-  map keeps the whole file resident beside the quantized weights. The fp32 base's weights
-  stay in the map, as transformers leaves them: the mapped pages are the weights (copying
-  them out, as results before ``copy_out`` was recorded did, doubled its loading peak);
+  the other case). On a base quantized while loading, the float weights that are still views
+  of the fp32 checkpoint's memory map are copied out after loading (``_materialize``);
+  otherwise that map keeps the whole fp32 file resident beside the quantized weights. The
+  fp32 and ``4bit-saved`` bases' weights stay in their checkpoint's map, as transformers
+  leaves them: the mapped pages are the weights (copying them out, as results before
+  ``copy_out`` was recorded did for fp32, doubled its loading peak);
 * step time: median wall time of ``--steps`` training steps after one warm-up step, and
   their median CPU time (``time.process_time``; at one thread, unaffected by other processes
   competing for the cores: the ratios use it);
@@ -282,8 +283,9 @@ def child(base: str, method: str, threads: int, args: argparse.Namespace) -> dic
     rss_imports = _status_kib("VmRSS")
     t0 = time.perf_counter()
     model, tokenizer = _load(base, args.saved_dir, args.source_dir)
-    if base != "fp32":  # fp32: the mapped pages are the weights themselves; a copy would
-        _materialize(model)  # double them while loading
+    if base in ("8bit", "4bit"):  # quantized while loading from the fp32 checkpoint: its map
+        _materialize(model)  # holds fp32 pages the model no longer uses (fp32, 4bit-saved:
+        # the mapped pages are the weights themselves; a copy would double them)
     from ttdecomp.adapters import prepare_model_for_kbit_training
 
     prepare_model_for_kbit_training(
@@ -543,7 +545,7 @@ def _settings(args: argparse.Namespace) -> dict:
         # the fp32 base keeps its weights in the checkpoint's memory map (before 2026-12-07
         # late: copied out as the quantized bases' float weights are, which doubled its
         # loading peak)
-        "copy_out": "quantized bases",
+        "copy_out": "bases quantized while loading",
     } | (
         {"malloc_mmap_threshold": args.malloc_mmap_threshold}
         if args.malloc_mmap_threshold is not None

@@ -29,12 +29,14 @@ def row(base, method, *, step, peak, loss_after, threads=1):
             "ppl_after": 6.0}  # fmt: skip
 
 
-def test_the_committed_docs_table_is_the_one_rendered_from_the_committed_results():
-    want = table.render(table.load_results(RESULTS))
-    assert table.read_block(DOCS, "smollm2") == want, (
-        "docs/quantized.md's table is stale: run "
-        "python scripts/quantized_table.py docs/results/quantized/smollm2.json "
-        "--write docs/quantized.md --block smollm2"
+@pytest.mark.parametrize("block", ["smollm2", "smollm2-360m", "smollm2-360m-mmap"])
+def test_the_committed_docs_table_is_the_one_rendered_from_the_committed_results(block):
+    results = RESULTS.parent / f"{block}.json"
+    want = table.render(table.load_results(results))
+    assert table.read_block(DOCS, block) == want, (
+        f"docs/quantized.md's {block} table is stale: run "
+        f"python scripts/quantized_table.py docs/results/quantized/{block}.json "
+        f"--write docs/quantized.md --block {block}"
     )
 
 

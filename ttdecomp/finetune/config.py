@@ -110,6 +110,9 @@ class FinetuneConfig:
     quantize : {"none", "4bit", "8bit", "int8"}
         Load the base model quantized (:data:`QUANTIZE`); every method trains beside the frozen
         quantized base (LoRA through PEFT: QLoRA on ``4bit``). Needs ``ttdecomp[quantized]``.
+        A model saved quantized (bitsandbytes 4-/8-bit, torchao int8) is that base without
+        this option; another kind is refused
+        (:func:`~ttdecomp.finetune.quantization.check_saved_quantization`).
     bnb_4bit_quant_type : {"nf4", "fp4"}
         The 4-bit data type (``--quantize 4bit`` only), as transformers names it.
     bnb_4bit_compute_dtype : {"float32", "bfloat16", "float16"}
