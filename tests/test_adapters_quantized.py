@@ -478,3 +478,24 @@ def test_guarded_4bit_layers_stay_the_loaded_base_over_evaluate_train_cycles(dou
         assert torch.equal(dequantized_weight(layer[0]), loaded)
     if not packed:
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes does not repack")
+
+
+def test_the_guard_sends_4bit_layers_the_cpu_repacking_cannot_take_to_the_plain_path():
+    import bitsandbytes as bnb
+
+    from ttdecomp.adapters import guard_4bit_backward
+    from ttdecomp.nn.quantized import cpu_packable
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(32, 48, bias=True, compute_dtype=torch.float32)
+    layer.weight = bnb.nn.Params4bit(torch.randn(48, 32), requires_grad=False, quant_type="nf4")
+    layer = layer.to("cpu")
+    assert not cpu_packable(layer) and cpu_packable(_nf4_layer(False))
+    model = torch.nn.Sequential(layer)
+    guard_4bit_backward(model)
+    x = torch.randn(3, 32)
+    model.train()
+    expected = model(x)
+    model.eval()
+    with torch.no_grad():  # bitsandbytes would repack here and fail on 32 inputs
+        torch.testing.assert_close(model(x), expected.detach())

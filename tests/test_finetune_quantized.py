@@ -132,3 +132,19 @@ def test_every_method_gets_the_same_gradients_after_an_evaluation_on_a_4bit_base
     # (LoRA's A starts with a zero gradient: B is zero)
     first = [g for n, g in after.items() if "layer.0." in n]
     assert first and any(float(g.abs().sum()) > 0 for g in first)
+
+
+def test_a_4bit_base_narrower_than_a_block_runs_end_to_end(tmp_path):
+    # bitsandbytes' CPU inference repacking fails on layers of fewer than 64 inputs
+    # (shape '[96, 0]' is invalid): the guard sends them to its plain path, before the base
+    # model's own evaluation
+    from ttdecomp.finetune.testing import tiny_causal_folder
+
+    gpt2 = tiny_causal_folder(tmp_path / "gpt2")  # 32 wide
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", str(gpt2), "--quantize", "4bit", "--quick", "--max-steps"]
+    argv += ["2", "--no-progress", "--no-figures", "--jobs", "1", "--output", str(out)]
+    assert main([*argv, "--methods", "tt-lora,lora"]) == 0
+    rows = load_results(out)["rows"]
+    assert [r["method"] for r in rows] == ["tt-lora", "lora"]
+    assert all(r["test_loss"] > 0 and r["test_loss_before"] > 0 for r in rows)

@@ -32,6 +32,7 @@ from torch import nn
 from ..errors import InvalidInputError, TTWarning
 from ..nn.quantized import (
     compute_dtype,
+    cpu_packable,
     dequantized_weight,
     in_out_features,
     quantization_note,
@@ -311,7 +312,10 @@ def guard_4bit_backward(model: nn.Module) -> int:
     (:func:`~ttdecomp.nn.quantized.remember_4bit_state_`) and unpacking restores it exactly:
     the base trained beside is the base that was loaded, however many evaluations came
     between (bitsandbytes' own inverse rounds the block scales to bfloat16 and re-quantizes
-    double-quantized ones, a drift on every evaluate-then-train cycle). Idempotent;
+    double-quantized ones, a drift on every evaluate-then-train cycle). A layer whose shape
+    that repacking cannot take (:func:`~ttdecomp.nn.quantized.cpu_packable`: fewer than 64
+    inputs, say) is switched to bitsandbytes' plain path, where inference would fail.
+    Idempotent;
     :func:`~ttdecomp.adapters.get_tt_model` calls it. Returns the number of
     layers guarded now.
 
@@ -326,6 +330,9 @@ def guard_4bit_backward(model: nn.Module) -> int:
         if quantized_kind(module) == "bnb_4bit" and not getattr(module, _GUARD, False):
             module.register_forward_pre_hook(_unpack_for_backward)
             setattr(module, _GUARD, True)
+            if not cpu_packable(module) and hasattr(module, "support_avx512bf16_for_cpu"):
+                # bitsandbytes' CPU repacking fails on this shape: its plain path instead
+                module.support_avx512bf16_for_cpu = False
             count += 1
     return count
 

@@ -40,7 +40,7 @@ from ..assets.loader import load_pretrained, load_tokenizer, resolve_model
 from ..errors import InvalidInputError
 from ..runs.folder import OutputFolder
 from .config import FinetuneConfig
-from .methods import load_adapted
+from .methods import guarded, load_adapted
 from .parallel import RunPool, plan_jobs
 from .quantization import QUANTIZE, quantization_config
 from .report import (
@@ -543,6 +543,8 @@ def load_finetuned(
             model, results["data"]["labels"], seed, quantization_config=quantization
         )
     else:
-        net = load_pretrained(model, task="causal", seed=seed, quantization_config=quantization)
+        net = guarded(
+            load_pretrained(model, task="causal", seed=seed, quantization_config=quantization)
+        )
     net = load_adapted(net, adapter)
     return net, load_tokenizer(model, pad_with_eos=task == "causal")

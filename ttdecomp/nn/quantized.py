@@ -29,6 +29,7 @@ from ..errors import InvalidInputError
 __all__ = [
     "SUPPORTED_QUANTIZED",
     "compute_dtype",
+    "cpu_packable",
     "dequantized_weight",
     "in_out_features",
     "quantization_note",
@@ -266,6 +267,28 @@ def unpack_cpu_4bit_(module: nn.Module) -> bool:
             state.absmax = state.absmax.T.contiguous().reshape(-1).float()
         return True
     return False
+
+
+def cpu_packable(module: nn.Module) -> bool:
+    """Whether bitsandbytes' CPU inference repacking can take this 4-bit layer's shape.
+
+    bitsandbytes 0.50 repacks a 4-bit weight in blocks of 32 output rows and one scale per
+    quantization block of a row; a layer with ``out_features`` not a multiple of 32 or
+    ``in_features`` not a multiple of the block size (64) makes its first inference forward
+    fail (``shape '[96, 0]' is invalid``) on CPUs with AVX512-BF16. False for such a layer and
+    for any layer that is not a bitsandbytes 4-bit one.
+
+    Examples
+    --------
+    >>> cpu_packable(nn.Linear(64, 64))
+    False
+    """
+    if quantized_kind(module) != "bnb_4bit":
+        return False
+    weight = _weight(module)
+    state = weight.quant_state
+    rows, cols = (int(n) for n in state.shape)
+    return rows % 32 == 0 and cols % int(state.blocksize) == 0
 
 
 #: where :func:`remember_4bit_state_` keeps a 4-bit weight's state (on the weight itself, so

@@ -26,6 +26,7 @@ __all__ = [
     "AdaptedModel",
     "apply_method",
     "dry_run",
+    "guarded",
     "head_modules",
     "load_adapted",
     "resolve_settings",
@@ -92,6 +93,26 @@ def _task(task: Any) -> Any:
     return get_task(task)
 
 
+def guarded(model: nn.Module) -> nn.Module:
+    """``model`` with its bitsandbytes 4-bit layers guarded, in place (a no-op without any).
+
+    :func:`~ttdecomp.adapters.guard_4bit_backward`: bitsandbytes 0.50's CPU inference kernel
+    has no backward, rounds the layer's block scales, and fails on some shapes; every method
+    trains beside the guarded base, and the base is evaluated guarded.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> layer = nn.Linear(2, 2)
+    >>> guarded(layer) is layer
+    True
+    """
+    from ...adapters.quantized import guard_4bit_backward
+
+    guard_4bit_backward(model)
+    return model
+
+
 def apply_method(
     model: nn.Module,
     settings: MethodSettings,
@@ -144,11 +165,7 @@ def apply_method(
     model = method.apply(
         model, settings, targets=list(targets), heads=heads, peft_task_type=task.peft_task_type
     )
-    # every method on a bitsandbytes 4-bit base (PEFT's LoRA too): its CPU inference kernel,
-    # used after any evaluation, has no backward (no-op without 4-bit layers)
-    from ...adapters.quantized import guard_4bit_backward
-
-    guard_4bit_backward(model)
+    guarded(model)  # every method on a 4-bit base, PEFT's LoRA too
     adapter = extra = 0
     for name, p in model.named_parameters():
         if p.requires_grad:

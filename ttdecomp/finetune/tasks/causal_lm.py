@@ -34,6 +34,7 @@ from ..methods import (
     apply_method,
     dry_run,
     get_method,
+    guarded,
     methods_for,
     resolve_settings,
     save_adapted,
@@ -210,12 +211,16 @@ def run_causal(
     if prompt is None:
         prompt = reply_prompt(splits.test)
     collator = make_collator(tokenizer)
-    model = load_pretrained(
-        model_dir,
-        task=TASK.name,
-        seed=train.seed,
-        quantization_config=quantization_config,
-        device=resolve_device(train.device) if quantization_config is not None else None,
+    # a quantized base (--quantize, or saved so) goes to the device as it loads, its 4-bit
+    # layers guarded before the base is evaluated
+    model = guarded(
+        load_pretrained(
+            model_dir,
+            task=TASK.name,
+            seed=train.seed,
+            quantization_config=quantization_config,
+            device=resolve_device(train.device),
+        )
     )
     row: dict[str, Any] = {"method": settings.method, "seed": train.seed}
     if not final:

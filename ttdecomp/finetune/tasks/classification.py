@@ -24,7 +24,14 @@ from ..._files import write_with
 from ...assets.loader import ModelSource, check_tokenizer, load_pretrained, load_tokenizer
 from ...errors import InvalidInputError
 from ..data import Splits
-from ..methods import MethodSettings, apply_method, dry_run, resolve_settings, save_adapted
+from ..methods import (
+    MethodSettings,
+    apply_method,
+    dry_run,
+    guarded,
+    resolve_settings,
+    save_adapted,
+)
 from ..quantization import base_description, check_job_base
 from ..train import TrainSettings, fit, is_main_process, resolve_device
 from .registry import Task, check_max_length
@@ -126,15 +133,19 @@ def load_classifier(
     :func:`ttdecomp.assets.load_pretrained` with ``task="classification"``: a clear error for a
     folder that holds no model, and for a model still carrying the GGUF loader's quantizer
     state (``Trainer`` refuses to train it). ``quantization_config`` loads the base quantized
-    (``--quantize``), on ``device``.
+    (``--quantize``); a base quantized that way or saved quantized is placed on ``device``
+    as it loads, and its bitsandbytes 4-bit layers are guarded
+    (:func:`~ttdecomp.adapters.guard_4bit_backward`) before any evaluation.
     """
-    return load_pretrained(
-        model_dir,
-        task=TASK.name,
-        labels=list(labels),
-        seed=seed,
-        quantization_config=quantization_config,
-        device=device if quantization_config is not None else None,
+    return guarded(
+        load_pretrained(
+            model_dir,
+            task=TASK.name,
+            labels=list(labels),
+            seed=seed,
+            quantization_config=quantization_config,
+            device=device,
+        )
     )
 
 
