@@ -226,7 +226,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "quantize": {
         "help": "load the base model quantized: bitsandbytes 4bit or 8bit, or torchao int8 "
-        "weight-only",
+        "weight-only (a model saved quantized, e.g. a *-bnb-4bit one, needs none: it loads "
+        "as saved)",
         "group": _QUANT,
         "choices": tuple(QUANTIZE),
     },
