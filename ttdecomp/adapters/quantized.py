@@ -297,7 +297,8 @@ def base_quantization(module: nn.Module) -> str:
 def _unpack_for_backward(module: nn.Module, args: Any) -> None:
     if torch.is_grad_enabled():
         unpack_cpu_4bit_(module)
-    remember_4bit_state_(module)  # unpacked: the state an inference forward would round
+    if not module.training:  # bitsandbytes repacks in eval mode only: keep what it would round
+        remember_4bit_state_(module)
 
 
 def guard_4bit_backward(model: nn.Module) -> int:

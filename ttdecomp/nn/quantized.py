@@ -230,6 +230,14 @@ def dequantized_weight(module: nn.Module) -> torch.Tensor:
         return bnb.functional.int8_vectorwise_dequant(weight.data, scb.to(weight.device)).float()
 
 
+def _bnb_4bit(module: nn.Module) -> tuple[Any, Any] | None:
+    """``(weight, quant_state)`` of a bitsandbytes 4-bit layer; None for any other layer."""
+    if quantized_kind(module) != "bnb_4bit":
+        return None
+    weight = _weight(module)
+    return weight, weight.quant_state
+
+
 def unpack_cpu_4bit_(module: nn.Module) -> bool:
     """Undo bitsandbytes' CPU repacking of a 4-bit weight, in place, as bitsandbytes does itself.
 
@@ -241,15 +249,16 @@ def unpack_cpu_4bit_(module: nn.Module) -> bool:
     function before saving, which leaves the block scales scrambled unless they were
     double-quantized; this also puts them back in order. The values are the packed ones (block
     scales rounded to bfloat16 by the packing); the next inference forward repacks. Returns
-    whether it unpacked. A no-op for any other layer.
+    whether it unpacked. A no-op for any other layer. Where :func:`remember_4bit_state_` kept
+    the state from before the packing, that state comes back instead, exactly.
     """
-    if quantized_kind(module) != "bnb_4bit":
+    found = _bnb_4bit(module)
+    if found is None:
         return False
-    weight = _weight(module)
-    if getattr(weight.quant_state, "packing_format_for_cpu", False):
+    weight, state = found
+    if getattr(state, "packing_format_for_cpu", False):
         from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
-        state = weight.quant_state
         nested = state.original_nested
         weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
         kept = getattr(weight, _KEPT_STATE, None)
@@ -283,10 +292,10 @@ def cpu_packable(module: nn.Module) -> bool:
     >>> cpu_packable(nn.Linear(64, 64))
     False
     """
-    if quantized_kind(module) != "bnb_4bit":
+    found = _bnb_4bit(module)
+    if found is None:
         return False
-    weight = _weight(module)
-    state = weight.quant_state
+    _, state = found
     rows, cols = (int(n) for n in state.shape)
     return rows % 32 == 0 and cols % int(state.blocksize) == 0
 
@@ -312,12 +321,10 @@ def remember_4bit_state_(module: nn.Module) -> bool:
     >>> remember_4bit_state_(nn.Linear(2, 2))
     False
     """
-    if quantized_kind(module) != "bnb_4bit":
+    found = _bnb_4bit(module)
+    if found is None or found[1] is None or getattr(found[1], "packing_format_for_cpu", False):
         return False
-    weight = _weight(module)
-    state = weight.quant_state
-    if state is None or getattr(state, "packing_format_for_cpu", False):
-        return False
+    weight, state = found
     setattr(weight, _KEPT_STATE, copy.copy(state))
     return True
 
