@@ -36,11 +36,11 @@ from typing import Any
 
 import torch
 
-from ..assets.loader import load_pretrained, load_tokenizer, resolve_model
+from ..assets.loader import load_tokenizer, resolve_model
 from ..errors import InvalidInputError
 from ..runs.folder import OutputFolder
 from .config import FinetuneConfig
-from .methods import guarded, load_adapted
+from .methods import load_adapted
 from .parallel import RunPool, plan_jobs
 from .quantization import QUANTIZE, quantization_config
 from .report import (
@@ -52,6 +52,7 @@ from .report import (
     write_json_atomic,
 )
 from .tasks import check_pairing, get_task
+from .tasks.causal_lm import load_causal
 from .tasks.classification import load_classifier
 from .train import (
     TRAIN_LOG,
@@ -543,8 +544,6 @@ def load_finetuned(
             model, results["data"]["labels"], seed, quantization_config=quantization
         )
     else:
-        net = guarded(
-            load_pretrained(model, task="causal", seed=seed, quantization_config=quantization)
-        )
+        net = load_causal(model, seed, quantization_config=quantization)
     net = load_adapted(net, adapter)
     return net, load_tokenizer(model, pad_with_eos=task == "causal")

@@ -107,6 +107,27 @@ def evaluate_base(
     return out
 
 
+def load_causal(
+    model_dir: Any, seed: int, *, quantization_config: Any = None, device: Any = None
+) -> Any:
+    """A causal LM from ``model_dir``, seeded: :func:`ttdecomp.assets.load_pretrained`.
+
+    A base quantized (``quantization_config``, ``--quantize``) or saved quantized is placed on
+    ``device`` as it loads, and its bitsandbytes 4-bit layers are guarded
+    (:func:`~ttdecomp.adapters.guard_4bit_backward`) before any evaluation: the causal runs
+    evaluate the base before the adapter is added.
+    """
+    return guarded(
+        load_pretrained(
+            model_dir,
+            task=TASK.name,
+            seed=seed,
+            quantization_config=quantization_config,
+            device=device,
+        )
+    )
+
+
 def run_causal(
     *,
     model_dir: str | os.PathLike[str],
@@ -211,16 +232,11 @@ def run_causal(
     if prompt is None:
         prompt = reply_prompt(splits.test)
     collator = make_collator(tokenizer)
-    # a quantized base (--quantize, or saved so) goes to the device as it loads, its 4-bit
-    # layers guarded before the base is evaluated
-    model = guarded(
-        load_pretrained(
-            model_dir,
-            task=TASK.name,
-            seed=train.seed,
-            quantization_config=quantization_config,
-            device=resolve_device(train.device),
-        )
+    model = load_causal(
+        model_dir,
+        train.seed,
+        quantization_config=quantization_config,
+        device=resolve_device(train.device),
     )
     row: dict[str, Any] = {"method": settings.method, "seed": train.seed}
     if not final:
